@@ -1,0 +1,172 @@
+//! Classification of HTTP statuses and transport failures into [`ServiceError`]s,
+//! following the rules in DESIGN.md.
+
+use std::time::SystemTime;
+
+use crate::error::{ErrorKind, ServiceError};
+use crate::retry_after::parse_retry_after;
+
+/// Classifies an HTTP response status.
+///
+/// Returns `None` for 2xx. `retry_after` is the raw `Retry-After` header, honoured
+/// on 429 and 503; an unparseable value is ignored (the computed backoff applies).
+pub fn classify_status(
+    status: u16,
+    retry_after: Option<&str>,
+    now: SystemTime,
+) -> Option<ServiceError> {
+    let kind = match status {
+        200..=299 => return None,
+        408 => ErrorKind::Timeout,
+        429 => ErrorKind::RateLimited,
+        401 => ErrorKind::Unauthorized,
+        402 => ErrorKind::QuotaExceeded,
+        403 => ErrorKind::Forbidden,
+        404 | 410 => ErrorKind::NotFound,
+        400..=499 => ErrorKind::InvalidRequest,
+        501 => ErrorKind::NotImplemented,
+        500..=599 => ErrorKind::Unavailable,
+        // 1xx as a final status, 3xx the client did not follow, or nonsense.
+        _ => ErrorKind::BadResponse,
+    };
+    let mut error = ServiceError::new(kind, status_reason(status)).with_status(status);
+    if matches!(status, 429 | 503) {
+        if let Some(wait) = retry_after.and_then(|v| parse_retry_after(v, now).ok()) {
+            error = error.with_retry_after(wait);
+        }
+    }
+    Some(error)
+}
+
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        401 => "unauthorized",
+        402 => "payment required",
+        403 => "forbidden",
+        404 => "not found",
+        405 => "method not allowed",
+        408 => "request timeout",
+        409 => "conflict",
+        410 => "gone",
+        413 => "payload too large",
+        422 => "unprocessable entity",
+        429 => "too many requests",
+        500 => "internal server error",
+        501 => "not implemented",
+        502 => "bad gateway",
+        503 => "service unavailable",
+        504 => "gateway timeout",
+        300..=399 => "unexpected redirect",
+        400..=499 => "client error",
+        500..=599 => "server error",
+        _ => "unexpected status",
+    }
+}
+
+/// A failure below HTTP: the request never got a usable response.
+///
+/// HTTP clients map their own error types onto these (for reqwest:
+/// `is_timeout`, `is_connect`, and I/O errors such as `ConnectionReset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportFailure {
+    /// No response within the request or connect timeout.
+    Timeout,
+    /// The connection could not be opened.
+    Connect,
+    /// The connection was reset or closed before the response was complete.
+    Reset,
+    /// The response body exceeded the configured size cap.
+    BodyTooLarge,
+}
+
+impl TransportFailure {
+    /// The classified error, with a secret-free explanation.
+    pub fn into_error(self, detail: impl Into<std::borrow::Cow<'static, str>>) -> ServiceError {
+        let kind = match self {
+            Self::Timeout => ErrorKind::Timeout,
+            Self::Connect => ErrorKind::Connect,
+            Self::Reset => ErrorKind::ConnectionReset,
+            Self::BodyTooLarge => ErrorKind::BadResponse,
+        };
+        ServiceError::new(kind, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCategory::{Permanent, Transient};
+    use std::time::Duration;
+
+    fn classify(status: u16) -> ServiceError {
+        classify_status(status, None, SystemTime::UNIX_EPOCH).unwrap()
+    }
+
+    #[test]
+    fn success_is_not_an_error() {
+        for status in [200, 201, 204, 299] {
+            assert!(classify_status(status, None, SystemTime::now()).is_none());
+        }
+    }
+
+    #[test]
+    fn transient_statuses() {
+        for status in [500, 502, 503, 504, 599, 408, 429] {
+            assert_eq!(classify(status).category(), Transient, "{status}");
+        }
+    }
+
+    #[test]
+    fn permanent_statuses() {
+        for status in [400, 401, 403, 404, 405, 409, 410, 413, 422, 501] {
+            assert_eq!(classify(status).category(), Permanent, "{status}");
+        }
+    }
+
+    #[test]
+    fn kinds_and_breaker_counting() {
+        assert_eq!(classify(401).kind(), ErrorKind::Unauthorized);
+        assert!(classify(401).counts_toward_breaker());
+        assert!(classify(403).counts_toward_breaker());
+        assert!(!classify(400).counts_toward_breaker());
+        assert!(!classify(404).counts_toward_breaker());
+        assert!(!classify(422).counts_toward_breaker());
+        assert!(!classify(429).counts_toward_breaker());
+        assert!(classify(503).counts_toward_breaker());
+        assert_eq!(classify(501).kind(), ErrorKind::NotImplemented);
+        assert_eq!(classify(302).kind(), ErrorKind::BadResponse);
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503_only() {
+        let now = SystemTime::UNIX_EPOCH;
+        let wait = |status, header| {
+            classify_status(status, Some(header), now)
+                .unwrap()
+                .retry_after()
+        };
+        assert_eq!(wait(503, "7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait(429, "Thu, 01 Jan 1970 00:01:00 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(wait(500, "7"), None);
+        assert_eq!(wait(503, "whenever"), None, "garbage is ignored");
+    }
+
+    #[test]
+    fn transport_failures() {
+        assert_eq!(
+            TransportFailure::Reset.into_error("reset").category(),
+            Transient
+        );
+        assert_eq!(
+            TransportFailure::Connect.into_error("refused").kind(),
+            ErrorKind::Connect
+        );
+        let too_large = TransportFailure::BodyTooLarge.into_error("over 10 MiB");
+        assert_eq!(too_large.category(), Permanent);
+    }
+}

@@ -1,0 +1,268 @@
+//! The error taxonomy: what went wrong with a call to an external service, whether
+//! retrying can help (transient vs permanent) and whether it says the *service* is
+//! unusable (counts toward its circuit breaker) or only one *request* was bad.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+/// Whether an error may go away on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCategory {
+    /// Retrying later may succeed (5xx, timeouts, connection failures, 429).
+    Transient,
+    /// Retrying the same request cannot succeed (4xx, unparseable responses).
+    Permanent,
+}
+
+impl ErrorCategory {
+    /// The lowercase name used in logs (`transient`, `permanent`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of failure a call met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The service answered 5xx (other than 501): it is down or overloaded.
+    Unavailable,
+    /// No answer in time: a request timeout or HTTP 408.
+    Timeout,
+    /// The connection could not be established (refused, DNS, TLS handshake).
+    Connect,
+    /// The connection was reset or closed mid-exchange.
+    ConnectionReset,
+    /// HTTP 429: the client is sending too much.
+    RateLimited,
+    /// HTTP 401: the credentials are missing or wrong.
+    Unauthorized,
+    /// HTTP 403: the credentials are not allowed to do this.
+    Forbidden,
+    /// HTTP 402 or a quota message: the account can make no more calls.
+    QuotaExceeded,
+    /// HTTP 501: the service does not implement what was asked.
+    NotImplemented,
+    /// HTTP 400, 405, 409, 413, 422 and other 4xx: this one request is wrong.
+    InvalidRequest,
+    /// HTTP 404 or 410: the addressed resource does not exist.
+    NotFound,
+    /// The service answered, but with a body that cannot be used.
+    BadResponse,
+}
+
+impl ErrorKind {
+    /// Whether errors of this kind may go away on a retry.
+    pub const fn category(self) -> ErrorCategory {
+        match self {
+            Self::Unavailable
+            | Self::Timeout
+            | Self::Connect
+            | Self::ConnectionReset
+            | Self::RateLimited => ErrorCategory::Transient,
+            Self::Unauthorized
+            | Self::Forbidden
+            | Self::QuotaExceeded
+            | Self::NotImplemented
+            | Self::InvalidRequest
+            | Self::NotFound
+            | Self::BadResponse => ErrorCategory::Permanent,
+        }
+    }
+
+    /// Whether an error of this kind is recorded as a failure by the service's
+    /// circuit breaker.
+    ///
+    /// Failures that say the *service* is unusable count: outages, timeouts,
+    /// connection failures, rejected credentials, exhausted quota, garbage
+    /// responses. Failures about one *request* (400, 404, 422) do not, since one
+    /// bad contact must not stop everyone's calls; nor does 429, which says the
+    /// service is healthy but wants us to slow down.
+    pub const fn counts_toward_breaker(self) -> bool {
+        match self {
+            Self::Unavailable
+            | Self::Timeout
+            | Self::Connect
+            | Self::ConnectionReset
+            | Self::Unauthorized
+            | Self::Forbidden
+            | Self::QuotaExceeded
+            | Self::NotImplemented
+            | Self::BadResponse => true,
+            Self::RateLimited | Self::InvalidRequest | Self::NotFound => false,
+        }
+    }
+
+    /// The snake_case name used in logs and metrics (`unavailable`, `rate_limited`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::ConnectionReset => "connection_reset",
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::NotImplemented => "not_implemented",
+            Self::InvalidRequest => "invalid_request",
+            Self::NotFound => "not_found",
+            Self::BadResponse => "bad_response",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call to an external service, classified.
+///
+/// The detail is a human-readable explanation. It must never contain secrets:
+/// clients build it from status lines and response excerpts, never from request
+/// headers or URLs that carry keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ServiceError {
+    kind: ErrorKind,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    detail: Cow<'static, str>,
+}
+
+impl ServiceError {
+    /// An error of `kind` with a short explanation.
+    pub fn new(kind: ErrorKind, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            status: None,
+            retry_after: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// Records the HTTP status the service answered with.
+    #[must_use]
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Records how long the service asked us to wait (`Retry-After`).
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Transient or permanent.
+    pub fn category(&self) -> ErrorCategory {
+        self.kind.category()
+    }
+
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.category() == ErrorCategory::Transient
+    }
+
+    /// Whether the service's breaker records this as a failure.
+    pub fn counts_toward_breaker(&self) -> bool {
+        self.kind.counts_toward_breaker()
+    }
+
+    /// The HTTP status, when the service answered.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The wait the service asked for, when it sent `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The human-readable explanation.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error ({})", self.category(), self.kind)?;
+        if let Some(status) = self.status {
+            write!(f, ", HTTP {status}")?;
+        }
+        if let Some(wait) = self.retry_after {
+            write!(f, ", retry after {}", humantime::format_duration(wait))?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_category_kind_status_and_detail() {
+        let err = ServiceError::new(ErrorKind::Unavailable, "upstream overloaded")
+            .with_status(503)
+            .with_retry_after(Duration::from_secs(2));
+        assert_eq!(
+            err.to_string(),
+            "transient error (unavailable), HTTP 503, retry after 2s: upstream overloaded"
+        );
+    }
+
+    #[test]
+    fn request_level_errors_do_not_count_toward_the_breaker() {
+        for kind in [
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotFound,
+            ErrorKind::RateLimited,
+        ] {
+            assert!(!kind.counts_toward_breaker(), "{kind}");
+        }
+        for kind in [
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::QuotaExceeded,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+        ] {
+            assert!(kind.counts_toward_breaker(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn kind_names_round_trip_through_serde() {
+        let json = serde_json::to_string(&ErrorKind::ConnectionReset).unwrap();
+        assert_eq!(json, "\"connection_reset\"");
+        assert_eq!(
+            ErrorKind::ConnectionReset.as_str(),
+            json.trim_matches('"'),
+            "as_str and serde agree"
+        );
+    }
+}

@@ -1,0 +1,22 @@
+//! Shared vocabulary of callguard: service names, the error taxonomy and its
+//! classification, `Retry-After` parsing, resilience events and config types.
+//!
+//! Every other callguard crate speaks in these types, so a breaker, a retry loop,
+//! an alert channel and a log line agree on what "transient", "OPEN" or
+//! "rate-limited" mean.
+
+pub mod classify;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod retry_after;
+pub mod service;
+
+pub use classify::{TransportFailure, classify_status};
+pub use config::{ConfigDuration, ValidationError};
+pub use error::{ErrorCategory, ErrorKind, ServiceError};
+pub use event::{
+    AttemptInfo, CircuitState, ManualAction, ResilienceEvent, Transition, TransitionReason,
+};
+pub use retry_after::{RetryAfterError, parse_retry_after};
+pub use service::{ServiceName, ServiceNameError};
