@@ -39,7 +39,7 @@ pub fn classify_status(
 }
 
 fn status_reason(status: u16) -> &'static str {
-    match status {
+    let named = match status {
         400 => "bad request",
         401 => "unauthorized",
         402 => "payment required",
@@ -57,10 +57,14 @@ fn status_reason(status: u16) -> &'static str {
         502 => "bad gateway",
         503 => "service unavailable",
         504 => "gateway timeout",
-        300..=399 => "unexpected redirect",
-        400..=499 => "client error",
-        500..=599 => "server error",
-        _ => "unexpected status",
+        _ => "",
+    };
+    match (named, status / 100) {
+        ("", 3) => "unexpected redirect",
+        ("", 4) => "client error",
+        ("", 5) => "server error",
+        ("", _) => "unexpected status",
+        (named, _) => named,
     }
 }
 
