@@ -1,0 +1,920 @@
+//! The circuit breaker state machine.
+//!
+//! The state and a generation number share one `AtomicU64` (`generation << 2 |
+//! state`). Every transition bumps the generation, so a result reported by a
+//! call admitted under an earlier state is recognised and ignored. CLOSED
+//! admission is one atomic load; recording a success in CLOSED is one load (and
+//! a store only when a failure streak is being reset). Transitions and HALF_OPEN
+//! probe bookkeeping take a mutex; the state watch and transition channels are
+//! fed under that mutex so that subscribers see transitions in order, and the
+//! log line is written after it is released.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use callguard_core::{
+    CircuitState, ManualAction, ServiceError, ServiceName, Transition, TransitionReason,
+};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::config::BreakerConfig;
+use crate::window::Window;
+
+const TRANSITION_CHANNEL_CAPACITY: usize = 256;
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const FORCED_OPEN: u64 = 3;
+
+fn pack(generation: u64, state: CircuitState) -> u64 {
+    let code = match state {
+        CircuitState::Closed => CLOSED,
+        CircuitState::Open => OPEN,
+        CircuitState::HalfOpen => HALF_OPEN,
+        CircuitState::ForcedOpen => FORCED_OPEN,
+    };
+    generation << 2 | code
+}
+
+fn unpack(word: u64) -> (u64, CircuitState) {
+    let state = match word & 0b11 {
+        CLOSED => CircuitState::Closed,
+        OPEN => CircuitState::Open,
+        HALF_OPEN => CircuitState::HalfOpen,
+        _ => CircuitState::ForcedOpen,
+    };
+    (word >> 2, state)
+}
+
+/// A call was not admitted because the breaker is not CLOSED (or its HALF_OPEN
+/// probe slots are taken).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker for {service} is {state}{}", RetryAfterSuffix(*.retry_after))]
+pub struct BreakerOpen {
+    /// The service whose breaker rejected the call.
+    pub service: ServiceName,
+    /// The breaker's state at rejection.
+    pub state: CircuitState,
+    /// When the breaker expects to admit a call again; `None` when only a manual
+    /// command will (FORCED_OPEN).
+    pub retry_after: Option<Duration>,
+}
+
+struct RetryAfterSuffix(Option<Duration>);
+
+impl std::fmt::Display for RetryAfterSuffix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(wait) => write!(f, "; retry after {:.1}s", wait.as_secs_f64()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A point-in-time view of a breaker, for status APIs and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSnapshot {
+    /// The service.
+    pub service: ServiceName,
+    /// Current state.
+    pub state: CircuitState,
+    /// The current generation (bumped by every transition).
+    pub generation: u64,
+    /// Consecutive failures recorded in CLOSED.
+    pub consecutive_failures: u32,
+    /// Failure share over the sliding window, when one is configured and holds calls.
+    pub failure_rate: Option<f64>,
+    /// The last transition, if any.
+    pub last_transition: Option<Transition>,
+    /// Time left before an OPEN breaker admits probes.
+    pub retry_after: Option<Duration>,
+}
+
+/// How a call admitted by a [`Permit`] ended, as the breaker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    Ignored,
+}
+
+struct ProbeSlot {
+    id: u64,
+    started: Instant,
+}
+
+/// State guarded by the mutex: HALF_OPEN probe bookkeeping and the last transition.
+struct Guarded {
+    probes: Vec<ProbeSlot>,
+    next_probe_id: u64,
+    probe_successes: u32,
+    last_transition: Option<Transition>,
+}
+
+/// A circuit breaker for one service. Share it as `Arc<CircuitBreaker>`.
+pub struct CircuitBreaker {
+    service: ServiceName,
+    config: BreakerConfig,
+    recovery_timeout: Duration,
+    /// Time origin for the nanosecond deadlines kept in atomics.
+    epoch: Instant,
+    word: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// While OPEN: nanoseconds since `epoch` at which probes may start.
+    open_until: AtomicU64,
+    window: Option<Window>,
+    guarded: Mutex<Guarded>,
+    state_tx: watch::Sender<CircuitState>,
+    transitions_tx: broadcast::Sender<Transition>,
+    shared_tx: Option<broadcast::Sender<Transition>>,
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("service", &self.service)
+            .field("state", &self.state())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreaker {
+    /// A CLOSED breaker for `service`. The config should have passed
+    /// [`BreakerConfig::validate`]; zero thresholds are treated as 1.
+    pub fn new(service: ServiceName, config: BreakerConfig) -> Self {
+        Self::with_shared_channel(service, config, None)
+    }
+
+    pub(crate) fn with_shared_channel(
+        service: ServiceName,
+        mut config: BreakerConfig,
+        shared_tx: Option<broadcast::Sender<Transition>>,
+    ) -> Self {
+        config.failure_threshold = config.failure_threshold.max(1);
+        config.half_open_max_calls = config.half_open_max_calls.max(1);
+        config.success_threshold = config.success_threshold.max(1);
+        let window = config.failure_rate.as_ref().map(Window::new);
+        let (state_tx, _) = watch::channel(CircuitState::Closed);
+        let (transitions_tx, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
+        Self {
+            service,
+            recovery_timeout: config.recovery_timeout.get(),
+            config,
+            epoch: Instant::now(),
+            word: AtomicU64::new(pack(0, CircuitState::Closed)),
+            consecutive_failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            window,
+            guarded: Mutex::new(Guarded {
+                probes: Vec::new(),
+                next_probe_id: 0,
+                probe_successes: 0,
+                last_transition: None,
+            }),
+            state_tx,
+            transitions_tx,
+            shared_tx,
+        }
+    }
+
+    /// The service this breaker guards.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BreakerConfig {
+        &self.config
+    }
+
+    /// The current state. An OPEN breaker whose recovery timeout has passed
+    /// still reads OPEN until the next call moves it to HALF_OPEN.
+    pub fn state(&self) -> CircuitState {
+        unpack(self.word.load(Ordering::Acquire)).1
+    }
+
+    /// Asks to make a call. In CLOSED this is a single atomic load.
+    pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
+        let word = self.word.load(Ordering::Acquire);
+        match unpack(word) {
+            (generation, CircuitState::Closed) => Ok(Permit {
+                breaker: self,
+                generation,
+                state: CircuitState::Closed,
+                probe: None,
+            }),
+            (_, CircuitState::Open) => {
+                let now = self.nanos_since_epoch(Instant::now());
+                let until = self.open_until.load(Ordering::Acquire);
+                if now < until {
+                    Err(self.rejection(CircuitState::Open, Some(nanos(until - now))))
+                } else {
+                    self.acquire_contended()
+                }
+            }
+            (_, CircuitState::HalfOpen) => self.acquire_contended(),
+            (_, CircuitState::ForcedOpen) => Err(self.rejection(CircuitState::ForcedOpen, None)),
+        }
+    }
+
+    /// Admission in OPEN-past-timeout and HALF_OPEN: under the lock, so that no
+    /// more than `half_open_max_calls` probes are ever admitted at once.
+    fn acquire_contended(&self) -> Result<Permit<'_>, BreakerOpen> {
+        let mut guarded = self.lock();
+        let now = Instant::now();
+        let (_, state) = unpack(self.word.load(Ordering::Acquire));
+        let mut published = None;
+        let result = match state {
+            CircuitState::Closed => {
+                let (generation, _) = unpack(self.word.load(Ordering::Acquire));
+                Ok(Permit {
+                    breaker: self,
+                    generation,
+                    state,
+                    probe: None,
+                })
+            }
+            CircuitState::ForcedOpen => Err(self.rejection(state, None)),
+            CircuitState::Open => {
+                let until = self.open_until.load(Ordering::Acquire);
+                let now_nanos = self.nanos_since_epoch(now);
+                if now_nanos < until {
+                    Err(self.rejection(state, Some(nanos(until - now_nanos))))
+                } else {
+                    published = Some(self.transition_locked(
+                        &mut guarded,
+                        CircuitState::HalfOpen,
+                        TransitionReason::RecoveryTimeoutElapsed,
+                    ));
+                    self.admit_probe(&mut guarded, now)
+                }
+            }
+            CircuitState::HalfOpen => self.admit_probe(&mut guarded, now),
+        };
+        drop(guarded);
+        if let Some(transition) = published {
+            log_transition(&transition);
+        }
+        result
+    }
+
+    fn admit_probe(&self, guarded: &mut Guarded, now: Instant) -> Result<Permit<'_>, BreakerOpen> {
+        // A probe that never reported back frees its slot after recovery_timeout.
+        let timeout = self.recovery_timeout;
+        guarded
+            .probes
+            .retain(|slot| now.saturating_duration_since(slot.started) < timeout);
+        if guarded.probes.len() < self.config.half_open_max_calls as usize {
+            let id = guarded.next_probe_id;
+            guarded.next_probe_id += 1;
+            guarded.probes.push(ProbeSlot { id, started: now });
+            let (generation, _) = unpack(self.word.load(Ordering::Acquire));
+            Ok(Permit {
+                breaker: self,
+                generation,
+                state: CircuitState::HalfOpen,
+                probe: Some(id),
+            })
+        } else {
+            let oldest = guarded.probes.iter().map(|slot| slot.started).min();
+            let retry_after =
+                oldest.map(|started| (started + timeout).saturating_duration_since(now));
+            Err(self.rejection(CircuitState::HalfOpen, retry_after))
+        }
+    }
+
+    fn rejection(&self, state: CircuitState, retry_after: Option<Duration>) -> BreakerOpen {
+        BreakerOpen {
+            service: self.service.clone(),
+            state,
+            retry_after,
+        }
+    }
+
+    /// Applies the outcome of a permitted call.
+    fn on_result(&self, generation: u64, probe: Option<u64>, outcome: Outcome) {
+        let (current, state) = unpack(self.word.load(Ordering::Acquire));
+        if current != generation {
+            return; // a result from an earlier state generation
+        }
+        match probe {
+            None if state == CircuitState::Closed => self.on_closed_result(generation, outcome),
+            None => {}
+            Some(id) => self.on_probe_result(generation, id, outcome),
+        }
+    }
+
+    fn on_closed_result(&self, generation: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => {
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                if let Some(window) = &self.window {
+                    window.record(false);
+                }
+            }
+            Outcome::Failure => self.on_closed_failure(generation),
+            Outcome::Ignored => {}
+        }
+    }
+
+    fn on_closed_failure(&self, generation: u64) {
+        let count = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let rate_trip = self.window.as_ref().and_then(|w| w.record(true));
+        let reason = if count >= self.config.failure_threshold {
+            TransitionReason::ConsecutiveFailures { count }
+        } else if let Some(counts) = rate_trip {
+            TransitionReason::FailureRate {
+                failures: counts.failures,
+                calls: counts.calls,
+            }
+        } else {
+            return;
+        };
+        self.transition_if(
+            |g, s| g == generation && s == CircuitState::Closed,
+            CircuitState::Open,
+            reason,
+        );
+    }
+
+    fn on_probe_result(&self, generation: u64, id: u64, outcome: Outcome) {
+        let mut guarded = self.lock();
+        let (current, state) = unpack(self.word.load(Ordering::Acquire));
+        if current != generation || state != CircuitState::HalfOpen {
+            return;
+        }
+        let Some(position) = guarded.probes.iter().position(|slot| slot.id == id) else {
+            return; // its slot expired and was handed to another probe
+        };
+        guarded.probes.swap_remove(position);
+        let published = match outcome {
+            Outcome::Ignored => None,
+            Outcome::Failure => Some(self.transition_locked(
+                &mut guarded,
+                CircuitState::Open,
+                TransitionReason::ProbeFailed,
+            )),
+            Outcome::Success => {
+                guarded.probe_successes += 1;
+                let count = guarded.probe_successes;
+                (count >= self.config.success_threshold).then(|| {
+                    self.transition_locked(
+                        &mut guarded,
+                        CircuitState::Closed,
+                        TransitionReason::ProbesSucceeded { count },
+                    )
+                })
+            }
+        };
+        drop(guarded);
+        if let Some(transition) = published {
+            log_transition(&transition);
+        }
+    }
+
+    /// Records a failure seen outside a permitted call, such as a failed health
+    /// probe: it counts toward opening a CLOSED breaker and reopens a HALF_OPEN one.
+    pub fn record_failure(&self) {
+        match unpack(self.word.load(Ordering::Acquire)) {
+            (generation, CircuitState::Closed) => self.on_closed_failure(generation),
+            (generation, CircuitState::HalfOpen) => {
+                self.transition_if(
+                    |g, s| g == generation && s == CircuitState::HalfOpen,
+                    CircuitState::Open,
+                    TransitionReason::ProbeFailed,
+                );
+            }
+            (_, CircuitState::Open | CircuitState::ForcedOpen) => {}
+        }
+    }
+
+    /// A health check found the service healthy: an OPEN or HALF_OPEN breaker
+    /// closes (the seed's rule). CLOSED and FORCED_OPEN are left alone.
+    pub fn close_on_recovery(&self) {
+        self.transition_if(
+            |_, s| matches!(s, CircuitState::Open | CircuitState::HalfOpen),
+            CircuitState::Closed,
+            TransitionReason::HealthCheckRecovered,
+        );
+    }
+
+    /// A health check found the service healthy, cautious variant: an OPEN
+    /// breaker moves to HALF_OPEN so that real calls confirm the recovery.
+    pub fn half_open_on_recovery(&self) {
+        self.transition_if(
+            |_, s| s == CircuitState::Open,
+            CircuitState::HalfOpen,
+            TransitionReason::HealthCheckRecovered,
+        );
+    }
+
+    /// Rejects every call until [`force_close`](Self::force_close) or
+    /// [`reset`](Self::reset). `note` says who or why (logged and carried in the
+    /// transition).
+    pub fn force_open(&self, note: &str) {
+        self.manual(ManualAction::ForceOpen, CircuitState::ForcedOpen, note);
+    }
+
+    /// Closes the breaker whatever its state, clearing failure counts.
+    pub fn force_close(&self, note: &str) {
+        self.manual(ManualAction::ForceClose, CircuitState::Closed, note);
+    }
+
+    /// Returns to a fresh CLOSED breaker: failure counts and window cleared.
+    pub fn reset(&self, note: &str) {
+        self.manual(ManualAction::Reset, CircuitState::Closed, note);
+    }
+
+    fn manual(&self, action: ManualAction, to: CircuitState, note: &str) {
+        let transitioned = self.transition_if(
+            |_, s| s != to,
+            to,
+            TransitionReason::Manual {
+                action,
+                note: Arc::from(note),
+            },
+        );
+        if !transitioned && to == CircuitState::Closed {
+            // Already CLOSED: no transition, but the counts start afresh.
+            let _guard = self.lock();
+            self.clear_counts();
+            tracing::info!(
+                service = %self.service,
+                circuit_state = %to,
+                "Circuit breaker for {}: manual {action} ({note}); counts cleared",
+                self.service
+            );
+        }
+    }
+
+    /// Moves to `to` if `allowed(generation, state)` holds under the lock.
+    fn transition_if(
+        &self,
+        allowed: impl FnOnce(u64, CircuitState) -> bool,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> bool {
+        let mut guarded = self.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        if !allowed(generation, state) {
+            return false;
+        }
+        let transition = self.transition_locked(&mut guarded, to, reason);
+        drop(guarded);
+        log_transition(&transition);
+        true
+    }
+
+    /// Performs a transition. Caller holds the lock; logging is left to the
+    /// caller, after the lock is released.
+    fn transition_locked(
+        &self,
+        guarded: &mut Guarded,
+        to: CircuitState,
+        reason: TransitionReason,
+    ) -> Transition {
+        let (generation, from) = unpack(self.word.load(Ordering::Acquire));
+        let generation = generation + 1;
+        let at = Instant::now();
+        match to {
+            CircuitState::Open => {
+                let until = self.nanos_since_epoch(at + self.recovery_timeout);
+                self.open_until.store(until, Ordering::Release);
+            }
+            CircuitState::Closed => self.clear_counts(),
+            CircuitState::HalfOpen => {
+                guarded.probes.clear();
+                guarded.probe_successes = 0;
+            }
+            CircuitState::ForcedOpen => {}
+        }
+        self.word.store(pack(generation, to), Ordering::Release);
+        let transition = Transition {
+            service: self.service.clone(),
+            from,
+            to,
+            reason,
+            at,
+            wall_time: SystemTime::now(),
+            generation,
+        };
+        guarded.last_transition = Some(transition.clone());
+        self.state_tx.send_replace(to);
+        // Sends fail only when nobody listens, which is fine.
+        let _ = self.transitions_tx.send(transition.clone());
+        if let Some(shared) = &self.shared_tx {
+            let _ = shared.send(transition.clone());
+        }
+        transition
+    }
+
+    fn clear_counts(&self) {
+        self.consecutive_failures.store(0, Ordering::Release);
+        if let Some(window) = &self.window {
+            window.clear();
+        }
+    }
+
+    /// Watches the state; the receiver holds the current state at once.
+    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
+        self.state_tx.subscribe()
+    }
+
+    /// Every transition of this breaker from now on.
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.transitions_tx.subscribe()
+    }
+
+    /// A point-in-time view for status APIs.
+    pub fn snapshot(&self) -> BreakerSnapshot {
+        let guarded = self.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        let retry_after = (state == CircuitState::Open).then(|| {
+            let now = self.nanos_since_epoch(Instant::now());
+            nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now))
+        });
+        let failure_rate = self.window.as_ref().and_then(|window| {
+            let counts = window.counts();
+            (counts.calls > 0).then(|| f64::from(counts.failures) / f64::from(counts.calls))
+        });
+        BreakerSnapshot {
+            service: self.service.clone(),
+            state,
+            generation,
+            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            failure_rate,
+            last_transition: guarded.last_transition.clone(),
+            retry_after,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Guarded> {
+        // The guarded data stays consistent even if a holder panicked: every
+        // update is a single assignment or push.
+        self.guarded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+fn nanos(n: u64) -> Duration {
+    Duration::from_nanos(n)
+}
+
+fn log_transition(t: &Transition) {
+    if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
+        tracing::warn!(
+            service = %t.service,
+            circuit_state = %t.to,
+            from_state = %t.from,
+            reason = %t.reason,
+            generation = t.generation,
+            "Circuit breaker for {}: {} -> {} ({})",
+            t.service, t.from, t.to, t.reason
+        );
+    } else {
+        tracing::info!(
+            service = %t.service,
+            circuit_state = %t.to,
+            from_state = %t.from,
+            reason = %t.reason,
+            generation = t.generation,
+            "Circuit breaker for {}: {} -> {} ({})",
+            t.service, t.from, t.to, t.reason
+        );
+    }
+}
+
+/// Proof that a call was admitted. Report how it ended with exactly one of
+/// [`success`](Self::success), [`failure`](Self::failure),
+/// [`ignore`](Self::ignore) or [`record_error`](Self::record_error). A permit
+/// dropped without a report frees its HALF_OPEN probe slot and counts nothing.
+#[must_use = "report the call's outcome on the permit"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    generation: u64,
+    state: CircuitState,
+    probe: Option<u64>,
+}
+
+impl std::fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("service", &self.breaker.service)
+            .field("state", &self.state)
+            .field("generation", &self.generation)
+            .field("probe", &self.probe.is_some())
+            .finish()
+    }
+}
+
+impl Permit<'_> {
+    /// The breaker's state when the call was admitted (CLOSED or HALF_OPEN).
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// The generation the call was admitted under.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The call succeeded.
+    pub fn success(self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// The call failed in a way that says the service is unusable.
+    pub fn failure(self) {
+        self.finish(Outcome::Failure);
+    }
+
+    /// The call ended in a way that says nothing about the service (a 400, a 429).
+    pub fn ignore(self) {
+        self.finish(Outcome::Ignored);
+    }
+
+    /// Records `error` as a failure if it counts toward the breaker
+    /// (DESIGN.md), otherwise ignores it.
+    pub fn record_error(self, error: &ServiceError) {
+        if error.counts_toward_breaker() {
+            self.failure();
+        } else {
+            self.ignore();
+        }
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        let probe = self.probe.take();
+        self.breaker.on_result(self.generation, probe, outcome);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.probe.take() {
+            self.breaker
+                .on_result(self.generation, Some(id), Outcome::Ignored);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callguard_core::ConfigDuration;
+
+    fn breaker(config: BreakerConfig) -> CircuitBreaker {
+        CircuitBreaker::new(ServiceName::new("elevenlabs").unwrap(), config)
+    }
+
+    fn seed() -> CircuitBreaker {
+        breaker(BreakerConfig::default())
+    }
+
+    fn fail(b: &CircuitBreaker) {
+        b.try_acquire().unwrap().failure();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_consecutive_failures() {
+        let b = seed();
+        fail(&b);
+        assert_eq!(b.state(), CircuitState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), CircuitState::Open);
+        let rejected = b.try_acquire().unwrap_err();
+        assert_eq!(rejected.state, CircuitState::Open);
+        assert_eq!(rejected.retry_after, Some(Duration::from_secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_breaks_the_streak() {
+        let b = seed();
+        fail(&b);
+        b.try_acquire().unwrap().success();
+        fail(&b);
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_level_errors_do_not_count() {
+        let b = seed();
+        let bad_request = callguard_core::classify_status(400, None, SystemTime::now()).unwrap();
+        let rate_limited = callguard_core::classify_status(429, None, SystemTime::now()).unwrap();
+        for _ in 0..10 {
+            b.try_acquire().unwrap().record_error(&bad_request);
+            b.try_acquire().unwrap().record_error(&rate_limited);
+        }
+        assert_eq!(b.state(), CircuitState::Closed);
+        let unauthorized = callguard_core::classify_status(401, None, SystemTime::now()).unwrap();
+        b.try_acquire().unwrap().record_error(&unauthorized);
+        b.try_acquire().unwrap().record_error(&unauthorized);
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_timeout_admits_one_probe_then_closes() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_after,
+            Some(Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.try_acquire().unwrap();
+        assert_eq!(probe.state(), CircuitState::HalfOpen);
+        assert_eq!(b.try_acquire().unwrap_err().state, CircuitState::HalfOpen);
+        probe.success();
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probe_reopens_for_a_full_timeout() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.try_acquire().unwrap().failure();
+        assert_eq!(b.state(), CircuitState::Open);
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_after,
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_probe_frees_its_slot_after_the_recovery_timeout() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let lost = b.try_acquire().unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_after,
+            Some(Duration::from_secs(6))
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let second = b.try_acquire().expect("slot reclaimed");
+        lost.failure(); // too late: its slot was reclaimed, so it is ignored
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        second.success();
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_frees_its_slot_at_once() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        drop(b.try_acquire().unwrap());
+        assert!(b.try_acquire().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_results_from_an_earlier_generation_are_ignored() {
+        let b = seed();
+        let slow = b.try_acquire().unwrap();
+        fail(&b);
+        fail(&b);
+        b.force_close("operator");
+        fail(&b);
+        slow.failure(); // admitted before the breaker opened and closed again
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert_eq!(b.snapshot().consecutive_failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_threshold_needs_that_many_probes() {
+        let b = breaker(BreakerConfig {
+            success_threshold: 2,
+            half_open_max_calls: 2,
+            ..BreakerConfig::default()
+        });
+        fail(&b);
+        fail(&b);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let first = b.try_acquire().unwrap();
+        let second = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_err(), "only two probes at a time");
+        first.success();
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        second.success();
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_rate_window_opens_without_a_streak() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 100,
+            failure_rate: Some(crate::FailureRateConfig {
+                threshold: 0.5,
+                window_size: 4,
+                minimum_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        });
+        for _ in 0..2 {
+            b.try_acquire().unwrap().success();
+            fail(&b);
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        let reason = b.snapshot().last_transition.unwrap().reason;
+        assert_eq!(
+            reason,
+            TransitionReason::FailureRate {
+                failures: 2,
+                calls: 4
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn manual_control_and_health_recovery() {
+        let b = seed();
+        b.force_open("maintenance");
+        assert_eq!(b.try_acquire().unwrap_err().retry_after, None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(b.state(), CircuitState::ForcedOpen, "never times out");
+        b.close_on_recovery();
+        assert_eq!(
+            b.state(),
+            CircuitState::ForcedOpen,
+            "health checks leave it alone"
+        );
+        b.reset("maintenance over");
+        assert_eq!(b.state(), CircuitState::Closed);
+
+        fail(&b);
+        fail(&b);
+        b.half_open_on_recovery();
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        b.record_failure();
+        assert_eq!(b.state(), CircuitState::Open);
+        b.close_on_recovery();
+        assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_probe_failures_open_without_calls() {
+        let b = seed();
+        b.record_failure();
+        b.record_failure();
+        assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribers_see_every_transition_in_order() {
+        let b = breaker(BreakerConfig {
+            recovery_timeout: ConfigDuration::from_secs(1),
+            ..BreakerConfig::default()
+        });
+        let mut watch = b.subscribe();
+        let mut transitions = b.transitions();
+        fail(&b);
+        fail(&b);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), CircuitState::Open);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        b.try_acquire().unwrap().success();
+        let seen: Vec<_> = std::iter::from_fn(|| transitions.try_recv().ok())
+            .map(|t| (t.from, t.to, t.generation))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (CircuitState::Closed, CircuitState::Open, 1),
+                (CircuitState::Open, CircuitState::HalfOpen, 2),
+                (CircuitState::HalfOpen, CircuitState::Closed, 3),
+            ]
+        );
+        assert_eq!(*watch.borrow(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn rejection_reads_well() {
+        let rejection = BreakerOpen {
+            service: ServiceName::new("elevenlabs").unwrap(),
+            state: CircuitState::Open,
+            retry_after: Some(Duration::from_millis(8500)),
+        };
+        assert_eq!(
+            rejection.to_string(),
+            "circuit breaker for elevenlabs is OPEN; retry after 8.5s"
+        );
+    }
+}

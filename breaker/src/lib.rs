@@ -1,0 +1,23 @@
+//! A circuit breaker per service, as specified in DESIGN.md ("Breaker").
+//!
+//! * [`CircuitBreaker`]: CLOSED → OPEN after `failure_threshold` consecutive
+//!   failures (or a failure rate over a sliding window), OPEN → HALF_OPEN once
+//!   `recovery_timeout` has passed, HALF_OPEN admits exactly
+//!   `half_open_max_calls` probes at a time and closes after `success_threshold`
+//!   successes or reopens on any failure; FORCED_OPEN for manual control.
+//! * [`Permit`]: proof of admission; its outcome is recorded exactly once, and a
+//!   permit dropped unrecorded frees its probe slot.
+//! * [`BreakerRegistry`]: one breaker per service name, with one stream of every
+//!   breaker's transitions.
+//!
+//! Admitting a call and recording a success in CLOSED take no lock and allocate
+//! nothing: the state and its generation live in one atomic word.
+
+mod breaker;
+mod config;
+mod registry;
+mod window;
+
+pub use breaker::{BreakerOpen, BreakerSnapshot, CircuitBreaker, Permit};
+pub use config::{BreakerConfig, FailureRateConfig};
+pub use registry::BreakerRegistry;
