@@ -1,0 +1,63 @@
+//! The hot path allocates nothing: CLOSED admission with a recorded success,
+//! and rejection while OPEN, counted by an instrumented global allocator.
+
+use std::alloc::System;
+
+use callguard_breaker::{BreakerConfig, CircuitBreaker, FailureRateConfig};
+use callguard_core::ServiceName;
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let region = Region::new(GLOBAL);
+    f();
+    region.change().allocations
+}
+
+// One test function, so no other test thread allocates while counting.
+#[test]
+fn hot_paths_do_not_allocate() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let name = ServiceName::new("llm").unwrap();
+
+    let plain = CircuitBreaker::new(name.clone(), BreakerConfig::default());
+    let windowed = CircuitBreaker::new(
+        name.clone(),
+        BreakerConfig {
+            failure_rate: Some(FailureRateConfig {
+                threshold: 0.5,
+                window_size: 100,
+                minimum_calls: 10,
+            }),
+            ..BreakerConfig::default()
+        },
+    );
+    for breaker in [&plain, &windowed] {
+        let n = allocations_during(|| {
+            for _ in 0..10_000 {
+                breaker.try_acquire().unwrap().success();
+            }
+        });
+        assert_eq!(n, 0, "CLOSED admit + success allocated {n} times");
+    }
+
+    let open = CircuitBreaker::new(name, BreakerConfig::default());
+    open.record_failure();
+    open.record_failure();
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            assert!(open.try_acquire().is_err());
+        }
+    });
+    assert_eq!(n, 0, "OPEN rejection allocated {n} times");
+
+    // The counter itself works: a transition allocates (its event and log).
+    let n = allocations_during(|| plain.force_open("check the counter"));
+    assert!(n > 0, "the allocation counter saw nothing");
+}

@@ -1,0 +1,16 @@
+//! Retry for callguard: exponential backoff with jitter, the server's
+//! `Retry-After`, a deadline per call and a retry budget per service.
+//!
+//! The rules (DESIGN.md, "Semantics"): `max_retries = 3` means up to three retries
+//! after the first attempt; the delay before retry n is
+//! `min(initial_delay × backoff_factor^(n−1), max_delay)`, then jitter; a server's
+//! `Retry-After` replaces it (capped by `max_delay`); only transient errors are
+//! retried; a call that would wait past its deadline ends without sleeping.
+
+pub mod backoff;
+pub mod budget;
+pub mod policy;
+
+pub use backoff::Backoff;
+pub use budget::{BudgetConfig, RetryBudget};
+pub use policy::{Jitter, RetryPolicy};
