@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod retry_after;
+pub mod secret;
 pub mod service;
 
 pub use classify::{TransportFailure, classify_status};
@@ -19,4 +20,5 @@ pub use event::{
     AttemptInfo, CircuitState, ManualAction, ResilienceEvent, Transition, TransitionReason,
 };
 pub use retry_after::{RetryAfterError, parse_retry_after};
+pub use secret::Secret;
 pub use service::{ServiceName, ServiceNameError};
