@@ -1,0 +1,3 @@
+//! The callguard agent: works through a queue of contacts, asking an LLM for a
+//! script, having a TTS service speak it and recording the outcome in a CRM,
+//! with every call going through callguard's resilience layer.

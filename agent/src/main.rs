@@ -1,0 +1,3 @@
+//! The `callguard` command line.
+
+fn main() {}
