@@ -29,6 +29,7 @@ const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
 const FORCED_OPEN: u64 = 3;
 
+#[inline]
 fn pack(generation: u64, state: CircuitState) -> u64 {
     let code = match state {
         CircuitState::Closed => CLOSED,
@@ -39,6 +40,7 @@ fn pack(generation: u64, state: CircuitState) -> u64 {
     generation << 2 | code
 }
 
+#[inline]
 fn unpack(word: u64) -> (u64, CircuitState) {
     let state = match word & 0b11 {
         CLOSED => CircuitState::Closed,
@@ -193,11 +195,13 @@ impl CircuitBreaker {
 
     /// The current state. An OPEN breaker whose recovery timeout has passed
     /// still reads OPEN until the next call moves it to HALF_OPEN.
+    #[inline]
     pub fn state(&self) -> CircuitState {
         unpack(self.word.load(Ordering::Acquire)).1
     }
 
     /// Asks to make a call. In CLOSED this is a single atomic load.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
         let word = self.word.load(Ordering::Acquire);
         match unpack(word) {
@@ -296,6 +300,7 @@ impl CircuitBreaker {
     }
 
     /// Applies the outcome of a permitted call.
+    #[inline]
     fn on_result(&self, generation: u64, probe: Option<u64>, outcome: Outcome) {
         let (current, state) = unpack(self.word.load(Ordering::Acquire));
         if current != generation {
@@ -308,6 +313,7 @@ impl CircuitBreaker {
         }
     }
 
+    #[inline]
     fn on_closed_result(&self, generation: u64, outcome: Outcome) {
         match outcome {
             Outcome::Success => {
@@ -630,6 +636,7 @@ impl Permit<'_> {
     }
 
     /// The call succeeded.
+    #[inline]
     pub fn success(self) {
         self.finish(Outcome::Success);
     }
@@ -654,6 +661,7 @@ impl Permit<'_> {
         }
     }
 
+    #[inline]
     fn finish(mut self, outcome: Outcome) {
         let probe = self.probe.take();
         self.breaker.on_result(self.generation, probe, outcome);
@@ -661,6 +669,7 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(id) = self.probe.take() {
             self.breaker
