@@ -1,0 +1,21 @@
+//! Health checks for callguard's services and the gRPC face of its breakers.
+//!
+//! * [`HealthChecker`] probes each service every `health_check.interval` (a
+//!   [`Probe`], such as [`HttpProbe`]'s `GET {base}/health`): a healthy probe of
+//!   an OPEN breaker closes it (or moves it to HALF_OPEN with
+//!   `on_recovery = "half_open"`), a failed probe counts as a breaker failure.
+//! * [`grpc::serve`] serves a [`BreakerRegistry`](callguard_breaker::BreakerRegistry):
+//!   the standard `grpc.health.v1.Health` (`Check`, `Watch`, `List`; CLOSED is
+//!   SERVING, every other state NOT_SERVING, `""` is the process itself),
+//!   `callguard.v1.Breakers` (list, get, watch; `ForceOpen`/`ForceClose`/`Reset`
+//!   behind a bearer admin token) and server reflection, v1 and v1alpha.
+
+mod checker;
+mod config;
+pub mod grpc;
+mod probe;
+
+pub use checker::HealthChecker;
+pub use config::{AdminToken, GrpcConfig, HealthCheckConfig, OnRecovery};
+pub use grpc::{GrpcError, GrpcOptions, ProcessHealth, serve};
+pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture};

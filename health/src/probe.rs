@@ -1,0 +1,88 @@
+//! Health probes: the [`Probe`] trait and [`HttpProbe`], a `GET {base}/health`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use callguard_core::{ServiceError, TransportFailure, classify_status};
+
+/// The future a [`Probe`] returns.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
+
+/// Checks whether a service is healthy.
+///
+/// The checker bounds every probe by `health_check.timeout`, so a probe need not
+/// time itself out.
+pub trait Probe: Send + Sync {
+    /// `Ok(())` when the service is healthy, its error otherwise.
+    fn check(&self) -> ProbeFuture<'_>;
+}
+
+/// The URL given to [`HttpProbe::new`] cannot take a path (such as `mailto:`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a health probe needs an http(s) base URL that can take a path")]
+pub struct NotABaseUrl;
+
+/// `GET {base}/health`; any 2xx is healthy, anything else is classified like a
+/// call's response (status, `Retry-After`, transport failure).
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    client: reqwest::Client,
+    url: reqwest::Url,
+}
+
+impl HttpProbe {
+    /// A probe of `{base}/health` using `client` (share one client between
+    /// probes). `base` may end in a path (`http://host/v1` probes
+    /// `http://host/v1/health`), with or without a trailing slash.
+    pub fn new(client: reqwest::Client, base: &reqwest::Url) -> Result<Self, NotABaseUrl> {
+        let mut url = base.clone();
+        url.path_segments_mut()
+            .map_err(|()| NotABaseUrl)?
+            .pop_if_empty()
+            .push("health");
+        url.set_query(None);
+        url.set_fragment(None);
+        Ok(Self { client, url })
+    }
+
+    /// The URL probed.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    async fn get(&self) -> Result<(), ServiceError> {
+        let response = self
+            .client
+            .get(self.url.clone())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok());
+        match classify_status(response.status().as_u16(), retry_after, SystemTime::now()) {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+}
+
+impl Probe for HttpProbe {
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(self.get())
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> ServiceError {
+    let failure = if error.is_timeout() {
+        TransportFailure::Timeout
+    } else if error.is_connect() {
+        TransportFailure::Connect
+    } else {
+        TransportFailure::Reset
+    };
+    // reqwest's message names the URL, never headers, so it carries no secret.
+    failure.into_error(format!("health probe: {error}"))
+}
