@@ -1,0 +1,495 @@
+//! The executor: `Retry(Breaker(attempt))` for one service.
+//!
+//! Every attempt first asks the breaker for a permit and reports its outcome on
+//! it, so the breaker sees every attempt, retries included. The retry loop then
+//! reads the breaker's answer:
+//!
+//! * the breaker rejects the attempt → the call ends at once with
+//!   [`CallError::Rejected`], without sleeping;
+//! * success → the result;
+//! * a permanent error → [`CallError::Permanent`] at once;
+//! * a transient error → the next delay (backoff, jitter or the server's
+//!   `Retry-After`), unless retries are used up, the retry budget is empty or
+//!   the next retry would start at or past the deadline
+//!   ([`CallError::Exhausted`]), or the failure left the breaker OPEN: then the
+//!   next attempt would be rejected, so the call ends at once with
+//!   [`CallError::Rejected`] instead of sleeping first (DESIGN.md: "Retry stops
+//!   at once, without sleeping, when the breaker rejects the attempt"). The
+//!   caller defers the call until the breaker's `retry_after`.
+//!
+//! A first-try success costs one atomic load (breaker admission), one atomic
+//! update (recording it) and nothing else: no allocation, no clock read unless
+//! an event sink or a DEBUG-level tracing subscriber wants the attempt's
+//! duration. Events are built only when a sink is set.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use callguard_breaker::{BreakerOpen, CircuitBreaker};
+use callguard_core::{
+    AttemptInfo, CircuitState, ConfigDuration, ResilienceEvent, ServiceError, ServiceName,
+    ValidationError,
+};
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::budget::RetryBudget;
+use crate::error::{CallError, StopReason};
+use crate::policy::RetryPolicy;
+use crate::sink::EventSink;
+
+/// What an attempt is told about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttemptContext {
+    /// Retries before this attempt: 0 for the first. Idempotency keys and trace
+    /// attributes are built from it.
+    pub retry_count: u32,
+    /// The breaker's state when the attempt was admitted (CLOSED or HALF_OPEN).
+    pub circuit_state: CircuitState,
+    /// The call's deadline, if it has one, so the attempt can bound its own
+    /// request timeout.
+    pub deadline: Option<Instant>,
+}
+
+/// Runs calls to one service: retry around its circuit breaker.
+///
+/// Cheap to share (`Arc<Executor>`) between tasks; calls do not contend on
+/// anything but the breaker's and the budget's atomics.
+pub struct Executor {
+    breaker: Arc<CircuitBreaker>,
+    policy: RetryPolicy,
+    budget: Option<Arc<RetryBudget>>,
+    sink: Option<Arc<dyn EventSink>>,
+    jitter_seed: Option<u64>,
+    /// Calls that needed a jitter generator, to vary a fixed seed per call.
+    seeded_calls: AtomicU64,
+}
+
+impl fmt::Debug for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Executor")
+            .field("service", self.service())
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
+            .field("sink", &self.sink.is_some())
+            .field("jitter_seed", &self.jitter_seed)
+            .finish()
+    }
+}
+
+impl Executor {
+    /// An executor for `breaker`'s service. Fails when the policy breaks a rule
+    /// (keys as `retry.…`). When the policy configures a `budget`, a budget of
+    /// this executor's own is made; share one between executors with
+    /// [`with_budget`](Self::with_budget).
+    pub fn new(breaker: Arc<CircuitBreaker>, policy: RetryPolicy) -> Result<Self, ValidationError> {
+        policy.validate()?;
+        let budget = match policy.budget {
+            Some(config) => Some(Arc::new(
+                RetryBudget::new(config).map_err(|e| e.in_section("retry"))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            breaker,
+            policy,
+            budget,
+            sink: None,
+            jitter_seed: None,
+            seeded_calls: AtomicU64::new(0),
+        })
+    }
+
+    /// Limits retries with `budget`, shared with every other user of it.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Publishes every attempt's events to `sink`.
+    #[must_use]
+    pub fn with_sink(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Draws jitter from generators seeded from `seed` (one per call, in call
+    /// order), for reproducible delays in tests.
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
+    /// The service called.
+    pub fn service(&self) -> &ServiceName {
+        self.breaker.service()
+    }
+
+    /// The service's breaker.
+    pub fn breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// The retry settings.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The retry budget, when one is set.
+    pub fn budget(&self) -> Option<&Arc<RetryBudget>> {
+        self.budget.as_ref()
+    }
+
+    /// Calls `op` until it succeeds, fails permanently, is rejected by the
+    /// breaker or runs out of retries. `op` is called once per attempt with the
+    /// attempt's [`AttemptContext`]. The policy's `deadline`, if set, counts
+    /// from now.
+    pub async fn call<T, F, Fut>(&self, op: F) -> Result<T, CallError>
+    where
+        F: FnMut(AttemptContext) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let deadline = self.policy.deadline.map(|d| Instant::now() + d.get());
+        self.run(deadline, op).await
+    }
+
+    /// Like [`call`](Self::call), ending by `deadline` (or the policy's own
+    /// deadline, whichever comes first): a retry that would start at or after
+    /// it is not waited for.
+    pub async fn call_with_deadline<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        op: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(AttemptContext) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let deadline = match self.policy.deadline {
+            Some(d) => deadline.min(Instant::now() + d.get()),
+            None => deadline,
+        };
+        self.run(Some(deadline), op).await
+    }
+
+    async fn run<T, F, Fut>(&self, deadline: Option<Instant>, mut op: F) -> Result<T, CallError>
+    where
+        F: FnMut(AttemptContext) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let timed = self.sink.is_some() || tracing::enabled!(tracing::Level::DEBUG);
+        let mut backoff: Option<Backoff<'_>> = None;
+        let mut last_error: Option<ServiceError> = None;
+        let mut retry_count = 0;
+        loop {
+            let permit = match self.breaker.try_acquire() {
+                Ok(permit) => permit,
+                Err(rejection) => {
+                    self.log_rejected(&rejection, retry_count);
+                    return Err(self.rejected(rejection, retry_count, last_error));
+                }
+            };
+            let circuit_state = permit.state();
+            let started = timed.then(Instant::now);
+            let context = AttemptContext {
+                retry_count,
+                circuit_state,
+                deadline,
+            };
+            let error = match op(context).await {
+                Ok(value) => {
+                    permit.success();
+                    if let Some(budget) = &self.budget {
+                        budget.record_success();
+                    }
+                    self.succeeded(retry_count, circuit_state, started);
+                    return Ok(value);
+                }
+                Err(error) => {
+                    permit.record_error(&error);
+                    error
+                }
+            };
+            let attempt = Attempt {
+                retry_count,
+                circuit_state,
+                elapsed: started.map(|s| s.elapsed()),
+            };
+            self.emit(|| ResilienceEvent::AttemptFailed {
+                attempt: attempt.info(self.service()),
+                error: error.clone(),
+            });
+            if !error.is_transient() {
+                return Err(self.permanent(&attempt, error));
+            }
+            if let Some(budget) = &self.budget {
+                budget.record_failure();
+            }
+            if let Some(reason) = self.stop_reason(retry_count) {
+                return Err(self.exhausted(&attempt, reason, error));
+            }
+            if let Some(rejection) = self.open_breaker() {
+                self.log_not_retried(&attempt, &error, &rejection);
+                return Err(self.rejected(rejection, retry_count + 1, Some(error)));
+            }
+            let delay = backoff
+                .get_or_insert_with(|| self.backoff())
+                .next_delay(error.retry_after());
+            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
+                return Err(self.exhausted(&attempt, StopReason::Deadline, error));
+            }
+            self.log_retrying(&attempt, &error, delay);
+            self.emit(|| ResilienceEvent::RetryScheduled {
+                service: self.service().clone(),
+                retry_count: retry_count + 1,
+                delay,
+            });
+            tokio::time::sleep(delay).await;
+            retry_count += 1;
+            last_error = Some(error);
+        }
+    }
+
+    /// Why no retry may follow a transient failure of attempt `retry_count`.
+    fn stop_reason(&self, retry_count: u32) -> Option<StopReason> {
+        if retry_count >= self.policy.max_retries {
+            Some(StopReason::MaxRetries)
+        } else if self.budget.as_ref().is_some_and(|b| !b.can_retry()) {
+            Some(StopReason::Budget)
+        } else {
+            None
+        }
+    }
+
+    /// The rejection the next attempt would meet, if the breaker is OPEN now.
+    fn open_breaker(&self) -> Option<BreakerOpen> {
+        if !matches!(
+            self.breaker.state(),
+            CircuitState::Open | CircuitState::ForcedOpen
+        ) {
+            return None;
+        }
+        let snapshot = self.breaker.snapshot();
+        matches!(
+            snapshot.state,
+            CircuitState::Open | CircuitState::ForcedOpen
+        )
+        .then(|| BreakerOpen {
+            service: snapshot.service,
+            state: snapshot.state,
+            retry_after: snapshot.retry_after,
+        })
+    }
+
+    fn backoff(&self) -> Backoff<'_> {
+        match self.jitter_seed {
+            Some(seed) => Backoff::with_seed(
+                &self.policy,
+                seed.wrapping_add(self.seeded_calls.fetch_add(1, Ordering::Relaxed)),
+            ),
+            None => Backoff::new(&self.policy),
+        }
+    }
+
+    fn emit(&self, event: impl FnOnce() -> ResilienceEvent) {
+        if let Some(sink) = &self.sink {
+            sink.on_event(&event());
+        }
+    }
+
+    fn succeeded(&self, retry_count: u32, circuit_state: CircuitState, started: Option<Instant>) {
+        let elapsed = started.map(|s| s.elapsed());
+        tracing::debug!(
+            service = %self.service(),
+            retry_count,
+            circuit_state = circuit_state.as_str(),
+            elapsed_ms = elapsed.map(millis),
+            "{} call succeeded (attempt {}/{})",
+            self.service(),
+            retry_count + 1,
+            self.policy.max_attempts(),
+        );
+        self.emit(|| {
+            ResilienceEvent::AttemptSucceeded(AttemptInfo {
+                service: self.service().clone(),
+                retry_count,
+                circuit_state,
+                elapsed: elapsed.unwrap_or_default(),
+            })
+        });
+    }
+
+    fn permanent(&self, attempt: &Attempt, error: ServiceError) -> CallError {
+        tracing::error!(
+            service = %self.service(),
+            retry_count = attempt.retry_count,
+            circuit_state = attempt.circuit_state.as_str(),
+            error_category = error.category().as_str(),
+            error_kind = error.kind().as_str(),
+            http_status = error.status(),
+            "{} call failed (attempt {}/{}): {}; not retrying a permanent error",
+            self.service(),
+            attempt.retry_count + 1,
+            self.policy.max_attempts(),
+            error,
+        );
+        self.emit(|| ResilienceEvent::PermanentFailure {
+            service: self.service().clone(),
+            retry_count: attempt.retry_count,
+            error: error.clone(),
+        });
+        CallError::Permanent {
+            service: self.service().clone(),
+            retry_count: attempt.retry_count,
+            error,
+        }
+    }
+
+    fn exhausted(&self, attempt: &Attempt, reason: StopReason, error: ServiceError) -> CallError {
+        let attempts = attempt.retry_count + 1;
+        tracing::error!(
+            service = %self.service(),
+            retry_count = attempt.retry_count,
+            circuit_state = attempt.circuit_state.as_str(),
+            error_category = error.category().as_str(),
+            error_kind = error.kind().as_str(),
+            http_status = error.status(),
+            stop_reason = reason.as_str(),
+            "{} call failed (attempt {}/{}): {}; giving up: {}",
+            self.service(),
+            attempts,
+            self.policy.max_attempts(),
+            error,
+            reason,
+        );
+        self.emit(|| ResilienceEvent::RetriesExhausted {
+            service: self.service().clone(),
+            attempts,
+            error: error.clone(),
+        });
+        CallError::Exhausted {
+            service: self.service().clone(),
+            attempts,
+            reason,
+            error,
+        }
+    }
+
+    fn log_retrying(&self, attempt: &Attempt, error: &ServiceError, delay: Duration) {
+        tracing::warn!(
+            service = %self.service(),
+            retry_count = attempt.retry_count,
+            circuit_state = attempt.circuit_state.as_str(),
+            error_category = error.category().as_str(),
+            error_kind = error.kind().as_str(),
+            http_status = error.status(),
+            delay_ms = millis(delay),
+            "{} call failed (attempt {}/{}): {}; retrying in {}",
+            self.service(),
+            attempt.retry_count + 1,
+            self.policy.max_attempts(),
+            error,
+            Rounded(delay),
+        );
+    }
+
+    fn log_not_retried(&self, attempt: &Attempt, error: &ServiceError, rejection: &BreakerOpen) {
+        tracing::warn!(
+            service = %self.service(),
+            retry_count = attempt.retry_count,
+            circuit_state = attempt.circuit_state.as_str(),
+            error_category = error.category().as_str(),
+            error_kind = error.kind().as_str(),
+            http_status = error.status(),
+            "{} call failed (attempt {}/{}): {}; not retrying: {}",
+            self.service(),
+            attempt.retry_count + 1,
+            self.policy.max_attempts(),
+            error,
+            rejection,
+        );
+    }
+
+    /// The breaker turned away the attempt numbered `retry_count`: INFO for a
+    /// first attempt (a known outage), WARN when it cuts retries short.
+    fn log_rejected(&self, rejection: &BreakerOpen, retry_count: u32) {
+        macro_rules! log_at {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    service = %self.service(),
+                    retry_count,
+                    circuit_state = rejection.state.as_str(),
+                    retry_after_ms = rejection.retry_after.map(millis),
+                    "{} call rejected (attempt {}/{}): {}",
+                    self.service(),
+                    retry_count + 1,
+                    self.policy.max_attempts(),
+                    rejection,
+                )
+            };
+        }
+        if retry_count == 0 {
+            log_at!(tracing::Level::INFO);
+        } else {
+            log_at!(tracing::Level::WARN);
+        }
+    }
+
+    /// A rejection of the attempt numbered `retry_count`.
+    fn rejected(
+        &self,
+        rejection: BreakerOpen,
+        retry_count: u32,
+        last_error: Option<ServiceError>,
+    ) -> CallError {
+        self.emit(|| ResilienceEvent::CallRejected {
+            service: self.service().clone(),
+            circuit_state: rejection.state,
+            retry_count,
+            retry_after: rejection.retry_after,
+        });
+        CallError::Rejected {
+            rejection,
+            retry_count,
+            last_error,
+        }
+    }
+}
+
+/// A failed attempt, as logs and events describe it.
+struct Attempt {
+    retry_count: u32,
+    circuit_state: CircuitState,
+    elapsed: Option<Duration>,
+}
+
+impl Attempt {
+    fn info(&self, service: &ServiceName) -> AttemptInfo {
+        AttemptInfo {
+            service: service.clone(),
+            retry_count: self.retry_count,
+            circuit_state: self.circuit_state,
+            elapsed: self.elapsed.unwrap_or_default(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A delay as people read it: `10s`, `7s 250ms` (rounded to milliseconds).
+struct Rounded(Duration);
+
+impl fmt::Display for Rounded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ConfigDuration::from_millis(millis(self.0)).fmt(f)
+    }
+}

@@ -1,0 +1,514 @@
+//! The executor around a real `callguard-breaker` breaker, in virtual time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use callguard_breaker::{BreakerConfig, CircuitBreaker};
+use callguard_core::{
+    CircuitState, ConfigDuration, ErrorKind, ResilienceEvent, ServiceError, ServiceName,
+    classify_status,
+};
+use callguard_retry::{
+    AttemptContext, BudgetConfig, CallError, Executor, Jitter, RetryBudget, RetryPolicy, StopReason,
+};
+use tokio::time::Instant;
+
+fn breaker(failure_threshold: u32) -> Arc<CircuitBreaker> {
+    Arc::new(CircuitBreaker::new(
+        ServiceName::new("elevenlabs").unwrap(),
+        BreakerConfig {
+            failure_threshold,
+            ..BreakerConfig::default()
+        },
+    ))
+}
+
+fn executor(breaker: &Arc<CircuitBreaker>, policy: RetryPolicy) -> Executor {
+    Executor::new(Arc::clone(breaker), policy).unwrap()
+}
+
+fn status(code: u16) -> ServiceError {
+    classify_status(code, None, SystemTime::UNIX_EPOCH).unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Records when each attempt started and what it was told, and answers with
+/// the scripted results (the last one repeats).
+struct Script {
+    answers: Vec<Result<u32, ServiceError>>,
+    attempts: Mutex<Vec<(Instant, AttemptContext)>>,
+}
+
+impl Script {
+    fn new(answers: impl Into<Vec<Result<u32, ServiceError>>>) -> Self {
+        Self {
+            answers: answers.into(),
+            attempts: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn run(&self, ctx: AttemptContext) -> std::future::Ready<Result<u32, ServiceError>> {
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.len();
+        attempts.push((Instant::now(), ctx));
+        std::future::ready(self.answers[n.min(self.answers.len() - 1)].clone())
+    }
+
+    fn offsets(&self, start: Instant) -> Vec<Duration> {
+        let attempts = self.attempts.lock().unwrap();
+        attempts.iter().map(|(at, _)| *at - start).collect()
+    }
+
+    fn contexts(&self) -> Vec<AttemptContext> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, c)| *c)
+            .collect()
+    }
+}
+
+/// Collects the events an executor publishes.
+fn event_log() -> (
+    Arc<Mutex<Vec<ResilienceEvent>>>,
+    Arc<dyn callguard_retry::EventSink>,
+) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let events = Arc::clone(&events);
+        move |e: &ResilienceEvent| events.lock().unwrap().push(e.clone())
+    };
+    (events, Arc::new(sink))
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed_delays_are_5_10_20_seconds_over_4_attempts() {
+    let breaker = breaker(100);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let script = Script::new([Err(status(503))]);
+    let start = Instant::now();
+
+    let result = exec.call(|ctx| script.run(ctx)).await;
+
+    assert_eq!(
+        script.offsets(start),
+        [secs(0), secs(5), secs(15), secs(35)]
+    );
+    let retry_counts: Vec<u32> = script.contexts().iter().map(|c| c.retry_count).collect();
+    assert_eq!(retry_counts, [0, 1, 2, 3]);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Exhausted { attempts: 4, reason: StopReason::MaxRetries, error, .. }
+                if error.status() == Some(503) && error.kind() == ErrorKind::Unavailable
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.retry_count(), 3);
+    assert_eq!(
+        Instant::now() - start,
+        secs(35),
+        "no sleep after the last attempt"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed_story_breaker_opens_after_two_failures_and_the_third_attempt_is_rejected_at_once() {
+    let breaker = breaker(2); // the seed's threshold, recovery_timeout 10s
+    let (events, sink) = event_log();
+    let exec = executor(&breaker, RetryPolicy::default()).with_sink(sink);
+    let script = Script::new([Err(status(503))]);
+    let start = Instant::now();
+
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+
+    // Attempt 1 at 0 s, attempt 2 at 5 s; that failure opens the breaker, so
+    // attempt 3 would be rejected: the call ends at 5 s without sleeping 10 s.
+    assert_eq!(script.offsets(start), [secs(0), secs(5)]);
+    assert_eq!(Instant::now() - start, secs(5));
+    assert_eq!(breaker.state(), CircuitState::Open);
+    match &err {
+        CallError::Rejected {
+            rejection,
+            retry_count,
+            last_error,
+        } => {
+            assert_eq!(*retry_count, 2, "the third attempt (retry 2) was rejected");
+            assert_eq!(rejection.state, CircuitState::Open);
+            assert_eq!(rejection.retry_after, Some(secs(10)));
+            assert_eq!(
+                last_error.as_ref().and_then(ServiceError::status),
+                Some(503)
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(err.retry_after(), Some(secs(10)));
+
+    let kinds: Vec<String> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| match e {
+            ResilienceEvent::AttemptFailed { attempt, .. } => {
+                format!("failed {} {}", attempt.retry_count, attempt.circuit_state)
+            }
+            ResilienceEvent::RetryScheduled {
+                retry_count, delay, ..
+            } => {
+                format!("scheduled {retry_count} {}s", delay.as_secs())
+            }
+            ResilienceEvent::CallRejected {
+                retry_count,
+                circuit_state,
+                ..
+            } => {
+                format!("rejected {retry_count} {circuit_state}")
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "failed 0 CLOSED",
+            "scheduled 1 5s",
+            "failed 1 CLOSED",
+            "rejected 2 OPEN"
+        ]
+    );
+
+    // While OPEN, a new call is rejected before its first attempt.
+    let calls_before = script.contexts().len();
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Rejected {
+                retry_count: 0,
+                last_error: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        script.contexts().len(),
+        calls_before,
+        "the operation was not called"
+    );
+
+    // After recovery_timeout the probe goes through in HALF_OPEN and closes it.
+    tokio::time::advance(secs(10)).await;
+    let probe = Script::new([Ok(7)]);
+    assert_eq!(exec.call(|ctx| probe.run(ctx)).await, Ok(7));
+    assert_eq!(probe.contexts()[0].circuit_state, CircuitState::HalfOpen);
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_succeeds_ends_the_call_with_its_value() {
+    let breaker = breaker(100);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let script = Script::new([Err(status(502)), Err(status(504)), Ok(42)]);
+    let start = Instant::now();
+    let result = exec.call(|ctx| script.run(ctx)).await;
+    assert_eq!(result, Ok(42));
+    assert_eq!(script.offsets(start), [secs(0), secs(5), secs(15)]);
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_ends_the_call_after_one_attempt_without_sleeping() {
+    let breaker = breaker(2);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let start = Instant::now();
+    for call in 1..=2 {
+        let script = Script::new([Err(status(401))]);
+        let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+        assert_eq!(script.contexts().len(), 1, "call {call}");
+        assert!(err.is_permanent(), "{err:?}");
+        assert_eq!(err.last_error().unwrap().kind(), ErrorKind::Unauthorized);
+        assert_eq!(Instant::now(), start, "no sleep");
+    }
+    assert_eq!(
+        breaker.state(),
+        CircuitState::Open,
+        "401 counts toward the breaker"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_requests_do_not_open_the_breaker() {
+    let breaker = breaker(2);
+    let exec = executor(&breaker, RetryPolicy::default());
+    for _ in 0..10 {
+        let err = exec
+            .call(|_| async { Err::<(), _>(status(400)) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CallError::Permanent { retry_count: 0, .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    assert_eq!(breaker.snapshot().consecutive_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_in_seconds_replaces_the_delay() {
+    let breaker = breaker(100);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let unavailable = classify_status(503, Some("7"), SystemTime::UNIX_EPOCH).unwrap();
+    let script = Script::new([Err(unavailable), Err(status(503)), Ok(1)]);
+    let start = Instant::now();
+    let result = exec.call(|ctx| script.run(ctx)).await;
+    assert_eq!(result, Ok(1));
+    // 7 s asked by the server instead of 5 s, then the computed 10 s.
+    assert_eq!(script.offsets(start), [secs(0), secs(7), secs(17)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_replaces_the_delay_capped_by_max_delay() {
+    let breaker = breaker(100);
+    let policy = RetryPolicy {
+        max_delay: ConfigDuration::from_secs(40),
+        ..RetryPolicy::default()
+    };
+    let exec = executor(&breaker, policy);
+    let now = SystemTime::UNIX_EPOCH + secs(1_700_000_000);
+    let date = |wait: u64| httpdate::fmt_http_date(now + secs(wait));
+    let in_30s = classify_status(429, Some(&date(30)), now).unwrap();
+    let in_2h = classify_status(503, Some(&date(7200)), now).unwrap();
+    assert_eq!(in_30s.retry_after(), Some(secs(30)));
+    let script = Script::new([Err(in_30s), Err(in_2h), Ok(1)]);
+    let start = Instant::now();
+    let result = exec.call(|ctx| script.run(ctx)).await;
+    assert_eq!(result, Ok(1));
+    assert_eq!(script.offsets(start), [secs(0), secs(30), secs(70)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_stops_retries_and_successes_refill_it() {
+    let budget = Arc::new(
+        RetryBudget::new(BudgetConfig {
+            max_tokens: 10,
+            token_ratio: 0.1,
+        })
+        .unwrap(),
+    );
+    let breaker = breaker(1000);
+    let a = executor(&breaker, RetryPolicy::default()).with_budget(Arc::clone(&budget));
+    let b = executor(&breaker, RetryPolicy::default()).with_budget(Arc::clone(&budget));
+
+    // 4 failed attempts: 10 → 6 tokens, all retries used.
+    let script = Script::new([Err(status(503))]);
+    let err = a.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(matches!(
+        err,
+        CallError::Exhausted {
+            attempts: 4,
+            reason: StopReason::MaxRetries,
+            ..
+        }
+    ));
+    assert_eq!(budget.tokens(), 6.0);
+
+    // The other executor shares the bucket: 6 → 5 is not more than half.
+    let script = Script::new([Err(status(503))]);
+    let start = Instant::now();
+    let err = b.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                attempts: 1,
+                reason: StopReason::Budget,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(Instant::now(), start, "no sleep");
+
+    // 11 successes earn 1.1 tokens: 6.1, so one failure (→ 5.1) still leaves a retry.
+    for _ in 0..11 {
+        assert_eq!(
+            a.call(|_| async { Ok::<_, ServiceError>(()) }).await,
+            Ok(())
+        );
+    }
+    let script = Script::new([Err(status(503))]);
+    let err = a.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                attempts: 2,
+                reason: StopReason::Budget,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_is_turned_on_by_config() {
+    let policy: RetryPolicy = toml::from_str("budget = { max_tokens = 2 }").unwrap();
+    let exec = executor(&breaker(100), policy);
+    let budget = exec.budget().expect("a budget from config");
+    assert_eq!(budget.config().max_tokens, 2);
+    let err = exec
+        .call(|_| async { Err::<(), _>(status(503)) })
+        .await
+        .unwrap_err();
+    // 2 → 1 token: not more than half, no retry.
+    assert!(matches!(
+        err,
+        CallError::Exhausted {
+            attempts: 1,
+            reason: StopReason::Budget,
+            ..
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_would_pass_the_deadline_is_not_waited_for() {
+    let exec = executor(&breaker(100), RetryPolicy::default());
+    let script = Script::new([Err(status(503))]);
+    let start = Instant::now();
+    let err = exec
+        .call_with_deadline(start + secs(12), |ctx| script.run(ctx))
+        .await
+        .unwrap_err();
+    // 0 s, 5 s; the next retry would start at 15 s, past 12 s.
+    assert_eq!(script.offsets(start), [secs(0), secs(5)]);
+    assert_eq!(
+        Instant::now() - start,
+        secs(5),
+        "no sleep towards the deadline"
+    );
+    assert!(matches!(
+        err,
+        CallError::Exhausted {
+            attempts: 2,
+            reason: StopReason::Deadline,
+            ..
+        }
+    ));
+    assert_eq!(script.contexts()[0].deadline, Some(start + secs(12)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_policy_deadline_counts_from_the_start_of_the_call() {
+    let policy: RetryPolicy = toml::from_str("deadline = \"3s\"").unwrap();
+    let exec = executor(&breaker(100), policy);
+    let start = Instant::now();
+    let err = exec
+        .call(|_| async { Err::<(), _>(status(503)) })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CallError::Exhausted {
+            attempts: 1,
+            reason: StopReason::Deadline,
+            ..
+        }
+    ));
+    assert_eq!(Instant::now(), start, "virtual time did not advance");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_open_breaker_rejects_before_any_attempt() {
+    let breaker = breaker(2);
+    breaker.force_open("maintenance");
+    let exec = executor(&breaker, RetryPolicy::default());
+    let err = exec
+        .call(|_| async { Ok::<_, ServiceError>(1) })
+        .await
+        .unwrap_err();
+    assert!(err.is_rejected());
+    assert_eq!(err.retry_after(), None);
+    assert_eq!(err.retry_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeded_jitter_is_reproducible_and_within_bounds() {
+    let policy = RetryPolicy {
+        jitter: Jitter::Full,
+        ..RetryPolicy::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let exec = executor(&breaker(100), policy.clone()).with_jitter_seed(7);
+        let script = Script::new([Err(status(503))]);
+        let start = Instant::now();
+        let _ = exec.call(|ctx| script.run(ctx)).await;
+        let offsets = script.offsets(start);
+        let gaps: Vec<Duration> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        for (n, gap) in gaps.iter().enumerate() {
+            assert!(
+                *gap <= policy.base_delay(n as u32 + 1),
+                "retry {}: {gap:?}",
+                n + 1
+            );
+        }
+        runs.push(gaps);
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_event_carries_the_attempt() {
+    let (events, sink) = event_log();
+    let exec = executor(&breaker(2), RetryPolicy::default()).with_sink(sink);
+    let value = exec
+        .call(|_| async {
+            tokio::time::sleep(secs(2)).await;
+            Ok::<_, ServiceError>("spoken")
+        })
+        .await;
+    assert_eq!(value, Ok("spoken"));
+    let events = events.lock().unwrap();
+    match events.as_slice() {
+        [ResilienceEvent::AttemptSucceeded(info)] => {
+            assert_eq!(info.service.as_str(), "elevenlabs");
+            assert_eq!(info.retry_count, 0);
+            assert_eq!(info.circuit_state, CircuitState::Closed);
+            assert_eq!(info.elapsed, secs(2));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhaustion_and_permanent_failure_are_published() {
+    let (events, sink) = event_log();
+    let policy = RetryPolicy {
+        max_retries: 1,
+        ..RetryPolicy::default()
+    };
+    let exec = executor(&breaker(100), policy).with_sink(sink);
+    let _ = exec.call(|_| async { Err::<(), _>(status(503)) }).await;
+    let _ = exec.call(|_| async { Err::<(), _>(status(404)) }).await;
+    let events = events.lock().unwrap();
+    let last_of_first_call = &events[3];
+    assert!(
+        matches!(last_of_first_call, ResilienceEvent::RetriesExhausted { attempts: 2, error, .. } if error.status() == Some(503)),
+        "{last_of_first_call:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(ResilienceEvent::PermanentFailure { retry_count: 0, error, .. }) if error.status() == Some(404)),
+        "{events:?}"
+    );
+    assert_eq!(events.len(), 6, "{events:?}");
+}
