@@ -1,0 +1,141 @@
+//! The control API under `/_control`: inject, list and clear faults, read and
+//! reset request counts.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::state::Shared;
+use crate::{Fault, Service};
+
+/// The control routes, relative to `/_control`.
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/faults", get(list).post(inject).delete(clear))
+        .route("/stats", get(stats).delete(reset_stats))
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    let message = message.into();
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+/// Parses one fault or a list of them; errors name the entry and field
+/// (`[1].mode: unknown variant ...`).
+fn parse_faults(body: &[u8]) -> Result<Vec<Fault>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let one = |value: Value, prefix: &str| {
+        serde_path_to_error::deserialize::<_, Fault>(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match path.as_str() {
+                "." => format!("invalid fault{prefix}: {inner}"),
+                _ => format!("invalid fault{prefix}: {path}: {inner}"),
+            }
+        })
+    };
+    match value {
+        Value::Array(list) if list.is_empty() => Err("the list of faults is empty".into()),
+        Value::Array(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| one(value, &format!(" [{i}]")))
+            .collect(),
+        value => one(value, "").map(|fault| vec![fault]),
+    }
+}
+
+async fn inject(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let faults = match parse_faults(&body) {
+        Ok(faults) => faults,
+        Err(message) => return bad_request(message),
+    };
+    match shared.inject(faults) {
+        Ok(ids) => (StatusCode::CREATED, Json(json!({ "ids": ids }))).into_response(),
+        Err(e) => bad_request(format!("invalid fault: {e}")),
+    }
+}
+
+async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({ "faults": shared.faults() })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearQuery {
+    service: Option<String>,
+}
+
+async fn clear(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<ClearQuery>, QueryRejection>,
+) -> Response {
+    let service = match query {
+        Err(rejection) => return bad_request(rejection.body_text()),
+        Ok(Query(ClearQuery { service: None })) => None,
+        Ok(Query(ClearQuery {
+            service: Some(name),
+        })) => match Service::from_name(&name) {
+            Some(service) => Some(service),
+            None => {
+                return bad_request(format!(
+                    "service: unknown service {name:?}, expected one of elevenlabs, llm, crm"
+                ));
+            }
+        },
+    };
+    Json(json!({ "cleared": shared.clear(service) })).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.stats()).into_response()
+}
+
+async fn reset_stats(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.reset_stats();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_errors_name_entry_and_field() {
+        let err = parse_faults(br#"{"service":"crm","mode":"explode"}"#).unwrap_err();
+        assert!(
+            err.starts_with("invalid fault: mode: unknown variant `explode`"),
+            "{err}"
+        );
+        let err =
+            parse_faults(br#"[{"service":"crm","mode":"ok"},{"service":"crm"}]"#).unwrap_err();
+        assert_eq!(err, "invalid fault [1]: missing field `mode`");
+        let err = parse_faults(br#"{"service":"tts","mode":"ok"}"#).unwrap_err();
+        assert!(err.contains("service: unknown variant `tts`"), "{err}");
+        let err = parse_faults(br#"{"service":"crm","mode":"ok","for":"soon"}"#).unwrap_err();
+        assert!(err.contains("for: invalid duration"), "{err}");
+        assert!(parse_faults(b"[]").is_err());
+        assert!(parse_faults(b"{").unwrap_err().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn parses_one_or_many() {
+        assert_eq!(
+            parse_faults(br#"{"service":"llm","mode":"reset"}"#)
+                .unwrap()
+                .len(),
+            1
+        );
+        let both = br#"[{"service":"llm","mode":"reset"},{"service":"crm","mode":"garbage","after":"1s"}]"#;
+        assert_eq!(parse_faults(both).unwrap().len(), 2);
+    }
+}

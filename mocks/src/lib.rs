@@ -1,0 +1,46 @@
+//! HTTP fakes of the services the callguard agent calls — ElevenLabs TTS, an
+//! OpenAI-compatible LLM and a CRM — on one port, each under its own path
+//! prefix (`http://ADDR/elevenlabs`, `/llm`, `/crm`), with a fault-injection
+//! control API under `/_control`.
+//!
+//! In-process use (tests, `callguard simulate`):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+//!
+//! let server = MockServer::start(MockConfig::default()).await?;
+//! let tts_url = server.base_url(Service::Elevenlabs);
+//! server.inject(
+//!     Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+//!         .starting_after(Duration::from_secs(3))
+//!         .lasting(Duration::from_secs(20)),
+//! )?;
+//! // ... point a client at `tts_url` ...
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! As a process, `callguard mocks --listen 127.0.0.1:8080` calls [`serve`].
+//! All fault timing uses `tokio::time`, so tests under a paused clock work.
+
+mod config;
+mod control;
+mod crm;
+mod fault;
+mod gate;
+mod llm;
+mod server;
+mod service;
+mod state;
+mod stats;
+mod tts;
+
+pub use config::{MockConfig, MockKeys};
+pub use crm::{CrmRecord, IDEMPOTENCY_HEADER};
+pub use fault::{Fault, FaultId, FaultMode, FaultState, ListedFault};
+pub use gate::CONTACT_HEADER;
+pub use server::{MockError, MockServer, serve};
+pub use service::{EndpointKind, Service};
+pub use stats::{OUTCOME_RESET, OUTCOME_TIMEOUT, ServiceStats, Stats};

@@ -1,0 +1,119 @@
+//! State shared by every request of one mock server: config, faults, counts,
+//! CRM records, and the signals that wake held requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use callguard_core::ValidationError;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::crm::CrmStore;
+use crate::fault::{FaultBook, Pick};
+use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, Service, Stats};
+
+/// Everything a request handler may read or change.
+pub(crate) struct Shared {
+    pub(crate) config: MockConfig,
+    faults: Mutex<FaultBook>,
+    /// Bumped on every change of the fault book, so held requests re-check.
+    faults_changed: watch::Sender<u64>,
+    /// Set once the server stops, so held requests let go.
+    closing: watch::Sender<bool>,
+    stats: Mutex<Stats>,
+    pub(crate) crm: Mutex<CrmStore>,
+    completions: AtomicU64,
+}
+
+/// Locks `mutex`, carrying on after a panic elsewhere: every critical section
+/// leaves the data consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn new(config: MockConfig) -> Self {
+        Self {
+            faults: Mutex::new(FaultBook::new(config.seed)),
+            config,
+            faults_changed: watch::Sender::new(0),
+            closing: watch::Sender::new(false),
+            stats: Mutex::new(Stats::default()),
+            crm: Mutex::new(CrmStore::default()),
+            completions: AtomicU64::new(0),
+        }
+    }
+
+    /// Validates all faults, then injects them together (all or none). Errors
+    /// of a list name the entry: `faults[1].rate`.
+    pub(crate) fn inject(&self, faults: Vec<Fault>) -> Result<Vec<FaultId>, ValidationError> {
+        let listed = faults.len() > 1;
+        for (i, fault) in faults.iter().enumerate() {
+            fault.validate().map_err(|e| {
+                if listed {
+                    e.in_section(&format!("faults[{i}]"))
+                } else {
+                    e
+                }
+            })?;
+        }
+        for fault in &faults {
+            tracing::debug!(service = %fault.service, mode = fault.mode.name(), "fault injected");
+        }
+        let ids = lock(&self.faults).insert(faults, Instant::now());
+        self.faults_changed.send_modify(|n| *n += 1);
+        Ok(ids)
+    }
+
+    /// Removes all faults, or those of one service; returns how many.
+    pub(crate) fn clear(&self, service: Option<Service>) -> usize {
+        let cleared = lock(&self.faults).clear(service);
+        self.faults_changed.send_modify(|n| *n += 1);
+        cleared
+    }
+
+    pub(crate) fn faults(&self) -> Vec<ListedFault> {
+        lock(&self.faults).list(Instant::now())
+    }
+
+    pub(crate) fn wants_contact(&self, service: Service) -> bool {
+        lock(&self.faults).wants_contact(service, Instant::now())
+    }
+
+    pub(crate) fn pick(&self, service: Service, contact: Option<&str>) -> Option<Pick> {
+        lock(&self.faults).pick(service, contact, Instant::now())
+    }
+
+    pub(crate) fn end_of(&self, id: FaultId) -> Option<Option<Instant>> {
+        lock(&self.faults).end_of(id, Instant::now())
+    }
+
+    pub(crate) fn faults_changed(&self) -> watch::Receiver<u64> {
+        self.faults_changed.subscribe()
+    }
+
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub(crate) fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(crate) fn record(&self, service: Service, kind: EndpointKind, outcome: &str) {
+        lock(&self.stats).record(service, kind, outcome);
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        lock(&self.stats).clone()
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        *lock(&self.stats) = Stats::default();
+    }
+
+    /// A fresh number for a chat completion's id.
+    pub(crate) fn next_completion(&self) -> u64 {
+        self.completions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
