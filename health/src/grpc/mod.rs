@@ -140,9 +140,15 @@ pub async fn serve(
     options: GrpcOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), GrpcError> {
+    // Both reflection protocols describe both, so a client of either sees
+    // every service the server offers.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
     };
     let reflection_v1 = reflection().build_v1()?;
     // grpcurl before 1.9 speaks only v1alpha.
