@@ -50,7 +50,7 @@ pub(crate) async fn gate(
     };
     let (request, contact) = match contact_of(&shared, service, request).await {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return counted(&shared, service, kind, response),
     };
     let Some(pick) = shared.pick(service, contact.as_deref()) else {
         return counted(&shared, service, kind, next.run(request).await);
