@@ -1,3 +1,12 @@
 //! The callguard agent: works through a queue of contacts, asking an LLM for a
 //! script, having a TTS service speak it and recording the outcome in a CRM,
 //! with every call going through callguard's resilience layer.
+
+pub mod assemble;
+pub mod campaign;
+pub mod clients;
+pub mod config;
+pub mod contacts;
+pub mod pipeline;
+pub mod queue;
+pub mod telemetry;

@@ -1,0 +1,153 @@
+//! Builds the running parts from a checked [`AgentConfig`]: one breaker and one
+//! executor per service, the clients of each stage's chain (primary, then its
+//! `fallback`s), and the health checker probing every service used.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use callguard_breaker::BreakerRegistry;
+use callguard_core::{ServiceName, ValidationError};
+use callguard_health::{HealthChecker, HttpProbe};
+use callguard_retry::Executor;
+use serde::de::DeserializeOwned;
+
+use crate::campaign::RunStats;
+use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
+use crate::config::{AgentConfig, ConfigError};
+use crate::pipeline::{Chain, Pipeline, Stage};
+
+/// Why the agent could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A config key is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A client could not be built.
+    #[error("service {service}: {source}")]
+    Client {
+        /// The service.
+        service: ServiceName,
+        /// Why.
+        source: ClientSetupError,
+    },
+    /// The health probes' HTTP client could not be built.
+    #[error("cannot build the health-check HTTP client: {0}")]
+    HealthClient(String),
+}
+
+/// The parts a campaign runs with.
+pub struct Assembled {
+    /// The stages.
+    pub pipeline: Arc<Pipeline>,
+    /// One breaker per service.
+    pub registry: Arc<BreakerRegistry>,
+    /// Counters fed by every executor.
+    pub stats: Arc<RunStats>,
+    /// Probes of every service used.
+    pub health: HealthChecker,
+}
+
+/// Builds the pipeline, breakers, executors and health checker.
+pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
+    let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
+    let stats = Arc::new(RunStats::default());
+    let mut builder = Builder {
+        config,
+        registry: &registry,
+        stats: &stats,
+        used: BTreeSet::new(),
+    };
+    let pipeline = Pipeline {
+        llm: builder.chain(&config.pipeline.llm, LlmClient::new)?,
+        tts: builder.chain(&config.pipeline.tts, TtsClient::new)?,
+        crm: builder.chain(&config.pipeline.crm, CrmClient::new)?,
+    };
+    let mut health = HealthChecker::new(config.health_check.clone())
+        .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+    let probe_client = reqwest::Client::builder()
+        .timeout(config.health_check.timeout.get())
+        .build()
+        .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
+    for service in &builder.used {
+        let section = &config.services[service];
+        let Some(base) = section.base_url() else {
+            continue;
+        };
+        let invalid = |rule: &str| {
+            SetupError::Config(ConfigError::Invalid(ValidationError::new(
+                format!("services.{service}.base_url"),
+                base,
+                rule,
+            )))
+        };
+        let url = reqwest::Url::parse(base).map_err(|_| invalid("an absolute http(s) URL"))?;
+        let probe = HttpProbe::new(probe_client.clone(), &url)
+            .map_err(|_| invalid("an http(s) URL that can take a path"))?;
+        let breaker = registry.get_or_default(service);
+        health = health.with_probe(breaker, probe);
+    }
+    Ok(Assembled {
+        pipeline: Arc::new(pipeline),
+        registry,
+        stats,
+        health,
+    })
+}
+
+struct Builder<'a> {
+    config: &'a AgentConfig,
+    registry: &'a Arc<BreakerRegistry>,
+    stats: &'a Arc<RunStats>,
+    used: BTreeSet<ServiceName>,
+}
+
+impl Builder<'_> {
+    /// The chain starting at `primary` and following each service's `fallback`.
+    fn chain<C, S: DeserializeOwned>(
+        &mut self,
+        primary: &ServiceName,
+        build: fn(&S) -> Result<C, ClientSetupError>,
+    ) -> Result<Chain<C>, SetupError> {
+        let primary_stage = self.stage(primary, build)?;
+        let mut fallbacks = Vec::new();
+        let mut seen = BTreeSet::from([primary.clone()]);
+        let mut next = self.config.services[primary].fallback.clone();
+        while let Some(service) = next {
+            if !seen.insert(service.clone()) {
+                break; // a loop of fallbacks ends where it repeats
+            }
+            fallbacks.push(self.stage(&service, build)?);
+            next = self.config.services[&service].fallback.clone();
+        }
+        Ok(Chain {
+            primary: primary_stage,
+            fallbacks,
+        })
+    }
+
+    fn stage<C, S: DeserializeOwned>(
+        &mut self,
+        service: &ServiceName,
+        build: fn(&S) -> Result<C, ClientSetupError>,
+    ) -> Result<Stage<C>, SetupError> {
+        let section = &self.config.services[service];
+        let settings: S = section.client_settings(service)?;
+        let client = build(&settings).map_err(|source| SetupError::Client {
+            service: service.clone(),
+            source: source.in_section(&format!("services.{service}")),
+        })?;
+        let breaker = self
+            .registry
+            .register(service.clone(), self.config.breaker_config(service));
+        let executor = Executor::new(breaker, self.config.retry.clone())
+            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
+            .with_sink(self.stats.clone());
+        self.used.insert(service.clone());
+        Ok(Stage {
+            service: service.clone(),
+            client,
+            executor: Arc::new(executor),
+        })
+    }
+}

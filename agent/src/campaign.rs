@@ -1,0 +1,467 @@
+//! A campaign run: workers taking contacts from the queue through the pipeline,
+//! deferring the ones whose service is unavailable and waking them when its
+//! breaker closes, the health checker in the background, a graceful shutdown,
+//! and the summary of what became of every contact.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use callguard_breaker::BreakerRegistry;
+use callguard_core::{CircuitState, ResilienceEvent, Transition};
+use callguard_health::HealthChecker;
+use callguard_retry::EventSink;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::pipeline::{CallResult, Pipeline};
+use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
+
+/// Counts of what the executors did, fed by their events.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    rejections: AtomicU64,
+    permanent_failures: AtomicU64,
+    retries_exhausted: AtomicU64,
+}
+
+impl EventSink for RunStats {
+    fn on_event(&self, event: &ResilienceEvent) {
+        let counter = match event {
+            ResilienceEvent::AttemptSucceeded(_) | ResilienceEvent::AttemptFailed { .. } => {
+                &self.attempts
+            }
+            ResilienceEvent::RetryScheduled { .. } => &self.retries,
+            ResilienceEvent::CallRejected { .. } => &self.rejections,
+            ResilienceEvent::PermanentFailure { .. } => &self.permanent_failures,
+            ResilienceEvent::RetriesExhausted { .. } => &self.retries_exhausted,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One breaker transition as the summary shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TransitionRecord {
+    /// State before.
+    pub from: CircuitState,
+    /// State after.
+    pub to: CircuitState,
+    /// Seconds since the campaign started.
+    pub at: f64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A contact that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailureRecord {
+    /// The contact.
+    pub contact_id: String,
+    /// The service that failed.
+    pub service: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Alert triggers seen during the run (DESIGN.md, "Alerts").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AlertCounts {
+    /// All triggers.
+    pub raised: u64,
+    /// By trigger: `permanent_failure`, `retries_exhausted`, `breaker_opened`,
+    /// `breaker_closed`.
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// What became of the campaign.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Contacts in the campaign.
+    pub contacts: usize,
+    /// Ended completed.
+    pub completed: usize,
+    /// Ended failed.
+    pub failed: usize,
+    /// Ended expired.
+    pub expired: usize,
+    /// Not finished at shutdown, and kept.
+    pub pending: usize,
+    /// Contacts in none of the above (must be 0).
+    pub lost: usize,
+    /// Contacts given a second terminal state (must be 0).
+    pub duplicated: usize,
+    /// Retries made.
+    pub retries: u64,
+    /// Attempts made, first attempts included.
+    pub attempts: u64,
+    /// Attempts the breakers rejected.
+    pub rejections: u64,
+    /// Times a contact was deferred.
+    pub deferrals: u64,
+    /// Breaker transitions per service.
+    pub breaker_transitions: BTreeMap<String, Vec<TransitionRecord>>,
+    /// Alert triggers.
+    pub alerts: AlertCounts,
+    /// Failed contacts with their reasons.
+    pub failures: Vec<FailureRecord>,
+    /// Wall-clock length of the run in seconds.
+    pub duration_secs: f64,
+}
+
+impl Summary {
+    /// Whether every contact is accounted for exactly once.
+    pub fn all_accounted_for(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0
+    }
+}
+
+/// Everything a campaign run needs.
+pub struct Campaign {
+    /// The stages.
+    pub pipeline: Arc<Pipeline>,
+    /// The breakers of the pipeline's services.
+    pub registry: Arc<BreakerRegistry>,
+    /// The contacts.
+    pub queue: Arc<CallQueue>,
+    /// Fed by the executors' event sinks.
+    pub stats: Arc<RunStats>,
+    /// Contacts called at once.
+    pub workers: usize,
+    /// How long a contact waits when its service gave no `retry_after`.
+    pub default_wait: Duration,
+    /// Background probes, if any.
+    pub health: Option<HealthChecker>,
+    /// How long in-flight calls may take to finish after shutdown is asked.
+    pub shutdown_grace: Duration,
+    /// Print progress to stderr while running.
+    pub progress: bool,
+}
+
+impl Campaign {
+    /// Runs until every contact has ended or `shutdown` completes; then stops
+    /// taking contacts, lets in-flight calls finish within the grace period and
+    /// returns the summary. Contacts not finished stay in the queue as pending.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
+        let started = Instant::now();
+        let wall_started = std::time::Instant::now();
+        let total = self.queue.counts();
+        let contacts = total.ready + total.deferred + total.in_flight;
+
+        let (stop_watcher, watcher_stopped) = oneshot::channel();
+        let watcher = tokio::spawn(watch_transitions(
+            self.registry.transitions(),
+            self.queue.clone(),
+            started,
+            watcher_stopped,
+        ));
+        let (stop_health, health_stopped) = oneshot::channel::<()>();
+        let health = self.health.map(|checker| {
+            tokio::spawn(checker.run(async move {
+                let _ = health_stopped.await;
+            }))
+        });
+        let (stop_progress, progress_stopped) = oneshot::channel::<()>();
+        let progress = self.progress.then(|| {
+            tokio::spawn(report_progress(
+                self.queue.clone(),
+                self.registry.clone(),
+                contacts,
+                started,
+                progress_stopped,
+            ))
+        });
+
+        let deferrals = Arc::new(AtomicU64::new(0));
+        let mut workers = JoinSet::new();
+        for _ in 0..self.workers.max(1) {
+            workers.spawn(work(
+                self.queue.clone(),
+                self.pipeline.clone(),
+                self.default_wait,
+                deferrals.clone(),
+            ));
+        }
+
+        let all_done = async { while workers.join_next().await.is_some() {} };
+        tokio::select! {
+            () = all_done => {}
+            () = shutdown => {
+                tracing::warn!("Shutdown requested: no new contacts are taken; finishing calls in flight");
+                self.queue.close();
+                let grace = tokio::time::timeout(self.shutdown_grace, async {
+                    while workers.join_next().await.is_some() {}
+                });
+                if grace.await.is_err() {
+                    tracing::warn!(
+                        "Calls still in flight after {:?}; their contacts are kept as pending",
+                        self.shutdown_grace
+                    );
+                    workers.shutdown().await;
+                }
+            }
+        }
+
+        let _ = stop_progress.send(());
+        if let Some(task) = progress {
+            let _ = task.await;
+        }
+        let _ = stop_health.send(());
+        if let Some(task) = health {
+            let _ = task.await;
+        }
+        let _ = stop_watcher.send(());
+        let watched = watcher.await.unwrap_or_default();
+
+        let counts = self.queue.counts();
+        let pending = counts.ready + counts.deferred + counts.in_flight;
+        let accounted = counts.completed + counts.failed + counts.expired + pending;
+        let failures = self
+            .queue
+            .finished()
+            .into_iter()
+            .filter_map(|(contact_id, terminal)| match terminal {
+                Terminal::Failed { service, reason } => Some(FailureRecord {
+                    contact_id,
+                    service,
+                    reason,
+                }),
+                _ => None,
+            })
+            .collect();
+        let stats = &self.stats;
+        let mut alerts = watched.alerts;
+        for (kind, count) in [
+            (
+                "permanent_failure",
+                stats.permanent_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "retries_exhausted",
+                stats.retries_exhausted.load(Ordering::Relaxed),
+            ),
+        ] {
+            if count > 0 {
+                *alerts.by_kind.entry(kind.into()).or_default() += count;
+                alerts.raised += count;
+            }
+        }
+        Summary {
+            contacts,
+            completed: counts.completed,
+            failed: counts.failed,
+            expired: counts.expired,
+            pending,
+            lost: contacts.saturating_sub(accounted),
+            duplicated: self.queue.duplicates().len(),
+            retries: stats.retries.load(Ordering::Relaxed),
+            attempts: stats.attempts.load(Ordering::Relaxed),
+            rejections: stats.rejections.load(Ordering::Relaxed),
+            deferrals: deferrals.load(Ordering::Relaxed),
+            breaker_transitions: watched.transitions,
+            alerts,
+            failures,
+            duration_secs: wall_started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// One worker: takes contacts until the queue has none left or is closed.
+async fn work(
+    queue: Arc<CallQueue>,
+    pipeline: Arc<Pipeline>,
+    default_wait: Duration,
+    deferrals: Arc<AtomicU64>,
+) {
+    while let Some(mut entry) = queue.next().await {
+        let trace_id = format!("{:032x}", fastrand::u128(..));
+        let result = pipeline.call(&mut entry, &trace_id).await;
+        settle(&queue, entry, result, default_wait, &deferrals);
+    }
+}
+
+fn settle(
+    queue: &CallQueue,
+    entry: QueuedContact,
+    result: CallResult,
+    default_wait: Duration,
+    deferrals: &AtomicU64,
+) {
+    let contact_id = entry.contact.id.clone();
+    match result {
+        CallResult::Completed => queue.finish(entry, Terminal::Completed),
+        CallResult::Failed { service, reason } => {
+            tracing::error!(
+                contact_id = %contact_id,
+                service = %service,
+                error_category = "permanent",
+                "Contact {contact_id} failed: {reason}"
+            );
+            queue.finish(
+                entry,
+                Terminal::Failed {
+                    service: service.to_string(),
+                    reason,
+                },
+            );
+        }
+        CallResult::Unavailable {
+            service,
+            retry_after,
+        } => {
+            let wait = retry_after.unwrap_or(default_wait);
+            let deferral = entry.deferrals + 1;
+            deferrals.fetch_add(1, Ordering::Relaxed);
+            match queue.defer(entry, &service, Instant::now() + wait) {
+                Deferral::Requeued => tracing::info!(
+                    contact_id = %contact_id,
+                    service = %service,
+                    deferral,
+                    "Contact {contact_id} deferred: {service} unavailable; retrying in {:.1}s or when its breaker closes",
+                    wait.as_secs_f64()
+                ),
+                Deferral::Expired => tracing::error!(
+                    contact_id = %contact_id,
+                    service = %service,
+                    "Contact {contact_id} expired: {service} still unavailable after {} deferrals",
+                    deferral - 1
+                ),
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Watched {
+    transitions: BTreeMap<String, Vec<TransitionRecord>>,
+    alerts: AlertCounts,
+}
+
+impl Watched {
+    fn record(&mut self, transition: &Transition, started: Instant) {
+        self.transitions
+            .entry(transition.service.to_string())
+            .or_default()
+            .push(TransitionRecord {
+                from: transition.from,
+                to: transition.to,
+                at: transition
+                    .at
+                    .saturating_duration_since(started)
+                    .as_secs_f64(),
+                reason: transition.reason.to_string(),
+            });
+        let kind = match (transition.from, transition.to) {
+            (CircuitState::Closed, CircuitState::Open | CircuitState::ForcedOpen) => {
+                "breaker_opened"
+            }
+            (_, CircuitState::Closed) => "breaker_closed",
+            _ => return,
+        };
+        *self.alerts.by_kind.entry(kind.into()).or_default() += 1;
+        self.alerts.raised += 1;
+    }
+}
+
+/// Records every breaker transition and wakes the contacts deferred on a
+/// service whose breaker closes.
+async fn watch_transitions(
+    mut transitions: broadcast::Receiver<Transition>,
+    queue: Arc<CallQueue>,
+    started: Instant,
+    mut stop: oneshot::Receiver<()>,
+) -> Watched {
+    let mut watched = Watched::default();
+    let on_transition = |transition: Transition, watched: &mut Watched| {
+        watched.record(&transition, started);
+        if transition.to == CircuitState::Closed {
+            let woken = queue.wake_service(&transition.service);
+            if woken > 0 {
+                tracing::info!(
+                    service = %transition.service,
+                    circuit_state = "CLOSED",
+                    "{} recovered: {woken} deferred contact(s) resume",
+                    transition.service
+                );
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            received = transitions.recv() => match received {
+                Ok(transition) => on_transition(transition, &mut watched),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!("Missed {missed} breaker transitions in the summary");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = &mut stop => {
+                while let Ok(transition) = transitions.try_recv() {
+                    on_transition(transition, &mut watched);
+                }
+                break;
+            }
+        }
+    }
+    watched
+}
+
+/// Prints where the campaign stands: a line rewritten in place on a terminal,
+/// a line every five seconds otherwise.
+async fn report_progress(
+    queue: Arc<CallQueue>,
+    registry: Arc<BreakerRegistry>,
+    contacts: usize,
+    started: Instant,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = if terminal {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(5)
+    };
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut stop => break,
+        }
+        let counts = queue.counts();
+        let done = counts.completed + counts.failed + counts.expired;
+        let breakers: Vec<String> = registry
+            .all()
+            .iter()
+            .filter(|b| !b.state().is_closed())
+            .map(|b| format!("{} {}", b.service(), b.state()))
+            .collect();
+        let line = format!(
+            "[{:>6.1}s] {done}/{contacts} done · {} completed · {} failed · {} expired · {} deferred · {} in flight{}",
+            started.elapsed().as_secs_f64(),
+            counts.completed,
+            counts.failed,
+            counts.expired,
+            counts.deferred,
+            counts.in_flight,
+            if breakers.is_empty() {
+                String::new()
+            } else {
+                format!(" · {}", breakers.join(", "))
+            }
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+}

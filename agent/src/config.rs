@@ -1,0 +1,510 @@
+//! The agent's configuration: TOML layered as built-in defaults < config file <
+//! environment (`CALLGUARD_SECTION__KEY=value`), then checked as a whole.
+//!
+//! A bad value stops start-up with the key, the value and the rule it breaks;
+//! an unknown key is named with its full path (and the environment variable
+//! that set it, if one did).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use callguard_breaker::BreakerConfig;
+use callguard_core::config::at_least;
+use callguard_core::{ConfigDuration, ServiceName, ValidationError};
+use callguard_health::HealthCheckConfig;
+use callguard_retry::RetryPolicy;
+use serde::de::DeserializeOwned;
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "CALLGUARD_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `[retry]`: backoff for every service.
+    pub retry: RetryPolicy,
+    /// `[circuit_breaker]`: breaker settings for every service (a service may override).
+    pub circuit_breaker: BreakerConfig,
+    /// `[health_check]`: background probes.
+    pub health_check: HealthCheckConfig,
+    /// `[queue]`: workers and deferral.
+    pub queue: QueueConfig,
+    /// `[logging]`: the JSON-lines file and the console.
+    pub logging: LoggingConfig,
+    /// `[pipeline]`: which service does each stage.
+    pub pipeline: PipelineConfig,
+    /// `[services.NAME]`: one section per external service.
+    pub services: BTreeMap<ServiceName, ServiceSection>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            circuit_breaker: BreakerConfig::default(),
+            health_check: HealthCheckConfig::default(),
+            queue: QueueConfig::default(),
+            logging: LoggingConfig::default(),
+            pipeline: PipelineConfig::default(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[queue]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Contacts called at the same time.
+    pub workers: u32,
+    /// Deferrals a contact may have before it expires.
+    pub max_deferrals: u32,
+    /// How long in-flight calls may take to finish at shutdown.
+    pub shutdown_grace: ConfigDuration,
+    /// Where contacts still pending at shutdown are written (JSON Lines).
+    pub pending_file: PathBuf,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            max_deferrals: 5,
+            shutdown_grace: ConfigDuration::from_secs(10),
+            pending_file: PathBuf::from("pending-contacts.jsonl"),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// The JSON-lines log file.
+    pub path: PathBuf,
+    /// Console verbosity: `error`, `warn`, `info`, `debug` or `trace`.
+    pub console_level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("logs/callguard.jsonl"),
+            console_level: "info".into(),
+        }
+    }
+}
+
+/// `[pipeline]`: the service behind each stage, and optional fallbacks.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Writes the call script.
+    pub llm: ServiceName,
+    /// Speaks it.
+    pub tts: ServiceName,
+    /// Records the outcome.
+    pub crm: ServiceName,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let name = |s| ServiceName::new(s).expect("valid built-in service name");
+        Self {
+            llm: name("llm"),
+            tts: name("elevenlabs"),
+            crm: name("crm"),
+        }
+    }
+}
+
+/// `[services.NAME]`: the resilience settings callguard reads itself; the rest
+/// of the section belongs to the service's client and is checked when the
+/// client is built ([`ServiceSection::client_settings`]).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct ServiceSection {
+    /// Breaker settings for this service, replacing `[circuit_breaker]`.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+    /// A service of the same kind to use while this one is unavailable.
+    #[serde(default)]
+    pub fallback: Option<ServiceName>,
+    /// Everything else: the client's settings.
+    #[serde(flatten)]
+    pub client: toml::Table,
+}
+
+impl ServiceSection {
+    /// The client's settings, typed; errors name `services.NAME.key`.
+    pub fn client_settings<T: DeserializeOwned>(
+        &self,
+        service: &ServiceName,
+    ) -> Result<T, ConfigError> {
+        deserialize_at(
+            toml::Value::Table(self.client.clone()),
+            &format!("services.{service}"),
+            &[],
+        )
+    }
+
+    /// The `base_url` key of the client's settings, if any.
+    pub fn base_url(&self) -> Option<&str> {
+        self.client.get("base_url").and_then(toml::Value::as_str)
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {origin} is not valid TOML: {message}")]
+    Syntax {
+        /// The file (or "built-in defaults").
+        origin: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A key is unknown or has the wrong type.
+    #[error("config key {key}: {message}{}", env_note(.env_var))]
+    Key {
+        /// The full dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+        /// The environment variable that set it, if one did.
+        env_var: Option<String>,
+    },
+    /// A value breaks a rule.
+    #[error("invalid config: {0}")]
+    Invalid(#[from] ValidationError),
+}
+
+fn env_note(var: &Option<String>) -> String {
+    var.as_ref()
+        .map(|v| format!(" (set by environment variable {v})"))
+        .unwrap_or_default()
+}
+
+impl AgentConfig {
+    /// Loads `defaults` (TOML text built into the binary), the file at `path`
+    /// if given, then the `CALLGUARD_*` variables in `env`, and validates.
+    pub fn load(
+        defaults: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut merged = parse_toml(defaults, "built-in defaults")?;
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            merge(&mut merged, parse_toml(&text, &path.display().to_string())?);
+        }
+        let mut from_env = Vec::new();
+        for (var, raw) in env {
+            let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+            if keys.iter().any(String::is_empty) {
+                return Err(ConfigError::Key {
+                    key: keys.join("."),
+                    message: "empty key segment".into(),
+                    env_var: Some(var),
+                });
+            }
+            set_path(&mut merged, &keys, env_value(&raw)).map_err(|message| ConfigError::Key {
+                key: keys.join("."),
+                message,
+                env_var: Some(var.clone()),
+            })?;
+            from_env.push((keys.join("."), var));
+        }
+        let config: Self = deserialize_at(toml::Value::Table(merged), "", &from_env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section; the error names the full key.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.retry.validate()?;
+        self.circuit_breaker
+            .validate()
+            .map_err(|e| e.in_section("circuit_breaker"))?;
+        self.health_check
+            .validate()
+            .map_err(|e| e.in_section("health_check"))?;
+        at_least("queue.workers", self.queue.workers, 1)?;
+        if !matches!(
+            self.logging.console_level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(ValidationError::new(
+                "logging.console_level",
+                &self.logging.console_level,
+                "one of error, warn, info, debug, trace",
+            ));
+        }
+        for (name, section) in &self.services {
+            if let Some(breaker) = &section.circuit_breaker {
+                breaker
+                    .validate()
+                    .map_err(|e| e.in_section(&format!("services.{name}.circuit_breaker")))?;
+            }
+            if let Some(fallback) = &section.fallback {
+                if fallback == name || !self.services.contains_key(fallback) {
+                    return Err(ValidationError::new(
+                        format!("services.{name}.fallback"),
+                        fallback,
+                        "the name of another configured service",
+                    ));
+                }
+            }
+        }
+        for (stage, service) in [
+            ("llm", &self.pipeline.llm),
+            ("tts", &self.pipeline.tts),
+            ("crm", &self.pipeline.crm),
+        ] {
+            if !self.services.contains_key(service) {
+                return Err(ValidationError::new(
+                    format!("pipeline.{stage}"),
+                    service,
+                    "a service configured under [services]",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The breaker settings of `service`: its own section's, or the shared ones.
+    pub fn breaker_config(&self, service: &ServiceName) -> BreakerConfig {
+        self.services
+            .get(service)
+            .and_then(|s| s.circuit_breaker.clone())
+            .unwrap_or_else(|| self.circuit_breaker.clone())
+    }
+}
+
+fn parse_toml(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            origin: origin.into(),
+            message: e.to_string().trim().to_owned(),
+        })
+}
+
+/// Deep-merges `overlay` into `base`: tables merge key by key, anything else
+/// replaces.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+                merge(existing, incoming);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, keys: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = keys.split_last().ok_or("no key")?;
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{key} is a value, not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// An environment value as TOML: numbers, booleans and arrays keep their type;
+/// anything that is not a TOML value is taken as a string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table())
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn deserialize_at<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+    from_env: &[(String, String)],
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let key = match (prefix.is_empty(), inner.as_str()) {
+            (true, _) => inner.clone(),
+            (false, ".") => prefix.to_owned(),
+            (false, _) => format!("{prefix}.{inner}"),
+        };
+        let env_var = from_env
+            .iter()
+            .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")) || k.starts_with(&key))
+            .map(|(_, var)| var.clone());
+        ConfigError::Key {
+            key,
+            message: err.into_inner().to_string(),
+            env_var,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const DEFAULTS: &str = r#"
+        [services.llm]
+        base_url = "http://127.0.0.1:1/llm"
+        [services.elevenlabs]
+        base_url = "http://127.0.0.1:1/elevenlabs"
+        [services.crm]
+        base_url = "http://127.0.0.1:1/crm"
+    "#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn seed_defaults_apply() {
+        let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
+        assert_eq!(config.retry.max_retries, 3);
+        assert_eq!(config.retry.initial_delay.get(), Duration::from_secs(5));
+        assert_eq!(config.circuit_breaker.failure_threshold, 2);
+        assert_eq!(config.health_check.interval.get(), Duration::from_secs(5));
+        assert_eq!(config.queue.workers, 4);
+    }
+
+    #[test]
+    fn environment_overrides_keys_with_their_types() {
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[
+                ("CALLGUARD_RETRY__MAX_RETRIES", "5"),
+                ("CALLGUARD_CIRCUIT_BREAKER__RECOVERY_TIMEOUT", "30s"),
+                (
+                    "CALLGUARD_SERVICES__LLM__BASE_URL",
+                    "http://example.invalid/v",
+                ),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.retry.max_retries, 5);
+        assert_eq!(
+            config.circuit_breaker.recovery_timeout.get(),
+            Duration::from_secs(30)
+        );
+        let llm = ServiceName::new("llm").unwrap();
+        assert_eq!(
+            config.services[&llm].base_url(),
+            Some("http://example.invalid/v")
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_key_value_and_rule() {
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_RETRY__BACKOFF_FACTOR", "0.5")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid config: retry.backoff_factor must be ≥ 1.0, got 0.5"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_path_and_variable() {
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_CIRCUIT_BREAKER__FAILURE_TRESHOLD", "3")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("failure_treshold"), "{err}");
+        assert!(
+            err.contains("CALLGUARD_CIRCUIT_BREAKER__FAILURE_TRESHOLD"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_type_in_a_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("callguard-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[queue]\nworkers = \"four\"\n").unwrap();
+        let err = AgentConfig::load(DEFAULTS, Some(&path), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.workers"), "{err}");
+        std::fs::write(&path, "[queue\nworkers = 4\n").unwrap();
+        let err = AgentConfig::load(DEFAULTS, Some(&path), [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml") && err.contains("TOML"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pipeline_stages_need_configured_services() {
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_PIPELINE__TTS", "tts_backup")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid config: pipeline.tts must be a service configured under [services], got tts_backup"
+        );
+    }
+
+    #[test]
+    fn per_service_breaker_settings_replace_the_shared_ones() {
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[(
+                "CALLGUARD_SERVICES__CRM__CIRCUIT_BREAKER__FAILURE_THRESHOLD",
+                "7",
+            )]),
+        )
+        .unwrap();
+        let crm = ServiceName::new("crm").unwrap();
+        assert_eq!(config.breaker_config(&crm).failure_threshold, 7);
+        let llm = ServiceName::new("llm").unwrap();
+        assert_eq!(config.breaker_config(&llm).failure_threshold, 2);
+    }
+}
