@@ -8,7 +8,11 @@
 //!   the standard `grpc.health.v1.Health` (`Check`, `Watch`, `List`; CLOSED is
 //!   SERVING, every other state NOT_SERVING, `""` is the process itself),
 //!   `callguard.v1.Breakers` (list, get, watch; `ForceOpen`/`ForceClose`/`Reset`
-//!   behind a bearer admin token) and server reflection, v1 and v1alpha.
+//!   behind a bearer admin token) and server reflection, v1 and v1alpha;
+//!   plaintext, or TLS (rustls with aws-lc-rs) from `grpc.tls_cert`/`tls_key`.
+//!
+//! [`HttpProbe`] uses the `reqwest::Client` it is given; `https` bases need a
+//! client built with reqwest's `rustls` feature (the agent enables it).
 
 mod checker;
 mod config;

@@ -1,11 +1,15 @@
 //! The gRPC server over real sockets, with the generated tonic clients.
+//!
+//! `tests/tls/` holds a test CA (`ca.pem`) and a certificate for `localhost`
+//! and 127.0.0.1 signed by it (`cert.pem`, `key.pem`): test fixtures only.
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use callguard_core::CircuitState;
-use callguard_health::{AdminToken, GrpcOptions, ProcessHealth};
+use callguard_health::{AdminToken, GrpcConfig, GrpcOptions, ProcessHealth};
 use callguard_proto::callguard::v1::breaker::State;
 use callguard_proto::callguard::v1::breaker_event::Event;
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
@@ -19,7 +23,7 @@ use callguard_proto::grpc::health::v1::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest,
 };
 use support::{TestServer, start, trip};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request, Streaming};
 
 const TOKEN: &str = "test-admin-token-0123456789";
@@ -483,4 +487,66 @@ async fn admin_rpcs_need_the_right_bearer_token() {
     assert_eq!(forged.code(), Code::InvalidArgument);
     assert_eq!(llm.state(), CircuitState::Closed);
     server.shutdown().await.unwrap();
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/tls")
+        .join(name)
+}
+
+fn tls_config() -> GrpcConfig {
+    GrpcConfig {
+        tls_cert: Some(fixture("cert.pem")),
+        tls_key: Some(fixture("key.pem")),
+        ..GrpcConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn serves_tls_with_the_configured_certificate() {
+    let server = start(GrpcOptions::from_config(&tls_config()).unwrap()).await;
+    let ca = Certificate::from_pem(std::fs::read(fixture("ca.pem")).unwrap());
+    let channel = Channel::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(ca)
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    // A plaintext client gets no answer from the TLS port.
+    let plaintext = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let result = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await;
+        assert!(result.is_err(), "{result:?}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn an_unreadable_certificate_is_a_config_error() {
+    let config = GrpcConfig {
+        tls_cert: Some(fixture("missing.pem")),
+        ..tls_config()
+    };
+    let err = GrpcOptions::from_config(&config).unwrap_err();
+    assert_eq!(err.key, "grpc.tls_cert");
+    assert!(err.value.ends_with("missing.pem"), "{err}");
 }

@@ -6,6 +6,7 @@ mod convert;
 mod health;
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use callguard_breaker::BreakerRegistry;
@@ -15,8 +16,8 @@ use callguard_proto::callguard::v1::breakers_server::BreakersServer;
 use callguard_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::config::{AdminToken, GrpcConfig};
 
@@ -65,26 +66,33 @@ impl ProcessHealth {
 pub struct GrpcOptions {
     admin_token: Option<AdminToken>,
     process: ProcessHealth,
+    tls: Option<Identity>,
 }
 
 impl GrpcOptions {
-    /// Options from the `[grpc]` section (keys reported as `grpc.*`).
-    ///
-    /// TLS is not built in: a config with `tls_cert`/`tls_key` is rejected, so
-    /// that the admin token never travels in clear text by surprise.
+    /// Options from the `[grpc]` section (keys reported as `grpc.*`); reads the
+    /// TLS certificate and key when both are set.
     pub fn from_config(config: &GrpcConfig) -> Result<Self, ValidationError> {
         config.validate().map_err(|e| e.in_section("grpc"))?;
-        if let Some(cert) = &config.tls_cert {
-            return Err(ValidationError::new(
-                "grpc.tls_cert",
-                cert.display(),
-                "unset: this build of callguard serves gRPC without TLS (put a TLS-terminating proxy in front)",
-            ));
-        }
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Identity::from_pem(
+                read_pem("grpc.tls_cert", cert)?,
+                read_pem("grpc.tls_key", key)?,
+            )),
+            _ => None,
+        };
         Ok(Self {
             admin_token: config.admin_token.clone(),
             process: ProcessHealth::new(),
+            tls,
         })
+    }
+
+    /// Serves TLS with this certificate chain and key (PEM).
+    #[must_use]
+    pub fn with_tls(mut self, cert_pem: impl AsRef<[u8]>, key_pem: impl AsRef<[u8]>) -> Self {
+        self.tls = Some(Identity::from_pem(cert_pem, key_pem));
+        self
     }
 
     /// Enables the admin RPCs for callers presenting `token`.
@@ -107,6 +115,13 @@ impl GrpcOptions {
     }
 }
 
+fn read_pem(key: &str, path: &Path) -> Result<Vec<u8>, ValidationError> {
+    // The error names the file, never its contents.
+    std::fs::read(path).map_err(|e| {
+        ValidationError::new(key, path.display(), format!("a readable PEM file ({e})"))
+    })
+}
+
 /// Why the gRPC server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -114,7 +129,7 @@ pub enum GrpcError {
     /// The reflection service could not be built from the descriptors.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// The transport failed.
+    /// The transport failed, or the TLS certificate or key was unusable.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -164,6 +179,7 @@ pub async fn serve(
     tracing::info!(
         addr = ?local_addr,
         admin_rpcs = options.admin_token.is_some(),
+        tls = options.tls.is_some(),
         "gRPC server listening"
     );
     let process = options.process;
@@ -173,7 +189,16 @@ pub async fn serve(
         process.set_serving(false);
         closing_tx.send_replace(true);
     };
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(identity) = options.tls {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    } else if options.admin_token.is_some() && local_addr.is_some_and(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            addr = ?local_addr,
+            "admin RPCs are enabled on a non-loopback address without TLS; the token travels in clear text"
+        );
+    }
+    builder
         .add_service(HealthServer::new(health::HealthService::new(
             shared.clone(),
         )))

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
-    pub(crate) registry: Arc<BreakerRegistry>,
+    registry: Arc<BreakerRegistry>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), GrpcError>>,
 }
