@@ -149,24 +149,25 @@ impl Executor {
     /// Calls `op` until it succeeds, fails permanently, is rejected by the
     /// breaker or runs out of retries. `op` is called once per attempt with the
     /// attempt's [`AttemptContext`]. The policy's `deadline`, if set, counts
-    /// from now.
-    pub async fn call<T, F, Fut>(&self, op: F) -> Result<T, CallError>
+    /// from this call.
+    pub fn call<T, F, Fut>(&self, op: F) -> impl Future<Output = Result<T, CallError>>
     where
         F: FnMut(AttemptContext) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>>,
     {
+        // Not an `async fn`: the future is `run`'s own, not one wrapping it.
         let deadline = self.policy.deadline.map(|d| Instant::now() + d.get());
-        self.run(deadline, op).await
+        self.run(deadline, op)
     }
 
     /// Like [`call`](Self::call), ending by `deadline` (or the policy's own
     /// deadline, whichever comes first): a retry that would start at or after
     /// it is not waited for.
-    pub async fn call_with_deadline<T, F, Fut>(
+    pub fn call_with_deadline<T, F, Fut>(
         &self,
         deadline: Instant,
         op: F,
-    ) -> Result<T, CallError>
+    ) -> impl Future<Output = Result<T, CallError>>
     where
         F: FnMut(AttemptContext) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>>,
@@ -175,7 +176,7 @@ impl Executor {
             Some(d) => deadline.min(Instant::now() + d.get()),
             None => deadline,
         };
-        self.run(Some(deadline), op).await
+        self.run(Some(deadline), op)
     }
 
     async fn run<T, F, Fut>(&self, deadline: Option<Instant>, mut op: F) -> Result<T, CallError>
@@ -184,75 +185,139 @@ impl Executor {
         Fut: Future<Output = Result<T, ServiceError>>,
     {
         let timed = self.sink.is_some() || tracing::enabled!(tracing::Level::DEBUG);
-        let mut backoff: Option<Backoff<'_>> = None;
-        let mut last_error: Option<ServiceError> = None;
-        let mut retry_count = 0;
+        match self.attempt(&mut op, 0, deadline, timed).await {
+            Attempted::Succeeded(value) => Ok(value),
+            Attempted::Rejected(rejection) => Err(self.turned_away(rejection, 0, None)),
+            Attempted::Ended(error) => Err(error),
+            // The retry loop is a future of its own, on the heap: allocated only
+            // when a retry may follow, so a first-try success stays small.
+            Attempted::Transient(failure) => {
+                Box::pin(self.retry(op, deadline, timed, failure)).await
+            }
+        }
+    }
+
+    /// Retries after the transient `failure` until the call ends.
+    async fn retry<T, F, Fut>(
+        &self,
+        mut op: F,
+        deadline: Option<Instant>,
+        timed: bool,
+        mut failure: Failure,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(AttemptContext) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let mut backoff = self.backoff();
         loop {
-            let permit = match self.breaker.try_acquire() {
-                Ok(permit) => permit,
-                Err(rejection) => {
-                    self.log_rejected(&rejection, retry_count);
-                    return Err(self.rejected(rejection, retry_count, last_error));
-                }
+            let delay = match self.next_delay(&mut backoff, &failure, deadline) {
+                Ok(delay) => delay,
+                Err(give_up) => return Err(self.give_up(failure, give_up)),
             };
-            let circuit_state = permit.state();
-            let started = timed.then(Instant::now);
-            let context = AttemptContext {
-                retry_count,
-                circuit_state,
-                deadline,
-            };
-            let error = match op(context).await {
-                Ok(value) => {
-                    permit.success();
-                    if let Some(budget) = &self.budget {
-                        budget.record_success();
-                    }
-                    self.succeeded(retry_count, circuit_state, started);
-                    return Ok(value);
-                }
-                Err(error) => {
-                    permit.record_error(&error);
-                    error
-                }
-            };
-            let attempt = Attempt {
-                retry_count,
-                circuit_state,
-                elapsed: started.map(|s| s.elapsed()),
-            };
-            self.emit(|| ResilienceEvent::AttemptFailed {
-                attempt: attempt.info(self.service()),
-                error: error.clone(),
-            });
-            if !error.is_transient() {
-                return Err(self.permanent(&attempt, error));
-            }
-            if let Some(budget) = &self.budget {
-                budget.record_failure();
-            }
-            if let Some(reason) = self.stop_reason(retry_count) {
-                return Err(self.exhausted(&attempt, reason, error));
-            }
-            if let Some(rejection) = self.open_breaker() {
-                self.log_not_retried(&attempt, &error, &rejection);
-                return Err(self.rejected(rejection, retry_count + 1, Some(error)));
-            }
-            let delay = backoff
-                .get_or_insert_with(|| self.backoff())
-                .next_delay(error.retry_after());
-            if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
-                return Err(self.exhausted(&attempt, StopReason::Deadline, error));
-            }
-            self.log_retrying(&attempt, &error, delay);
-            self.emit(|| ResilienceEvent::RetryScheduled {
-                service: self.service().clone(),
-                retry_count: retry_count + 1,
-                delay,
-            });
             tokio::time::sleep(delay).await;
-            retry_count += 1;
-            last_error = Some(error);
+            let retry_count = failure.attempt.retry_count + 1;
+            match self.attempt(&mut op, retry_count, deadline, timed).await {
+                Attempted::Succeeded(value) => return Ok(value),
+                Attempted::Rejected(rejection) => {
+                    return Err(self.turned_away(rejection, retry_count, Some(failure.error)));
+                }
+                Attempted::Ended(error) => return Err(error),
+                Attempted::Transient(next) => failure = next,
+            }
+        }
+    }
+
+    /// One attempt through the breaker, numbered `retry_count`.
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &mut F,
+        retry_count: u32,
+        deadline: Option<Instant>,
+        timed: bool,
+    ) -> Attempted<T>
+    where
+        F: FnMut(AttemptContext) -> Fut,
+        Fut: Future<Output = Result<T, ServiceError>>,
+    {
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejection) => return Attempted::Rejected(rejection),
+        };
+        let circuit_state = permit.state();
+        let started = timed.then(Instant::now);
+        let context = AttemptContext {
+            retry_count,
+            circuit_state,
+            deadline,
+        };
+        let error = match op(context).await {
+            Ok(value) => {
+                permit.success();
+                if let Some(budget) = &self.budget {
+                    budget.record_success();
+                }
+                self.succeeded(retry_count, circuit_state, started);
+                return Attempted::Succeeded(value);
+            }
+            Err(error) => {
+                permit.record_error(&error);
+                error
+            }
+        };
+        let attempt = Attempt {
+            retry_count,
+            circuit_state,
+            elapsed: started.map(|s| s.elapsed()),
+        };
+        self.emit(|| ResilienceEvent::AttemptFailed {
+            attempt: attempt.info(self.service()),
+            error: error.clone(),
+        });
+        if !error.is_transient() {
+            return Attempted::Ended(self.permanent(&attempt, error));
+        }
+        if let Some(budget) = &self.budget {
+            budget.record_failure();
+        }
+        Attempted::Transient(Failure { attempt, error })
+    }
+
+    /// After a transient failure: the wait before the next attempt, or why
+    /// there is none. A scheduled retry is logged and published.
+    fn next_delay(
+        &self,
+        backoff: &mut Backoff<'_>,
+        failure: &Failure,
+        deadline: Option<Instant>,
+    ) -> Result<Duration, GiveUp> {
+        if let Some(reason) = self.stop_reason(failure.attempt.retry_count) {
+            return Err(GiveUp::Exhausted(reason));
+        }
+        if let Some(rejection) = self.open_breaker() {
+            return Err(GiveUp::BreakerOpen(rejection));
+        }
+        let delay = backoff.next_delay(failure.error.retry_after());
+        if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
+            return Err(GiveUp::Exhausted(StopReason::Deadline));
+        }
+        self.log_retrying(&failure.attempt, &failure.error, delay);
+        self.emit(|| ResilienceEvent::RetryScheduled {
+            service: self.service().clone(),
+            retry_count: failure.attempt.retry_count + 1,
+            delay,
+        });
+        Ok(delay)
+    }
+
+    fn give_up(&self, failure: Failure, give_up: GiveUp) -> CallError {
+        let Failure { attempt, error } = failure;
+        match give_up {
+            GiveUp::Exhausted(reason) => self.exhausted(&attempt, reason, error),
+            GiveUp::BreakerOpen(rejection) => {
+                self.log_not_retried(&attempt, &error, &rejection);
+                self.rejected(rejection, attempt.retry_count + 1, Some(error))
+            }
         }
     }
 
@@ -287,6 +352,7 @@ impl Executor {
         })
     }
 
+    /// The delays of one call's retries.
     fn backoff(&self) -> Backoff<'_> {
         match self.jitter_seed {
             Some(seed) => Backoff::with_seed(
@@ -416,9 +482,14 @@ impl Executor {
         );
     }
 
-    /// The breaker turned away the attempt numbered `retry_count`: INFO for a
-    /// first attempt (a known outage), WARN when it cuts retries short.
-    fn log_rejected(&self, rejection: &BreakerOpen, retry_count: u32) {
+    /// The breaker turned away the attempt numbered `retry_count`: logged at
+    /// INFO for a first attempt (a known outage), at WARN when it cuts retries short.
+    fn turned_away(
+        &self,
+        rejection: BreakerOpen,
+        retry_count: u32,
+        last_error: Option<ServiceError>,
+    ) -> CallError {
         macro_rules! log_at {
             ($level:expr) => {
                 tracing::event!(
@@ -440,9 +511,10 @@ impl Executor {
         } else {
             log_at!(tracing::Level::WARN);
         }
+        self.rejected(rejection, retry_count, last_error)
     }
 
-    /// A rejection of the attempt numbered `retry_count`.
+    /// A rejection of the attempt numbered `retry_count`, published.
     fn rejected(
         &self,
         rejection: BreakerOpen,
@@ -461,6 +533,29 @@ impl Executor {
             last_error,
         }
     }
+}
+
+/// How one attempt ended.
+enum Attempted<T> {
+    Succeeded(T),
+    /// The breaker did not admit it.
+    Rejected(BreakerOpen),
+    /// Failed permanently: the call ends.
+    Ended(CallError),
+    /// Failed with a transient error: a retry may follow.
+    Transient(Failure),
+}
+
+/// A transient failure.
+struct Failure {
+    attempt: Attempt,
+    error: ServiceError,
+}
+
+/// Why no retry follows a transient failure.
+enum GiveUp {
+    Exhausted(StopReason),
+    BreakerOpen(BreakerOpen),
 }
 
 /// A failed attempt, as logs and events describe it.

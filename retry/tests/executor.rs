@@ -512,3 +512,17 @@ async fn exhaustion_and_permanent_failure_are_published() {
     );
     assert_eq!(events.len(), 6, "{events:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_can_run_on_spawned_tasks() {
+    let exec = Arc::new(executor(&breaker(100), RetryPolicy::default()));
+    let task = {
+        let exec = Arc::clone(&exec);
+        // `tokio::spawn` requires the call's future to be Send + 'static.
+        tokio::spawn(async move {
+            exec.call(|ctx| async move { Ok::<_, ServiceError>(ctx.retry_count) })
+                .await
+        })
+    };
+    assert_eq!(task.await.unwrap(), Ok(0));
+}
