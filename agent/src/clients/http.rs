@@ -1,0 +1,359 @@
+//! The HTTP plumbing every service client shares: one `reqwest::Client` per
+//! service, the headers every request carries, and the single function that
+//! turns a response (or its absence) into a body or a classified
+//! [`ServiceError`].
+//!
+//! Errors never carry secrets: reqwest errors are stripped of their URL, no
+//! header is ever printed, and the excerpt of an error body that goes into the
+//! detail has the service's own key blanked out should the service echo it.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::SystemTime;
+
+use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure, classify_status};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+use super::{ClientSetupError, HttpServiceConfig};
+
+/// The header naming the contact a request is made for.
+pub const CONTACT_ID_HEADER: &str = "x-contact-id";
+/// The W3C trace-context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Longest excerpt of an error body kept in an error's detail, in characters.
+const ERROR_EXCERPT_CHARS: usize = 200;
+/// Most bytes read from an error body to make that excerpt.
+const ERROR_BODY_BYTES: u64 = 4 * 1024;
+
+/// Per-request facts the caller passes down: which contact the request is for
+/// and, when tracing, the W3C `traceparent` of the calling span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestContext<'a> {
+    /// Sent as `X-Contact-Id`.
+    pub contact_id: &'a str,
+    /// Sent as `traceparent` when set (and a valid header value).
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> RequestContext<'a> {
+    /// A context for `contact_id`, without trace context.
+    pub fn new(contact_id: &'a str) -> Self {
+        Self {
+            contact_id,
+            traceparent: None,
+        }
+    }
+
+    /// Sets (or clears) the `traceparent` to send.
+    #[must_use]
+    pub fn with_traceparent(mut self, traceparent: Option<&'a str>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+}
+
+/// How a service wants its key: in a header of its own or as a bearer token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyHeader {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// `<name>: <key>`, e.g. ElevenLabs' `xi-api-key`.
+    Named(&'static str),
+}
+
+/// One service's connection settings and HTTP client.
+pub(crate) struct HttpService {
+    client: reqwest::Client,
+    base_url: String,
+    auth_name: HeaderName,
+    /// Marked sensitive, so even reqwest's own `Debug` hides it.
+    auth_value: HeaderValue,
+    key: Secret,
+    max_response_bytes: u64,
+}
+
+/// A successful answer: its content type and its whole (capped) body.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) content_type: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl HttpService {
+    /// Checks `config`, resolves its key (from the process environment when
+    /// it names a variable) and builds the client.
+    pub(crate) fn new(
+        config: &HttpServiceConfig,
+        key_header: KeyHeader,
+    ) -> Result<Self, ClientSetupError> {
+        let base_url = config.base_url()?;
+        let key = config.resolve_api_key(|name| std::env::var(name).ok())?;
+        let (auth_name, raw_value) = match key_header {
+            KeyHeader::Bearer => (
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", key.expose()),
+            ),
+            KeyHeader::Named(name) => (HeaderName::from_static(name), key.expose().to_owned()),
+        };
+        let mut auth_value = HeaderValue::from_str(&raw_value).map_err(|_| {
+            callguard_core::ValidationError::new(
+                "api_key",
+                "[redacted]",
+                "printable ASCII without line breaks",
+            )
+        })?;
+        auth_value.set_sensitive(true);
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout.get())
+            .timeout(config.request_timeout.get())
+            // A redirect is an error for these APIs; following one could also
+            // carry a custom key header to another host.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("callguard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientSetupError::Http(error_chain(&e.without_url())))?;
+        Ok(Self {
+            client,
+            base_url,
+            auth_name,
+            auth_value,
+            key,
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    /// The base URL, without a trailing slash.
+    pub(crate) fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// A `POST` to `url` with the key, `X-Contact-Id` and `traceparent` set.
+    pub(crate) fn post(&self, url: &str, context: RequestContext<'_>) -> RequestBuilder {
+        let mut request = self
+            .client
+            .post(url)
+            .header(self.auth_name.clone(), self.auth_value.clone())
+            .header(CONTACT_ID_HEADER, contact_header_value(context.contact_id));
+        if let Some(value) = context
+            .traceparent
+            .and_then(|tp| HeaderValue::from_str(tp).ok())
+        {
+            request = request.header(TRACEPARENT_HEADER, value);
+        }
+        request
+    }
+
+    /// Sends `request` and reads the answer: a 2xx body within the size cap,
+    /// or the classified error.
+    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ServiceError> {
+        let response = request.send().await.map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(RETRY_AFTER);
+        let content_type = header(CONTENT_TYPE);
+        if let Some(error) = classify_status(status, retry_after.as_deref(), SystemTime::now()) {
+            // The body only explains; failing to read it changes nothing.
+            let body = read_up_to(response, ERROR_BODY_BYTES)
+                .await
+                .map(|(body, _)| body)
+                .unwrap_or_default();
+            return Err(with_detail(error, self.excerpt(&body)));
+        }
+        let too_large = || {
+            TransportFailure::BodyTooLarge.into_error(format!(
+                "the response body is larger than the {}-byte cap",
+                self.max_response_bytes
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_response_bytes)
+        {
+            return Err(too_large());
+        }
+        match read_up_to(response, self.max_response_bytes).await {
+            Ok((body, false)) => Ok(Reply { content_type, body }),
+            Ok((_, true)) => Err(too_large()),
+            Err(error) => Err(transport_error(error)),
+        }
+    }
+
+    /// A one-line, bounded, key-free excerpt of an error body.
+    fn excerpt(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let key = self.key.expose();
+        if !key.is_empty() {
+            line = line.replace(key, "[redacted]");
+        }
+        truncate_chars(&line, ERROR_EXCERPT_CHARS)
+    }
+}
+
+impl fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpService")
+            .field("base_url", &self.base_url)
+            .field("key", &self.key)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reply {
+    /// The body as JSON of type `T`; anything else is a bad response.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> Result<T, ServiceError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let what = self.content_type.as_deref().unwrap_or("no content type");
+            ServiceError::new(
+                ErrorKind::BadResponse,
+                format!(
+                    "the response ({what}, {} bytes) is not the expected JSON: {e}",
+                    self.body.len()
+                ),
+            )
+        })
+    }
+}
+
+/// Reads the body chunk by chunk, stopping once it passes `cap` bytes: the
+/// first `cap` bytes, and whether there was more.
+async fn read_up_to(mut response: Response, cap: u64) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            let room = cap - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// Classifies a reqwest error, without its URL.
+fn transport_error(error: reqwest::Error) -> ServiceError {
+    let error = error.without_url();
+    if error.is_builder() {
+        return ServiceError::new(ErrorKind::InvalidRequest, error_chain(&error));
+    }
+    let failure = if error.is_timeout() {
+        TransportFailure::Timeout
+    } else if error.is_connect() {
+        TransportFailure::Connect
+    } else {
+        // Body and I/O errors: the connection was reset or closed mid-exchange.
+        TransportFailure::Reset
+    };
+    failure.into_error(error_chain(&error))
+}
+
+/// `error: cause: cause`, one line, so "connection reset by peer" is seen.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `error` with `excerpt` appended to its detail.
+fn with_detail(error: ServiceError, excerpt: String) -> ServiceError {
+    if excerpt.is_empty() {
+        return error;
+    }
+    let detail: Cow<'static, str> = format!("{}: {excerpt}", error.detail()).into();
+    let mut rebuilt = ServiceError::new(error.kind(), detail);
+    if let Some(status) = error.status() {
+        rebuilt = rebuilt.with_status(status);
+    }
+    if let Some(wait) = error.retry_after() {
+        rebuilt = rebuilt.with_retry_after(wait);
+    }
+    rebuilt
+}
+
+/// The contact id as a header value: as it is when it is printable ASCII,
+/// otherwise with every byte outside visible ASCII (and `%`) percent-encoded,
+/// so the header always reads as plain ASCII on the other side.
+fn contact_header_value(contact_id: &str) -> HeaderValue {
+    let printable = |b: u8| (b' '..=b'~').contains(&b);
+    let text = if contact_id.bytes().all(printable) {
+        contact_id.to_owned()
+    } else {
+        contact_id
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_graphic() && b != b'%' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    // Printable ASCII is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("invalid"))
+}
+
+/// The first `max` characters of `text`, with `…` when cut.
+pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_ids_become_header_values() {
+        assert_eq!(contact_header_value("c-17"), "c-17");
+        assert_eq!(contact_header_value("José 1"), "Jos%C3%A9%201");
+        assert_eq!(contact_header_value("a\nb"), "a%0Ab");
+        assert_eq!(contact_header_value("100% a"), "100% a");
+    }
+
+    #[test]
+    fn truncation_counts_characters() {
+        assert_eq!(truncate_chars("héllo", 10), "héllo");
+        assert_eq!(truncate_chars("héllo", 2), "hé…");
+    }
+
+    #[test]
+    fn extra_detail_keeps_status_and_retry_after() {
+        let error = classify_status(503, Some("3"), SystemTime::now()).unwrap();
+        let error = with_detail(error, "overloaded".into());
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert_eq!(error.status(), Some(503));
+        assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(3)));
+        assert_eq!(error.detail(), "service unavailable: overloaded");
+    }
+
+    #[test]
+    fn excerpts_blank_the_key() {
+        let config = HttpServiceConfig::new("http://127.0.0.1:1", "sk-secret-1");
+        let service = HttpService::new(&config, KeyHeader::Bearer).unwrap();
+        let excerpt = service.excerpt(b"{\"error\": \"bad key\n sk-secret-1\"}");
+        assert_eq!(excerpt, "{\"error\": \"bad key [redacted]\"}");
+        assert!(!format!("{service:?}").contains("sk-secret"));
+    }
+}

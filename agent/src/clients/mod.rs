@@ -1,0 +1,51 @@
+//! Clients of the services the agent calls — ElevenLabs text-to-speech
+//! ([`TtsClient`]), an OpenAI-compatible LLM ([`LlmClient`]) and the CRM
+//! ([`CrmClient`]) — speaking their real request shapes.
+//!
+//! Each client owns one `reqwest::Client` with the service's connect and
+//! request timeouts, and every answer goes through one shared reader: the
+//! status is classified by `callguard_core::classify_status` (with
+//! `Retry-After`), transport failures become `TransportFailure`s, the body is
+//! read chunk by chunk up to `max_response_bytes`, and a body that cannot be
+//! used is an `ErrorKind::BadResponse`. Every request carries `X-Contact-Id`
+//! and, when the caller has one, `traceparent` (see [`RequestContext`]).
+//! Keys never appear in `Debug` output or error details.
+
+mod config;
+mod crm;
+mod http;
+mod llm;
+mod tts;
+
+use callguard_core::ValidationError;
+
+pub use config::HttpServiceConfig;
+pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER};
+pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
+pub use llm::{LlmClient, LlmConfig, Prompt};
+pub use tts::{Audio, TtsClient, TtsConfig};
+
+/// Why a client could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientSetupError {
+    /// A config value breaks a rule (keys relative to the service's section
+    /// until [`ClientSetupError::in_section`] prefixes them).
+    #[error(transparent)]
+    Config(#[from] ValidationError),
+    /// The HTTP client itself could not be built (e.g. TLS set-up failed).
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+impl ClientSetupError {
+    /// Prefixes a config error's key with the service's section, e.g.
+    /// `services.elevenlabs`.
+    #[must_use]
+    pub fn in_section(self, section: &str) -> Self {
+        match self {
+            Self::Config(error) => Self::Config(error.in_section(section)),
+            other => other,
+        }
+    }
+}

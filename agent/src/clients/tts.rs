@@ -1,0 +1,206 @@
+//! The ElevenLabs text-to-speech client:
+//! `POST {base}/v1/text-to-speech/{voice_id}` with `xi-api-key`, audio back.
+
+use std::fmt;
+
+use callguard_core::{ErrorKind, ServiceError, ValidationError};
+use serde::{Deserialize, Serialize};
+
+use super::http::{HttpService, KeyHeader};
+use super::{ClientSetupError, HttpServiceConfig, RequestContext};
+
+/// Settings of the TTS service: the common HTTP keys plus the voice and model.
+///
+/// ```toml
+/// [services.elevenlabs]
+/// base_url = "https://api.elevenlabs.io"
+/// api_key_env = "ELEVENLABS_API_KEY"
+/// voice_id = "21m00Tcm4TlvDq8ikWAM"
+/// model_id = "eleven_multilingual_v2"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsConfig {
+    /// Base URL, key, timeouts and response cap.
+    #[serde(flatten)]
+    pub http: HttpServiceConfig,
+    /// The ElevenLabs voice; default [`TtsConfig::DEFAULT_VOICE_ID`] ("Rachel").
+    #[serde(default = "TtsConfig::default_voice_id")]
+    pub voice_id: String,
+    /// The ElevenLabs model; default [`TtsConfig::DEFAULT_MODEL_ID`].
+    #[serde(default = "TtsConfig::default_model_id")]
+    pub model_id: String,
+}
+
+impl TtsConfig {
+    /// Default `voice_id`.
+    pub const DEFAULT_VOICE_ID: &'static str = "21m00Tcm4TlvDq8ikWAM";
+    /// Default `model_id`.
+    pub const DEFAULT_MODEL_ID: &'static str = "eleven_multilingual_v2";
+
+    /// The default voice and model over `http`.
+    pub fn new(http: HttpServiceConfig) -> Self {
+        Self {
+            http,
+            voice_id: Self::default_voice_id(),
+            model_id: Self::default_model_id(),
+        }
+    }
+
+    fn default_voice_id() -> String {
+        Self::DEFAULT_VOICE_ID.to_owned()
+    }
+
+    fn default_model_id() -> String {
+        Self::DEFAULT_MODEL_ID.to_owned()
+    }
+
+    /// Checks every field; the voice id becomes a path segment, so it is
+    /// limited to letters, digits, `-` and `_`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.http.validate()?;
+        let path_safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.voice_id.is_empty() || !self.voice_id.chars().all(path_safe) {
+            return Err(ValidationError::new(
+                "voice_id",
+                format!("{:?}", self.voice_id),
+                "a non-empty id of letters, digits, '-' and '_'",
+            ));
+        }
+        if self.model_id.trim().is_empty() {
+            return Err(ValidationError::new(
+                "model_id",
+                "\"\"",
+                "a non-empty model id",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Speech returned by the TTS service.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Audio {
+    /// The answer's content type, e.g. `audio/mpeg`.
+    pub content_type: String,
+    /// The encoded audio, never empty.
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Audio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Audio")
+            .field("content_type", &self.content_type)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// The request body ElevenLabs expects.
+#[derive(Serialize)]
+struct SpeechRequest<'a> {
+    text: &'a str,
+    model_id: &'a str,
+}
+
+/// A client of the ElevenLabs text-to-speech API.
+#[derive(Debug)]
+pub struct TtsClient {
+    http: HttpService,
+    url: String,
+    model_id: String,
+}
+
+impl TtsClient {
+    /// Checks `config`, resolves its key and builds the client.
+    pub fn new(config: &TtsConfig) -> Result<Self, ClientSetupError> {
+        config.validate()?;
+        let http = HttpService::new(&config.http, KeyHeader::Named("xi-api-key"))?;
+        let url = format!("{}/v1/text-to-speech/{}", http.base_url(), config.voice_id);
+        Ok(Self {
+            http,
+            url,
+            model_id: config.model_id.clone(),
+        })
+    }
+
+    /// Speaks `text`: the audio, or a classified error. A `200` whose body is
+    /// empty or not `audio/*` is a [`ErrorKind::BadResponse`].
+    pub async fn synthesize(
+        &self,
+        context: RequestContext<'_>,
+        text: &str,
+    ) -> Result<Audio, ServiceError> {
+        let body = SpeechRequest {
+            text,
+            model_id: &self.model_id,
+        };
+        let request = self
+            .http
+            .post(&self.url, context)
+            .header(reqwest::header::ACCEPT, "audio/mpeg")
+            .json(&body);
+        let reply = self.http.send(request).await?;
+        let content_type = reply.content_type.unwrap_or_default();
+        let is_audio = content_type
+            .get(..6)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("audio/"));
+        if !is_audio {
+            return Err(ServiceError::new(
+                ErrorKind::BadResponse,
+                format!(
+                    "expected audio, got {:?} ({} bytes)",
+                    content_type,
+                    reply.body.len()
+                ),
+            ));
+        }
+        if reply.body.is_empty() {
+            return Err(ServiceError::new(
+                ErrorKind::BadResponse,
+                "the audio body is empty",
+            ));
+        }
+        Ok(Audio {
+            content_type,
+            bytes: reply.body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_keys_sit_beside_the_common_ones() {
+        let config: TtsConfig = serde_json::from_str(
+            r#"{"base_url":"http://x/elevenlabs","api_key":"k","voice_id":"v1","request_timeout":"3s"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.voice_id, "v1");
+        assert_eq!(config.model_id, TtsConfig::DEFAULT_MODEL_ID);
+        assert_eq!(config.http.request_timeout.get().as_secs(), 3);
+        config.validate().unwrap();
+        let err = serde_json::from_str::<TtsConfig>(
+            r#"{"base_url":"http://x","api_key":"k","voice":"v"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `voice`"), "{err}");
+    }
+
+    #[test]
+    fn voice_ids_must_be_path_safe() {
+        let mut config = TtsConfig::new(HttpServiceConfig::new("http://x", "k"));
+        config.voice_id = "../admin".into();
+        assert_eq!(config.validate().unwrap_err().key, "voice_id");
+        let err = TtsClient::new(&config)
+            .unwrap_err()
+            .in_section("services.elevenlabs");
+        assert!(
+            err.to_string()
+                .starts_with("services.elevenlabs.voice_id must be"),
+            "{err}"
+        );
+    }
+}

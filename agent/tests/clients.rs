@@ -1,0 +1,586 @@
+//! The service clients against the mock services over real loopback sockets:
+//! happy paths, every fault mode that maps to an error kind, the size cap,
+//! CRM idempotency, and keys kept out of errors. A raw TCP peer checks the
+//! exact request shapes and the answers the mocks never give.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use callguard_agent::clients::{
+    CallOutcome, CallRecord, ClientSetupError, CrmClient, HttpServiceConfig, LlmClient, LlmConfig,
+    Prompt, RequestContext, TtsClient, TtsConfig,
+};
+use callguard_agent::contacts::Contact;
+use callguard_core::{ErrorKind, ServiceError};
+use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const WRONG_KEY: &str = "sk-wrong-key-4f1b9c";
+
+fn contact(id: &str, name: &str) -> Contact {
+    Contact {
+        id: id.into(),
+        name: name.into(),
+        phone: "+1-555-0100".into(),
+        extra: BTreeMap::from([("company".into(), "Analytical Engines".into())]),
+    }
+}
+
+fn http(server: &MockServer, service: Service) -> HttpServiceConfig {
+    HttpServiceConfig::new(server.base_url(service), server.config().keys.get(service))
+}
+
+fn tts(config: HttpServiceConfig) -> TtsClient {
+    TtsClient::new(&TtsConfig::new(config)).unwrap()
+}
+
+fn llm(config: HttpServiceConfig) -> LlmClient {
+    LlmClient::new(&LlmConfig::new(config)).unwrap()
+}
+
+fn crm(config: HttpServiceConfig) -> CrmClient {
+    CrmClient::new(&config).unwrap()
+}
+
+fn record(contact: &Contact) -> CallRecord {
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+    CallRecord::new(
+        contact,
+        CallOutcome::Completed,
+        start,
+        start + Duration::from_secs(3),
+    )
+    .with_script("Hello Ada, this is Ava.")
+    .with_audio_bytes(1234)
+}
+
+/// One call of each client for `contact_id`, errors only.
+async fn call_each(
+    tts: &TtsClient,
+    llm: &LlmClient,
+    crm: &CrmClient,
+    contact_id: &str,
+) -> [Result<(), ServiceError>; 3] {
+    let ada = contact(contact_id, "Ada Lovelace");
+    let ctx = RequestContext::new(contact_id);
+    [
+        tts.synthesize(ctx, "Hello").await.map(drop),
+        llm.generate_script(ctx, &Prompt::for_contact(&ada))
+            .await
+            .map(drop),
+        crm.record_call(ctx, &record(&ada)).await.map(drop),
+    ]
+}
+
+/// The three clients of `server`, each with `adjust` applied to its config.
+fn clients(
+    server: &MockServer,
+    adjust: impl Fn(&mut HttpServiceConfig),
+) -> (TtsClient, LlmClient, CrmClient) {
+    let config = |service| {
+        let mut config = http(server, service);
+        adjust(&mut config);
+        config
+    };
+    (
+        tts(config(Service::Elevenlabs)),
+        llm(config(Service::Llm)),
+        crm(config(Service::Crm)),
+    )
+}
+
+/// Injects `mode` on every service and checks that each client reports `kind`.
+async fn every_client_sees(
+    mode: FaultMode,
+    kind: ErrorKind,
+    adjust: impl Fn(&mut HttpServiceConfig),
+) {
+    let server = MockServer::start(MockConfig {
+        oversized_body_bytes: 4 * 1024 * 1024,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    for service in Service::ALL {
+        server.inject(Fault::new(service, mode)).unwrap();
+    }
+    let (tts, llm, crm) = clients(&server, adjust);
+    for (service, result) in Service::ALL
+        .into_iter()
+        .zip(call_each(&tts, &llm, &crm, "c-1").await)
+    {
+        let error = result.expect_err(service.as_str());
+        assert_eq!(error.kind(), kind, "{service}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn tts_returns_the_audio() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = tts(http(&server, Service::Elevenlabs));
+    let audio = client
+        .synthesize(
+            RequestContext::new("c-1"),
+            "Hello Ada, this is Ava calling.",
+        )
+        .await
+        .unwrap();
+    assert_eq!(audio.content_type, "audio/mpeg");
+    assert!(audio.bytes.starts_with(b"ID3"), "an MP3 with an ID3 tag");
+    assert_eq!(
+        audio.bytes.len(),
+        10 + 5 * 104,
+        "two frames plus one per ten characters"
+    );
+}
+
+#[tokio::test]
+async fn llm_returns_the_script_for_the_contact() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = llm(http(&server, Service::Llm));
+    let prompt = Prompt::for_contact(&contact("c-1", "Ada Lovelace"));
+    let script = client
+        .generate_script(RequestContext::new("c-1"), &prompt)
+        .await
+        .unwrap();
+    assert!(
+        script.starts_with("Hello Ada Lovelace, this is Ava"),
+        "{script}"
+    );
+}
+
+#[tokio::test]
+async fn crm_stores_one_record_per_contact_however_often_it_is_sent() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = crm(http(&server, Service::Crm));
+    let ada = contact("c-1", "Ada Lovelace");
+    let ctx = RequestContext::new("c-1");
+    let first = client.record_call(ctx, &record(&ada)).await.unwrap();
+    let again = client.record_call(ctx, &record(&ada)).await.unwrap();
+    assert_eq!(first, again, "a repeated write answers the first record");
+    let other = client
+        .record_call(
+            RequestContext::new("c-2"),
+            &record(&contact("c-2", "Alan Turing")),
+        )
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    let records = server.crm_records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let stored = &records[0];
+    assert_eq!(stored.id, first);
+    assert_eq!(stored.idempotency_key.as_deref(), Some("callguard-c-1"));
+    assert_eq!(stored.fields["outcome"], "completed");
+    assert_eq!(stored.fields["started_at"], "2025-06-15T15:06:40.000Z");
+    assert_eq!(stored.fields["finished_at"], "2025-06-15T15:06:43.000Z");
+    assert_eq!(stored.fields["audio_bytes"], 1234);
+    assert_eq!(stored.fields["phone"], "+1-555-0100");
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_unauthorized_and_never_shown() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let (tts, llm, crm) = clients(&server, |config| config.api_key = Some(WRONG_KEY.into()));
+    let shown = format!("{tts:?} {llm:?} {crm:?}");
+    assert!(!shown.contains(WRONG_KEY), "{shown}");
+    for (service, result) in Service::ALL
+        .into_iter()
+        .zip(call_each(&tts, &llm, &crm, "c-1").await)
+    {
+        let error = result.expect_err(service.as_str());
+        assert_eq!(error.kind(), ErrorKind::Unauthorized, "{service}: {error}");
+        assert_eq!(error.status(), Some(401));
+        assert!(!error.is_transient());
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains(WRONG_KEY), "{shown}");
+        assert!(
+            shown.contains("Invalid API key") || shown.contains("Incorrect API key"),
+            "{shown}"
+        );
+    }
+    assert!(server.crm_records().is_empty());
+}
+
+#[tokio::test]
+async fn unavailable_carries_retry_after() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    for service in Service::ALL {
+        server
+            .inject(
+                Fault::new(service, FaultMode::Unavailable)
+                    .with_retry_after(Duration::from_secs(2)),
+            )
+            .unwrap();
+    }
+    let (tts, llm, crm) = clients(&server, |_| {});
+    for (service, result) in Service::ALL
+        .into_iter()
+        .zip(call_each(&tts, &llm, &crm, "c-1").await)
+    {
+        let error = result.expect_err(service.as_str());
+        assert_eq!(error.kind(), ErrorKind::Unavailable, "{service}: {error}");
+        assert_eq!(error.status(), Some(503));
+        assert_eq!(
+            error.retry_after(),
+            Some(Duration::from_secs(2)),
+            "{service}"
+        );
+        assert!(error.is_transient());
+    }
+}
+
+#[tokio::test]
+async fn rate_limited_carries_retry_after() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    server
+        .inject(
+            Fault::new(Service::Llm, FaultMode::RateLimited)
+                .with_retry_after(Duration::from_secs(7)),
+        )
+        .unwrap();
+    let client = llm(http(&server, Service::Llm));
+    let prompt = Prompt::for_contact(&contact("c-1", "Ada"));
+    let error = client
+        .generate_script(RequestContext::new("c-1"), &prompt)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_connection_reset() {
+    every_client_sees(FaultMode::Reset, ErrorKind::ConnectionReset, |_| {}).await;
+}
+
+#[tokio::test]
+async fn a_hung_service_is_a_timeout() {
+    // Real sockets need real time: the request timeout is short instead.
+    every_client_sees(FaultMode::Timeout, ErrorKind::Timeout, |config| {
+        config.request_timeout = Duration::from_millis(300).into();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_garbage_body_is_a_bad_response() {
+    every_client_sees(FaultMode::Garbage, ErrorKind::BadResponse, |_| {}).await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_cap_is_a_bad_response() {
+    every_client_sees(FaultMode::Oversized, ErrorKind::BadResponse, |config| {
+        config.max_response_bytes = 64 * 1024;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_cap_error_names_the_cap() {
+    let server = MockServer::start(MockConfig {
+        oversized_body_bytes: 1024 * 1024,
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    server
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Oversized))
+        .unwrap();
+    let mut config = http(&server, Service::Elevenlabs);
+    config.max_response_bytes = 1000;
+    let error = tts(config)
+        .synthesize(RequestContext::new("c-1"), "Hi")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BadResponse);
+    assert!(error.detail().contains("1000-byte cap"), "{error}");
+}
+
+#[tokio::test]
+async fn contact_ids_reach_the_service() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    for service in Service::ALL {
+        server
+            .inject(Fault::new(service, FaultMode::BadRequest).for_contacts(["c-bad"]))
+            .unwrap();
+    }
+    let (tts, llm, crm) = clients(&server, |_| {});
+    for result in call_each(&tts, &llm, &crm, "c-good").await {
+        result.unwrap();
+    }
+    for (service, result) in Service::ALL
+        .into_iter()
+        .zip(call_each(&tts, &llm, &crm, "c-bad").await)
+    {
+        let error = result.expect_err(service.as_str());
+        assert_eq!(
+            error.kind(),
+            ErrorKind::InvalidRequest,
+            "{service}: {error}"
+        );
+        assert!(!error.counts_toward_breaker());
+    }
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = crm(HttpServiceConfig::new(format!("http://{addr}/crm"), "k"));
+    let ada = contact("c-1", "Ada");
+    let error = client
+        .record_call(RequestContext::new("c-1"), &record(&ada))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
+    assert!(
+        !error.detail().contains(&addr.to_string()),
+        "no URL in errors: {error}"
+    );
+}
+
+#[test]
+fn a_key_variable_that_is_not_set_stops_construction() {
+    let config: HttpServiceConfig = serde_json::from_str(
+        r#"{"base_url":"http://127.0.0.1:1/crm","api_key_env":"CALLGUARD_TEST_SURELY_UNSET_KEY"}"#,
+    )
+    .unwrap();
+    let error = CrmClient::new(&config)
+        .unwrap_err()
+        .in_section("services.crm");
+    assert!(matches!(error, ClientSetupError::Config(_)), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "services.crm.api_key_env must be the name of a set, non-empty environment variable, \
+         got \"CALLGUARD_TEST_SURELY_UNSET_KEY\""
+    );
+}
+
+/// A peer that accepts one connection, captures the request (head and
+/// body), answers `response` verbatim and closes.
+async fn one_shot(response: impl Into<String>) -> (String, JoinHandle<String>) {
+    let response = response.into();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/svc", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length || n == 0 {
+                    break;
+                }
+            } else if n == 0 {
+                break;
+            }
+        }
+        socket.write_all(response.as_bytes()).await.unwrap();
+        socket.shutdown().await.unwrap();
+        String::from_utf8(request).unwrap()
+    });
+    (base, task)
+}
+
+/// A `200` with a JSON body.
+fn ok_json(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The request's head lines (lowercased) and its JSON body.
+fn split_request(raw: &str) -> (Vec<String>, serde_json::Value) {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let lines = head.lines().map(str::to_ascii_lowercase).collect();
+    (lines, serde_json::from_str(body).unwrap())
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test]
+async fn tts_request_shape() {
+    let (base, peer) =
+        one_shot("HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: 3\r\n\r\nID3")
+            .await;
+    let client = tts(HttpServiceConfig::new(base, "xi-key-1"));
+    let ctx = RequestContext::new("c-7").with_traceparent(Some(TRACEPARENT));
+    let audio = client.synthesize(ctx, "Hello").await.unwrap();
+    assert_eq!(audio.bytes, b"ID3");
+    let (head, body) = split_request(&peer.await.unwrap());
+    assert_eq!(
+        head[0],
+        "post /svc/v1/text-to-speech/21m00tcm4tlvdq8ikwam http/1.1"
+    );
+    let traceparent = format!("traceparent: {TRACEPARENT}");
+    for line in [
+        "xi-api-key: xi-key-1",
+        "accept: audio/mpeg",
+        "content-type: application/json",
+        "x-contact-id: c-7",
+        traceparent.as_str(),
+    ] {
+        assert!(
+            head.iter().any(|l| l == line),
+            "{line} missing from {head:?}"
+        );
+    }
+    assert_eq!(
+        body,
+        serde_json::json!({"text": "Hello", "model_id": "eleven_multilingual_v2"})
+    );
+}
+
+#[tokio::test]
+async fn llm_request_shape() {
+    let (base, peer) = one_shot(ok_json(
+        r#"{"choices":[{"message":{"content":"  Hi Ada! "}}]}"#,
+    ))
+    .await;
+    let client = llm(HttpServiceConfig::new(base, "sk-llm-1"));
+    let prompt = Prompt::for_contact(&contact("c-7", "Ada Lovelace"));
+    let script = client
+        .generate_script(RequestContext::new("c-7"), &prompt)
+        .await
+        .unwrap();
+    assert_eq!(script, "Hi Ada!");
+    let (head, body) = split_request(&peer.await.unwrap());
+    assert_eq!(head[0], "post /svc/v1/chat/completions http/1.1");
+    assert!(
+        head.iter().any(|l| l == "authorization: bearer sk-llm-1"),
+        "{head:?}"
+    );
+    assert!(
+        !head.iter().any(|l| l.starts_with("traceparent")),
+        "none given, none sent"
+    );
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": Prompt::SYSTEM},
+                {"role": "user", "content": prompt.user},
+            ],
+            "max_tokens": 300,
+        })
+    );
+}
+
+#[tokio::test]
+async fn crm_request_shape() {
+    let (base, peer) = one_shot(
+        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"id\":\"rec-9\"}\n",
+    )
+    .await;
+    let client = crm(HttpServiceConfig::new(base, "crm-key-1"));
+    let ada = contact("c-7", "Ada Lovelace");
+    let failed = CallRecord::new(
+        &ada,
+        CallOutcome::Failed,
+        SystemTime::UNIX_EPOCH,
+        SystemTime::UNIX_EPOCH,
+    )
+    .with_error("permanent error (invalid_request), HTTP 400");
+    let id = client
+        .record_call(RequestContext::new("c-7"), &failed)
+        .await
+        .unwrap();
+    assert_eq!(id, "rec-9");
+    let (head, body) = split_request(&peer.await.unwrap());
+    assert_eq!(head[0], "post /svc/v1/calls http/1.1");
+    assert!(
+        head.iter().any(|l| l == "authorization: bearer crm-key-1"),
+        "{head:?}"
+    );
+    assert!(
+        head.iter().any(|l| l == "idempotency-key: callguard-c-7"),
+        "{head:?}"
+    );
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "contact_id": "c-7",
+            "name": "Ada Lovelace",
+            "phone": "+1-555-0100",
+            "outcome": "failed",
+            "started_at": "1970-01-01T00:00:00.000Z",
+            "finished_at": "1970-01-01T00:00:00.000Z",
+            "error": "permanent error (invalid_request), HTTP 400",
+        })
+    );
+}
+
+/// Answers the peers give that the mocks never do.
+#[tokio::test]
+async fn unusable_successes_are_bad_responses() {
+    let empty_audio = "HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\ncontent-length: 0\r\n\r\n";
+    let (base, _peer) = one_shot(empty_audio).await;
+    let error = tts(HttpServiceConfig::new(base, "k"))
+        .synthesize(RequestContext::new("c-1"), "Hi")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
+    assert!(error.detail().contains("empty"), "{error}");
+
+    let prompt = Prompt::for_contact(&contact("c-1", "Ada"));
+    for answer in [
+        "{\"choices\":[]}",
+        "{\"choices\":[{\"message\":{\"content\":\"   \"}}]}",
+        "{\"choices\":[{\"message\":{\"content\":null}}]}",
+    ] {
+        let (base, _peer) = one_shot(ok_json(answer)).await;
+        let error = llm(HttpServiceConfig::new(base, "k"))
+            .generate_script(RequestContext::new("c-1"), &prompt)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::BadResponse, "{answer}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let (base, _peer) = one_shot(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:1/elsewhere\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let error = tts(HttpServiceConfig::new(base, "k"))
+        .synthesize(RequestContext::new("c-1"), "Hi")
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
+    assert_eq!(error.status(), Some(307));
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_cap_is_refused_unread() {
+    let (base, _peer) = one_shot(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 999999999\r\n\r\n{",
+    )
+    .await;
+    let mut config = HttpServiceConfig::new(base, "k");
+    config.max_response_bytes = 1024;
+    let ada = contact("c-1", "Ada");
+    let error = crm(config)
+        .record_call(RequestContext::new("c-1"), &record(&ada))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
+    assert!(error.detail().contains("1024-byte cap"), "{error}");
+}
