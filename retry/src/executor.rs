@@ -17,10 +17,12 @@
 //!   at once, without sleeping, when the breaker rejects the attempt"). The
 //!   caller defers the call until the breaker's `retry_after`.
 //!
-//! A first-try success costs one atomic load (breaker admission), one atomic
-//! update (recording it) and nothing else: no allocation, no clock read unless
-//! an event sink or a DEBUG-level tracing subscriber wants the attempt's
-//! duration. Events are built only when a sink is set.
+//! A first-try success costs the breaker's lock-free admission and success,
+//! and nothing else: no allocation, no clock read unless an event sink or a
+//! DEBUG-level tracing subscriber wants the attempt's duration, no event built
+//! unless a sink is set (≈ 32 ns over the bare call, BENCHMARKS.md). The retry
+//! loop is a separate future, boxed only once a transient failure asks for a
+//! retry, so the future of every call stays small.
 
 use std::fmt;
 use std::future::Future;

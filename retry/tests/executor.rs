@@ -465,6 +465,7 @@ async fn seeded_jitter_is_reproducible_and_within_bounds() {
         runs.push(gaps);
     }
     assert_eq!(runs[0], runs[1]);
+    assert_ne!(runs[0], [secs(5), secs(10), secs(20)], "jitter was applied");
 }
 
 #[tokio::test(start_paused = true)]
