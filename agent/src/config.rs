@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 pub const ENV_PREFIX: &str = "CALLGUARD_";
 
 /// The whole configuration.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
     /// `[retry]`: backoff for every service.
@@ -36,20 +36,6 @@ pub struct AgentConfig {
     pub pipeline: PipelineConfig,
     /// `[services.NAME]`: one section per external service.
     pub services: BTreeMap<ServiceName, ServiceSection>,
-}
-
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            retry: RetryPolicy::default(),
-            circuit_breaker: BreakerConfig::default(),
-            health_check: HealthCheckConfig::default(),
-            queue: QueueConfig::default(),
-            logging: LoggingConfig::default(),
-            pipeline: PipelineConfig::default(),
-            services: BTreeMap::new(),
-        }
-    }
 }
 
 /// `[queue]`.

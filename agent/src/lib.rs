@@ -9,4 +9,6 @@ pub mod config;
 pub mod contacts;
 pub mod pipeline;
 pub mod queue;
+pub mod report;
+pub mod simulate;
 pub mod telemetry;

@@ -121,17 +121,20 @@ impl Pipeline {
             }
         }
 
-        let mut record = CallRecord::new(
-            contact,
-            CallOutcome::Completed,
-            started_at,
-            SystemTime::now(),
-        )
-        .with_script(script);
-        if let Some(bytes) = entry.progress.audio_bytes {
-            record = record.with_audio_bytes(bytes);
-        }
-        match run_chain(&self.crm, |client, _| client.record_call(context, &record)).await {
+        let record = entry.progress.crm_record.get_or_insert_with(|| {
+            let record = CallRecord::new(
+                contact,
+                CallOutcome::Completed,
+                started_at,
+                SystemTime::now(),
+            )
+            .with_script(script);
+            match entry.progress.audio_bytes {
+                Some(bytes) => record.with_audio_bytes(bytes),
+                None => record,
+            }
+        });
+        match run_chain(&self.crm, |client, _| client.record_call(context, record)).await {
             Ok(record_id) => {
                 tracing::info!(crm_record = %record_id, "Call completed and recorded");
                 CallResult::Completed
@@ -182,13 +185,16 @@ where
             ));
         }
         let retry_after = unavailable_for(&error);
-        span.in_scope(|| {
-            tracing::warn!(
-                error_category = "transient",
-                "{} unavailable for this contact: {error}",
-                link.service
-            );
-        });
+        if let Some(next) = chain.fallbacks.get(index) {
+            span.in_scope(|| {
+                tracing::warn!(
+                    error_category = "transient",
+                    "{} unavailable; falling back to {}",
+                    link.service,
+                    next.service
+                );
+            });
+        }
         if index == 0 {
             primary_wait = retry_after;
         }

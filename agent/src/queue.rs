@@ -13,6 +13,7 @@ use callguard_core::ServiceName;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::clients::CallRecord;
 use crate::contacts::Contact;
 
 /// Work already done for a contact, kept across deferrals so a contact resumes
@@ -23,6 +24,9 @@ pub struct Progress {
     pub script: Option<String>,
     /// Size of the speech audio, once synthesized.
     pub audio_bytes: Option<u64>,
+    /// The CRM record, once built: kept so that a write retried after a
+    /// deferral sends the same record under the same idempotency key.
+    pub crm_record: Option<CallRecord>,
 }
 
 /// A contact in the queue.
@@ -320,10 +324,13 @@ fn promote_due(state: &mut State, now: Instant) {
 }
 
 fn record(state: &mut State, id: String, terminal: Terminal) {
-    if state.finished.contains_key(&id) {
-        state.duplicates.push(id);
-    } else {
-        state.finished.insert(id, terminal);
+    match state.finished.entry(id) {
+        std::collections::btree_map::Entry::Occupied(entry) => {
+            state.duplicates.push(entry.key().clone());
+        }
+        std::collections::btree_map::Entry::Vacant(entry) => {
+            entry.insert(terminal);
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! innermost value winning, so a line can be read on its own.
 
 use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Write};
+use std::io::{IsTerminal, LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -150,6 +150,73 @@ where
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A failing log disk must not stop calls; the console still shows the event.
         let _ = writer.write_all(text.as_bytes());
+    }
+}
+
+/// Installs the global subscriber: the JSON-lines file at `path` (INFO and
+/// above from every target) and the console at `console_level`. Dependencies'
+/// own chatter (HTTP internals) is kept at WARN.
+pub fn init(path: &Path, console_level: &str) -> Result<(), LogFileError> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);
+    let quiet = |level| {
+        Targets::new()
+            .with_default(level)
+            .with_target("hyper", LevelFilter::WARN)
+            .with_target("hyper_util", LevelFilter::WARN)
+            .with_target("reqwest", LevelFilter::WARN)
+            .with_target("h2", LevelFilter::WARN)
+            .with_target("tower", LevelFilter::WARN)
+    };
+    let file = JsonFileLayer::open(path)?.with_filter(quiet(LevelFilter::INFO));
+    let console = tracing_subscriber::fmt::layer()
+        .with_writer(ConsoleWriter)
+        .compact()
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(quiet(console_level));
+    // A second init (in tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(file)
+        .with(console)
+        .try_init();
+    Ok(())
+}
+
+/// Writes log lines to stderr; on a terminal it first clears the line, where a
+/// progress line may be standing.
+#[derive(Clone, Copy)]
+struct ConsoleWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ConsoleWriter {
+    type Writer = ConsoleLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        ConsoleLine {
+            cleared: !std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// One console log line.
+struct ConsoleLine {
+    cleared: bool,
+}
+
+impl Write for ConsoleLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut stderr = std::io::stderr().lock();
+        if !self.cleared {
+            stderr.write_all(b"\r\x1b[2K")?;
+            self.cleared = true;
+        }
+        stderr.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

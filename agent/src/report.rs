@@ -1,0 +1,72 @@
+//! The end-of-run summary as a table for people.
+
+use std::fmt::Write;
+
+use crate::campaign::Summary;
+
+/// The summary as aligned text: contact outcomes, retries, breaker
+/// transitions per service, alerts and failures.
+pub fn summary_table(summary: &Summary) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(out, "  {label:<22} {value}");
+    };
+    line("contacts", summary.contacts.to_string());
+    line("completed", summary.completed.to_string());
+    line("failed", summary.failed.to_string());
+    line("expired", summary.expired.to_string());
+    line("pending", summary.pending.to_string());
+    line(
+        "lost / duplicated",
+        format!("{} / {}", summary.lost, summary.duplicated),
+    );
+    line(
+        "attempts / retries",
+        format!("{} / {}", summary.attempts, summary.retries),
+    );
+    line("rejected by breakers", summary.rejections.to_string());
+    line("deferrals", summary.deferrals.to_string());
+    line("alerts raised", {
+        let kinds: Vec<String> = summary
+            .alerts
+            .by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        if kinds.is_empty() {
+            "0".into()
+        } else {
+            format!("{} ({})", summary.alerts.raised, kinds.join(", "))
+        }
+    });
+    line("duration", format!("{:.1}s", summary.duration_secs));
+    let mut text = String::from("\nSummary\n");
+    text.push_str(&out);
+    if !summary.breaker_transitions.is_empty() {
+        text.push_str("\nBreaker transitions\n");
+        for (service, transitions) in &summary.breaker_transitions {
+            for t in transitions {
+                let _ = writeln!(
+                    text,
+                    "  {service:<12} {:>7.2}s  {:<11} -> {:<11} {}",
+                    t.at,
+                    t.from.as_str(),
+                    t.to.as_str(),
+                    t.reason
+                );
+            }
+        }
+    }
+    if !summary.failures.is_empty() {
+        text.push_str("\nFailed contacts\n");
+        for f in &summary.failures {
+            let _ = writeln!(
+                text,
+                "  {:<10} {:<12} {}",
+                f.contact_id, f.service, f.reason
+            );
+        }
+    }
+    text
+}

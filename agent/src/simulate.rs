@@ -1,0 +1,198 @@
+//! `callguard simulate`: the mocks in-process on a free loopback port, a
+//! scenario of injected faults, and a campaign run against them over real HTTP.
+//!
+//! Every duration of the story — retry delays, recovery timeout, health
+//! interval, request timeouts, the mocks' latencies and fault schedule — is
+//! multiplied by `time_scale`, so `0.1` tells the same story ten times faster.
+
+use std::time::Duration;
+
+use callguard_core::ConfigDuration;
+use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+
+use crate::config::AgentConfig;
+use crate::contacts::Contact;
+
+/// A story to tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The TTS service goes down for 25 s: retries, breaker OPEN, contacts
+    /// deferred while others proceed, HALF_OPEN probes that fail while it is
+    /// still down, recovery seen by the health check, deferred contacts complete.
+    Outage,
+    /// The LLM rejects our key for 15 s: no retries, the breaker opens, the
+    /// contacts wait for the key to work again.
+    Auth,
+    /// The CRM rejects the records of two contacts: those fail, the breaker
+    /// stays CLOSED, everyone else completes.
+    BadRequest,
+    /// The LLM fails a third of its requests: retries absorb it.
+    Flaky,
+    /// A mix of 503s, rate limits with Retry-After, resets, hangs, slow answers
+    /// and an outage.
+    Chaos,
+}
+
+impl Scenario {
+    /// The faults of the story, at time scale 1, on top of the baseline latencies.
+    pub fn faults(self, contacts: &[Contact]) -> Vec<Fault> {
+        let secs = Duration::from_secs;
+        match self {
+            Self::Outage => vec![
+                Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+                    .starting_after(secs(3))
+                    .lasting(secs(25)),
+            ],
+            Self::Auth => vec![
+                Fault::new(Service::Llm, FaultMode::Unauthorized)
+                    .starting_after(secs(2))
+                    .lasting(secs(15)),
+            ],
+            Self::BadRequest => {
+                let chosen = contacts.iter().skip(2).step_by(8).take(2);
+                vec![
+                    Fault::new(Service::Crm, FaultMode::BadRequest)
+                        .for_contacts(chosen.map(|c| c.id.clone())),
+                ]
+            }
+            Self::Flaky => vec![Fault::new(Service::Llm, FaultMode::Flaky).with_rate(0.33)],
+            Self::Chaos => vec![
+                Fault::new(Service::Llm, FaultMode::Flaky).with_rate(0.15),
+                Fault::new(Service::Crm, FaultMode::Reset).with_rate(0.1),
+                Fault::new(Service::Crm, FaultMode::RateLimited)
+                    .with_rate(0.1)
+                    .with_retry_after(secs(1)),
+                Fault::new(Service::Llm, FaultMode::Timeout).with_rate(0.05),
+                Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+                    .starting_after(secs(4))
+                    .lasting(secs(12)),
+            ],
+        }
+    }
+}
+
+/// How long each faked service takes to answer, at time scale 1: a chat
+/// completion is the slowest, a CRM write the quickest.
+fn baseline_latencies() -> [(Service, Duration); 3] {
+    [
+        (Service::Llm, Duration::from_millis(600)),
+        (Service::Elevenlabs, Duration::from_millis(400)),
+        (Service::Crm, Duration::from_millis(100)),
+    ]
+}
+
+/// Multiplies a duration by the time scale.
+pub fn scale(duration: Duration, factor: f64) -> Duration {
+    duration.mul_f64(factor)
+}
+
+fn scale_fault(mut fault: Fault, factor: f64) -> Fault {
+    let scaled = |d: Option<ConfigDuration>| d.map(|d| ConfigDuration::new(scale(d.get(), factor)));
+    fault.after = scaled(fault.after);
+    fault.duration = scaled(fault.duration);
+    fault.latency = scaled(fault.latency);
+    fault
+}
+
+/// The mocks serving a scenario.
+pub struct SimulatedServices {
+    /// The running mocks.
+    pub server: MockServer,
+    faults: Vec<Fault>,
+}
+
+impl SimulatedServices {
+    /// Starts the mocks on a free loopback port.
+    pub async fn start(
+        scenario: Scenario,
+        contacts: &[Contact],
+        seed: u64,
+        time_scale: f64,
+    ) -> Result<Self, callguard_mocks::MockError> {
+        let server = MockServer::start(MockConfig {
+            seed,
+            ..MockConfig::default()
+        })
+        .await?;
+        let mut faults: Vec<Fault> = baseline_latencies()
+            .into_iter()
+            .map(|(service, latency)| Fault::new(service, FaultMode::Slow).with_latency(latency))
+            .collect();
+        faults.extend(scenario.faults(contacts));
+        let faults = faults
+            .into_iter()
+            .map(|fault| scale_fault(fault, time_scale))
+            .collect();
+        Ok(Self { server, faults })
+    }
+
+    /// The agent's built-in config for these mocks: the three services at
+    /// the mocks' address with their keys, request timeouts scaled.
+    pub fn config_defaults(&self, time_scale: f64) -> String {
+        let keys = &self.server.config().keys;
+        let timeout = scale(Duration::from_secs(10), time_scale).max(Duration::from_millis(250));
+        let timeout = ConfigDuration::new(timeout);
+        let mut text = String::new();
+        for (name, service) in [
+            ("llm", Service::Llm),
+            ("elevenlabs", Service::Elevenlabs),
+            ("crm", Service::Crm),
+        ] {
+            text.push_str(&format!(
+                "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequest_timeout = \"{timeout}\"\n\n",
+                self.server.base_url(service),
+                keys.get(service),
+            ));
+        }
+        text
+    }
+
+    /// Injects the scenario's faults; their schedules start now.
+    pub fn start_faults(&self) -> Result<(), callguard_core::ValidationError> {
+        self.server.inject_all(self.faults.clone()).map(|_| ())
+    }
+}
+
+/// Scales every duration of the resilience settings by `factor`.
+pub fn scale_config(config: &mut AgentConfig, factor: f64) {
+    let scaled = |d: ConfigDuration| ConfigDuration::new(scale(d.get(), factor));
+    config.retry.initial_delay = scaled(config.retry.initial_delay);
+    config.retry.max_delay = scaled(config.retry.max_delay);
+    config.retry.deadline = config.retry.deadline.map(scaled);
+    config.circuit_breaker.recovery_timeout = scaled(config.circuit_breaker.recovery_timeout);
+    for section in config.services.values_mut() {
+        if let Some(breaker) = &mut section.circuit_breaker {
+            breaker.recovery_timeout = scaled(breaker.recovery_timeout);
+        }
+    }
+    config.health_check.interval = scaled(config.health_check.interval);
+    config.health_check.timeout = scaled(config.health_check.timeout);
+    config.queue.shutdown_grace = scaled(config.queue.shutdown_grace);
+}
+
+/// `n` made-up contacts, `c-001` onwards.
+pub fn generate_contacts(n: usize) -> Vec<Contact> {
+    const FIRST: [&str; 10] = [
+        "Ada",
+        "Grace",
+        "Alan",
+        "Katherine",
+        "Linus",
+        "Margaret",
+        "Dennis",
+        "Barbara",
+        "Ken",
+        "Frances",
+    ];
+    const LAST: [&str; 7] = [
+        "Lovelace", "Hopper", "Turing", "Johnson", "Hamilton", "Ritchie", "Liskov",
+    ];
+    (1..=n)
+        .map(|i| Contact {
+            id: format!("c-{i:03}"),
+            name: format!("{} {}", FIRST[i % FIRST.len()], LAST[i % LAST.len()]),
+            phone: format!("+1-555-{:04}", 100 + i),
+            extra: Default::default(),
+        })
+        .collect()
+}

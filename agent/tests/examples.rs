@@ -1,0 +1,41 @@
+//! The example configs shipped in `examples/` load and pass validation, and the
+//! example campaign reads without rejected lines.
+
+use std::path::Path;
+
+use callguard_agent::assemble::assemble;
+use callguard_agent::config::AgentConfig;
+use callguard_agent::contacts::read_contacts;
+
+fn example(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+#[test]
+fn production_config_loads() {
+    let config = AgentConfig::load("", Some(&example("production.toml")), []).unwrap();
+    assert_eq!(config.retry.max_retries, 3);
+    assert_eq!(config.services.len(), 3);
+}
+
+#[tokio::test]
+async fn mocks_config_builds_every_part() {
+    let config = AgentConfig::load("", Some(&example("mocks.toml")), []).unwrap();
+    let parts = assemble(&config).unwrap();
+    let names: Vec<String> = parts
+        .registry
+        .all()
+        .iter()
+        .map(|b| b.service().to_string())
+        .collect();
+    assert_eq!(names, ["crm", "elevenlabs", "llm"]);
+}
+
+#[test]
+fn example_campaign_reads_cleanly() {
+    let file = read_contacts(example("contacts.csv")).unwrap();
+    assert!(file.rejected.is_empty(), "{:?}", file.rejected);
+    assert!(file.contacts.len() >= 10);
+}

@@ -1,0 +1,232 @@
+//! End to end: the `callguard` binary runs each scenario against the mocks over
+//! real sockets (time scaled down) and every contact ends in exactly one state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const MOCK_KEYS: [&str; 3] = ["mock-elevenlabs-key", "mock-llm-key", "mock-crm-key"];
+
+struct Run {
+    dir: PathBuf,
+    output: Output,
+    summary: Value,
+}
+
+impl Run {
+    fn console(&self) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.output.stdout),
+            String::from_utf8_lossy(&self.output.stderr)
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs/callguard.jsonl")).unwrap_or_default()
+    }
+
+    fn count(&self, key: &str) -> u64 {
+        self.summary[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("summary has no {key}: {}", self.summary))
+    }
+
+    fn transitions(&self, service: &str) -> Vec<(String, String)> {
+        self.summary["breaker_transitions"][service]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|t| {
+                        (
+                            t["from"].as_str().unwrap().to_owned(),
+                            t["to"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn assert_all_accounted_for(&self) {
+        let contacts = self.count("contacts");
+        let ended = self.count("completed")
+            + self.count("failed")
+            + self.count("expired")
+            + self.count("pending");
+        assert_eq!(ended, contacts, "summary: {}", self.summary);
+        assert_eq!(self.count("lost"), 0);
+        assert_eq!(self.count("duplicated"), 0);
+        assert!(
+            self.output.status.success(),
+            "exit status {:?}\n{}",
+            self.output.status,
+            self.console()
+        );
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("callguard-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn callguard(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_callguard"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the callguard binary runs")
+}
+
+fn simulate(scenario: &str, contacts: usize) -> Run {
+    let dir = temp_dir(scenario);
+    let output = callguard(
+        &dir,
+        &[
+            "simulate",
+            "--scenario",
+            scenario,
+            "--contacts",
+            &contacts.to_string(),
+            "--time-scale",
+            "0.05",
+            "--summary-json",
+            "summary.json",
+        ],
+    );
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap_or_else(|e| {
+        panic!(
+            "no summary ({e}); output:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    Run {
+        summary: serde_json::from_str(&text).unwrap(),
+        dir,
+        output,
+    }
+}
+
+#[test]
+fn outage_opens_defers_recovers_and_completes_everyone() {
+    let run = simulate("outage", 20);
+    run.assert_all_accounted_for();
+    assert_eq!(run.count("completed"), 20, "{}", run.summary);
+    assert!(run.count("retries") >= 1, "a 503 is retried");
+    assert!(
+        run.count("deferrals") >= 1,
+        "contacts wait while TTS is down"
+    );
+    let tts = run.transitions("elevenlabs");
+    assert_eq!(
+        tts.first(),
+        Some(&("CLOSED".to_owned(), "OPEN".to_owned())),
+        "{tts:?}"
+    );
+    assert_eq!(tts.last().map(|t| t.1.as_str()), Some("CLOSED"), "{tts:?}");
+    for pair in tts.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "transitions chain: {tts:?}");
+    }
+    assert!(run.transitions("llm").is_empty() && run.transitions("crm").is_empty());
+    // The JSON log tells the same story with the seed's fields.
+    let log = run.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+        .collect();
+    assert!(lines.iter().any(|l| l["circuit_state"] == "OPEN"
+        && l["service"] == "elevenlabs"
+        && l["level"] == "WARNING"));
+    assert!(lines.iter().any(|l| l["retry_count"] == 0
+        && l["error_category"] == "transient"
+        && l["contact_id"].is_string()
+        && l["trace_id"].is_string()));
+    for key in MOCK_KEYS {
+        assert!(!log.contains(key), "{key} leaked into the log file");
+        assert!(!run.console().contains(key), "{key} leaked to the console");
+    }
+}
+
+#[test]
+fn auth_failures_fail_fast_without_retries() {
+    let run = simulate("auth", 12);
+    run.assert_all_accounted_for();
+    assert_eq!(run.count("retries"), 0, "a 401 is never retried");
+    assert!(run.count("failed") >= 1, "{}", run.summary);
+    for failure in run.summary["failures"].as_array().unwrap() {
+        assert_eq!(failure["service"], "llm");
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(reason.contains("401"), "{reason}");
+    }
+    assert_eq!(
+        run.transitions("llm").first(),
+        Some(&("CLOSED".to_owned(), "OPEN".to_owned())),
+        "a rejected key says the service is unusable"
+    );
+}
+
+#[test]
+fn a_bad_request_fails_one_contact_without_opening_the_breaker() {
+    let run = simulate("bad-request", 16);
+    run.assert_all_accounted_for();
+    assert_eq!(run.count("failed"), 2, "{}", run.summary);
+    assert_eq!(run.count("completed"), 14);
+    assert!(
+        run.transitions("crm").is_empty(),
+        "400s are about one request, not the service"
+    );
+    for failure in run.summary["failures"].as_array().unwrap() {
+        assert_eq!(failure["service"], "crm");
+    }
+}
+
+#[test]
+fn flaky_service_is_absorbed_by_retries() {
+    let run = simulate("flaky", 16);
+    run.assert_all_accounted_for();
+    assert!(run.count("retries") > 0, "{}", run.summary);
+    assert_eq!(
+        run.count("failed"),
+        0,
+        "transient errors never fail a contact"
+    );
+}
+
+#[test]
+fn chaos_loses_nobody() {
+    let run = simulate("chaos", 30);
+    run.assert_all_accounted_for();
+    assert_eq!(run.count("pending"), 0);
+}
+
+#[test]
+fn a_bad_config_stops_start_up_with_the_key() {
+    let dir = temp_dir("bad-config");
+    std::fs::write(dir.join("bad.toml"), "[retry]\nbackoff_factor = 0.5\n").unwrap();
+    std::fs::write(dir.join("contacts.csv"), "id,name,phone\nc1,A,1\n").unwrap();
+    let output = callguard(
+        &dir,
+        &["run", "--config", "bad.toml", "--contacts", "contacts.csv"],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("retry.backoff_factor must be ≥ 1.0, got 0.5"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.join("typo.toml"), "[queue]\nworkerz = 3\n").unwrap();
+    let output = callguard(
+        &dir,
+        &["run", "--config", "typo.toml", "--contacts", "contacts.csv"],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("workerz"), "{stderr}");
+}
