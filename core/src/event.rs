@@ -197,7 +197,7 @@ pub enum ResilienceEvent {
         service: ServiceName,
         /// The breaker's state.
         circuit_state: CircuitState,
-        /// Retries made before the rejection.
+        /// The retry count of the attempt that was turned away (0: the first).
         retry_count: u32,
         /// When the breaker expects to admit calls again, if known.
         retry_after: Option<Duration>,
