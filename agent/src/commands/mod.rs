@@ -1,0 +1,90 @@
+//! The subcommands, and what they share: running a campaign, reporting its
+//! summary, and waiting for Ctrl-C or SIGTERM.
+
+pub(crate) mod mocks;
+pub(crate) mod run;
+pub(crate) mod simulate;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use callguard_agent::assemble::assemble;
+use callguard_agent::campaign::{Campaign, Summary};
+use callguard_agent::config::AgentConfig;
+use callguard_agent::contacts::{Contact, write_contacts};
+use callguard_agent::queue::CallQueue;
+
+pub(crate) async fn run_campaign(
+    config: &AgentConfig,
+    contacts: Vec<Contact>,
+) -> Result<Summary, String> {
+    let parts = assemble(config).map_err(|e| e.to_string())?;
+    let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
+    let campaign = Campaign {
+        pipeline: parts.pipeline,
+        registry: parts.registry,
+        queue: queue.clone(),
+        stats: parts.stats,
+        workers: config.queue.workers as usize,
+        default_wait: config.circuit_breaker.recovery_timeout.get(),
+        health: Some(parts.health),
+        shutdown_grace: config.queue.shutdown_grace.get(),
+        progress: true,
+    };
+    let summary = campaign.run(shutdown_signal()).await;
+    let pending: Vec<Contact> = queue.pending().into_iter().map(|e| e.contact).collect();
+    if !pending.is_empty() {
+        let path = &config.queue.pending_file;
+        write_contacts(path, &pending)
+            .map_err(|e| format!("cannot keep {} pending contacts: {e}", pending.len()))?;
+        tracing::warn!(
+            "{} contacts pending; kept in {} (resume with `callguard run --contacts {}`)",
+            pending.len(),
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(summary)
+}
+
+pub(crate) fn finish(
+    config: &AgentConfig,
+    summary: Summary,
+    summary_json: Option<&Path>,
+) -> Result<ExitCode, String> {
+    print!("{}", callguard_agent::report::summary_table(&summary));
+    if let Some(path) = summary_json {
+        let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    tracing::info!(log = %config.logging.path.display(), "Campaign finished");
+    Ok(if summary.all_accounted_for() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

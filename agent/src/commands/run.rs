@@ -1,0 +1,38 @@
+//! `callguard run`: a campaign against the services a config file names.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use callguard_agent::config::AgentConfig;
+use callguard_agent::contacts::read_contacts;
+use callguard_agent::telemetry;
+
+use super::{finish, run_campaign};
+
+pub(crate) async fn run(
+    config_file: &Path,
+    contacts_file: &Path,
+    summary_json: Option<&Path>,
+) -> Result<ExitCode, String> {
+    let config =
+        AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
+    telemetry::init(&config.logging.path, &config.logging.console_level)
+        .map_err(|e| e.to_string())?;
+    let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;
+    for rejected in &file.rejected {
+        tracing::warn!(
+            "{}:{}: contact skipped: {}",
+            contacts_file.display(),
+            rejected.line,
+            rejected.reason
+        );
+    }
+    tracing::info!(
+        "Calling {} contacts from {} ({} lines skipped)",
+        file.contacts.len(),
+        contacts_file.display(),
+        file.rejected.len()
+    );
+    let summary = run_campaign(&config, file.contacts).await?;
+    finish(&config, summary, summary_json)
+}

@@ -1,0 +1,48 @@
+//! `callguard simulate`: a scenario against in-process mocks.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use callguard_agent::config::AgentConfig;
+use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts, scale_config};
+use callguard_agent::telemetry;
+
+use super::{finish, run_campaign};
+
+pub(crate) async fn simulate(
+    scenario: Scenario,
+    count: usize,
+    seed: u64,
+    time_scale: f64,
+    summary_json: Option<&Path>,
+    config_file: Option<&Path>,
+) -> Result<ExitCode, String> {
+    if !(time_scale.is_finite() && time_scale > 0.0) {
+        return Err(format!(
+            "--time-scale must be a positive number, got {time_scale}"
+        ));
+    }
+    let contacts = generate_contacts(count);
+    let services = SimulatedServices::start(scenario, &contacts, seed, time_scale)
+        .await
+        .map_err(|e| format!("cannot start the mocks: {e}"))?;
+    let defaults = format!(
+        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\n",
+        services.config_defaults(time_scale)
+    );
+    let mut config =
+        AgentConfig::load(&defaults, config_file, std::env::vars()).map_err(|e| e.to_string())?;
+    scale_config(&mut config, time_scale);
+    telemetry::init(&config.logging.path, &config.logging.console_level)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
+        services.server.url()
+    );
+    services
+        .start_faults()
+        .map_err(|e| format!("cannot inject the scenario's faults: {e}"))?;
+    let summary = run_campaign(&config, contacts).await?;
+    services.server.shutdown().await;
+    finish(&config, summary, summary_json)
+}
