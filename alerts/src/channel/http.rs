@@ -1,0 +1,142 @@
+//! HTTP plumbing of the Telegram and webhook channels: the client, and errors
+//! classified without URLs (a Telegram URL carries the bot token).
+
+use std::time::{Duration, SystemTime};
+
+use callguard_core::{ErrorKind, ServiceError, TransportFailure, classify_status};
+use reqwest::header::RETRY_AFTER;
+
+/// The most of a response body read: enough for any error description.
+const BODY_CAP: usize = 64 * 1024;
+
+/// A client for one channel, every request bounded by `timeout`.
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("callguard-alerts/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| error_chain(&e.without_url()))
+}
+
+/// A response: the error its status stands for (none for 2xx) and its body.
+pub(crate) struct Answer {
+    pub(crate) error: Option<ServiceError>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Sends `request` and reads the answer, classifying failures (DESIGN.md,
+/// "Classification"). The body is read up to 64 KiB.
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, ServiceError> {
+    let mut response = request.send().await.map_err(transport_error)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let error = classify_status(status, retry_after.as_deref(), SystemTime::now());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        let room = BODY_CAP - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == BODY_CAP {
+            break;
+        }
+    }
+    Ok(Answer { error, body })
+}
+
+/// Classifies a reqwest error, without its URL.
+pub(crate) fn transport_error(error: reqwest::Error) -> ServiceError {
+    let error = error.without_url();
+    if error.is_builder() {
+        return ServiceError::new(ErrorKind::InvalidRequest, error_chain(&error));
+    }
+    let failure = if error.is_timeout() {
+        TransportFailure::Timeout
+    } else if error.is_connect() {
+        TransportFailure::Connect
+    } else {
+        // Body and I/O errors: the connection was reset or closed mid-exchange.
+        TransportFailure::Reset
+    };
+    failure.into_error(error_chain(&error))
+}
+
+/// `error: cause: cause`, on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `error` with `more` appended to its detail, everything else kept; `wait`,
+/// when given, replaces its retry-after.
+pub(crate) fn amend(error: &ServiceError, more: &str, wait: Option<Duration>) -> ServiceError {
+    if more.is_empty() {
+        return rebuild(error, error.detail().to_owned(), wait);
+    }
+    rebuild(error, format!("{}: {more}", error.detail()), wait)
+}
+
+/// `error` with `detail` for its detail, everything else kept; `wait`, when
+/// given, replaces its retry-after.
+pub(crate) fn rebuild(
+    error: &ServiceError,
+    detail: String,
+    wait: Option<Duration>,
+) -> ServiceError {
+    let mut rebuilt = ServiceError::new(error.kind(), detail);
+    if let Some(status) = error.status() {
+        rebuilt = rebuilt.with_status(status);
+    }
+    if let Some(wait) = wait.or(error.retry_after()) {
+        rebuilt = rebuilt.with_retry_after(wait);
+    }
+    rebuilt
+}
+
+/// At most `max` characters of `text`, on one line.
+pub(crate) fn excerpt(text: &str, max: usize) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max + 1)
+        .collect();
+    match line.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+    .trim()
+    .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amend_keeps_kind_status_and_wait() {
+        let error = classify_status(429, None, SystemTime::now()).unwrap();
+        let amended = amend(&error, "slow down", Some(Duration::from_secs(7)));
+        assert_eq!(amended.kind(), ErrorKind::RateLimited);
+        assert_eq!(amended.status(), Some(429));
+        assert_eq!(amended.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(amended.detail(), "too many requests: slow down");
+    }
+
+    #[test]
+    fn excerpts_are_short_single_lines() {
+        assert_eq!(excerpt("a\nb", 10), "a b");
+        assert_eq!(excerpt("héllo wörld", 5), "héllo…");
+        assert_eq!(excerpt("short", 5), "short");
+    }
+}
