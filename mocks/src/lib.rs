@@ -33,6 +33,7 @@ mod gate;
 mod llm;
 mod server;
 mod service;
+mod sinks;
 mod state;
 mod stats;
 mod tts;
@@ -43,4 +44,8 @@ pub use fault::{Fault, FaultId, FaultMode, FaultState, ListedFault};
 pub use gate::CONTACT_HEADER;
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};
+pub use sinks::sheets::{SHEETS_STATIC_TOKEN, SheetsAppend, SheetsFailure};
+pub use sinks::token::{
+    DEFAULT_TOKEN_LIFETIME, TEST_SERVICE_ACCOUNT_EMAIL, TokenRequest, test_service_account_json,
+};
 pub use stats::{OUTCOME_RESET, OUTCOME_TIMEOUT, ServiceStats, Stats};

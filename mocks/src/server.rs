@@ -28,7 +28,9 @@ use crate::crm::CrmRecord;
 use crate::gate::{ConnectionKill, closed, gate};
 use crate::service::health_ok;
 use crate::state::{Shared, lock};
-use crate::{Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, llm, tts};
+use crate::{
+    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, llm, sinks, tts,
+};
 
 /// How long a stopping server waits for open requests before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -46,7 +48,12 @@ pub enum MockError {
 }
 
 fn router(shared: &Arc<Shared>) -> Router {
-    let mut app = Router::new().nest("/_control", control::routes());
+    let mut app = Router::new()
+        .nest(
+            "/_control",
+            control::routes().merge(sinks::control_routes()),
+        )
+        .merge(sinks::routes());
     for service in Service::ALL {
         let api = match service {
             Service::Elevenlabs => tts::routes(),
@@ -133,7 +140,7 @@ async fn connection(stream: TcpStream, app: Router, mut closing: watch::Receiver
 /// for the server to finish.
 pub struct MockServer {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }

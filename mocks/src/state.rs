@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use crate::crm::CrmStore;
 use crate::fault::{FaultBook, Pick};
+use crate::sinks::sheets::SheetsStore;
+use crate::sinks::token::TokenIssuer;
 use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, Service, Stats};
 
 /// Everything a request handler may read or change.
@@ -23,6 +25,8 @@ pub(crate) struct Shared {
     stats: Mutex<Stats>,
     pub(crate) crm: Mutex<CrmStore>,
     completions: AtomicU64,
+    pub(crate) sheets: SheetsStore,
+    pub(crate) tokens: TokenIssuer,
 }
 
 /// Locks `mutex`, carrying on after a panic elsewhere: every critical section
@@ -35,12 +39,14 @@ impl Shared {
     pub(crate) fn new(config: MockConfig) -> Self {
         Self {
             faults: Mutex::new(FaultBook::new(config.seed)),
+            tokens: TokenIssuer::new(config.seed),
             config,
             faults_changed: watch::Sender::new(0),
             closing: watch::Sender::new(false),
             stats: Mutex::new(Stats::default()),
             crm: Mutex::new(CrmStore::default()),
             completions: AtomicU64::new(0),
+            sheets: SheetsStore::default(),
         }
     }
 

@@ -5,3 +5,4 @@ mod common;
 mod control;
 mod endpoints;
 mod faults;
+mod sheets;

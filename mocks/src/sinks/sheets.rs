@@ -1,0 +1,397 @@
+//! A fake of the Google Sheets API's `spreadsheets.values.append`
+//! (`POST /sheets/v4/spreadsheets/{id}/values/{range}:append`): it checks the
+//! bearer token (issued by the token fake, or [`SHEETS_STATIC_TOKEN`]) and the
+//! query parameters, records the rows in order, answers like Google, and can
+//! be told to fail the next requests with a given status.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use callguard_core::{ConfigDuration, ValidationError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::MockServer;
+use crate::state::{Shared, lock};
+
+/// A static access token the Sheets fake always accepts, for clients
+/// configured with `bearer_token` instead of a service account.
+pub const SHEETS_STATIC_TOKEN: &str = "mock-sheets-token";
+
+/// One accepted append request.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SheetsAppend {
+    /// The spreadsheet id from the path.
+    pub spreadsheet_id: String,
+    /// The range from the path, without `:append` (percent-decoded).
+    pub range: String,
+    /// `valueInputOption` as sent.
+    pub value_input_option: String,
+    /// `insertDataOption` as sent (`OVERWRITE`, Google's default, if absent).
+    pub insert_data_option: String,
+    /// The rows, in order.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Failures the Sheets fake answers with before it answers normally again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SheetsFailure {
+    /// The status to answer (400–599), e.g. 429 or 500.
+    pub status: u16,
+    /// How many requests in a row get it (default 1).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// `Retry-After` sent with it, rounded up to whole seconds.
+    #[serde(default)]
+    pub retry_after: Option<ConfigDuration>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl SheetsFailure {
+    /// `count` answers of `status`, without `Retry-After`.
+    pub fn new(status: u16, count: u32) -> Self {
+        Self {
+            status,
+            count,
+            retry_after: None,
+        }
+    }
+
+    /// Adds `Retry-After`.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(ConfigDuration::new(wait));
+        self
+    }
+
+    /// Checks the status is an error status and the count is not zero.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(400..=599).contains(&self.status) {
+            return Err(ValidationError::new(
+                "status",
+                self.status,
+                "an error status between 400 and 599",
+            ));
+        }
+        callguard_core::config::at_least("count", self.count, 1)
+    }
+}
+
+/// The recorded appends, scripted failures and every status answered.
+#[derive(Default)]
+pub(crate) struct SheetsStore {
+    inner: Mutex<Store>,
+}
+
+#[derive(Default)]
+struct Store {
+    appends: Vec<SheetsAppend>,
+    failures: VecDeque<(StatusCode, Option<Duration>)>,
+    statuses: Vec<u16>,
+}
+
+impl SheetsStore {
+    pub(crate) fn appends(&self) -> Vec<SheetsAppend> {
+        lock(&self.inner).appends.clone()
+    }
+
+    pub(crate) fn statuses(&self) -> Vec<u16> {
+        lock(&self.inner).statuses.clone()
+    }
+
+    /// Queues `failure`; returns how many failures are queued now.
+    pub(crate) fn fail(&self, failure: SheetsFailure) -> Result<usize, ValidationError> {
+        failure.validate()?;
+        let status = StatusCode::from_u16(failure.status)
+            .map_err(|_| ValidationError::new("status", failure.status, "an HTTP status"))?;
+        let mut inner = lock(&self.inner);
+        for _ in 0..failure.count {
+            inner
+                .failures
+                .push_back((status, failure.retry_after.map(ConfigDuration::get)));
+        }
+        Ok(inner.failures.len())
+    }
+
+    pub(crate) fn clear_failures(&self) -> usize {
+        let mut inner = lock(&self.inner);
+        let cleared = inner.failures.len();
+        inner.failures.clear();
+        cleared
+    }
+
+    fn answer(&self, status: StatusCode, response: Response) -> Response {
+        lock(&self.inner).statuses.push(status.as_u16());
+        response
+    }
+}
+
+impl MockServer {
+    /// `http://ADDR/sheets`, the `api_base` to configure for the Sheets API.
+    pub fn sheets_api_base(&self) -> String {
+        format!("{}/sheets", self.url())
+    }
+
+    /// The accepted append requests, in order.
+    pub fn sheets_appends(&self) -> Vec<SheetsAppend> {
+        self.shared.sheets.appends()
+    }
+
+    /// Every row appended, in order, over all requests.
+    pub fn sheets_rows(&self) -> Vec<Vec<Value>> {
+        self.sheets_appends()
+            .into_iter()
+            .flat_map(|a| a.rows)
+            .collect()
+    }
+
+    /// The status of every append request answered, in order (`401`s and
+    /// injected failures included).
+    pub fn sheets_statuses(&self) -> Vec<u16> {
+        self.shared.sheets.statuses()
+    }
+
+    /// Makes the next `failure.count` append requests (with a valid token)
+    /// fail with `failure.status`; returns how many failures are queued.
+    pub fn sheets_fail(&self, failure: SheetsFailure) -> Result<usize, ValidationError> {
+        self.shared.sheets.fail(failure)
+    }
+}
+
+/// The API routes, relative to `/sheets`.
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new().route(
+        "/v4/spreadsheets/{spreadsheet_id}/values/{range_method}",
+        post(append),
+    )
+}
+
+/// The control routes, relative to `/_control/sheets`.
+pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+    Router::new().route("/failures", post(queue_failure).delete(clear_failures))
+}
+
+/// An error in Google's shape: `{"error":{"code","message","status"}}`.
+fn google_error(status: StatusCode, message: &str) -> Response {
+    let name = match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        500..=599 => "INTERNAL",
+        _ => "FAILED_PRECONDITION",
+    };
+    (
+        status,
+        Json(json!({ "error": { "code": status.as_u16(), "message": message, "status": name } })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct AppendQuery {
+    #[serde(rename = "valueInputOption")]
+    value_input_option: Option<String>,
+    #[serde(rename = "insertDataOption")]
+    insert_data_option: Option<String>,
+}
+
+async fn append(
+    State(shared): State<Arc<Shared>>,
+    Path((spreadsheet_id, range_method)): Path<(String, String)>,
+    Query(query): Query<AppendQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let store = &shared.sheets;
+    let (status, response) = handle(
+        &shared,
+        spreadsheet_id,
+        &range_method,
+        query,
+        &headers,
+        &body,
+    );
+    store.answer(status, response)
+}
+
+fn handle(
+    shared: &Shared,
+    spreadsheet_id: String,
+    range_method: &str,
+    query: AppendQuery,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, Response) {
+    let fail = |status: StatusCode, message: &str| (status, google_error(status, message));
+    // axum cannot match a parameter and a literal in one segment.
+    let Some(range) = range_method.strip_suffix(":append") else {
+        return fail(StatusCode::NOT_FOUND, "Method not found.");
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| t == SHEETS_STATIC_TOKEN || shared.tokens.is_valid(t)) {
+        return fail(
+            StatusCode::UNAUTHORIZED,
+            "Request had invalid authentication credentials. Expected OAuth 2 access token.",
+        );
+    }
+    if let Some((status, retry_after)) = lock(&shared.sheets.inner).failures.pop_front() {
+        let mut response = google_error(status, "Injected failure (mock).");
+        if let Some(wait) = retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return (status, response);
+    }
+    let value_input_option = query.value_input_option.unwrap_or_default();
+    if !matches!(value_input_option.as_str(), "RAW" | "USER_ENTERED") {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "'valueInputOption' is required (RAW or USER_ENTERED).",
+        );
+    }
+    let insert_data_option = query
+        .insert_data_option
+        .unwrap_or_else(|| "OVERWRITE".into());
+    if !matches!(insert_data_option.as_str(), "OVERWRITE" | "INSERT_ROWS") {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "Invalid value for 'insertDataOption' (OVERWRITE or INSERT_ROWS).",
+        );
+    }
+    let rows = match parse_rows(body) {
+        Ok(rows) => rows,
+        Err(message) => return fail(StatusCode::BAD_REQUEST, message),
+    };
+    let mut inner = lock(&shared.sheets.inner);
+    let before: usize = inner
+        .appends
+        .iter()
+        .filter(|a| a.spreadsheet_id == spreadsheet_id && a.range == range)
+        .map(|a| a.rows.len())
+        .sum();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let sheet = range.split_once('!').map_or(range, |(sheet, _)| sheet);
+    let updated_range = format!(
+        "{sheet}!A{}:{}{}",
+        before + 1,
+        column_name(columns.max(1)),
+        before + rows.len()
+    );
+    let answer = json!({
+        "spreadsheetId": spreadsheet_id,
+        "tableRange": format!("{sheet}!A1:{}{}", column_name(columns.max(1)), before.max(1)),
+        "updates": {
+            "spreadsheetId": spreadsheet_id,
+            "updatedRange": updated_range,
+            "updatedRows": rows.len(),
+            "updatedColumns": columns,
+            "updatedCells": rows.iter().map(Vec::len).sum::<usize>(),
+        }
+    });
+    inner.appends.push(SheetsAppend {
+        spreadsheet_id,
+        range: range.to_owned(),
+        value_input_option,
+        insert_data_option,
+        rows,
+    });
+    (StatusCode::OK, Json(answer).into_response())
+}
+
+/// The `values` of an append body: a list of rows, each a list of cells.
+fn parse_rows(body: &[u8]) -> Result<Vec<Vec<Value>>, &'static str> {
+    #[derive(Deserialize)]
+    struct Body {
+        values: Vec<Vec<Value>>,
+    }
+    let body: Body = serde_json::from_slice(body)
+        .map_err(|_| "Invalid JSON payload: expected {\"values\": [[...], ...]}.")?;
+    if body.values.is_empty() {
+        return Err("Invalid values: no rows.");
+    }
+    Ok(body.values)
+}
+
+/// `1` → `A`, `26` → `Z`, `27` → `AA`.
+fn column_name(mut n: usize) -> String {
+    let mut name = Vec::new();
+    while n > 0 {
+        let digit = (n - 1) % 26;
+        name.push(b'A' + digit as u8);
+        n = (n - 1) / 26;
+    }
+    name.reverse();
+    String::from_utf8(name).unwrap_or_default()
+}
+
+async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let failure = match serde_json::from_slice::<SheetsFailure>(&body) {
+        Ok(failure) => failure,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("invalid failure: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    match shared.sheets.fail(failure) {
+        Ok(queued) => (StatusCode::CREATED, Json(json!({ "queued": queued }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": format!("invalid failure: {e}") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({ "cleared": shared.sheets.clear_failures() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_names() {
+        let names: Vec<String> = [1, 9, 26, 27, 52, 703].map(column_name).to_vec();
+        assert_eq!(names, ["A", "I", "Z", "AA", "AZ", "AAA"]);
+    }
+
+    #[test]
+    fn failures_are_validated() {
+        let store = SheetsStore::default();
+        assert_eq!(
+            store.fail(SheetsFailure::new(200, 1)).unwrap_err().key,
+            "status"
+        );
+        assert_eq!(
+            store.fail(SheetsFailure::new(429, 0)).unwrap_err().key,
+            "count"
+        );
+        assert_eq!(store.fail(SheetsFailure::new(429, 2)).unwrap(), 2);
+        assert_eq!(store.fail(SheetsFailure::new(500, 1)).unwrap(), 3);
+        assert_eq!(store.clear_failures(), 3);
+    }
+}
