@@ -1,11 +1,79 @@
 //! `callguard run` against mocks started by the test: malformed contact lines
 //! are reported and skipped, garbage and oversized answers fail only the
-//! contacts they hit, and the rest of the campaign completes.
+//! contacts they hit, a fallback service takes over from a dead one, and the
+//! rest of the campaign completes.
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
 use serde_json::Value;
+
+const SERVICES: [(&str, Service); 3] = [
+    ("llm", Service::Llm),
+    ("elevenlabs", Service::Elevenlabs),
+    ("crm", Service::Crm),
+];
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("callguard-run-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Fast retries and health checks, and a `[services.NAME]` section per
+/// service pointing at `mocks` (key from `TEST_<NAME>_KEY`), each followed by
+/// `extra(name)`.
+fn mock_config(mocks: &MockServer, extra: impl Fn(&str) -> String) -> String {
+    let mut config = String::from(
+        "[retry]\ninitial_delay = \"50ms\"\n[health_check]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n",
+    );
+    for (name, service) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\napi_key_env = \"TEST_{}_KEY\"\nmax_response_bytes = 65536\n{}",
+            mocks.base_url(service),
+            name.to_uppercase(),
+            extra(name),
+        ));
+    }
+    config
+}
+
+/// Runs `callguard run` in `dir` (config `agent.toml`, contacts
+/// `contacts.csv`) with the mocks' keys in the environment; returns its stderr
+/// and summary.
+async fn run_callguard(dir: &Path, mocks: &MockServer) -> (String, Value) {
+    let keys = mocks.config().keys.clone();
+    let run_dir = dir.to_owned();
+    let output: Output = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
+            .args([
+                "run",
+                "--config",
+                "agent.toml",
+                "--contacts",
+                "contacts.csv",
+                "--summary-json",
+                "summary.json",
+            ])
+            .current_dir(&run_dir);
+        for (name, service) in SERVICES {
+            command.env(
+                format!("TEST_{}_KEY", name.to_uppercase()),
+                keys.get(service),
+            );
+        }
+        command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    (stderr, serde_json::from_str(&summary).unwrap())
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_and_garbage_answers_lose_nothing_else() {
@@ -21,25 +89,12 @@ async fn bad_input_and_garbage_answers_lose_nothing_else() {
             Fault::new(Service::Elevenlabs, FaultMode::Oversized).for_contacts(["c-huge"]),
         ])
         .unwrap();
-
-    let dir = std::env::temp_dir().join(format!("callguard-run-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut config = String::from(
-        "[retry]\ninitial_delay = \"50ms\"\n[health_check]\ninterval = \"200ms\"\ntimeout = \"100ms\"\n",
-    );
-    for (name, service) in [
-        ("llm", Service::Llm),
-        ("elevenlabs", Service::Elevenlabs),
-        ("crm", Service::Crm),
-    ] {
-        config.push_str(&format!(
-            "[services.{name}]\nbase_url = \"{}\"\napi_key_env = \"TEST_{}_KEY\"\nmax_response_bytes = 65536\n",
-            mocks.base_url(service),
-            name.to_uppercase(),
-        ));
-    }
-    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let dir = temp_dir("bad-input");
+    std::fs::write(
+        dir.join("agent.toml"),
+        mock_config(&mocks, |_| String::new()),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("contacts.csv"),
         "id,name,phone\n\
@@ -53,45 +108,15 @@ async fn bad_input_and_garbage_answers_lose_nothing_else() {
     )
     .unwrap();
 
-    let keys = mocks.config().keys.clone();
-    let run_dir = dir.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_callguard"))
-            .args([
-                "run",
-                "--config",
-                "agent.toml",
-                "--contacts",
-                "contacts.csv",
-                "--summary-json",
-                "summary.json",
-            ])
-            .current_dir(&run_dir)
-            .env("TEST_LLM_KEY", keys.get(Service::Llm))
-            .env("TEST_ELEVENLABS_KEY", keys.get(Service::Elevenlabs))
-            .env("TEST_CRM_KEY", keys.get(Service::Crm))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let console = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{console}");
+    let (stderr, summary) = run_callguard(&dir, &mocks).await;
     assert!(
-        console.contains("contacts.csv:4"),
-        "line 4 reported: {console}"
+        stderr.contains("contacts.csv:4"),
+        "line 4 reported: {stderr}"
     );
     assert!(
-        console.contains("contacts.csv:6"),
-        "line 6 reported: {console}"
+        stderr.contains("contacts.csv:6"),
+        "line 6 reported: {stderr}"
     );
-
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["contacts"], 5, "{summary}");
     assert_eq!(summary["completed"], 3, "{summary}");
     assert_eq!(summary["failed"], 2, "{summary}");
@@ -126,5 +151,51 @@ async fn bad_input_and_garbage_answers_lose_nothing_else() {
         "one CRM record per completed contact"
     );
     mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_service_takes_over_while_the_primary_is_down() {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    let backup = MockServer::start(MockConfig::default()).await.unwrap();
+    mocks
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
+        .unwrap();
+    let dir = temp_dir("fallback");
+    let mut config = mock_config(&mocks, |name| {
+        if name == "elevenlabs" {
+            "fallback = \"tts_backup\"\n".into()
+        } else {
+            String::new()
+        }
+    });
+    config.push_str(&format!(
+        "[services.tts_backup]\nbase_url = \"{}\"\napi_key = \"{}\"\n",
+        backup.base_url(Service::Elevenlabs),
+        backup.config().keys.get(Service::Elevenlabs),
+    ));
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    std::fs::write(
+        dir.join("contacts.csv"),
+        "id,name,phone\nc-1,Ada,1\nc-2,Grace,2\nc-3,Alan,3\nc-4,Linus,4\nc-5,Ken,5\nc-6,Dennis,6\n",
+    )
+    .unwrap();
+
+    let (_, summary) = run_callguard(&dir, &mocks).await;
+    assert_eq!(summary["completed"], 6, "{summary}");
+    assert_eq!(
+        summary["deferrals"], 0,
+        "the backup answered, nobody waited"
+    );
+    assert_eq!(
+        summary["breaker_transitions"]["elevenlabs"][0]["to"], "OPEN",
+        "{summary}"
+    );
+    let spoken = backup
+        .stats()
+        .count(Service::Elevenlabs, EndpointKind::Api, "200");
+    assert_eq!(spoken, 6, "every contact was spoken by the backup");
+    mocks.shutdown().await;
+    backup.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
