@@ -6,14 +6,15 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use callguard_breaker::BreakerRegistry;
-use callguard_core::{ServiceName, ValidationError};
+use callguard_core::{ResilienceEvent, ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
-use callguard_retry::Executor;
+use callguard_retry::{EventSink, Executor};
 use serde::de::DeserializeOwned;
 
 use crate::campaign::RunStats;
 use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use crate::config::{AgentConfig, ConfigError};
+use crate::metrics::Metrics;
 use crate::pipeline::{Chain, Pipeline, Stage};
 
 /// Why the agent could not be set up.
@@ -44,6 +45,8 @@ pub struct Assembled {
     pub registry: Arc<BreakerRegistry>,
     /// Counters fed by every executor.
     pub stats: Arc<RunStats>,
+    /// Prometheus metrics fed by every executor and the pipeline.
+    pub metrics: Arc<Metrics>,
     /// Probes of every service used.
     pub health: HealthChecker,
 }
@@ -52,16 +55,19 @@ pub struct Assembled {
 pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
     let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
     let stats = Arc::new(RunStats::default());
+    let metrics = Arc::new(Metrics::new());
     let mut builder = Builder {
         config,
         registry: &registry,
         stats: &stats,
+        metrics: &metrics,
         used: BTreeSet::new(),
     };
     let pipeline = Pipeline {
         llm: builder.chain(&config.pipeline.llm, LlmClient::new)?,
         tts: builder.chain(&config.pipeline.tts, TtsClient::new)?,
         crm: builder.chain(&config.pipeline.crm, CrmClient::new)?,
+        metrics: metrics.clone(),
     };
     let mut health = HealthChecker::new(config.health_check.clone())
         .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
@@ -91,14 +97,26 @@ pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
         pipeline: Arc::new(pipeline),
         registry,
         stats,
+        metrics,
         health,
     })
+}
+
+/// The run's counters and the Prometheus metrics, both fed every event.
+struct Sinks(Arc<RunStats>, Arc<Metrics>);
+
+impl EventSink for Sinks {
+    fn on_event(&self, event: &ResilienceEvent) {
+        self.0.on_event(event);
+        self.1.on_event(event);
+    }
 }
 
 struct Builder<'a> {
     config: &'a AgentConfig,
     registry: &'a Arc<BreakerRegistry>,
     stats: &'a Arc<RunStats>,
+    metrics: &'a Arc<Metrics>,
     used: BTreeSet<ServiceName>,
 }
 
@@ -142,7 +160,7 @@ impl Builder<'_> {
             .register(service.clone(), self.config.breaker_config(service));
         let executor = Executor::new(breaker, self.config.retry.clone())
             .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
-            .with_sink(self.stats.clone());
+            .with_sink(Arc::new(Sinks(self.stats.clone(), self.metrics.clone())));
         self.used.insert(service.clone());
         Ok(Stage {
             service: service.clone(),

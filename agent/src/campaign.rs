@@ -16,8 +16,9 @@ use callguard_retry::EventSink;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use crate::pipeline::{CallResult, Pipeline};
+use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 
 /// Counts of what the executors did, fed by their events.
@@ -280,9 +281,9 @@ async fn work(
     deferrals: Arc<AtomicU64>,
 ) {
     while let Some(mut entry) = queue.next().await {
-        let trace_id = format!("{:032x}", fastrand::u128(..));
-        let result = pipeline.call(&mut entry, &trace_id).await;
-        settle(&queue, entry, result, default_wait, &deferrals);
+        let span = call_span(&entry.contact.id);
+        let result = pipeline.call(&mut entry).instrument(span.clone()).await;
+        span.in_scope(|| settle(&queue, entry, result, default_wait, &deferrals));
     }
 }
 

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub queue: QueueConfig,
     /// `[logging]`: the JSON-lines file and the console.
     pub logging: LoggingConfig,
+    /// `[metrics]`: the Prometheus `/metrics` endpoint (off by default).
+    pub metrics: crate::metrics::MetricsConfig,
     /// `[pipeline]`: which service does each stage.
     pub pipeline: PipelineConfig,
     /// `[services.NAME]`: one section per external service.

@@ -7,6 +7,7 @@ pub mod campaign;
 pub mod clients;
 pub mod config;
 pub mod contacts;
+pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod report;

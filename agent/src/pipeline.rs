@@ -2,6 +2,15 @@
 //! with its service's breaker, falling back along the stage's chain of
 //! alternate services, and resuming at the stage that could not run when a
 //! deferred contact comes back.
+//!
+//! Spans: `call` (one per pass over a contact: `contact_id`, `outcome`) →
+//! one per stage and service tried (named `llm`, `tts` or `crm`: `service`,
+//! `outcome`) → one client span per attempt (`retry_count`, `circuit_state`
+//! at admission, `error.type`, `error_category`, and the HTTP attributes the
+//! client records: `http.request.method`, `url.full`, `server.address`,
+//! `http.response.status_code`). Each request carries the `traceparent` of its
+//! attempt span. Events logged inside (breaker transitions, retries, the
+//! deferral) become span events.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,7 +22,9 @@ use tracing::Instrument;
 use crate::clients::{
     CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, RequestContext, TtsClient,
 };
+use crate::metrics::Metrics;
 use crate::queue::QueuedContact;
+use crate::telemetry;
 
 /// A service in a stage's chain: its client and the executor holding its
 /// breaker and retry policy.
@@ -75,22 +86,38 @@ pub struct Pipeline {
     pub tts: Chain<TtsClient>,
     /// Records the call.
     pub crm: Chain<CrmClient>,
+    /// Counts deferrals.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The span of one pass over contact `contact_id`: run [`Pipeline::call`]
+/// and what is done with its result (deferral, failure) inside it.
+pub fn call_span(contact_id: &str) -> tracing::Span {
+    tracing::info_span!(
+        "call",
+        otel.name = "call",
+        contact_id = %contact_id,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 impl Pipeline {
-    /// Runs the stages not yet done for `entry`, recording progress in it.
-    pub async fn call(&self, entry: &mut QueuedContact, trace_id: &str) -> CallResult {
-        let span = tracing::info_span!(
-            "call",
-            contact_id = %entry.contact.id,
-            trace_id = %trace_id,
-            outcome = tracing::field::Empty,
-        );
-        let result = self.run_stages(entry).instrument(span.clone()).await;
+    /// Runs the stages not yet done for `entry`, recording progress in it,
+    /// inside the current span (make it a [`call_span`]).
+    pub async fn call(&self, entry: &mut QueuedContact) -> CallResult {
+        let result = self.run_stages(entry).await;
+        let span = tracing::Span::current();
         let outcome = match &result {
             CallResult::Completed => "completed",
-            CallResult::Failed { .. } => "failed",
-            CallResult::Unavailable { .. } => "deferred",
+            CallResult::Failed { .. } => {
+                span.record("otel.status_code", "ERROR");
+                "failed"
+            }
+            CallResult::Unavailable { service, .. } => {
+                self.metrics.record_deferral(service);
+                "deferred"
+            }
         };
         span.record("outcome", outcome);
         result
@@ -103,8 +130,12 @@ impl Pipeline {
 
         if entry.progress.script.is_none() {
             let prompt = Prompt::for_contact(contact);
-            let script = run_chain(&self.llm, |client, _| {
-                client.generate_script(context, &prompt)
+            let prompt = &prompt;
+            let script = run_chain("llm", &self.llm, |client| async move {
+                let traceparent = telemetry::traceparent(&tracing::Span::current());
+                client
+                    .generate_script(context.with_traceparent(traceparent.as_deref()), prompt)
+                    .await
             })
             .await;
             match script {
@@ -115,7 +146,14 @@ impl Pipeline {
         let script = entry.progress.script.as_deref().unwrap_or_default();
 
         if entry.progress.audio_bytes.is_none() {
-            match run_chain(&self.tts, |client, _| client.synthesize(context, script)).await {
+            let audio = run_chain("tts", &self.tts, |client| async move {
+                let traceparent = telemetry::traceparent(&tracing::Span::current());
+                client
+                    .synthesize(context.with_traceparent(traceparent.as_deref()), script)
+                    .await
+            })
+            .await;
+            match audio {
                 Ok(audio) => entry.progress.audio_bytes = Some(audio.bytes.len() as u64),
                 Err(failure) => return failure.into(),
             }
@@ -134,7 +172,15 @@ impl Pipeline {
                 None => record,
             }
         });
-        match run_chain(&self.crm, |client, _| client.record_call(context, record)).await {
+        let record = &*record;
+        let recorded = run_chain("crm", &self.crm, |client| async move {
+            let traceparent = telemetry::traceparent(&tracing::Span::current());
+            client
+                .record_call(context.with_traceparent(traceparent.as_deref()), record)
+                .await
+        })
+        .await;
+        match recorded {
             Ok(record_id) => {
                 tracing::info!(crm_record = %record_id, "Call completed and recorded");
                 CallResult::Completed
@@ -158,32 +204,59 @@ impl From<StageFailure> for CallResult {
 
 /// Tries each service of a stage's chain in turn. A permanent error ends the
 /// stage; an unavailable service hands over to the next in the chain; when
-/// none is left the stage is unavailable on its primary service.
+/// none is left the stage is unavailable on its primary service. Each service
+/// tried gets a span named `stage`, each attempt an [`attempt_span`], current
+/// while `attempt` runs.
 async fn run_chain<'a, C, T, Fut>(
+    stage: &'static str,
     chain: &'a Chain<C>,
-    mut attempt: impl FnMut(&'a C, AttemptContext) -> Fut,
+    mut attempt: impl FnMut(&'a C) -> Fut,
 ) -> Result<T, StageFailure>
 where
     Fut: Future<Output = Result<T, ServiceError>>,
 {
     let mut primary_wait = None;
     for (index, link) in chain.links().enumerate() {
-        let span = tracing::info_span!("stage", service = %link.service);
+        let span = tracing::info_span!(
+            "stage",
+            otel.name = stage,
+            service = %link.service,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
         let result = link
             .executor
-            .call(|context| attempt(&link.client, context))
+            .call(|context| {
+                let span = attempt_span(&context);
+                let attempt = attempt(&link.client);
+                let recorded = span.clone();
+                async move {
+                    let result = attempt.await;
+                    if let Err(error) = &result {
+                        record_error(&recorded, error);
+                    }
+                    result
+                }
+                .instrument(span)
+            })
             .instrument(span.clone())
             .await;
         let error = match result {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                span.record("outcome", "success");
+                return Ok(value);
+            }
             Err(error) => error,
         };
+        span.record("otel.status_code", "ERROR");
         if error.is_permanent() {
+            span.record("outcome", "permanent");
             return Err(StageFailure::Failed(
                 link.service.clone(),
                 error.to_string(),
             ));
         }
+        span.record("outcome", "unavailable");
         let retry_after = unavailable_for(&error);
         if let Some(next) = chain.fallbacks.get(index) {
             span.in_scope(|| {
@@ -203,6 +276,40 @@ where
         chain.primary.service.clone(),
         primary_wait,
     ))
+}
+
+/// The client span of one attempt. The service client records the HTTP
+/// attributes (`url.full`, `server.address`, `server.port`,
+/// `http.response.status_code`) into it as the request is made.
+fn attempt_span(context: &AttemptContext) -> tracing::Span {
+    tracing::info_span!(
+        "attempt",
+        otel.name = "POST",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        retry_count = context.retry_count,
+        http.request.resend_count = context.retry_count,
+        circuit_state = context.circuit_state.as_str(),
+        http.request.method = "POST",
+        url.full = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        error_category = tracing::field::Empty,
+    )
+}
+
+/// Marks an attempt span failed: `error.type` is the HTTP status when there
+/// was one (the semantic conventions' choice), else the error's kind.
+fn record_error(span: &tracing::Span, error: &ServiceError) {
+    let error_type = match error.status() {
+        Some(status) => status.to_string(),
+        None => error.kind().as_str().to_owned(),
+    };
+    span.record("error.type", error_type);
+    span.record("error_category", error.category().as_str());
+    span.record("otel.status_code", "ERROR");
 }
 
 /// How long a transient failure asks the contact to wait: the breaker's

@@ -1,29 +1,52 @@
-//! Logging set-up: one JSON object per line to the local log file (the record of
-//! truth) and human-readable lines on the console.
+//! Logging and tracing set-up: one JSON object per line to the local log file
+//! (the record of truth), human-readable lines on the console, and spans
+//! exported over OTLP when the standard `OTEL_*` variables ask for it.
 //!
 //! Every JSON line carries the seed's fields — `timestamp`, `level`, `service`,
 //! `message`, `retry_count`, `circuit_state` — plus `error_category`,
-//! `contact_id` and `trace_id`, each `null` when it does not apply. Fields of
-//! the enclosing spans (the per-contact `call` span carries `contact_id` and
-//! `trace_id`, a stage span carries `service`) are copied onto each event, the
-//! innermost value winning, so a line can be read on its own.
+//! `contact_id`, `trace_id` and `span_id`, each `null` when it does not apply.
+//! Fields of the enclosing spans (the per-contact `call` span carries
+//! `contact_id`, a stage span carries `service`) are copied onto each event,
+//! the innermost value winning, so a line can be read on its own.
+//!
+//! Spans always get OpenTelemetry ids, exported or not: `trace_id`/`span_id`
+//! of a line are those of its innermost span, and the `traceparent` sent to a
+//! service is that of the attempt span, so logs, traces and the services' own
+//! records correlate whether or not a collector is configured. Without
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+//! nothing is exported and nothing is said about it.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
+use opentelemetry::Key;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::SpanExporter;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use serde_json::{Map, Value};
+use tokio::runtime::RuntimeFlavor;
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::clients::TRACEPARENT_HEADER;
+
 /// Fields every JSON line has, `null` when they do not apply.
-pub const REQUIRED_FIELDS: [&str; 9] = [
+pub const REQUIRED_FIELDS: [&str; 10] = [
     "timestamp",
     "level",
     "service",
@@ -33,7 +56,17 @@ pub const REQUIRED_FIELDS: [&str; 9] = [
     "error_category",
     "contact_id",
     "trace_id",
+    "span_id",
 ];
+
+/// The service name spans are exported under when neither `OTEL_SERVICE_NAME`
+/// nor `service.name` in `OTEL_RESOURCE_ATTRIBUTES` names one: the agent's.
+pub const AGENT_SERVICE_NAME: &str = "callguard";
+/// The same for the `callguard mocks` process.
+pub const MOCKS_SERVICE_NAME: &str = "callguard-mocks";
+
+/// How long flushing spans at shutdown may take.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A log file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +79,9 @@ pub struct LogFileError {
 /// A `tracing` layer writing JSON lines to a file.
 pub struct JsonFileLayer {
     writer: Mutex<LineWriter<File>>,
+    /// The subscriber the layer is part of, to ask its OpenTelemetry layer
+    /// for span ids.
+    dispatch: OnceLock<WeakDispatch>,
 }
 
 impl JsonFileLayer {
@@ -65,6 +101,7 @@ impl JsonFileLayer {
             .map_err(error)?;
         Ok(Self {
             writer: Mutex::new(LineWriter::new(file)),
+            dispatch: OnceLock::new(),
         })
     }
 }
@@ -100,6 +137,10 @@ impl<S> Layer<S> for JsonFileLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let mut fields = Map::new();
         attrs.record(&mut JsonVisitor(&mut fields));
@@ -128,6 +169,12 @@ where
             Value::from(level_name(*event.metadata().level())),
         );
         event.record(&mut JsonVisitor(&mut line));
+        // Asked before any span's extensions are borrowed below.
+        let ids = ctx
+            .event_scope(event)
+            .and_then(|mut scope| scope.next())
+            .zip(self.dispatch.get().and_then(WeakDispatch::upgrade))
+            .and_then(|(span, dispatch)| otel_ids(&span.id(), &dispatch));
         if let Some(scope) = ctx.event_scope(event) {
             // Innermost span first: its fields win over outer ones.
             for span in scope {
@@ -137,6 +184,10 @@ where
                     }
                 }
             }
+        }
+        if let Some((trace_id, span_id)) = ids {
+            line.insert("trace_id".into(), Value::from(trace_id));
+            line.insert("span_id".into(), Value::from(span_id));
         }
         for key in REQUIRED_FIELDS {
             line.entry(key).or_insert(Value::Null);
@@ -153,37 +204,239 @@ where
     }
 }
 
-/// Installs the global subscriber: the JSON-lines file at `path` (INFO and
-/// above from every target) and the console at `console_level`. Dependencies'
-/// own chatter (HTTP internals) is kept at WARN.
-pub fn init(path: &Path, console_level: &str) -> Result<(), LogFileError> {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
+/// The OpenTelemetry trace and span id of the span `id`, as lowercase hex,
+/// when the OpenTelemetry layer tracks it.
+fn otel_ids(id: &Id, dispatch: &Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| {
+        (
+            context.trace_id().to_string(),
+            context.span_id().to_string(),
+        )
+    })
+}
+
+/// The W3C `traceparent` of `span`, to send with a request made in it; `None`
+/// when the span has no OpenTelemetry context (no subscriber, or one without
+/// the OpenTelemetry layer).
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let mut carrier = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&cx, &mut carrier);
+    });
+    carrier.remove(TRACEPARENT_HEADER)
+}
+
+/// Why telemetry could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The JSON-lines log file could not be opened.
+    #[error(transparent)]
+    LogFile(#[from] LogFileError),
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` names a protocol not built in.
+    #[error("{variable}={value:?} is not supported: use \"grpc\" or \"http/protobuf\"")]
+    Protocol {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The OTLP exporter could not be built.
+    #[error("cannot set up the OTLP span exporter: {0}")]
+    Exporter(String),
+}
+
+/// How spans are sent to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (the default; port 4317 by convention).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies, `POST /v1/traces` (port 4318).
+    HttpProtobuf,
+}
+
+/// Reads the standard variables: `Ok(None)` when no OTLP endpoint is set (or
+/// `OTEL_SDK_DISABLED=true`, or `OTEL_TRACES_EXPORTER=none`), else the
+/// protocol from `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, gRPC when neither is set. The exporter
+/// itself reads the endpoint, headers, timeout and the resource variables.
+pub fn otlp_protocol(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<OtlpProtocol>, TelemetryError> {
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let endpoint =
+        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let disabled = set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let no_exporter =
+        set("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+    if endpoint.is_none() || disabled || no_exporter {
+        return Ok(None);
+    }
+    let (variable, value) = match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+        Some(value) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", value),
+        None => match set("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            Some(value) => ("OTEL_EXPORTER_OTLP_PROTOCOL", value),
+            None => return Ok(Some(OtlpProtocol::Grpc)),
+        },
+    };
+    match value.trim() {
+        "grpc" => Ok(Some(OtlpProtocol::Grpc)),
+        "http/protobuf" => Ok(Some(OtlpProtocol::HttpProtobuf)),
+        _ => Err(TelemetryError::Protocol { variable, value }),
+    }
+}
+
+/// The resource spans are exported with: the `OTEL_SERVICE_NAME` /
+/// `OTEL_RESOURCE_ATTRIBUTES` ones, with `default_service` as `service.name`
+/// when they name none.
+fn resource(default_service: &str) -> Resource {
+    let detected = Resource::builder().build();
+    let named = detected
+        .get(&Key::from_static_str("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    if named {
+        detected
+    } else {
+        Resource::builder()
+            .with_service_name(default_service.to_owned())
+            .build()
+    }
+}
+
+/// The tracer provider: ids for every span, and a batch exporter on the
+/// tokio runtime when `protocol` is set. Must be called within the runtime.
+fn tracer_provider(
+    protocol: Option<OtlpProtocol>,
+    default_service: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut builder = SdkTracerProvider::builder().with_resource(resource(default_service));
+    if let Some(protocol) = protocol {
+        let exporter = match protocol {
+            OtlpProtocol::Grpc => SpanExporter::builder().with_tonic().build(),
+            OtlpProtocol::HttpProtobuf => SpanExporter::builder().with_http().build(),
+        }
+        .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        builder = builder.with_span_processor(
+            BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
+        );
+    }
+    Ok(builder.build())
+}
+
+/// Keeps the span exporter running; dropping it flushes the spans not yet
+/// sent (waiting up to 5 s) and stops it. Hold it for the life of the
+/// command and drop it at the end.
+#[must_use = "dropping the guard flushes and stops the span exporter"]
+pub struct Telemetry {
+    /// Set while spans are being exported.
+    exporting: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    pub fn is_exporting(&self) -> bool {
+        self.exporting.is_some()
+    }
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("exporting", &self.is_exporting())
+            .finish()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let Some(provider) = self.exporting.take() else {
+            return;
+        };
+        // The batch exporter runs on the tokio runtime; waiting for it on a
+        // worker thread must hand that worker's tasks over first.
+        let flush = move || {
+            let _ = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(flush);
+            }
+            _ => flush(),
+        }
+    }
+}
+
+/// Installs the agent's global subscriber: the JSON-lines file at `path`
+/// (INFO and above from every target), the console at `console_level`, and
+/// the OpenTelemetry layer (exporting when the `OTEL_*` variables say so,
+/// service name `callguard` by default). Dependencies' own chatter (HTTP
+/// internals, the exporter's) is kept at WARN. Call within the tokio runtime.
+pub fn init(path: &Path, console_level: &str) -> Result<Telemetry, TelemetryError> {
+    let file = JsonFileLayer::open(path)?;
+    install(Some(file), console_level, AGENT_SERVICE_NAME)
+}
+
+/// Installs the `callguard mocks` process's subscriber: the console at
+/// `console_level` and the OpenTelemetry layer (service name
+/// `callguard-mocks` by default), without a log file.
+pub fn init_mocks(console_level: &str) -> Result<Telemetry, TelemetryError> {
+    install(None, console_level, MOCKS_SERVICE_NAME)
+}
+
+fn install(
+    file: Option<JsonFileLayer>,
+    console_level: &str,
+    default_service: &str,
+) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
+    let protocol = otlp_protocol(|name| std::env::var(name).ok())?;
+    let provider = tracer_provider(protocol, default_service)?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+
     let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);
-    let quiet = |level| {
-        Targets::new()
-            .with_default(level)
-            .with_target("hyper", LevelFilter::WARN)
-            .with_target("hyper_util", LevelFilter::WARN)
-            .with_target("reqwest", LevelFilter::WARN)
-            .with_target("h2", LevelFilter::WARN)
-            .with_target("tower", LevelFilter::WARN)
-    };
-    let file = JsonFileLayer::open(path)?.with_filter(quiet(LevelFilter::INFO));
+    let file = file.map(|layer| layer.with_filter(quiet(LevelFilter::INFO)));
     let console = tracing_subscriber::fmt::layer()
         .with_writer(ConsoleWriter)
         .compact()
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(quiet(console_level));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("callguard"))
+        .with_filter(quiet(LevelFilter::INFO));
+    // Further layers (the Google Sheets log rows) are added here.
     // A second init (in tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(file)
         .with(console)
+        .with(otel)
         .try_init();
-    Ok(())
+    Ok(Telemetry {
+        exporting: protocol.map(|_| provider),
+    })
+}
+
+/// INFO-level (or `level`) events from our code; WARN and above from the
+/// HTTP, gRPC and exporter internals, so exporting never traces itself.
+fn quiet(level: LevelFilter) -> Targets {
+    Targets::new()
+        .with_default(level)
+        .with_target("hyper", LevelFilter::WARN)
+        .with_target("hyper_util", LevelFilter::WARN)
+        .with_target("reqwest", LevelFilter::WARN)
+        .with_target("h2", LevelFilter::WARN)
+        .with_target("tower", LevelFilter::WARN)
+        .with_target("tonic", LevelFilter::WARN)
+        .with_target("opentelemetry", LevelFilter::WARN)
+        .with_target("opentelemetry_sdk", LevelFilter::WARN)
+        .with_target("opentelemetry_otlp", LevelFilter::WARN)
 }
 
 /// Writes log lines to stderr; on a terminal it first clears the line, where a
@@ -266,5 +519,126 @@ mod tests {
             assert!(line.get(key).is_some(), "{key} missing");
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lines_carry_the_spans_otel_ids_and_traceparent_matches() {
+        let dir = std::env::temp_dir().join(format!("callguard-otel-log-{}", std::process::id()));
+        let path = dir.join("test.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let provider = tracer_provider(None, AGENT_SERVICE_NAME).unwrap();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let subscriber = tracing_subscriber::registry()
+            .with(JsonFileLayer::open(&path).unwrap())
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let (call_ids, attempt_ids, header) = tracing::subscriber::with_default(subscriber, || {
+            let call = tracing::info_span!("call", contact_id = "c-1");
+            let attempt = call.in_scope(|| tracing::info_span!("attempt", retry_count = 0u32));
+            attempt.in_scope(|| tracing::info!("inside the attempt"));
+            call.in_scope(|| tracing::info!("inside the call"));
+            tracing::info!("outside");
+            let ids = |span: &tracing::Span| {
+                let cx = span.context();
+                let s = cx.span();
+                let c = s.span_context();
+                (c.trace_id().to_string(), c.span_id().to_string())
+            };
+            (ids(&call), ids(&attempt), traceparent(&attempt))
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(call_ids.0, attempt_ids.0, "one trace per call");
+        assert_ne!(call_ids.1, attempt_ids.1);
+        assert_eq!(lines[0]["trace_id"], attempt_ids.0.as_str());
+        assert_eq!(lines[0]["span_id"], attempt_ids.1.as_str());
+        assert_eq!(lines[0]["contact_id"], "c-1");
+        assert_eq!(lines[1]["span_id"], call_ids.1.as_str());
+        assert_eq!(lines[2]["trace_id"], Value::Null);
+        assert_eq!(lines[2]["span_id"], Value::Null);
+        assert_eq!(
+            header.as_deref(),
+            Some(format!("00-{}-{}-01", attempt_ids.0, attempt_ids.1).as_str())
+        );
+        assert_eq!(call_ids.0.len(), 32);
+        assert_ne!(call_ids.0, "0".repeat(32));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_traceparent_without_the_otel_layer() {
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("attempt");
+            assert_eq!(traceparent(&span), None);
+        });
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    #[test]
+    fn exporting_needs_an_endpoint_and_defaults_to_grpc() {
+        assert_eq!(otlp_protocol(env(&[])).unwrap(), None);
+        // Without an endpoint even a bad protocol is not looked at.
+        assert_eq!(
+            otlp_protocol(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            otlp_protocol(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])).unwrap(),
+            None
+        );
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        assert_eq!(
+            otlp_protocol(env(&[endpoint])).unwrap(),
+            Some(OtlpProtocol::Grpc)
+        );
+        assert_eq!(
+            otlp_protocol(env(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://127.0.0.1:4318/v1/traces"
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ]))
+            .unwrap(),
+            Some(OtlpProtocol::HttpProtobuf)
+        );
+        assert_eq!(
+            otlp_protocol(env(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ]))
+            .unwrap(),
+            Some(OtlpProtocol::Grpc)
+        );
+        assert_eq!(
+            otlp_protocol(env(&[endpoint, ("OTEL_SDK_DISABLED", "true")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            otlp_protocol(env(&[endpoint, ("OTEL_TRACES_EXPORTER", "none")])).unwrap(),
+            None
+        );
+        let error = otlp_protocol(env(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && error.contains("http/json"),
+            "{error}"
+        );
     }
 }

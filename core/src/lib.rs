@@ -9,6 +9,8 @@ pub mod classify;
 pub mod config;
 pub mod error;
 pub mod event;
+#[cfg(feature = "reqwest")]
+pub mod http;
 pub mod retry_after;
 pub mod secret;
 pub mod service;

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::SystemTime;
 
-use callguard_core::{ServiceError, TransportFailure, classify_status};
+use callguard_core::{ServiceError, classify_status};
 
 /// The future a [`Probe`] returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
@@ -57,7 +57,7 @@ impl HttpProbe {
             .get(self.url.clone())
             .send()
             .await
-            .map_err(transport_error)?;
+            .map_err(callguard_core::http::transport_error)?;
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -73,16 +73,4 @@ impl Probe for HttpProbe {
     fn check(&self) -> ProbeFuture<'_> {
         Box::pin(self.get())
     }
-}
-
-fn transport_error(error: reqwest::Error) -> ServiceError {
-    let failure = if error.is_timeout() {
-        TransportFailure::Timeout
-    } else if error.is_connect() {
-        TransportFailure::Connect
-    } else {
-        TransportFailure::Reset
-    };
-    // reqwest's message names the URL, never headers, so it carries no secret.
-    failure.into_error(format!("health probe: {error}"))
 }

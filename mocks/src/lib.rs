@@ -36,6 +36,7 @@ mod service;
 mod sinks;
 mod state;
 mod stats;
+mod tracing_ctx;
 mod tts;
 
 pub use config::{MockConfig, MockKeys};

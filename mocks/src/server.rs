@@ -29,7 +29,8 @@ use crate::gate::{ConnectionKill, closed, gate};
 use crate::service::health_ok;
 use crate::state::{Shared, lock};
 use crate::{
-    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, llm, sinks, tts,
+    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, llm, sinks, tracing_ctx,
+    tts,
 };
 
 /// How long a stopping server waits for open requests before dropping them.
@@ -62,7 +63,8 @@ fn router(shared: &Arc<Shared>) -> Router {
         };
         let guarded = api
             .route("/health", get(|| async { health_ok() }))
-            .layer(from_fn_with_state((Arc::clone(shared), service), gate));
+            .layer(from_fn_with_state((Arc::clone(shared), service), gate))
+            .layer(from_fn_with_state(service, tracing_ctx::server_span));
         app = app.nest(&format!("/{service}"), guarded);
     }
     app.with_state(Arc::clone(shared))

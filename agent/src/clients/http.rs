@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::SystemTime;
 
+use callguard_core::http::{error_chain, transport_error};
 use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure, classify_status};
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, Response};
@@ -132,6 +133,7 @@ impl HttpService {
 
     /// A `POST` to `url` with the key, `X-Contact-Id` and `traceparent` set.
     pub(crate) fn post(&self, url: &str, context: RequestContext<'_>) -> RequestBuilder {
+        record_url(url);
         let mut request = self
             .client
             .post(url)
@@ -151,6 +153,7 @@ impl HttpService {
     pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ServiceError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        tracing::Span::current().record("http.response.status_code", status);
         let header = |name| {
             response
                 .headers()
@@ -241,36 +244,25 @@ async fn read_up_to(mut response: Response, cap: u64) -> Result<(Vec<u8>, bool),
     Ok((body, false))
 }
 
-/// Classifies a reqwest error, without its URL.
-fn transport_error(error: reqwest::Error) -> ServiceError {
-    let error = error.without_url();
-    if error.is_builder() {
-        return ServiceError::new(ErrorKind::InvalidRequest, error_chain(&error));
-    }
-    let failure = if error.is_timeout() {
-        TransportFailure::Timeout
-    } else if error.is_connect() {
-        TransportFailure::Connect
-    } else {
-        // Body and I/O errors: the connection was reset or closed mid-exchange.
-        TransportFailure::Reset
+/// Records `url` (without credentials, query or fragment) and its host and
+/// port on the current span, the attempt span, under the OpenTelemetry
+/// semantic-convention names; a span without those fields ignores them.
+fn record_url(url: &str) {
+    let Ok(mut url) = reqwest::Url::parse(url) else {
+        return;
     };
-    failure.into_error(error_chain(&error))
-}
-
-/// `error: cause: cause`, one line, so "connection reset by peer" is seen.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
+    let span = tracing::Span::current();
+    if let Some(host) = url.host_str() {
+        span.record("server.address", host);
     }
-    text
+    if let Some(port) = url.port_or_known_default() {
+        span.record("server.port", port);
+    }
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    span.record("url.full", url.as_str());
 }
 
 /// `error` with `excerpt` appended to its detail.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use super::shutdown_signal;
 
 pub(crate) async fn mocks(listen: SocketAddr, seed: u64) -> Result<ExitCode, String> {
+    let _telemetry = callguard_agent::telemetry::init_mocks("info").map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -13,6 +13,7 @@ use callguard_agent::assemble::assemble;
 use callguard_agent::campaign::{Campaign, Summary};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::{Contact, write_contacts};
+use callguard_agent::metrics::MetricsServer;
 use callguard_agent::queue::CallQueue;
 
 pub(crate) async fn run_campaign(
@@ -21,6 +22,14 @@ pub(crate) async fn run_campaign(
 ) -> Result<Summary, String> {
     let parts = assemble(config).map_err(|e| e.to_string())?;
     let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
+    let metrics = match config.metrics.listen {
+        Some(listen) => Some(
+            MetricsServer::start(listen, parts.metrics, parts.registry.clone(), queue.clone())
+                .await
+                .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?,
+        ),
+        None => None,
+    };
     let campaign = Campaign {
         pipeline: parts.pipeline,
         registry: parts.registry,
@@ -33,6 +42,9 @@ pub(crate) async fn run_campaign(
         progress: true,
     };
     let summary = campaign.run(shutdown_signal()).await;
+    if let Some(server) = metrics {
+        server.stop().await;
+    }
     let pending: Vec<Contact> = queue.pending().into_iter().map(|e| e.contact).collect();
     if !pending.is_empty() {
         let path = &config.queue.pending_file;

@@ -16,7 +16,8 @@ pub(crate) async fn run(
 ) -> Result<ExitCode, String> {
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
-    telemetry::init(&config.logging.path, &config.logging.console_level)
+    // Dropped on return: flushes the spans not yet exported.
+    let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
         .map_err(|e| e.to_string())?;
     let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;
     for rejected in &file.rejected {

@@ -33,7 +33,8 @@ pub(crate) async fn simulate(
     let mut config =
         AgentConfig::load(&defaults, config_file, std::env::vars()).map_err(|e| e.to_string())?;
     scale_config(&mut config, time_scale);
-    telemetry::init(&config.logging.path, &config.logging.console_level)
+    // Dropped on return: flushes the spans not yet exported.
+    let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
         .map_err(|e| e.to_string())?;
     tracing::info!(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
