@@ -1,0 +1,536 @@
+//! callguard's call store: every contact of a campaign with its state
+//! (pending, in flight under a lease, deferred until a time, completed, failed
+//! with a reason, expired), its attempts, last error and resume progress.
+//!
+//! One [`CallStore`] fronts three backends with the same rules: in memory (for
+//! simulations and as a baseline), SQLite (one file, the default of
+//! `callguard run`) and PostgreSQL (one queue shared by several agents). A
+//! worker takes a contact with a lease ([`CallStore::next`]), renews the lease
+//! while the call runs ([`CallStore::keep_alive`]) and settles it under that
+//! lease; a contact whose lease expires (its agent died) is due again, and a
+//! change under a lease that was lost is refused, so no contact gets two
+//! terminal states.
+//!
+//! Times that must survive a restart are wall-clock unix milliseconds. The
+//! store reads them from a clock anchored to the wall clock when it opens and
+//! advanced by `tokio::time`, so tests on a paused clock move stored times too.
+
+mod memory;
+mod model;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use model::{
+    ContactState, ContactStatus, Counts, Deferral, ImportReport, Lease, Leased, NewContact,
+    Progress, StoreError,
+};
+
+use model::{Millis, Outcome, from_millis, to_millis};
+
+/// Where the contacts are kept.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// In this process only (`memory:`).
+    Memory,
+    /// A SQLite file (`sqlite:PATH`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://…` or `postgresql://…`); the URL
+    /// may hold a password, so it never prints.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Reads `memory:`, `sqlite:PATH` or a `postgres://` URL.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        if url == "memory:" {
+            Ok(Self::Memory)
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(StoreError::Location("sqlite: needs a file path".into()));
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(url.to_owned()))
+        } else {
+            Err(StoreError::Location(
+                "expected memory:, sqlite:PATH or postgres://…".into(),
+            ))
+        }
+    }
+}
+
+/// Shows the location without a password.
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory:"),
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreLocation({self})")
+    }
+}
+
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:[redacted]@host/db`.
+fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info
+                .split_once(':')
+                .map_or(user_info, |(user, _)| user);
+            format!("{user}:[redacted]@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}/{path}")
+}
+
+/// How the store leases and waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// How long a lease lasts unless renewed; a dead agent's contacts return
+    /// to the queue this long after its last renewal.
+    pub lease: Duration,
+    /// How often a shared (PostgreSQL) queue is checked for other agents'
+    /// changes while nothing is due.
+    pub poll_interval: Duration,
+    /// Deferrals a contact may have; the next one expires it.
+    pub max_deferrals: u32,
+    /// The table (SQLite and PostgreSQL): one campaign per table.
+    pub table: String,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_deferrals: 5,
+            table: "callguard_contacts".into(),
+        }
+    }
+}
+
+enum Backend {
+    Memory(memory::MemoryBackend),
+    Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PostgresBackend),
+}
+
+/// Calls the same method on whichever backend the store has.
+macro_rules! dispatch {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match &$store.backend {
+            Backend::Memory(b) => b.$method($($arg),*).await,
+            Backend::Sqlite(b) => b.$method($($arg),*).await,
+            Backend::Postgres(b) => b.$method($($arg),*).await,
+        }
+    };
+}
+
+/// Wall-clock time read through `tokio::time`.
+struct Clock {
+    wall: SystemTime,
+    mono: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.wall + self.mono.elapsed()
+    }
+
+    fn now_millis(&self) -> Millis {
+        to_millis(self.now())
+    }
+
+    /// The `tokio` instant at which the clock reads `millis`.
+    fn instant_at(&self, millis: Millis) -> Instant {
+        let at = from_millis(millis);
+        match at.duration_since(self.wall) {
+            Ok(after) => self.mono + after,
+            Err(before) => self
+                .mono
+                .checked_sub(before.duration())
+                .unwrap_or(self.mono),
+        }
+    }
+}
+
+/// Shortest wait of [`CallStore::next`] between two looks, so a contact due
+/// now but taken by a racing worker cannot make it spin.
+const MIN_WAIT: Duration = Duration::from_millis(5);
+
+/// The call store: contacts, leases and states behind one interface.
+pub struct CallStore {
+    backend: Backend,
+    location: StoreLocation,
+    settings: StoreSettings,
+    owner: String,
+    clock: Clock,
+    changed: Notify,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for CallStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallStore")
+            .field("location", &self.location)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallStore {
+    /// Opens (creating if needed) the store at `location`.
+    pub async fn open(
+        location: StoreLocation,
+        settings: StoreSettings,
+    ) -> Result<Self, StoreError> {
+        let backend = match &location {
+            StoreLocation::Memory => Backend::Memory(memory::MemoryBackend::default()),
+            StoreLocation::Sqlite(path) => {
+                Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings.table).await?)
+            }
+            StoreLocation::Postgres(url) => {
+                Backend::Postgres(postgres::PostgresBackend::connect(url, &settings.table).await?)
+            }
+        };
+        Ok(Self {
+            backend,
+            location,
+            settings,
+            owner: default_owner(),
+            clock: Clock::new(),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// A store in this process's memory.
+    pub fn memory(settings: StoreSettings) -> Self {
+        Self {
+            backend: Backend::Memory(memory::MemoryBackend::default()),
+            location: StoreLocation::Memory,
+            settings,
+            owner: default_owner(),
+            clock: Clock::new(),
+            changed: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Names this store's leases `owner` instead of `host:pid:random`.
+    #[must_use]
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Where the contacts are kept.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// The settings the store runs with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.settings
+    }
+
+    /// The name this store's leases carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Whether other processes may change the queue (so waiting polls).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Whether the contacts outlive the process.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self.backend, Backend::Memory(_))
+    }
+
+    /// The store's wall-clock time.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Adds the contacts whose ids the store does not hold yet, in order;
+    /// the others are left as they are.
+    pub async fn import(&self, contacts: &[NewContact]) -> Result<ImportReport, StoreError> {
+        let now = self.clock.now_millis();
+        let report = dispatch!(self, import(contacts, now))?;
+        self.changed();
+        Ok(report)
+    }
+
+    /// Leases the next due contact, if one is due now.
+    pub async fn try_lease(&self) -> Result<Option<Leased>, StoreError> {
+        let now = self.clock.now_millis();
+        let until = now.saturating_add(duration_millis(self.settings.lease));
+        dispatch!(self, lease(&self.owner, now, until))
+    }
+
+    /// Leases the next contact, waiting for one to come due: woken by this
+    /// store's own changes, at the earliest due time (a deferral's not-before
+    /// or a lease's expiry), and — for a shared queue — every poll interval.
+    /// `None` once every contact has ended, or when the store is closed.
+    pub async fn next(&self) -> Result<Option<Leased>, StoreError> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            if let Some(leased) = self.try_lease().await? {
+                return Ok(Some(leased));
+            }
+            let Some(due) = dispatch!(self, next_due())? else {
+                return Ok(None);
+            };
+            let now = Instant::now();
+            let mut wake = self.clock.instant_at(due).max(now + MIN_WAIT);
+            if self.is_shared() {
+                wake = wake.min(now + self.settings.poll_interval);
+            }
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Extends the lease to a full lease period from now.
+    pub async fn renew(&self, lease: &Lease) -> Result<(), StoreError> {
+        let until = self
+            .clock
+            .now_millis()
+            .saturating_add(duration_millis(self.settings.lease));
+        dispatch!(self, renew(&self.owner, lease, until))
+    }
+
+    /// Renews the lease every third of its period for as long as it is
+    /// polled; returns only when the lease is lost. Run it beside the call.
+    pub async fn keep_alive(&self, lease: &Lease) -> StoreError {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.renew(lease).await {
+                Ok(()) => {}
+                Err(lost @ StoreError::LeaseLost { .. }) => return lost,
+                Err(error) => tracing::warn!(
+                    contact_id = %lease.contact_id,
+                    "Cannot renew the lease (will try again): {error}"
+                ),
+            }
+        }
+    }
+
+    /// Keeps `progress` for the held contact (before a step whose repeat must
+    /// see the same data, such as the CRM write).
+    pub async fn save_progress(
+        &self,
+        lease: &Lease,
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, save_progress(&self.owner, lease, progress))
+    }
+
+    async fn settle(
+        &self,
+        lease: &Lease,
+        outcome: Outcome<'_>,
+    ) -> Result<ContactState, StoreError> {
+        let now = self.clock.now_millis();
+        let state = dispatch!(self, settle(&self.owner, lease, &outcome, now))?;
+        self.changed();
+        Ok(state)
+    }
+
+    /// Ends the held contact as completed.
+    pub async fn complete(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.settle(lease, Outcome::Completed).await.map(drop)
+    }
+
+    /// Ends the held contact as failed at `service` because of `reason`.
+    pub async fn fail(&self, lease: &Lease, service: &str, reason: &str) -> Result<(), StoreError> {
+        self.settle(lease, Outcome::Failed { service, reason })
+            .await
+            .map(drop)
+    }
+
+    /// Puts the held contact back until `wait` from now (or until
+    /// [`wake_service`](Self::wake_service) for `service`) with its progress,
+    /// unless it was deferred `max_deferrals` times already: then it expires.
+    pub async fn defer(
+        &self,
+        lease: &Lease,
+        service: &str,
+        reason: &str,
+        wait: Duration,
+        progress: &Progress,
+    ) -> Result<Deferral, StoreError> {
+        let not_before = self
+            .clock
+            .now_millis()
+            .saturating_add(duration_millis(wait));
+        let outcome = Outcome::Deferred {
+            service,
+            reason,
+            not_before,
+            max_deferrals: self.settings.max_deferrals,
+            progress,
+        };
+        Ok(match self.settle(lease, outcome).await? {
+            ContactState::Expired => Deferral::Expired,
+            _ => Deferral::Requeued,
+        })
+    }
+
+    /// Gives the held contact back to the queue as pending, due now.
+    pub async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.settle(lease, Outcome::Released).await.map(drop)
+    }
+
+    /// Gives back every contact this store holds (at shutdown), so none waits
+    /// for its lease to expire. Returns how many.
+    pub async fn release_all(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_millis();
+        let released = dispatch!(self, release_owner(&self.owner, now))?;
+        self.changed();
+        Ok(released)
+    }
+
+    /// Makes every contact deferred on `service` pending now (its breaker
+    /// closed). Returns how many woke.
+    pub async fn wake_service(&self, service: &str) -> Result<usize, StoreError> {
+        let now = self.clock.now_millis();
+        let woken = dispatch!(self, wake_service(service, now))?;
+        if woken > 0 {
+            self.changed();
+        }
+        Ok(woken)
+    }
+
+    /// Stops handing out contacts: [`next`](Self::next) answers `None`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed();
+    }
+
+    /// Contacts by state.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        dispatch!(self, counts())
+    }
+
+    /// The contacts in `state`, in import order.
+    pub async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
+        dispatch!(self, list(state))
+    }
+
+    /// Puts every `failed` or `expired` contact back as pending with its
+    /// deferrals reset (progress, attempts and last error kept). Returns how many.
+    pub async fn requeue(&self, state: ContactState) -> Result<usize, StoreError> {
+        if !matches!(state, ContactState::Failed | ContactState::Expired) {
+            return Err(StoreError::Unsupported(format!(
+                "only failed or expired contacts can be requeued, not {state}"
+            )));
+        }
+        let now = self.clock.now_millis();
+        let requeued = dispatch!(self, requeue(state, now))?;
+        self.changed();
+        Ok(requeued)
+    }
+}
+
+fn duration_millis(duration: Duration) -> Millis {
+    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// `host:pid:random`: unique per process, readable in `report`.
+fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "agent".into());
+    format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_never_print_a_password() {
+        assert_eq!(
+            StoreLocation::parse("memory:").unwrap(),
+            StoreLocation::Memory
+        );
+        assert_eq!(
+            StoreLocation::parse("sqlite:data/calls.db").unwrap(),
+            StoreLocation::Sqlite("data/calls.db".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("sqlite:///var/calls.db").unwrap(),
+            StoreLocation::Sqlite("/var/calls.db".into())
+        );
+        assert!(StoreLocation::parse("sqlite:").is_err());
+        assert!(StoreLocation::parse("mysql://x").is_err());
+        let pg = StoreLocation::parse("postgres://agent:hunter2@db:5432/calls?password=hunter2")
+            .unwrap();
+        let shown = format!("{pg} {pg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://agent:[redacted]@db:5432/calls"),
+            "{shown}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_follows_tokio_time() {
+        let clock = Clock::new();
+        let start = clock.now_millis();
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(clock.now_millis() - start, 90_000);
+        let ahead = clock.instant_at(start + 120_000) - Instant::now();
+        // Stored times are whole milliseconds.
+        assert!(
+            ahead <= Duration::from_secs(30) && ahead > Duration::from_millis(29_998),
+            "{ahead:?}"
+        );
+    }
+}

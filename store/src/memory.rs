@@ -1,0 +1,275 @@
+//! The in-memory backend: the same rows and rules as the SQL backends, kept in
+//! a map with an ordered index of due times; lost when the process ends.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::model::{
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
+    Progress, StoreError,
+};
+
+struct Row {
+    id: String,
+    data: String,
+    state: ContactState,
+    due_at: Millis,
+    lease_owner: Option<String>,
+    attempts: u32,
+    deferrals: u32,
+    service: Option<String>,
+    last_error: Option<String>,
+    progress: Progress,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Rows in import order; the index is the row's sequence number.
+    rows: Vec<Row>,
+    by_id: HashMap<String, usize>,
+    /// (due_at, seq) of every unfinished row.
+    due: BTreeSet<(Millis, usize)>,
+}
+
+impl Inner {
+    fn set_due(&mut self, seq: usize, state: ContactState, due_at: Millis) {
+        let row = &mut self.rows[seq];
+        if !row.state.is_terminal() {
+            self.due.remove(&(row.due_at, seq));
+        }
+        row.state = state;
+        row.due_at = due_at;
+        if !state.is_terminal() {
+            self.due.insert((due_at, seq));
+        }
+    }
+
+    fn held(&mut self, owner: &str, lease: &Lease) -> Result<usize, StoreError> {
+        let lost = || StoreError::LeaseLost {
+            contact_id: lease.contact_id.clone(),
+        };
+        let seq = *self.by_id.get(&lease.contact_id).ok_or_else(lost)?;
+        let row = &self.rows[seq];
+        let held = row.state == ContactState::InFlight
+            && row.lease_owner.as_deref() == Some(owner)
+            && row.attempts == lease.attempt;
+        if held { Ok(seq) } else { Err(lost()) }
+    }
+}
+
+/// Contacts in a map, guarded by one mutex.
+#[derive(Default)]
+pub(crate) struct MemoryBackend {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryBackend {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) async fn import(
+        &self,
+        contacts: &[NewContact],
+        _now: Millis,
+    ) -> Result<ImportReport, StoreError> {
+        let mut inner = self.lock();
+        let mut report = ImportReport::default();
+        for contact in contacts {
+            if inner.by_id.contains_key(&contact.id) {
+                report.existing += 1;
+                continue;
+            }
+            let seq = inner.rows.len();
+            inner.rows.push(Row {
+                id: contact.id.clone(),
+                data: contact.data.clone(),
+                state: ContactState::Pending,
+                due_at: 0,
+                lease_owner: None,
+                attempts: 0,
+                deferrals: 0,
+                service: None,
+                last_error: None,
+                progress: Progress::default(),
+            });
+            inner.by_id.insert(contact.id.clone(), seq);
+            inner.due.insert((0, seq));
+            report.added += 1;
+        }
+        Ok(report)
+    }
+
+    pub(crate) async fn lease(
+        &self,
+        owner: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<Leased>, StoreError> {
+        let mut inner = self.lock();
+        let Some(&(due_at, seq)) = inner.due.first() else {
+            return Ok(None);
+        };
+        if due_at > now {
+            return Ok(None);
+        }
+        inner.set_due(seq, ContactState::InFlight, until);
+        let row = &mut inner.rows[seq];
+        row.attempts += 1;
+        row.lease_owner = Some(owner.to_owned());
+        Ok(Some(Leased {
+            lease: Lease {
+                contact_id: row.id.clone(),
+                attempt: row.attempts,
+            },
+            data: row.data.clone(),
+            deferrals: row.deferrals,
+            progress: row.progress.clone(),
+        }))
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let seq = inner.held(owner, lease)?;
+        inner.set_due(seq, ContactState::InFlight, until);
+        Ok(())
+    }
+
+    pub(crate) async fn save_progress(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let seq = inner.held(owner, lease)?;
+        inner.rows[seq].progress = progress.clone();
+        Ok(())
+    }
+
+    pub(crate) async fn settle(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        outcome: &Outcome<'_>,
+        now: Millis,
+    ) -> Result<ContactState, StoreError> {
+        let mut inner = self.lock();
+        let seq = inner.held(owner, lease)?;
+        let (state, due_at) = match outcome {
+            Outcome::Completed => (ContactState::Completed, now),
+            Outcome::Failed { service, reason } => {
+                let row = &mut inner.rows[seq];
+                row.service = Some((*service).to_owned());
+                row.last_error = Some((*reason).to_owned());
+                (ContactState::Failed, now)
+            }
+            Outcome::Deferred {
+                service,
+                reason,
+                not_before,
+                max_deferrals,
+                progress,
+            } => {
+                let row = &mut inner.rows[seq];
+                row.deferrals += 1;
+                row.service = Some((*service).to_owned());
+                row.last_error = Some((*reason).to_owned());
+                row.progress = (*progress).clone();
+                let state = if row.deferrals > *max_deferrals {
+                    ContactState::Expired
+                } else {
+                    ContactState::Deferred
+                };
+                (state, *not_before)
+            }
+            Outcome::Released => (ContactState::Pending, now),
+        };
+        inner.rows[seq].lease_owner = None;
+        inner.set_due(seq, state, due_at);
+        Ok(state)
+    }
+
+    /// Moves the rows `pick` chooses to pending, due at `now`.
+    fn requeue_where(&self, now: Millis, pick: impl Fn(&Row) -> bool) -> usize {
+        let mut inner = self.lock();
+        let chosen: Vec<usize> = (0..inner.rows.len())
+            .filter(|&seq| pick(&inner.rows[seq]))
+            .collect();
+        for &seq in &chosen {
+            inner.rows[seq].lease_owner = None;
+            inner.set_due(seq, ContactState::Pending, now);
+        }
+        chosen.len()
+    }
+
+    pub(crate) async fn release_owner(
+        &self,
+        owner: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        Ok(self.requeue_where(now, |row| {
+            row.state == ContactState::InFlight && row.lease_owner.as_deref() == Some(owner)
+        }))
+    }
+
+    pub(crate) async fn wake_service(
+        &self,
+        service: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        Ok(self.requeue_where(now, |row| {
+            row.state == ContactState::Deferred
+                && row.service.as_deref() == Some(service)
+                && row.due_at > now
+        }))
+    }
+
+    pub(crate) async fn requeue(
+        &self,
+        state: ContactState,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        for row in inner.rows.iter_mut().filter(|row| row.state == state) {
+            row.deferrals = 0;
+        }
+        drop(inner);
+        Ok(self.requeue_where(now, |row| row.state == state))
+    }
+
+    pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
+        let mut counts = Counts::default();
+        for row in &self.lock().rows {
+            counts.add(row.state, 1);
+        }
+        Ok(counts)
+    }
+
+    pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        Ok(self.lock().due.first().map(|&(due_at, _)| due_at))
+    }
+
+    pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
+        Ok(self
+            .lock()
+            .rows
+            .iter()
+            .filter(|row| row.state == state)
+            .map(|row| ContactStatus {
+                id: row.id.clone(),
+                state: row.state,
+                attempts: row.attempts,
+                deferrals: row.deferrals,
+                service: row.service.clone(),
+                last_error: row.last_error.clone(),
+                lease_owner: row.lease_owner.clone(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,325 @@
+//! The PostgreSQL backend: one queue shared by several agent processes.
+//!
+//! A contact is leased by one statement that picks the next due row with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent agents never take the same row and
+//! never wait on each other; the lease has an expiry the holder renews, and a
+//! row whose lease expired (its agent died) is due again. Every statement is
+//! prepared once and runs in autocommit, each one a transaction of its own.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::model::{
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
+    Progress, StoreError,
+};
+use crate::sql::{Dialect, Statements, parse_state};
+
+fn db(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Database {
+        backend: "postgres",
+        message: error.to_string(),
+    }
+}
+
+fn int(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+fn count(value: i64) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+struct Prepared {
+    insert_many: Statement,
+    lease: Statement,
+    renew: Statement,
+    save_progress: Statement,
+    complete: Statement,
+    fail: Statement,
+    defer: Statement,
+    release: Statement,
+    release_owner: Statement,
+    wake_service: Statement,
+    counts: Statement,
+    next_due: Statement,
+    list: Statement,
+    requeue: Statement,
+}
+
+/// A connection to the shared queue.
+pub(crate) struct PostgresBackend {
+    client: Client,
+    prepared: Prepared,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+impl PostgresBackend {
+    /// Connects (no TLS) and creates the table if it does not exist yet.
+    pub(crate) async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
+        let sql = Statements::new(table, Dialect::Postgres)?;
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .map_err(|e| db(format!("cannot connect: {e}")))?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!("PostgreSQL connection of the call store ended: {e}");
+            }
+        });
+        // Agents starting together would race to create the table: one at a time.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock(hashtext('callguard-store:{table}')); {} COMMIT;",
+                sql.schema
+            ))
+            .await
+            .map_err(db)?;
+        let prepare = async |text: &str| client.prepare(text).await.map_err(db);
+        let prepared = Prepared {
+            insert_many: prepare(&sql.insert_many).await?,
+            lease: prepare(&sql.lease).await?,
+            renew: prepare(&sql.renew).await?,
+            save_progress: prepare(&sql.save_progress).await?,
+            complete: prepare(&sql.complete).await?,
+            fail: prepare(&sql.fail).await?,
+            defer: prepare(&sql.defer).await?,
+            release: prepare(&sql.release).await?,
+            release_owner: prepare(&sql.release_owner).await?,
+            wake_service: prepare(&sql.wake_service).await?,
+            counts: prepare(&sql.counts).await?,
+            next_due: prepare(&sql.next_due).await?,
+            list: prepare(&sql.list).await?,
+            requeue: prepare(&sql.requeue).await?,
+        };
+        Ok(Self {
+            client,
+            prepared,
+            connection,
+        })
+    }
+
+    pub(crate) async fn import(
+        &self,
+        contacts: &[NewContact],
+        now: Millis,
+    ) -> Result<ImportReport, StoreError> {
+        let mut report = ImportReport::default();
+        // Bounded batches keep each statement's parameters modest.
+        for batch in contacts.chunks(5000) {
+            let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
+            let data: Vec<&str> = batch.iter().map(|c| c.data.as_str()).collect();
+            let added = self
+                .client
+                .execute(&self.prepared.insert_many, &[&ids, &data, &now])
+                .await
+                .map_err(db)?;
+            let added = count(i64::try_from(added).unwrap_or(i64::MAX));
+            report.added += added;
+            report.existing += batch.len() - added;
+        }
+        Ok(report)
+    }
+
+    pub(crate) async fn lease(
+        &self,
+        owner: &str,
+        now: Millis,
+        until: Millis,
+    ) -> Result<Option<Leased>, StoreError> {
+        let row = self
+            .client
+            .query_opt(&self.prepared.lease, &[&owner, &now, &until])
+            .await
+            .map_err(db)?;
+        row.map(|row| {
+            let contact_id: String = row.try_get(0).map_err(db)?;
+            let attempt: i32 = row.try_get(2).map_err(db)?;
+            let deferrals: i32 = row.try_get(3).map_err(db)?;
+            let progress: &str = row.try_get(4).map_err(db)?;
+            Ok(Leased {
+                progress: Progress::from_json(&contact_id, progress)?,
+                data: row.try_get(1).map_err(db)?,
+                deferrals: u32::try_from(deferrals).unwrap_or(0),
+                lease: Lease {
+                    contact_id,
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                },
+            })
+        })
+        .transpose()
+    }
+
+    /// Runs `statement` on a held row with `extra` parameters after the
+    /// lease's three; the row's new state, or `LeaseLost` if it is not held.
+    async fn held(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        statement: &Statement,
+        extra: &[&(dyn ToSql + Sync)],
+    ) -> Result<ContactState, StoreError> {
+        let attempt = int(lease.attempt);
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&lease.contact_id, &owner, &attempt];
+        values.extend_from_slice(extra);
+        let row = self
+            .client
+            .query_opt(statement, &values)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::LeaseLost {
+                contact_id: lease.contact_id.clone(),
+            })?;
+        parse_state(&lease.contact_id, row.try_get(0).map_err(db)?)
+    }
+
+    pub(crate) async fn renew(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        until: Millis,
+    ) -> Result<(), StoreError> {
+        self.held(owner, lease, &self.prepared.renew, &[&until])
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn save_progress(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        let progress = progress.to_json();
+        self.held(owner, lease, &self.prepared.save_progress, &[&progress])
+            .await
+            .map(drop)
+    }
+
+    pub(crate) async fn settle(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        outcome: &Outcome<'_>,
+        now: Millis,
+    ) -> Result<ContactState, StoreError> {
+        let p = &self.prepared;
+        match outcome {
+            Outcome::Completed => self.held(owner, lease, &p.complete, &[&now]).await,
+            Outcome::Released => self.held(owner, lease, &p.release, &[&now]).await,
+            Outcome::Failed { service, reason } => {
+                self.held(owner, lease, &p.fail, &[&now, service, reason])
+                    .await
+            }
+            Outcome::Deferred {
+                service,
+                reason,
+                not_before,
+                max_deferrals,
+                progress,
+            } => {
+                let max = int(*max_deferrals);
+                let progress = progress.to_json();
+                self.held(
+                    owner,
+                    lease,
+                    &p.defer,
+                    &[&now, &max, not_before, service, reason, &progress],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        statement: &Statement,
+        text: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let changed = self
+            .client
+            .execute(statement, &[&text, &now])
+            .await
+            .map_err(db)?;
+        Ok(count(i64::try_from(changed).unwrap_or(i64::MAX)))
+    }
+
+    pub(crate) async fn release_owner(
+        &self,
+        owner: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.update(&self.prepared.release_owner, owner, now).await
+    }
+
+    pub(crate) async fn wake_service(
+        &self,
+        service: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.update(&self.prepared.wake_service, service, now).await
+    }
+
+    pub(crate) async fn requeue(
+        &self,
+        state: ContactState,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.update(&self.prepared.requeue, state.as_str(), now)
+            .await
+    }
+
+    pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
+        let rows = self
+            .client
+            .query(&self.prepared.counts, &[])
+            .await
+            .map_err(db)?;
+        let mut counts = Counts::default();
+        for row in rows {
+            let state: &str = row.try_get(0).map_err(db)?;
+            let n: i64 = row.try_get(1).map_err(db)?;
+            counts.add(parse_state("", state)?, count(n));
+        }
+        Ok(counts)
+    }
+
+    pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        let row = self
+            .client
+            .query_one(&self.prepared.next_due, &[])
+            .await
+            .map_err(db)?;
+        row.try_get(0).map_err(db)
+    }
+
+    pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
+        let rows = self
+            .client
+            .query(&self.prepared.list, &[&state.as_str()])
+            .await
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(db)?;
+                let attempts: i32 = row.try_get(2).map_err(db)?;
+                let deferrals: i32 = row.try_get(3).map_err(db)?;
+                Ok(ContactStatus {
+                    state: parse_state(&id, row.try_get(1).map_err(db)?)?,
+                    id,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    deferrals: u32::try_from(deferrals).unwrap_or(0),
+                    service: row.try_get(4).map_err(db)?,
+                    last_error: row.try_get(5).map_err(db)?,
+                    lease_owner: row.try_get(6).map_err(db)?,
+                })
+            })
+            .collect()
+    }
+}

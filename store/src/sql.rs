@@ -1,0 +1,239 @@
+//! The SQL both database backends run: one table of contacts, every state
+//! change a single `UPDATE … WHERE <the lease is still held> RETURNING state`
+//! statement, so each change is atomic and one under a lost lease returns no row.
+//!
+//! Statements use `$n` placeholders (PostgreSQL); SQLite reads the same text
+//! with `?n`, which binds the same way. A row's `due_at` is when it may be
+//! leased: 0 or the wake time for a pending contact, the not-before time for a
+//! deferred one, the lease's expiry for one in flight — so one ordered index
+//! scan finds the next contact, whether new, due again, or abandoned by a dead
+//! agent.
+
+use crate::model::{ContactState, Outcome, StoreError};
+
+/// States a contact can still be leased from (in flight: once its lease expired).
+const OPEN: &str = "state IN ('pending', 'deferred', 'in_flight')";
+
+/// The row is still held under the lease: `$1` id, `$2` owner, `$3` attempt.
+const HELD: &str = "id = $1 AND state = 'in_flight' AND lease_owner = $2 AND attempts = $3";
+
+/// The statements of one table, for one dialect.
+#[derive(Debug, Clone)]
+pub(crate) struct Statements {
+    pub(crate) schema: String,
+    /// `$1` id, `$2` data, `$3` now (SQLite; one row).
+    pub(crate) insert_one: String,
+    /// `$1` ids, `$2` data, `$3` now (PostgreSQL; arrays).
+    pub(crate) insert_many: String,
+    /// `$1` owner, `$2` now, `$3` lease expiry → id, data, attempts, deferrals, progress.
+    pub(crate) lease: String,
+    /// Held, `$4` new expiry → state.
+    pub(crate) renew: String,
+    /// Held, `$4` progress JSON → state.
+    pub(crate) save_progress: String,
+    /// Held, `$4` now → state.
+    pub(crate) complete: String,
+    /// Held, `$4` now, `$5` service, `$6` reason → state.
+    pub(crate) fail: String,
+    /// Held, `$4` now, `$5` max deferrals, `$6` not before, `$7` service,
+    /// `$8` reason, `$9` progress → state (`deferred` or `expired`).
+    pub(crate) defer: String,
+    /// Held, `$4` now → state.
+    pub(crate) release: String,
+    /// `$1` owner, `$2` now.
+    pub(crate) release_owner: String,
+    /// `$1` service, `$2` now.
+    pub(crate) wake_service: String,
+    pub(crate) counts: String,
+    pub(crate) next_due: String,
+    /// `$1` state.
+    pub(crate) list: String,
+    /// `$1` state, `$2` now.
+    pub(crate) requeue: String,
+}
+
+/// Which database the text is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Checks that `table` is a plain SQL identifier (it is spliced into the text).
+pub(crate) fn check_table_name(table: &str) -> Result<(), StoreError> {
+    let mut chars = table.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if first_ok
+        && table.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(StoreError::Location(format!(
+            "table name {table:?} must be a lowercase SQL identifier (a-z, 0-9, _; at most 63)"
+        )))
+    }
+}
+
+impl Statements {
+    pub(crate) fn new(table: &str, dialect: Dialect) -> Result<Self, StoreError> {
+        check_table_name(table)?;
+        let t = table;
+        let (seq, millis, lock) = match dialect {
+            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", ""),
+            Dialect::Postgres => (
+                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                "BIGINT",
+                " FOR UPDATE SKIP LOCKED",
+            ),
+        };
+        let states = ContactState::ALL
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let settle = |set: &str| format!("UPDATE {t} SET {set} WHERE {HELD} RETURNING state");
+        let statements = Self {
+            schema: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (
+                    seq {seq},
+                    id TEXT NOT NULL UNIQUE,
+                    data TEXT NOT NULL,
+                    state TEXT NOT NULL CHECK (state IN ({states})),
+                    due_at {millis} NOT NULL,
+                    lease_owner TEXT,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    deferrals INTEGER NOT NULL DEFAULT 0,
+                    service TEXT,
+                    last_error TEXT,
+                    progress TEXT NOT NULL DEFAULT '{{}}',
+                    updated_at {millis} NOT NULL
+                );
+                CREATE INDEX IF NOT EXISTS {t}_due ON {t} (due_at, seq) WHERE {OPEN};"
+            ),
+            insert_one: format!(
+                "INSERT INTO {t} (id, data, state, due_at, updated_at) \
+                 VALUES ($1, $2, 'pending', 0, $3) ON CONFLICT (id) DO NOTHING"
+            ),
+            insert_many: format!(
+                "INSERT INTO {t} (id, data, state, due_at, updated_at) \
+                 SELECT id, data, 'pending', 0, $3 \
+                 FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS new(id, data, n) \
+                 ORDER BY n ON CONFLICT (id) DO NOTHING"
+            ),
+            lease: format!(
+                "UPDATE {t} SET state = 'in_flight', lease_owner = $1, due_at = $3, \
+                 attempts = attempts + 1, updated_at = $2 \
+                 WHERE id = (SELECT id FROM {t} WHERE {OPEN} AND due_at <= $2 \
+                 ORDER BY due_at, seq LIMIT 1{lock}) \
+                 RETURNING id, data, attempts, deferrals, progress"
+            ),
+            renew: settle("due_at = $4"),
+            save_progress: settle("progress = $4"),
+            complete: settle("state = 'completed', lease_owner = NULL, updated_at = $4"),
+            fail: settle(
+                "state = 'failed', lease_owner = NULL, service = $5, last_error = $6, updated_at = $4",
+            ),
+            defer: settle(
+                "deferrals = deferrals + 1, \
+                 state = CASE WHEN deferrals + 1 > $5 THEN 'expired' ELSE 'deferred' END, \
+                 lease_owner = NULL, due_at = $6, service = $7, last_error = $8, progress = $9, \
+                 updated_at = $4",
+            ),
+            release: settle("state = 'pending', lease_owner = NULL, due_at = $4, updated_at = $4"),
+            release_owner: format!(
+                "UPDATE {t} SET state = 'pending', lease_owner = NULL, due_at = $2, updated_at = $2 \
+                 WHERE state = 'in_flight' AND lease_owner = $1"
+            ),
+            wake_service: format!(
+                "UPDATE {t} SET state = 'pending', due_at = $2, updated_at = $2 \
+                 WHERE state = 'deferred' AND service = $1 AND due_at > $2"
+            ),
+            counts: format!("SELECT state, COUNT(*) FROM {t} GROUP BY state"),
+            next_due: format!("SELECT MIN(due_at) FROM {t} WHERE {OPEN}"),
+            list: format!(
+                "SELECT id, state, attempts, deferrals, service, last_error, lease_owner \
+                 FROM {t} WHERE state = $1 ORDER BY seq"
+            ),
+            requeue: format!(
+                "UPDATE {t} SET state = 'pending', deferrals = 0, due_at = $2, lease_owner = NULL, \
+                 updated_at = $2 WHERE state = $1"
+            ),
+        };
+        Ok(match dialect {
+            Dialect::Postgres => statements,
+            Dialect::Sqlite => statements.map(|text| text.replace('$', "?")),
+        })
+    }
+
+    fn map(self, f: impl Fn(String) -> String) -> Self {
+        Self {
+            schema: f(self.schema),
+            insert_one: f(self.insert_one),
+            insert_many: f(self.insert_many),
+            lease: f(self.lease),
+            renew: f(self.renew),
+            save_progress: f(self.save_progress),
+            complete: f(self.complete),
+            fail: f(self.fail),
+            defer: f(self.defer),
+            release: f(self.release),
+            release_owner: f(self.release_owner),
+            wake_service: f(self.wake_service),
+            counts: f(self.counts),
+            next_due: f(self.next_due),
+            list: f(self.list),
+            requeue: f(self.requeue),
+        }
+    }
+
+    /// The statement that settles a held contact as `outcome` says.
+    pub(crate) fn settle(&self, outcome: &Outcome<'_>) -> &str {
+        match outcome {
+            Outcome::Completed => &self.complete,
+            Outcome::Failed { .. } => &self.fail,
+            Outcome::Deferred { .. } => &self.defer,
+            Outcome::Released => &self.release,
+        }
+    }
+}
+
+/// Parses a state read from the database.
+pub(crate) fn parse_state(contact_id: &str, state: &str) -> Result<ContactState, StoreError> {
+    state.parse().map_err(|message| StoreError::Corrupt {
+        contact_id: contact_id.to_owned(),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        assert!(check_table_name("callguard_contacts").is_ok());
+        assert!(check_table_name("_t2").is_ok());
+        for bad in [
+            "",
+            "2t",
+            "Contacts",
+            "t; DROP TABLE x",
+            "a-b",
+            &"t".repeat(64),
+        ] {
+            assert!(check_table_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sqlite_text_has_no_postgres_placeholders_or_locks() {
+        let sqlite = Statements::new("t", Dialect::Sqlite).unwrap();
+        assert!(!sqlite.defer.contains('$') && sqlite.defer.contains("?9"));
+        assert!(!sqlite.lease.contains("SKIP LOCKED"));
+        let postgres = Statements::new("t", Dialect::Postgres).unwrap();
+        assert!(postgres.lease.contains("FOR UPDATE SKIP LOCKED"));
+    }
+}

@@ -1,0 +1,563 @@
+//! The same suite against every backend: in memory, SQLite in a temporary
+//! file, and PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` names a database
+//! (`store/tests/postgres.sh` starts one).
+//!
+//! Memory and SQLite run on a paused clock (stored times come from the store's
+//! clock, which follows `tokio::time`), with one time unit a second. A paused
+//! clock jumps ahead whenever the runtime waits on a socket, so PostgreSQL runs
+//! on the real clock instead, with one unit 100 ms.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callguard_store::{
+    CallStore, ContactState, Deferral, NewContact, Progress, StoreError, StoreLocation,
+    StoreSettings,
+};
+use tokio::time::Instant;
+
+/// The environment variable naming the PostgreSQL database of the tests.
+const POSTGRES_URL: &str = "CALLGUARD_TEST_POSTGRES_URL";
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+/// One backend's store for one test; `second` opens another agent's view of
+/// the same contacts (the same store, for memory).
+struct Fixture {
+    location: StoreLocation,
+    table: String,
+    dir: Option<PathBuf>,
+    first: Option<Arc<CallStore>>,
+    /// What the tests call a second.
+    unit: Duration,
+    /// How late a timed wake-up may be.
+    slack: Duration,
+}
+
+impl Fixture {
+    async fn new(kind: Kind, test: &str) -> Option<Self> {
+        let table = format!("conformance_{test}");
+        let (location, dir) = match kind {
+            Kind::Memory => (StoreLocation::Memory, None),
+            Kind::Sqlite => {
+                let dir = std::env::temp_dir()
+                    .join(format!("callguard-store-{test}-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                (StoreLocation::Sqlite(dir.join("calls.db")), Some(dir))
+            }
+            Kind::Postgres => {
+                let Ok(url) = std::env::var(POSTGRES_URL) else {
+                    eprintln!("skipped: {POSTGRES_URL} is not set");
+                    return None;
+                };
+                drop_table(&url, &table).await;
+                (StoreLocation::parse(&url).unwrap(), None)
+            }
+        };
+        let (unit, slack) = match kind {
+            Kind::Postgres => (Duration::from_millis(100), Duration::from_millis(300)),
+            Kind::Memory | Kind::Sqlite => (Duration::from_secs(1), Duration::from_millis(50)),
+        };
+        Some(Self {
+            location,
+            table,
+            dir,
+            first: None,
+            unit,
+            slack,
+        })
+    }
+
+    fn settings(&self) -> StoreSettings {
+        StoreSettings {
+            table: self.table.clone(),
+            lease: self.units(10),
+            poll_interval: self.unit,
+            max_deferrals: 2,
+        }
+    }
+
+    fn units(&self, n: u32) -> Duration {
+        self.unit * n
+    }
+
+    async fn open_with(&mut self, settings: StoreSettings) -> Arc<CallStore> {
+        let store = Arc::new(
+            CallStore::open(self.location.clone(), settings)
+                .await
+                .unwrap()
+                .with_owner("agent-1"),
+        );
+        self.first = Some(store.clone());
+        store
+    }
+
+    async fn open(&mut self) -> Arc<CallStore> {
+        self.open_with(self.settings()).await
+    }
+
+    /// Another agent on the same contacts.
+    async fn second(&self) -> Arc<CallStore> {
+        let first = self.first.clone().expect("open first");
+        if matches!(self.location, StoreLocation::Memory) {
+            return first;
+        }
+        Arc::new(
+            CallStore::open(self.location.clone(), first.settings().clone())
+                .await
+                .unwrap()
+                .with_owner("agent-2"),
+        )
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn drop_table(url: &str, table: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    let task = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = task.await;
+}
+
+fn contacts(ids: &[&str]) -> Vec<NewContact> {
+    ids.iter()
+        .map(|id| NewContact {
+            id: (*id).to_owned(),
+            data: format!(r#"{{"id":"{id}","name":"Name {id}"}}"#),
+        })
+        .collect()
+}
+
+fn numbered(n: usize) -> Vec<NewContact> {
+    let ids: Vec<String> = (0..n).map(|i| format!("c-{i:04}")).collect();
+    contacts(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+async fn import_twice_adds_nothing(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "import_twice").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    let first = store.import(&contacts(&["a", "b", "c"])).await.unwrap();
+    assert_eq!((first.added, first.existing), (3, 0));
+    let again = store
+        .import(&contacts(&["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    assert_eq!((again.added, again.existing), (1, 3));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.total()), (4, 4));
+}
+
+async fn leases_in_import_order_and_ends_when_all_finished(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "order").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b", "c"])).await.unwrap();
+    let mut held = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        assert_eq!(leased.lease.attempt(), 1);
+        assert!(leased.data.contains(leased.lease.contact_id()));
+        held.push(leased);
+    }
+    let ids: Vec<&str> = held.iter().map(|l| l.lease.contact_id()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(store.counts().await.unwrap().in_flight, 3);
+    for leased in &held {
+        store.complete(&leased.lease).await.unwrap();
+    }
+    assert!(store.next().await.unwrap().is_none());
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.unfinished()), (3, 0));
+}
+
+async fn a_failure_keeps_service_and_reason(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "fail").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let a = store.next().await.unwrap().unwrap();
+    store
+        .fail(&a.lease, "crm", "permanent (400): bad record")
+        .await
+        .unwrap();
+    let failed = store.list(ContactState::Failed).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, "a");
+    assert_eq!(failed[0].service.as_deref(), Some("crm"));
+    assert_eq!(
+        failed[0].last_error.as_deref(),
+        Some("permanent (400): bad record")
+    );
+    assert_eq!(
+        (failed[0].attempts, failed[0].lease_owner.as_deref()),
+        (1, None)
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.failed, counts.pending), (1, 1));
+}
+
+async fn a_deferred_contact_returns_at_its_time_with_its_progress(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "defer").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let start = Instant::now();
+    let a = store.next().await.unwrap().unwrap();
+    let progress = Progress {
+        script: Some("Hello Ada".into()),
+        audio_bytes: Some(4242),
+        crm_record: Some(
+            serde_json::json!({"contact_id": "a", "started_at": "2025-01-01T10:00:00.250Z"}),
+        ),
+    };
+    let deferral = store
+        .defer(
+            &a.lease,
+            "elevenlabs",
+            "elevenlabs unavailable",
+            fixture.units(10),
+            &progress,
+        )
+        .await
+        .unwrap();
+    assert_eq!(deferral, Deferral::Requeued);
+    assert_eq!(store.counts().await.unwrap().deferred, 1);
+    let b = store.next().await.unwrap().unwrap();
+    assert_eq!(b.lease.contact_id(), "b", "the worker moves on");
+    store.complete(&b.lease).await.unwrap();
+    let again = store.next().await.unwrap().unwrap();
+    assert_eq!(again.lease.contact_id(), "a");
+    let waited = Instant::now() - start;
+    assert!(
+        waited >= fixture.units(10) && waited < fixture.units(10) + fixture.slack,
+        "{waited:?}"
+    );
+    assert_eq!((again.deferrals, again.lease.attempt()), (1, 2));
+    assert_eq!(again.progress, progress);
+}
+
+async fn a_closing_breaker_wakes_its_deferred_contacts_early(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "wake").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a"])).await.unwrap();
+    let start = Instant::now();
+    let a = store.next().await.unwrap().unwrap();
+    store
+        .defer(
+            &a.lease,
+            "elevenlabs",
+            "down",
+            fixture.units(60),
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .next()
+                .await
+                .unwrap()
+                .map(|l| l.lease.contact_id().to_owned())
+        }
+    });
+    tokio::time::sleep(fixture.units(3)).await;
+    assert_eq!(store.wake_service("llm").await.unwrap(), 0);
+    assert_eq!(store.wake_service("elevenlabs").await.unwrap(), 1);
+    assert_eq!(waiter.await.unwrap().as_deref(), Some("a"));
+    let waited = Instant::now() - start;
+    assert!(waited < fixture.units(3) + fixture.slack, "{waited:?}");
+}
+
+async fn too_many_deferrals_expire(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "expire").await else {
+        return;
+    };
+    let store = fixture.open().await; // max_deferrals = 2
+    store.import(&contacts(&["a"])).await.unwrap();
+    let mut outcomes = Vec::new();
+    while let Some(leased) = store.next().await.unwrap() {
+        outcomes.push(
+            store
+                .defer(
+                    &leased.lease,
+                    "llm",
+                    "llm unavailable",
+                    Duration::ZERO,
+                    &Progress::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        outcomes,
+        [Deferral::Requeued, Deferral::Requeued, Deferral::Expired]
+    );
+    let expired = store.list(ContactState::Expired).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].deferrals, expired[0].service.as_deref()),
+        (3, Some("llm"))
+    );
+}
+
+async fn an_expired_lease_returns_the_contact(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "lease_expiry").await else {
+        return;
+    };
+    let dead = fixture.open().await; // lease = 10 s
+    dead.import(&contacts(&["a"])).await.unwrap();
+    let held = dead.try_lease().await.unwrap().unwrap();
+    let other = fixture.second().await;
+    tokio::time::sleep(fixture.units(9)).await;
+    assert!(other.try_lease().await.unwrap().is_none(), "still leased");
+    let start = Instant::now();
+    let taken = other.next().await.unwrap().unwrap();
+    let waited = Instant::now() - start;
+    assert!(waited <= fixture.units(1) + fixture.slack, "{waited:?}");
+    assert_eq!((taken.lease.contact_id(), taken.lease.attempt()), ("a", 2));
+    assert!(matches!(
+        dead.complete(&held.lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    other.complete(&taken.lease).await.unwrap();
+    let counts = other.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.total()), (1, 1));
+}
+
+async fn keep_alive_holds_the_lease_while_the_call_runs(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "keep_alive").await else {
+        return;
+    };
+    let holder = fixture.open().await;
+    holder.import(&contacts(&["a"])).await.unwrap();
+    let held = holder.try_lease().await.unwrap().unwrap();
+    let renewing = tokio::spawn({
+        let (holder, lease) = (holder.clone(), held.lease.clone());
+        async move { holder.keep_alive(&lease).await }
+    });
+    let other = fixture.second().await;
+    tokio::time::sleep(fixture.units(35)).await;
+    assert!(other.try_lease().await.unwrap().is_none(), "renewed");
+    renewing.abort();
+    tokio::time::sleep(fixture.units(11)).await;
+    let taken = other.try_lease().await.unwrap().unwrap();
+    assert_eq!(taken.lease.attempt(), 2, "taken once renewal stopped");
+}
+
+async fn a_second_terminal_state_is_refused(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "twice").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a"])).await.unwrap();
+    let a = store.try_lease().await.unwrap().unwrap();
+    store.complete(&a.lease).await.unwrap();
+    for second in [
+        store.complete(&a.lease).await,
+        store.fail(&a.lease, "crm", "late").await,
+        store.save_progress(&a.lease, &Progress::default()).await,
+    ] {
+        assert!(
+            matches!(second, Err(StoreError::LeaseLost { .. })),
+            "{second:?}"
+        );
+    }
+    assert!(matches!(
+        store
+            .defer(
+                &a.lease,
+                "crm",
+                "late",
+                Duration::ZERO,
+                &Progress::default()
+            )
+            .await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.total()), (1, 1));
+}
+
+async fn concurrent_leasers_never_get_the_same_contact(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "concurrent").await else {
+        return;
+    };
+    let first = fixture.open().await;
+    first.import(&numbered(300)).await.unwrap();
+    let second = fixture.second().await;
+    let mut workers = tokio::task::JoinSet::new();
+    for store in [
+        first.clone(),
+        first.clone(),
+        first.clone(),
+        second.clone(),
+        second.clone(),
+        second,
+    ] {
+        workers.spawn(async move {
+            let mut taken = Vec::new();
+            while let Some(leased) = store.try_lease().await.unwrap() {
+                store.complete(&leased.lease).await.unwrap();
+                taken.push(leased.lease.contact_id().to_owned());
+            }
+            taken
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(taken) = workers.join_next().await {
+        all.extend(taken.unwrap());
+    }
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 300, "each contact leased once");
+    assert_eq!(distinct.len(), 300);
+    assert_eq!(first.counts().await.unwrap().completed, 300);
+}
+
+async fn failed_and_expired_contacts_requeue(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "requeue").await else {
+        return;
+    };
+    let store = fixture
+        .open_with(StoreSettings {
+            max_deferrals: 0,
+            ..fixture.settings()
+        })
+        .await;
+    store.import(&contacts(&["a", "b", "c"])).await.unwrap();
+    let a = store.try_lease().await.unwrap().unwrap();
+    store.fail(&a.lease, "crm", "rejected").await.unwrap();
+    let b = store.try_lease().await.unwrap().unwrap();
+    let expired = store
+        .defer(
+            &b.lease,
+            "llm",
+            "down",
+            Duration::ZERO,
+            &Progress::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(expired, Deferral::Expired);
+    assert!(matches!(
+        store.requeue(ContactState::Pending).await,
+        Err(StoreError::Unsupported(_))
+    ));
+    assert_eq!(store.requeue(ContactState::Failed).await.unwrap(), 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.failed, counts.expired), (2, 0, 1));
+    assert_eq!(store.requeue(ContactState::Expired).await.unwrap(), 1);
+    let pending = store.list(ContactState::Pending).await.unwrap();
+    let ids: Vec<&str> = pending.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    assert!(pending.iter().all(|c| c.deferrals == 0));
+    assert_eq!(pending[0].last_error.as_deref(), Some("rejected"));
+}
+
+async fn progress_and_held_contacts_come_back_after_release(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "release").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let a = store.try_lease().await.unwrap().unwrap();
+    let _b = store.try_lease().await.unwrap().unwrap();
+    let progress = Progress {
+        script: Some("Hi".into()),
+        ..Progress::default()
+    };
+    store.save_progress(&a.lease, &progress).await.unwrap();
+    assert_eq!(store.release_all().await.unwrap(), 2);
+    assert_eq!(store.counts().await.unwrap().pending, 2);
+    let again = store.try_lease().await.unwrap().unwrap();
+    assert_eq!(again.lease.contact_id(), "a");
+    assert_eq!(again.progress, progress);
+    store.release(&again.lease).await.unwrap();
+    store.close();
+    assert!(store.next().await.unwrap().is_none(), "closed");
+}
+
+async fn contacts_outlive_the_store(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "reopen").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let a = store.try_lease().await.unwrap().unwrap();
+    store.complete(&a.lease).await.unwrap();
+    let before = store.counts().await.unwrap();
+    drop(store);
+    fixture.first = None;
+    let reopened = fixture.open().await;
+    let after = reopened.counts().await.unwrap();
+    if matches!(kind, Kind::Memory) {
+        assert_eq!(after.total(), 0, "memory is not kept");
+    } else {
+        assert_eq!(after, before);
+        assert_eq!(
+            reopened.import(&contacts(&["a", "b"])).await.unwrap().added,
+            0
+        );
+    }
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(start_paused = true)]
+            async fn $test() { super::$test(super::Kind::Memory).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test(start_paused = true)]
+            async fn $test() { super::$test(super::Kind::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $test() { super::$test(super::Kind::Postgres).await })*
+        }
+    };
+}
+
+conformance!(
+    import_twice_adds_nothing,
+    leases_in_import_order_and_ends_when_all_finished,
+    a_failure_keeps_service_and_reason,
+    a_deferred_contact_returns_at_its_time_with_its_progress,
+    a_closing_breaker_wakes_its_deferred_contacts_early,
+    too_many_deferrals_expire,
+    an_expired_lease_returns_the_contact,
+    keep_alive_holds_the_lease_while_the_call_runs,
+    a_second_terminal_state_is_refused,
+    concurrent_leasers_never_get_the_same_contact,
+    failed_and_expired_contacts_requeue,
+    progress_and_held_contacts_come_back_after_release,
+    contacts_outlive_the_store,
+);
