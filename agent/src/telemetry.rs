@@ -179,7 +179,8 @@ where
             // Innermost span first: its fields win over outer ones.
             for span in scope {
                 if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
-                    for (key, value) in fields {
+                    // `otel.*` fields name and mark spans for the exporter only.
+                    for (key, value) in fields.iter().filter(|(k, _)| !k.starts_with("otel.")) {
                         line.entry(key.clone()).or_insert_with(|| value.clone());
                     }
                 }
@@ -401,7 +402,6 @@ fn install(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);
-    let file = file.map(|layer| layer.with_filter(quiet(LevelFilter::INFO)));
     let console = tracing_subscriber::fmt::layer()
         .with_writer(ConsoleWriter)
         .compact()
@@ -411,13 +411,16 @@ fn install(
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("callguard"))
         .with_filter(quiet(LevelFilter::INFO));
-    // Further layers (the Google Sheets log rows) are added here.
-    // A second init (in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(file)
-        .with(console)
-        .with(otel)
-        .try_init();
+    // Further layers (the Google Sheets log rows) are added here, beside the file.
+    let subscriber = tracing_subscriber::registry().with(console).with(otel);
+    // A second init (in tests) keeps the first subscriber. (`Option<Layer>`
+    // would not pass the dispatch on to the file layer, hence two arms.)
+    let _ = match file {
+        Some(file) => subscriber
+            .with(file.with_filter(quiet(LevelFilter::INFO)))
+            .try_init(),
+        None => subscriber.try_init(),
+    };
     Ok(Telemetry {
         exporting: protocol.map(|_| provider),
     })

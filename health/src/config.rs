@@ -7,6 +7,8 @@ use callguard_core::config::nonzero_duration;
 use callguard_core::{ConfigDuration, Secret, ValidationError};
 use subtle::ConstantTimeEq as _;
 
+use crate::remote::RemoteUrl;
+
 /// What a healthy probe does to an OPEN breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,7 +22,7 @@ pub enum OnRecovery {
 }
 
 /// The `[health_check]` section. Defaults: `interval = "5s"` (the seed's),
-/// `timeout = "2s"`, `on_recovery = "close"`.
+/// `timeout = "2s"`, `on_recovery = "close"`, no `remote`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
@@ -30,6 +32,10 @@ pub struct HealthCheckConfig {
     pub timeout: ConfigDuration,
     /// What a healthy probe does to an OPEN breaker.
     pub on_recovery: OnRecovery,
+    /// A callguard gRPC server whose health of each service also drives the
+    /// breakers ([`RemoteWatcher`](crate::RemoteWatcher)); local probes keep
+    /// running as the fallback.
+    pub remote: Option<RemoteUrl>,
 }
 
 impl Default for HealthCheckConfig {
@@ -38,6 +44,7 @@ impl Default for HealthCheckConfig {
             interval: ConfigDuration::from_secs(5),
             timeout: ConfigDuration::from_secs(2),
             on_recovery: OnRecovery::Close,
+            remote: None,
         }
     }
 }

@@ -10,6 +10,9 @@
 //!   `callguard.v1.Breakers` (list, get, watch; `ForceOpen`/`ForceClose`/`Reset`
 //!   behind a bearer admin token) and server reflection, v1 and v1alpha;
 //!   plaintext, or TLS (rustls with aws-lc-rs) from `grpc.tls_cert`/`tls_key`.
+//! * [`RemoteWatcher`] follows another process's `grpc.health.v1.Health`
+//!   (`health_check.remote`): NOT_SERVING forces the local breaker open, SERVING
+//!   or a lost server releases what it forced.
 //!
 //! [`HttpProbe`] uses the `reqwest::Client` it is given; `https` bases need a
 //! client built with reqwest's `rustls` feature (the agent enables it).
@@ -18,8 +21,10 @@ mod checker;
 mod config;
 pub mod grpc;
 mod probe;
+mod remote;
 
 pub use checker::HealthChecker;
 pub use config::{AdminToken, GrpcConfig, HealthCheckConfig, OnRecovery};
 pub use grpc::{GrpcError, GrpcOptions, ProcessHealth, serve};
 pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture};
+pub use remote::{REMOTE_NOTE, ReconnectBackoff, RemoteUrl, RemoteWatcher};

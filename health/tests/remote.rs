@@ -1,0 +1,152 @@
+//! The remote watcher against an in-process gRPC server over real sockets:
+//! the remote's NOT_SERVING forces the local breaker open, SERVING closes it,
+//! a stopped server releases it, and the watcher reconnects when the server is
+//! back on the same port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
+use callguard_core::{CircuitState, ConfigDuration, ServiceName};
+use callguard_health::{GrpcError, GrpcOptions, ReconnectBackoff, RemoteUrl, RemoteWatcher};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound for anything a test waits to see; only hit when it fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        // OPEN stays OPEN for the length of a test.
+        recovery_timeout: ConfigDuration::from_secs(3600),
+        ..BreakerConfig::default()
+    }
+}
+
+struct Remote {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), GrpcError>>,
+}
+
+/// Serves `registry` on `listener` until [`Remote::stop`].
+fn serve(listener: TcpListener, registry: &Arc<BreakerRegistry>) -> Remote {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(callguard_health::serve(
+        listener,
+        Arc::clone(registry),
+        GrpcOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Remote { stop, task }
+}
+
+impl Remote {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Waits until `breaker` is in `state`; fails the test after [`PATIENCE`].
+async fn until_state(breaker: &CircuitBreaker, state: CircuitState) {
+    let mut states = breaker.subscribe();
+    tokio::time::timeout(PATIENCE, states.wait_for(|s| *s == state))
+        .await
+        .unwrap_or_else(|_| panic!("{} never became {state}", breaker.service()))
+        .unwrap();
+}
+
+fn last_reason(breaker: &CircuitBreaker) -> String {
+    breaker
+        .snapshot()
+        .last_transition
+        .map(|t| t.reason.to_string())
+        .unwrap_or_default()
+}
+
+fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> oneshot::Sender<()> {
+    let remote = RemoteUrl::new(format!("http://{addr}")).unwrap();
+    let mut watcher = RemoteWatcher::new(remote).with_backoff(ReconnectBackoff::new(
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    ));
+    for breaker in breakers {
+        watcher = watcher.with_breaker(Arc::clone(breaker));
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(watcher.run(async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_health_drives_the_local_breaker_and_a_lost_server_releases_it() {
+    let name = ServiceName::new("tts").unwrap();
+    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let remote_tts = registry.get_or_default(&name);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = serve(listener, &registry);
+
+    let local = Arc::new(CircuitBreaker::new(name.clone(), breaker_config()));
+    let _stop_watching = watch(addr, &[&local]);
+
+    remote_tts.force_open("maintenance");
+    until_state(&local, CircuitState::ForcedOpen).await;
+    assert_eq!(last_reason(&local), "manual force_open: remote");
+    // The local breaker really rejects calls.
+    assert!(local.try_acquire().is_err());
+
+    remote_tts.force_close("done");
+    until_state(&local, CircuitState::Closed).await;
+    assert_eq!(last_reason(&local), "manual force_close: remote");
+
+    // Stale news is dropped: the server goes away while reporting NOT_SERVING.
+    remote_tts.force_open("maintenance again");
+    until_state(&local, CircuitState::ForcedOpen).await;
+    server.stop().await;
+    until_state(&local, CircuitState::Closed).await;
+    assert_eq!(last_reason(&local), "manual force_close: remote");
+
+    // Back on the same port, still NOT_SERVING: the watcher reconnects.
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let server = serve(listener, &registry);
+    until_state(&local, CircuitState::ForcedOpen).await;
+    remote_tts.force_close("recovered");
+    until_state(&local, CircuitState::Closed).await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service() {
+    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let llm = ServiceName::new("llm").unwrap();
+    let tts = ServiceName::new("tts").unwrap();
+    registry.get_or_default(&llm);
+    registry.get_or_default(&tts).force_open("outage");
+    // Reserve a port, then leave it closed while the watcher starts.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    let local_llm = Arc::new(CircuitBreaker::new(llm, breaker_config()));
+    let local_tts = Arc::new(CircuitBreaker::new(tts, breaker_config()));
+    let stop_watching = watch(addr, &[&local_llm, &local_tts]);
+    assert_eq!(local_tts.state(), CircuitState::Closed);
+
+    let server = serve(TcpListener::bind(addr).await.unwrap(), &registry);
+    until_state(&local_tts, CircuitState::ForcedOpen).await;
+    assert_eq!(local_llm.state(), CircuitState::Closed);
+
+    // Stopping the watcher releases what the remote forced open.
+    stop_watching.send(()).unwrap();
+    until_state(&local_tts, CircuitState::Closed).await;
+    server.stop().await;
+}
