@@ -46,7 +46,11 @@ pub use gate::CONTACT_HEADER;
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};
 pub use sinks::sheets::{SHEETS_STATIC_TOKEN, SheetsAppend, SheetsFailure};
+pub use sinks::telegram::{
+    SinkFailure, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, TELEGRAM_TEXT_LIMIT, TelegramRequest,
+};
 pub use sinks::token::{
     DEFAULT_TOKEN_LIFETIME, TEST_SERVICE_ACCOUNT_EMAIL, TokenRequest, test_service_account_json,
 };
+pub use sinks::webhook::WebhookRequest;
 pub use stats::{OUTCOME_RESET, OUTCOME_TIMEOUT, ServiceStats, Stats};

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use crate::crm::CrmStore;
 use crate::fault::{FaultBook, Pick};
 use crate::sinks::sheets::SheetsStore;
+use crate::sinks::telegram::TelegramStore;
 use crate::sinks::token::TokenIssuer;
+use crate::sinks::webhook::WebhookStore;
 use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, Service, Stats};
 
 /// Everything a request handler may read or change.
@@ -27,6 +29,8 @@ pub(crate) struct Shared {
     completions: AtomicU64,
     pub(crate) sheets: SheetsStore,
     pub(crate) tokens: TokenIssuer,
+    pub(crate) telegram: TelegramStore,
+    pub(crate) webhook: WebhookStore,
 }
 
 /// Locks `mutex`, carrying on after a panic elsewhere: every critical section
@@ -47,6 +51,8 @@ impl Shared {
             crm: Mutex::new(CrmStore::default()),
             completions: AtomicU64::new(0),
             sheets: SheetsStore::default(),
+            telegram: TelegramStore::default(),
+            webhook: WebhookStore::default(),
         }
     }
 

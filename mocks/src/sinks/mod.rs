@@ -1,5 +1,6 @@
 //! Fakes of the sinks the agent reports to: the Google Sheets API and the
-//! Google OAuth token endpoint it needs.
+//! Google OAuth token endpoint it needs, the Telegram Bot API and a webhook
+//! receiver for alerts.
 
 use std::sync::Arc;
 
@@ -9,16 +10,23 @@ use axum::routing::post;
 use crate::state::Shared;
 
 pub(crate) mod sheets;
+pub(crate) mod telegram;
 pub(crate) mod token;
+pub(crate) mod webhook;
 
 /// The sinks' routes, relative to the server's root.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .nest("/sheets", sheets::routes())
         .route("/oauth2/token", post(token::token))
+        .nest("/telegram", telegram::routes())
+        .nest("/webhook", webhook::routes())
 }
 
 /// The sinks' control routes, relative to `/_control`.
 pub(crate) fn control_routes() -> Router<Arc<Shared>> {
-    Router::new().nest("/sheets", sheets::control_routes())
+    Router::new()
+        .nest("/sheets", sheets::control_routes())
+        .nest("/telegram", telegram::control_routes())
+        .nest("/webhook", webhook::control_routes())
 }

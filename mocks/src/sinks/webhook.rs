@@ -1,0 +1,229 @@
+//! A webhook sink (`POST /webhook` or `POST /webhook/{any path}`): it records
+//! each request's path, headers and body with the status it answered, answers
+//! `200 {"ok":true}`, and can be told to fail the next requests (e.g. `500`).
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use callguard_core::ValidationError;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::telegram::{Failures, SinkFailure, queue_failure_from, retry_after_header};
+use crate::MockServer;
+use crate::state::{Shared, lock};
+
+/// One request to the webhook sink, as received.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WebhookRequest {
+    /// The path after `/webhook` (`/` when none).
+    pub path: String,
+    /// The headers, names in lowercase, in the order sent.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The status answered.
+    pub status: u16,
+    /// When it arrived, on the runtime clock (virtual under paused test time).
+    pub at: Instant,
+}
+
+impl WebhookRequest {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// The recorded requests and the scripted failures.
+#[derive(Default)]
+pub(crate) struct WebhookStore {
+    inner: Mutex<Store>,
+}
+
+#[derive(Default)]
+struct Store {
+    requests: Vec<WebhookRequest>,
+    failures: Failures,
+}
+
+impl MockServer {
+    /// `http://ADDR/webhook{path}`, a URL of the webhook sink (`path` empty
+    /// or starting with `/`).
+    pub fn webhook_url(&self, path: &str) -> String {
+        format!("{}/webhook{path}", self.url())
+    }
+
+    /// Every request the webhook sink received, in order, with the status answered.
+    pub fn webhook_requests(&self) -> Vec<WebhookRequest> {
+        lock(&self.shared.webhook.inner).requests.clone()
+    }
+
+    /// Makes the next `failure.count` requests fail with `failure.status`
+    /// (with `Retry-After` if set); returns how many failures are queued.
+    pub fn webhook_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
+        lock(&self.shared.webhook.inner).failures.push(failure)
+    }
+}
+
+/// The sink's routes, relative to `/webhook`.
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/", post(receive_root))
+        .route("/{*path}", post(receive))
+}
+
+/// The control routes, relative to `/_control/webhook`.
+pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/failures", post(queue_failure).delete(clear_failures))
+        .route("/requests", get(list_requests))
+}
+
+async fn receive_root(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&state, "/".to_owned(), &headers, body)
+}
+
+async fn receive(
+    state: State<Arc<Shared>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&state, format!("/{path}"), &headers, body)
+}
+
+fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Response {
+    let mut store = lock(&shared.webhook.inner);
+    let (status, response) = match store.failures.pop() {
+        Some((status, wait)) => {
+            let mut response =
+                (status, Json(json!({ "error": "injected failure (mock)" }))).into_response();
+            if let Some(wait) = wait {
+                let (name, value) = retry_after_header(wait);
+                response.headers_mut().insert(name, value);
+            }
+            (status, response)
+        }
+        None => (StatusCode::OK, Json(json!({ "ok": true })).into_response()),
+    };
+    store.requests.push(WebhookRequest {
+        path,
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+        status: status.as_u16(),
+        at: Instant::now(),
+    });
+    response
+}
+
+async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    queue_failure_from(&body, |failure| {
+        lock(&shared.webhook.inner).failures.push(failure)
+    })
+}
+
+async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({ "cleared": lock(&shared.webhook.inner).failures.clear() }))
+}
+
+async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let store = lock(&shared.webhook.inner);
+    let requests: Vec<Value> = store
+        .requests
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), Value::String(v.clone())))
+                .collect();
+            json!({ "path": r.path, "headers": headers, "body": r.body_text(), "status": r.status })
+        })
+        .collect();
+    Json(json!({ "requests": requests }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_path_headers_and_body_and_fails_on_request() {
+        let server = MockServer::start(crate::MockConfig::default())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let post = |path: &str| {
+            client
+                .post(server.webhook_url(path))
+                .header("x-callguard-signature", "sha256=abc")
+                .body("{\"version\":1}")
+        };
+        assert_eq!(post("/alerts").send().await.unwrap().status().as_u16(), 200);
+        server
+            .webhook_fail(
+                SinkFailure::new(500, 1).with_retry_after(std::time::Duration::from_secs(2)),
+            )
+            .unwrap();
+        let failed = post("").send().await.unwrap();
+        assert_eq!(failed.status().as_u16(), 500);
+        assert_eq!(failed.headers()["retry-after"], "2");
+        let control = format!("{}/_control/webhook/failures", server.url());
+        let queued = client
+            .post(&control)
+            .json(&serde_json::json!({ "status": 503, "count": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(queued.status().as_u16(), 201);
+        assert_eq!(post("/a/b").send().await.unwrap().status().as_u16(), 503);
+
+        let requests = server.webhook_requests();
+        let seen: Vec<(&str, u16)> = requests
+            .iter()
+            .map(|r| (r.path.as_str(), r.status))
+            .collect();
+        assert_eq!(seen, [("/alerts", 200), ("/", 500), ("/a/b", 503)]);
+        assert_eq!(
+            requests[0].header("X-Callguard-Signature"),
+            Some("sha256=abc")
+        );
+        assert_eq!(requests[0].body_text(), "{\"version\":1}");
+        let listed: Value = client
+            .get(format!("{}/_control/webhook/requests", server.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed["requests"][0]["headers"]["x-callguard-signature"],
+            "sha256=abc"
+        );
+        server.shutdown().await;
+    }
+}
