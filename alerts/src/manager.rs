@@ -417,18 +417,17 @@ impl Lane {
         let why = if closed {
             "the alert manager has shut down"
         } else {
+            // Counted before the send, so the delivery task never sees it negative.
             self.counters.pending.fetch_add(1, Ordering::AcqRel);
-            match self.queue.try_send(Arc::clone(alert)) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => "the channel's queue is full",
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    "the channel's delivery task has stopped"
-                }
+            let Err(refused) = self.queue.try_send(Arc::clone(alert)) else {
+                return;
+            };
+            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+            match refused {
+                mpsc::error::TrySendError::Full(_) => "the channel's queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the channel's delivery task has stopped",
             }
         };
-        if !closed {
-            self.counters.pending.fetch_sub(1, Ordering::AcqRel);
-        }
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             channel = self.kind.as_str(),
