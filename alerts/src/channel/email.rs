@@ -8,10 +8,10 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::http::error_chain;
 use super::{Channel, ChannelKind, Sending};
 use crate::config::{EmailConfig, SmtpTls};
 use crate::{Alert, AlertsError};
+use callguard_core::http::error_chain;
 
 pub(crate) struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use callguard_core::{ErrorKind, ServiceError, TransportFailure, classify_status};
+use callguard_core::http::{error_chain, transport_error};
+use callguard_core::{ServiceError, classify_status};
 use reqwest::header::RETRY_AFTER;
 
 /// The most of a response body read: enough for any error description.
@@ -44,38 +45,6 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Ser
         }
     }
     Ok(Answer { error, body })
-}
-
-/// Classifies a reqwest error, without its URL.
-pub(crate) fn transport_error(error: reqwest::Error) -> ServiceError {
-    let error = error.without_url();
-    if error.is_builder() {
-        return ServiceError::new(ErrorKind::InvalidRequest, error_chain(&error));
-    }
-    let failure = if error.is_timeout() {
-        TransportFailure::Timeout
-    } else if error.is_connect() {
-        TransportFailure::Connect
-    } else {
-        // Body and I/O errors: the connection was reset or closed mid-exchange.
-        TransportFailure::Reset
-    };
-    failure.into_error(error_chain(&error))
-}
-
-/// `error: cause: cause`, on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `error` with `more` appended to its detail, everything else kept; `wait`,
@@ -122,6 +91,7 @@ pub(crate) fn excerpt(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use callguard_core::ErrorKind;
 
     #[test]
     fn amend_keeps_kind_status_and_wait() {
