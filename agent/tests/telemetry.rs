@@ -1,0 +1,453 @@
+//! Traces and metrics end to end: `callguard simulate` as a process exporting
+//! spans to an OTLP receiver in this test (gRPC, and HTTP/protobuf), its JSON
+//! log lines carrying the exported ids, and its `/metrics` endpoint scraped
+//! while it runs.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span, span::SpanKind};
+use prost::Message;
+use serde_json::Value;
+
+/// What the receiver got.
+#[derive(Clone, Default)]
+struct Received(Arc<Mutex<Vec<ResourceSpans>>>);
+
+impl Received {
+    fn add(&self, request: ExportTraceServiceRequest) {
+        self.0.lock().unwrap().extend(request.resource_spans);
+    }
+
+    /// Every span, with its resource's `service.name`.
+    fn spans(&self) -> Vec<(String, Span)> {
+        let mut all = Vec::new();
+        for resource_spans in self.0.lock().unwrap().iter() {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| string_attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope in &resource_spans.scope_spans {
+                for span in &scope.spans {
+                    all.push((service.clone(), span.clone()));
+                }
+            }
+        }
+        all
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.add(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn grpc_receiver() -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let service = TraceServiceServer::new(received.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (addr, received)
+}
+
+async fn http_receiver() -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let state = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let state = state.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                state.add(request);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("callguard-otel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The breaker opens after five failures, so that the first failures (at
+/// most four workers at once) are always retried; health probes are left out
+/// of the story, so that every breaker transition comes from a call.
+const CONFIG: &str =
+    "[circuit_breaker]\nfailure_threshold = 5\n[health_check]\ninterval = \"1h\"\n";
+
+/// `callguard simulate` (outage, time scaled down) in `dir` with `env` and
+/// [`CONFIG`] plus `config`, off the test's runtime so the receiver keeps
+/// serving.
+async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) -> Output {
+    let dir = dir.to_owned();
+    let file = dir.join("callguard.toml");
+    std::fs::write(&file, format!("{CONFIG}{config}")).unwrap();
+    let extra = vec!["--config".to_owned(), file.to_string_lossy().into_owned()];
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        command
+            .args([
+                "simulate",
+                "--scenario",
+                "outage",
+                "--contacts",
+                "6",
+                "--time-scale",
+                "0.05",
+            ])
+            .args(&extra)
+            .current_dir(&dir);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OTEL_") || key.starts_with("CALLGUARD_") {
+                command.env_remove(key);
+            }
+        }
+        command.envs(env).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+            Some(any_value::Value::IntValue(i)) => Some(i.to_string()),
+            Some(any_value::Value::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        })
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    string_attr(&span.attributes, key)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn console(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The agent's spans form `call` → stage → attempt trees, one trace per call.
+fn check_span_tree(spans: &[(String, Span)]) {
+    let agent: Vec<&Span> = spans
+        .iter()
+        .filter(|(service, _)| service == "callguard")
+        .map(|(_, span)| span)
+        .collect();
+    let by_id: HashMap<Vec<u8>, &Span> = agent.iter().map(|s| (s.span_id.clone(), *s)).collect();
+    let calls: Vec<&Span> = agent.iter().copied().filter(|s| s.name == "call").collect();
+    assert!(calls.len() >= 6, "one call span per pass: {}", calls.len());
+    let mut call_traces = HashSet::new();
+    for call in &calls {
+        assert!(call.parent_span_id.is_empty(), "a call span is a root");
+        assert!(attr(call, "contact_id").is_some());
+        assert!(attr(call, "outcome").is_some());
+        assert!(
+            call_traces.insert(call.trace_id.clone()),
+            "one trace per call"
+        );
+    }
+    let stages: Vec<&Span> = agent
+        .iter()
+        .copied()
+        .filter(|s| ["llm", "tts", "crm"].contains(&s.name.as_str()))
+        .collect();
+    for stage in &stages {
+        let parent = by_id[&stage.parent_span_id];
+        assert_eq!(parent.name, "call");
+        assert_eq!(parent.trace_id, stage.trace_id);
+        assert!(attr(stage, "service").is_some());
+    }
+    let names: HashSet<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, HashSet::from(["llm", "tts", "crm"]));
+
+    let attempts: Vec<&Span> = agent
+        .iter()
+        .copied()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert!(!attempts.is_empty());
+    for attempt in &attempts {
+        let stage = by_id[&attempt.parent_span_id];
+        assert!(names.contains(stage.name.as_str()), "attempt under a stage");
+        assert_eq!(attempt.name, "POST");
+        assert_eq!(
+            attr(attempt, "http.request.method").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(
+            attr(attempt, "server.address").as_deref(),
+            Some("127.0.0.1")
+        );
+        let url = attr(attempt, "url.full").expect("url.full");
+        assert!(
+            url.starts_with("http://127.0.0.1:") && !url.contains('?'),
+            "{url}"
+        );
+        assert!(attr(attempt, "retry_count").is_some());
+        assert!(attr(attempt, "circuit_state").is_some());
+    }
+    // The TTS outage: failed attempts say why, and were retried.
+    let failed: Vec<&&Span> = attempts
+        .iter()
+        .filter(|s| attr(s, "error.type").as_deref() == Some("503"))
+        .collect();
+    assert!(!failed.is_empty(), "503 attempts are marked");
+    for span in &failed {
+        assert_eq!(
+            attr(span, "http.response.status_code").as_deref(),
+            Some("503")
+        );
+        assert_eq!(attr(span, "error_category").as_deref(), Some("transient"));
+        assert_eq!(
+            span.status.as_ref().map(|s| s.code),
+            Some(2),
+            "status ERROR"
+        );
+    }
+    assert!(
+        attempts
+            .iter()
+            .any(|s| attr(s, "http.response.status_code").as_deref() == Some("200"))
+    );
+    // Breaker transitions, scheduled retries and deferrals are span events.
+    let events: Vec<&str> = agent
+        .iter()
+        .flat_map(|s| s.events.iter().map(|e| e.name.as_str()))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("Circuit breaker for elevenlabs: CLOSED -> OPEN")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.contains("deferred")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.contains("retrying in")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
+    let (addr, received) = grpc_receiver().await;
+    let dir = temp_dir("grpc");
+    let output = simulate(
+        &dir,
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", console(&output));
+    let spans = received.spans();
+    assert!(spans.iter().all(|(service, _)| service == "callguard"));
+    check_span_tree(&spans);
+
+    // The in-process mocks read each request's traceparent: their server
+    // spans are children of the attempt spans, in the call's trace.
+    let by_id: HashMap<Vec<u8>, &Span> =
+        spans.iter().map(|(_, s)| (s.span_id.clone(), s)).collect();
+    let served: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        // Health probes (GET) come without a trace.
+        .filter(|s| s.kind == SpanKind::Server as i32 && s.name.starts_with("POST /"))
+        .collect();
+    assert!(!served.is_empty());
+    for span in &served {
+        let attempt = by_id
+            .get(&span.parent_span_id)
+            .unwrap_or_else(|| panic!("{} has no exported parent", span.name));
+        assert_eq!(attempt.kind, SpanKind::Client as i32);
+        assert_eq!(attempt.trace_id, span.trace_id);
+    }
+    assert!(
+        served
+            .iter()
+            .any(|s| s.name.starts_with("POST /elevenlabs"))
+    );
+
+    // JSON lines inside spans carry the exported ids.
+    let log = std::fs::read_to_string(dir.join("logs/callguard.jsonl")).unwrap();
+    let mut checked = 0;
+    for line in log.lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        let (Some(trace_id), Some(span_id)) = (line["trace_id"].as_str(), line["span_id"].as_str())
+        else {
+            continue;
+        };
+        let span = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| hex(&s.span_id) == span_id)
+            .unwrap_or_else(|| panic!("log line's span {span_id} was not exported: {line}"));
+        assert_eq!(hex(&span.trace_id), trace_id);
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} lines inside spans");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_names_the_service_from_the_environment() {
+    let (addr, received) = http_receiver().await;
+    let dir = temp_dir("http");
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_SERVICE_NAME", "callguard".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test".into(),
+            ),
+        ],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", console(&output));
+    check_span_tree(&received.spans());
+    let resources = received.0.lock().unwrap();
+    let resource = resources[0].resource.as_ref().unwrap();
+    assert_eq!(
+        string_attr(&resource.attributes, "deployment.environment").as_deref(),
+        Some("test")
+    );
+    drop(resources);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_nothing_is_exported_or_said() {
+    let (_, received) = grpc_receiver().await;
+    let dir = temp_dir("off");
+    let output = simulate(&dir, vec![], "").await;
+    assert!(output.status.success(), "{}", console(&output));
+    let text = console(&output).to_lowercase();
+    for word in ["otlp", "opentelemetry", "exporter", "collector"] {
+        assert!(!text.contains(word), "{word} mentioned:\n{text}");
+    }
+    assert!(received.spans().is_empty());
+    // Logs still correlate: W3C-sized ids inside spans.
+    let log = std::fs::read_to_string(dir.join("logs/callguard.jsonl")).unwrap();
+    let ids: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["contact_id"].is_string())
+        .collect();
+    assert!(!ids.is_empty());
+    for line in &ids {
+        assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
+        assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The value of the series `name` (labels included) in an exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_scraped_while_the_campaign_runs() {
+    let dir = temp_dir("metrics");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = tokio::spawn({
+        let dir = dir.clone();
+        let config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+        async move { simulate(&dir, vec![], &config).await }
+    });
+    // The endpoint lives as long as the process: scrape until it is gone.
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let mut scrapes = Vec::new();
+    while !run.is_finished() {
+        if let Ok(response) = client.get(&url).send().await {
+            assert!(
+                response.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/openmetrics-text")
+            );
+            scrapes.push(response.text().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = run.await.unwrap();
+    assert!(output.status.success(), "{}", console(&output));
+    assert!(scrapes.len() > 3, "only {} scrapes", scrapes.len());
+    let open = "callguard_breaker_state{service=\"elevenlabs\"}";
+    assert!(
+        scrapes.iter().any(|text| series(text, open) == Some(1.0)),
+        "the TTS breaker was never seen OPEN"
+    );
+    let last = scrapes.last().unwrap();
+    assert_eq!(
+        series(last, "callguard_breaker_state{service=\"llm\"}"),
+        Some(0.0)
+    );
+    assert!(series(last, "callguard_retries_total{service=\"elevenlabs\"}").unwrap_or(0.0) >= 1.0);
+    assert!(
+        series(
+            last,
+            "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{last}"
+    );
+    assert!(last.contains("callguard_attempt_duration_seconds_bucket{"));
+    assert!(last.contains("callguard_contacts{state=\"completed\"}"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
