@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
+use callguard_store::ContactState;
 
 /// Counts of what the executors did, fed by their events.
 #[derive(Debug, Default)]
@@ -152,8 +153,13 @@ impl Campaign {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let started = Instant::now();
         let wall_started = std::time::Instant::now();
-        let total = self.queue.counts();
-        let contacts = total.ready + total.deferred + total.in_flight;
+        let total = self.queue.refresh_counts().await;
+        let contacts = total.ready
+            + total.deferred
+            + total.in_flight
+            + total.completed
+            + total.failed
+            + total.expired;
 
         let (stop_watcher, watcher_stopped) = oneshot::channel();
         let watcher = tokio::spawn(watch_transitions(
@@ -169,15 +175,13 @@ impl Campaign {
             }))
         });
         let (stop_progress, progress_stopped) = oneshot::channel::<()>();
-        let progress = self.progress.then(|| {
-            tokio::spawn(report_progress(
-                self.queue.clone(),
-                self.registry.clone(),
-                contacts,
-                started,
-                progress_stopped,
-            ))
-        });
+        let progress = tokio::spawn(report_progress(
+            self.queue.clone(),
+            self.registry.clone(),
+            (contacts, started),
+            self.progress,
+            progress_stopped,
+        ));
 
         let deferrals = Arc::new(AtomicU64::new(0));
         let mut workers = JoinSet::new();
@@ -206,13 +210,12 @@ impl Campaign {
                     );
                     workers.shutdown().await;
                 }
+                self.queue.release_held().await;
             }
         }
 
         let _ = stop_progress.send(());
-        if let Some(task) = progress {
-            let _ = task.await;
-        }
+        let _ = progress.await;
         let _ = stop_health.send(());
         if let Some(task) = health {
             let _ = task.await;
@@ -220,20 +223,18 @@ impl Campaign {
         let _ = stop_watcher.send(());
         let watched = watcher.await.unwrap_or_default();
 
-        let counts = self.queue.counts();
+        let counts = self.queue.refresh_counts().await;
         let pending = counts.ready + counts.deferred + counts.in_flight;
         let accounted = counts.completed + counts.failed + counts.expired + pending;
         let failures = self
             .queue
-            .finished()
+            .list(ContactState::Failed)
+            .await
             .into_iter()
-            .filter_map(|(contact_id, terminal)| match terminal {
-                Terminal::Failed { service, reason } => Some(FailureRecord {
-                    contact_id,
-                    service,
-                    reason,
-                }),
-                _ => None,
+            .map(|failed| FailureRecord {
+                contact_id: failed.id,
+                service: failed.service.unwrap_or_default(),
+                reason: failed.last_error.unwrap_or_default(),
             })
             .collect();
         let stats = &self.stats;
@@ -260,7 +261,7 @@ impl Campaign {
             expired: counts.expired,
             pending,
             lost: contacts.saturating_sub(accounted),
-            duplicated: self.queue.duplicates().len(),
+            duplicated: usize::try_from(self.queue.duplicates()).unwrap_or(usize::MAX),
             retries: stats.retries.load(Ordering::Relaxed),
             attempts: stats.attempts.load(Ordering::Relaxed),
             rejections: stats.rejections.load(Ordering::Relaxed),
@@ -282,12 +283,24 @@ async fn work(
 ) {
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
-        let result = pipeline.call(&mut entry).instrument(span.clone()).await;
-        span.in_scope(|| settle(&queue, entry, result, default_wait, &deferrals));
+        let lease = entry.lease().clone();
+        // The lease is renewed while the call runs; if it is lost anyway
+        // (the store was unreachable for a whole lease), the contact is
+        // someone else's now and this call is dropped.
+        let result = tokio::select! {
+            result = pipeline.call(&mut entry).instrument(span.clone()) => result,
+            lost = queue.hold(&lease) => {
+                span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
+                continue;
+            }
+        };
+        settle(&queue, entry, result, default_wait, &deferrals)
+            .instrument(span)
+            .await;
     }
 }
 
-fn settle(
+async fn settle(
     queue: &CallQueue,
     entry: QueuedContact,
     result: CallResult,
@@ -296,7 +309,7 @@ fn settle(
 ) {
     let contact_id = entry.contact.id.clone();
     match result {
-        CallResult::Completed => queue.finish(entry, Terminal::Completed),
+        CallResult::Completed => queue.finish(entry, Terminal::Completed).await,
         CallResult::Failed { service, reason } => {
             tracing::error!(
                 contact_id = %contact_id,
@@ -304,13 +317,15 @@ fn settle(
                 error_category = "permanent",
                 "Contact {contact_id} failed: {reason}"
             );
-            queue.finish(
-                entry,
-                Terminal::Failed {
-                    service: service.to_string(),
-                    reason,
-                },
-            );
+            queue
+                .finish(
+                    entry,
+                    Terminal::Failed {
+                        service: service.to_string(),
+                        reason,
+                    },
+                )
+                .await;
         }
         CallResult::Unavailable {
             service,
@@ -319,7 +334,7 @@ fn settle(
             let wait = retry_after.unwrap_or(default_wait);
             let deferral = entry.deferrals + 1;
             deferrals.fetch_add(1, Ordering::Relaxed);
-            match queue.defer(entry, &service, Instant::now() + wait) {
+            match queue.defer(entry, &service, Instant::now() + wait).await {
                 Deferral::Requeued => tracing::info!(
                     contact_id = %contact_id,
                     service = %service,
@@ -333,6 +348,7 @@ fn settle(
                     "Contact {contact_id} expired: {service} still unavailable after {} deferrals",
                     deferral - 1
                 ),
+                Deferral::Unsaved => {}
             }
         }
     }
@@ -379,10 +395,10 @@ async fn watch_transitions(
     mut stop: oneshot::Receiver<()>,
 ) -> Watched {
     let mut watched = Watched::default();
-    let on_transition = |transition: Transition, watched: &mut Watched| {
+    let on_transition = async |transition: Transition, watched: &mut Watched| {
         watched.record(&transition, started);
         if transition.to == CircuitState::Closed {
-            let woken = queue.wake_service(&transition.service);
+            let woken = queue.wake_service(&transition.service).await;
             if woken > 0 {
                 tracing::info!(
                     service = %transition.service,
@@ -396,7 +412,7 @@ async fn watch_transitions(
     loop {
         tokio::select! {
             received = transitions.recv() => match received {
-                Ok(transition) => on_transition(transition, &mut watched),
+                Ok(transition) => on_transition(transition, &mut watched).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!("Missed {missed} breaker transitions in the summary");
                 }
@@ -404,7 +420,7 @@ async fn watch_transitions(
             },
             _ = &mut stop => {
                 while let Ok(transition) = transitions.try_recv() {
-                    on_transition(transition, &mut watched);
+                    on_transition(transition, &mut watched).await;
                 }
                 break;
             }
@@ -413,20 +429,21 @@ async fn watch_transitions(
     watched
 }
 
-/// Prints where the campaign stands: a line rewritten in place on a terminal,
-/// a line every five seconds otherwise.
+/// Reads the queue's counts from the store every second (what `/metrics`
+/// shows) and, if `print`, prints where the campaign stands: a line rewritten
+/// in place on a terminal, a line every five seconds otherwise.
 async fn report_progress(
     queue: Arc<CallQueue>,
     registry: Arc<BreakerRegistry>,
-    contacts: usize,
-    started: Instant,
+    (contacts, started): (usize, Instant),
+    print: bool,
     mut stop: oneshot::Receiver<()>,
 ) {
     let terminal = std::io::stderr().is_terminal();
-    let every = if terminal {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(5)
+    let every = match (print, terminal) {
+        (true, true) => Duration::from_millis(250),
+        (true, false) => Duration::from_secs(5),
+        (false, _) => Duration::from_secs(1),
     };
     let mut ticker = tokio::time::interval(every);
     loop {
@@ -434,7 +451,10 @@ async fn report_progress(
             _ = ticker.tick() => {}
             _ = &mut stop => break,
         }
-        let counts = queue.counts();
+        let counts = queue.refresh_counts().await;
+        if !print {
+            continue;
+        }
         let done = counts.completed + counts.failed + counts.expired;
         let breakers: Vec<String> = registry
             .all()
@@ -462,7 +482,7 @@ async fn report_progress(
             eprintln!("{line}");
         }
     }
-    if terminal {
+    if print && terminal {
         eprintln!();
     }
 }

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use callguard_breaker::BreakerConfig;
-use callguard_core::config::at_least;
-use callguard_core::{ConfigDuration, ServiceName, ValidationError};
+use callguard_core::config::{at_least, nonzero_duration};
+use callguard_core::{ConfigDuration, Secret, ServiceName, ValidationError};
 use callguard_health::HealthCheckConfig;
 use callguard_retry::RetryPolicy;
+use callguard_store::{StoreLocation, StoreSettings};
 use serde::de::DeserializeOwned;
 
 /// Prefix of environment variables that override config keys.
@@ -50,18 +51,63 @@ pub struct QueueConfig {
     pub max_deferrals: u32,
     /// How long in-flight calls may take to finish at shutdown.
     pub shutdown_grace: ConfigDuration,
-    /// Where contacts still pending at shutdown are written (JSON Lines).
+    /// Where contacts still pending at shutdown are written (JSON Lines) when
+    /// the store is `memory:`; a durable store keeps them itself.
     pub pending_file: PathBuf,
+    /// The call store: `sqlite:PATH` (the default, `sqlite:callguard.db`),
+    /// `postgres://…` (one queue for several agents) or `memory:`.
+    pub url: Secret,
+    /// The store's table: one campaign per table.
+    pub table: String,
+    /// How long a contact stays leased to an agent without renewal; a dead
+    /// agent's contacts return to the queue this long after its last renewal.
+    pub lease: ConfigDuration,
+    /// How often a shared (PostgreSQL) queue is checked for other agents' changes.
+    pub poll_interval: ConfigDuration,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
+        let store = StoreSettings::default();
         Self {
             workers: 4,
-            max_deferrals: 5,
+            max_deferrals: store.max_deferrals,
             shutdown_grace: ConfigDuration::from_secs(10),
             pending_file: PathBuf::from("pending-contacts.jsonl"),
+            url: Secret::new("sqlite:callguard.db"),
+            table: store.table,
+            lease: ConfigDuration::new(store.lease),
+            poll_interval: ConfigDuration::new(store.poll_interval),
         }
+    }
+}
+
+impl QueueConfig {
+    /// The store's settings from this section.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            lease: self.lease.get(),
+            poll_interval: self.poll_interval.get(),
+            max_deferrals: self.max_deferrals,
+            table: self.table.clone(),
+        }
+    }
+
+    /// Checks the section; the error names the full key.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        at_least("queue.workers", self.workers, 1)?;
+        nonzero_duration("queue.lease", self.lease.get())?;
+        nonzero_duration("queue.poll_interval", self.poll_interval.get())?;
+        if let Err(e) = StoreLocation::parse(self.url.expose()) {
+            // Only the scheme: the rest may hold a password.
+            let scheme = self.url.expose().split(':').next().unwrap_or_default();
+            return Err(ValidationError::new(
+                "queue.url",
+                format!("{scheme}:…"),
+                e.to_string(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -191,6 +237,18 @@ impl AgentConfig {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let config = Self::load_unchecked(defaults, path, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Like [`load`](Self::load) without [`validate`](Self::validate), for
+    /// tools that read one section (`callguard report` reads `[queue]`).
+    pub fn load_unchecked(
+        defaults: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut merged = parse_toml(defaults, "built-in defaults")?;
         if let Some(path) = path {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -219,9 +277,7 @@ impl AgentConfig {
             })?;
             from_env.push((keys.join("."), var));
         }
-        let config: Self = deserialize_at(toml::Value::Table(merged), "", &from_env)?;
-        config.validate()?;
-        Ok(config)
+        deserialize_at(toml::Value::Table(merged), "", &from_env)
     }
 
     /// Checks every section; the error names the full key.
@@ -233,7 +289,7 @@ impl AgentConfig {
         self.health_check
             .validate()
             .map_err(|e| e.in_section("health_check"))?;
-        at_least("queue.workers", self.queue.workers, 1)?;
+        self.queue.validate()?;
         if !matches!(
             self.logging.console_level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"

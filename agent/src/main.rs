@@ -40,17 +40,37 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run a campaign against the services a config file names.
+    /// Run (or resume) the campaign in the call store against the services a
+    /// config file names.
     Run {
         /// The config file (TOML).
         #[arg(long)]
         config: PathBuf,
-        /// The contacts: CSV with a header (id,name,phone,…) or JSON Lines.
+        /// Contacts to add to the store: CSV with a header (id,name,phone,…)
+        /// or JSON Lines. Ids the store holds already are left as they are.
         #[arg(long)]
-        contacts: PathBuf,
+        contacts: Option<PathBuf>,
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+    },
+    /// Print the call store's contacts by state, and the failed and expired ones.
+    Report {
+        /// The config file whose `[queue]` names the store (default: `sqlite:callguard.db`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the counts as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the failed or expired contacts of the call store back in the queue.
+    Requeue {
+        /// Which contacts.
+        #[arg(long, value_enum)]
+        state: commands::store::RequeueState,
+        /// The config file whose `[queue]` names the store.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Serve the mock services (ElevenLabs, LLM, CRM) with their fault-injection API.
     Mocks {
@@ -96,7 +116,15 @@ fn main() -> ExitCode {
                 config,
                 contacts,
                 summary_json,
-            } => commands::run::run(&config, &contacts, summary_json.as_deref()).await,
+            } => {
+                commands::run::run(&config, contacts.as_deref(), summary_json.as_deref()).await
+            }
+            Command::Report { config, json } => {
+                commands::store::report(config.as_deref(), json).await
+            }
+            Command::Requeue { state, config } => {
+                commands::store::requeue(config.as_deref(), state).await
+            }
             Command::Mocks { listen, seed } => commands::mocks::mocks(listen, seed).await,
         }
     });

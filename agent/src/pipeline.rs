@@ -159,7 +159,7 @@ impl Pipeline {
             }
         }
 
-        let record = entry.progress.crm_record.get_or_insert_with(|| {
+        if entry.progress.crm_record.is_none() {
             let record = CallRecord::new(
                 contact,
                 CallOutcome::Completed,
@@ -167,12 +167,20 @@ impl Pipeline {
                 SystemTime::now(),
             )
             .with_script(script);
-            match entry.progress.audio_bytes {
+            entry.progress.crm_record = Some(match entry.progress.audio_bytes {
                 Some(bytes) => record.with_audio_bytes(bytes),
                 None => record,
-            }
-        });
-        let record = &*record;
+            });
+            // Saved before it is sent: a crash after the write resumes with
+            // the same record, which the CRM knows by its idempotency key.
+            entry.checkpoint().await;
+        }
+        let Some(record) = &entry.progress.crm_record else {
+            return CallResult::Failed {
+                service: self.crm.primary.service.clone(),
+                reason: "no CRM record to send".into(),
+            };
+        };
         let recorded = run_chain("crm", &self.crm, |client| async move {
             let traceparent = telemetry::traceparent(&tracing::Span::current());
             client

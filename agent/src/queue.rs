@@ -1,35 +1,75 @@
-//! The call queue: contacts waiting to be called, contacts deferred until a
-//! not-before time (or until their service's breaker closes), and the ledger of
-//! how each contact ended.
+//! The call queue: the agent's view of its call store (`callguard-store`) —
+//! contacts waiting to be called, contacts deferred until a not-before time
+//! (or until their service's breaker closes), and how each contact ended.
 //!
-//! Every contact is in exactly one place at a time — ready, deferred, in flight
-//! or finished — and the ledger refuses a second terminal state for the same
-//! contact, so "nothing lost, nothing duplicated" is checked where it is made.
+//! Every contact the queue hands out is leased: its state can change only
+//! under that lease, so a contact never gets a second terminal state, and a
+//! contact whose worker (or whole agent) died returns once the lease expires.
+//! Store errors do not stop the campaign: a change that could not be saved
+//! leaves the contact in flight, and it comes back when its lease expires.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use callguard_core::ServiceName;
-use tokio::sync::Notify;
+use callguard_store::{
+    CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
+    StoreError, StoreLocation, StoreSettings,
+};
 use tokio::time::Instant;
 
 use crate::clients::CallRecord;
+use crate::config::QueueConfig;
 use crate::contacts::Contact;
 
-/// Work already done for a contact, kept across deferrals so a contact resumes
-/// at the stage that could not run.
+/// Work already done for a contact, kept across deferrals and restarts so a
+/// contact resumes at the stage that could not run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The LLM's script, once written.
     pub script: Option<String>,
     /// Size of the speech audio, once synthesized.
     pub audio_bytes: Option<u64>,
-    /// The CRM record, once built: kept so that a write retried after a
-    /// deferral sends the same record under the same idempotency key.
+    /// The CRM record, once built: kept (and saved before it is sent) so that
+    /// a write repeated after a deferral or a crash sends the same record
+    /// under the same idempotency key.
     pub crm_record: Option<CallRecord>,
 }
 
-/// A contact in the queue.
+impl Progress {
+    fn from_store(contact_id: &str, progress: callguard_store::Progress) -> Self {
+        let crm_record = progress.crm_record.and_then(|value| {
+            serde_json::from_value(value)
+                .map_err(|e| {
+                    tracing::warn!(
+                        contact_id = %contact_id,
+                        "Stored CRM record unreadable ({e}); it is built again"
+                    );
+                })
+                .ok()
+        });
+        Self {
+            script: progress.script,
+            audio_bytes: progress.audio_bytes,
+            crm_record,
+        }
+    }
+
+    fn to_store(&self) -> callguard_store::Progress {
+        callguard_store::Progress {
+            script: self.script.clone(),
+            audio_bytes: self.audio_bytes,
+            crm_record: self
+                .crm_record
+                .as_ref()
+                .and_then(|record| serde_json::to_value(record).ok()),
+        }
+    }
+}
+
+/// A contact handed to a worker, under its lease.
 #[derive(Debug, Clone)]
 pub struct QueuedContact {
     /// Who to call.
@@ -38,6 +78,27 @@ pub struct QueuedContact {
     pub deferrals: u32,
     /// Stages already done.
     pub progress: Progress,
+    lease: Lease,
+    store: Arc<CallStore>,
+}
+
+impl QueuedContact {
+    /// The lease this contact is held under.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Saves the progress so far, so that a crash from here on resumes with
+    /// it; a failure is logged (the work is then repeated after a crash).
+    pub async fn checkpoint(&self) {
+        if let Err(e) = self
+            .store
+            .save_progress(&self.lease, &self.progress.to_store())
+            .await
+        {
+            tracing::warn!(contact_id = %self.contact.id, "Progress not saved: {e}");
+        }
+    }
 }
 
 /// How a contact ended.
@@ -53,22 +114,6 @@ pub enum Terminal {
         /// Why.
         reason: String,
     },
-    /// Deferred more than `max_deferrals` times.
-    Expired {
-        /// The service it last waited for.
-        service: String,
-    },
-}
-
-impl Terminal {
-    /// `completed`, `failed` or `expired`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Failed { .. } => "failed",
-            Self::Expired { .. } => "expired",
-        }
-    }
 }
 
 /// What became of a deferral request.
@@ -78,38 +123,14 @@ pub enum Deferral {
     Requeued,
     /// Deferred too often: the contact expired.
     Expired,
-}
-
-struct Deferred {
-    not_before: Instant,
-    service: ServiceName,
-    entry: QueuedContact,
-}
-
-#[derive(Default)]
-struct State {
-    ready: VecDeque<QueuedContact>,
-    /// Keyed by (not-before, sequence) so equal times keep arrival order.
-    deferred: BTreeMap<(Instant, u64), Deferred>,
-    sequence: u64,
-    /// Contacts handed to a worker and not yet finished or deferred, by id.
-    in_flight: BTreeMap<String, QueuedContact>,
-    closed: bool,
-    finished: BTreeMap<String, Terminal>,
-    duplicates: Vec<String>,
-}
-
-/// The queue shared by the workers.
-pub struct CallQueue {
-    state: Mutex<State>,
-    changed: Notify,
-    max_deferrals: u32,
+    /// The store could not record it: the contact returns when its lease expires.
+    Unsaved,
 }
 
 /// Counts of contacts by where they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
-    /// Waiting to be called.
+    /// Waiting to be called (the store's `pending`).
     pub ready: usize,
     /// Waiting for a not-before time.
     pub deferred: usize,
@@ -123,229 +144,299 @@ pub struct QueueCounts {
     pub expired: usize,
 }
 
-impl CallQueue {
-    /// A queue holding `contacts`, in order.
-    pub fn new(contacts: impl IntoIterator<Item = Contact>, max_deferrals: u32) -> Self {
-        let ready = contacts
-            .into_iter()
-            .map(|contact| QueuedContact {
-                contact,
-                deferrals: 0,
-                progress: Progress::default(),
-            })
-            .collect();
+impl From<Counts> for QueueCounts {
+    fn from(counts: Counts) -> Self {
         Self {
-            state: Mutex::new(State {
-                ready,
-                ..State::default()
-            }),
-            changed: Notify::new(),
-            max_deferrals,
+            ready: counts.pending,
+            deferred: counts.deferred,
+            in_flight: counts.in_flight,
+            completed: counts.completed,
+            failed: counts.failed,
+            expired: counts.expired,
+        }
+    }
+}
+
+/// The queue shared by the workers.
+pub struct CallQueue {
+    store: Arc<CallStore>,
+    /// The last counts read from the store ([`refresh_counts`](Self::refresh_counts)).
+    counts: Mutex<QueueCounts>,
+    /// State changes refused because the contact was no longer held.
+    refused: AtomicU64,
+}
+
+impl CallQueue {
+    /// A queue in memory holding `contacts`, in order (the simulation's
+    /// default and the baseline of the benchmarks).
+    pub fn new(contacts: impl IntoIterator<Item = Contact>, max_deferrals: u32) -> Self {
+        let contacts: Vec<NewContact> = contacts.into_iter().map(|c| new_contact(&c)).collect();
+        let store = CallStore::in_memory(
+            StoreSettings {
+                max_deferrals,
+                ..StoreSettings::default()
+            },
+            &contacts,
+        );
+        let queue = Self::with_store(Arc::new(store));
+        queue
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready = contacts.len();
+        queue
+    }
+
+    /// Opens the store `[queue]` names.
+    pub async fn open(config: &QueueConfig) -> Result<Self, StoreError> {
+        let location = StoreLocation::parse(config.url.expose())?;
+        let store = CallStore::open(location, config.store_settings()).await?;
+        Ok(Self::with_store(Arc::new(store)))
+    }
+
+    /// A queue over `store` (counts are read at the first
+    /// [`refresh_counts`](Self::refresh_counts)).
+    pub fn with_store(store: Arc<CallStore>) -> Self {
+        Self {
+            store,
+            counts: Mutex::new(QueueCounts::default()),
+            refused: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The store behind the queue.
+    pub fn store(&self) -> &Arc<CallStore> {
+        &self.store
+    }
+
+    /// Adds the contacts the store does not hold yet (ids are keys).
+    pub async fn import(&self, contacts: &[Contact]) -> Result<ImportReport, StoreError> {
+        let contacts: Vec<NewContact> = contacts.iter().map(new_contact).collect();
+        let report = self.store.import(&contacts).await?;
+        self.refresh_counts().await;
+        Ok(report)
     }
 
     /// The next contact to call, waiting for deferred ones to come due. `None`
-    /// when the queue is closed or when nothing is left anywhere.
+    /// when the queue is closed or when every contact has ended.
     pub async fn next(&self) -> Option<QueuedContact> {
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let wake_at = {
-                let mut state = self.lock();
-                if state.closed {
-                    return None;
-                }
-                promote_due(&mut state, Instant::now());
-                if let Some(entry) = state.ready.pop_front() {
-                    state
-                        .in_flight
-                        .insert(entry.contact.id.clone(), entry.clone());
-                    return Some(entry);
-                }
-                if state.deferred.is_empty() && state.in_flight.is_empty() {
-                    return None;
-                }
-                state.deferred.keys().next().map(|(at, _)| *at)
-            };
-            match wake_at {
-                Some(at) => {
-                    tokio::select! {
-                        () = &mut changed => {}
-                        () = tokio::time::sleep_until(at) => {}
+            match self.store.next().await {
+                Ok(Some(leased)) => {
+                    if let Some(entry) = self.entry(leased).await {
+                        return Some(entry);
                     }
                 }
-                None => changed.await,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::error!("Call store unavailable: {e}; trying again");
+                    tokio::time::sleep(self.store.settings().poll_interval).await;
+                }
+            }
+        }
+    }
+
+    /// The leased contact, or `None` (and the contact failed) if its stored
+    /// data cannot be read.
+    async fn entry(&self, leased: Leased) -> Option<QueuedContact> {
+        let id = leased.lease.contact_id().to_owned();
+        match serde_json::from_str::<Contact>(&leased.data) {
+            Ok(contact) => Some(QueuedContact {
+                progress: Progress::from_store(&id, leased.progress),
+                contact,
+                deferrals: leased.deferrals,
+                lease: leased.lease,
+                store: self.store.clone(),
+            }),
+            Err(e) => {
+                let reason = format!("stored contact unreadable: {e}");
+                tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
+                self.settled(&id, self.store.fail(&leased.lease, "store", &reason).await);
+                None
+            }
+        }
+    }
+
+    /// Logs a state change that was not made, counting refusals.
+    fn settled<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e @ StoreError::LeaseLost { .. }) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(contact_id = %contact_id, "State change refused: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::error!(
+                    contact_id = %contact_id,
+                    "State change not saved (the contact returns when its lease expires): {e}"
+                );
+                None
             }
         }
     }
 
     /// Ends an in-flight contact in a terminal state.
-    pub fn finish(&self, entry: QueuedContact, terminal: Terminal) {
-        let mut state = self.lock();
-        state.in_flight.remove(&entry.contact.id);
-        record(&mut state, entry.contact.id, terminal);
-        drop(state);
-        self.changed.notify_waiters();
+    pub async fn finish(&self, entry: QueuedContact, terminal: Terminal) {
+        let result = match &terminal {
+            Terminal::Completed => self.store.complete(&entry.lease).await,
+            Terminal::Failed { service, reason } => {
+                self.store.fail(&entry.lease, service, reason).await
+            }
+        };
+        self.settled(&entry.contact.id, result);
     }
 
     /// Puts an in-flight contact back until `not_before` (or until
-    /// [`wake_service`](Self::wake_service) for `service`), unless it has been
-    /// deferred `max_deferrals` times already, in which case it expires.
-    pub fn defer(
+    /// [`wake_service`](Self::wake_service) for `service`) with its progress,
+    /// unless it has been deferred `max_deferrals` times already, in which
+    /// case it expires.
+    pub async fn defer(
         &self,
-        mut entry: QueuedContact,
+        entry: QueuedContact,
         service: &ServiceName,
         not_before: Instant,
     ) -> Deferral {
-        let mut state = self.lock();
-        state.in_flight.remove(&entry.contact.id);
-        entry.deferrals += 1;
-        let outcome = if entry.deferrals > self.max_deferrals {
-            let terminal = Terminal::Expired {
-                service: service.to_string(),
-            };
-            record(&mut state, entry.contact.id, terminal);
-            Deferral::Expired
-        } else {
-            let sequence = state.sequence;
-            state.sequence += 1;
-            state.deferred.insert(
-                (not_before, sequence),
-                Deferred {
-                    not_before,
-                    service: service.clone(),
-                    entry,
-                },
-            );
-            Deferral::Requeued
-        };
-        drop(state);
-        self.changed.notify_waiters();
-        outcome
+        let wait = not_before.saturating_duration_since(Instant::now());
+        let result = self
+            .store
+            .defer(
+                &entry.lease,
+                service.as_str(),
+                &format!("{service} unavailable"),
+                wait,
+                &entry.progress.to_store(),
+            )
+            .await;
+        match self.settled(&entry.contact.id, result) {
+            Some(callguard_store::Deferral::Expired) => Deferral::Expired,
+            Some(_) => Deferral::Requeued,
+            None => Deferral::Unsaved,
+        }
+    }
+
+    /// Renews `lease` for as long as it is polled; returns only when it is lost.
+    pub async fn hold(&self, lease: &Lease) -> StoreError {
+        self.store.keep_alive(lease).await
     }
 
     /// Makes every contact deferred on `service` due now (its breaker closed).
     /// Returns how many woke.
-    pub fn wake_service(&self, service: &ServiceName) -> usize {
-        let mut state = self.lock();
-        let waiting: Vec<_> = state
-            .deferred
-            .iter()
-            .filter(|(_, d)| &d.service == service)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in &waiting {
-            if let Some(deferred) = state.deferred.remove(key) {
-                state.ready.push_back(deferred.entry);
+    pub async fn wake_service(&self, service: &ServiceName) -> usize {
+        match self.store.wake_service(service.as_str()).await {
+            Ok(woken) => woken,
+            Err(e) => {
+                tracing::error!(service = %service, "Cannot wake deferred contacts: {e}");
+                0
             }
         }
-        drop(state);
-        if !waiting.is_empty() {
-            self.changed.notify_waiters();
-        }
-        waiting.len()
     }
 
     /// Stops handing out contacts; what is not finished stays pending.
     pub fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_waiters();
+        self.store.close();
     }
 
-    /// Where every contact is now.
-    pub fn counts(&self) -> QueueCounts {
-        let state = self.lock();
-        let mut counts = QueueCounts {
-            ready: state.ready.len(),
-            deferred: state.deferred.len(),
-            in_flight: state.in_flight.len(),
-            ..QueueCounts::default()
-        };
-        for terminal in state.finished.values() {
-            match terminal {
-                Terminal::Completed => counts.completed += 1,
-                Terminal::Failed { .. } => counts.failed += 1,
-                Terminal::Expired { .. } => counts.expired += 1,
+    /// Gives back the contacts this agent still holds (after shutdown), so
+    /// they are pending at once rather than when their leases expire.
+    pub async fn release_held(&self) -> usize {
+        match self.store.release_all().await {
+            Ok(released) => released,
+            Err(e) => {
+                tracing::warn!(
+                    "Held contacts not released (they return when their leases expire): {e}"
+                );
+                0
             }
         }
-        counts
     }
 
-    /// How each finished contact ended, by id.
-    pub fn finished(&self) -> BTreeMap<String, Terminal> {
-        self.lock().finished.clone()
+    /// Where every contact was at the last [`refresh_counts`](Self::refresh_counts).
+    pub fn counts(&self) -> QueueCounts {
+        *self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Contacts that were given a second terminal state (always empty unless
-    /// something is wrong; reported in the summary as a check).
-    pub fn duplicates(&self) -> Vec<String> {
-        self.lock().duplicates.clone()
+    /// Reads where every contact is now from the store.
+    pub async fn refresh_counts(&self) -> QueueCounts {
+        match self.store.counts().await {
+            Ok(counts) => {
+                let counts = QueueCounts::from(counts);
+                *self.counts.lock().unwrap_or_else(PoisonError::into_inner) = counts;
+                counts
+            }
+            Err(e) => {
+                tracing::warn!("Cannot count contacts: {e}");
+                self.counts()
+            }
+        }
     }
 
-    /// Contacts not finished: in flight (as they were handed out), ready and
-    /// deferred. After shutdown these are what is kept for the next run.
-    pub fn pending(&self) -> Vec<QueuedContact> {
-        let state = self.lock();
-        state
-            .in_flight
-            .values()
-            .chain(&state.ready)
-            .chain(state.deferred.values().map(|d| &d.entry))
-            .cloned()
-            .collect()
+    /// The contacts in `state`.
+    pub async fn list(&self, state: ContactState) -> Vec<ContactStatus> {
+        self.store.list(state).await.unwrap_or_else(|e| {
+            tracing::warn!("Cannot list {state} contacts: {e}");
+            Vec::new()
+        })
     }
 
-    /// The earliest not-before time among deferred contacts of `service`.
-    pub fn deferred_until(&self, service: &ServiceName) -> Option<Instant> {
-        self.lock()
-            .deferred
-            .values()
-            .filter(|d| &d.service == service)
-            .map(|d| d.not_before)
-            .min()
+    /// How each finished contact ended, by id (failed with its reason).
+    pub async fn finished(&self) -> BTreeMap<String, ContactStatus> {
+        let mut finished = BTreeMap::new();
+        for state in [
+            ContactState::Completed,
+            ContactState::Failed,
+            ContactState::Expired,
+        ] {
+            for status in self.list(state).await {
+                finished.insert(status.id.clone(), status);
+            }
+        }
+        finished
+    }
+
+    /// State changes refused because the contact was no longer held under
+    /// its lease — each one a second terminal state that was not given.
+    pub fn duplicates(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Contacts not finished: in flight, ready and deferred (their ids).
+    pub async fn pending(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for state in [
+            ContactState::InFlight,
+            ContactState::Pending,
+            ContactState::Deferred,
+        ] {
+            ids.extend(self.list(state).await.into_iter().map(|s| s.id));
+        }
+        ids
+    }
+
+    /// How long a worker waits before trying a store that failed again.
+    pub fn poll_interval(&self) -> Duration {
+        self.store.settings().poll_interval
     }
 }
 
-fn promote_due(state: &mut State, now: Instant) {
-    while let Some(entry) = state.deferred.first_entry() {
-        if entry.key().0 > now {
-            break;
-        }
-        let deferred = entry.remove();
-        state.ready.push_back(deferred.entry);
-    }
-}
-
-fn record(state: &mut State, id: String, terminal: Terminal) {
-    match state.finished.entry(id) {
-        std::collections::btree_map::Entry::Occupied(entry) => {
-            state.duplicates.push(entry.key().clone());
-        }
-        std::collections::btree_map::Entry::Vacant(entry) => {
-            entry.insert(terminal);
-        }
+fn new_contact(contact: &Contact) -> NewContact {
+    NewContact {
+        id: contact.id.clone(),
+        // A struct of strings always serializes.
+        data: serde_json::to_string(contact).unwrap_or_default(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::time::Duration;
 
     fn contact(id: &str) -> Contact {
         Contact {
             id: id.into(),
             name: format!("Name {id}"),
             phone: "+1-555-0100".into(),
-            extra: Default::default(),
+            extra: [("company".to_owned(), "Acme".to_owned())].into(),
         }
     }
 
@@ -354,47 +445,77 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn hands_out_in_order_and_ends_when_all_finished() {
+    async fn hands_out_contacts_as_they_were_imported() {
         let queue = CallQueue::new([contact("a"), contact("b")], 5);
+        assert_eq!(queue.counts().ready, 2);
         let a = queue.next().await.unwrap();
+        assert_eq!(a.contact, contact("a"));
         let b = queue.next().await.unwrap();
-        assert_eq!((a.contact.id.as_str(), b.contact.id.as_str()), ("a", "b"));
-        queue.finish(a, Terminal::Completed);
-        queue.finish(b, Terminal::Completed);
+        queue.finish(a, Terminal::Completed).await;
+        queue
+            .finish(
+                b,
+                Terminal::Failed {
+                    service: "crm".into(),
+                    reason: "rejected".into(),
+                },
+            )
+            .await;
         assert!(queue.next().await.is_none());
-        assert_eq!(queue.counts().completed, 2);
+        let counts = queue.refresh_counts().await;
+        assert_eq!((counts.completed, counts.failed), (1, 1));
+        let finished = queue.finished().await;
+        assert_eq!(finished["b"].last_error.as_deref(), Some("rejected"));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn deferred_contacts_come_back_at_their_time() {
-        let queue = CallQueue::new([contact("a"), contact("b")], 5);
+    async fn a_deferral_keeps_progress_and_the_crm_record() {
+        let queue = CallQueue::new([contact("a")], 5);
         let start = Instant::now();
-        let a = queue.next().await.unwrap();
-        queue.defer(a, &tts(), start + Duration::from_secs(10));
-        let b = queue.next().await.unwrap();
-        assert_eq!(b.contact.id, "b", "the worker moves on to the next contact");
-        queue.finish(b, Terminal::Completed);
+        let mut a = queue.next().await.unwrap();
+        let record = CallRecord::new(
+            &a.contact,
+            crate::clients::CallOutcome::Completed,
+            std::time::SystemTime::now(),
+            std::time::SystemTime::now(),
+        )
+        .with_script("Hello");
+        a.progress = Progress {
+            script: Some("Hello".into()),
+            audio_bytes: Some(12),
+            crm_record: Some(record.clone()),
+        };
+        let kept = a.progress.clone();
+        let deferral = queue
+            .defer(a, &tts(), start + Duration::from_secs(10))
+            .await;
+        assert_eq!(deferral, Deferral::Requeued);
         let again = queue.next().await.unwrap();
-        assert_eq!(again.contact.id, "a");
-        assert_eq!(again.deferrals, 1);
         assert_eq!(Instant::now() - start, Duration::from_secs(10));
+        assert_eq!(again.deferrals, 1);
+        assert_eq!(again.progress.script, kept.script);
+        let json = |r: &CallRecord| serde_json::to_value(r).unwrap();
+        assert_eq!(
+            again.progress.crm_record.as_ref().map(json),
+            Some(json(&record)),
+            "the same record, to the millisecond"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_closing_breaker_wakes_its_deferred_contacts_early() {
         let queue = Arc::new(CallQueue::new([contact("a")], 5));
-        let start = Instant::now();
         let a = queue.next().await.unwrap();
-        queue.defer(a, &tts(), start + Duration::from_secs(60));
+        queue
+            .defer(a, &tts(), Instant::now() + Duration::from_secs(60))
+            .await;
         let waiter = tokio::spawn({
             let queue = queue.clone();
             async move { queue.next().await.map(|e| e.contact.id) }
         });
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(queue.wake_service(&ServiceName::new("llm").unwrap()), 0);
-        assert_eq!(queue.wake_service(&tts()), 1);
+        assert_eq!(queue.wake_service(&tts()).await, 1);
         assert_eq!(waiter.await.unwrap().as_deref(), Some("a"));
-        assert_eq!(Instant::now() - start, Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -402,38 +523,42 @@ mod tests {
         let queue = CallQueue::new([contact("a")], 1);
         let entry = queue.next().await.unwrap();
         assert_eq!(
-            queue.defer(entry, &tts(), Instant::now()),
+            queue.defer(entry, &tts(), Instant::now()).await,
             Deferral::Requeued
         );
         let entry = queue.next().await.unwrap();
         assert_eq!(
-            queue.defer(entry, &tts(), Instant::now()),
+            queue.defer(entry, &tts(), Instant::now()).await,
             Deferral::Expired
         );
         assert!(queue.next().await.is_none());
-        assert_eq!(queue.counts().expired, 1);
+        assert_eq!(queue.refresh_counts().await.expired, 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn closing_keeps_the_rest_pending() {
-        let queue = CallQueue::new([contact("a"), contact("b"), contact("c"), contact("d")], 5);
+        let queue = CallQueue::new([contact("a"), contact("b"), contact("c")], 5);
         let a = queue.next().await.unwrap();
-        queue.defer(a, &tts(), Instant::now() + Duration::from_secs(5));
+        queue
+            .defer(a, &tts(), Instant::now() + Duration::from_secs(5))
+            .await;
         let _b_never_finishes = queue.next().await.unwrap();
         queue.close();
         assert!(queue.next().await.is_none());
-        let pending: Vec<_> = queue.pending().into_iter().map(|e| e.contact.id).collect();
-        assert_eq!(pending, ["b", "c", "d", "a"]);
+        assert_eq!(queue.pending().await, ["b", "c", "a"]);
+        assert_eq!(queue.release_held().await, 1);
+        assert_eq!(queue.refresh_counts().await.ready, 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_second_terminal_state_is_caught() {
+    async fn a_second_terminal_state_is_refused_and_counted() {
         let queue = CallQueue::new([contact("a")], 5);
         let a = queue.next().await.unwrap();
         let copy = a.clone();
-        queue.finish(a, Terminal::Completed);
+        queue.finish(a, Terminal::Completed).await;
         // A bug that finished the same contact twice would be caught.
-        queue.finish(copy, Terminal::Completed);
-        assert_eq!(queue.duplicates(), ["a"]);
+        queue.finish(copy, Terminal::Completed).await;
+        assert_eq!(queue.duplicates(), 1);
+        assert_eq!(queue.refresh_counts().await.completed, 1);
     }
 }

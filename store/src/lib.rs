@@ -234,8 +234,16 @@ impl CallStore {
 
     /// A store in this process's memory.
     pub fn memory(settings: StoreSettings) -> Self {
+        Self::in_memory(settings, &[])
+    }
+
+    /// A store in this process's memory holding `contacts` (imported as by
+    /// [`import`](Self::import)).
+    pub fn in_memory(settings: StoreSettings, contacts: &[NewContact]) -> Self {
+        let backend = memory::MemoryBackend::default();
+        backend.import_now(contacts);
         Self {
-            backend: Backend::Memory(memory::MemoryBackend::default()),
+            backend: Backend::Memory(backend),
             location: StoreLocation::Memory,
             settings,
             owner: default_owner(),

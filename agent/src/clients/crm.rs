@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use callguard_core::{ErrorKind, ServiceError};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::http::{HttpService, KeyHeader, truncate_chars};
 use super::{ClientSetupError, HttpServiceConfig, RequestContext};
@@ -43,7 +43,7 @@ pub enum CallOutcome {
 ///  "started_at":"2025-01-01T10:00:00.000Z","finished_at":"2025-01-01T10:00:02.480Z",
 ///  "script_excerpt":"Hello Ada, …","audio_bytes":5626}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// The contact's id.
     pub contact_id: String,
@@ -54,10 +54,10 @@ pub struct CallRecord {
     /// How the call ended.
     pub outcome: CallOutcome,
     /// When work on the contact started (RFC 3339, milliseconds, UTC).
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub started_at: SystemTime,
     /// When it ended.
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "rfc3339", deserialize_with = "from_rfc3339")]
     pub finished_at: SystemTime,
     /// The start of the script, at most [`CallRecord::SCRIPT_EXCERPT_CHARS`]
     /// characters.
@@ -125,6 +125,12 @@ impl CallRecord {
 
 fn rfc3339<S: Serializer>(at: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*at))
+}
+
+/// Reads a time written by `rfc3339` back (a record kept in the call store).
+fn from_rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
 }
 
 /// The part of the CRM's answer the agent reads.

@@ -4,6 +4,7 @@
 pub(crate) mod mocks;
 pub(crate) mod run;
 pub(crate) mod simulate;
+pub(crate) mod store;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,16 +13,15 @@ use std::sync::Arc;
 use callguard_agent::assemble::assemble;
 use callguard_agent::campaign::{Campaign, Summary};
 use callguard_agent::config::AgentConfig;
-use callguard_agent::contacts::{Contact, write_contacts};
+use callguard_agent::contacts::Contact;
 use callguard_agent::metrics::MetricsServer;
-use callguard_agent::queue::CallQueue;
 
 pub(crate) async fn run_campaign(
     config: &AgentConfig,
     contacts: Vec<Contact>,
 ) -> Result<Summary, String> {
     let parts = assemble(config).map_err(|e| e.to_string())?;
-    let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
+    let queue = Arc::new(store::open_queue(config, &contacts).await?);
     let metrics = match config.metrics.listen {
         Some(listen) => Some(
             MetricsServer::start(listen, parts.metrics, parts.registry.clone(), queue.clone())
@@ -45,18 +45,7 @@ pub(crate) async fn run_campaign(
     if let Some(server) = metrics {
         server.stop().await;
     }
-    let pending: Vec<Contact> = queue.pending().into_iter().map(|e| e.contact).collect();
-    if !pending.is_empty() {
-        let path = &config.queue.pending_file;
-        write_contacts(path, &pending)
-            .map_err(|e| format!("cannot keep {} pending contacts: {e}", pending.len()))?;
-        tracing::warn!(
-            "{} contacts pending; kept in {} (resume with `callguard run --contacts {}`)",
-            pending.len(),
-            path.display(),
-            path.display()
-        );
-    }
+    store::keep_pending(config, &queue, &contacts).await?;
     Ok(summary)
 }
 

@@ -1,4 +1,6 @@
-//! `callguard run`: a campaign against the services a config file names.
+//! `callguard run`: a campaign against the services a config file names,
+//! resuming the campaign its call store holds (the contacts file is then
+//! optional; importing it again adds only contacts the store lacks).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +13,7 @@ use super::{finish, run_campaign};
 
 pub(crate) async fn run(
     config_file: &Path,
-    contacts_file: &Path,
+    contacts_file: Option<&Path>,
     summary_json: Option<&Path>,
 ) -> Result<ExitCode, String> {
     let config =
@@ -19,21 +21,27 @@ pub(crate) async fn run(
     // Dropped on return: flushes the spans not yet exported.
     let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
         .map_err(|e| e.to_string())?;
-    let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;
-    for rejected in &file.rejected {
-        tracing::warn!(
-            "{}:{}: contact skipped: {}",
-            contacts_file.display(),
-            rejected.line,
-            rejected.reason
-        );
-    }
-    tracing::info!(
-        "Calling {} contacts from {} ({} lines skipped)",
-        file.contacts.len(),
-        contacts_file.display(),
-        file.rejected.len()
-    );
-    let summary = run_campaign(&config, file.contacts).await?;
+    let contacts = match contacts_file {
+        Some(contacts_file) => {
+            let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;
+            for rejected in &file.rejected {
+                tracing::warn!(
+                    "{}:{}: contact skipped: {}",
+                    contacts_file.display(),
+                    rejected.line,
+                    rejected.reason
+                );
+            }
+            tracing::info!(
+                "Calling {} contacts from {} ({} lines skipped)",
+                file.contacts.len(),
+                contacts_file.display(),
+                file.rejected.len()
+            );
+            file.contacts
+        }
+        None => Vec::new(),
+    };
+    let summary = run_campaign(&config, contacts).await?;
     finish(&config, summary, summary_json)
 }

@@ -27,7 +27,7 @@ pub(crate) async fn simulate(
         .await
         .map_err(|e| format!("cannot start the mocks: {e}"))?;
     let defaults = format!(
-        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\n",
+        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\nurl = \"memory:\"\n",
         services.config_defaults(time_scale)
     );
     let mut config =
