@@ -1,0 +1,421 @@
+//! Whole-pipeline benchmarks against the in-process mocks on 127.0.0.1, with
+//! no injected latency, printed with `println!` (`harness = false`):
+//!
+//! 1. **Throughput**: the same contacts through the real [`Campaign`] (queue,
+//!    pipeline, one executor and breaker per service; no health checker, no
+//!    logging subscriber) and through the same three clients called directly
+//!    in the same order with the same number of workers (no executor, no
+//!    breaker). Both sides run several times, alternating which goes first;
+//!    the medians of contacts/s are compared.
+//! 2. **Deferral cost**: with the TTS breaker OPEN, the time a worker spends on
+//!    a contact whose script is already written, from taking it off the queue
+//!    to having deferred it; once with the breaker forced open, once with the
+//!    breaker opened by a TTS outage (`503` on every request).
+//!
+//! `cargo bench -p callguard-agent --bench pipeline`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use callguard_agent::assemble::{Assembled, assemble};
+use callguard_agent::campaign::Campaign;
+use callguard_agent::clients::{CallOutcome, CallRecord, Prompt, RequestContext};
+use callguard_agent::config::AgentConfig;
+use callguard_agent::contacts::Contact;
+use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
+use callguard_agent::queue::{CallQueue, Deferral};
+use callguard_agent::simulate::generate_contacts;
+use callguard_core::CircuitState;
+use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// Contacts per throughput run.
+const CONTACTS: usize = 2_000;
+/// Throughput rounds measured; each runs both sides, the first side
+/// alternating. One more round before them warms up and is not counted.
+const ROUNDS: usize = 11;
+/// Workers on both sides (the agent's default `queue.workers`).
+const WORKERS: usize = 4;
+/// Contacts deferred (and timed) per deferral measurement.
+const DEFERRED_CONTACTS: usize = 5_000;
+/// Most throughput lost to the resilience layer the design allows.
+const MAX_OVERHEAD: f64 = 0.10;
+/// Longest mean time the design allows to defer a contact on an OPEN breaker.
+const MAX_DEFERRAL: Duration = Duration::from_millis(1);
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let server = MockServer::start(MockConfig::default())
+            .await
+            .expect("the mocks start on a free loopback port");
+        let config = bench_config(&server);
+        println!(
+            "callguard-agent pipeline benchmarks: mocks at {}, {} worker threads",
+            server.url(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        throughput(&config).await;
+        deferral(&server, &config, Opening::Forced).await;
+        deferral(&server, &config, Opening::Outage).await;
+        server.shutdown().await;
+    });
+}
+
+/// The agent's config for the mocks: quick retries (so an outage opens the
+/// TTS breaker in milliseconds) and a recovery timeout longer than the bench,
+/// so an OPEN breaker stays OPEN while it is measured.
+fn bench_config(server: &MockServer) -> AgentConfig {
+    let mut text = format!(
+        "[retry]\ninitial_delay = \"1ms\"\nmax_delay = \"4ms\"\n\n\
+         [circuit_breaker]\nrecovery_timeout = \"10m\"\n\n\
+         [queue]\nworkers = {WORKERS}\n\n"
+    );
+    for service in [Service::Llm, Service::Elevenlabs, Service::Crm] {
+        text.push_str(&format!(
+            "[services.{service}]\nbase_url = \"{}\"\napi_key = \"{}\"\n\n",
+            server.base_url(service),
+            server.config().keys.get(service),
+        ));
+    }
+    AgentConfig::load(&text, None, std::iter::empty()).expect("the bench config is valid")
+}
+
+/// `CONTACTS` contacts with ids unique to `run`, so that no CRM write repeats
+/// an earlier idempotency key.
+fn contacts_for(run: &str) -> Vec<Contact> {
+    generate_contacts(CONTACTS)
+        .into_iter()
+        .map(|mut contact| {
+            contact.id = format!("{run}-{}", contact.id);
+            contact
+        })
+        .collect()
+}
+
+fn parts(config: &AgentConfig) -> Assembled {
+    assemble(config).expect("the bench config assembles")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Resilience,
+    Plain,
+}
+
+async fn throughput(config: &AgentConfig) {
+    println!(
+        "\n## throughput: {CONTACTS} contacts, {WORKERS} workers, zero-latency mocks, \
+         {ROUNDS} rounds (+1 warm-up), medians"
+    );
+    let mut resilience = Vec::new();
+    let mut plain = Vec::new();
+    for round in 0..=ROUNDS {
+        let order = if round % 2 == 0 {
+            [Side::Resilience, Side::Plain]
+        } else {
+            [Side::Plain, Side::Resilience]
+        };
+        let mut line = format!("round {round:>2}:");
+        for side in order {
+            let contacts = contacts_for(&format!("r{round}-{side:?}"));
+            let cpu_before = process_cpu_time();
+            let elapsed = match side {
+                Side::Resilience => run_campaign(config, contacts).await,
+                Side::Plain => run_plain(config, contacts).await,
+            };
+            let cpu = process_cpu_time()
+                .zip(cpu_before)
+                .map(|(after, before)| after.saturating_sub(before) / CONTACTS as u32);
+            let run = Run {
+                rate: CONTACTS as f64 / elapsed.as_secs_f64(),
+                cpu_per_contact: cpu,
+            };
+            line.push_str(&format!("  {side:?} {:>6.0}/s", run.rate));
+            if let Some(cpu) = cpu {
+                line.push_str(&format!(" ({cpu:.1?} CPU)"));
+            }
+            if round > 0 {
+                match side {
+                    Side::Resilience => resilience.push(run),
+                    Side::Plain => plain.push(run),
+                }
+            }
+        }
+        if round == 0 {
+            line.push_str("  (warm-up)");
+        }
+        println!("{line}");
+    }
+    let paired: Vec<f64> = resilience
+        .iter()
+        .zip(&plain)
+        .map(|(r, p)| r.rate / p.rate)
+        .collect();
+    let cpu = |runs: &[Run]| -> Option<f64> {
+        let each: Option<Vec<f64>> = runs
+            .iter()
+            .map(|run| run.cpu_per_contact.map(|d| d.as_secs_f64() * 1e6))
+            .collect();
+        each.map(median)
+    };
+    let (resilience_cpu, plain_cpu) = (cpu(&resilience), cpu(&plain));
+    let resilience = median(resilience.iter().map(|run| run.rate).collect());
+    let plain = median(plain.iter().map(|run| run.rate).collect());
+    let ratio = resilience / plain;
+    println!("plain calls:          {plain:>7.0} contacts/s (median)");
+    println!("with resilience:      {resilience:>7.0} contacts/s (median)");
+    println!(
+        "ratio of medians:     {ratio:.3} (overhead {:+.1} %, target ≤ {:.0} %: {})",
+        (1.0 - ratio) * 100.0,
+        MAX_OVERHEAD * 100.0,
+        verdict(1.0 - ratio <= MAX_OVERHEAD)
+    );
+    println!(
+        "median paired ratio:  {:.3} (each round's resilience/plain)",
+        median(paired)
+    );
+    if let (Some(resilience), Some(plain)) = (resilience_cpu, plain_cpu) {
+        println!(
+            "CPU per contact:      plain {plain:.1} µs, with resilience {resilience:.1} µs \
+             (+{:.1} µs; whole process, mocks included; medians)",
+            resilience - plain
+        );
+    }
+}
+
+/// One throughput run.
+struct Run {
+    rate: f64,
+    cpu_per_contact: Option<Duration>,
+}
+
+/// CPU time used so far by the process's live threads (the sum of the first
+/// field of `/proc/self/task/*/schedstat`, in ns); `None` where that is not
+/// readable. Less disturbed than wall time by other work on the machine.
+fn process_cpu_time() -> Option<Duration> {
+    let nanos = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(Duration::from_nanos(nanos))
+}
+
+/// The real campaign: queue, workers, pipeline with executors and breakers;
+/// no health checker, no progress line, no logging subscriber.
+async fn run_campaign(config: &AgentConfig, contacts: Vec<Contact>) -> Duration {
+    let parts = parts(config);
+    let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
+    let campaign = Campaign {
+        pipeline: parts.pipeline,
+        registry: parts.registry,
+        queue,
+        stats: parts.stats,
+        workers: WORKERS,
+        default_wait: config.circuit_breaker.recovery_timeout.get(),
+        health: None,
+        shutdown_grace: config.queue.shutdown_grace.get(),
+        progress: false,
+    };
+    let started = Instant::now();
+    let summary = campaign.run(std::future::pending()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        summary.completed, CONTACTS,
+        "every contact completes: {summary:?}"
+    );
+    elapsed
+}
+
+/// The same requests without the resilience layer: the pipeline's own
+/// clients called directly, in the same order, by as many workers.
+async fn run_plain(config: &AgentConfig, contacts: Vec<Contact>) -> Duration {
+    let pipeline = parts(config).pipeline;
+    let contacts = Arc::new(contacts);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..WORKERS {
+        workers.spawn(plain_worker(
+            pipeline.clone(),
+            contacts.clone(),
+            next.clone(),
+        ));
+    }
+    let completed: usize = workers.join_all().await.into_iter().sum();
+    let elapsed = started.elapsed();
+    assert_eq!(completed, CONTACTS, "every contact completes");
+    elapsed
+}
+
+async fn plain_worker(
+    pipeline: Arc<Pipeline>,
+    contacts: Arc<Vec<Contact>>,
+    next: Arc<AtomicUsize>,
+) -> usize {
+    let llm = &pipeline.llm.primary.client;
+    let tts = &pipeline.tts.primary.client;
+    let crm = &pipeline.crm.primary.client;
+    let mut completed = 0;
+    while let Some(contact) = contacts.get(next.fetch_add(1, Ordering::Relaxed)) {
+        let context = RequestContext::new(&contact.id);
+        let started_at = SystemTime::now();
+        let script = llm
+            .generate_script(context, &Prompt::for_contact(contact))
+            .await
+            .expect("the LLM mock answers");
+        let audio = tts
+            .synthesize(context, &script)
+            .await
+            .expect("the TTS mock answers");
+        let record = CallRecord::new(
+            contact,
+            CallOutcome::Completed,
+            started_at,
+            SystemTime::now(),
+        )
+        .with_script(&script)
+        .with_audio_bytes(audio.bytes.len() as u64);
+        crm.record_call(context, &record)
+            .await
+            .expect("the CRM mock answers");
+        completed += 1;
+    }
+    completed
+}
+
+/// How the TTS breaker comes to be OPEN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// `force_open` by an operator.
+    Forced,
+    /// Every TTS request answers `503` until the breaker trips.
+    Outage,
+}
+
+/// Times deferrals on an OPEN TTS breaker. A first pass (not timed) has the
+/// LLM write every contact's script and defers each on TTS; the contacts are
+/// then woken and the timed pass defers them again, each pass touching only
+/// the OPEN breaker. The mocks must see no TTS request during it.
+async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
+    let parts = parts(config);
+    let tts = config.pipeline.tts.clone();
+    let breaker = parts
+        .registry
+        .get(tts.as_str())
+        .expect("the TTS service has a breaker");
+    match opening {
+        Opening::Forced => breaker.force_open("deferral benchmark"),
+        Opening::Outage => {
+            server
+                .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
+                .expect("a valid fault");
+        }
+    }
+    let pipeline = parts.pipeline;
+    let contacts: Vec<Contact> = generate_contacts(DEFERRED_CONTACTS)
+        .into_iter()
+        .map(|mut contact| {
+            contact.id = format!("defer-{opening:?}-{}", contact.id);
+            contact
+        })
+        .collect();
+    let queue = CallQueue::new(contacts, config.queue.max_deferrals);
+    let default_wait = config.circuit_breaker.recovery_timeout.get();
+
+    for _ in 0..DEFERRED_CONTACTS {
+        defer_next(&queue, &pipeline, default_wait).await;
+    }
+    let expected = match opening {
+        Opening::Forced => CircuitState::ForcedOpen,
+        Opening::Outage => CircuitState::Open,
+    };
+    assert_eq!(breaker.state(), expected, "the TTS breaker is open");
+    assert_eq!(queue.wake_service(&tts).await, DEFERRED_CONTACTS);
+    let tts_requests = server.stats().total(Service::Elevenlabs, EndpointKind::Api);
+
+    let mut samples = Vec::with_capacity(DEFERRED_CONTACTS);
+    for _ in 0..DEFERRED_CONTACTS {
+        let started = Instant::now();
+        defer_next(&queue, &pipeline, default_wait).await;
+        samples.push(started.elapsed());
+    }
+
+    assert_eq!(breaker.state(), expected, "the TTS breaker stayed open");
+    assert_eq!(
+        server.stats().total(Service::Elevenlabs, EndpointKind::Api),
+        tts_requests,
+        "no TTS request was made while its breaker was open"
+    );
+    server.clear_faults();
+
+    samples.sort_unstable();
+    let mean = samples.iter().sum::<Duration>() / DEFERRED_CONTACTS as u32;
+    let p50 = percentile(&samples, 0.50);
+    let p99 = percentile(&samples, 0.99);
+    let max = samples.last().copied().unwrap_or_default();
+    println!(
+        "\n## deferral on an OPEN TTS breaker ({opening:?}): {DEFERRED_CONTACTS} contacts, \
+         script already written, queue → deferred"
+    );
+    println!(
+        "mean {mean:.1?}  p50 {p50:.1?}  p99 {p99:.1?}  max {max:.1?}  (target mean < {MAX_DEFERRAL:?}: {}, p99: {})",
+        verdict(mean < MAX_DEFERRAL),
+        verdict(p99 < MAX_DEFERRAL)
+    );
+}
+
+/// One worker step as the campaign's workers take it: the next contact, its
+/// call span, the pipeline while the lease is held, and the deferral, which
+/// must be what happens.
+async fn defer_next(queue: &CallQueue, pipeline: &Pipeline, default_wait: Duration) {
+    let mut entry = queue.next().await.expect("a contact is ready");
+    let span = call_span(&entry.contact.id);
+    let lease = entry.lease().clone();
+    let result = tokio::select! {
+        result = pipeline.call(&mut entry).instrument(span.clone()) => result,
+        lost = queue.hold(&lease) => panic!("the lease was lost: {lost}"),
+    };
+    match result {
+        CallResult::Unavailable {
+            service,
+            retry_after,
+        } => {
+            let not_before = tokio::time::Instant::now() + retry_after.unwrap_or(default_wait);
+            let deferral = queue
+                .defer(entry, &service, not_before)
+                .instrument(span)
+                .await;
+            assert_eq!(deferral, Deferral::Requeued);
+        }
+        other => panic!("expected a deferral on the OPEN TTS breaker, got {other:?}"),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// The `q` quantile of sorted `samples` (nearest rank).
+fn percentile(samples: &[Duration], q: f64) -> Duration {
+    let rank = (q * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "MISSED" }
+}
