@@ -69,30 +69,7 @@ pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
         crm: builder.chain(&config.pipeline.crm, CrmClient::new)?,
         metrics: metrics.clone(),
     };
-    let mut health = HealthChecker::new(config.health_check.clone())
-        .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
-    let probe_client = reqwest::Client::builder()
-        .timeout(config.health_check.timeout.get())
-        .build()
-        .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
-    for service in &builder.used {
-        let section = &config.services[service];
-        let Some(base) = section.base_url() else {
-            continue;
-        };
-        let invalid = |rule: &str| {
-            SetupError::Config(ConfigError::Invalid(ValidationError::new(
-                format!("services.{service}.base_url"),
-                base,
-                rule,
-            )))
-        };
-        let url = reqwest::Url::parse(base).map_err(|_| invalid("an absolute http(s) URL"))?;
-        let probe = HttpProbe::new(probe_client.clone(), &url)
-            .map_err(|_| invalid("an http(s) URL that can take a path"))?;
-        let breaker = registry.get_or_default(service);
-        health = health.with_probe(breaker, probe);
-    }
+    let health = health_checker(config, &registry, &builder.used)?;
     Ok(Assembled {
         pipeline: Arc::new(pipeline),
         registry,
@@ -110,6 +87,40 @@ impl EventSink for Sinks {
         self.0.on_event(event);
         self.1.on_event(event);
     }
+}
+
+/// The health checker probing `GET {base_url}/health` of each of `services`
+/// configured with a `base_url`, feeding the breakers of `registry` (created with the
+/// default settings if missing).
+pub fn health_checker<'a>(
+    config: &AgentConfig,
+    registry: &BreakerRegistry,
+    services: impl IntoIterator<Item = &'a ServiceName>,
+) -> Result<HealthChecker, SetupError> {
+    let mut health = HealthChecker::new(config.health_check.clone())
+        .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+    let probe_client = reqwest::Client::builder()
+        .timeout(config.health_check.timeout.get())
+        .build()
+        .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
+    for service in services {
+        let Some(base) = config.services.get(service).and_then(|s| s.base_url()) else {
+            continue;
+        };
+        let invalid = |rule: &str| {
+            SetupError::Config(ConfigError::Invalid(ValidationError::new(
+                format!("services.{service}.base_url"),
+                base,
+                rule,
+            )))
+        };
+        let url = reqwest::Url::parse(base).map_err(|_| invalid("an absolute http(s) URL"))?;
+        let probe = HttpProbe::new(probe_client.clone(), &url)
+            .map_err(|_| invalid("an http(s) URL that can take a path"))?;
+        let breaker = registry.get_or_default(service);
+        health = health.with_probe(breaker, probe);
+    }
+    Ok(health)
 }
 
 struct Builder<'a> {

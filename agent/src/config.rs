@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use callguard_breaker::BreakerConfig;
 use callguard_core::config::{at_least, nonzero_duration};
 use callguard_core::{ConfigDuration, Secret, ServiceName, ValidationError};
-use callguard_health::HealthCheckConfig;
+use callguard_health::{GrpcConfig, HealthCheckConfig};
 use callguard_retry::RetryPolicy;
 use callguard_store::{StoreLocation, StoreSettings};
 use serde::de::DeserializeOwned;
@@ -27,8 +27,10 @@ pub struct AgentConfig {
     pub retry: RetryPolicy,
     /// `[circuit_breaker]`: breaker settings for every service (a service may override).
     pub circuit_breaker: BreakerConfig,
-    /// `[health_check]`: background probes.
+    /// `[health_check]`: background probes, and the remote health server to follow.
     pub health_check: HealthCheckConfig,
+    /// `[grpc]`: the health and breakers gRPC server.
+    pub grpc: GrpcConfig,
     /// `[queue]`: workers and deferral.
     pub queue: QueueConfig,
     /// `[logging]`: the JSON-lines file and the console.
@@ -289,6 +291,7 @@ impl AgentConfig {
         self.health_check
             .validate()
             .map_err(|e| e.in_section("health_check"))?;
+        self.grpc.validate().map_err(|e| e.in_section("grpc"))?;
         self.queue.validate()?;
         if !matches!(
             self.logging.console_level.as_str(),
@@ -550,5 +553,48 @@ mod tests {
         assert_eq!(config.breaker_config(&crm).failure_threshold, 7);
         let llm = ServiceName::new("llm").unwrap();
         assert_eq!(config.breaker_config(&llm).failure_threshold, 2);
+    }
+
+    #[test]
+    fn grpc_and_remote_health_come_from_the_environment_too() {
+        let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
+        assert_eq!(config.grpc.listen, "127.0.0.1:50051".parse().unwrap());
+        assert!(config.health_check.remote.is_none());
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[
+                ("CALLGUARD_GRPC__LISTEN", "127.0.0.1:0"),
+                ("CALLGUARD_HEALTH_CHECK__REMOTE", "http://127.0.0.1:50051"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.grpc.listen.port(), 0);
+        assert_eq!(
+            config.health_check.remote.unwrap().as_str(),
+            "http://127.0.0.1:50051"
+        );
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_HEALTH_CHECK__REMOTE", "ftp://prober:21")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("health_check.remote") && err.contains("http://HOST:PORT"),
+            "{err}"
+        );
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_GRPC__ADMIN_TOKEN", "short")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "invalid config: grpc.admin_token must be at least 16 bytes long, got [redacted, 5 bytes]"
+        );
     }
 }

@@ -1,10 +1,12 @@
-//! The `callguard` command line: `simulate`, `run` and `mocks`.
+//! The `callguard` command line: `simulate`, `run`, `mocks`, and the gRPC
+//! health tools `health-server`, `status` and `healthcheck`.
 
 mod commands;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use callguard_agent::simulate::Scenario;
 use clap::{Parser, Subcommand};
@@ -81,6 +83,39 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Probe the configured services and serve their health over gRPC, for any
+    /// number of agents (`health_check.remote`), until Ctrl-C or SIGTERM.
+    HealthServer {
+        /// The config file (TOML): `[services.NAME] base_url`, `[health_check]`, `[grpc]`.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the breakers of a running callguard (`callguard.v1.Breakers/ListBreakers`).
+    Status {
+        /// The callguard gRPC server.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Exit 0 only if the process (or `--service`) is SERVING; 1 with a
+    /// one-line reason otherwise. For container health checks.
+    Healthcheck {
+        /// The callguard gRPC server.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// A service to check instead of the process as a whole.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
 }
 
 fn main() -> ExitCode {
@@ -116,9 +151,7 @@ fn main() -> ExitCode {
                 config,
                 contacts,
                 summary_json,
-            } => {
-                commands::run::run(&config, contacts.as_deref(), summary_json.as_deref()).await
-            }
+            } => commands::run::run(&config, contacts.as_deref(), summary_json.as_deref()).await,
             Command::Report { config, json } => {
                 commands::store::report(config.as_deref(), json).await
             }
@@ -126,6 +159,13 @@ fn main() -> ExitCode {
                 commands::store::requeue(config.as_deref(), state).await
             }
             Command::Mocks { listen, seed } => commands::mocks::mocks(listen, seed).await,
+            Command::HealthServer { config } => commands::health::health_server(&config).await,
+            Command::Status { addr, timeout } => commands::health::status(&addr, timeout).await,
+            Command::Healthcheck {
+                addr,
+                service,
+                timeout,
+            } => Ok(commands::health::healthcheck(&addr, &service, timeout).await),
         }
     });
     match result {

@@ -58,7 +58,9 @@ async fn run_callguard(dir: &Path, mocks: &MockServer) -> (String, Value) {
                 "--summary-json",
                 "summary.json",
             ])
-            .current_dir(&run_dir);
+            .current_dir(&run_dir)
+            // Any free port: the default 50051 may be taken by another callguard.
+            .env("CALLGUARD_GRPC__LISTEN", "127.0.0.1:0");
         for (name, service) in SERVICES {
             command.env(
                 format!("TEST_{}_KEY", name.to_uppercase()),

@@ -1,6 +1,7 @@
-//! The subcommands, and what they share: running a campaign, reporting its
-//! summary, and waiting for Ctrl-C or SIGTERM.
+//! The subcommands, and what they share: running a campaign (with the gRPC
+//! server beside it), reporting its summary, and waiting for Ctrl-C or SIGTERM.
 
+pub(crate) mod health;
 pub(crate) mod mocks;
 pub(crate) mod run;
 pub(crate) mod simulate;
@@ -22,6 +23,8 @@ pub(crate) async fn run_campaign(
 ) -> Result<Summary, String> {
     let parts = assemble(config).map_err(|e| e.to_string())?;
     let queue = Arc::new(store::open_queue(config, &contacts).await?);
+    let grpc = health::GrpcServer::start(&config.grpc, parts.registry.clone()).await?;
+    let remote = health::RemoteFollower::start(config, &parts.registry);
     let metrics = match config.metrics.listen {
         Some(listen) => Some(
             MetricsServer::start(listen, parts.metrics, parts.registry.clone(), queue.clone())
@@ -41,7 +44,11 @@ pub(crate) async fn run_campaign(
         shutdown_grace: config.queue.shutdown_grace.get(),
         progress: true,
     };
-    let summary = campaign.run(shutdown_signal()).await;
+    let summary = campaign.run(grpc.drain_on_shutdown()).await;
+    if let Some(remote) = remote {
+        remote.stop().await;
+    }
+    grpc.stop().await;
     if let Some(server) = metrics {
         server.stop().await;
     }

@@ -27,7 +27,8 @@ pub(crate) async fn simulate(
         .await
         .map_err(|e| format!("cannot start the mocks: {e}"))?;
     let defaults = format!(
-        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\nurl = \"memory:\"\n",
+        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\nurl = \"memory:\"\n\
+         [grpc]\nlisten = \"127.0.0.1:0\"\n",
         services.config_defaults(time_scale)
     );
     let mut config =
