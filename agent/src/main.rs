@@ -82,6 +82,10 @@ enum Command {
         /// Seed of the mocks' random choices.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Faults to inject at start-up: a JSON list of fault objects in the
+        /// control API's format, timed from start-up (`after`, `for`).
+        #[arg(long)]
+        faults: Option<PathBuf>,
     },
     /// Probe the configured services and serve their health over gRPC, for any
     /// number of agents (`health_check.remote`), until Ctrl-C or SIGTERM.
@@ -158,7 +162,11 @@ fn main() -> ExitCode {
             Command::Requeue { state, config } => {
                 commands::store::requeue(config.as_deref(), state).await
             }
-            Command::Mocks { listen, seed } => commands::mocks::mocks(listen, seed).await,
+            Command::Mocks {
+                listen,
+                seed,
+                faults,
+            } => commands::mocks::mocks(listen, seed, faults.as_deref()).await,
             Command::HealthServer { config } => commands::health::health_server(&config).await,
             Command::Status { addr, timeout } => commands::health::status(&addr, timeout).await,
             Command::Healthcheck {
