@@ -19,6 +19,10 @@ use serde::de::DeserializeOwned;
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "CALLGUARD_";
 
+/// Prefix of environment variables that belong to the test suites
+/// (`CALLGUARD_TEST_POSTGRES_URL`), not to the config.
+pub const TEST_ENV_PREFIX: &str = "CALLGUARD_TEST_";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -264,6 +268,9 @@ impl AgentConfig {
             let Some(path) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            if var.starts_with(TEST_ENV_PREFIX) {
+                continue;
+            }
             let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
             if keys.iter().any(String::is_empty) {
                 return Err(ConfigError::Key {
@@ -461,6 +468,7 @@ mod tests {
                     "http://example.invalid/v",
                 ),
                 ("PATH", "/usr/bin"),
+                ("CALLGUARD_TEST_POSTGRES_URL", "postgres://127.0.0.1/test"),
             ]),
         )
         .unwrap();

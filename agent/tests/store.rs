@@ -1,0 +1,301 @@
+//! The durable call store end to end, with real `callguard run` processes
+//! against the mocks: an agent killed with SIGKILL mid-campaign and started
+//! again finishes the campaign (SQLite); several agents share one PostgreSQL
+//! queue and finish a killed agent's contacts once its leases expire; a chaos
+//! run of 2000 contacts keeps every contact in exactly one state.
+//!
+//! The PostgreSQL test runs when `CALLGUARD_TEST_POSTGRES_URL` is set
+//! (`store/tests/postgres.sh` sets it), and says it was skipped otherwise.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use serde_json::Value;
+
+const SERVICES: [(&str, Service); 3] = [
+    ("llm", Service::Llm),
+    ("elevenlabs", Service::Elevenlabs),
+    ("crm", Service::Crm),
+];
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("callguard-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An agent config for the mocks: fast retries and breakers, `queue` on top.
+fn write_config(dir: &Path, mocks: &MockServer, queue: &str, request_timeout: &str) {
+    let mut config = format!(
+        "[retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\n\
+         [circuit_breaker]\nrecovery_timeout = \"300ms\"\n\
+         [health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+         [logging]\nconsole_level = \"error\"\n\
+         [queue]\n{queue}\n"
+    );
+    let keys = &mocks.config().keys;
+    for (name, service) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequest_timeout = \"{request_timeout}\"\n",
+            mocks.base_url(service),
+            keys.get(service),
+        ));
+    }
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+}
+
+fn write_contacts(dir: &Path, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (1..=n).map(|i| format!("c-{i:04}")).collect();
+    let mut csv = String::from("id,name,phone\n");
+    for (i, id) in ids.iter().enumerate() {
+        csv.push_str(&format!("{id},Ada Lovelace {i},+1-555-{:04}\n", i % 10_000));
+    }
+    std::fs::write(dir.join("contacts.csv"), csv).unwrap();
+    ids
+}
+
+fn callguard(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+    command
+        .args(args)
+        .current_dir(dir)
+        // Any free port: several agents run at once.
+        .env("CALLGUARD_GRPC__LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null());
+    command
+}
+
+fn spawn_run(dir: &Path, name: &str) -> Child {
+    callguard(
+        dir,
+        &[
+            "run",
+            "--config",
+            "agent.toml",
+            "--contacts",
+            "contacts.csv",
+            "--summary-json",
+            &format!("summary-{name}.json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits for `child` to exit on its own, at most `limit`.
+async fn wait_exit(child: &mut Child, limit: Duration, dir: &Path, name: &str) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
+            assert!(status.success(), "{name} exited with {status}: {err}");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} still running after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the CRM holds at least `n` records.
+async fn wait_records(mocks: &MockServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while mocks.crm_records().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `callguard report --json`.
+fn report(dir: &Path) -> BTreeMap<String, u64> {
+    let output = callguard(dir, &["report", "--config", "agent.toml", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Every contact in exactly one terminal state, and at most one CRM record
+/// per contact; returns the counts.
+fn assert_every_contact_ended_once(
+    dir: &Path,
+    mocks: &MockServer,
+    ids: &[String],
+) -> BTreeMap<String, u64> {
+    let counts = report(dir);
+    let total: u64 = counts.values().sum();
+    assert_eq!(
+        total,
+        ids.len() as u64,
+        "no contact lost or added: {counts:?}"
+    );
+    for unfinished in ["pending", "in_flight", "deferred"] {
+        assert_eq!(counts[unfinished], 0, "{counts:?}");
+    }
+    let records: Vec<String> = mocks
+        .crm_records()
+        .iter()
+        .map(|r| r.contact_id().to_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = records.iter().collect();
+    assert_eq!(distinct.len(), records.len(), "a CRM record was duplicated");
+    assert!(
+        records.len() as u64 >= counts["completed"],
+        "every completed contact has its record: {} records, {counts:?}",
+        records.len()
+    );
+    let known: BTreeSet<&String> = ids.iter().collect();
+    assert!(distinct.is_subset(&known));
+    counts
+}
+
+async fn slow_mocks() -> MockServer {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    mocks
+        .inject_all(
+            SERVICES
+                .map(|(_, service)| {
+                    Fault::new(service, FaultMode::Slow).with_latency(Duration::from_millis(40))
+                })
+                .to_vec(),
+        )
+        .unwrap();
+    mocks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_started_again_finishes_the_campaign() {
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("crash");
+    write_config(
+        &dir,
+        &mocks,
+        "url = \"sqlite:calls.db\"\nworkers = 4\nlease = \"1s\"",
+        "5s",
+    );
+    let ids = write_contacts(&dir, 60);
+
+    let mut first = spawn_run(&dir, "first");
+    wait_records(&mocks, 12).await;
+    first.kill().unwrap(); // SIGKILL: no shutdown, leases left behind
+    first.wait().unwrap();
+    let after_kill = report(&dir);
+    assert!(after_kill["completed"] >= 12, "{after_kill:?}");
+    assert!(
+        after_kill["completed"] < 60,
+        "killed mid-run: {after_kill:?}"
+    );
+
+    // Started again with the same contacts file: the import adds nothing and
+    // the campaign resumes where the store says it is.
+    let mut second = spawn_run(&dir, "second");
+    wait_exit(&mut second, Duration::from_secs(60), &dir, "second").await;
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 60, "{counts:?}");
+    assert_eq!(mocks.crm_records().len(), 60);
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
+    let Ok(url) = std::env::var("CALLGUARD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: CALLGUARD_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("shared");
+    let table = format!("agents_{}", std::process::id());
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 3\nlease = \"1s\"\npoll_interval = \"100ms\""
+        ),
+        "5s",
+    );
+    let ids = write_contacts(&dir, 90);
+
+    let mut agents: Vec<Child> = ["a", "b", "c"]
+        .iter()
+        .map(|name| spawn_run(&dir, name))
+        .collect();
+    wait_records(&mocks, 15).await;
+    agents[0].kill().unwrap();
+    agents[0].wait().unwrap();
+    for (agent, name) in agents.iter_mut().zip(["a", "b", "c"]).skip(1) {
+        wait_exit(agent, Duration::from_secs(60), &dir, name).await;
+    }
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 90, "{counts:?}");
+    assert_eq!(mocks.crm_records().len(), 90, "one record per contact");
+    let summaries: Vec<Value> = ["b", "c"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(format!("summary-{name}.json"))).unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    for summary in &summaries {
+        assert_eq!(summary["duplicated"], 0, "{summary}");
+    }
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_keeps_every_contact_in_exactly_one_state() {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    let ms = Duration::from_millis;
+    mocks
+        .inject_all(vec![
+            Fault::new(Service::Llm, FaultMode::Flaky).with_rate(0.08),
+            Fault::new(Service::Llm, FaultMode::Timeout).with_rate(0.01),
+            Fault::new(Service::Elevenlabs, FaultMode::Reset).with_rate(0.04),
+            Fault::new(Service::Elevenlabs, FaultMode::Slow)
+                .with_rate(0.2)
+                .with_latency(ms(20)),
+            Fault::new(Service::Crm, FaultMode::RateLimited)
+                .with_rate(0.05)
+                .with_retry_after(Duration::from_secs(1)),
+            Fault::new(Service::Crm, FaultMode::Unauthorized).with_rate(0.005),
+            Fault::new(Service::Crm, FaultMode::Unavailable).with_rate(0.03),
+        ])
+        .unwrap();
+    let dir = temp_dir("chaos");
+    write_config(
+        &dir,
+        &mocks,
+        "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
+        "300ms",
+    );
+    let ids = write_contacts(&dir, 2000);
+    let mut agent = spawn_run(&dir, "chaos");
+    wait_exit(&mut agent, Duration::from_secs(120), &dir, "chaos").await;
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert!(
+        counts["completed"] > 1500,
+        "most contacts complete: {counts:?}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary-chaos.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
+        (Some(0), Some(0))
+    );
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
