@@ -91,6 +91,12 @@ impl MockServer {
         self.shared.tokens.requests()
     }
 
+    /// Revokes every token issued so far: the Sheets fake refuses them from
+    /// now on (`401`), as Google does after a key is disabled or rotated.
+    pub fn revoke_tokens(&self) {
+        self.shared.tokens.revoke_all();
+    }
+
     /// Sets the lifetime (`expires_in`) of tokens issued from now on; the
     /// Sheets fake refuses a token once its lifetime has passed.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
@@ -129,6 +135,10 @@ impl TokenIssuer {
             .issued
             .get(token)
             .is_some_and(|expires| Instant::now() < *expires)
+    }
+
+    pub(crate) fn revoke_all(&self) {
+        lock(&self.inner).issued.clear();
     }
 
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
