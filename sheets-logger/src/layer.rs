@@ -206,6 +206,9 @@ where
 }
 
 /// Controls the sending task: counters, flush, shutdown.
+///
+/// Dropping the handle does not stop the task: it keeps sending for as long
+/// as the layer lives, and sends what is left when the layer is dropped.
 #[derive(Debug)]
 pub struct SheetsHandle {
     counters: Arc<Counters>,
