@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use callguard_alerts::{AlertManager, AlertsError};
 use callguard_breaker::BreakerRegistry;
 use callguard_core::{ResilienceEvent, ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
@@ -35,6 +36,9 @@ pub enum SetupError {
     /// The health probes' HTTP client could not be built.
     #[error("cannot build the health-check HTTP client: {0}")]
     HealthClient(String),
+    /// An alert channel could not be set up.
+    #[error(transparent)]
+    Alerts(#[from] AlertsError),
 }
 
 /// The parts a campaign runs with.
@@ -49,18 +53,25 @@ pub struct Assembled {
     pub metrics: Arc<Metrics>,
     /// Probes of every service used.
     pub health: HealthChecker,
+    /// Alerts to people, fed by every executor.
+    pub alerts: AlertManager,
 }
 
-/// Builds the pipeline, breakers, executors and health checker.
+/// Builds the pipeline, breakers, executors, health checker and alerts.
+/// Call within the tokio runtime (the alert channels start their tasks).
 pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
     let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
     let stats = Arc::new(RunStats::default());
     let metrics = Arc::new(Metrics::new());
+    let alerts = AlertManager::new(&config.alerts)?.with_breakers(registry.clone());
     let mut builder = Builder {
         config,
         registry: &registry,
-        stats: &stats,
-        metrics: &metrics,
+        sink: Arc::new(Sinks(vec![
+            stats.clone(),
+            metrics.clone(),
+            Arc::new(alerts.clone()),
+        ])),
         used: BTreeSet::new(),
     };
     let pipeline = Pipeline {
@@ -76,16 +87,19 @@ pub fn assemble(config: &AgentConfig) -> Result<Assembled, SetupError> {
         stats,
         metrics,
         health,
+        alerts,
     })
 }
 
-/// The run's counters and the Prometheus metrics, both fed every event.
-struct Sinks(Arc<RunStats>, Arc<Metrics>);
+/// Where every executor's events go: the run's counters, the Prometheus
+/// metrics and the alerts.
+struct Sinks(Vec<Arc<dyn EventSink>>);
 
 impl EventSink for Sinks {
     fn on_event(&self, event: &ResilienceEvent) {
-        self.0.on_event(event);
-        self.1.on_event(event);
+        for sink in &self.0 {
+            sink.on_event(event);
+        }
     }
 }
 
@@ -126,8 +140,7 @@ pub fn health_checker<'a>(
 struct Builder<'a> {
     config: &'a AgentConfig,
     registry: &'a Arc<BreakerRegistry>,
-    stats: &'a Arc<RunStats>,
-    metrics: &'a Arc<Metrics>,
+    sink: Arc<dyn EventSink>,
     used: BTreeSet<ServiceName>,
 }
 
@@ -171,7 +184,7 @@ impl Builder<'_> {
             .register(service.clone(), self.config.breaker_config(service));
         let executor = Executor::new(breaker, self.config.retry.clone())
             .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
-            .with_sink(Arc::new(Sinks(self.stats.clone(), self.metrics.clone())));
+            .with_sink(self.sink.clone());
         self.used.insert(service.clone());
         Ok(Stage {
             service: service.clone(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use callguard_alerts::{AlertCounts, AlertManager};
 use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ResilienceEvent, Transition};
 use callguard_health::HealthChecker;
@@ -20,6 +21,7 @@ use tracing::Instrument;
 
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
+use callguard_sheets_logger::SheetsStats;
 use callguard_store::ContactState;
 
 /// Counts of what the executors did, fed by their events.
@@ -28,8 +30,6 @@ pub struct RunStats {
     attempts: AtomicU64,
     retries: AtomicU64,
     rejections: AtomicU64,
-    permanent_failures: AtomicU64,
-    retries_exhausted: AtomicU64,
 }
 
 impl EventSink for RunStats {
@@ -40,8 +40,6 @@ impl EventSink for RunStats {
             }
             ResilienceEvent::RetryScheduled { .. } => &self.retries,
             ResilienceEvent::CallRejected { .. } => &self.rejections,
-            ResilienceEvent::PermanentFailure { .. } => &self.permanent_failures,
-            ResilienceEvent::RetriesExhausted { .. } => &self.retries_exhausted,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -72,16 +70,6 @@ pub struct FailureRecord {
     pub reason: String,
 }
 
-/// Alert triggers seen during the run (DESIGN.md, "Alerts").
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AlertCounts {
-    /// All triggers.
-    pub raised: u64,
-    /// By trigger: `permanent_failure`, `retries_exhausted`, `breaker_opened`,
-    /// `breaker_closed`.
-    pub by_kind: BTreeMap<String, u64>,
-}
-
 /// What became of the campaign.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
@@ -109,10 +97,12 @@ pub struct Summary {
     pub deferrals: u64,
     /// Breaker transitions per service.
     pub breaker_transitions: BTreeMap<String, Vec<TransitionRecord>>,
-    /// Alert triggers.
+    /// Alerts raised and suppressed, and what each channel did with them.
     pub alerts: AlertCounts,
     /// Failed contacts with their reasons.
     pub failures: Vec<FailureRecord>,
+    /// What the Google Sheets log export sent and dropped, when configured.
+    pub sheets: Option<SheetsStats>,
     /// Wall-clock length of the run in seconds.
     pub duration_secs: f64,
 }
@@ -140,6 +130,9 @@ pub struct Campaign {
     pub default_wait: Duration,
     /// Background probes, if any.
     pub health: Option<HealthChecker>,
+    /// Alerts to people: fed the executors' events elsewhere, and the breaker
+    /// transitions here; flushed when the campaign ends.
+    pub alerts: AlertManager,
     /// How long in-flight calls may take to finish after shutdown is asked.
     pub shutdown_grace: Duration,
     /// Print progress to stderr while running.
@@ -163,8 +156,9 @@ impl Campaign {
 
         let (stop_watcher, watcher_stopped) = oneshot::channel();
         let watcher = tokio::spawn(watch_transitions(
-            self.registry.transitions(),
+            self.registry.clone(),
             self.queue.clone(),
+            self.alerts.clone(),
             started,
             watcher_stopped,
         ));
@@ -238,22 +232,7 @@ impl Campaign {
             })
             .collect();
         let stats = &self.stats;
-        let mut alerts = watched.alerts;
-        for (kind, count) in [
-            (
-                "permanent_failure",
-                stats.permanent_failures.load(Ordering::Relaxed),
-            ),
-            (
-                "retries_exhausted",
-                stats.retries_exhausted.load(Ordering::Relaxed),
-            ),
-        ] {
-            if count > 0 {
-                *alerts.by_kind.entry(kind.into()).or_default() += count;
-                alerts.raised += count;
-            }
-        }
+        let alerts = self.alerts.shutdown(self.shutdown_grace).await;
         Summary {
             contacts,
             completed: counts.completed,
@@ -269,6 +248,7 @@ impl Campaign {
             breaker_transitions: watched.transitions,
             alerts,
             failures,
+            sheets: None,
             duration_secs: wall_started.elapsed().as_secs_f64(),
         }
     }
@@ -357,7 +337,6 @@ async fn settle(
 #[derive(Default)]
 struct Watched {
     transitions: BTreeMap<String, Vec<TransitionRecord>>,
-    alerts: AlertCounts,
 }
 
 impl Watched {
@@ -374,29 +353,34 @@ impl Watched {
                     .as_secs_f64(),
                 reason: transition.reason.to_string(),
             });
-        let kind = match (transition.from, transition.to) {
-            (CircuitState::Closed, CircuitState::Open | CircuitState::ForcedOpen) => {
-                "breaker_opened"
-            }
-            (_, CircuitState::Closed) => "breaker_closed",
-            _ => return,
-        };
-        *self.alerts.by_kind.entry(kind.into()).or_default() += 1;
-        self.alerts.raised += 1;
     }
 }
 
-/// Records every breaker transition and wakes the contacts deferred on a
-/// service whose breaker closes.
+/// Records every breaker transition, hands it to the alerts (an opening, or a
+/// resolve notice), and keeps deferred contacts in step with their service's
+/// breaker: they wake when it closes, and when it (re)opens none is due before
+/// it admits calls again — so a contact turned away while a HALF_OPEN probe
+/// was in flight is not turned away a second time when the probe fails.
 async fn watch_transitions(
-    mut transitions: broadcast::Receiver<Transition>,
+    registry: Arc<BreakerRegistry>,
     queue: Arc<CallQueue>,
+    alerts: AlertManager,
     started: Instant,
     mut stop: oneshot::Receiver<()>,
 ) -> Watched {
+    let mut transitions = registry.transitions();
     let mut watched = Watched::default();
     let on_transition = async |transition: Transition, watched: &mut Watched| {
         watched.record(&transition, started);
+        alerts.observe_transition(&transition);
+        if transition.to == CircuitState::Open {
+            let reopened_for = registry
+                .get(transition.service.as_str())
+                .and_then(|breaker| breaker.snapshot().retry_after);
+            if let Some(wait) = reopened_for {
+                queue.postpone_service(&transition.service, wait).await;
+            }
+        }
         if transition.to == CircuitState::Closed {
             let woken = queue.wake_service(&transition.service).await;
             if woken > 0 {

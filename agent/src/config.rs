@@ -8,11 +8,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use callguard_alerts::AlertsConfig;
 use callguard_breaker::BreakerConfig;
 use callguard_core::config::{at_least, nonzero_duration};
 use callguard_core::{ConfigDuration, Secret, ServiceName, ValidationError};
 use callguard_health::{GrpcConfig, HealthCheckConfig};
 use callguard_retry::RetryPolicy;
+use callguard_sheets_logger::SheetsConfig;
 use callguard_store::{StoreLocation, StoreSettings};
 use serde::de::DeserializeOwned;
 
@@ -41,6 +43,11 @@ pub struct AgentConfig {
     pub logging: LoggingConfig,
     /// `[metrics]`: the Prometheus `/metrics` endpoint (off by default).
     pub metrics: crate::metrics::MetricsConfig,
+    /// `[alerts]`: cooldown and the email, Telegram and webhook channels (each
+    /// on when its section is present).
+    pub alerts: AlertsConfig,
+    /// `[sheets]`: log rows to a Google Sheet (off unless present).
+    pub sheets: Option<SheetsConfig>,
     /// `[pipeline]`: which service does each stage.
     pub pipeline: PipelineConfig,
     /// `[services.NAME]`: one section per external service.
@@ -300,6 +307,10 @@ impl AgentConfig {
             .map_err(|e| e.in_section("health_check"))?;
         self.grpc.validate().map_err(|e| e.in_section("grpc"))?;
         self.queue.validate()?;
+        self.alerts.validate()?;
+        if let Some(sheets) = &self.sheets {
+            sheets.validate()?;
+        }
         if !matches!(
             self.logging.console_level.as_str(),
             "error" | "warn" | "info" | "debug" | "trace"

@@ -332,6 +332,18 @@ impl CallQueue {
         }
     }
 
+    /// Keeps every contact deferred on `service` waiting at least `wait`
+    /// more (its breaker reopened for that long). Returns how many moved.
+    pub async fn postpone_service(&self, service: &ServiceName, wait: Duration) -> usize {
+        match self.store.postpone_service(service.as_str(), wait).await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::error!(service = %service, "Cannot postpone deferred contacts: {e}");
+                0
+            }
+        }
+    }
+
     /// Stops handing out contacts; what is not finished stays pending.
     pub fn close(&self) {
         self.store.close();

@@ -27,19 +27,28 @@ pub fn summary_table(summary: &Summary) -> String {
     );
     line("rejected by breakers", summary.rejections.to_string());
     line("deferrals", summary.deferrals.to_string());
-    line("alerts raised", {
-        let kinds: Vec<String> = summary
-            .alerts
-            .by_kind
-            .iter()
-            .map(|(kind, n)| format!("{kind} {n}"))
-            .collect();
-        if kinds.is_empty() {
-            "0".into()
-        } else {
-            format!("{} ({})", summary.alerts.raised, kinds.join(", "))
-        }
-    });
+    line(
+        "alerts raised",
+        format!(
+            "{} ({} suppressed by the cooldown)",
+            summary.alerts.raised, summary.alerts.suppressed
+        ),
+    );
+    for channel in &summary.alerts.channels {
+        line(
+            &format!("  to {}", channel.channel.as_str()),
+            format!(
+                "{} delivered, {} failed, {} dropped",
+                channel.delivered, channel.failed, channel.dropped
+            ),
+        );
+    }
+    if let Some(sheets) = &summary.sheets {
+        line(
+            "log rows to Sheets",
+            format!("{} sent, {} dropped", sheets.rows_sent, sheets.rows_dropped),
+        );
+    }
     line("duration", format!("{:.1}s", summary.duration_secs));
     let mut text = String::from("\nSummary\n");
     text.push_str(&out);

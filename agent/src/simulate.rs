@@ -7,8 +7,13 @@
 
 use std::time::Duration;
 
+use callguard_breaker::BreakerConfig;
 use callguard_core::ConfigDuration;
-use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_mocks::{
+    Fault, FaultMode, MockConfig, MockServer, SHEETS_STATIC_TOKEN, Service, TELEGRAM_BOT_TOKEN,
+    TELEGRAM_CHAT_ID,
+};
+use callguard_retry::RetryPolicy;
 
 use crate::config::AgentConfig;
 use crate::contacts::Contact;
@@ -16,9 +21,10 @@ use crate::contacts::Contact;
 /// A story to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The TTS service goes down for 25 s: retries, breaker OPEN, contacts
-    /// deferred while others proceed, HALF_OPEN probes that fail while it is
-    /// still down, recovery seen by the health check, deferred contacts complete.
+    /// The TTS service falters (half its requests fail from t = 3 s), then goes
+    /// down for 21 s: retries with backoff, breaker OPEN, contacts deferred while
+    /// others proceed, HALF_OPEN probes that fail while it is still down,
+    /// recovery seen by the health check, deferred contacts complete.
     Outage,
     /// The LLM rejects our key for 15 s: no retries, the breaker opens, the
     /// contacts wait for the key to work again.
@@ -39,9 +45,13 @@ impl Scenario {
         let secs = Duration::from_secs;
         match self {
             Self::Outage => vec![
-                Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+                Fault::new(Service::Elevenlabs, FaultMode::Flaky)
+                    .with_rate(0.5)
                     .starting_after(secs(3))
-                    .lasting(secs(25)),
+                    .lasting(secs(4)),
+                Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+                    .starting_after(secs(7))
+                    .lasting(secs(21)),
             ],
             Self::Auth => vec![
                 Fault::new(Service::Llm, FaultMode::Unauthorized)
@@ -94,6 +104,9 @@ fn scale_fault(mut fault: Fault, factor: f64) -> Fault {
     fault
 }
 
+/// The shared secret the simulated webhook receiver is signed with.
+pub const SIMULATED_WEBHOOK_SECRET: &str = "simulated-webhook-secret-7f3a9c2e";
+
 /// The mocks serving a scenario.
 pub struct SimulatedServices {
     /// The running mocks.
@@ -127,7 +140,8 @@ impl SimulatedServices {
     }
 
     /// The agent's built-in config for these mocks: the three services at
-    /// the mocks' address with their keys, request timeouts scaled.
+    /// the mocks' address with their keys (request timeouts scaled), alerts to
+    /// the mocks' Telegram and webhook, and log rows to their Sheets fake.
     pub fn config_defaults(&self, time_scale: f64) -> String {
         let keys = &self.server.config().keys;
         let timeout = scale(Duration::from_secs(10), time_scale).max(Duration::from_millis(250));
@@ -144,6 +158,14 @@ impl SimulatedServices {
                 keys.get(service),
             ));
         }
+        text.push_str(&format!(
+            "[alerts.telegram]\napi_base = \"{}\"\nbot_token = \"{TELEGRAM_BOT_TOKEN}\"\nchat_id = \"{TELEGRAM_CHAT_ID}\"\n\n\
+             [alerts.webhook]\nurl = \"{}\"\nsecret = \"{SIMULATED_WEBHOOK_SECRET}\"\n\n\
+             [sheets]\napi_base = \"{}\"\nspreadsheet_id = \"callguard-simulation\"\nbearer_token = \"{SHEETS_STATIC_TOKEN}\"\n\n",
+            self.server.telegram_api_base(),
+            self.server.webhook_url("/alerts"),
+            self.server.sheets_api_base(),
+        ));
         text
     }
 
@@ -153,21 +175,48 @@ impl SimulatedServices {
     }
 }
 
-/// Scales every duration of the resilience settings by `factor`.
+/// Scales every duration of the resilience settings by `factor`: retries,
+/// breakers, health checks, the shutdown grace, and the alerts' and log
+/// export's own retries, cooldown and flush interval.
 pub fn scale_config(config: &mut AgentConfig, factor: f64) {
     let scaled = |d: ConfigDuration| ConfigDuration::new(scale(d.get(), factor));
-    config.retry.initial_delay = scaled(config.retry.initial_delay);
-    config.retry.max_delay = scaled(config.retry.max_delay);
-    config.retry.deadline = config.retry.deadline.map(scaled);
-    config.circuit_breaker.recovery_timeout = scaled(config.circuit_breaker.recovery_timeout);
+    let scale_retry = |retry: &mut RetryPolicy| {
+        retry.initial_delay = scaled(retry.initial_delay);
+        retry.max_delay = scaled(retry.max_delay);
+        retry.deadline = retry.deadline.map(scaled);
+    };
+    let scale_breaker =
+        |breaker: &mut BreakerConfig| breaker.recovery_timeout = scaled(breaker.recovery_timeout);
+
+    scale_retry(&mut config.retry);
+    scale_breaker(&mut config.circuit_breaker);
     for section in config.services.values_mut() {
         if let Some(breaker) = &mut section.circuit_breaker {
-            breaker.recovery_timeout = scaled(breaker.recovery_timeout);
+            scale_breaker(breaker);
         }
     }
     config.health_check.interval = scaled(config.health_check.interval);
     config.health_check.timeout = scaled(config.health_check.timeout);
     config.queue.shutdown_grace = scaled(config.queue.shutdown_grace);
+
+    let alerts = &mut config.alerts;
+    alerts.cooldown = scaled(alerts.cooldown);
+    if let Some(email) = &mut alerts.email {
+        scale_retry(&mut email.retry);
+        scale_breaker(&mut email.circuit_breaker);
+    }
+    if let Some(telegram) = &mut alerts.telegram {
+        scale_retry(&mut telegram.retry);
+        scale_breaker(&mut telegram.circuit_breaker);
+    }
+    if let Some(webhook) = &mut alerts.webhook {
+        scale_retry(&mut webhook.retry);
+        scale_breaker(&mut webhook.circuit_breaker);
+    }
+    if let Some(sheets) = &mut config.sheets {
+        sheets.flush_interval = scaled(sheets.flush_interval);
+        scale_retry(&mut sheets.retry);
+    }
 }
 
 /// `n` made-up contacts, `c-001` onwards.

@@ -43,7 +43,10 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer, SheetsStats};
+
 use crate::clients::TRACEPARENT_HEADER;
+use crate::config::LoggingConfig;
 
 /// Fields every JSON line has, `null` when they do not apply.
 pub const REQUIRED_FIELDS: [&str; 10] = [
@@ -249,6 +252,9 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built.
     #[error("cannot set up the OTLP span exporter: {0}")]
     Exporter(String),
+    /// The Google Sheets exporter could not be set up.
+    #[error("cannot set up the Google Sheets log export: {0}")]
+    Sheets(#[from] callguard_sheets_logger::SetupError),
 }
 
 /// How spans are sent to the collector.
@@ -336,12 +342,31 @@ fn tracer_provider(
 pub struct Telemetry {
     /// Set while spans are being exported.
     exporting: Option<SdkTracerProvider>,
+    /// Set while log rows go to a Google Sheet.
+    sheets: Option<SheetsHandle>,
 }
 
 impl Telemetry {
     /// Whether spans are exported over OTLP.
     pub fn is_exporting(&self) -> bool {
         self.exporting.is_some()
+    }
+
+    /// Sends the log rows still waiting for the Google Sheet (within
+    /// `deadline`) and logs what was sent and dropped. Spans are flushed when
+    /// the guard is dropped.
+    pub async fn flush_sheets(&mut self, deadline: Duration) -> Option<SheetsStats> {
+        let stats = self.sheets.take()?.flush_and_shutdown(deadline).await;
+        if stats.rows_dropped > 0 {
+            tracing::warn!(
+                "Google Sheets: {} log rows sent, {} dropped",
+                stats.rows_sent,
+                stats.rows_dropped
+            );
+        } else {
+            tracing::info!("Google Sheets: {} log rows sent", stats.rows_sent);
+        }
+        Some(stats)
     }
 }
 
@@ -372,25 +397,36 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the agent's global subscriber: the JSON-lines file at `path`
-/// (INFO and above from every target), the console at `console_level`, and
-/// the OpenTelemetry layer (exporting when the `OTEL_*` variables say so,
-/// service name `callguard` by default). Dependencies' own chatter (HTTP
+/// Installs the agent's global subscriber: the JSON-lines file at
+/// `logging.path` (INFO and above from every target), the console at
+/// `logging.console_level`, the OpenTelemetry layer (exporting when the
+/// `OTEL_*` variables say so, service name `callguard` by default) and, with
+/// `sheets`, the Google Sheets rows. Dependencies' own chatter (HTTP
 /// internals, the exporter's) is kept at WARN. Call within the tokio runtime.
-pub fn init(path: &Path, console_level: &str) -> Result<Telemetry, TelemetryError> {
-    let file = JsonFileLayer::open(path)?;
-    install(Some(file), console_level, AGENT_SERVICE_NAME)
+pub fn init(
+    logging: &LoggingConfig,
+    sheets: Option<&SheetsConfig>,
+) -> Result<Telemetry, TelemetryError> {
+    let file = JsonFileLayer::open(&logging.path)?;
+    let sheets = sheets.map(SheetsLayer::new).transpose()?;
+    install(
+        Some(file),
+        sheets,
+        &logging.console_level,
+        AGENT_SERVICE_NAME,
+    )
 }
 
 /// Installs the `callguard mocks` process's subscriber: the console at
 /// `console_level` and the OpenTelemetry layer (service name
 /// `callguard-mocks` by default), without a log file.
 pub fn init_mocks(console_level: &str) -> Result<Telemetry, TelemetryError> {
-    install(None, console_level, MOCKS_SERVICE_NAME)
+    install(None, None, console_level, MOCKS_SERVICE_NAME)
 }
 
 fn install(
     file: Option<JsonFileLayer>,
+    sheets: Option<(SheetsLayer, SheetsHandle)>,
     console_level: &str,
     default_service: &str,
 ) -> Result<Telemetry, TelemetryError> {
@@ -411,8 +447,11 @@ fn install(
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("callguard"))
         .with_filter(quiet(LevelFilter::INFO));
-    // Further layers (the Google Sheets log rows) are added here, beside the file.
-    let subscriber = tracing_subscriber::registry().with(console).with(otel);
+    let (sheets_layer, sheets) = sheets.unzip();
+    let subscriber = tracing_subscriber::registry()
+        .with(console)
+        .with(otel)
+        .with(sheets_layer.with_filter(quiet(LevelFilter::INFO)));
     // A second init (in tests) keeps the first subscriber. (`Option<Layer>`
     // would not pass the dispatch on to the file layer, hence two arms.)
     let _ = match file {
@@ -423,6 +462,7 @@ fn install(
     };
     Ok(Telemetry {
         exporting: protocol.map(|_| provider),
+        sheets,
     })
 }
 

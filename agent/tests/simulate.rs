@@ -6,7 +6,16 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const MOCK_KEYS: [&str; 3] = ["mock-elevenlabs-key", "mock-llm-key", "mock-crm-key"];
+/// Every secret `simulate` uses: the services' keys, the Telegram bot token,
+/// the webhook secret and the Sheets token.
+const SECRETS: [&str; 6] = [
+    "mock-elevenlabs-key",
+    "mock-llm-key",
+    "mock-crm-key",
+    "mock-telegram-token",
+    "simulated-webhook-secret",
+    "mock-sheets-token",
+];
 
 struct Run {
     dir: PathBuf,
@@ -147,10 +156,23 @@ fn outage_opens_defers_recovers_and_completes_everyone() {
         && l["error_category"] == "transient"
         && l["contact_id"].is_string()
         && l["trace_id"].is_string()));
-    for key in MOCK_KEYS {
-        assert!(!log.contains(key), "{key} leaked into the log file");
-        assert!(!run.console().contains(key), "{key} leaked to the console");
+    for secret in SECRETS {
+        assert!(!log.contains(secret), "{secret} leaked into the log file");
+        assert!(
+            !run.console().contains(secret),
+            "{secret} leaked to the console"
+        );
     }
+    // The breaker's opening and its recovery reached people, once each at least.
+    let alerts = &run.summary["alerts"];
+    assert!(alerts["raised"].as_u64().unwrap() >= 2, "{alerts}");
+    for channel in alerts["channels"].as_array().unwrap() {
+        assert!(channel["delivered"].as_u64().unwrap() >= 2, "{channel}");
+        assert_eq!(channel["failed"], 0, "{channel}");
+    }
+    let sheets = &run.summary["sheets"];
+    assert!(sheets["rows_sent"].as_u64().unwrap() > 0, "{sheets}");
+    assert_eq!(sheets["rows_dropped"], 0, "{sheets}");
 }
 
 #[test]

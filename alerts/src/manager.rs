@@ -83,7 +83,7 @@ pub enum Raised {
 }
 
 /// Counts of one channel's outcomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ChannelCounts {
     /// The channel.
@@ -100,7 +100,7 @@ pub struct ChannelCounts {
 }
 
 /// Counts of everything the manager did, for the agent's summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct AlertCounts {
     /// Alerts that passed dedup (sent to every channel).

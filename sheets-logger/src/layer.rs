@@ -47,7 +47,7 @@ pub enum SetupError {
 }
 
 /// Counts since the layer was set up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[non_exhaustive]
 pub struct SheetsStats {
     /// Rows the API accepted.

@@ -452,6 +452,21 @@ impl CallStore {
         Ok(woken)
     }
 
+    /// Moves the not-before time of every contact deferred on `service` to
+    /// at least `wait` from now (its breaker reopened until then), so none
+    /// wakes only to be turned away again. Returns how many moved.
+    pub async fn postpone_service(
+        &self,
+        service: &str,
+        wait: Duration,
+    ) -> Result<usize, StoreError> {
+        let until = self
+            .clock
+            .now_millis()
+            .saturating_add(duration_millis(wait));
+        dispatch!(self, postpone_service(service, until))
+    }
+
     /// Stops handing out contacts: [`next`](Self::next) answers `None`.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

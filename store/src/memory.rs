@@ -234,6 +234,26 @@ impl MemoryBackend {
         }))
     }
 
+    pub(crate) async fn postpone_service(
+        &self,
+        service: &str,
+        until: Millis,
+    ) -> Result<usize, StoreError> {
+        let mut inner = self.lock();
+        let chosen: Vec<usize> = (0..inner.rows.len())
+            .filter(|&seq| {
+                let row = &inner.rows[seq];
+                row.state == ContactState::Deferred
+                    && row.service.as_deref() == Some(service)
+                    && row.due_at < until
+            })
+            .collect();
+        for &seq in &chosen {
+            inner.set_due(seq, ContactState::Deferred, until);
+        }
+        Ok(chosen.len())
+    }
+
     pub(crate) async fn requeue(
         &self,
         state: ContactState,

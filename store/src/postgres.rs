@@ -41,6 +41,7 @@ struct Prepared {
     release: Statement,
     release_owner: Statement,
     wake_service: Statement,
+    postpone_service: Statement,
     counts: Statement,
     next_due: Statement,
     list: Statement,
@@ -92,6 +93,7 @@ impl PostgresBackend {
             release: prepare(&sql.release).await?,
             release_owner: prepare(&sql.release_owner).await?,
             wake_service: prepare(&sql.wake_service).await?,
+            postpone_service: prepare(&sql.postpone_service).await?,
             counts: prepare(&sql.counts).await?,
             next_due: prepare(&sql.next_due).await?,
             list: prepare(&sql.list).await?,
@@ -264,6 +266,15 @@ impl PostgresBackend {
         now: Millis,
     ) -> Result<usize, StoreError> {
         self.update(&self.prepared.wake_service, service, now).await
+    }
+
+    pub(crate) async fn postpone_service(
+        &self,
+        service: &str,
+        until: Millis,
+    ) -> Result<usize, StoreError> {
+        self.update(&self.prepared.postpone_service, service, until)
+            .await
     }
 
     pub(crate) async fn requeue(

@@ -44,6 +44,8 @@ pub(crate) struct Statements {
     pub(crate) release_owner: String,
     /// `$1` service, `$2` now.
     pub(crate) wake_service: String,
+    /// `$1` service, `$2` the new not-before time.
+    pub(crate) postpone_service: String,
     pub(crate) counts: String,
     pub(crate) next_due: String,
     /// `$1` state.
@@ -151,6 +153,10 @@ impl Statements {
                 "UPDATE {t} SET state = 'pending', due_at = $2, updated_at = $2 \
                  WHERE state = 'deferred' AND service = $1 AND due_at > $2"
             ),
+            postpone_service: format!(
+                "UPDATE {t} SET due_at = $2 \
+                 WHERE state = 'deferred' AND service = $1 AND due_at < $2"
+            ),
             counts: format!("SELECT state, COUNT(*) FROM {t} GROUP BY state"),
             next_due: format!("SELECT MIN(due_at) FROM {t} WHERE {OPEN}"),
             list: format!(
@@ -182,6 +188,7 @@ impl Statements {
             release: f(self.release),
             release_owner: f(self.release_owner),
             wake_service: f(self.wake_service),
+            postpone_service: f(self.postpone_service),
             counts: f(self.counts),
             next_due: f(self.next_due),
             list: f(self.list),

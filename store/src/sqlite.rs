@@ -260,6 +260,15 @@ impl SqliteBackend {
             .await
     }
 
+    pub(crate) async fn postpone_service(
+        &self,
+        service: &str,
+        until: Millis,
+    ) -> Result<usize, StoreError> {
+        self.update(|sql| &sql.postpone_service, service.to_owned(), until)
+            .await
+    }
+
     pub(crate) async fn requeue(
         &self,
         state: ContactState,

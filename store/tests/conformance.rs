@@ -296,6 +296,51 @@ async fn a_closing_breaker_wakes_its_deferred_contacts_early(kind: Kind) {
     assert!(waited < fixture.units(3) + fixture.slack, "{waited:?}");
 }
 
+async fn a_reopened_breaker_postpones_its_deferred_contacts(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "postpone").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let start = Instant::now();
+    for wait in [2, 20] {
+        let leased = store.next().await.unwrap().unwrap();
+        store
+            .defer(
+                &leased.lease,
+                "elevenlabs",
+                "down",
+                fixture.units(wait),
+                &Progress::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // Only "a" (due at 2) is earlier than the reopened breaker's 10.
+    assert_eq!(
+        store
+            .postpone_service("elevenlabs", fixture.units(10))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .postpone_service("llm", fixture.units(10))
+            .await
+            .unwrap(),
+        0
+    );
+    let a = store.next().await.unwrap().unwrap();
+    assert_eq!(a.lease.contact_id(), "a");
+    let waited = Instant::now() - start;
+    assert!(
+        waited >= fixture.units(10) && waited < fixture.units(10) + fixture.slack,
+        "{waited:?}"
+    );
+    assert_eq!(a.deferrals, 1, "moving a contact is not another deferral");
+}
+
 async fn too_many_deferrals_expire(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "expire").await else {
         return;
@@ -552,6 +597,7 @@ conformance!(
     a_failure_keeps_service_and_reason,
     a_deferred_contact_returns_at_its_time_with_its_progress,
     a_closing_breaker_wakes_its_deferred_contacts_early,
+    a_reopened_breaker_postpones_its_deferred_contacts,
     too_many_deferrals_expire,
     an_expired_lease_returns_the_contact,
     keep_alive_holds_the_lease_while_the_call_runs,

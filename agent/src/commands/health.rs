@@ -129,8 +129,8 @@ impl RemoteFollower {
 pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
     let mut config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
-    let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
-        .map_err(|e| e.to_string())?;
+    let _telemetry =
+        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
     if config.health_check.on_recovery != OnRecovery::Close {
         // No calls go through this process's breakers, so a HALF_OPEN one
         // would never be confirmed: a healthy probe must close.

@@ -16,6 +16,7 @@ use callguard_agent::campaign::{Campaign, Summary};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::metrics::MetricsServer;
+use callguard_agent::telemetry::Telemetry;
 
 pub(crate) async fn run_campaign(
     config: &AgentConfig,
@@ -41,6 +42,7 @@ pub(crate) async fn run_campaign(
         workers: config.queue.workers as usize,
         default_wait: config.circuit_breaker.recovery_timeout.get(),
         health: Some(parts.health),
+        alerts: parts.alerts,
         shutdown_grace: config.queue.shutdown_grace.get(),
         progress: true,
     };
@@ -56,11 +58,17 @@ pub(crate) async fn run_campaign(
     Ok(summary)
 }
 
-pub(crate) fn finish(
+/// Flushes the log export, prints the summary (and writes it as JSON when
+/// asked); success when every contact is accounted for.
+pub(crate) async fn finish(
     config: &AgentConfig,
-    summary: Summary,
+    mut summary: Summary,
     summary_json: Option<&Path>,
+    telemetry: &mut Telemetry,
 ) -> Result<ExitCode, String> {
+    summary.sheets = telemetry
+        .flush_sheets(config.queue.shutdown_grace.get())
+        .await;
     print!("{}", callguard_agent::report::summary_table(&summary));
     if let Some(path) = summary_json {
         let json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;

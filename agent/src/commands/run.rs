@@ -19,8 +19,8 @@ pub(crate) async fn run(
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
     let contacts = match contacts_file {
         Some(contacts_file) => {
             let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;
@@ -43,5 +43,5 @@ pub(crate) async fn run(
         None => Vec::new(),
     };
     let summary = run_campaign(&config, contacts).await?;
-    finish(&config, summary, summary_json)
+    finish(&config, summary, summary_json, &mut telemetry).await
 }

@@ -35,8 +35,8 @@ pub(crate) async fn simulate(
         AgentConfig::load(&defaults, config_file, std::env::vars()).map_err(|e| e.to_string())?;
     scale_config(&mut config, time_scale);
     // Dropped on return: flushes the spans not yet exported.
-    let _telemetry = telemetry::init(&config.logging.path, &config.logging.console_level)
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
     tracing::info!(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
         services.server.url()
@@ -45,6 +45,8 @@ pub(crate) async fn simulate(
         .start_faults()
         .map_err(|e| format!("cannot inject the scenario's faults: {e}"))?;
     let summary = run_campaign(&config, contacts).await?;
+    // The mocks stay up until the log rows bound for their Sheets fake are sent.
+    let code = finish(&config, summary, summary_json, &mut telemetry).await;
     services.server.shutdown().await;
-    finish(&config, summary, summary_json)
+    code
 }
