@@ -57,6 +57,20 @@ async fn measure(location: StoreLocation, contacts: usize, workers: usize) -> Fi
     }
 }
 
+/// Starts PostgreSQL's figures from an empty table.
+async fn drop_table(url: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(connection);
+    client
+        .batch_execute("DROP TABLE IF EXISTS bench_throughput")
+        .await
+        .expect("drop");
+    drop(client);
+    let _ = task.await;
+}
+
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
@@ -74,7 +88,10 @@ fn main() {
         ("sqlite", StoreLocation::Sqlite(dir.join("bench.db"))),
     ];
     match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
-        Ok(url) => locations.push(("postgres", StoreLocation::parse(&url).expect("url"))),
+        Ok(url) => {
+            runtime.block_on(drop_table(&url));
+            locations.push(("postgres", StoreLocation::parse(&url).expect("url")));
+        }
         Err(_) => eprintln!("postgres: skipped (CALLGUARD_TEST_POSTGRES_URL is not set)"),
     }
     println!("{contacts} contacts, {workers} workers");

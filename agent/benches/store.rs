@@ -1,0 +1,166 @@
+//! The durable call store's cost to the pipeline: the same contacts through
+//! the real [`Campaign`] against zero-latency mocks on 127.0.0.1, once with
+//! the in-memory queue and once with the SQLite store (a temporary file) — and
+//! PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` is set — in the same run.
+//! Rounds alternate the order; medians of contacts/s are compared.
+//!
+//! `cargo bench -p callguard-agent --bench store`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use callguard_agent::assemble::assemble;
+use callguard_agent::campaign::Campaign;
+use callguard_agent::config::AgentConfig;
+use callguard_agent::contacts::Contact;
+use callguard_agent::queue::CallQueue;
+use callguard_agent::simulate::generate_contacts;
+use callguard_mocks::{MockConfig, MockServer, Service};
+use callguard_store::{CallStore, StoreLocation, StoreSettings};
+
+/// Contacts per run.
+const CONTACTS: usize = 500;
+/// Rounds measured (one more warms up).
+const ROUNDS: usize = 7;
+/// Workers (the agent's default).
+const WORKERS: usize = 4;
+/// Most contacts/s the durable store may cost.
+const MAX_COST: f64 = 0.20;
+
+/// Campaigns run so far.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn config(server: &MockServer) -> AgentConfig {
+    let mut text = format!(
+        "[retry]\ninitial_delay = \"1ms\"\nmax_delay = \"4ms\"\n\n[queue]\nworkers = {WORKERS}\n\n"
+    );
+    for service in [Service::Llm, Service::Elevenlabs, Service::Crm] {
+        text.push_str(&format!(
+            "[services.{service}]\nbase_url = \"{}\"\napi_key = \"{}\"\n\n",
+            server.base_url(service),
+            server.config().keys.get(service),
+        ));
+    }
+    AgentConfig::load(&text, None, std::iter::empty()).expect("the bench config is valid")
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Memory,
+    Durable(StoreLocation),
+}
+
+async fn queue(backend: &Backend, contacts: Vec<Contact>, round: usize) -> CallQueue {
+    match backend {
+        Backend::Memory => CallQueue::new(contacts, 5),
+        Backend::Durable(location) => {
+            let settings = StoreSettings {
+                table: format!("bench_pipeline_{}_{round}", std::process::id()),
+                ..StoreSettings::default()
+            };
+            let store = CallStore::open(location.clone(), settings)
+                .await
+                .expect("the store opens");
+            let queue = CallQueue::with_store(Arc::new(store));
+            queue.import(&contacts).await.expect("import");
+            queue
+        }
+    }
+}
+
+/// Contacts/s of one campaign.
+async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
+    let name = match backend {
+        Backend::Memory => "memory".to_owned(),
+        Backend::Durable(_) => "durable".to_owned(),
+    };
+    // Ids never repeat within the run: the mocks' CRM keeps every key.
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let contacts: Vec<Contact> = generate_contacts(CONTACTS)
+        .into_iter()
+        .map(|mut c| {
+            c.id = format!("{name}-{run}-{}", c.id);
+            c
+        })
+        .collect();
+    let queue = Arc::new(queue(backend, contacts, round).await);
+    let parts = assemble(config).expect("the bench config assembles");
+    let campaign = Campaign {
+        pipeline: parts.pipeline,
+        registry: parts.registry,
+        queue,
+        stats: parts.stats,
+        alerts: parts.alerts,
+        workers: WORKERS,
+        default_wait: Duration::from_secs(1),
+        health: None,
+        shutdown_grace: Duration::from_secs(1),
+        progress: false,
+    };
+    let started = Instant::now();
+    let summary = campaign.run(std::future::pending()).await;
+    let elapsed = started.elapsed();
+    assert_eq!(summary.completed, CONTACTS, "{summary:?}");
+    CONTACTS as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_unstable_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let dir = std::env::temp_dir().join(format!("callguard-bench-store-{}", std::process::id()));
+    runtime.block_on(async {
+        let server = MockServer::start(MockConfig::default())
+            .await
+            .expect("the mocks start");
+        let config = config(&server);
+        let mut durable = vec![("sqlite", StoreLocation::Sqlite(dir.join("calls.db")))];
+        match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
+            Ok(url) => durable.push(("postgres", StoreLocation::parse(&url).expect("url"))),
+            Err(_) => println!("postgres: skipped (CALLGUARD_TEST_POSTGRES_URL is not set)"),
+        }
+        println!(
+            "## pipeline with the call store: {CONTACTS} contacts, {WORKERS} workers, \
+             zero-latency mocks, median of {ROUNDS} rounds"
+        );
+        for (name, location) in durable {
+            let backend = Backend::Durable(location);
+            let (mut memory, mut stored) = (Vec::new(), Vec::new());
+            for round in 0..=ROUNDS {
+                let pair = if round % 2 == 0 {
+                    let m = run(&config, &Backend::Memory, round).await;
+                    (m, run(&config, &backend, round).await)
+                } else {
+                    let s = run(&config, &backend, round).await;
+                    (run(&config, &Backend::Memory, round).await, s)
+                };
+                if round > 0 {
+                    memory.push(pair.0);
+                    stored.push(pair.1);
+                }
+            }
+            let (memory, stored) = (median(memory), median(stored));
+            let ratio = stored / memory;
+            println!(
+                "memory {memory:>8.0} contacts/s   {name} {stored:>8.0} contacts/s   \
+                 ratio {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
+                (1.0 - ratio) * 100.0,
+                MAX_COST * 100.0,
+                if 1.0 - ratio < MAX_COST {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            );
+        }
+        server.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
