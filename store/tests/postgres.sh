@@ -7,11 +7,11 @@
 #   store/tests/postgres.sh cargo test -p callguard-store -p callguard-agent
 set -euo pipefail
 
-if ! ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
 port=${CALLGUARD_TEST_POSTGRES_PORT:-54329}
 dir=$(mktemp -d /tmp/callguard-pg.XXXXXX)
 
