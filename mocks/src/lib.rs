@@ -45,9 +45,10 @@ pub use fault::{Fault, FaultId, FaultMode, FaultState, ListedFault};
 pub use gate::CONTACT_HEADER;
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};
-pub use sinks::sheets::{SHEETS_STATIC_TOKEN, SheetsAppend, SheetsFailure};
+pub use sinks::failures::SinkFailure;
+pub use sinks::sheets::{SHEETS_STATIC_TOKEN, SheetsAppend};
 pub use sinks::telegram::{
-    SinkFailure, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, TELEGRAM_TEXT_LIMIT, TelegramRequest,
+    TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID, TELEGRAM_TEXT_LIMIT, TelegramRequest,
 };
 pub use sinks::token::{
     DEFAULT_TOKEN_LIFETIME, TEST_SERVICE_ACCOUNT_EMAIL, TokenRequest, test_service_account_json,

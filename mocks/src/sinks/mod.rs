@@ -9,6 +9,7 @@ use axum::routing::post;
 
 use crate::state::Shared;
 
+pub(crate) mod failures;
 pub(crate) mod sheets;
 pub(crate) mod telegram;
 pub(crate) mod token;

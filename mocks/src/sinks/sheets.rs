@@ -4,9 +4,7 @@
 //! query parameters, records the rows in order, answers like Google, and can
 //! be told to fail the next requests with a given status.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -14,10 +12,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use callguard_core::{ConfigDuration, ValidationError};
+use callguard_core::ValidationError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::failures::{Failures, SinkFailure, queue_failure_from};
 use crate::MockServer;
 use crate::state::{Shared, lock};
 
@@ -41,54 +40,6 @@ pub struct SheetsAppend {
     pub rows: Vec<Vec<Value>>,
 }
 
-/// Failures the Sheets fake answers with before it answers normally again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SheetsFailure {
-    /// The status to answer (400–599), e.g. 429 or 500.
-    pub status: u16,
-    /// How many requests in a row get it (default 1).
-    #[serde(default = "one")]
-    pub count: u32,
-    /// `Retry-After` sent with it, rounded up to whole seconds.
-    #[serde(default)]
-    pub retry_after: Option<ConfigDuration>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-impl SheetsFailure {
-    /// `count` answers of `status`, without `Retry-After`.
-    pub fn new(status: u16, count: u32) -> Self {
-        Self {
-            status,
-            count,
-            retry_after: None,
-        }
-    }
-
-    /// Adds `Retry-After`.
-    #[must_use]
-    pub fn with_retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(ConfigDuration::new(wait));
-        self
-    }
-
-    /// Checks the status is an error status and the count is not zero.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        if !(400..=599).contains(&self.status) {
-            return Err(ValidationError::new(
-                "status",
-                self.status,
-                "an error status between 400 and 599",
-            ));
-        }
-        callguard_core::config::at_least("count", self.count, 1)
-    }
-}
-
 /// The recorded appends, scripted failures and every status answered.
 #[derive(Default)]
 pub(crate) struct SheetsStore {
@@ -98,7 +49,7 @@ pub(crate) struct SheetsStore {
 #[derive(Default)]
 struct Store {
     appends: Vec<SheetsAppend>,
-    failures: VecDeque<(StatusCode, Option<Duration>)>,
+    failures: Failures,
     statuses: Vec<u16>,
 }
 
@@ -112,24 +63,12 @@ impl SheetsStore {
     }
 
     /// Queues `failure`; returns how many failures are queued now.
-    pub(crate) fn fail(&self, failure: SheetsFailure) -> Result<usize, ValidationError> {
-        failure.validate()?;
-        let status = StatusCode::from_u16(failure.status)
-            .map_err(|_| ValidationError::new("status", failure.status, "an HTTP status"))?;
-        let mut inner = lock(&self.inner);
-        for _ in 0..failure.count {
-            inner
-                .failures
-                .push_back((status, failure.retry_after.map(ConfigDuration::get)));
-        }
-        Ok(inner.failures.len())
+    pub(crate) fn fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
+        lock(&self.inner).failures.push(failure)
     }
 
     pub(crate) fn clear_failures(&self) -> usize {
-        let mut inner = lock(&self.inner);
-        let cleared = inner.failures.len();
-        inner.failures.clear();
-        cleared
+        lock(&self.inner).failures.clear()
     }
 
     fn answer(&self, status: StatusCode, response: Response) -> Response {
@@ -165,7 +104,7 @@ impl MockServer {
 
     /// Makes the next `failure.count` append requests (with a valid token)
     /// fail with `failure.status`; returns how many failures are queued.
-    pub fn sheets_fail(&self, failure: SheetsFailure) -> Result<usize, ValidationError> {
+    pub fn sheets_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
         self.shared.sheets.fail(failure)
     }
 }
@@ -252,7 +191,7 @@ fn handle(
             "Request had invalid authentication credentials. Expected OAuth 2 access token.",
         );
     }
-    if let Some((status, retry_after)) = lock(&shared.sheets.inner).failures.pop_front() {
+    if let Some((status, retry_after)) = lock(&shared.sheets.inner).failures.pop() {
         let mut response = google_error(status, "Injected failure (mock).");
         if let Some(wait) = retry_after {
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -345,24 +284,7 @@ fn column_name(mut n: usize) -> String {
 }
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let failure = match serde_json::from_slice::<SheetsFailure>(&body) {
-        Ok(failure) => failure,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({ "error": format!("invalid failure: {e}") })),
-            )
-                .into_response();
-        }
-    };
-    match shared.sheets.fail(failure) {
-        Ok(queued) => (StatusCode::CREATED, Json(json!({ "queued": queued }))).into_response(),
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": format!("invalid failure: {e}") })),
-        )
-            .into_response(),
-    }
+    queue_failure_from(&body, |failure| shared.sheets.fail(failure))
 }
 
 async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -383,15 +305,15 @@ mod tests {
     fn failures_are_validated() {
         let store = SheetsStore::default();
         assert_eq!(
-            store.fail(SheetsFailure::new(200, 1)).unwrap_err().key,
+            store.fail(SinkFailure::new(200, 1)).unwrap_err().key,
             "status"
         );
         assert_eq!(
-            store.fail(SheetsFailure::new(429, 0)).unwrap_err().key,
+            store.fail(SinkFailure::new(429, 0)).unwrap_err().key,
             "count"
         );
-        assert_eq!(store.fail(SheetsFailure::new(429, 2)).unwrap(), 2);
-        assert_eq!(store.fail(SheetsFailure::new(500, 1)).unwrap(), 3);
+        assert_eq!(store.fail(SinkFailure::new(429, 2)).unwrap(), 2);
+        assert_eq!(store.fail(SinkFailure::new(500, 1)).unwrap(), 3);
         assert_eq!(store.clear_failures(), 3);
     }
 }

@@ -14,7 +14,7 @@ use callguard_core::ValidationError;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::telegram::{Failures, SinkFailure, queue_failure_from, retry_after_header};
+use super::failures::{Failures, SinkFailure, queue_failure_from, retry_after_header};
 use crate::MockServer;
 use crate::state::{Shared, lock};
 

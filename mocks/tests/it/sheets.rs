@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use callguard_mocks::{
-    MockServer, SHEETS_STATIC_TOKEN, SheetsFailure, TEST_SERVICE_ACCOUNT_EMAIL,
+    MockServer, SHEETS_STATIC_TOKEN, SinkFailure, TEST_SERVICE_ACCOUNT_EMAIL,
     test_service_account_json,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -225,7 +225,7 @@ async fn requests_must_carry_a_known_token_and_the_query() {
 async fn injected_failures_come_first_then_normal_answers() {
     let server = start().await;
     server
-        .sheets_fail(SheetsFailure::new(429, 2).with_retry_after(Duration::from_millis(1500)))
+        .sheets_fail(SinkFailure::new(429, 2).with_retry_after(Duration::from_millis(1500)))
         .unwrap();
     // The same through the control API.
     let queued = client()
@@ -259,7 +259,7 @@ async fn injected_failures_come_first_then_normal_answers() {
         "failed requests record nothing"
     );
 
-    server.sheets_fail(SheetsFailure::new(503, 5)).unwrap();
+    server.sheets_fail(SinkFailure::new(503, 5)).unwrap();
     let cleared = client()
         .delete(format!("{}/_control/sheets/failures", server.url()))
         .send()

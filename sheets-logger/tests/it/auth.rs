@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use callguard_core::Secret;
-use callguard_mocks::{SHEETS_STATIC_TOKEN, SheetsFailure, TEST_SERVICE_ACCOUNT_EMAIL};
+use callguard_mocks::{SHEETS_STATIC_TOKEN, SinkFailure, TEST_SERVICE_ACCOUNT_EMAIL};
 use callguard_sheets_logger::{SetupError, SheetsConfig, SheetsLayer};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -113,7 +113,7 @@ async fn a_static_token_is_sent_as_is() {
 async fn secrets_never_reach_logs_errors_or_debug() {
     let server = start().await;
     // One refused append (its error is logged) and a normal one.
-    server.sheets_fail(SheetsFailure::new(403, 1)).unwrap();
+    server.sheets_fail(SinkFailure::new(403, 1)).unwrap();
     let config = service_account_config(&server, "secrets");
     let logging = install(&config);
     tracing::warn!("one");

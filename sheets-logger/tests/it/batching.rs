@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use callguard_mocks::SheetsFailure;
+use callguard_mocks::SinkFailure;
 use callguard_sheets_logger::SheetsConfig;
 use tokio::time::Instant;
 
@@ -95,9 +95,9 @@ async fn waiting_rows_go_out_once_per_interval() {
 async fn rate_limits_and_server_errors_back_off_without_reordering_or_duplicating() {
     let server = start().await;
     server
-        .sheets_fail(SheetsFailure::new(429, 2).with_retry_after(Duration::from_secs(7)))
+        .sheets_fail(SinkFailure::new(429, 2).with_retry_after(Duration::from_secs(7)))
         .unwrap();
-    server.sheets_fail(SheetsFailure::new(500, 1)).unwrap();
+    server.sheets_fail(SinkFailure::new(500, 1)).unwrap();
     let logging = install(&SheetsConfig {
         batch_size: 2,
         flush_interval: secs(3600),
@@ -132,7 +132,7 @@ async fn rate_limits_and_server_errors_back_off_without_reordering_or_duplicatin
 #[tokio::test(start_paused = true)]
 async fn retries_run_out_and_the_batch_is_dropped() {
     let server = start().await;
-    server.sheets_fail(SheetsFailure::new(503, 3)).unwrap();
+    server.sheets_fail(SinkFailure::new(503, 3)).unwrap();
     let mut config = config(&server);
     config.retry.max_retries = 2;
     let logging = install(&config);
@@ -190,7 +190,7 @@ async fn shutdown_flushes_what_is_waiting() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_gives_up_at_its_deadline() {
     let server = start().await;
-    server.sheets_fail(SheetsFailure::new(503, 100)).unwrap();
+    server.sheets_fail(SinkFailure::new(503, 100)).unwrap();
     let logging = install(&SheetsConfig {
         flush_interval: secs(3600),
         ..config(&server)

@@ -112,7 +112,7 @@ async fn the_loggers_own_events_are_not_sent() {
     let server = start().await;
     // A permanent refusal makes the task log an ERROR of its own.
     server
-        .sheets_fail(callguard_mocks::SheetsFailure::new(400, 1))
+        .sheets_fail(callguard_mocks::SinkFailure::new(400, 1))
         .unwrap();
     let logging = install(&config(&server));
     tracing::warn!("first");
