@@ -15,7 +15,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Url;
 use tokio::time::Instant;
 
-use crate::http::{read_error_excerpt, transport_error};
+use callguard_core::http::transport_error;
+
+use crate::http::read_error_excerpt;
 
 /// The OAuth scope that allows writing to spreadsheets.
 pub const SHEETS_SCOPE: &str = "https://www.googleapis.com/auth/spreadsheets";
@@ -260,7 +262,7 @@ async fn fetch(
         .form(&form)
         .send()
         .await
-        .map_err(|e| transport_error("token request", &e))?;
+        .map_err(transport_error)?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()

@@ -6,7 +6,9 @@ use callguard_core::{ServiceError, classify_status};
 use reqwest::Url;
 
 use crate::auth::{Auth, with_detail};
-use crate::http::{read_error_excerpt, transport_error};
+use callguard_core::http::transport_error;
+
+use crate::http::read_error_excerpt;
 use crate::row::Row;
 
 /// Appends rows to one range of one spreadsheet.
@@ -50,7 +52,7 @@ impl SheetsClient {
             .json(&AppendBody { values: rows })
             .send()
             .await
-            .map_err(|e| transport_error("append request", &e))?;
+            .map_err(transport_error)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
