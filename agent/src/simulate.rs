@@ -21,8 +21,8 @@ use crate::contacts::Contact;
 /// A story to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The TTS service falters (half its requests fail from t = 3 s), then goes
-    /// down for 21 s: retries with backoff, breaker OPEN, contacts deferred while
+    /// The TTS service falters (half its requests fail from t = 2 s), then goes
+    /// down for 24 s: retries with backoff, breaker OPEN, contacts deferred while
     /// others proceed, HALF_OPEN probes that fail while it is still down,
     /// recovery seen by the health check, deferred contacts complete.
     Outage,
@@ -47,11 +47,11 @@ impl Scenario {
             Self::Outage => vec![
                 Fault::new(Service::Elevenlabs, FaultMode::Flaky)
                     .with_rate(0.5)
-                    .starting_after(secs(3))
-                    .lasting(secs(4)),
+                    .starting_after(secs(2))
+                    .lasting(secs(2)),
                 Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
-                    .starting_after(secs(7))
-                    .lasting(secs(21)),
+                    .starting_after(secs(4))
+                    .lasting(secs(24)),
             ],
             Self::Auth => vec![
                 Fault::new(Service::Llm, FaultMode::Unauthorized)
