@@ -269,6 +269,8 @@ async fn simulate_serves_grpc_while_it_runs_and_drains_at_sigterm() {
             "1000",
             "--time-scale",
             "0.05",
+            "--summary-json",
+            "summary.json",
         ])
         .env("CALLGUARD_GRPC__LISTEN", addr.to_string())
         .stdout(Stdio::null())
@@ -339,6 +341,21 @@ async fn simulate_serves_grpc_while_it_runs_and_drains_at_sigterm() {
     assert!(stderr.contains("reports NOT_SERVING"), "{stderr}");
     // Contacts not reached are kept as pending: the early stop lost nothing.
     assert!(exited.success(), "{exited}\n{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let count = |key: &str| summary[key].as_u64().unwrap();
+    assert!(count("pending") > 0, "stopped early: {summary}");
+    assert_eq!(
+        count("completed") + count("failed") + count("expired") + count("pending"),
+        1000,
+        "{summary}"
+    );
+    let kept = std::fs::read_to_string(dir.join("logs/simulate-pending.jsonl")).unwrap();
+    assert_eq!(
+        kept.lines().count() as u64,
+        count("pending"),
+        "every pending contact is kept for `run` to resume"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
