@@ -35,7 +35,8 @@ RUN cargo build --release --locked --package callguard-agent --bin callguard \
 
 FROM debian:bookworm-slim AS runtime
 # CA certificates for the real services (ElevenLabs, OpenAI, SMTP over TLS,
-# Telegram); bash for the mocks' health check in docker-compose.yml.
+# Telegram). bash, which the mocks' health check in docker-compose.yml uses,
+# comes with the base image.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
