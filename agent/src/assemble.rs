@@ -103,9 +103,9 @@ impl EventSink for Sinks {
     }
 }
 
-/// The health checker probing `GET {base_url}/health` of each of `services`
-/// configured with a `base_url`, feeding the breakers of `registry` (created with the
-/// default settings if missing).
+/// The health checker probing each of `services` — `GET {base_url}/health`,
+/// or its `health_url` — unless its `health_probe` is off, feeding the
+/// breakers of `registry` (created with the default settings if missing).
 pub fn health_checker<'a>(
     config: &AgentConfig,
     registry: &BreakerRegistry,
@@ -118,19 +118,28 @@ pub fn health_checker<'a>(
         .build()
         .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
     for service in services {
-        let Some(base) = config.services.get(service).and_then(|s| s.base_url()) else {
+        let Some(section) = config.services.get(service).filter(|s| s.health_probe) else {
             continue;
+        };
+        let (key, text) = match (&section.health_url, section.base_url()) {
+            (Some(url), _) => ("health_url", url.as_str()),
+            (None, Some(base)) => ("base_url", base),
+            (None, None) => continue,
         };
         let invalid = |rule: &str| {
             SetupError::Config(ConfigError::Invalid(ValidationError::new(
-                format!("services.{service}.base_url"),
-                base,
+                format!("services.{service}.{key}"),
+                text,
                 rule,
             )))
         };
-        let url = reqwest::Url::parse(base).map_err(|_| invalid("an absolute http(s) URL"))?;
-        let probe = HttpProbe::new(probe_client.clone(), &url)
-            .map_err(|_| invalid("an http(s) URL that can take a path"))?;
+        let url = reqwest::Url::parse(text).map_err(|_| invalid("an absolute http(s) URL"))?;
+        let probe = if section.health_url.is_some() {
+            HttpProbe::at(probe_client.clone(), url)
+        } else {
+            HttpProbe::new(probe_client.clone(), &url)
+                .map_err(|_| invalid("an http(s) URL that can take a path"))?
+        };
         let breaker = registry.get_or_default(service);
         health = health.with_probe(breaker, probe);
     }

@@ -177,9 +177,21 @@ pub struct ServiceSection {
     /// A service of the same kind to use while this one is unavailable.
     #[serde(default)]
     pub fallback: Option<ServiceName>,
+    /// The URL the health checker probes; default `{base_url}/health`.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    /// Whether the health checker probes this service at all (default true).
+    /// Turn it off for APIs without an unauthenticated health endpoint: their
+    /// breaker then recovers through HALF_OPEN probes of real calls.
+    #[serde(default = "probe_by_default")]
+    pub health_probe: bool,
     /// Everything else: the client's settings.
     #[serde(flatten)]
     pub client: toml::Table,
+}
+
+fn probe_by_default() -> bool {
+    true
 }
 
 impl ServiceSection {

@@ -39,3 +39,18 @@ fn example_campaign_reads_cleanly() {
     assert!(file.rejected.is_empty(), "{:?}", file.rejected);
     assert!(file.contacts.len() >= 10);
 }
+
+#[tokio::test]
+async fn production_config_probes_only_services_with_a_health_endpoint() {
+    let config = AgentConfig::load("", Some(&example("production.toml")), []).unwrap();
+    let registry = callguard_breaker::BreakerRegistry::default();
+    let checker =
+        callguard_agent::assemble::health_checker(&config, &registry, config.services.keys())
+            .unwrap();
+    let probed: Vec<String> = checker.services().map(ToString::to_string).collect();
+    assert_eq!(
+        probed,
+        ["crm"],
+        "OpenAI and ElevenLabs have no health endpoint"
+    );
+}

@@ -138,6 +138,17 @@ impl Target {
                     tracing::debug!(%service, circuit_state = %before, "health probe succeeded");
                 }
             }
+            Err(error) if !error.counts_toward_breaker() => {
+                // A 404 or 400 says the health URL is wrong, not that the
+                // service is down: it neither opens nor closes the breaker.
+                tracing::warn!(
+                    %service,
+                    circuit_state = %before,
+                    error_category = %error.category(),
+                    %error,
+                    "health probe answered with a request error; check the service's health URL (not counted)"
+                );
+            }
             Err(error) => {
                 self.breaker.record_failure();
                 let after = self.breaker.state();

@@ -46,6 +46,12 @@ impl HttpProbe {
         Ok(Self { client, url })
     }
 
+    /// A probe of exactly `url`, for services whose health endpoint is not
+    /// `{base}/health`.
+    pub fn at(client: reqwest::Client, url: reqwest::Url) -> Self {
+        Self { client, url }
+    }
+
     /// The URL probed.
     pub fn url(&self) -> &reqwest::Url {
         &self.url

@@ -222,3 +222,36 @@ fn a_bad_config_is_rejected_with_its_key() {
     let err = HealthChecker::new(config).unwrap_err();
     assert_eq!(err.key, "health_check.timeout");
 }
+
+/// A health URL that does not exist: every probe answers 404.
+struct MissingEndpoint;
+
+impl Probe for MissingEndpoint {
+    fn check(&self) -> ProbeFuture<'_> {
+        Box::pin(async {
+            Err(ServiceError::new(ErrorKind::NotFound, "no such endpoint").with_status(404))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_health_endpoint_neither_opens_nor_closes_the_breaker() {
+    let closed = breaker();
+    let opened = BreakerRegistry::new(BreakerConfig {
+        recovery_timeout: ConfigDuration::from_secs(3600),
+        ..BreakerConfig::default()
+    })
+    .get_or_default(&ServiceName::new("llm").unwrap());
+    open(&opened);
+    let checker = HealthChecker::new(HealthCheckConfig::default())
+        .unwrap()
+        .with_probe(Arc::clone(&closed), MissingEndpoint)
+        .with_probe(Arc::clone(&opened), MissingEndpoint);
+    // Six probes of each, 5 s apart.
+    checker
+        .run(tokio::time::sleep(Duration::from_secs(26)))
+        .await;
+    assert_eq!(closed.state(), CircuitState::Closed);
+    assert_eq!(closed.snapshot().consecutive_failures, 0);
+    assert_eq!(opened.state(), CircuitState::Open);
+}
