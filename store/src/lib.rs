@@ -15,7 +15,6 @@
 //! store reads them from a clock anchored to the wall clock when it opens and
 //! advanced by `tokio::time`, so tests on a paused clock move stored times too.
 
-mod batch;
 mod memory;
 mod model;
 mod postgres;

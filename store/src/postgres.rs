@@ -4,28 +4,11 @@
 //! `FOR UPDATE SKIP LOCKED`, so concurrent agents never take the same row and
 //! never wait on each other; the lease has an expiry the holder renews, and a
 //! row whose lease expired (its agent died) is due again. Every statement is
-//! prepared once.
-//!
-//! Operations are group-committed ([`crate::batch`]): one task at a time
-//! sends every operation waiting as `BEGIN`, the statements and `COMMIT`,
-//! pipelined on the one connection, and answers each caller after the commit
-//! — so concurrent workers share one commit and one exchange with the server
-//! instead of a round trip and a commit each. An operation waiting alone runs
-//! in autocommit. If one statement of a batch fails the transaction is rolled
-//! back and every operation in it reports the failure (none was made): the
-//! agent then treats it as unsaved, as it does any store error. Leases taken
-//! in a batch are row-locked until its commit, so other agents skip them.
+//! prepared once and runs in autocommit, each one a transaction of its own.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-
-use futures_util::future::{join_all, join3};
-use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::batch::{Batcher, DrainGuard, MAX_BATCH, Reply, reply};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -65,84 +48,10 @@ struct Prepared {
     requeue: Statement,
 }
 
-/// What a job's work returns: the result, boxed (it borrows the connection).
-type Work<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
-
-/// An owned statement parameter.
-type Param = Box<dyn ToSql + Send + Sync>;
-
-/// Picks one of the prepared statements.
-type Pick = fn(&Prepared) -> &Statement;
-
-/// One operation's work: whether its statement failed at the database
-/// (which aborts the transaction), and its reply.
-type JobFn = Box<
-    dyn for<'a> FnOnce(
-            &'a Client,
-            &'a Prepared,
-        ) -> Pin<Box<dyn Future<Output = (bool, Reply)> + Send + 'a>>
-        + Send,
->;
-
-/// One operation waiting for a batch.
-struct Job {
-    /// Runs more than one statement (an import), so it runs outside any
-    /// batch: a pipelined transaction holds only what is sent before COMMIT.
-    alone: bool,
-    work: JobFn,
-}
-
-/// The connection and the operations waiting for it.
-struct Shared {
-    client: Client,
-    prepared: Prepared,
-    jobs: Batcher<Job>,
-}
-
-impl Shared {
-    /// Runs batches until no job waits.
-    async fn drain(self: Arc<Self>) {
-        let _guard = DrainGuard(&self.jobs);
-        let (client, prepared) = (&self.client, &self.prepared);
-        while let Some(batch) = self.jobs.take(MAX_BATCH) {
-            let (alone, batch): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.alone);
-            if batch.len() < 2 {
-                // Nothing to share a transaction with: autocommit.
-                for job in alone.into_iter().chain(batch) {
-                    (job.work)(client, prepared).await.1(None);
-                }
-                continue;
-            }
-            // One exchange: BEGIN, every statement and COMMIT are sent in
-            // this order before any answer is read (each future sends its
-            // message when first polled, and they are polled in order). If a
-            // statement fails the transaction aborts and COMMIT rolls it back.
-            let (begun, done, committed) = join3(
-                client.batch_execute("BEGIN"),
-                join_all(batch.into_iter().map(|job| (job.work)(client, prepared))),
-                client.batch_execute("COMMIT"),
-            )
-            .await;
-            let rolled_back = if let Err(e) = begun {
-                Some(format!("cannot begin: {e}"))
-            } else if done.iter().any(|(failed, _)| *failed) {
-                Some("another change of the same transaction failed".to_owned())
-            } else {
-                committed.err().map(|e| e.to_string())
-            };
-            for (_, answer) in done {
-                answer(rolled_back.as_deref());
-            }
-            for job in alone {
-                (job.work)(client, prepared).await.1(None);
-            }
-        }
-    }
-}
-
 /// A connection to the shared queue.
 pub(crate) struct PostgresBackend {
-    shared: Arc<Shared>,
+    client: Client,
+    prepared: Prepared,
     connection: tokio::task::JoinHandle<()>,
 }
 
@@ -191,45 +100,10 @@ impl PostgresBackend {
             requeue: prepare(&sql.requeue).await?,
         };
         Ok(Self {
-            shared: Arc::new(Shared {
-                client,
-                prepared,
-                jobs: Batcher::default(),
-            }),
+            client,
+            prepared,
             connection,
         })
-    }
-
-    /// Runs `work` (one statement) in the next batch; answers once the
-    /// batch has committed.
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl for<'a> FnOnce(&'a Client, &'a Prepared) -> Work<'a, T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.run_job(false, work).await
-    }
-
-    /// Runs `work` in the next batch, or in autocommit if `alone`.
-    async fn run_job<T: Send + 'static>(
-        &self,
-        alone: bool,
-        work: impl for<'a> FnOnce(&'a Client, &'a Prepared) -> Work<'a, T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let work: JobFn = Box::new(move |client, prepared| {
-            Box::pin(async move {
-                let result = work(client, prepared).await;
-                let failed = matches!(result, Err(StoreError::Database { .. }));
-                (failed, reply(result, answer, "postgres"))
-            })
-        });
-        if self.shared.jobs.push(Job { alone, work }) {
-            // Its handle is not needed: every job answers on its own channel.
-            drop(tokio::spawn(self.shared.clone().drain()));
-        }
-        answered
-            .await
-            .map_err(|_| db("the store's worker stopped"))?
     }
 
     pub(crate) async fn import(
@@ -237,27 +111,21 @@ impl PostgresBackend {
         contacts: &[NewContact],
         now: Millis,
     ) -> Result<ImportReport, StoreError> {
-        let contacts = contacts.to_vec();
-        // Several statements, each committed as it runs (as before batching).
-        self.run_job(true, move |client, p| {
-            Box::pin(async move {
-                let mut report = ImportReport::default();
-                // Bounded batches keep each statement's parameters modest.
-                for batch in contacts.chunks(5000) {
-                    let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
-                    let data: Vec<&str> = batch.iter().map(|c| c.data.as_str()).collect();
-                    let added = client
-                        .execute(&p.insert_many, &[&ids, &data, &now])
-                        .await
-                        .map_err(db)?;
-                    let added = count(i64::try_from(added).unwrap_or(i64::MAX));
-                    report.added += added;
-                    report.existing += batch.len() - added;
-                }
-                Ok(report)
-            })
-        })
-        .await
+        let mut report = ImportReport::default();
+        // Bounded batches keep each statement's parameters modest.
+        for batch in contacts.chunks(5000) {
+            let ids: Vec<&str> = batch.iter().map(|c| c.id.as_str()).collect();
+            let data: Vec<&str> = batch.iter().map(|c| c.data.as_str()).collect();
+            let added = self
+                .client
+                .execute(&self.prepared.insert_many, &[&ids, &data, &now])
+                .await
+                .map_err(db)?;
+            let added = count(i64::try_from(added).unwrap_or(i64::MAX));
+            report.added += added;
+            report.existing += batch.len() - added;
+        }
+        Ok(report)
     }
 
     pub(crate) async fn lease(
@@ -266,59 +134,50 @@ impl PostgresBackend {
         now: Millis,
         until: Millis,
     ) -> Result<Option<Leased>, StoreError> {
-        let owner = owner.to_owned();
-        self.run(move |client, p| {
-            Box::pin(async move {
-                let row = client
-                    .query_opt(&p.lease, &[&owner, &now, &until])
-                    .await
-                    .map_err(db)?;
-                row.map(|row| {
-                    let contact_id: String = row.try_get(0).map_err(db)?;
-                    let attempt: i32 = row.try_get(2).map_err(db)?;
-                    let deferrals: i32 = row.try_get(3).map_err(db)?;
-                    let progress: &str = row.try_get(4).map_err(db)?;
-                    Ok(Leased {
-                        progress: Progress::from_json(&contact_id, progress)?,
-                        data: row.try_get(1).map_err(db)?,
-                        deferrals: u32::try_from(deferrals).unwrap_or(0),
-                        lease: Lease {
-                            contact_id,
-                            attempt: u32::try_from(attempt).unwrap_or(0),
-                        },
-                    })
-                })
-                .transpose()
+        let row = self
+            .client
+            .query_opt(&self.prepared.lease, &[&owner, &now, &until])
+            .await
+            .map_err(db)?;
+        row.map(|row| {
+            let contact_id: String = row.try_get(0).map_err(db)?;
+            let attempt: i32 = row.try_get(2).map_err(db)?;
+            let deferrals: i32 = row.try_get(3).map_err(db)?;
+            let progress: &str = row.try_get(4).map_err(db)?;
+            Ok(Leased {
+                progress: Progress::from_json(&contact_id, progress)?,
+                data: row.try_get(1).map_err(db)?,
+                deferrals: u32::try_from(deferrals).unwrap_or(0),
+                lease: Lease {
+                    contact_id,
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                },
             })
         })
-        .await
+        .transpose()
     }
 
-    /// Runs the statement `pick` chooses on a held row with `extra`
-    /// parameters after the lease's three; the row's new state, or
-    /// `LeaseLost` if it is not held.
+    /// Runs `statement` on a held row with `extra` parameters after the
+    /// lease's three; the row's new state, or `LeaseLost` if it is not held.
     async fn held(
         &self,
         owner: &str,
         lease: &Lease,
-        pick: Pick,
-        extra: Vec<Param>,
+        statement: &Statement,
+        extra: &[&(dyn ToSql + Sync)],
     ) -> Result<ContactState, StoreError> {
-        let owner = owner.to_owned();
-        let contact_id = lease.contact_id.clone();
         let attempt = int(lease.attempt);
-        self.run(move |client, p| {
-            Box::pin(async move {
-                let mut values: Vec<&(dyn ToSql + Sync)> = vec![&contact_id, &owner, &attempt];
-                values.extend(extra.iter().map(|value| &**value as &(dyn ToSql + Sync)));
-                let row = client.query_opt(pick(p), &values).await.map_err(db)?;
-                let Some(row) = row else {
-                    return Err(StoreError::LeaseLost { contact_id });
-                };
-                parse_state(&contact_id, row.try_get(0).map_err(db)?)
-            })
-        })
-        .await
+        let mut values: Vec<&(dyn ToSql + Sync)> = vec![&lease.contact_id, &owner, &attempt];
+        values.extend_from_slice(extra);
+        let row = self
+            .client
+            .query_opt(statement, &values)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| StoreError::LeaseLost {
+                contact_id: lease.contact_id.clone(),
+            })?;
+        parse_state(&lease.contact_id, row.try_get(0).map_err(db)?)
     }
 
     pub(crate) async fn renew(
@@ -327,7 +186,7 @@ impl PostgresBackend {
         lease: &Lease,
         until: Millis,
     ) -> Result<(), StoreError> {
-        self.held(owner, lease, |p| &p.renew, vec![Box::new(until)])
+        self.held(owner, lease, &self.prepared.renew, &[&until])
             .await
             .map(drop)
     }
@@ -339,7 +198,7 @@ impl PostgresBackend {
         progress: &Progress,
     ) -> Result<(), StoreError> {
         let progress = progress.to_json();
-        self.held(owner, lease, |p| &p.save_progress, vec![Box::new(progress)])
+        self.held(owner, lease, &self.prepared.save_progress, &[&progress])
             .await
             .map(drop)
     }
@@ -351,45 +210,46 @@ impl PostgresBackend {
         outcome: &Outcome<'_>,
         now: Millis,
     ) -> Result<ContactState, StoreError> {
-        let text = |s: &str| -> Param { Box::new(s.to_owned()) };
-        let (pick, extra): (Pick, Vec<Param>) = match outcome {
-            Outcome::Completed => (|p| &p.complete, vec![Box::new(now)]),
-            Outcome::Released => (|p| &p.release, vec![Box::new(now)]),
-            Outcome::Failed { service, reason } => (
-                |p| &p.fail,
-                vec![Box::new(now), text(service), text(reason)],
-            ),
+        let p = &self.prepared;
+        match outcome {
+            Outcome::Completed => self.held(owner, lease, &p.complete, &[&now]).await,
+            Outcome::Released => self.held(owner, lease, &p.release, &[&now]).await,
+            Outcome::Failed { service, reason } => {
+                self.held(owner, lease, &p.fail, &[&now, service, reason])
+                    .await
+            }
             Outcome::Deferred {
                 service,
                 reason,
                 not_before,
                 max_deferrals,
                 progress,
-            } => (
-                |p| &p.defer,
-                vec![
-                    Box::new(now),
-                    Box::new(int(*max_deferrals)),
-                    Box::new(*not_before),
-                    text(service),
-                    text(reason),
-                    Box::new(progress.to_json()),
-                ],
-            ),
-        };
-        self.held(owner, lease, pick, extra).await
+            } => {
+                let max = int(*max_deferrals);
+                let progress = progress.to_json();
+                self.held(
+                    owner,
+                    lease,
+                    &p.defer,
+                    &[&now, &max, not_before, service, reason, &progress],
+                )
+                .await
+            }
+        }
     }
 
-    /// Runs an update taking a text and a time; returns the rows changed.
-    async fn update(&self, pick: Pick, text: &str, now: Millis) -> Result<usize, StoreError> {
-        let text = text.to_owned();
-        self.run(move |client, p| {
-            Box::pin(async move {
-                let changed = client.execute(pick(p), &[&text, &now]).await.map_err(db)?;
-                Ok(count(i64::try_from(changed).unwrap_or(i64::MAX)))
-            })
-        })
-        .await
+    async fn update(
+        &self,
+        statement: &Statement,
+        text: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let changed = self
+            .client
+            .execute(statement, &[&text, &now])
+            .await
+            .map_err(db)?;
+        Ok(count(i64::try_from(changed).unwrap_or(i64::MAX)))
     }
 
     pub(crate) async fn release_owner(
@@ -397,7 +257,7 @@ impl PostgresBackend {
         owner: &str,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        self.update(|p| &p.release_owner, owner, now).await
+        self.update(&self.prepared.release_owner, owner, now).await
     }
 
     pub(crate) async fn wake_service(
@@ -405,7 +265,7 @@ impl PostgresBackend {
         service: &str,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        self.update(|p| &p.wake_service, service, now).await
+        self.update(&self.prepared.wake_service, service, now).await
     }
 
     pub(crate) async fn postpone_service(
@@ -413,7 +273,8 @@ impl PostgresBackend {
         service: &str,
         until: Millis,
     ) -> Result<usize, StoreError> {
-        self.update(|p| &p.postpone_service, service, until).await
+        self.update(&self.prepared.postpone_service, service, until)
+            .await
     }
 
     pub(crate) async fn requeue(
@@ -421,60 +282,55 @@ impl PostgresBackend {
         state: ContactState,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        self.update(|p| &p.requeue, state.as_str(), now).await
+        self.update(&self.prepared.requeue, state.as_str(), now)
+            .await
     }
 
     pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
-        self.run(|client, p| {
-            Box::pin(async move {
-                let rows = client.query(&p.counts, &[]).await.map_err(db)?;
-                let mut counts = Counts::default();
-                for row in rows {
-                    let state: &str = row.try_get(0).map_err(db)?;
-                    let n: i64 = row.try_get(1).map_err(db)?;
-                    counts.add(parse_state("", state)?, count(n));
-                }
-                Ok(counts)
-            })
-        })
-        .await
+        let rows = self
+            .client
+            .query(&self.prepared.counts, &[])
+            .await
+            .map_err(db)?;
+        let mut counts = Counts::default();
+        for row in rows {
+            let state: &str = row.try_get(0).map_err(db)?;
+            let n: i64 = row.try_get(1).map_err(db)?;
+            counts.add(parse_state("", state)?, count(n));
+        }
+        Ok(counts)
     }
 
     pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.run(|client, p| {
-            Box::pin(async move {
-                let row = client.query_one(&p.next_due, &[]).await.map_err(db)?;
-                row.try_get(0).map_err(db)
-            })
-        })
-        .await
+        let row = self
+            .client
+            .query_one(&self.prepared.next_due, &[])
+            .await
+            .map_err(db)?;
+        row.try_get(0).map_err(db)
     }
 
     pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
-        self.run(move |client, p| {
-            Box::pin(async move {
-                let rows = client
-                    .query(&p.list, &[&state.as_str()])
-                    .await
-                    .map_err(db)?;
-                rows.into_iter()
-                    .map(|row| {
-                        let id: String = row.try_get(0).map_err(db)?;
-                        let attempts: i32 = row.try_get(2).map_err(db)?;
-                        let deferrals: i32 = row.try_get(3).map_err(db)?;
-                        Ok(ContactStatus {
-                            state: parse_state(&id, row.try_get(1).map_err(db)?)?,
-                            id,
-                            attempts: u32::try_from(attempts).unwrap_or(0),
-                            deferrals: u32::try_from(deferrals).unwrap_or(0),
-                            service: row.try_get(4).map_err(db)?,
-                            last_error: row.try_get(5).map_err(db)?,
-                            lease_owner: row.try_get(6).map_err(db)?,
-                        })
-                    })
-                    .collect()
+        let rows = self
+            .client
+            .query(&self.prepared.list, &[&state.as_str()])
+            .await
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(db)?;
+                let attempts: i32 = row.try_get(2).map_err(db)?;
+                let deferrals: i32 = row.try_get(3).map_err(db)?;
+                Ok(ContactStatus {
+                    state: parse_state(&id, row.try_get(1).map_err(db)?)?,
+                    id,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    deferrals: u32::try_from(deferrals).unwrap_or(0),
+                    service: row.try_get(4).map_err(db)?,
+                    last_error: row.try_get(5).map_err(db)?,
+                    lease_owner: row.try_get(6).map_err(db)?,
+                })
             })
-        })
-        .await
+            .collect()
     }
 }

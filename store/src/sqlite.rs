@@ -2,23 +2,13 @@
 //! tokio's blocking pool. With `synchronous = NORMAL` a committed change
 //! survives the process being killed (the WAL is on disk); only a power loss
 //! may take the last commits.
-//!
-//! Operations are group-committed ([`crate::batch`]): one blocking task at a
-//! time runs every operation waiting in one `BEGIN IMMEDIATE … COMMIT` and
-//! answers each caller after the commit, so concurrent workers share a commit
-//! and a trip through the blocking pool. Each operation is one statement (an
-//! import a savepoint), so one that fails changes nothing and the others
-//! still commit. Statements are prepared once and cached on the connection.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::oneshot;
-
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::batch::{Batcher, DrainGuard, MAX_BATCH, Reply, reply};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -32,58 +22,15 @@ fn db(error: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// One operation: runs inside the batch's transaction, returns its reply.
-type Job = Box<dyn FnOnce(&mut Connection, &Statements) -> Reply + Send>;
-
-/// The connection and the operations waiting for it.
-struct Shared {
-    connection: Mutex<Connection>,
-    sql: Statements,
-    jobs: Batcher<Job>,
-}
-
-impl Shared {
-    /// Runs batches until no job waits (on a blocking thread).
-    fn drain(&self) {
-        let _guard = DrainGuard(&self.jobs);
-        let mut connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        while let Some(batch) = self.jobs.take(MAX_BATCH) {
-            if batch.len() == 1 || connection.execute_batch("BEGIN IMMEDIATE").is_err() {
-                // Alone, or the transaction cannot start: each one commits itself.
-                for job in batch {
-                    job(&mut connection, &self.sql)(None);
-                }
-                continue;
-            }
-            let replies: Vec<Reply> = batch
-                .into_iter()
-                .map(|job| job(&mut connection, &self.sql))
-                .collect();
-            let rolled_back = match connection.execute_batch("COMMIT") {
-                Ok(()) => None,
-                Err(e) => {
-                    let _ = connection.execute_batch("ROLLBACK");
-                    Some(e.to_string())
-                }
-            };
-            for answer in replies {
-                answer(rolled_back.as_deref());
-            }
-        }
-    }
-}
-
 /// A connection to the store's file.
 pub(crate) struct SqliteBackend {
-    shared: Arc<Shared>,
+    connection: Arc<Mutex<Connection>>,
+    sql: Arc<Statements>,
 }
 
 impl SqliteBackend {
     pub(crate) async fn open(path: &Path, table: &str) -> Result<Self, StoreError> {
-        let sql = Statements::new(table, Dialect::Sqlite)?;
+        let sql = Arc::new(Statements::new(table, Dialect::Sqlite)?);
         let path = path.to_owned();
         let schema = sql.schema.clone();
         let connection = tokio::task::spawn_blocking(move || {
@@ -99,37 +46,29 @@ impl SqliteBackend {
                 )
                 .map_err(db)?;
             connection.execute_batch(&schema).map_err(db)?;
-            connection.set_prepared_statement_cache_capacity(32);
             Ok::<_, StoreError>(connection)
         })
         .await
         .map_err(db)??;
         Ok(Self {
-            shared: Arc::new(Shared {
-                connection: Mutex::new(connection),
-                sql,
-                jobs: Batcher::default(),
-            }),
+            connection: Arc::new(Mutex::new(connection)),
+            sql,
         })
     }
 
-    /// Runs `work` on the connection in the next batch; answers once the
-    /// batch has committed.
+    /// Runs `work` on the connection in the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection, &Statements) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (answer, answered) = oneshot::channel();
-        let job: Job =
-            Box::new(move |connection, sql| reply(work(connection, sql), answer, "sqlite"));
-        if self.shared.jobs.push(job) {
-            let shared = self.shared.clone();
-            // Its handle is not needed: every job answers on its own channel.
-            drop(tokio::task::spawn_blocking(move || shared.drain()));
-        }
-        answered
-            .await
-            .map_err(|_| db("the store's worker stopped"))?
+        let connection = self.connection.clone();
+        let sql = self.sql.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut connection, &sql)
+        })
+        .await
+        .map_err(db)?
     }
 
     pub(crate) async fn import(
@@ -139,7 +78,7 @@ impl SqliteBackend {
     ) -> Result<ImportReport, StoreError> {
         let contacts = contacts.to_vec();
         self.run(move |connection, sql| {
-            let transaction = connection.savepoint().map_err(db)?;
+            let transaction = connection.transaction().map_err(db)?;
             let mut report = ImportReport::default();
             {
                 let mut insert = transaction.prepare_cached(&sql.insert_one).map_err(db)?;
@@ -238,7 +177,7 @@ impl SqliteBackend {
         lease: &Lease,
         until: Millis,
     ) -> Result<(), StoreError> {
-        self.held(owner, lease, &self.shared.sql.renew, vec![until.into()])
+        self.held(owner, lease, &self.sql.renew, vec![until.into()])
             .await
             .map(drop)
     }
@@ -250,14 +189,9 @@ impl SqliteBackend {
         progress: &Progress,
     ) -> Result<(), StoreError> {
         let progress = progress.to_json();
-        self.held(
-            owner,
-            lease,
-            &self.shared.sql.save_progress,
-            vec![progress.into()],
-        )
-        .await
-        .map(drop)
+        self.held(owner, lease, &self.sql.save_progress, vec![progress.into()])
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn settle(
@@ -287,7 +221,7 @@ impl SqliteBackend {
                 progress.to_json().into(),
             ]),
         }
-        self.held(owner, lease, self.shared.sql.settle(outcome), extra)
+        self.held(owner, lease, self.sql.settle(outcome), extra)
             .await
     }
 
