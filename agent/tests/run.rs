@@ -3,24 +3,20 @@
 //! contacts they hit, a fallback service takes over from a dead one, and the
 //! rest of the campaign completes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
 use serde_json::Value;
+
+mod support;
+use support::temp_dir;
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
     ("elevenlabs", Service::Elevenlabs),
     ("crm", Service::Crm),
 ];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("callguard-run-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Fast retries and health checks, and a `[services.NAME]` section per
 /// service pointing at `mocks` (key from `TEST_<NAME>_KEY`), each followed by
@@ -47,7 +43,7 @@ async fn run_callguard(dir: &Path, mocks: &MockServer) -> (String, Value) {
     let keys = mocks.config().keys.clone();
     let run_dir = dir.to_owned();
     let output: Output = tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+        let mut command = support::callguard(&run_dir);
         command
             .args([
                 "run",

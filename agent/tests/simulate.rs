@@ -2,9 +2,12 @@
 //! real sockets (time scaled down) and every contact ends in exactly one state.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
+
+mod support;
+use support::temp_dir;
 
 /// Every secret `simulate` uses: the services' keys, the Telegram bot token,
 /// the webhook secret and the Sheets token.
@@ -76,25 +79,9 @@ impl Run {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("callguard-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn callguard(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_callguard"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the callguard binary runs")
-}
-
 fn simulate(scenario: &str, contacts: usize) -> Run {
     let dir = temp_dir(scenario);
-    let output = callguard(
+    let output = run_callguard(
         &dir,
         &[
             "simulate",
@@ -232,7 +219,7 @@ fn a_bad_config_stops_start_up_with_the_key() {
     let dir = temp_dir("bad-config");
     std::fs::write(dir.join("bad.toml"), "[retry]\nbackoff_factor = 0.5\n").unwrap();
     std::fs::write(dir.join("contacts.csv"), "id,name,phone\nc1,A,1\n").unwrap();
-    let output = callguard(
+    let output = run_callguard(
         &dir,
         &["run", "--config", "bad.toml", "--contacts", "contacts.csv"],
     );
@@ -244,11 +231,19 @@ fn a_bad_config_stops_start_up_with_the_key() {
     );
 
     std::fs::write(dir.join("typo.toml"), "[queue]\nworkerz = 3\n").unwrap();
-    let output = callguard(
+    let output = run_callguard(
         &dir,
         &["run", "--config", "typo.toml", "--contacts", "contacts.csv"],
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("workerz"), "{stderr}");
+}
+
+/// Runs `callguard ARGS` in `dir` to its end.
+fn run_callguard(dir: &Path, args: &[&str]) -> Output {
+    support::callguard(dir)
+        .args(args)
+        .output()
+        .expect("the callguard binary runs")
 }

@@ -8,25 +8,21 @@
 //! (`store/tests/postgres.sh` sets it), and says it was skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use serde_json::Value;
 
+mod support;
+use support::temp_dir;
+
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
     ("elevenlabs", Service::Elevenlabs),
     ("crm", Service::Crm),
 ];
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("callguard-store-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// An agent config for the mocks: fast retries and breakers, `queue` on top.
 fn write_config(dir: &Path, mocks: &MockServer, queue: &str, request_timeout: &str) {
@@ -58,19 +54,19 @@ fn write_contacts(dir: &Path, n: usize) -> Vec<String> {
     ids
 }
 
-fn callguard(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
+/// `callguard ARGS` in `dir`, serving gRPC on any free port (several agents
+/// run at once).
+fn agent(dir: &Path, args: &[&str]) -> Command {
+    let mut command = support::callguard(dir);
     command
         .args(args)
-        .current_dir(dir)
-        // Any free port: several agents run at once.
         .env("CALLGUARD_GRPC__LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null());
     command
 }
 
 fn spawn_run(dir: &Path, name: &str) -> Child {
-    callguard(
+    agent(
         dir,
         &[
             "run",
@@ -116,7 +112,7 @@ async fn wait_records(mocks: &MockServer, n: usize) {
 
 /// `callguard report --json`.
 fn report(dir: &Path) -> BTreeMap<String, u64> {
-    let output = callguard(dir, &["report", "--config", "agent.toml", "--json"])
+    let output = agent(dir, &["report", "--config", "agent.toml", "--json"])
         .output()
         .unwrap();
     assert!(

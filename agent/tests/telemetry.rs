@@ -5,73 +5,25 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span, span::SpanKind};
+use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
 use prost::Message;
 use serde_json::Value;
 
-/// What the receiver got.
-#[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<ResourceSpans>>>);
-
-impl Received {
-    fn add(&self, request: ExportTraceServiceRequest) {
-        self.0.lock().unwrap().extend(request.resource_spans);
-    }
-
-    /// Every span, with its resource's `service.name`.
-    fn spans(&self) -> Vec<(String, Span)> {
-        let mut all = Vec::new();
-        for resource_spans in self.0.lock().unwrap().iter() {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|r| string_attr(&r.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope in &resource_spans.scope_spans {
-                for span in &scope.spans {
-                    all.push((service.clone(), span.clone()));
-                }
-            }
-        }
-        all
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.add(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
+mod support;
+use support::{Received, otlp_grpc_receiver, string_attr, temp_dir};
 
 async fn grpc_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let received = Received::default();
-    let service = TraceServiceServer::new(received.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (addr, received)
+    (addr, otlp_grpc_receiver(listener))
 }
 
 async fn http_receiver() -> (SocketAddr, Received) {
@@ -95,13 +47,6 @@ async fn http_receiver() -> (SocketAddr, Received) {
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     (addr, received)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("callguard-otel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The breaker opens after five failures, so that the first failures (at
@@ -141,19 +86,6 @@ async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) ->
     })
     .await
     .unwrap()
-}
-
-fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
-            Some(any_value::Value::IntValue(i)) => Some(i.to_string()),
-            Some(any_value::Value::BoolValue(b)) => Some(b.to_string()),
-            _ => None,
-        })
 }
 
 fn attr(span: &Span, key: &str) -> Option<String> {
@@ -353,13 +285,12 @@ async fn http_protobuf_export_names_the_service_from_the_environment() {
     .await;
     assert!(output.status.success(), "{}", console(&output));
     check_span_tree(&received.spans());
-    let resources = received.0.lock().unwrap();
+    let resources = received.resource_spans();
     let resource = resources[0].resource.as_ref().unwrap();
     assert_eq!(
         string_attr(&resource.attributes, "deployment.environment").as_deref(),
         Some("test")
     );
-    drop(resources);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
