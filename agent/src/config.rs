@@ -538,6 +538,50 @@ mod tests {
     }
 
     #[test]
+    fn an_alert_channel_without_its_secret_is_refused_by_name() {
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_ALERTS__TELEGRAM__CHAT_ID", "-100123")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("alerts.telegram") && err.contains("bot_token"),
+            "{err}"
+        );
+        let err = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[
+                (
+                    "CALLGUARD_ALERTS__WEBHOOK__URL",
+                    "https://hooks.example.com/x",
+                ),
+                ("CALLGUARD_ALERTS__WEBHOOK__SECRET", "short"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("alerts.webhook.secret"), "{err}");
+        assert!(!err.contains("short"), "the secret is not repeated: {err}");
+        // The secret can come from the environment alone.
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[
+                ("CALLGUARD_ALERTS__TELEGRAM__CHAT_ID", "-100123"),
+                ("CALLGUARD_ALERTS__TELEGRAM__BOT_TOKEN", "123:abc"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.alerts.telegram.unwrap().bot_token.expose(),
+            "123:abc"
+        );
+    }
+
+    #[test]
     fn a_wrong_type_in_a_file_is_named() {
         let dir = std::env::temp_dir().join(format!("callguard-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
