@@ -1,0 +1,79 @@
+//! `grpc.health.v1.Health/Check` throughput and latency against
+//! [`callguard_health::serve`] on 127.0.0.1, with nothing else running (the
+//! agent idle): 64 concurrent tonic clients over 8 HTTP/2 connections for a
+//! few seconds, then one client alone for the unloaded latency. Printed with
+//! `println!` (`harness = false`).
+//!
+//! `cargo bench -p callguard-health --bench check`
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callguard_breaker::{BreakerConfig, BreakerRegistry};
+use callguard_core::ServiceName;
+use callguard_health::GrpcOptions;
+use support::{check_load_for, load_average};
+
+/// Concurrent callers of the loaded run.
+const CLIENTS: usize = 64;
+/// HTTP/2 connections they share.
+const CONNECTIONS: usize = 8;
+/// Length of each measured run.
+const DURATION: Duration = Duration::from_secs(4);
+/// Longest p99 the design allows with the agent idle.
+const MAX_P99: Duration = Duration::from_millis(1);
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let registry = Arc::new(BreakerRegistry::new(BreakerConfig::default()));
+        for service in ["crm", "elevenlabs", "llm"] {
+            registry.get_or_default(&ServiceName::new(service).expect("a valid name"));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        tokio::spawn(callguard_health::serve(
+            listener,
+            registry,
+            GrpcOptions::default(),
+            std::future::pending(),
+        ));
+        println!(
+            "callguard-health Check benchmark: server at {addr}, {} worker threads (server and \
+             clients share them), load average {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_average()
+        );
+        // Warm-up: connections, allocations, the first requests.
+        check_load_for(
+            addr,
+            "elevenlabs",
+            CLIENTS,
+            CONNECTIONS,
+            Duration::from_secs(1),
+        )
+        .await;
+
+        let loaded = check_load_for(addr, "elevenlabs", CLIENTS, CONNECTIONS, DURATION).await;
+        println!(
+            "\n## Check, {CLIENTS} clients over {CONNECTIONS} HTTP/2 connections, {DURATION:?}"
+        );
+        println!("{}", loaded.summary());
+        let p99 = loaded.percentile(0.99);
+        println!(
+            "p99 {p99:.1?} (target < {MAX_P99:?}: {})",
+            if p99 < MAX_P99 { "met" } else { "MISSED" }
+        );
+
+        let alone = check_load_for(addr, "elevenlabs", 1, 1, DURATION).await;
+        println!("\n## Check, 1 client, 1 connection, {DURATION:?}");
+        println!("{}", alone.summary());
+    });
+}
