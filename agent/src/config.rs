@@ -41,7 +41,8 @@ pub struct AgentConfig {
     pub queue: QueueConfig,
     /// `[logging]`: the JSON-lines file and the console.
     pub logging: LoggingConfig,
-    /// `[metrics]`: the Prometheus `/metrics` endpoint (off by default).
+    /// `[metrics]`: the Prometheus `/metrics` endpoint (on `127.0.0.1:9464` by
+    /// default; `enabled = false` turns it off).
     pub metrics: crate::metrics::MetricsConfig,
     /// `[alerts]`: cooldown and the email, Telegram and webhook channels (each
     /// on when its section is present).

@@ -7,18 +7,27 @@
 //! | series | type | labels |
 //! |---|---|---|
 //! | `callguard_calls_total` | counter | `service`, `outcome` (`success`, `permanent`, `exhausted`, `rejected`) |
+//! | `callguard_attempts_total` | counter | `service`, `result` (`success`, `transient`, `permanent`) |
+//! | `callguard_attempt_duration_seconds` | histogram | `service`, `result` |
 //! | `callguard_retries_total` | counter | `service` |
-//! | `callguard_attempt_duration_seconds` | histogram | `service`, `result` (`success`, `transient`, `permanent`) |
+//! | `callguard_rejections_total` | counter | `service` (calls the breaker turned away) |
 //! | `callguard_breaker_state` | gauge | `service`; 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN |
 //! | `callguard_breaker_transitions_total` | counter | `service`, `from`, `to` |
 //! | `callguard_deferrals_total` | counter | `service` (the stage's primary service) |
 //! | `callguard_contacts` | gauge | `state` (`ready`, `deferred`, `in_flight`, `completed`, `failed`, `expired`) |
+//! | `callguard_alerts_total` | counter | `result` (`raised`, `suppressed`) |
+//! | `callguard_alert_notifications_total` | counter | `channel`, `result` (`delivered`, `failed`, `dropped`) |
+//! | `callguard_alert_notifications_pending` | gauge | `channel` |
+//! | `callguard_sheets_rows_total` | counter | `result` (`sent`, `dropped`); with `[sheets]` only |
+//! | `callguard_otlp_export_failures_total` | counter | — (span batches the OTLP exporter could not send) |
 //!
 //! Recording is a hash lookup and an atomic add per event, cheap next to an
-//! HTTP call, so it is always on; only serving is configured
-//! (`[metrics] listen`, off by default).
+//! HTTP call, so it is always on. The alert, Sheets and OTLP series are read
+//! from their owners ([`Metrics::watch_alerts`], [`Metrics::watch_telemetry`])
+//! when scraped. Serving is configured by `[metrics]`: on by default at
+//! `127.0.0.1:9464`, off with `enabled = false`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -26,8 +35,9 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
-use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
+use callguard_core::{CircuitState, ConfigDuration, ResilienceEvent, ServiceName, Transition};
 use callguard_retry::EventSink;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,18 +49,45 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::queue::CallQueue;
+use crate::telemetry::{ExportFailures, SheetsCounts, Telemetry};
 
 /// The OpenMetrics text content type `/metrics` answers with.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Where `/metrics` is served unless `[metrics] listen` says otherwise.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
 /// `[metrics]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Where to serve `/metrics` (e.g. `"127.0.0.1:9464"`); not served when
-    /// unset, the default.
-    pub listen: Option<SocketAddr>,
+    /// Whether `/metrics` is served at all (default true).
+    pub enabled: bool,
+    /// Where to serve `/metrics` (default `127.0.0.1:9464`; port 0 picks a
+    /// free port, which is logged).
+    pub listen: SocketAddr,
+    /// How long `/metrics` stays up after the campaign's summary is written,
+    /// so that a scraper sees the final numbers (default 0: it stops then).
+    pub linger: ConfigDuration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: DEFAULT_LISTEN,
+            linger: ConfigDuration::from_secs(0),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// Where to serve `/metrics`, if it is served.
+    pub fn served_on(&self) -> Option<SocketAddr> {
+        self.enabled.then_some(self.listen)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -82,6 +119,30 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CountLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelResultLabels {
+    channel: &'static str,
+    result: &'static str,
+}
+
+/// What the series read at scrape time are read from.
+#[derive(Default)]
+struct Sources {
+    alerts: Option<AlertManager>,
+    sheets: Option<SheetsCounts>,
+    export_failures: Option<ExportFailures>,
+}
+
 /// Attempt latency buckets: 5 ms to about 41 s, doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
@@ -91,12 +152,20 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Mutex<Registry>,
     calls: Family<OutcomeLabels, Counter>,
+    attempts: Family<ResultLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
+    rejections: Family<ServiceLabels, Counter>,
     attempt_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
     breaker_state: Family<ServiceLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     deferrals: Family<ServiceLabels, Counter>,
     contacts: Family<StateLabels, Gauge>,
+    alerts: Family<CountLabels, Counter>,
+    notifications: Family<ChannelResultLabels, Counter>,
+    notifications_pending: Family<ChannelLabels, Gauge>,
+    sheets_rows: Family<CountLabels, Counter>,
+    export_failures: Counter,
+    sources: Mutex<Sources>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,12 +186,20 @@ impl Metrics {
         let metrics = Self {
             registry: Mutex::new(Registry::with_prefix("callguard")),
             calls: Family::default(),
+            attempts: Family::default(),
             retries: Family::default(),
+            rejections: Family::default(),
             attempt_seconds: Family::new_with_constructor(latency_histogram),
             breaker_state: Family::default(),
             transitions: Family::default(),
             deferrals: Family::default(),
             contacts: Family::default(),
+            alerts: Family::default(),
+            notifications: Family::default(),
+            notifications_pending: Family::default(),
+            sheets_rows: Family::default(),
+            export_failures: Counter::default(),
+            sources: Mutex::new(Sources::default()),
         };
         {
             let mut registry = metrics.lock();
@@ -132,9 +209,19 @@ impl Metrics {
                 metrics.calls.clone(),
             );
             registry.register(
+                "attempts",
+                "Attempts (HTTP requests) by how they ended",
+                metrics.attempts.clone(),
+            );
+            registry.register(
                 "retries",
                 "Retries scheduled after a transient failure",
                 metrics.retries.clone(),
+            );
+            registry.register(
+                "rejections",
+                "Calls the circuit breaker turned away",
+                metrics.rejections.clone(),
             );
             registry.register(
                 "attempt_duration_seconds",
@@ -157,12 +244,102 @@ impl Metrics {
                 metrics.deferrals.clone(),
             );
             registry.register("contacts", "Contacts by state", metrics.contacts.clone());
+            registry.register(
+                "alerts",
+                "Alerts raised (sent to every channel) and suppressed by the cooldown",
+                metrics.alerts.clone(),
+            );
+            registry.register(
+                "alert_notifications",
+                "Alerts a channel delivered, failed to deliver, or dropped untried",
+                metrics.notifications.clone(),
+            );
+            registry.register(
+                "alert_notifications_pending",
+                "Alerts queued or being delivered on a channel",
+                metrics.notifications_pending.clone(),
+            );
+            registry.register(
+                "sheets_rows",
+                "Log rows sent to the Google Sheet, or dropped",
+                metrics.sheets_rows.clone(),
+            );
+            registry.register(
+                "otlp_export_failures",
+                "Span batches the OTLP exporter could not send",
+                metrics.export_failures.clone(),
+            );
         }
         metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the alerts' counts from `alerts` when scraped.
+    pub fn watch_alerts(&self, alerts: AlertManager) {
+        self.sources().alerts = Some(alerts);
+    }
+
+    /// Reads the OTLP export failures and the Google Sheets rows (when
+    /// configured) from `telemetry` when scraped.
+    pub fn watch_telemetry(&self, telemetry: &Telemetry) {
+        let mut sources = self.sources();
+        sources.export_failures = Some(telemetry.export_failures());
+        sources.sheets = telemetry.sheets_counts();
+    }
+
+    /// Copies the counts kept elsewhere into their series.
+    fn read_sources(&self) {
+        let sources = self.sources();
+        if let Some(alerts) = &sources.alerts {
+            let counts = alerts.counts();
+            set_counter(
+                &self.alerts.get_or_create(&CountLabels { result: "raised" }),
+                counts.raised,
+            );
+            set_counter(
+                &self.alerts.get_or_create(&CountLabels {
+                    result: "suppressed",
+                }),
+                counts.suppressed,
+            );
+            for lane in &counts.channels {
+                let channel = lane.channel.as_str();
+                for (result, count) in [
+                    ("delivered", lane.delivered),
+                    ("failed", lane.failed),
+                    ("dropped", lane.dropped),
+                ] {
+                    set_counter(
+                        &self
+                            .notifications
+                            .get_or_create(&ChannelResultLabels { channel, result }),
+                        count,
+                    );
+                }
+                self.notifications_pending
+                    .get_or_create(&ChannelLabels { channel })
+                    .set(i64::try_from(lane.pending).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(sheets) = &sources.sheets {
+            let stats = sheets.stats();
+            for (result, count) in [("sent", stats.rows_sent), ("dropped", stats.rows_dropped)] {
+                set_counter(
+                    &self.sheets_rows.get_or_create(&CountLabels { result }),
+                    count,
+                );
+            }
+        }
+        if let Some(failures) = &sources.export_failures {
+            set_counter(&self.export_failures, failures.get());
+        }
     }
 
     /// A contact deferred because `service` (its stage's primary) was unavailable.
@@ -191,6 +368,7 @@ impl Metrics {
     /// The text exposition, with the gauges read from `breakers` and `queue`
     /// first when given.
     pub fn render(&self, breakers: Option<&BreakerRegistry>, queue: Option<&CallQueue>) -> String {
+        self.read_sources();
         if let Some(breakers) = breakers {
             for breaker in breakers.all() {
                 self.set_breaker_state(breaker.service(), breaker.state());
@@ -227,12 +405,12 @@ impl Metrics {
     }
 
     fn attempt_took(&self, service: &ServiceName, result: &'static str, seconds: f64) {
-        self.attempt_seconds
-            .get_or_create(&ResultLabels {
-                service: service.to_string(),
-                result,
-            })
-            .observe(seconds);
+        let labels = ResultLabels {
+            service: service.to_string(),
+            result,
+        };
+        self.attempts.get_or_create(&labels).inc();
+        self.attempt_seconds.get_or_create(&labels).observe(seconds);
     }
 }
 
@@ -262,12 +440,22 @@ impl EventSink for Metrics {
                 self.call_ended(service, "permanent");
             }
             ResilienceEvent::CallRejected { service, .. } => {
+                self.rejections
+                    .get_or_create(&service_labels(service))
+                    .inc();
                 self.call_ended(service, "rejected");
             }
             ResilienceEvent::BreakerTransition(transition) => self.record_transition(transition),
             _ => {}
         }
     }
+}
+
+/// Sets a counter mirroring a count kept elsewhere (which only grows).
+fn set_counter(counter: &Counter, value: u64) {
+    counter
+        .inner()
+        .store(value, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn service_labels(service: &ServiceName) -> ServiceLabels {
@@ -409,6 +597,12 @@ mod tests {
             delay: Duration::from_secs(5),
         });
         metrics.on_event(&ResilienceEvent::AttemptSucceeded(attempt));
+        metrics.on_event(&ResilienceEvent::CallRejected {
+            service: tts.clone(),
+            circuit_state: CircuitState::Open,
+            retry_count: 0,
+            retry_after: None,
+        });
         metrics.record_deferral(&tts);
         metrics.record_transition(&Transition {
             service: tts.clone(),
@@ -423,6 +617,10 @@ mod tests {
         for line in [
             "callguard_retries_total{service=\"elevenlabs\"} 1",
             "callguard_calls_total{service=\"elevenlabs\",outcome=\"success\"} 1",
+            "callguard_calls_total{service=\"elevenlabs\",outcome=\"rejected\"} 1",
+            "callguard_rejections_total{service=\"elevenlabs\"} 1",
+            "callguard_attempts_total{service=\"elevenlabs\",result=\"transient\"} 1",
+            "callguard_attempts_total{service=\"elevenlabs\",result=\"success\"} 1",
             "callguard_deferrals_total{service=\"elevenlabs\"} 1",
             "callguard_breaker_state{service=\"elevenlabs\"} 1",
             "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"} 1",

@@ -21,16 +21,18 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::Key;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use serde_json::{Map, Value};
 use tokio::runtime::RuntimeFlavor;
 use tracing::dispatcher::WeakDispatch;
@@ -315,11 +317,56 @@ fn resource(default_service: &str) -> Resource {
     }
 }
 
+/// Counts the span batches the OTLP exporter could not send (each failed
+/// export is one batch; its spans are lost). Clones share the count.
+#[derive(Debug, Clone, Default)]
+pub struct ExportFailures(Arc<AtomicU64>);
+
+impl ExportFailures {
+    /// Failed exports so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A span exporter counting the exports of `inner` that fail.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    failures: ExportFailures,
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for CountingExporter<E>
+{
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.failures.0.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 /// The tracer provider: ids for every span, and a batch exporter on the
-/// tokio runtime when `protocol` is set. Must be called within the runtime.
+/// tokio runtime, counting its failures in `failures`, when `protocol` is
+/// set. Must be called within the runtime.
 fn tracer_provider(
     protocol: Option<OtlpProtocol>,
     default_service: &str,
+    failures: &ExportFailures,
 ) -> Result<SdkTracerProvider, TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource(default_service));
     if let Some(protocol) = protocol {
@@ -328,11 +375,63 @@ fn tracer_provider(
             OtlpProtocol::HttpProtobuf => SpanExporter::builder().with_http().build(),
         }
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let exporter = CountingExporter {
+            inner: exporter,
+            failures: failures.clone(),
+        };
         builder = builder.with_span_processor(
             BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build(),
         );
     }
     Ok(builder.build())
+}
+
+/// The Google Sheets export's counts, readable while it runs and after it
+/// has stopped. Clones share them.
+#[derive(Debug, Clone)]
+pub struct SheetsCounts(Arc<Mutex<SheetsState>>);
+
+#[derive(Debug)]
+struct SheetsState {
+    /// Set while sending: it has the live counts.
+    handle: Option<SheetsHandle>,
+    /// The counts when the handle was last taken.
+    last: SheetsStats,
+}
+
+impl SheetsCounts {
+    fn new(handle: SheetsHandle) -> Self {
+        Self(Arc::new(Mutex::new(SheetsState {
+            handle: Some(handle),
+            last: SheetsStats::default(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SheetsState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> SheetsStats {
+        let state = self.lock();
+        state
+            .handle
+            .as_ref()
+            .map_or(state.last, SheetsHandle::stats)
+    }
+
+    /// Flushes and stops the export (once; later calls return `None`).
+    async fn flush_and_shutdown(&self, deadline: Duration) -> Option<SheetsStats> {
+        let handle = {
+            let mut state = self.lock();
+            let handle = state.handle.take()?;
+            state.last = handle.stats();
+            handle
+        };
+        let stats = handle.flush_and_shutdown(deadline).await;
+        self.lock().last = stats;
+        Some(stats)
+    }
 }
 
 /// Keeps the span exporter running; dropping it flushes the spans not yet
@@ -342,8 +441,10 @@ fn tracer_provider(
 pub struct Telemetry {
     /// Set while spans are being exported.
     exporting: Option<SdkTracerProvider>,
-    /// Set while log rows go to a Google Sheet.
-    sheets: Option<SheetsHandle>,
+    /// Set when log rows go to a Google Sheet.
+    sheets: Option<SheetsCounts>,
+    /// The exports that failed.
+    export_failures: ExportFailures,
 }
 
 impl Telemetry {
@@ -352,11 +453,22 @@ impl Telemetry {
         self.exporting.is_some()
     }
 
+    /// The count of span batches the OTLP exporter could not send.
+    pub fn export_failures(&self) -> ExportFailures {
+        self.export_failures.clone()
+    }
+
+    /// The Google Sheets export's counts, when it is configured.
+    pub fn sheets_counts(&self) -> Option<SheetsCounts> {
+        self.sheets.clone()
+    }
+
     /// Sends the log rows still waiting for the Google Sheet (within
-    /// `deadline`) and logs what was sent and dropped. Spans are flushed when
-    /// the guard is dropped.
+    /// `deadline`) and logs what was sent and dropped; `None` without a
+    /// Sheet, or once it has been flushed. Spans are flushed when the guard
+    /// is dropped.
     pub async fn flush_sheets(&mut self, deadline: Duration) -> Option<SheetsStats> {
-        let stats = self.sheets.take()?.flush_and_shutdown(deadline).await;
+        let stats = self.sheets.as_ref()?.flush_and_shutdown(deadline).await?;
         if stats.rows_dropped > 0 {
             tracing::warn!(
                 "Google Sheets: {} log rows sent, {} dropped",
@@ -434,7 +546,8 @@ fn install(
     use tracing_subscriber::util::SubscriberInitExt;
 
     let protocol = otlp_protocol(|name| std::env::var(name).ok())?;
-    let provider = tracer_provider(protocol, default_service)?;
+    let export_failures = ExportFailures::default();
+    let provider = tracer_provider(protocol, default_service, &export_failures)?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);
@@ -462,7 +575,8 @@ fn install(
     };
     Ok(Telemetry {
         exporting: protocol.map(|_| provider),
-        sheets,
+        sheets: sheets.map(SheetsCounts::new),
+        export_failures,
     })
 }
 
@@ -569,7 +683,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("callguard-otel-log-{}", std::process::id()));
         let path = dir.join("test.jsonl");
         let _ = std::fs::remove_file(&path);
-        let provider = tracer_provider(None, AGENT_SERVICE_NAME).unwrap();
+        let provider =
+            tracer_provider(None, AGENT_SERVICE_NAME, &ExportFailures::default()).unwrap();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let subscriber = tracing_subscriber::registry()
             .with(JsonFileLayer::open(&path).unwrap())
@@ -609,6 +724,38 @@ mod tests {
         assert_eq!(call_ids.0.len(), 32);
         assert_ne!(call_ids.0, "0".repeat(32));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// An exporter whose exports fail every other time.
+    #[derive(Debug, Default)]
+    struct Flaky(AtomicU64);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Flaky {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            if self.0.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+                Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "collector unreachable".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_exports_are_counted() {
+        use opentelemetry_sdk::trace::SpanExporter as _;
+        let failures = ExportFailures::default();
+        let exporter = CountingExporter {
+            inner: Flaky::default(),
+            failures: failures.clone(),
+        };
+        let mut results = Vec::new();
+        for _ in 0..5 {
+            results.push(exporter.export(Vec::new()).await.is_ok());
+        }
+        assert_eq!(results, [true, false, true, false, true]);
+        assert_eq!(failures.get(), 2);
     }
 
     #[test]

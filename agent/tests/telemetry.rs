@@ -1,9 +1,10 @@
 //! Traces and metrics end to end: `callguard simulate` as a process exporting
 //! spans to an OTLP receiver in this test (gRPC, and HTTP/protobuf), its JSON
 //! log lines carrying the exported ids, and its `/metrics` endpoint scraped
-//! while it runs.
+//! while it runs and once more after the summary is written, its numbers
+//! checked against the summary's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -56,8 +57,8 @@ const CONFIG: &str =
     "[circuit_breaker]\nfailure_threshold = 5\n[health_check]\ninterval = \"1h\"\n";
 
 /// `callguard simulate` (outage, time scaled down) in `dir` with `env` and
-/// [`CONFIG`] plus `config`, off the test's runtime so the receiver keeps
-/// serving.
+/// [`CONFIG`] plus `config`, writing `summary.json`, off the test's runtime
+/// so the receiver keeps serving.
 async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) -> Output {
     let dir = dir.to_owned();
     let file = dir.join("callguard.toml");
@@ -74,6 +75,8 @@ async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) ->
                 "6",
                 "--time-scale",
                 "0.05",
+                "--summary-json",
+                "summary.json",
             ])
             .args(&extra)
             .current_dir(&dir);
@@ -320,30 +323,97 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// The value of the series `name` (labels included) in an exposition.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+/// One sample of an exposition: its name and labels.
+type Sample = (String, BTreeMap<String, String>);
+
+/// The samples of a text exposition (`name{label="value",…} number`).
+fn parse_exposition(text: &str) -> HashMap<Sample, f64> {
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("NAME VALUE");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let mut labels = BTreeMap::new();
+                let mut rest = rest.strip_suffix('}').expect("closing brace");
+                while let Some((key, after)) = rest.split_once("=\"") {
+                    let end = after.find('"').expect("closing quote");
+                    labels.insert(key.to_owned(), after[..end].to_owned());
+                    rest = after[end + 1..].trim_start_matches(',');
+                }
+                (name, labels)
+            }
+        };
+        samples.insert((name.to_owned(), labels), value);
+    }
+    samples
+}
+
+/// The sum of the samples of `name` whose labels include `with`.
+fn total(samples: &HashMap<Sample, f64>, name: &str, with: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|((n, labels), _)| {
+            n == name
+                && with
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// A summary count as a sample value.
+fn count(summary: &Value, path: &[&str]) -> f64 {
+    let mut value = summary;
+    for key in path {
+        value = &value[*key];
+    }
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("summary {path:?} is {value}")) as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_scraped_while_the_campaign_runs() {
+async fn metrics_are_scraped_while_the_campaign_runs_and_match_the_summary() {
     let dir = temp_dir("metrics");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
+    // Nothing listens on the collector's port: every export fails.
+    let collector = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let run = tokio::spawn({
         let dir = dir.clone();
-        let config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
-        async move { simulate(&dir, vec![], &config).await }
+        let config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nlinger = \"2s\"\n");
+        let env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ];
+        async move { simulate(&dir, env, &config).await }
     });
-    // The endpoint lives as long as the process: scrape until it is gone.
+    // Scrape while it runs, and once more when the summary is written (the
+    // endpoint lingers after that, with the final numbers).
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let mut scrapes = Vec::new();
-    while !run.is_finished() {
+    let summary_file = dir.join("summary.json");
+    let summary: Value = loop {
+        assert!(
+            !run.is_finished(),
+            "the agent ended before its summary was scraped"
+        );
+        let written = std::fs::read_to_string(&summary_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
         if let Ok(response) = client.get(&url).send().await {
             assert!(
                 response.headers()["content-type"]
@@ -353,8 +423,11 @@ async fn metrics_are_scraped_while_the_campaign_runs() {
             );
             scrapes.push(response.text().await.unwrap());
         }
+        if let Some(summary) = written {
+            break summary;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     let output = run.await.unwrap();
     assert!(output.status.success(), "{}", console(&output));
     assert!(scrapes.len() > 3, "only {} scrapes", scrapes.len());
@@ -368,17 +441,130 @@ async fn metrics_are_scraped_while_the_campaign_runs() {
         series(last, "callguard_breaker_state{service=\"llm\"}"),
         Some(0.0)
     );
-    assert!(series(last, "callguard_retries_total{service=\"elevenlabs\"}").unwrap_or(0.0) >= 1.0);
-    assert!(
-        series(
-            last,
-            "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"}"
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{last}"
-    );
     assert!(last.contains("callguard_attempt_duration_seconds_bucket{"));
-    assert!(last.contains("callguard_contacts{state=\"completed\"}"));
+
+    let samples = parse_exposition(last);
+    for (series, key) in [
+        ("callguard_retries_total", "retries"),
+        ("callguard_attempts_total", "attempts"),
+        ("callguard_rejections_total", "rejections"),
+        ("callguard_deferrals_total", "deferrals"),
+    ] {
+        assert_eq!(
+            total(&samples, series, &[]),
+            count(&summary, &[key]),
+            "{series}"
+        );
+    }
+    assert!(count(&summary, &["retries"]) >= 1.0 && count(&summary, &["deferrals"]) >= 1.0);
+    for state in ["completed", "failed", "expired"] {
+        assert_eq!(
+            total(&samples, "callguard_contacts", &[("state", state)]),
+            count(&summary, &[state]),
+            "{state}"
+        );
+    }
+    let pending: f64 = ["ready", "deferred", "in_flight"]
+        .iter()
+        .map(|state| total(&samples, "callguard_contacts", &[("state", state)]))
+        .sum();
+    assert_eq!(pending, count(&summary, &["pending"]));
+    assert_eq!(
+        total(&samples, "callguard_contacts", &[]),
+        count(&summary, &["contacts"])
+    );
+
+    let transitions = summary["breaker_transitions"].as_object().unwrap();
+    assert!(transitions["elevenlabs"].as_array().unwrap().len() >= 2);
+    for (service, list) in transitions {
+        let list = list.as_array().unwrap();
+        assert_eq!(
+            total(
+                &samples,
+                "callguard_breaker_transitions_total",
+                &[("service", service)]
+            ),
+            list.len() as f64,
+            "{service}"
+        );
+        for transition in list {
+            let (from, to) = (
+                transition["from"].as_str().unwrap(),
+                transition["to"].as_str().unwrap(),
+            );
+            let expected = list
+                .iter()
+                .filter(|t| t["from"] == from && t["to"] == to)
+                .count();
+            assert_eq!(
+                total(
+                    &samples,
+                    "callguard_breaker_transitions_total",
+                    &[("service", service), ("from", from), ("to", to)]
+                ),
+                expected as f64,
+                "{service} {from} -> {to}"
+            );
+        }
+    }
+    assert_eq!(
+        total(&samples, "callguard_breaker_transitions_total", &[]),
+        transitions
+            .values()
+            .map(|l| l.as_array().unwrap().len())
+            .sum::<usize>() as f64
+    );
+
+    for result in ["raised", "suppressed"] {
+        assert_eq!(
+            total(&samples, "callguard_alerts_total", &[("result", result)]),
+            count(&summary, &["alerts", result]),
+            "alerts {result}"
+        );
+    }
+    let channels = summary["alerts"]["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 2, "Telegram and the webhook");
+    for channel in channels {
+        let name = channel["channel"].as_str().unwrap();
+        for result in ["delivered", "failed", "dropped"] {
+            assert_eq!(
+                total(
+                    &samples,
+                    "callguard_alert_notifications_total",
+                    &[("channel", name), ("result", result)]
+                ),
+                channel[result].as_u64().unwrap() as f64,
+                "{name} {result}"
+            );
+        }
+        assert!(
+            channel["delivered"].as_u64().unwrap() >= 1,
+            "{name} delivered none"
+        );
+    }
+
+    for (result, key) in [("sent", "rows_sent"), ("dropped", "rows_dropped")] {
+        assert_eq!(
+            total(
+                &samples,
+                "callguard_sheets_rows_total",
+                &[("result", result)]
+            ),
+            count(&summary, &["sheets", key]),
+            "sheets rows {result}"
+        );
+    }
+    assert!(count(&summary, &["sheets", "rows_sent"]) >= 1.0);
+
+    assert!(
+        total(&samples, "callguard_otlp_export_failures_total", &[]) >= 1.0,
+        "no failed export counted:\n{last}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The value of the series `name` (labels included) in an exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

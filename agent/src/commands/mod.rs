@@ -18,22 +18,38 @@ use callguard_agent::contacts::Contact;
 use callguard_agent::metrics::MetricsServer;
 use callguard_agent::telemetry::Telemetry;
 
+/// A campaign that has run: its summary, and the `/metrics` server, kept up
+/// until [`finish`] has written the summary.
+pub(crate) struct Ran {
+    summary: Summary,
+    metrics: Option<MetricsServer>,
+}
+
 pub(crate) async fn run_campaign(
     config: &AgentConfig,
     contacts: Vec<Contact>,
-) -> Result<Summary, String> {
+    telemetry: &Telemetry,
+) -> Result<Ran, String> {
     let parts = assemble(config).map_err(|e| e.to_string())?;
+    parts.metrics.watch_alerts(parts.alerts.clone());
+    parts.metrics.watch_telemetry(telemetry);
     let queue = Arc::new(store::open_queue(config, &contacts).await?);
-    let grpc = health::GrpcServer::start(&config.grpc, parts.registry.clone()).await?;
-    let remote = health::RemoteFollower::start(config, &parts.registry);
-    let metrics = match config.metrics.listen {
+    let metrics = match config.metrics.served_on() {
         Some(listen) => Some(
             MetricsServer::start(listen, parts.metrics, parts.registry.clone(), queue.clone())
                 .await
-                .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?,
+                .map_err(|e| {
+                    format!(
+                        "cannot serve metrics on {listen} (metrics.listen): {e}; \
+                         choose another address with [metrics] listen or CALLGUARD_METRICS__LISTEN, \
+                         or turn /metrics off with [metrics] enabled = false"
+                    )
+                })?,
         ),
         None => None,
     };
+    let grpc = health::GrpcServer::start(&config.grpc, parts.registry.clone()).await?;
+    let remote = health::RemoteFollower::start(config, &parts.registry);
     let campaign = Campaign {
         pipeline: parts.pipeline,
         registry: parts.registry,
@@ -51,21 +67,23 @@ pub(crate) async fn run_campaign(
         remote.stop().await;
     }
     grpc.stop().await;
-    if let Some(server) = metrics {
-        server.stop().await;
-    }
     store::keep_pending(config, &queue, &contacts).await?;
-    Ok(summary)
+    Ok(Ran { summary, metrics })
 }
 
 /// Flushes the log export, prints the summary (and writes it as JSON when
-/// asked); success when every contact is accounted for.
+/// asked), then keeps `/metrics` up for `metrics.linger` (or until Ctrl-C or
+/// SIGTERM); success when every contact is accounted for.
 pub(crate) async fn finish(
     config: &AgentConfig,
-    mut summary: Summary,
+    ran: Ran,
     summary_json: Option<&Path>,
     telemetry: &mut Telemetry,
 ) -> Result<ExitCode, String> {
+    let Ran {
+        mut summary,
+        metrics,
+    } = ran;
     summary.sheets = telemetry
         .flush_sheets(config.queue.shutdown_grace.get())
         .await;
@@ -76,6 +94,21 @@ pub(crate) async fn finish(
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     tracing::info!(log = %config.logging.path.display(), "Campaign finished");
+    if let Some(server) = metrics {
+        let linger = config.metrics.linger.get();
+        if !linger.is_zero() {
+            tracing::info!(
+                "Metrics served on http://{}/metrics for {:.1}s more (metrics.linger)",
+                server.local_addr(),
+                linger.as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(linger) => {}
+                () = shutdown_signal() => {}
+            }
+        }
+        server.stop().await;
+    }
     Ok(if summary.all_accounted_for() {
         ExitCode::SUCCESS
     } else {

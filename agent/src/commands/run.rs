@@ -42,6 +42,6 @@ pub(crate) async fn run(
         }
         None => Vec::new(),
     };
-    let summary = run_campaign(&config, contacts).await?;
-    finish(&config, summary, summary_json, &mut telemetry).await
+    let ran = run_campaign(&config, contacts, &telemetry).await?;
+    finish(&config, ran, summary_json, &mut telemetry).await
 }

@@ -28,7 +28,7 @@ pub(crate) async fn simulate(
         .map_err(|e| format!("cannot start the mocks: {e}"))?;
     let defaults = format!(
         "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\nurl = \"memory:\"\n\
-         [grpc]\nlisten = \"127.0.0.1:0\"\n",
+         [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         services.config_defaults(time_scale)
     );
     let mut config =
@@ -44,9 +44,9 @@ pub(crate) async fn simulate(
     services
         .start_faults()
         .map_err(|e| format!("cannot inject the scenario's faults: {e}"))?;
-    let summary = run_campaign(&config, contacts).await?;
+    let ran = run_campaign(&config, contacts, &telemetry).await?;
     // The mocks stay up until the log rows bound for their Sheets fake are sent.
-    let code = finish(&config, summary, summary_json, &mut telemetry).await;
+    let code = finish(&config, ran, summary_json, &mut telemetry).await;
     services.server.shutdown().await;
     code
 }

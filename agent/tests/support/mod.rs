@@ -32,7 +32,9 @@ pub(crate) fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// The `callguard` binary, run in `dir`, without the test's own `RUST_LOG` or
-/// `CALLGUARD_*` variables (its config comes from the test alone).
+/// `CALLGUARD_*` variables (its config comes from the test alone), serving
+/// `/metrics` on a free port so that agents of tests running at once do not
+/// collide on the default one.
 pub(crate) fn callguard(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_callguard"));
     command.current_dir(dir).env_remove("RUST_LOG");
@@ -41,6 +43,7 @@ pub(crate) fn callguard(dir: &Path) -> Command {
             command.env_remove(var);
         }
     }
+    command.env("CALLGUARD_METRICS__LISTEN", "127.0.0.1:0");
     command
 }
 
