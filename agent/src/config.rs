@@ -632,6 +632,29 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_served_on_9464_unless_turned_off() {
+        let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
+        assert_eq!(
+            config.metrics.served_on(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_METRICS__LISTEN", "127.0.0.1:0")]),
+        )
+        .unwrap();
+        assert_eq!(config.metrics.served_on().map(|a| a.port()), Some(0));
+        let config = AgentConfig::load(
+            DEFAULTS,
+            None,
+            env(&[("CALLGUARD_METRICS__ENABLED", "false")]),
+        )
+        .unwrap();
+        assert_eq!(config.metrics.served_on(), None);
+    }
+
+    #[test]
     fn grpc_and_remote_health_come_from_the_environment_too() {
         let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
         assert_eq!(config.grpc.listen, "127.0.0.1:50051".parse().unwrap());
