@@ -11,11 +11,16 @@
 //!    a contact whose script is already written, from taking it off the queue
 //!    to having deferred it; once with the breaker forced open, once with the
 //!    breaker opened by a TTS outage (`503` on every request).
+//! 3. **Serving health under load**: the campaign of (1) with the gRPC server
+//!    ([`callguard_health::serve`]) serving its breaker registry, quiet or
+//!    hammered by 64 `grpc.health.v1.Health/Check` clients over 8 HTTP/2
+//!    connections, alternating; the medians of contacts/s are compared, and
+//!    the Check figures during the loaded runs are printed.
 //!
 //! `cargo bench -p callguard-agent --bench pipeline`
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use callguard_agent::assemble::{Assembled, assemble};
@@ -27,9 +32,14 @@ use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
 use callguard_agent::queue::{CallQueue, Deferral};
 use callguard_agent::simulate::generate_contacts;
 use callguard_core::CircuitState;
+use callguard_health::GrpcOptions;
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+#[path = "../../health/benches/support/mod.rs"]
+mod check_load;
+use check_load::{Load, check_load, load_average};
 
 /// Contacts per throughput run.
 const CONTACTS: usize = 2_000;
@@ -40,6 +50,13 @@ const ROUNDS: usize = 15;
 const WORKERS: usize = 4;
 /// Contacts deferred (and timed) per deferral measurement.
 const DEFERRED_CONTACTS: usize = 5_000;
+/// Rounds of the health-load comparison; each runs quiet and loaded.
+const LOAD_ROUNDS: usize = 6;
+/// Check clients and their HTTP/2 connections in the loaded runs.
+const CHECK_CLIENTS: usize = 64;
+const CHECK_CONNECTIONS: usize = 8;
+/// Most throughput serving health may cost the campaign.
+const MAX_HEALTH_COST: f64 = 0.05;
 /// Most throughput lost to the resilience layer the design allows.
 const MAX_OVERHEAD: f64 = 0.10;
 /// Longest mean time the design allows to defer a contact on an OPEN breaker.
@@ -64,6 +81,7 @@ fn main() {
         throughput(&config).await;
         deferral(&server, &config, Opening::Forced).await;
         deferral(&server, &config, Opening::Outage).await;
+        under_check_load(&config).await;
         server.shutdown().await;
     });
 }
@@ -213,7 +231,11 @@ fn process_cpu_time() -> Option<Duration> {
 /// The real campaign: queue, workers, pipeline with executors and breakers;
 /// no health checker, no progress line, no logging subscriber.
 async fn run_campaign(config: &AgentConfig, contacts: Vec<Contact>) -> Duration {
-    let parts = parts(config);
+    run_assembled(config, parts(config), contacts).await
+}
+
+/// [`run_campaign`] with parts assembled by the caller.
+async fn run_assembled(config: &AgentConfig, parts: Assembled, contacts: Vec<Contact>) -> Duration {
     let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
     let campaign = Campaign {
         pipeline: parts.pipeline,
@@ -421,15 +443,113 @@ fn percentile(samples: &[Duration], q: f64) -> Duration {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
-/// The 1-minute load average (`/proc/loadavg`), or `?`: how busy the shared
-/// machine was, which the wall-clock figures depend on.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
 fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// The gRPC server serves the registry; nobody asks it anything.
+    Quiet,
+    /// The gRPC server answers `CHECK_CLIENTS` Check clients all along.
+    Loaded,
+}
+
+/// The campaign's contacts/s with the gRPC server serving its registry,
+/// quiet and under a Check load, alternating which goes first.
+async fn under_check_load(config: &AgentConfig) {
+    println!(
+        "\n## serving health: {CONTACTS} contacts, {WORKERS} workers, gRPC server on the \
+         campaign's registry, quiet vs {CHECK_CLIENTS} Check clients over {CHECK_CONNECTIONS} \
+         connections, {LOAD_ROUNDS} rounds (+1 warm-up), medians"
+    );
+    let mut quiet = Vec::new();
+    let mut loaded = Vec::new();
+    let mut loads = Vec::new();
+    for round in 0..=LOAD_ROUNDS {
+        let order = if round % 2 == 0 {
+            [Health::Quiet, Health::Loaded]
+        } else {
+            [Health::Loaded, Health::Quiet]
+        };
+        let mut line = format!("round {round}:");
+        for side in order {
+            let contacts = contacts_for(&format!("h{round}-{side:?}"));
+            let (elapsed, load) = run_served(config, contacts, side).await;
+            let rate = CONTACTS as f64 / elapsed.as_secs_f64();
+            line.push_str(&format!("  {side:?} {rate:>6.0}/s"));
+            if let Some(load) = &load {
+                line.push_str(&format!(" ({:.0} Check/s)", load.rate()));
+            }
+            if round > 0 {
+                match side {
+                    Health::Quiet => quiet.push(rate),
+                    Health::Loaded => loaded.push(rate),
+                }
+                loads.extend(load);
+            }
+        }
+        if round == 0 {
+            line.push_str("  (warm-up)");
+        }
+        println!("{line}");
+    }
+    let (quiet, loaded) = (median(quiet), median(loaded));
+    let ratio = loaded / quiet;
+    println!("quiet gRPC server:    {quiet:>7.0} contacts/s (median)");
+    println!("under Check load:     {loaded:>7.0} contacts/s (median)");
+    println!(
+        "ratio of medians:     {ratio:.3} (cost {:+.1} %, target ≤ {:.0} %: {})",
+        (1.0 - ratio) * 100.0,
+        MAX_HEALTH_COST * 100.0,
+        verdict(1.0 - ratio <= MAX_HEALTH_COST)
+    );
+    for load in &loads {
+        println!("Check during a campaign: {}", load.summary());
+    }
+}
+
+/// One campaign with the gRPC server serving its registry, and the Check
+/// load it was under, if any.
+async fn run_served(
+    config: &AgentConfig,
+    contacts: Vec<Contact>,
+    health: Health,
+) -> (Duration, Option<Load>) {
+    let parts = parts(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(callguard_health::serve(
+        listener,
+        parts.registry.clone(),
+        GrpcOptions::default(),
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = (health == Health::Loaded).then(|| {
+        tokio::spawn(check_load(
+            addr,
+            "elevenlabs",
+            CHECK_CLIENTS,
+            CHECK_CONNECTIONS,
+            stop_load.clone(),
+        ))
+    });
+    let elapsed = run_assembled(config, parts, contacts).await;
+    stop_load.store(true, Ordering::Relaxed);
+    let load = match load {
+        Some(load) => Some(load.await.expect("the Check load completes")),
+        None => None,
+    };
+    let _ = stop_server.send(());
+    server
+        .await
+        .expect("the gRPC server task completes")
+        .expect("the gRPC server ran");
+    (elapsed, load)
 }

@@ -8,13 +8,15 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use callguard_breaker::{BreakerConfig, BreakerRegistry};
 use callguard_core::ServiceName;
 use callguard_health::GrpcOptions;
-use support::{check_load_for, load_average};
+use support::{Load, check_load, load_average};
 
 /// Concurrent callers of the loaded run.
 const CLIENTS: usize = 64;
@@ -52,16 +54,9 @@ fn main() {
             load_average()
         );
         // Warm-up: connections, allocations, the first requests.
-        check_load_for(
-            addr,
-            "elevenlabs",
-            CLIENTS,
-            CONNECTIONS,
-            Duration::from_secs(1),
-        )
-        .await;
+        check_load_for(addr, CLIENTS, CONNECTIONS, Duration::from_secs(1)).await;
 
-        let loaded = check_load_for(addr, "elevenlabs", CLIENTS, CONNECTIONS, DURATION).await;
+        let loaded = check_load_for(addr, CLIENTS, CONNECTIONS, DURATION).await;
         println!(
             "\n## Check, {CLIENTS} clients over {CONNECTIONS} HTTP/2 connections, {DURATION:?}"
         );
@@ -72,8 +67,28 @@ fn main() {
             if p99 < MAX_P99 { "met" } else { "MISSED" }
         );
 
-        let alone = check_load_for(addr, "elevenlabs", 1, 1, DURATION).await;
+        let alone = check_load_for(addr, 1, 1, DURATION).await;
         println!("\n## Check, 1 client, 1 connection, {DURATION:?}");
         println!("{}", alone.summary());
     });
+}
+
+/// Runs [`check_load`] on `elevenlabs` for `duration`.
+async fn check_load_for(
+    addr: SocketAddr,
+    clients: usize,
+    connections: usize,
+    duration: Duration,
+) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(check_load(
+        addr,
+        "elevenlabs",
+        clients,
+        connections,
+        stop.clone(),
+    ));
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("the load task completes")
 }

@@ -91,25 +91,6 @@ pub(crate) async fn check_load(
     Load { latencies, elapsed }
 }
 
-/// Runs [`check_load`] for `duration`.
-pub(crate) async fn check_load_for(
-    addr: SocketAddr,
-    service: &str,
-    clients: usize,
-    connections: usize,
-    duration: Duration,
-) -> Load {
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn({
-        let stop = stop.clone();
-        let service = service.to_owned();
-        async move { check_load(addr, &service, clients, connections, stop).await }
-    });
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("the load task completes")
-}
-
 /// The 1-minute load average (`/proc/loadavg`), or `?`.
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
