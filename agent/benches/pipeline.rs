@@ -12,12 +12,16 @@
 //!    to having deferred it; once with the breaker forced open, once with the
 //!    breaker opened by a TTS outage (`503` on every request).
 //! 3. **Serving health under load**: the campaign of (1) with the gRPC server
-//!    ([`callguard_health::serve`]) serving its breaker registry, quiet or
-//!    hammered by 64 `grpc.health.v1.Health/Check` clients over 8 HTTP/2
-//!    connections, alternating; the medians of contacts/s are compared, and
-//!    the Check figures during the loaded runs are printed.
+//!    ([`callguard_health::serve`]) serving its breaker registry, quiet, under
+//!    64 paced `grpc.health.v1.Health/Check` clients over 8 HTTP/2 connections
+//!    (one Check every 10 ms each, as periodic health checkers do), and under
+//!    the same 64 clients flat out (closed loop, saturation), the order
+//!    rotating every round; the medians of contacts/s are compared, and the
+//!    Check figures during the loaded runs are printed.
 //!
-//! `cargo bench -p callguard-agent --bench pipeline`
+//! `cargo bench -p callguard-agent --bench pipeline` runs all three;
+//! `cargo bench -p callguard-agent --bench pipeline -- health` (or
+//! `throughput`, `deferral`) runs only the sections named.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,7 +43,7 @@ use tracing::Instrument;
 
 #[path = "../../health/benches/support/mod.rs"]
 mod check_load;
-use check_load::{Load, check_load, load_average};
+use check_load::{Load, Pace, check_load, load_average};
 
 /// Contacts per throughput run.
 const CONTACTS: usize = 2_000;
@@ -55,6 +59,8 @@ const LOAD_ROUNDS: usize = 6;
 /// Check clients and their HTTP/2 connections in the loaded runs.
 const CHECK_CLIENTS: usize = 64;
 const CHECK_CONNECTIONS: usize = 8;
+/// Each paced Check client's interval between requests.
+const CHECK_INTERVAL: Duration = Duration::from_millis(10);
 /// Most throughput serving health may cost the campaign.
 const MAX_HEALTH_COST: f64 = 0.05;
 /// Most throughput lost to the resilience layer the design allows.
@@ -78,12 +84,28 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             load_average()
         );
-        throughput(&config).await;
-        deferral(&server, &config, Opening::Forced).await;
-        deferral(&server, &config, Opening::Outage).await;
-        under_check_load(&config).await;
+        if wanted("throughput") {
+            throughput(&config).await;
+        }
+        if wanted("deferral") {
+            deferral(&server, &config, Opening::Forced).await;
+            deferral(&server, &config, Opening::Outage).await;
+        }
+        if wanted("health") {
+            under_check_load(&config).await;
+        }
         server.shutdown().await;
     });
+}
+
+/// Whether the command line asks for `section`: it names it, or names no
+/// section at all (cargo passes `--bench` and other flags, which are skipped).
+fn wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|arg| arg == section)
 }
 
 /// The agent's config for the mocks: quick retries (so an outage opens the
@@ -451,29 +473,43 @@ fn verdict(met: bool) -> &'static str {
 enum Health {
     /// The gRPC server serves the registry; nobody asks it anything.
     Quiet,
-    /// The gRPC server answers `CHECK_CLIENTS` Check clients all along.
-    Loaded,
+    /// The gRPC server answers `CHECK_CLIENTS` clients each sending one
+    /// Check every `CHECK_INTERVAL`.
+    Paced,
+    /// The gRPC server answers `CHECK_CLIENTS` clients flat out.
+    Flat,
+}
+
+impl Health {
+    /// The Check load of this side, if any.
+    fn pace(self) -> Option<Pace> {
+        match self {
+            Health::Quiet => None,
+            Health::Paced => Some(Pace::Every(CHECK_INTERVAL)),
+            Health::Flat => Some(Pace::Flat),
+        }
+    }
 }
 
 /// The campaign's contacts/s with the gRPC server serving its registry,
-/// quiet and under a Check load, alternating which goes first.
+/// quiet, under a paced Check load and under a flat-out one, rotating which
+/// goes first.
 async fn under_check_load(config: &AgentConfig) {
+    let attempted = CHECK_CLIENTS as f64 / CHECK_INTERVAL.as_secs_f64();
     println!(
         "\n## serving health: {CONTACTS} contacts, {WORKERS} workers, gRPC server on the \
-         campaign's registry, quiet vs {CHECK_CLIENTS} Check clients over {CHECK_CONNECTIONS} \
-         connections, {LOAD_ROUNDS} rounds (+1 warm-up), medians"
+         campaign's registry; quiet vs {CHECK_CLIENTS} Check clients over {CHECK_CONNECTIONS} \
+         connections paced (one every {CHECK_INTERVAL:?} each, {attempted:.0}/s) vs the same \
+         clients flat out; {LOAD_ROUNDS} rounds (+1 warm-up), medians"
     );
-    let mut quiet = Vec::new();
-    let mut loaded = Vec::new();
-    let mut loads = Vec::new();
+    let sides = [Health::Quiet, Health::Paced, Health::Flat];
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+    let mut loads = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..=LOAD_ROUNDS {
-        let order = if round % 2 == 0 {
-            [Health::Quiet, Health::Loaded]
-        } else {
-            [Health::Loaded, Health::Quiet]
-        };
         let mut line = format!("round {round}:");
-        for side in order {
+        for k in 0..sides.len() {
+            let index = (round + k) % sides.len();
+            let side = sides[index];
             let contacts = contacts_for(&format!("h{round}-{side:?}"));
             let (elapsed, load) = run_served(config, contacts, side).await;
             let rate = CONTACTS as f64 / elapsed.as_secs_f64();
@@ -482,11 +518,8 @@ async fn under_check_load(config: &AgentConfig) {
                 line.push_str(&format!(" ({:.0} Check/s)", load.rate()));
             }
             if round > 0 {
-                match side {
-                    Health::Quiet => quiet.push(rate),
-                    Health::Loaded => loaded.push(rate),
-                }
-                loads.extend(load);
+                rates[index].push(rate);
+                loads[index].extend(load);
             }
         }
         if round == 0 {
@@ -494,18 +527,23 @@ async fn under_check_load(config: &AgentConfig) {
         }
         println!("{line}");
     }
-    let (quiet, loaded) = (median(quiet), median(loaded));
-    let ratio = loaded / quiet;
-    println!("quiet gRPC server:    {quiet:>7.0} contacts/s (median)");
-    println!("under Check load:     {loaded:>7.0} contacts/s (median)");
-    println!(
-        "ratio of medians:     {ratio:.3} (cost {:+.1} %, target ≤ {:.0} %: {})",
-        (1.0 - ratio) * 100.0,
-        MAX_HEALTH_COST * 100.0,
-        verdict(1.0 - ratio <= MAX_HEALTH_COST)
-    );
-    for load in &loads {
-        println!("Check during a campaign: {}", load.summary());
+    let [quiet, paced, flat] = rates.map(median);
+    println!("quiet gRPC server:        {quiet:>7.0} contacts/s (median)");
+    println!("under paced Check load:   {paced:>7.0} contacts/s (median)");
+    println!("under flat-out Check load:{flat:>7.0} contacts/s (median)");
+    for (name, loaded) in [("paced", paced), ("flat-out", flat)] {
+        let ratio = loaded / quiet;
+        println!(
+            "{name} / quiet: {ratio:.3} (cost {:+.1} %, target ≤ {:.0} %: {})",
+            (1.0 - ratio) * 100.0,
+            MAX_HEALTH_COST * 100.0,
+            verdict(1.0 - ratio <= MAX_HEALTH_COST)
+        );
+    }
+    for (side, loads) in sides.iter().zip(&loads) {
+        for load in loads {
+            println!("Check during a campaign, {side:?}: {}", load.summary());
+        }
     }
 }
 
@@ -531,12 +569,13 @@ async fn run_served(
         },
     ));
     let stop_load = Arc::new(AtomicBool::new(false));
-    let load = (health == Health::Loaded).then(|| {
+    let load = health.pace().map(|pace| {
         tokio::spawn(check_load(
             addr,
             "elevenlabs",
             CHECK_CLIENTS,
             CHECK_CONNECTIONS,
+            pace,
             stop_load.clone(),
         ))
     });

@@ -1,8 +1,10 @@
 //! `grpc.health.v1.Health/Check` throughput and latency against
 //! [`callguard_health::serve`] on 127.0.0.1, with nothing else running (the
 //! agent idle): 64 concurrent tonic clients over 8 HTTP/2 connections for a
-//! few seconds, then one client alone for the unloaded latency. Printed with
-//! `println!` (`harness = false`).
+//! few seconds, first paced (each client sending one Check every 10 ms, then
+//! every 1 ms, as periodic health checkers do; latency from the scheduled send
+//! time), then flat out (saturation), then one client alone for the unloaded
+//! latency. Printed with `println!` (`harness = false`).
 //!
 //! `cargo bench -p callguard-health --bench check`
 
@@ -16,7 +18,7 @@ use std::time::Duration;
 use callguard_breaker::{BreakerConfig, BreakerRegistry};
 use callguard_core::ServiceName;
 use callguard_health::GrpcOptions;
-use support::{Load, check_load, load_average};
+use support::{Load, Pace, check_load, load_average};
 
 /// Concurrent callers of the loaded run.
 const CLIENTS: usize = 64;
@@ -24,6 +26,8 @@ const CLIENTS: usize = 64;
 const CONNECTIONS: usize = 8;
 /// Length of each measured run.
 const DURATION: Duration = Duration::from_secs(4);
+/// Each paced client's interval between Checks, one paced run per entry.
+const INTERVALS: [Duration; 2] = [Duration::from_millis(10), Duration::from_millis(1)];
 /// Longest p99 the design allows with the agent idle.
 const MAX_P99: Duration = Duration::from_millis(1);
 
@@ -54,30 +58,56 @@ fn main() {
             load_average()
         );
         // Warm-up: connections, allocations, the first requests.
-        check_load_for(addr, CLIENTS, CONNECTIONS, Duration::from_secs(1)).await;
+        check_load_for(
+            addr,
+            CLIENTS,
+            CONNECTIONS,
+            Pace::Flat,
+            Duration::from_secs(1),
+        )
+        .await;
 
-        let loaded = check_load_for(addr, CLIENTS, CONNECTIONS, DURATION).await;
-        println!(
-            "\n## Check, {CLIENTS} clients over {CONNECTIONS} HTTP/2 connections, {DURATION:?}"
-        );
-        println!("{}", loaded.summary());
-        let p99 = loaded.percentile(0.99);
-        println!(
-            "p99 {p99:.1?} (target < {MAX_P99:?}: {})",
-            if p99 < MAX_P99 { "met" } else { "MISSED" }
-        );
+        for interval in INTERVALS {
+            let attempted = CLIENTS as f64 / interval.as_secs_f64();
+            let paced =
+                check_load_for(addr, CLIENTS, CONNECTIONS, Pace::Every(interval), DURATION).await;
+            println!(
+                "\n## Check, {CLIENTS} clients over {CONNECTIONS} HTTP/2 connections, one every \
+                 {interval:?} per client ({attempted:.0}/s attempted), {DURATION:?}"
+            );
+            println!("{}", paced.summary());
+            print_p99_verdict(&paced);
+        }
 
-        let alone = check_load_for(addr, 1, 1, DURATION).await;
+        let flat = check_load_for(addr, CLIENTS, CONNECTIONS, Pace::Flat, DURATION).await;
+        println!(
+            "\n## Check, {CLIENTS} clients over {CONNECTIONS} HTTP/2 connections, closed loop \
+             (saturation), {DURATION:?}"
+        );
+        println!("{}", flat.summary());
+        print_p99_verdict(&flat);
+
+        let alone = check_load_for(addr, 1, 1, Pace::Flat, DURATION).await;
         println!("\n## Check, 1 client, 1 connection, {DURATION:?}");
         println!("{}", alone.summary());
     });
 }
 
-/// Runs [`check_load`] on `elevenlabs` for `duration`.
+/// `p99 … (target < 1ms: met|MISSED)`.
+fn print_p99_verdict(load: &Load) {
+    let p99 = load.percentile(0.99);
+    println!(
+        "p99 {p99:.1?} (target < {MAX_P99:?}: {})",
+        if p99 < MAX_P99 { "met" } else { "MISSED" }
+    );
+}
+
+/// Runs [`check_load`] on `elevenlabs` at `pace` for `duration`.
 async fn check_load_for(
     addr: SocketAddr,
     clients: usize,
     connections: usize,
+    pace: Pace,
     duration: Duration,
 ) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
@@ -86,6 +116,7 @@ async fn check_load_for(
         "elevenlabs",
         clients,
         connections,
+        pace,
         stop.clone(),
     ));
     tokio::time::sleep(duration).await;

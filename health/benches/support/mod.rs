@@ -1,22 +1,55 @@
 //! A `grpc.health.v1.Health/Check` load for the benchmarks: concurrent
-//! tonic clients over a few HTTP/2 connections on loopback, each sending its
-//! next request as soon as the last one is answered. Shared by
-//! `callguard-health`'s `check` bench and `callguard-agent`'s `pipeline` bench.
+//! tonic clients over a few HTTP/2 connections on loopback, either flat out
+//! (each sending its next request as soon as the last one is answered) or
+//! paced (each sending one request every interval, as periodic health
+//! checkers do). Shared by `callguard-health`'s `check` bench and
+//! `callguard-agent`'s `pipeline` bench.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tonic::transport::Endpoint;
 
-/// What a load measured: every request's latency (sorted) and how long it ran.
+/// How each client of a load spaces its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pace {
+    /// Closed loop: the next request leaves as soon as the last is answered,
+    /// so the load takes all the CPU it can (saturation).
+    Flat,
+    /// One request every interval per client, the clients' schedules
+    /// staggered evenly over the interval. A request's latency runs from its
+    /// scheduled send time whenever the previous answer came too late to send
+    /// it on time (no coordinated omission); otherwise from when the client's
+    /// timer woke it (tokio's timer ticks in milliseconds, so waking up to
+    /// 1 ms after the schedule is the client's slack, not the server's).
+    Every(Duration),
+}
+
+impl std::fmt::Display for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pace::Flat => f.write_str("closed loop"),
+            Pace::Every(interval) => write!(f, "one Check every {interval:?} per client"),
+        }
+    }
+}
+
+/// What a load measured: every request's latency (sorted), how long it ran,
+/// and for a paced load how often a client could not send on schedule.
 pub(crate) struct Load {
     pub(crate) latencies: Vec<Duration>,
     pub(crate) elapsed: Duration,
+    /// Paced requests sent late because the previous answer had not come yet.
+    pub(crate) held_back: usize,
+    /// How late the clients' timers woke them after a paced request's
+    /// scheduled time (sorted; empty for a flat load).
+    pub(crate) timer_lag: Vec<Duration>,
 }
 
 impl Load {
@@ -27,13 +60,13 @@ impl Load {
 
     /// The `q` quantile of the latencies (nearest rank).
     pub(crate) fn percentile(&self, q: f64) -> Duration {
-        let rank = (q * self.latencies.len() as f64).ceil() as usize;
-        self.latencies[rank.clamp(1, self.latencies.len()) - 1]
+        nearest_rank(&self.latencies, q)
     }
 
-    /// `N req/s, p50 …, p99 …, max …`.
+    /// `N req/s, p50 …, p99 …, max …`, and for a paced load the requests
+    /// held back and the timer's lag.
     pub(crate) fn summary(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} requests in {:.2?}: {:.0} req/s, p50 {:.1?}, p90 {:.1?}, p99 {:.1?}, max {:.1?}",
             self.latencies.len(),
             self.elapsed,
@@ -42,18 +75,45 @@ impl Load {
             self.percentile(0.90),
             self.percentile(0.99),
             self.latencies.last().copied().unwrap_or_default()
-        )
+        );
+        if !self.timer_lag.is_empty() || self.held_back > 0 {
+            line.push_str(&format!(
+                "; {} held back by a late answer; timer lag p50 {:.1?}, p99 {:.1?}",
+                self.held_back,
+                nearest_rank(&self.timer_lag, 0.50),
+                nearest_rank(&self.timer_lag, 0.99),
+            ));
+        }
+        line
     }
 }
 
+/// The `q` quantile of sorted `samples` (nearest rank), zero if there are none.
+fn nearest_rank(samples: &[Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+/// What one client measured.
+#[derive(Default)]
+struct ClientLoad {
+    latencies: Vec<Duration>,
+    held_back: usize,
+    timer_lag: Vec<Duration>,
+}
+
 /// Checks `service` at `addr` from `clients` callers spread over
-/// `connections` HTTP/2 connections until `stop` is set. Every answer must be
-/// a success.
+/// `connections` HTTP/2 connections, spacing each caller's requests by
+/// `pace`, until `stop` is set. Every answer must be a success.
 pub(crate) async fn check_load(
     addr: SocketAddr,
     service: &str,
     clients: usize,
     connections: usize,
+    pace: Pace,
     stop: Arc<AtomicBool>,
 ) -> Load {
     let mut channels = Vec::with_capacity(connections);
@@ -72,23 +132,57 @@ pub(crate) async fn check_load(
         let stop = stop.clone();
         let service = service.to_owned();
         callers.spawn(async move {
-            let mut latencies = Vec::new();
+            let mut measured = ClientLoad::default();
+            let mut next = match pace {
+                Pace::Flat => started,
+                Pace::Every(interval) => started + interval * i as u32 / clients as u32,
+            };
             while !stop.load(Ordering::Relaxed) {
+                let origin = match pace {
+                    Pace::Flat => Instant::now(),
+                    Pace::Every(interval) => {
+                        let scheduled = next;
+                        next += interval;
+                        let now = Instant::now();
+                        if now < scheduled {
+                            tokio::time::sleep_until(scheduled).await;
+                            let woke = Instant::now();
+                            measured.timer_lag.push(woke - scheduled);
+                            woke
+                        } else if measured.latencies.is_empty() {
+                            // The first request, due before this task ran.
+                            now
+                        } else {
+                            measured.held_back += 1;
+                            scheduled
+                        }
+                    }
+                };
                 let request = HealthCheckRequest {
                     service: service.clone(),
                 };
-                let sent = Instant::now();
                 client.check(request).await.expect("Check answers");
-                latencies.push(sent.elapsed());
+                measured.latencies.push(origin.elapsed());
             }
-            latencies
+            measured
         });
     }
-    let mut latencies: Vec<Duration> = callers.join_all().await.into_iter().flatten().collect();
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    assert!(!latencies.is_empty(), "the load made no request");
-    Load { latencies, elapsed }
+    let mut load = Load {
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+        held_back: 0,
+        timer_lag: Vec::new(),
+    };
+    for measured in callers.join_all().await {
+        load.latencies.extend(measured.latencies);
+        load.held_back += measured.held_back;
+        load.timer_lag.extend(measured.timer_lag);
+    }
+    load.elapsed = started.elapsed();
+    load.latencies.sort_unstable();
+    load.timer_lag.sort_unstable();
+    assert!(!load.latencies.is_empty(), "the load made no request");
+    load
 }
 
 /// The 1-minute load average (`/proc/loadavg`), or `?`.
