@@ -188,7 +188,12 @@ async fn a_killed_agent_started_again_finishes_the_campaign() {
     first.kill().unwrap(); // SIGKILL: no shutdown, leases left behind
     first.wait().unwrap();
     let after_kill = report(&dir);
-    assert!(after_kill["completed"] >= 12, "{after_kill:?}");
+    // A record the CRM took just before the kill may belong to a contact not
+    // yet marked completed: it is still held in flight, to be resent.
+    assert!(
+        after_kill["completed"] + after_kill["in_flight"] >= 12,
+        "{after_kill:?}"
+    );
     assert!(
         after_kill["completed"] < 60,
         "killed mid-run: {after_kill:?}"
