@@ -61,6 +61,9 @@ const CHECK_CLIENTS: usize = 64;
 const CHECK_CONNECTIONS: usize = 8;
 /// Each paced Check client's interval between requests.
 const CHECK_INTERVAL: Duration = Duration::from_millis(10);
+/// Each probing Check client's interval: health checks as an orchestrator
+/// sends them, if very eagerly.
+const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most throughput serving health may cost the campaign.
 const MAX_HEALTH_COST: f64 = 0.05;
 /// Most throughput lost to the resilience layer the design allows.
@@ -474,6 +477,9 @@ enum Health {
     /// The gRPC server serves the registry; nobody asks it anything.
     Quiet,
     /// The gRPC server answers `CHECK_CLIENTS` clients each sending one
+    /// Check every `PROBE_INTERVAL`.
+    Probing,
+    /// The gRPC server answers `CHECK_CLIENTS` clients each sending one
     /// Check every `CHECK_INTERVAL`.
     Paced,
     /// The gRPC server answers `CHECK_CLIENTS` clients flat out.
@@ -485,6 +491,7 @@ impl Health {
     fn pace(self) -> Option<Pace> {
         match self {
             Health::Quiet => None,
+            Health::Probing => Some(Pace::Every(PROBE_INTERVAL)),
             Health::Paced => Some(Pace::Every(CHECK_INTERVAL)),
             Health::Flat => Some(Pace::Flat),
         }
@@ -492,19 +499,20 @@ impl Health {
 }
 
 /// The campaign's contacts/s with the gRPC server serving its registry,
-/// quiet, under a paced Check load and under a flat-out one, rotating which
-/// goes first.
+/// quiet, under probing and paced Check loads and under a flat-out one,
+/// rotating which goes first.
 async fn under_check_load(config: &AgentConfig) {
     let attempted = CHECK_CLIENTS as f64 / CHECK_INTERVAL.as_secs_f64();
     println!(
         "\n## serving health: {CONTACTS} contacts, {WORKERS} workers, gRPC server on the \
          campaign's registry; quiet vs {CHECK_CLIENTS} Check clients over {CHECK_CONNECTIONS} \
-         connections paced (one every {CHECK_INTERVAL:?} each, {attempted:.0}/s) vs the same \
-         clients flat out; {LOAD_ROUNDS} rounds (+1 warm-up), medians"
+         connections probing (one every {PROBE_INTERVAL:?} each) and paced (one every \
+         {CHECK_INTERVAL:?} each, {attempted:.0}/s) vs the same clients flat out; \
+         {LOAD_ROUNDS} rounds (+1 warm-up), medians"
     );
-    let sides = [Health::Quiet, Health::Paced, Health::Flat];
-    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
-    let mut loads = [Vec::new(), Vec::new(), Vec::new()];
+    let sides = [Health::Quiet, Health::Probing, Health::Paced, Health::Flat];
+    let mut rates = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+    let mut loads = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for round in 0..=LOAD_ROUNDS {
         let mut line = format!("round {round}:");
         for k in 0..sides.len() {
@@ -527,11 +535,12 @@ async fn under_check_load(config: &AgentConfig) {
         }
         println!("{line}");
     }
-    let [quiet, paced, flat] = rates.map(median);
+    let [quiet, probing, paced, flat] = rates.map(median);
     println!("quiet gRPC server:        {quiet:>7.0} contacts/s (median)");
+    println!("under probing Check load: {probing:>7.0} contacts/s (median)");
     println!("under paced Check load:   {paced:>7.0} contacts/s (median)");
     println!("under flat-out Check load:{flat:>7.0} contacts/s (median)");
-    for (name, loaded) in [("paced", paced), ("flat-out", flat)] {
+    for (name, loaded) in [("probing", probing), ("paced", paced), ("flat-out", flat)] {
         let ratio = loaded / quiet;
         println!(
             "{name} / quiet: {ratio:.3} (cost {:+.1} %, target ≤ {:.0} %: {})",

@@ -208,7 +208,7 @@ pub async fn serve(
         )))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal)
         .await?;
     tracing::info!(addr = ?local_addr, "gRPC server stopped");
     Ok(())
