@@ -24,7 +24,7 @@ mod sqlite;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -167,6 +167,18 @@ impl Clock {
 
     fn now_millis(&self) -> Millis {
         to_millis(self.now())
+    }
+
+    /// The first whole millisecond at or after `wait` from now. Rounding up
+    /// matters: a contact deferred until an OPEN breaker admits calls again
+    /// must not wake a fraction of a millisecond early, only to be turned
+    /// away — and deferred — once more.
+    fn not_before(&self, wait: Duration) -> Millis {
+        let at = (self.now() + wait)
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let millis = at.as_nanos().div_ceil(1_000_000);
+        Millis::try_from(millis).unwrap_or(Millis::MAX)
     }
 
     /// The `tokio` instant at which the clock reads `millis`.
@@ -410,10 +422,7 @@ impl CallStore {
         wait: Duration,
         progress: &Progress,
     ) -> Result<Deferral, StoreError> {
-        let not_before = self
-            .clock
-            .now_millis()
-            .saturating_add(duration_millis(wait));
+        let not_before = self.clock.not_before(wait);
         let outcome = Outcome::Deferred {
             service,
             reason,
@@ -460,10 +469,7 @@ impl CallStore {
         service: &str,
         wait: Duration,
     ) -> Result<usize, StoreError> {
-        let until = self
-            .clock
-            .now_millis()
-            .saturating_add(duration_millis(wait));
+        let until = self.clock.not_before(wait);
         dispatch!(self, postpone_service(service, until))
     }
 
@@ -555,5 +561,22 @@ mod tests {
             ahead <= Duration::from_secs(30) && ahead > Duration::from_millis(29_998),
             "{ahead:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_before_never_comes_early() {
+        let clock = Clock::new();
+        for micros in [0, 1, 999, 1_000, 1_500, 10_000_001] {
+            let wait = Duration::from_micros(micros);
+            let due = from_millis(clock.not_before(wait));
+            let exact = clock.now() + wait;
+            let late = due
+                .duration_since(exact)
+                .expect("not before the exact time");
+            assert!(
+                late < Duration::from_millis(1),
+                "{micros} µs: {late:?} late"
+            );
+        }
     }
 }
