@@ -43,6 +43,31 @@ use crate::error::{CallError, StopReason};
 use crate::policy::RetryPolicy;
 use crate::sink::EventSink;
 
+/// Logs a failed attempt at `$level` with the fields every such line carries
+/// (`service`, `retry_count`, `circuit_state`, `error_category`, `error_kind`,
+/// `http_status`), any `{ extra = fields, }`, and the message
+/// `"{service} call failed (attempt n/N): {error}; {what happens next}"`.
+macro_rules! attempt_failed {
+    ($level:expr, $executor:expr, $attempt:expr, $error:expr, { $($extra:tt)* }, $($next:tt)+) => {
+        tracing::event!(
+            $level,
+            service = %$executor.service(),
+            retry_count = $attempt.retry_count,
+            circuit_state = $attempt.circuit_state.as_str(),
+            error_category = $error.category().as_str(),
+            error_kind = $error.kind().as_str(),
+            http_status = $error.status(),
+            $($extra)*
+            "{} call failed (attempt {}/{}): {}; {}",
+            $executor.service(),
+            $attempt.retry_count + 1,
+            $executor.policy.max_attempts(),
+            $error,
+            format_args!($($next)+),
+        )
+    };
+}
+
 /// What an attempt is told about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -394,18 +419,13 @@ impl Executor {
     }
 
     fn permanent(&self, attempt: &Attempt, error: ServiceError) -> CallError {
-        tracing::error!(
-            service = %self.service(),
-            retry_count = attempt.retry_count,
-            circuit_state = attempt.circuit_state.as_str(),
-            error_category = error.category().as_str(),
-            error_kind = error.kind().as_str(),
-            http_status = error.status(),
-            "{} call failed (attempt {}/{}): {}; not retrying a permanent error",
-            self.service(),
-            attempt.retry_count + 1,
-            self.policy.max_attempts(),
+        attempt_failed!(
+            tracing::Level::ERROR,
+            self,
+            attempt,
             error,
+            {},
+            "not retrying a permanent error"
         );
         self.emit(|| ResilienceEvent::PermanentFailure {
             service: self.service().clone(),
@@ -421,20 +441,9 @@ impl Executor {
 
     fn exhausted(&self, attempt: &Attempt, reason: StopReason, error: ServiceError) -> CallError {
         let attempts = attempt.retry_count + 1;
-        tracing::error!(
-            service = %self.service(),
-            retry_count = attempt.retry_count,
-            circuit_state = attempt.circuit_state.as_str(),
-            error_category = error.category().as_str(),
-            error_kind = error.kind().as_str(),
-            http_status = error.status(),
-            stop_reason = reason.as_str(),
-            "{} call failed (attempt {}/{}): {}; giving up: {}",
-            self.service(),
-            attempts,
-            self.policy.max_attempts(),
-            error,
-            reason,
+        attempt_failed!(
+            tracing::Level::ERROR, self, attempt, error, { stop_reason = reason.as_str(), },
+            "giving up: {reason}"
         );
         self.emit(|| ResilienceEvent::RetriesExhausted {
             service: self.service().clone(),
@@ -450,37 +459,20 @@ impl Executor {
     }
 
     fn log_retrying(&self, attempt: &Attempt, error: &ServiceError, delay: Duration) {
-        tracing::warn!(
-            service = %self.service(),
-            retry_count = attempt.retry_count,
-            circuit_state = attempt.circuit_state.as_str(),
-            error_category = error.category().as_str(),
-            error_kind = error.kind().as_str(),
-            http_status = error.status(),
-            delay_ms = millis(delay),
-            "{} call failed (attempt {}/{}): {}; retrying in {}",
-            self.service(),
-            attempt.retry_count + 1,
-            self.policy.max_attempts(),
-            error,
-            Rounded(delay),
+        attempt_failed!(
+            tracing::Level::WARN, self, attempt, error, { delay_ms = millis(delay), },
+            "retrying in {}", Rounded(delay)
         );
     }
 
     fn log_not_retried(&self, attempt: &Attempt, error: &ServiceError, rejection: &BreakerOpen) {
-        tracing::warn!(
-            service = %self.service(),
-            retry_count = attempt.retry_count,
-            circuit_state = attempt.circuit_state.as_str(),
-            error_category = error.category().as_str(),
-            error_kind = error.kind().as_str(),
-            http_status = error.status(),
-            "{} call failed (attempt {}/{}): {}; not retrying: {}",
-            self.service(),
-            attempt.retry_count + 1,
-            self.policy.max_attempts(),
+        attempt_failed!(
+            tracing::Level::WARN,
+            self,
+            attempt,
             error,
-            rejection,
+            {},
+            "not retrying: {rejection}"
         );
     }
 
