@@ -577,27 +577,27 @@ fn nanos(n: u64) -> Duration {
     Duration::from_nanos(n)
 }
 
+/// Logs a transition: WARN when the breaker opens, INFO otherwise.
 fn log_transition(t: &Transition) {
+    // A level in `tracing::event!` must be a constant, hence one arm per level.
+    macro_rules! at {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                service = %t.service,
+                circuit_state = %t.to,
+                from_state = %t.from,
+                reason = %t.reason,
+                generation = t.generation,
+                "Circuit breaker for {}: {} -> {} ({})",
+                t.service, t.from, t.to, t.reason
+            )
+        };
+    }
     if matches!(t.to, CircuitState::Open | CircuitState::ForcedOpen) {
-        tracing::warn!(
-            service = %t.service,
-            circuit_state = %t.to,
-            from_state = %t.from,
-            reason = %t.reason,
-            generation = t.generation,
-            "Circuit breaker for {}: {} -> {} ({})",
-            t.service, t.from, t.to, t.reason
-        );
+        at!(tracing::Level::WARN);
     } else {
-        tracing::info!(
-            service = %t.service,
-            circuit_state = %t.to,
-            from_state = %t.from,
-            reason = %t.reason,
-            generation = t.generation,
-            "Circuit breaker for {}: {} -> {} ({})",
-            t.service, t.from, t.to, t.reason
-        );
+        at!(tracing::Level::INFO);
     }
 }
 
