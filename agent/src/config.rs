@@ -104,6 +104,8 @@ impl QueueConfig {
             poll_interval: self.poll_interval.get(),
             max_deferrals: self.max_deferrals,
             table: self.table.clone(),
+            // One look at the queue leases a contact for each worker.
+            lease_batch: usize::try_from(self.workers).unwrap_or(usize::MAX),
         }
     }
 

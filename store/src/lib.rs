@@ -21,9 +21,11 @@ mod postgres;
 mod sql;
 mod sqlite;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -117,6 +119,11 @@ pub struct StoreSettings {
     pub max_deferrals: u32,
     /// The table (SQLite and PostgreSQL): one campaign per table.
     pub table: String,
+    /// Most contacts one look at the queue leases: the ones not handed out
+    /// at once wait (leased) for the next [`CallStore::next`] calls, so a
+    /// store serving several workers leases once per batch rather than once
+    /// per contact. 1 leases only what is asked for.
+    pub lease_batch: usize,
 }
 
 impl Default for StoreSettings {
@@ -126,6 +133,7 @@ impl Default for StoreSettings {
             poll_interval: Duration::from_secs(1),
             max_deferrals: 5,
             table: "callguard_contacts".into(),
+            lease_batch: 1,
         }
     }
 }
@@ -207,6 +215,9 @@ pub struct CallStore {
     clock: Clock,
     changed: Notify,
     closed: AtomicBool,
+    /// Contacts leased ahead (see [`StoreSettings::lease_batch`]), in
+    /// order, with when their lease last started.
+    leased_ahead: Mutex<VecDeque<(Leased, Instant)>>,
 }
 
 impl fmt::Debug for CallStore {
@@ -225,13 +236,16 @@ impl CallStore {
         settings: StoreSettings,
     ) -> Result<Self, StoreError> {
         let backend = match &location {
-            StoreLocation::Memory => Backend::Memory(memory::MemoryBackend::default()),
-            StoreLocation::Sqlite(path) => {
-                Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings.table).await?)
+            StoreLocation::Memory => {
+                Backend::Memory(memory::MemoryBackend::new(settings.lease_batch))
             }
-            StoreLocation::Postgres(url) => {
-                Backend::Postgres(postgres::PostgresBackend::connect(url, &settings.table).await?)
-            }
+            StoreLocation::Sqlite(path) => Backend::Sqlite(
+                sqlite::SqliteBackend::open(path, &settings.table, settings.lease_batch).await?,
+            ),
+            StoreLocation::Postgres(url) => Backend::Postgres(
+                postgres::PostgresBackend::connect(url, &settings.table, settings.lease_batch)
+                    .await?,
+            ),
         };
         Ok(Self {
             backend,
@@ -241,6 +255,7 @@ impl CallStore {
             clock: Clock::new(),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            leased_ahead: Mutex::default(),
         })
     }
 
@@ -252,7 +267,7 @@ impl CallStore {
     /// A store in this process's memory holding `contacts` (imported as by
     /// [`import`](Self::import)).
     pub fn in_memory(settings: StoreSettings, contacts: &[NewContact]) -> Self {
-        let backend = memory::MemoryBackend::default();
+        let backend = memory::MemoryBackend::new(settings.lease_batch);
         backend.import_now(contacts);
         Self {
             backend: Backend::Memory(backend),
@@ -262,6 +277,7 @@ impl CallStore {
             clock: Clock::new(),
             changed: Notify::new(),
             closed: AtomicBool::new(false),
+            leased_ahead: Mutex::default(),
         }
     }
 
@@ -315,11 +331,42 @@ impl CallStore {
         Ok(report)
     }
 
-    /// Leases the next due contact, if one is due now.
+    /// Leases the next due contact, if one is due now: one leased ahead by
+    /// an earlier look, or the first of a new batch.
     pub async fn try_lease(&self) -> Result<Option<Leased>, StoreError> {
+        while let Some((leased, since)) = self.take_leased_ahead() {
+            // Renewed if it waited long enough to need it, as a running
+            // call's lease would have been; gone if another agent has it.
+            if since.elapsed() < self.settings.lease / 3 {
+                return Ok(Some(leased));
+            }
+            match self.renew(&leased.lease).await {
+                Ok(()) => return Ok(Some(leased)),
+                Err(StoreError::LeaseLost { .. }) => {}
+                Err(error) => {
+                    self.leased_ahead_lock().push_front((leased, since));
+                    return Err(error);
+                }
+            }
+        }
         let now = self.clock.now_millis();
         let until = now.saturating_add(duration_millis(self.settings.lease));
-        dispatch!(self, lease(&self.owner, now, until))
+        let mut batch = dispatch!(self, lease(&self.owner, now, until))?.into_iter();
+        let first = batch.next();
+        let since = Instant::now();
+        self.leased_ahead_lock()
+            .extend(batch.map(|leased| (leased, since)));
+        Ok(first)
+    }
+
+    fn leased_ahead_lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
+        self.leased_ahead
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_leased_ahead(&self) -> Option<(Leased, Instant)> {
+        self.leased_ahead_lock().pop_front()
     }
 
     /// Leases the next contact, waiting for one to come due: woken by this
@@ -444,6 +491,7 @@ impl CallStore {
     /// Gives back every contact this store holds (at shutdown), so none waits
     /// for its lease to expire. Returns how many.
     pub async fn release_all(&self) -> Result<usize, StoreError> {
+        self.leased_ahead_lock().clear();
         let now = self.clock.now_millis();
         let released = dispatch!(self, release_owner(&self.owner, now))?;
         self.changed();

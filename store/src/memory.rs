@@ -58,12 +58,20 @@ impl Inner {
 }
 
 /// Contacts in a map, guarded by one mutex.
-#[derive(Default)]
 pub(crate) struct MemoryBackend {
     inner: Mutex<Inner>,
+    /// Most contacts one lease takes.
+    lease_batch: usize,
 }
 
 impl MemoryBackend {
+    pub(crate) fn new(lease_batch: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            lease_batch: lease_batch.max(1),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -109,27 +117,31 @@ impl MemoryBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Option<Leased>, StoreError> {
+    ) -> Result<Vec<Leased>, StoreError> {
         let mut inner = self.lock();
-        let Some(&(due_at, seq)) = inner.due.first() else {
-            return Ok(None);
-        };
-        if due_at > now {
-            return Ok(None);
+        let mut leased = Vec::new();
+        while leased.len() < self.lease_batch {
+            let Some(&(due_at, seq)) = inner.due.first() else {
+                break;
+            };
+            if due_at > now {
+                break;
+            }
+            inner.set_due(seq, ContactState::InFlight, until);
+            let row = &mut inner.rows[seq];
+            row.attempts += 1;
+            row.lease_owner = Some(owner.to_owned());
+            leased.push(Leased {
+                lease: Lease {
+                    contact_id: row.id.clone(),
+                    attempt: row.attempts,
+                },
+                data: row.data.clone(),
+                deferrals: row.deferrals,
+                progress: row.progress.clone(),
+            });
         }
-        inner.set_due(seq, ContactState::InFlight, until);
-        let row = &mut inner.rows[seq];
-        row.attempts += 1;
-        row.lease_owner = Some(owner.to_owned());
-        Ok(Some(Leased {
-            lease: Lease {
-                contact_id: row.id.clone(),
-                attempt: row.attempts,
-            },
-            data: row.data.clone(),
-            deferrals: row.deferrals,
-            progress: row.progress.clone(),
-        }))
+        Ok(leased)
     }
 
     pub(crate) async fn renew(

@@ -63,8 +63,12 @@ impl Drop for PostgresBackend {
 
 impl PostgresBackend {
     /// Connects (no TLS) and creates the table if it does not exist yet.
-    pub(crate) async fn connect(url: &str, table: &str) -> Result<Self, StoreError> {
-        let sql = Statements::new(table, Dialect::Postgres)?;
+    pub(crate) async fn connect(
+        url: &str,
+        table: &str,
+        lease_batch: usize,
+    ) -> Result<Self, StoreError> {
+        let sql = Statements::new(table, Dialect::Postgres, lease_batch)?;
         let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
             .map_err(|e| db(format!("cannot connect: {e}")))?;
@@ -133,28 +137,36 @@ impl PostgresBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Option<Leased>, StoreError> {
-        let row = self
+    ) -> Result<Vec<Leased>, StoreError> {
+        let rows = self
             .client
-            .query_opt(&self.prepared.lease, &[&owner, &now, &until])
+            .query(&self.prepared.lease, &[&owner, &now, &until])
             .await
             .map_err(db)?;
-        row.map(|row| {
-            let contact_id: String = row.try_get(0).map_err(db)?;
-            let attempt: i32 = row.try_get(2).map_err(db)?;
-            let deferrals: i32 = row.try_get(3).map_err(db)?;
-            let progress: &str = row.try_get(4).map_err(db)?;
-            Ok(Leased {
-                progress: Progress::from_json(&contact_id, progress)?,
-                data: row.try_get(1).map_err(db)?,
-                deferrals: u32::try_from(deferrals).unwrap_or(0),
-                lease: Lease {
-                    contact_id,
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                },
+        let mut leased = rows
+            .iter()
+            .map(|row| {
+                let seq: i64 = row.try_get(5).map_err(db)?;
+                let contact_id: String = row.try_get(0).map_err(db)?;
+                let attempt: i32 = row.try_get(2).map_err(db)?;
+                let deferrals: i32 = row.try_get(3).map_err(db)?;
+                let progress: &str = row.try_get(4).map_err(db)?;
+                Ok((
+                    seq,
+                    Leased {
+                        progress: Progress::from_json(&contact_id, progress)?,
+                        data: row.try_get(1).map_err(db)?,
+                        deferrals: u32::try_from(deferrals).unwrap_or(0),
+                        lease: Lease {
+                            contact_id,
+                            attempt: u32::try_from(attempt).unwrap_or(0),
+                        },
+                    },
+                ))
             })
-        })
-        .transpose()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        leased.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok(leased.into_iter().map(|(_, leased)| leased).collect())
     }
 
     /// Runs `statement` on a held row with `extra` parameters after the

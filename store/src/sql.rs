@@ -25,7 +25,8 @@ pub(crate) struct Statements {
     pub(crate) insert_one: String,
     /// `$1` ids, `$2` data, `$3` now (PostgreSQL; arrays).
     pub(crate) insert_many: String,
-    /// `$1` owner, `$2` now, `$3` lease expiry → id, data, attempts, deferrals, progress.
+    /// `$1` owner, `$2` now, `$3` lease expiry → id, data, attempts,
+    /// deferrals, progress, seq of at most the lease batch rows (in no order).
     pub(crate) lease: String,
     /// Held, `$4` new expiry → state.
     pub(crate) renew: String,
@@ -80,8 +81,16 @@ pub(crate) fn check_table_name(table: &str) -> Result<(), StoreError> {
 }
 
 impl Statements {
-    pub(crate) fn new(table: &str, dialect: Dialect) -> Result<Self, StoreError> {
+    /// The statements for `table`, leasing up to `lease_batch` contacts at
+    /// once (spliced in as a literal: SQLite plans a statement again each
+    /// time a bound `LIMIT` changes).
+    pub(crate) fn new(
+        table: &str,
+        dialect: Dialect,
+        lease_batch: usize,
+    ) -> Result<Self, StoreError> {
         check_table_name(table)?;
+        let lease_batch = lease_batch.max(1);
         let t = table;
         let (seq, millis, lock) = match dialect {
             Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", ""),
@@ -128,9 +137,9 @@ impl Statements {
             lease: format!(
                 "UPDATE {t} SET state = 'in_flight', lease_owner = $1, due_at = $3, \
                  attempts = attempts + 1, updated_at = $2 \
-                 WHERE id = (SELECT id FROM {t} WHERE {OPEN} AND due_at <= $2 \
-                 ORDER BY due_at, seq LIMIT 1{lock}) \
-                 RETURNING id, data, attempts, deferrals, progress"
+                 WHERE id IN (SELECT id FROM {t} WHERE {OPEN} AND due_at <= $2 \
+                 ORDER BY due_at, seq LIMIT {lease_batch}{lock}) \
+                 RETURNING id, data, attempts, deferrals, progress, seq"
             ),
             renew: settle("due_at = $4"),
             save_progress: settle("progress = $4"),
@@ -237,10 +246,10 @@ mod tests {
 
     #[test]
     fn sqlite_text_has_no_postgres_placeholders_or_locks() {
-        let sqlite = Statements::new("t", Dialect::Sqlite).unwrap();
+        let sqlite = Statements::new("t", Dialect::Sqlite, 1).unwrap();
         assert!(!sqlite.defer.contains('$') && sqlite.defer.contains("?9"));
         assert!(!sqlite.lease.contains("SKIP LOCKED"));
-        let postgres = Statements::new("t", Dialect::Postgres).unwrap();
+        let postgres = Statements::new("t", Dialect::Postgres, 1).unwrap();
         assert!(postgres.lease.contains("FOR UPDATE SKIP LOCKED"));
     }
 }

@@ -1,19 +1,33 @@
-//! The SQLite backend: one file in WAL mode, one connection driven from
-//! tokio's blocking pool. With `synchronous = NORMAL` a committed change
-//! survives the process being killed (the WAL is on disk); only a power loss
-//! may take the last commits.
+//! The SQLite backend: one file in WAL mode. Operations run on the calling
+//! task, one at a time under an async lock: with `synchronous = NORMAL` a
+//! commit only appends to the WAL in the page cache (a committed change
+//! survives the process being killed; only a power loss may take the last
+//! commits), which is cheaper than handing each operation to another thread.
+//! What can block runs on tokio's blocking pool instead: an operation that
+//! finds the file locked by another process waits there, and the WAL is
+//! copied back into the database (with its `fsync`) there, by a second
+//! connection, every [`CHECKPOINT_EVERY`] operations.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::Mutex;
 
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
 };
 use crate::sql::{Dialect, Statements, parse_state};
+
+/// How long an operation waits for another process's lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Operations between two checkpoints of the WAL into the database file.
+const CHECKPOINT_EVERY: u32 = 512;
 
 fn db(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
@@ -22,53 +36,125 @@ fn db(error: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// A connection to the store's file.
+/// Why an operation stopped: the file was locked by another process (so it
+/// is run again where it may wait), or an error to report.
+enum Fault {
+    Busy,
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy,
+            _ => Self::Store(db(error)),
+        }
+    }
+}
+
+impl From<StoreError> for Fault {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// An operation on the connection; it may run twice (after a busy first try).
+trait Work<T>: Fn(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static {}
+
+impl<T, F> Work<T> for F where
+    F: Fn(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static
+{
+}
+
+/// The store's file: the connection operations run on, and a second one
+/// that checkpoints the WAL.
 pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
     sql: Arc<Statements>,
+    checkpoint: Arc<Checkpoint>,
+}
+
+/// Checkpoints the WAL on the blocking pool, one at a time.
+struct Checkpoint {
+    connection: std::sync::Mutex<Connection>,
+    running: AtomicBool,
+    operations: AtomicU32,
+}
+
+impl Checkpoint {
+    /// Counts an operation, starting a checkpoint every [`CHECKPOINT_EVERY`].
+    fn count(self: &Arc<Self>) {
+        let done = self.operations.fetch_add(1, Ordering::Relaxed) + 1;
+        if done % CHECKPOINT_EVERY != 0 || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = this
+                .connection
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // PASSIVE never blocks the writer; what it cannot copy now is
+            // copied next time.
+            if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!("SQLite store: WAL checkpoint failed (will try again): {e}");
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl SqliteBackend {
-    pub(crate) async fn open(path: &Path, table: &str) -> Result<Self, StoreError> {
-        let sql = Arc::new(Statements::new(table, Dialect::Sqlite)?);
+    pub(crate) async fn open(
+        path: &Path,
+        table: &str,
+        lease_batch: usize,
+    ) -> Result<Self, StoreError> {
+        let sql = Arc::new(Statements::new(table, Dialect::Sqlite, lease_batch)?);
         let path = path.to_owned();
         let schema = sql.schema.clone();
-        let connection = tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| db(format!("cannot create {}: {e}", dir.display())))?;
-            }
-            let connection = Connection::open(&path)
-                .map_err(|e| db(format!("cannot open {}: {e}", path.display())))?;
-            connection
-                .execute_batch(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-                )
-                .map_err(db)?;
-            connection.execute_batch(&schema).map_err(db)?;
-            Ok::<_, StoreError>(connection)
-        })
-        .await
-        .map_err(db)??;
+        let (connection, checkpointer) =
+            tokio::task::spawn_blocking(move || open_file(&path, &schema))
+                .await
+                .map_err(db)??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             sql,
+            checkpoint: Arc::new(Checkpoint {
+                connection: std::sync::Mutex::new(checkpointer),
+                running: AtomicBool::new(false),
+                operations: AtomicU32::new(0),
+            }),
         })
     }
 
-    /// Runs `work` on the connection in the blocking pool.
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let connection = self.connection.clone();
-        let sql = self.sql.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&mut connection, &sql)
-        })
-        .await
-        .map_err(db)?
+    /// Runs `work` on the connection: here, or on the blocking pool if the
+    /// file is locked by another process.
+    async fn run<T: Send + 'static>(&self, work: impl Work<T>) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone().lock_owned().await;
+        let result = match work(&mut connection, &self.sql) {
+            Ok(value) => Ok(value),
+            Err(Fault::Store(error)) => Err(error),
+            Err(Fault::Busy) => {
+                let sql = self.sql.clone();
+                tokio::task::spawn_blocking(move || {
+                    connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+                    let result = work(&mut connection, &sql);
+                    connection.busy_timeout(Duration::ZERO).map_err(db)?;
+                    match result {
+                        Ok(value) => Ok(value),
+                        Err(Fault::Store(error)) => Err(error),
+                        Err(Fault::Busy) => Err(db(format!(
+                            "the file stayed locked by another process for {BUSY_TIMEOUT:?}"
+                        ))),
+                    }
+                })
+                .await
+                .map_err(db)?
+            }
+        };
+        self.checkpoint.count();
+        result
     }
 
     pub(crate) async fn import(
@@ -78,21 +164,18 @@ impl SqliteBackend {
     ) -> Result<ImportReport, StoreError> {
         let contacts = contacts.to_vec();
         self.run(move |connection, sql| {
-            let transaction = connection.transaction().map_err(db)?;
+            let transaction = connection.transaction()?;
             let mut report = ImportReport::default();
             {
-                let mut insert = transaction.prepare_cached(&sql.insert_one).map_err(db)?;
+                let mut insert = transaction.prepare_cached(&sql.insert_one)?;
                 for contact in &contacts {
-                    match insert
-                        .execute(params![contact.id, contact.data, now])
-                        .map_err(db)?
-                    {
+                    match insert.execute(params![contact.id, contact.data, now])? {
                         0 => report.existing += 1,
                         _ => report.added += 1,
                     }
                 }
             }
-            transaction.commit().map_err(db)?;
+            transaction.commit()?;
             Ok(report)
         })
         .await
@@ -103,36 +186,39 @@ impl SqliteBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Option<Leased>, StoreError> {
+    ) -> Result<Vec<Leased>, StoreError> {
         let owner = owner.to_owned();
         self.run(move |connection, sql| {
-            let row = connection
-                .prepare_cached(&sql.lease)
-                .map_err(db)?
-                .query_row(params![owner, now, until], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, u32>(2)?,
-                        row.get::<_, u32>(3)?,
-                        row.get::<_, String>(4)?,
-                    ))
-                })
-                .optional()
-                .map_err(db)?;
-            row.map(|(contact_id, data, attempt, deferrals, progress)| {
+            let mut statement = connection.prepare_cached(&sql.lease)?;
+            let rows = statement.query_map(params![owner, now, until], |row| {
+                Ok((
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, u32>(3)?,
+                    row.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut leased = Vec::new();
+            for row in rows {
+                let (seq, contact_id, data, attempt, deferrals, progress) = row?;
                 let progress = Progress::from_json(&contact_id, &progress)?;
-                Ok(Leased {
-                    lease: Lease {
-                        contact_id,
-                        attempt,
+                leased.push((
+                    seq,
+                    Leased {
+                        lease: Lease {
+                            contact_id,
+                            attempt,
+                        },
+                        data,
+                        deferrals,
+                        progress,
                     },
-                    data,
-                    deferrals,
-                    progress,
-                })
-            })
-            .transpose()
+                ));
+            }
+            leased.sort_unstable_by_key(|(seq, _)| *seq);
+            Ok(leased.into_iter().map(|(_, leased)| leased).collect())
         })
         .await
     }
@@ -156,16 +242,17 @@ impl SqliteBackend {
         let statement = statement.to_owned();
         self.run(move |connection, _| {
             let state = connection
-                .prepare_cached(&statement)
-                .map_err(db)?
-                .query_row(rusqlite::params_from_iter(values), |row| {
+                .prepare_cached(&statement)?
+                .query_row(rusqlite::params_from_iter(&values), |row| {
                     row.get::<_, String>(0)
                 })
-                .optional()
-                .map_err(db)?;
+                .optional()?;
             match state {
-                Some(state) => parse_state(&contact_id, &state),
-                None => Err(StoreError::LeaseLost { contact_id }),
+                Some(state) => Ok(parse_state(&contact_id, &state)?),
+                None => Err(StoreError::LeaseLost {
+                    contact_id: contact_id.clone(),
+                }
+                .into()),
             }
         })
         .await
@@ -234,10 +321,9 @@ impl SqliteBackend {
     ) -> Result<usize, StoreError> {
         self.run(move |connection, sql| {
             connection
-                .prepare_cached(pick(sql))
-                .map_err(db)?
+                .prepare_cached(pick(sql))?
                 .execute(params![text, now])
-                .map_err(db)
+                .map_err(Fault::from)
         })
         .await
     }
@@ -280,15 +366,13 @@ impl SqliteBackend {
 
     pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
         self.run(|connection, sql| {
-            let mut statement = connection.prepare_cached(&sql.counts).map_err(db)?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, usize>(1)?))
-                })
-                .map_err(db)?;
+            let mut statement = connection.prepare_cached(&sql.counts)?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, usize>(1)?))
+            })?;
             let mut counts = Counts::default();
             for row in rows {
-                let (state, n) = row.map_err(db)?;
+                let (state, n) = row?;
                 counts.add(parse_state("", &state)?, n);
             }
             Ok(counts)
@@ -299,33 +383,29 @@ impl SqliteBackend {
     pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         self.run(|connection, sql| {
             connection
-                .prepare_cached(&sql.next_due)
-                .map_err(db)?
+                .prepare_cached(&sql.next_due)?
                 .query_row([], |row| row.get::<_, Option<Millis>>(0))
-                .map_err(db)
+                .map_err(Fault::from)
         })
         .await
     }
 
     pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
         self.run(move |connection, sql| {
-            let mut statement = connection.prepare_cached(&sql.list).map_err(db)?;
-            let rows = statement
-                .query_map([state.as_str()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, u32>(2)?,
-                        row.get::<_, u32>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, Option<String>>(5)?,
-                        row.get::<_, Option<String>>(6)?,
-                    ))
-                })
-                .map_err(db)?;
+            let mut statement = connection.prepare_cached(&sql.list)?;
+            let rows = statement.query_map([state.as_str()], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, u32>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                ))
+            })?;
             rows.map(|row| {
-                let (id, state, attempts, deferrals, service, last_error, lease_owner) =
-                    row.map_err(db)?;
+                let (id, state, attempts, deferrals, service, last_error, lease_owner) = row?;
                 Ok(ContactStatus {
                     state: parse_state(&id, &state)?,
                     id,
@@ -340,4 +420,30 @@ impl SqliteBackend {
         })
         .await
     }
+}
+
+/// Opens (creating if needed) the file and its table: the connection for
+/// operations (no busy wait, no automatic checkpoints) and the one for
+/// checkpoints.
+fn open_file(path: &Path, schema: &str) -> Result<(Connection, Connection), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| db(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let open = || {
+        let connection = Connection::open(path)
+            .map_err(|e| db(format!("cannot open {}: {e}", path.display())))?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+        connection
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .map_err(db)?;
+        Ok::<_, StoreError>(connection)
+    };
+    let connection = open()?;
+    connection.execute_batch(schema).map_err(db)?;
+    connection
+        .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+        .map_err(db)?;
+    connection.busy_timeout(Duration::ZERO).map_err(db)?;
+    Ok((connection, open()?))
 }

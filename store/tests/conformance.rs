@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callguard_store::{
-    CallStore, ContactState, Deferral, NewContact, Progress, StoreError, StoreLocation,
+    CallStore, ContactState, Deferral, Leased, NewContact, Progress, StoreError, StoreLocation,
     StoreSettings,
 };
 use tokio::time::Instant;
@@ -81,6 +81,7 @@ impl Fixture {
             lease: self.units(10),
             poll_interval: self.unit,
             max_deferrals: 2,
+            lease_batch: 1,
         }
     }
 
@@ -574,6 +575,60 @@ async fn contacts_outlive_the_store(kind: Kind) {
     }
 }
 
+async fn a_batch_is_leased_ahead_in_order_renewed_and_released(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "lease_batch").await else {
+        return;
+    };
+    let settings = StoreSettings {
+        lease_batch: 3,
+        ..fixture.settings() // lease = 10 units
+    };
+    let store = fixture.open_with(settings).await;
+    let other = fixture.second().await;
+    store
+        .import(&contacts(&["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let id = |leased: Leased| leased.lease.contact_id().to_owned();
+    let a = store.next().await.unwrap().unwrap();
+    assert_eq!(a.lease.contact_id(), "a");
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.in_flight, counts.pending),
+        (3, 1),
+        "a, b and c leased"
+    );
+    store.complete(&a.lease).await.unwrap();
+    // b waited past a third of its lease, so it is renewed as it is taken.
+    tokio::time::sleep(fixture.units(8)).await;
+    assert_eq!(id(store.next().await.unwrap().unwrap()), "b");
+    tokio::time::sleep(fixture.units(5)).await;
+    if matches!(kind, Kind::Memory) {
+        assert_eq!(id(store.next().await.unwrap().unwrap()), "c");
+    } else {
+        // c's lease ran out while it waited: another agent takes it (with
+        // d), and this store skips it.
+        let c = other.try_lease().await.unwrap().unwrap();
+        assert_eq!((c.lease.contact_id(), c.lease.attempt()), ("c", 2));
+        assert!(store.try_lease().await.unwrap().is_none(), "c skipped");
+    }
+    // Leased ahead but not handed out: given back at shutdown too.
+    store.close();
+    assert!(store.next().await.unwrap().is_none());
+    let held = store
+        .list(ContactState::InFlight)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.lease_owner.as_deref() == Some("agent-1"))
+        .count();
+    assert_eq!(store.release_all().await.unwrap(), held);
+    assert!(
+        store.try_lease().await.unwrap().is_some(),
+        "released, due now"
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -606,4 +661,5 @@ conformance!(
     failed_and_expired_contacts_requeue,
     progress_and_held_contacts_come_back_after_release,
     contacts_outlive_the_store,
+    a_batch_is_leased_ahead_in_order_renewed_and_released,
 );
