@@ -289,7 +289,7 @@ async fn settle(
 ) {
     let contact_id = entry.contact.id.clone();
     match result {
-        CallResult::Completed => queue.finish(entry, Terminal::Completed).await,
+        CallResult::Completed => queue.finish(entry, Terminal::Completed),
         CallResult::Failed { service, reason } => {
             tracing::error!(
                 contact_id = %contact_id,
@@ -297,15 +297,13 @@ async fn settle(
                 error_category = "permanent",
                 "Contact {contact_id} failed: {reason}"
             );
-            queue
-                .finish(
-                    entry,
-                    Terminal::Failed {
-                        service: service.to_string(),
-                        reason,
-                    },
-                )
-                .await;
+            queue.finish(
+                entry,
+                Terminal::Failed {
+                    service: service.to_string(),
+                    reason,
+                },
+            );
         }
         CallResult::Unavailable {
             service,

@@ -7,9 +7,17 @@
 //! contact whose worker (or whole agent) died returns once the lease expires.
 //! Store errors do not stop the campaign: a change that could not be saved
 //! leaves the contact in flight, and it comes back when its lease expires.
+//!
+//! A contact's final state is saved in the background: the worker goes on
+//! to its next contact at once, and the save shares a store transaction
+//! with other workers' changes. Counts, lists and the release at shutdown
+//! wait for the saves still running. A crash before a save leaves the
+//! contact in flight, to be called again once its lease expires; its CRM
+//! record was saved before the CRM write, so the write repeats under the
+//! same idempotency key and creates nothing new.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +26,7 @@ use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
     StoreError, StoreLocation, StoreSettings,
 };
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clients::CallRecord;
@@ -162,8 +171,50 @@ pub struct CallQueue {
     store: Arc<CallStore>,
     /// The last counts read from the store ([`refresh_counts`](Self::refresh_counts)).
     counts: Mutex<QueueCounts>,
+    settling: Arc<Settling>,
+}
+
+/// Final states being saved in the background, and how state changes went.
+#[derive(Default)]
+struct Settling {
+    /// Saves still running.
+    running: AtomicUsize,
+    /// Told when the last running save ends.
+    idle: Notify,
     /// State changes refused because the contact was no longer held.
     refused: AtomicU64,
+}
+
+impl Settling {
+    /// Logs a state change that was not made, counting refusals.
+    fn settled<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e @ StoreError::LeaseLost { .. }) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(contact_id = %contact_id, "State change refused: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::error!(
+                    contact_id = %contact_id,
+                    "State change not saved (the contact returns when its lease expires): {e}"
+                );
+                None
+            }
+        }
+    }
+
+    /// Waits until no save is running.
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
 }
 
 impl CallQueue {
@@ -200,7 +251,7 @@ impl CallQueue {
         Self {
             store,
             counts: Mutex::new(QueueCounts::default()),
-            refused: AtomicU64::new(0),
+            settling: Arc::default(),
         }
     }
 
@@ -251,40 +302,37 @@ impl CallQueue {
             Err(e) => {
                 let reason = format!("stored contact unreadable: {e}");
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
-                self.settled(&id, self.store.fail(&leased.lease, "store", &reason).await);
+                let failed = self.store.fail(&leased.lease, "store", &reason).await;
+                self.settling.settled(&id, failed);
                 None
             }
         }
     }
 
-    /// Logs a state change that was not made, counting refusals.
-    fn settled<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(e @ StoreError::LeaseLost { .. }) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(contact_id = %contact_id, "State change refused: {e}");
-                None
+    /// Ends an in-flight contact in a terminal state. The state is saved in
+    /// the background; [`settled`](Self::settled) waits for it.
+    pub fn finish(&self, entry: QueuedContact, terminal: Terminal) {
+        let store = self.store.clone();
+        let settling = self.settling.clone();
+        settling.running.fetch_add(1, Ordering::AcqRel);
+        tokio::spawn(async move {
+            let result = match &terminal {
+                Terminal::Completed => store.complete(&entry.lease).await,
+                Terminal::Failed { service, reason } => {
+                    store.fail(&entry.lease, service, reason).await
+                }
+            };
+            settling.settled(&entry.contact.id, result);
+            if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                settling.idle.notify_waiters();
             }
-            Err(e) => {
-                tracing::error!(
-                    contact_id = %contact_id,
-                    "State change not saved (the contact returns when its lease expires): {e}"
-                );
-                None
-            }
-        }
+        });
     }
 
-    /// Ends an in-flight contact in a terminal state.
-    pub async fn finish(&self, entry: QueuedContact, terminal: Terminal) {
-        let result = match &terminal {
-            Terminal::Completed => self.store.complete(&entry.lease).await,
-            Terminal::Failed { service, reason } => {
-                self.store.fail(&entry.lease, service, reason).await
-            }
-        };
-        self.settled(&entry.contact.id, result);
+    /// Waits until every final state handed to [`finish`](Self::finish) so
+    /// far is saved (or its save failed).
+    pub async fn settled(&self) {
+        self.settling.wait_idle().await;
     }
 
     /// Puts an in-flight contact back until `not_before` (or until
@@ -308,7 +356,7 @@ impl CallQueue {
                 &entry.progress.to_store(),
             )
             .await;
-        match self.settled(&entry.contact.id, result) {
+        match self.settling.settled(&entry.contact.id, result) {
             Some(callguard_store::Deferral::Expired) => Deferral::Expired,
             Some(_) => Deferral::Requeued,
             None => Deferral::Unsaved,
@@ -352,6 +400,7 @@ impl CallQueue {
     /// Gives back the contacts this agent still holds (after shutdown), so
     /// they are pending at once rather than when their leases expire.
     pub async fn release_held(&self) -> usize {
+        self.settled().await;
         match self.store.release_all().await {
             Ok(released) => released,
             Err(e) => {
@@ -370,6 +419,7 @@ impl CallQueue {
 
     /// Reads where every contact is now from the store.
     pub async fn refresh_counts(&self) -> QueueCounts {
+        self.settled().await;
         match self.store.counts().await {
             Ok(counts) => {
                 let counts = QueueCounts::from(counts);
@@ -385,6 +435,7 @@ impl CallQueue {
 
     /// The contacts in `state`.
     pub async fn list(&self, state: ContactState) -> Vec<ContactStatus> {
+        self.settled().await;
         self.store.list(state).await.unwrap_or_else(|e| {
             tracing::warn!("Cannot list {state} contacts: {e}");
             Vec::new()
@@ -407,9 +458,10 @@ impl CallQueue {
     }
 
     /// State changes refused because the contact was no longer held under
-    /// its lease — each one a second terminal state that was not given.
+    /// its lease — each one a second terminal state that was not given
+    /// (among the saves [`settled`](Self::settled) has waited for).
     pub fn duplicates(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.settling.refused.load(Ordering::Relaxed)
     }
 
     /// Contacts not finished: in flight, ready and deferred (their ids).
@@ -463,16 +515,14 @@ mod tests {
         let a = queue.next().await.unwrap();
         assert_eq!(a.contact, contact("a"));
         let b = queue.next().await.unwrap();
-        queue.finish(a, Terminal::Completed).await;
-        queue
-            .finish(
-                b,
-                Terminal::Failed {
-                    service: "crm".into(),
-                    reason: "rejected".into(),
-                },
-            )
-            .await;
+        queue.finish(a, Terminal::Completed);
+        queue.finish(
+            b,
+            Terminal::Failed {
+                service: "crm".into(),
+                reason: "rejected".into(),
+            },
+        );
         assert!(queue.next().await.is_none());
         let counts = queue.refresh_counts().await;
         assert_eq!((counts.completed, counts.failed), (1, 1));
@@ -572,9 +622,10 @@ mod tests {
         let queue = CallQueue::new([contact("a")], 5);
         let a = queue.next().await.unwrap();
         let copy = a.clone();
-        queue.finish(a, Terminal::Completed).await;
+        queue.finish(a, Terminal::Completed);
         // A bug that finished the same contact twice would be caught.
-        queue.finish(copy, Terminal::Completed).await;
+        queue.finish(copy, Terminal::Completed);
+        queue.settled().await;
         assert_eq!(queue.duplicates(), 1);
         assert_eq!(queue.refresh_counts().await.completed, 1);
     }

@@ -1,21 +1,24 @@
-//! The SQLite backend: one file in WAL mode. Operations run on the calling
-//! task, one at a time under an async lock: with `synchronous = NORMAL` a
-//! commit only appends to the WAL in the page cache (a committed change
-//! survives the process being killed; only a power loss may take the last
-//! commits), which is cheaper than handing each operation to another thread.
-//! What can block runs on tokio's blocking pool instead: an operation that
-//! finds the file locked by another process waits there, and the WAL is
-//! copied back into the database (with its `fsync`) there, by a second
-//! connection, every [`CHECKPOINT_EVERY`] operations.
+//! The SQLite backend: one file in WAL mode, written with group commit.
+//! Each operation joins a queue; whichever caller gets the connection next
+//! runs everything queued in one `BEGIN IMMEDIATE … COMMIT` on its own task
+//! and answers each caller after the commit, so workers that touch the store
+//! at the same time share a transaction's fixed cost (locks, WAL frames).
+//! With `synchronous = NORMAL` a commit only appends to the WAL (a committed
+//! change survives the process being killed; only a power loss may take the
+//! last commits), so it is cheaper to run it here than to hand it to another
+//! thread. What can block runs on tokio's blocking pool instead: a
+//! transaction that finds the file locked by another process waits there,
+//! and the WAL is copied back into the database (with its `fsync`) there, by
+//! a second connection, every [`CHECKPOINT_EVERY`] transactions.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
@@ -23,11 +26,25 @@ use crate::model::{
 };
 use crate::sql::{Dialect, Statements, parse_state};
 
-/// How long an operation waits for another process's lock on the file.
+/// How long a transaction waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Operations between two checkpoints of the WAL into the database file.
-const CHECKPOINT_EVERY: u32 = 512;
+/// Transactions between two checkpoints of the WAL into the database file.
+const CHECKPOINT_EVERY: u32 = 256;
+
+/// How long an operation whose caller is in no hurry (a contact's final
+/// state) waits to ride in a transaction another caller starts, before it
+/// starts one itself.
+const RIDE_WAIT: Duration = Duration::from_millis(1);
+
+/// When an operation's transaction starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// At once (or as soon as the running one has committed).
+    Now,
+    /// With the next operation that starts one, or after [`RIDE_WAIT`].
+    WithNext,
+}
 
 fn db(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
@@ -36,8 +53,8 @@ fn db(error: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// Why an operation stopped: the file was locked by another process (so it
-/// is run again where it may wait), or an error to report.
+/// Why an operation failed: the file was locked by another process, or
+/// another error.
 enum Fault {
     Busy,
     Store(StoreError),
@@ -58,18 +75,30 @@ impl From<StoreError> for Fault {
     }
 }
 
-/// An operation on the connection; it may run twice (after a busy first try).
-trait Work<T>: Fn(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static {}
-
-impl<T, F> Work<T> for F where
-    F: Fn(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static
-{
+impl Fault {
+    fn into_error(self) -> StoreError {
+        match self {
+            Self::Store(error) => error,
+            Self::Busy => db(format!(
+                "the file stayed locked by another process for {BUSY_TIMEOUT:?}"
+            )),
+        }
+    }
 }
 
-/// The store's file: the connection operations run on, and a second one
-/// that checkpoints the WAL.
+/// An operation waiting for the next transaction: it runs, keeps its
+/// result, and returns how to answer its caller once the transaction ended.
+type Job = Box<dyn FnOnce(&mut Connection, &Statements) -> Answer + Send>;
+
+/// Answers a caller: with its operation's result, or — given why — with the
+/// failure of the transaction that held it.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// The store's file: the connection transactions run on, the operations
+/// waiting for it, and a second connection that checkpoints the WAL.
 pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
+    waiting: std::sync::Mutex<Vec<Job>>,
     sql: Arc<Statements>,
     checkpoint: Arc<Checkpoint>,
 }
@@ -78,13 +107,13 @@ pub(crate) struct SqliteBackend {
 struct Checkpoint {
     connection: std::sync::Mutex<Connection>,
     running: AtomicBool,
-    operations: AtomicU32,
+    transactions: AtomicU32,
 }
 
 impl Checkpoint {
-    /// Counts an operation, starting a checkpoint every [`CHECKPOINT_EVERY`].
+    /// Counts a transaction, starting a checkpoint every [`CHECKPOINT_EVERY`].
     fn count(self: &Arc<Self>) {
-        let done = self.operations.fetch_add(1, Ordering::Relaxed) + 1;
+        let done = self.transactions.fetch_add(1, Ordering::Relaxed) + 1;
         if done % CHECKPOINT_EVERY != 0 || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -93,7 +122,7 @@ impl Checkpoint {
             let connection = this
                 .connection
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
             // PASSIVE never blocks the writer; what it cannot copy now is
             // copied next time.
             if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -102,6 +131,53 @@ impl Checkpoint {
             this.running.store(false, Ordering::Release);
         });
     }
+}
+
+/// The error of an operation dropped unrun.
+fn did_not_run() -> StoreError {
+    db(format!(
+        "the operation did not run: the file stayed locked by another process for \
+         {BUSY_TIMEOUT:?}, or its transaction could not begin"
+    ))
+}
+
+/// Runs `jobs` in one transaction and answers them; gives them back
+/// untouched if the file is locked by another process.
+fn commit(connection: &mut Connection, sql: &Statements, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+    if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+        return match Fault::from(error) {
+            Fault::Busy => Err(jobs),
+            Fault::Store(error) => {
+                // The jobs are dropped unrun: their callers get an error.
+                tracing::error!("SQLite store: cannot begin a transaction: {error}");
+                Ok(())
+            }
+        };
+    }
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut rolled_back = false;
+    for job in jobs {
+        if rolled_back {
+            // Dropped unrun: its caller learns the operation failed.
+            drop(job);
+            continue;
+        }
+        answers.push(job(connection, sql));
+        // Some errors (a full disk, say) roll the whole transaction back.
+        rolled_back = connection.is_autocommit();
+    }
+    let failed = if rolled_back {
+        Some("the transaction was rolled back".to_owned())
+    } else {
+        connection.execute_batch("COMMIT").err().map(|e| {
+            let _ = connection.execute_batch("ROLLBACK");
+            format!("commit failed: {e}")
+        })
+    };
+    for answer in answers {
+        answer(failed.as_deref());
+    }
+    Ok(())
 }
 
 impl SqliteBackend {
@@ -119,42 +195,75 @@ impl SqliteBackend {
                 .map_err(db)??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            waiting: std::sync::Mutex::default(),
             sql,
             checkpoint: Arc::new(Checkpoint {
                 connection: std::sync::Mutex::new(checkpointer),
                 running: AtomicBool::new(false),
-                operations: AtomicU32::new(0),
+                transactions: AtomicU32::new(0),
             }),
         })
     }
 
-    /// Runs `work` on the connection: here, or on the blocking pool if the
-    /// file is locked by another process.
-    async fn run<T: Send + 'static>(&self, work: impl Work<T>) -> Result<T, StoreError> {
-        let mut connection = self.connection.clone().lock_owned().await;
-        let result = match work(&mut connection, &self.sql) {
-            Ok(value) => Ok(value),
-            Err(Fault::Store(error)) => Err(error),
-            Err(Fault::Busy) => {
-                let sql = self.sql.clone();
-                tokio::task::spawn_blocking(move || {
-                    connection.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
-                    let result = work(&mut connection, &sql);
-                    connection.busy_timeout(Duration::ZERO).map_err(db)?;
-                    match result {
-                        Ok(value) => Ok(value),
-                        Err(Fault::Store(error)) => Err(error),
-                        Err(Fault::Busy) => Err(db(format!(
-                            "the file stayed locked by another process for {BUSY_TIMEOUT:?}"
-                        ))),
-                    }
-                })
-                .await
-                .map_err(db)?
+    /// Runs `work` in the next transaction — this caller's, or one another
+    /// caller runs first — and answers once it has committed.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run_from(Start::Now, work).await
+    }
+
+    /// Runs `work` in a transaction started as `start` says; answers once
+    /// it has committed.
+    async fn run_from<T: Send + 'static>(
+        &self,
+        start: Start,
+        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |connection, sql| {
+            let result = work(connection, sql);
+            Box::new(move |failed: Option<&str>| {
+                let result = match (failed, result) {
+                    (Some(why), Ok(_)) => Err(db(why)),
+                    (_, Ok(value)) => Ok(value),
+                    (_, Err(fault)) => Err(fault.into_error()),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.waiting_lock().push(job);
+        let mut answer = answer;
+        if let Start::WithNext = start {
+            tokio::select! {
+                answered = &mut answer => return answered.map_err(|_| did_not_run())?,
+                () = tokio::time::sleep(RIDE_WAIT) => {}
             }
-        };
-        self.checkpoint.count();
-        result
+        }
+        let mut connection = self.connection.clone().lock_owned().await;
+        let jobs = std::mem::take(&mut *self.waiting_lock());
+        if !jobs.is_empty() {
+            if let Err(jobs) = commit(&mut connection, &self.sql, jobs) {
+                let sql = self.sql.clone();
+                let waited = tokio::task::spawn_blocking(move || {
+                    let _ = connection.busy_timeout(BUSY_TIMEOUT);
+                    // Still locked after the wait: the jobs are dropped
+                    // unrun, and their callers get an error.
+                    let _ = commit(&mut connection, &sql, jobs);
+                    let _ = connection.busy_timeout(Duration::ZERO);
+                });
+                waited.await.map_err(db)?;
+            }
+            self.checkpoint.count();
+        } else {
+            drop(connection);
+        }
+        answer.await.map_err(|_| did_not_run())?
+    }
+
+    fn waiting_lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) async fn import(
@@ -164,7 +273,7 @@ impl SqliteBackend {
     ) -> Result<ImportReport, StoreError> {
         let contacts = contacts.to_vec();
         self.run(move |connection, sql| {
-            let transaction = connection.transaction()?;
+            let transaction = connection.savepoint()?;
             let mut report = ImportReport::default();
             {
                 let mut insert = transaction.prepare_cached(&sql.insert_one)?;
@@ -227,6 +336,7 @@ impl SqliteBackend {
     /// lease's three; the row's new state, or `LeaseLost` if it is not held.
     async fn held(
         &self,
+        start: Start,
         owner: &str,
         lease: &Lease,
         statement: &str,
@@ -240,7 +350,7 @@ impl SqliteBackend {
         ];
         values.extend(extra);
         let statement = statement.to_owned();
-        self.run(move |connection, _| {
+        self.run_from(start, move |connection, _| {
             let state = connection
                 .prepare_cached(&statement)?
                 .query_row(rusqlite::params_from_iter(&values), |row| {
@@ -264,9 +374,15 @@ impl SqliteBackend {
         lease: &Lease,
         until: Millis,
     ) -> Result<(), StoreError> {
-        self.held(owner, lease, &self.sql.renew, vec![until.into()])
-            .await
-            .map(drop)
+        self.held(
+            Start::Now,
+            owner,
+            lease,
+            &self.sql.renew,
+            vec![until.into()],
+        )
+        .await
+        .map(drop)
     }
 
     pub(crate) async fn save_progress(
@@ -276,9 +392,15 @@ impl SqliteBackend {
         progress: &Progress,
     ) -> Result<(), StoreError> {
         let progress = progress.to_json();
-        self.held(owner, lease, &self.sql.save_progress, vec![progress.into()])
-            .await
-            .map(drop)
+        self.held(
+            Start::Now,
+            owner,
+            lease,
+            &self.sql.save_progress,
+            vec![progress.into()],
+        )
+        .await
+        .map(drop)
     }
 
     pub(crate) async fn settle(
@@ -308,8 +430,14 @@ impl SqliteBackend {
                 progress.to_json().into(),
             ]),
         }
-        self.held(owner, lease, self.sql.settle(outcome), extra)
-            .await
+        self.held(
+            Start::WithNext,
+            owner,
+            lease,
+            self.sql.settle(outcome),
+            extra,
+        )
+        .await
     }
 
     /// Runs an update taking a text and a time; returns the rows changed.
