@@ -14,6 +14,7 @@ use tokio::time::{sleep, sleep_until};
 
 use crate::fault::Pick;
 use crate::service::Service;
+use crate::sinks::failures::with_retry_after;
 use crate::state::Shared;
 use crate::stats::{OUTCOME_RESET, OUTCOME_TIMEOUT};
 use crate::{EndpointKind, FaultMode};
@@ -64,7 +65,7 @@ pub(crate) async fn gate(
                 "service_unavailable",
                 "Service temporarily unavailable",
             ),
-            &pick,
+            pick.retry_after,
         ),
         FaultMode::RateLimited => with_retry_after(
             service.error(
@@ -72,7 +73,7 @@ pub(crate) async fn gate(
                 "rate_limit_exceeded",
                 "Too many requests",
             ),
-            &pick,
+            pick.retry_after,
         ),
         FaultMode::Unauthorized => service.unauthorized(),
         FaultMode::BadRequest => service.error(
@@ -148,16 +149,6 @@ async fn contact_of(
         .ok()
         .and_then(|v| v.get("contact_id")?.as_str().map(str::to_owned));
     Ok((Request::from_parts(parts, Body::from(bytes)), contact))
-}
-
-fn with_retry_after(mut response: Response, pick: &Pick) -> Response {
-    if let Some(after) = pick.retry_after {
-        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
 }
 
 /// A `200` whose streamed body is `len` bytes of `x`.

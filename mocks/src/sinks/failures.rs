@@ -118,12 +118,16 @@ pub(crate) fn queue_failure_from(
     }
 }
 
-/// The `Retry-After` header asking for `wait`, rounded up to whole seconds.
-pub(crate) fn retry_after_header(wait: Duration) -> (header::HeaderName, HeaderValue) {
-    (
-        header::RETRY_AFTER,
-        HeaderValue::from(SinkFailure::retry_after_secs(wait)),
-    )
+/// `response` with a `Retry-After` header asking for `wait` (rounded up to
+/// whole seconds), if there is a wait.
+pub(crate) fn with_retry_after(mut response: Response, wait: Option<Duration>) -> Response {
+    if let Some(wait) = wait {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(SinkFailure::retry_after_secs(wait)),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

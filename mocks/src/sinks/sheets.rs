@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -16,7 +16,7 @@ use callguard_core::ValidationError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::failures::{Failures, SinkFailure, queue_failure_from};
+use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
 use crate::MockServer;
 use crate::state::{Shared, lock};
 
@@ -191,15 +191,9 @@ fn handle(
             "Request had invalid authentication credentials. Expected OAuth 2 access token.",
         );
     }
-    if let Some((status, retry_after)) = lock(&shared.sheets.inner).failures.pop() {
-        let mut response = google_error(status, "Injected failure (mock).");
-        if let Some(wait) = retry_after {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        return (status, response);
+    if let Some((status, wait)) = lock(&shared.sheets.inner).failures.pop() {
+        let response = google_error(status, "Injected failure (mock).");
+        return (status, with_retry_after(response, wait));
     }
     let value_input_option = query.value_input_option.unwrap_or_default();
     if !matches!(value_input_option.as_str(), "RAW" | "USER_ENTERED") {

@@ -14,7 +14,7 @@ use callguard_core::ValidationError;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::failures::{Failures, SinkFailure, queue_failure_from, retry_after_header};
+use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
 use crate::MockServer;
 use crate::state::{Shared, lock};
 
@@ -111,13 +111,9 @@ fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Re
     let mut store = lock(&shared.webhook.inner);
     let (status, response) = match store.failures.pop() {
         Some((status, wait)) => {
-            let mut response =
+            let response =
                 (status, Json(json!({ "error": "injected failure (mock)" }))).into_response();
-            if let Some(wait) = wait {
-                let (name, value) = retry_after_header(wait);
-                response.headers_mut().insert(name, value);
-            }
-            (status, response)
+            (status, with_retry_after(response, wait))
         }
         None => (StatusCode::OK, Json(json!({ "ok": true })).into_response()),
     };
