@@ -126,6 +126,13 @@ pub struct StoreSettings {
     pub lease_batch: usize,
 }
 
+impl StoreSettings {
+    /// The lease batch, at least one contact.
+    fn lease_batch_size(&self) -> usize {
+        self.lease_batch.max(1)
+    }
+}
+
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
@@ -235,28 +242,17 @@ impl CallStore {
         location: StoreLocation,
         settings: StoreSettings,
     ) -> Result<Self, StoreError> {
+        let batch = settings.lease_batch_size();
         let backend = match &location {
-            StoreLocation::Memory => {
-                Backend::Memory(memory::MemoryBackend::new(settings.lease_batch))
+            StoreLocation::Memory => Backend::Memory(memory::MemoryBackend::new(batch)),
+            StoreLocation::Sqlite(path) => {
+                Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings.table, batch).await?)
             }
-            StoreLocation::Sqlite(path) => Backend::Sqlite(
-                sqlite::SqliteBackend::open(path, &settings.table, settings.lease_batch).await?,
-            ),
             StoreLocation::Postgres(url) => Backend::Postgres(
-                postgres::PostgresBackend::connect(url, &settings.table, settings.lease_batch)
-                    .await?,
+                postgres::PostgresBackend::connect(url, &settings.table, batch).await?,
             ),
         };
-        Ok(Self {
-            backend,
-            location,
-            settings,
-            owner: default_owner(),
-            clock: Clock::new(),
-            changed: Notify::new(),
-            closed: AtomicBool::new(false),
-            leased_ahead: Mutex::default(),
-        })
+        Ok(Self::with_backend(backend, location, settings))
     }
 
     /// A store in this process's memory.
@@ -267,11 +263,15 @@ impl CallStore {
     /// A store in this process's memory holding `contacts` (imported as by
     /// [`import`](Self::import)).
     pub fn in_memory(settings: StoreSettings, contacts: &[NewContact]) -> Self {
-        let backend = memory::MemoryBackend::new(settings.lease_batch);
+        let backend = memory::MemoryBackend::new(settings.lease_batch_size());
         backend.import_now(contacts);
+        Self::with_backend(Backend::Memory(backend), StoreLocation::Memory, settings)
+    }
+
+    fn with_backend(backend: Backend, location: StoreLocation, settings: StoreSettings) -> Self {
         Self {
-            backend: Backend::Memory(backend),
-            location: StoreLocation::Memory,
+            backend,
+            location,
             settings,
             owner: default_owner(),
             clock: Clock::new(),
@@ -365,6 +365,8 @@ impl CallStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The first contact leased ahead; the lock is released on return, so
+    /// it is never held across a renewal.
     fn take_leased_ahead(&self) -> Option<(Leased, Instant)> {
         self.leased_ahead_lock().pop_front()
     }

@@ -68,7 +68,7 @@ impl MemoryBackend {
     pub(crate) fn new(lease_batch: usize) -> Self {
         Self {
             inner: Mutex::default(),
-            lease_batch: lease_batch.max(1),
+            lease_batch,
         }
     }
 

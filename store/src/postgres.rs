@@ -13,7 +13,7 @@ use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
 };
-use crate::sql::{Dialect, Statements, parse_state};
+use crate::sql::{Dialect, Statements, in_import_order, parse_state};
 
 fn db(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
@@ -143,7 +143,7 @@ impl PostgresBackend {
             .query(&self.prepared.lease, &[&owner, &now, &until])
             .await
             .map_err(db)?;
-        let mut leased = rows
+        let leased = rows
             .iter()
             .map(|row| {
                 let seq: i64 = row.try_get(5).map_err(db)?;
@@ -165,8 +165,7 @@ impl PostgresBackend {
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        leased.sort_unstable_by_key(|(seq, _)| *seq);
-        Ok(leased.into_iter().map(|(_, leased)| leased).collect())
+        Ok(in_import_order(leased))
     }
 
     /// Runs `statement` on a held row with `extra` parameters after the

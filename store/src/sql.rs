@@ -9,7 +9,7 @@
 //! scan finds the next contact, whether new, due again, or abandoned by a dead
 //! agent.
 
-use crate::model::{ContactState, Outcome, StoreError};
+use crate::model::{ContactState, Leased, Outcome, StoreError};
 
 /// States a contact can still be leased from (in flight: once its lease expired).
 const OPEN: &str = "state IN ('pending', 'deferred', 'in_flight')";
@@ -90,7 +90,6 @@ impl Statements {
         lease_batch: usize,
     ) -> Result<Self, StoreError> {
         check_table_name(table)?;
-        let lease_batch = lease_batch.max(1);
         let t = table;
         let (seq, millis, lock) = match dialect {
             Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", ""),
@@ -214,6 +213,13 @@ impl Statements {
             Outcome::Released => &self.release,
         }
     }
+}
+
+/// A leased batch in import order (`RETURNING` gives rows in no order),
+/// from `(seq, leased)` pairs.
+pub(crate) fn in_import_order(mut batch: Vec<(i64, Leased)>) -> Vec<Leased> {
+    batch.sort_unstable_by_key(|(seq, _)| *seq);
+    batch.into_iter().map(|(_, leased)| leased).collect()
 }
 
 /// Parses a state read from the database.

@@ -24,7 +24,7 @@ use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
 };
-use crate::sql::{Dialect, Statements, parse_state};
+use crate::sql::{Dialect, Statements, in_import_order, parse_state};
 
 /// How long a transaction waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,37 +53,18 @@ fn db(error: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// Why an operation failed: the file was locked by another process, or
-/// another error.
-enum Fault {
-    Busy,
-    Store(StoreError),
-}
-
-impl From<rusqlite::Error> for Fault {
+impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        match error.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy,
-            _ => Self::Store(db(error)),
-        }
+        db(error)
     }
 }
 
-impl From<StoreError> for Fault {
-    fn from(error: StoreError) -> Self {
-        Self::Store(error)
-    }
-}
-
-impl Fault {
-    fn into_error(self) -> StoreError {
-        match self {
-            Self::Store(error) => error,
-            Self::Busy => db(format!(
-                "the file stayed locked by another process for {BUSY_TIMEOUT:?}"
-            )),
-        }
-    }
+/// Whether `error` says another process holds the file's lock.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// An operation waiting for the next transaction: it runs, keeps its
@@ -145,26 +126,24 @@ fn did_not_run() -> StoreError {
 /// untouched if the file is locked by another process.
 fn commit(connection: &mut Connection, sql: &Statements, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
     if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
-        return match Fault::from(error) {
-            Fault::Busy => Err(jobs),
-            Fault::Store(error) => {
-                // The jobs are dropped unrun: their callers get an error.
-                tracing::error!("SQLite store: cannot begin a transaction: {error}");
-                Ok(())
-            }
-        };
+        if is_busy(&error) {
+            return Err(jobs);
+        }
+        // The jobs are dropped unrun: their callers get an error.
+        tracing::error!("SQLite store: cannot begin a transaction: {error}");
+        return Ok(());
     }
     let mut answers = Vec::with_capacity(jobs.len());
     let mut rolled_back = false;
+    // Jobs left when the transaction is rolled back are dropped unrun:
+    // their callers get an error.
     for job in jobs {
-        if rolled_back {
-            // Dropped unrun: its caller learns the operation failed.
-            drop(job);
-            continue;
-        }
         answers.push(job(connection, sql));
         // Some errors (a full disk, say) roll the whole transaction back.
         rolled_back = connection.is_autocommit();
+        if rolled_back {
+            break;
+        }
     }
     let failed = if rolled_back {
         Some("the transaction was rolled back".to_owned())
@@ -209,7 +188,7 @@ impl SqliteBackend {
     /// caller runs first — and answers once it has committed.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static,
+        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.run_from(Start::Now, work).await
     }
@@ -219,47 +198,51 @@ impl SqliteBackend {
     async fn run_from<T: Send + 'static>(
         &self,
         start: Start,
-        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, Fault> + Send + 'static,
+        work: impl FnOnce(&mut Connection, &Statements) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         let job: Job = Box::new(move |connection, sql| {
             let result = work(connection, sql);
             Box::new(move |failed: Option<&str>| {
-                let result = match (failed, result) {
-                    (Some(why), Ok(_)) => Err(db(why)),
-                    (_, Ok(value)) => Ok(value),
-                    (_, Err(fault)) => Err(fault.into_error()),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(match failed {
+                    Some(why) if result.is_ok() => Err(db(why)),
+                    _ => result,
+                });
             })
         });
         self.waiting_lock().push(job);
-        let mut answer = answer;
         if let Start::WithNext = start {
             tokio::select! {
                 answered = &mut answer => return answered.map_err(|_| did_not_run())?,
                 () = tokio::time::sleep(RIDE_WAIT) => {}
             }
         }
+        self.commit_waiting().await?;
+        answer.await.map_err(|_| did_not_run())?
+    }
+
+    /// Takes the connection and commits every operation waiting for it (none
+    /// if an earlier caller already took them all).
+    async fn commit_waiting(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone().lock_owned().await;
         let jobs = std::mem::take(&mut *self.waiting_lock());
-        if !jobs.is_empty() {
-            if let Err(jobs) = commit(&mut connection, &self.sql, jobs) {
-                let sql = self.sql.clone();
-                let waited = tokio::task::spawn_blocking(move || {
-                    let _ = connection.busy_timeout(BUSY_TIMEOUT);
-                    // Still locked after the wait: the jobs are dropped
-                    // unrun, and their callers get an error.
-                    let _ = commit(&mut connection, &sql, jobs);
-                    let _ = connection.busy_timeout(Duration::ZERO);
-                });
-                waited.await.map_err(db)?;
-            }
-            self.checkpoint.count();
-        } else {
-            drop(connection);
+        if jobs.is_empty() {
+            return Ok(());
         }
-        answer.await.map_err(|_| did_not_run())?
+        if let Err(jobs) = commit(&mut connection, &self.sql, jobs) {
+            let sql = self.sql.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = connection.busy_timeout(BUSY_TIMEOUT);
+                // Still locked after the wait: the jobs are dropped unrun,
+                // and their callers get an error.
+                let _ = commit(&mut connection, &sql, jobs);
+                let _ = connection.busy_timeout(Duration::ZERO);
+            })
+            .await
+            .map_err(db)?;
+        }
+        self.checkpoint.count();
+        Ok(())
     }
 
     fn waiting_lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
@@ -273,10 +256,11 @@ impl SqliteBackend {
     ) -> Result<ImportReport, StoreError> {
         let contacts = contacts.to_vec();
         self.run(move |connection, sql| {
-            let transaction = connection.savepoint()?;
+            // All or nothing, within the transaction it shares.
+            let savepoint = connection.savepoint()?;
             let mut report = ImportReport::default();
             {
-                let mut insert = transaction.prepare_cached(&sql.insert_one)?;
+                let mut insert = savepoint.prepare_cached(&sql.insert_one)?;
                 for contact in &contacts {
                     match insert.execute(params![contact.id, contact.data, now])? {
                         0 => report.existing += 1,
@@ -284,7 +268,7 @@ impl SqliteBackend {
                     }
                 }
             }
-            transaction.commit()?;
+            savepoint.commit()?;
             Ok(report)
         })
         .await
@@ -326,8 +310,7 @@ impl SqliteBackend {
                     },
                 ));
             }
-            leased.sort_unstable_by_key(|(seq, _)| *seq);
-            Ok(leased.into_iter().map(|(_, leased)| leased).collect())
+            Ok(in_import_order(leased))
         })
         .await
     }
@@ -358,11 +341,8 @@ impl SqliteBackend {
                 })
                 .optional()?;
             match state {
-                Some(state) => Ok(parse_state(&contact_id, &state)?),
-                None => Err(StoreError::LeaseLost {
-                    contact_id: contact_id.clone(),
-                }
-                .into()),
+                Some(state) => parse_state(&contact_id, &state),
+                None => Err(StoreError::LeaseLost { contact_id }),
             }
         })
         .await
@@ -451,7 +431,7 @@ impl SqliteBackend {
             connection
                 .prepare_cached(pick(sql))?
                 .execute(params![text, now])
-                .map_err(Fault::from)
+                .map_err(StoreError::from)
         })
         .await
     }
@@ -513,7 +493,7 @@ impl SqliteBackend {
             connection
                 .prepare_cached(&sql.next_due)?
                 .query_row([], |row| row.get::<_, Option<Millis>>(0))
-                .map_err(Fault::from)
+                .map_err(StoreError::from)
         })
         .await
     }
