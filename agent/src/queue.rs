@@ -187,7 +187,7 @@ struct Settling {
 
 impl Settling {
     /// Logs a state change that was not made, counting refusals.
-    fn settled<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
+    fn record<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(e @ StoreError::LeaseLost { .. }) => {
@@ -303,7 +303,7 @@ impl CallQueue {
                 let reason = format!("stored contact unreadable: {e}");
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
-                self.settling.settled(&id, failed);
+                self.settling.record(&id, failed);
                 None
             }
         }
@@ -322,7 +322,7 @@ impl CallQueue {
                     store.fail(&entry.lease, service, reason).await
                 }
             };
-            settling.settled(&entry.contact.id, result);
+            settling.record(&entry.contact.id, result);
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();
             }
@@ -356,7 +356,7 @@ impl CallQueue {
                 &entry.progress.to_store(),
             )
             .await;
-        match self.settling.settled(&entry.contact.id, result) {
+        match self.settling.record(&entry.contact.id, result) {
             Some(callguard_store::Deferral::Expired) => Deferral::Expired,
             Some(_) => Deferral::Requeued,
             None => Deferral::Unsaved,
