@@ -230,18 +230,15 @@ impl CircuitBreaker {
     fn acquire_contended(&self) -> Result<Permit<'_>, BreakerOpen> {
         let mut guarded = self.lock();
         let now = Instant::now();
-        let (_, state) = unpack(self.word.load(Ordering::Acquire));
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         let mut published = None;
         let result = match state {
-            CircuitState::Closed => {
-                let (generation, _) = unpack(self.word.load(Ordering::Acquire));
-                Ok(Permit {
-                    breaker: self,
-                    generation,
-                    state,
-                    probe: None,
-                })
-            }
+            CircuitState::Closed => Ok(Permit {
+                breaker: self,
+                generation,
+                state,
+                probe: None,
+            }),
             CircuitState::ForcedOpen => Err(self.rejection(state, None)),
             CircuitState::Open => {
                 let until = self.open_until.load(Ordering::Acquire);
