@@ -70,11 +70,6 @@ impl SheetsStore {
     pub(crate) fn clear_failures(&self) -> usize {
         lock(&self.inner).failures.clear()
     }
-
-    fn answer(&self, status: StatusCode, response: Response) -> Response {
-        lock(&self.inner).statuses.push(status.as_u16());
-        response
-    }
 }
 
 impl MockServer {
@@ -156,8 +151,7 @@ async fn append(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let store = &shared.sheets;
-    let (status, response) = handle(
+    let response = handle(
         &shared,
         spreadsheet_id,
         &range_method,
@@ -165,7 +159,10 @@ async fn append(
         &headers,
         &body,
     );
-    store.answer(status, response)
+    lock(&shared.sheets.inner)
+        .statuses
+        .push(response.status().as_u16());
+    response
 }
 
 fn handle(
@@ -175,29 +172,27 @@ fn handle(
     query: AppendQuery,
     headers: &HeaderMap,
     body: &[u8],
-) -> (StatusCode, Response) {
-    let fail = |status: StatusCode, message: &str| (status, google_error(status, message));
+) -> Response {
     // axum cannot match a parameter and a literal in one segment.
     let Some(range) = range_method.strip_suffix(":append") else {
-        return fail(StatusCode::NOT_FOUND, "Method not found.");
+        return google_error(StatusCode::NOT_FOUND, "Method not found.");
     };
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if !token.is_some_and(|t| t == SHEETS_STATIC_TOKEN || shared.tokens.is_valid(t)) {
-        return fail(
+        return google_error(
             StatusCode::UNAUTHORIZED,
             "Request had invalid authentication credentials. Expected OAuth 2 access token.",
         );
     }
     if let Some((status, wait)) = lock(&shared.sheets.inner).failures.pop() {
-        let response = google_error(status, "Injected failure (mock).");
-        return (status, with_retry_after(response, wait));
+        return with_retry_after(google_error(status, "Injected failure (mock)."), wait);
     }
     let value_input_option = query.value_input_option.unwrap_or_default();
     if !matches!(value_input_option.as_str(), "RAW" | "USER_ENTERED") {
-        return fail(
+        return google_error(
             StatusCode::BAD_REQUEST,
             "'valueInputOption' is required (RAW or USER_ENTERED).",
         );
@@ -206,14 +201,14 @@ fn handle(
         .insert_data_option
         .unwrap_or_else(|| "OVERWRITE".into());
     if !matches!(insert_data_option.as_str(), "OVERWRITE" | "INSERT_ROWS") {
-        return fail(
+        return google_error(
             StatusCode::BAD_REQUEST,
             "Invalid value for 'insertDataOption' (OVERWRITE or INSERT_ROWS).",
         );
     }
     let rows = match parse_rows(body) {
         Ok(rows) => rows,
-        Err(message) => return fail(StatusCode::BAD_REQUEST, message),
+        Err(message) => return google_error(StatusCode::BAD_REQUEST, message),
     };
     let mut inner = lock(&shared.sheets.inner);
     let before: usize = inner
@@ -248,7 +243,7 @@ fn handle(
         insert_data_option,
         rows,
     });
-    (StatusCode::OK, Json(answer).into_response())
+    Json(answer).into_response()
 }
 
 /// The `values` of an append body: a list of rows, each a list of cells.

@@ -124,12 +124,12 @@ async fn send_message(
     };
     let (chat_id, text) = (field("chat_id"), field("text"));
     let mut store = lock(&shared.telegram.inner);
-    let (status, response) = answer(&mut store, token_ok, chat_id.as_deref(), text.as_deref());
+    let response = answer(&mut store, token_ok, chat_id.as_deref(), text.as_deref());
     store.requests.push(TelegramRequest {
         token_ok,
         chat_id,
         text,
-        status: status.as_u16(),
+        status: response.status().as_u16(),
         at: Instant::now(),
     });
     response
@@ -140,9 +140,8 @@ fn answer(
     token_ok: bool,
     chat_id: Option<&str>,
     text: Option<&str>,
-) -> (StatusCode, Response) {
-    let fail =
-        |status: StatusCode, description: &str| (status, bot_error(status, description, None));
+) -> Response {
+    let fail = |status: StatusCode, description: &str| bot_error(status, description, None);
     if !token_ok {
         return fail(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
@@ -153,7 +152,7 @@ fn answer(
             _ => format!("Injected failure ({})", status.as_u16()),
         };
         let secs = wait.map(SinkFailure::retry_after_secs);
-        return (status, bot_error(status, &description, secs));
+        return bot_error(status, &description, secs);
     }
     if chat_id.is_none_or(|id| id != TELEGRAM_CHAT_ID) {
         return fail(StatusCode::BAD_REQUEST, "Bad Request: chat not found");
@@ -177,10 +176,7 @@ fn answer(
         "chat": { "id": TELEGRAM_CHAT_ID.parse::<i64>().unwrap_or_default(), "type": "supergroup" },
         "text": text,
     });
-    (
-        StatusCode::OK,
-        Json(json!({ "ok": true, "result": result })).into_response(),
-    )
+    Json(json!({ "ok": true, "result": result })).into_response()
 }
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -109,13 +109,12 @@ async fn receive(
 
 fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Response {
     let mut store = lock(&shared.webhook.inner);
-    let (status, response) = match store.failures.pop() {
-        Some((status, wait)) => {
-            let response =
-                (status, Json(json!({ "error": "injected failure (mock)" }))).into_response();
-            (status, with_retry_after(response, wait))
-        }
-        None => (StatusCode::OK, Json(json!({ "ok": true })).into_response()),
+    let response = match store.failures.pop() {
+        Some((status, wait)) => with_retry_after(
+            (status, Json(json!({ "error": "injected failure (mock)" }))).into_response(),
+            wait,
+        ),
+        None => Json(json!({ "ok": true })).into_response(),
     };
     store.requests.push(WebhookRequest {
         path,
@@ -129,7 +128,7 @@ fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Re
             })
             .collect(),
         body: body.to_vec(),
-        status: status.as_u16(),
+        status: response.status().as_u16(),
         at: Instant::now(),
     });
     response
