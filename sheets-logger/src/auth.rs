@@ -10,14 +10,13 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use callguard_core::{ErrorKind, Secret, ServiceError, classify_status};
+use callguard_core::http::transport_error;
+use callguard_core::{ErrorKind, Secret, ServiceError};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Url;
 use tokio::time::Instant;
 
-use callguard_core::http::transport_error;
-
-use crate::http::read_error_excerpt;
+use crate::http::accepted;
 
 /// The OAuth scope that allows writing to spreadsheets.
 pub const SHEETS_SCOPE: &str = "https://www.googleapis.com/auth/spreadsheets";
@@ -263,16 +262,7 @@ async fn fetch(
         .send()
         .await
         .map_err(transport_error)?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(error) = classify_status(status, retry_after.as_deref(), SystemTime::now()) {
-        let excerpt = read_error_excerpt(response).await;
-        return Err(with_detail(error, "token request refused", &excerpt));
-    }
+    let response = accepted(response, "token request refused").await?;
     let body: TokenResponse = response.json().await.map_err(|_| {
         ServiceError::new(
             ErrorKind::BadResponse,
@@ -297,23 +287,6 @@ async fn fetch(
 /// never more than half a very short lifetime.
 fn usable_for(lifetime: Duration) -> Duration {
     lifetime.saturating_sub(REFRESH_MARGIN.min(lifetime / 2))
-}
-
-/// `error` with a detail naming what was refused and the server's reason.
-pub(crate) fn with_detail(error: ServiceError, what: &str, excerpt: &str) -> ServiceError {
-    let mut detail = format!("{what}: {}", error.detail());
-    if !excerpt.is_empty() {
-        detail.push_str(": ");
-        detail.push_str(excerpt);
-    }
-    let mut out = ServiceError::new(error.kind(), detail);
-    if let Some(status) = error.status() {
-        out = out.with_status(status);
-    }
-    if let Some(wait) = error.retry_after() {
-        out = out.with_retry_after(wait);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! The `spreadsheets.values.append` call: one request per batch of rows.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use callguard_core::{ServiceError, classify_status};
+use callguard_core::ServiceError;
+use callguard_core::http::transport_error;
 use reqwest::Url;
 
-use crate::auth::{Auth, with_detail};
-use callguard_core::http::transport_error;
-
-use crate::http::read_error_excerpt;
+use crate::auth::Auth;
+use crate::http::accepted;
 use crate::row::Row;
 
 /// Appends rows to one range of one spreadsheet.
@@ -53,19 +52,7 @@ impl SheetsClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        match classify_status(status, retry_after.as_deref(), SystemTime::now()) {
-            None => Ok(()),
-            Some(error) => {
-                let excerpt = read_error_excerpt(response).await;
-                Err(with_detail(error, "append refused", &excerpt))
-            }
-        }
+        accepted(response, "append refused").await.map(drop)
     }
 }
 

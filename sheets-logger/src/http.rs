@@ -1,11 +1,36 @@
-//! Excerpts of error answers for error details (transport failures are
+//! Answers of the Sheets and token endpoints: a refusal is classified, and the
+//! start of its body goes into the error's detail (transport failures are
 //! classified by `callguard_core::http`, which strips URLs).
+
+use std::time::SystemTime;
+
+use callguard_core::{ServiceError, classify_status};
+use reqwest::header::RETRY_AFTER;
 
 /// Longest excerpt of an error body kept in an error's detail.
 const EXCERPT_CHARS: usize = 200;
 
+/// `response` when its status is 2xx; otherwise the error the status stands
+/// for (honouring `Retry-After`), its detail naming `what` was refused and
+/// the server's reason.
+pub(crate) async fn accepted(
+    response: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response, ServiceError> {
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok());
+    let status = response.status().as_u16();
+    let Some(error) = classify_status(status, retry_after, SystemTime::now()) else {
+        return Ok(response);
+    };
+    let excerpt = read_error_excerpt(response).await;
+    Err(with_detail(error, what, &excerpt))
+}
+
 /// The start of an error answer's body on one line, for the error's detail.
-pub(crate) async fn read_error_excerpt(response: reqwest::Response) -> String {
+async fn read_error_excerpt(response: reqwest::Response) -> String {
     let text = response.text().await.unwrap_or_default();
     let line: String = text
         .chars()
@@ -13,4 +38,21 @@ pub(crate) async fn read_error_excerpt(response: reqwest::Response) -> String {
         .take(EXCERPT_CHARS)
         .collect();
     line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `error` with a detail naming what was refused and the server's reason.
+fn with_detail(error: ServiceError, what: &str, excerpt: &str) -> ServiceError {
+    let mut detail = format!("{what}: {}", error.detail());
+    if !excerpt.is_empty() {
+        detail.push_str(": ");
+        detail.push_str(excerpt);
+    }
+    let mut out = ServiceError::new(error.kind(), detail);
+    if let Some(status) = error.status() {
+        out = out.with_status(status);
+    }
+    if let Some(wait) = error.retry_after() {
+        out = out.with_retry_after(wait);
+    }
+    out
 }
