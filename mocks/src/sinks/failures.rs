@@ -146,8 +146,9 @@ mod tests {
             "count"
         );
         assert_eq!(failures.push(SinkFailure::new(429, 2)).unwrap(), 2);
+        assert_eq!(failures.push(SinkFailure::new(500, 1)).unwrap(), 3);
         assert_eq!(failures.pop().map(|(s, _)| s.as_u16()), Some(429));
-        assert_eq!(failures.clear(), 1);
+        assert_eq!(failures.clear(), 2);
         assert_eq!(
             SinkFailure::retry_after_secs(Duration::from_millis(1500)),
             2

@@ -289,20 +289,4 @@ mod tests {
         let names: Vec<String> = [1, 9, 26, 27, 52, 703].map(column_name).to_vec();
         assert_eq!(names, ["A", "I", "Z", "AA", "AZ", "AAA"]);
     }
-
-    #[test]
-    fn failures_are_validated() {
-        let store = SheetsStore::default();
-        assert_eq!(
-            store.fail(SinkFailure::new(200, 1)).unwrap_err().key,
-            "status"
-        );
-        assert_eq!(
-            store.fail(SinkFailure::new(429, 0)).unwrap_err().key,
-            "count"
-        );
-        assert_eq!(store.fail(SinkFailure::new(429, 2)).unwrap(), 2);
-        assert_eq!(store.fail(SinkFailure::new(500, 1)).unwrap(), 3);
-        assert_eq!(store.clear_failures(), 3);
-    }
 }
