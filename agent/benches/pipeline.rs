@@ -34,7 +34,6 @@ use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
 use callguard_agent::queue::{CallQueue, Deferral};
-use callguard_agent::simulate::generate_contacts;
 use callguard_core::CircuitState;
 use callguard_health::GrpcOptions;
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
@@ -44,6 +43,9 @@ use tracing::Instrument;
 #[path = "../../health/benches/support/mod.rs"]
 mod check_load;
 use check_load::{Load, Pace, check_load, load_average};
+
+mod support;
+use support::{median, mock_config, verdict};
 
 /// Contacts per throughput run.
 const CONTACTS: usize = 2_000;
@@ -115,31 +117,11 @@ fn wanted(section: &str) -> bool {
 /// TTS breaker in milliseconds) and a recovery timeout longer than the bench,
 /// so an OPEN breaker stays OPEN while it is measured.
 fn bench_config(server: &MockServer) -> AgentConfig {
-    let mut text = format!(
-        "[retry]\ninitial_delay = \"1ms\"\nmax_delay = \"4ms\"\n\n\
-         [circuit_breaker]\nrecovery_timeout = \"10m\"\n\n\
-         [queue]\nworkers = {WORKERS}\n\n"
-    );
-    for service in [Service::Llm, Service::Elevenlabs, Service::Crm] {
-        text.push_str(&format!(
-            "[services.{service}]\nbase_url = \"{}\"\napi_key = \"{}\"\n\n",
-            server.base_url(service),
-            server.config().keys.get(service),
-        ));
-    }
-    AgentConfig::load(&text, None, std::iter::empty()).expect("the bench config is valid")
-}
-
-/// `CONTACTS` contacts with ids unique to `run`, so that no CRM write repeats
-/// an earlier idempotency key.
-fn contacts_for(run: &str) -> Vec<Contact> {
-    generate_contacts(CONTACTS)
-        .into_iter()
-        .map(|mut contact| {
-            contact.id = format!("{run}-{}", contact.id);
-            contact
-        })
-        .collect()
+    mock_config(
+        server,
+        WORKERS,
+        "[circuit_breaker]\nrecovery_timeout = \"10m\"\n",
+    )
 }
 
 fn parts(config: &AgentConfig) -> Assembled {
@@ -167,7 +149,7 @@ async fn throughput(config: &AgentConfig) {
         };
         let mut line = format!("round {round:>2}:");
         for side in order {
-            let contacts = contacts_for(&format!("r{round}-{side:?}"));
+            let contacts = support::contacts(CONTACTS, &format!("r{round}-{side:?}"));
             let cpu_before = process_cpu_time();
             let elapsed = match side {
                 Side::Resilience => run_campaign(config, contacts).await,
@@ -373,13 +355,7 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
         }
     }
     let pipeline = parts.pipeline;
-    let contacts: Vec<Contact> = generate_contacts(DEFERRED_CONTACTS)
-        .into_iter()
-        .map(|mut contact| {
-            contact.id = format!("defer-{opening:?}-{}", contact.id);
-            contact
-        })
-        .collect();
+    let contacts = support::contacts(DEFERRED_CONTACTS, &format!("defer-{opening:?}"));
     let queue = CallQueue::new(contacts, config.queue.max_deferrals);
     let default_wait = config.circuit_breaker.recovery_timeout.get();
 
@@ -452,24 +428,10 @@ async fn defer_next(queue: &CallQueue, pipeline: &Pipeline, default_wait: Durati
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_unstable_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 /// The `q` quantile of sorted `samples` (nearest rank).
 fn percentile(samples: &[Duration], q: f64) -> Duration {
     let rank = (q * samples.len() as f64).ceil() as usize;
     samples[rank.clamp(1, samples.len()) - 1]
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "MISSED" }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,7 +480,7 @@ async fn under_check_load(config: &AgentConfig) {
         for k in 0..sides.len() {
             let index = (round + k) % sides.len();
             let side = sides[index];
-            let contacts = contacts_for(&format!("h{round}-{side:?}"));
+            let contacts = support::contacts(CONTACTS, &format!("h{round}-{side:?}"));
             let (elapsed, load) = run_served(config, contacts, side).await;
             let rate = CONTACTS as f64 / elapsed.as_secs_f64();
             line.push_str(&format!("  {side:?} {rate:>6.0}/s"));
