@@ -201,13 +201,6 @@ impl AlertManager {
     /// channel (logged and counted).
     pub fn raise(&self, mut alert: Alert) -> Raised {
         let inner = &*self.inner;
-        if alert.circuit_state.is_none() {
-            alert.circuit_state = inner
-                .breakers
-                .get()
-                .and_then(|registry| registry.get(alert.service.as_str()))
-                .map(|breaker| breaker.state());
-        }
         let admitted = lock(&inner.dedup).admit(&alert.service, alert.kind, Instant::now());
         let Some(suppressed) = admitted else {
             inner.suppressed.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +212,13 @@ impl AlertManager {
             return Raised::Suppressed;
         };
         alert.suppressed = suppressed;
+        if alert.circuit_state.is_none() {
+            alert.circuit_state = inner
+                .breakers
+                .get()
+                .and_then(|registry| registry.get(alert.service.as_str()))
+                .map(|breaker| breaker.state());
+        }
         inner.raised.fetch_add(1, Ordering::Relaxed);
         log_raised(&alert);
         let closed = inner.closed.load(Ordering::Acquire);
