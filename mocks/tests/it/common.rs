@@ -3,7 +3,7 @@
 
 use callguard_mocks::{MockConfig, MockServer, Service};
 use reqwest::{Client, RequestBuilder, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A client without proxies or pooled connections (an idle pool's timer
 /// would let a paused clock jump ahead).
@@ -21,6 +21,11 @@ pub(crate) async fn start() -> MockServer {
 
 pub(crate) async fn start_with(config: MockConfig) -> MockServer {
     MockServer::start(config).await.unwrap()
+}
+
+/// Sends `request` and decodes the JSON body of the answer, whatever its status.
+pub(crate) async fn fetch_json(request: RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// A valid text-to-speech request.

@@ -7,7 +7,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::common::{client, health, llm, start};
+use crate::common::{client, fetch_json, health, llm, start};
 
 async fn post_faults(client: &Client, server: &MockServer, body: &Value) -> (StatusCode, Value) {
     let response = client
@@ -20,14 +20,7 @@ async fn post_faults(client: &Client, server: &MockServer, body: &Value) -> (Sta
 }
 
 async fn listed(client: &Client, server: &MockServer) -> Vec<Value> {
-    let body: Value = client
-        .get(format!("{}/_control/faults", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = fetch_json(client.get(format!("{}/_control/faults", server.url()))).await;
     body["faults"].as_array().unwrap().clone()
 }
 
@@ -70,14 +63,8 @@ async fn faults_are_injected_listed_and_cleared_over_http() {
     assert_eq!(faults[2]["starts_in"], "3s");
     assert_eq!(faults[2]["rate"], 0.25);
 
-    let cleared: Value = client
-        .delete(format!("{}/_control/faults?service=llm", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cleared =
+        fetch_json(client.delete(format!("{}/_control/faults?service=llm", server.url()))).await;
     assert_eq!(cleared, json!({"cleared": 1}));
     let remaining: Vec<_> = listed(&client, &server)
         .await
@@ -85,14 +72,7 @@ async fn faults_are_injected_listed_and_cleared_over_http() {
         .map(|f| f["service"].clone())
         .collect();
     assert_eq!(remaining, [json!("elevenlabs"), json!("crm")]);
-    let cleared: Value = client
-        .delete(format!("{}/_control/faults", server.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cleared = fetch_json(client.delete(format!("{}/_control/faults", server.url()))).await;
     assert_eq!(cleared, json!({"cleared": 2}));
     assert!(listed(&client, &server).await.is_empty());
     assert_eq!(
@@ -178,14 +158,7 @@ async fn stats_count_per_service_kind_and_status_and_can_be_reset() {
         .unwrap();
     health(&client, &server, Service::Crm).await;
     let stats_url = format!("{}/_control/stats", server.url());
-    let stats: Value = client
-        .get(&stats_url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = fetch_json(client.get(&stats_url)).await;
     assert_eq!(
         stats,
         json!({

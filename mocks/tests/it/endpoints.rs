@@ -4,7 +4,7 @@ use callguard_mocks::{EndpointKind, MockConfig, MockKeys, Service};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::common::{client, crm, health, llm, start, start_with, tts};
+use crate::common::{client, crm, fetch_json, health, llm, start, start_with, tts};
 
 #[tokio::test]
 async fn tts_speaks_audio_that_grows_with_the_text() {
@@ -126,13 +126,7 @@ async fn llm_writes_a_script_for_the_named_contact() {
         )
     );
 
-    let other: Value = llm(&client, &server, "Bob")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let other = fetch_json(llm(&client, &server, "Bob")).await;
     let script = other["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(
         script.contains("Bob") && !script.contains("Alice"),
@@ -201,15 +195,12 @@ async fn crm_stores_each_idempotency_key_once() {
     let second: Value = second.json().await.unwrap();
     assert_ne!(second["id"].as_str().unwrap(), id);
 
-    let listed: Value = client
-        .get(format!("{}/v1/calls", server.base_url(Service::Crm)))
-        .bearer_auth("mock-crm-key")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = fetch_json(
+        client
+            .get(format!("{}/v1/calls", server.base_url(Service::Crm)))
+            .bearer_auth("mock-crm-key"),
+    )
+    .await;
     assert_eq!(listed, json!([first, second]));
     let records = server.crm_records();
     assert_eq!(records.len(), 2);
