@@ -120,7 +120,6 @@ struct Guarded {
 pub struct CircuitBreaker {
     service: ServiceName,
     config: BreakerConfig,
-    recovery_timeout: Duration,
     /// Time origin for the nanosecond deadlines kept in atomics.
     epoch: Instant,
     word: AtomicU64,
@@ -164,7 +163,6 @@ impl CircuitBreaker {
         let (transitions_tx, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
         Self {
             service,
-            recovery_timeout: config.recovery_timeout.get(),
             config,
             epoch: Instant::now(),
             word: AtomicU64::new(pack(0, CircuitState::Closed)),
@@ -265,7 +263,7 @@ impl CircuitBreaker {
 
     fn admit_probe(&self, guarded: &mut Guarded, now: Instant) -> Result<Permit<'_>, BreakerOpen> {
         // A probe that never reported back frees its slot after recovery_timeout.
-        let timeout = self.recovery_timeout;
+        let timeout = self.config.recovery_timeout.get();
         guarded
             .probes
             .retain(|slot| now.saturating_duration_since(slot.started) < timeout);
@@ -487,7 +485,7 @@ impl CircuitBreaker {
         let at = Instant::now();
         match to {
             CircuitState::Open => {
-                let until = self.nanos_since_epoch(at + self.recovery_timeout);
+                let until = self.nanos_since_epoch(at + self.config.recovery_timeout.get());
                 self.open_until.store(until, Ordering::Release);
             }
             CircuitState::Closed => self.clear_counts(),
