@@ -154,7 +154,7 @@ async fn llm_rejects_wrong_keys_and_malformed_requests() {
     );
 
     for (body, field) in [
-        (r#"{"model":"m""#, ""),
+        (r#"{"model":"m""#, "EOF"),
         (r#"{"model":"m"}"#, "messages"),
         (r#"{"model":"m","messages":[]}"#, "messages"),
         (r#"{"model":"m","messages":[{"content":"hi"}]}"#, "role"),
