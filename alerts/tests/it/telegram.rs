@@ -78,7 +78,12 @@ async fn waits_the_retry_after_of_a_429_then_delivers() {
 async fn a_400_is_not_retried() {
     let server = mock().await;
     server.telegram_fail(SinkFailure::new(400, 1)).unwrap();
-    let manager = AlertManager::new(&with_telegram(&server)).unwrap();
+    let mut config = with_telegram(&server);
+    if let Some(telegram) = &mut config.telegram {
+        // One recorded failure would open the breaker.
+        telegram.circuit_breaker.failure_threshold = 1;
+    }
+    let manager = AlertManager::new(&config).unwrap();
     manager.observe_event(&permanent_failure());
     flushed(&manager).await;
     assert_eq!(server.telegram_requests().len(), 1, "one attempt only");
