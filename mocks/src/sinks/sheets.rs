@@ -53,25 +53,6 @@ struct Store {
     statuses: Vec<u16>,
 }
 
-impl SheetsStore {
-    pub(crate) fn appends(&self) -> Vec<SheetsAppend> {
-        lock(&self.inner).appends.clone()
-    }
-
-    pub(crate) fn statuses(&self) -> Vec<u16> {
-        lock(&self.inner).statuses.clone()
-    }
-
-    /// Queues `failure`; returns how many failures are queued now.
-    pub(crate) fn fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
-        lock(&self.inner).failures.push(failure)
-    }
-
-    pub(crate) fn clear_failures(&self) -> usize {
-        lock(&self.inner).failures.clear()
-    }
-}
-
 impl MockServer {
     /// `http://ADDR/sheets`, the `api_base` to configure for the Sheets API.
     pub fn sheets_api_base(&self) -> String {
@@ -80,7 +61,7 @@ impl MockServer {
 
     /// The accepted append requests, in order.
     pub fn sheets_appends(&self) -> Vec<SheetsAppend> {
-        self.shared.sheets.appends()
+        lock(&self.shared.sheets.inner).appends.clone()
     }
 
     /// Every row appended, in order, over all requests.
@@ -94,13 +75,13 @@ impl MockServer {
     /// The status of every append request answered, in order (`401`s and
     /// injected failures included).
     pub fn sheets_statuses(&self) -> Vec<u16> {
-        self.shared.sheets.statuses()
+        lock(&self.shared.sheets.inner).statuses.clone()
     }
 
     /// Makes the next `failure.count` append requests (with a valid token)
     /// fail with `failure.status`; returns how many failures are queued.
     pub fn sheets_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
-        self.shared.sheets.fail(failure)
+        lock(&self.shared.sheets.inner).failures.push(failure)
     }
 }
 
@@ -273,11 +254,13 @@ fn column_name(mut n: usize) -> String {
 }
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    queue_failure_from(&body, |failure| shared.sheets.fail(failure))
+    queue_failure_from(&body, |failure| {
+        lock(&shared.sheets.inner).failures.push(failure)
+    })
 }
 
 async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": shared.sheets.clear_failures() }))
+    Json(json!({ "cleared": lock(&shared.sheets.inner).failures.clear() }))
 }
 
 #[cfg(test)]
