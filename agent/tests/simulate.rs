@@ -7,7 +7,7 @@ use std::process::Output;
 use serde_json::Value;
 
 mod support;
-use support::temp_dir;
+use support::{temp_dir, text};
 
 /// Every secret `simulate` uses: the services' keys, the Telegram bot token,
 /// the webhook secret and the Sheets token.
@@ -28,11 +28,7 @@ struct Run {
 
 impl Run {
     fn console(&self) -> String {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&self.output.stdout),
-            String::from_utf8_lossy(&self.output.stderr)
-        )
+        text(&self.output)
     }
 
     fn log(&self) -> String {
@@ -95,15 +91,10 @@ fn simulate(scenario: &str, contacts: usize) -> Run {
             "summary.json",
         ],
     );
-    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap_or_else(|e| {
-        panic!(
-            "no summary ({e}); output:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
+        .unwrap_or_else(|e| panic!("no summary ({e}); output:\n{}", text(&output)));
     Run {
-        summary: serde_json::from_str(&text).unwrap(),
+        summary: serde_json::from_str(&summary).unwrap(),
         dir,
         output,
     }

@@ -19,7 +19,7 @@ use prost::Message;
 use serde_json::Value;
 
 mod support;
-use support::{Received, otlp_grpc_receiver, string_attr, temp_dir};
+use support::{Received, otlp_grpc_receiver, string_attr, temp_dir, text};
 
 async fn grpc_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,14 +97,6 @@ fn attr(span: &Span, key: &str) -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn console(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The agent's spans form `call` → stage → attempt trees, one trace per call.
@@ -218,7 +210,7 @@ async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
         "",
     )
     .await;
-    assert!(output.status.success(), "{}", console(&output));
+    assert!(output.status.success(), "{}", text(&output));
     let spans = received.spans();
     assert!(spans.iter().all(|(service, _)| service == "callguard"));
     check_span_tree(&spans);
@@ -286,7 +278,7 @@ async fn http_protobuf_export_names_the_service_from_the_environment() {
         "",
     )
     .await;
-    assert!(output.status.success(), "{}", console(&output));
+    assert!(output.status.success(), "{}", text(&output));
     check_span_tree(&received.spans());
     let resources = received.resource_spans();
     let resource = resources[0].resource.as_ref().unwrap();
@@ -302,10 +294,10 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
     let (_, received) = grpc_receiver().await;
     let dir = temp_dir("off");
     let output = simulate(&dir, vec![], "").await;
-    assert!(output.status.success(), "{}", console(&output));
-    let text = console(&output).to_lowercase();
+    assert!(output.status.success(), "{}", text(&output));
+    let console = text(&output).to_lowercase();
     for word in ["otlp", "opentelemetry", "exporter", "collector"] {
-        assert!(!text.contains(word), "{word} mentioned:\n{text}");
+        assert!(!console.contains(word), "{word} mentioned:\n{console}");
     }
     assert!(received.spans().is_empty());
     // Logs still correlate: W3C-sized ids inside spans.
@@ -429,7 +421,7 @@ async fn metrics_are_scraped_while_the_campaign_runs_and_match_the_summary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let output = run.await.unwrap();
-    assert!(output.status.success(), "{}", console(&output));
+    assert!(output.status.success(), "{}", text(&output));
     assert!(scrapes.len() > 3, "only {} scrapes", scrapes.len());
     let open = "callguard_breaker_state{service=\"elevenlabs\"}";
     assert!(
