@@ -411,9 +411,10 @@ async fn watch_transitions(
     watched
 }
 
-/// Reads the queue's counts from the store every second (what `/metrics`
-/// shows) and, if `print`, prints where the campaign stands: a line rewritten
-/// in place on a terminal, a line every five seconds otherwise.
+/// Reads the queue's counts from the store (what `/metrics` shows) and, if
+/// `print`, prints where the campaign stands: a line rewritten in place every
+/// 250 ms on a terminal, a new line every five seconds otherwise. The counts
+/// are read as often as the line is printed, every second when nothing is.
 async fn report_progress(
     queue: Arc<CallQueue>,
     registry: Arc<BreakerRegistry>,
