@@ -3,7 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use callguard_alerts::{AlertsConfig, TelegramConfig, WebhookConfig};
+use callguard_alerts::{
+    AlertManager, AlertsConfig, ChannelCounts, ChannelKind, TelegramConfig, WebhookConfig,
+};
 use callguard_core::{
     CircuitState, ConfigDuration, Secret, ServiceName, Transition, TransitionReason,
 };
@@ -79,10 +81,24 @@ pub(crate) fn transition(
 }
 
 /// Waits (on the runtime clock) until the manager has nothing left to do.
-pub(crate) async fn flushed(manager: &callguard_alerts::AlertManager) {
+pub(crate) async fn flushed(manager: &AlertManager) {
+    flushed_within(manager, Duration::from_secs(600)).await;
+}
+
+/// Waits until the manager has nothing left to do, failing after `timeout`.
+pub(crate) async fn flushed_within(manager: &AlertManager, timeout: Duration) {
     assert!(
-        manager.flush(Duration::from_secs(600)).await,
+        manager.flush(timeout).await,
         "alerts still pending: {:?}",
         manager.counts()
     );
+}
+
+/// The counts of `channel` so far.
+pub(crate) fn channel_counts(manager: &AlertManager, channel: ChannelKind) -> ChannelCounts {
+    manager
+        .counts()
+        .channel(channel)
+        .copied()
+        .unwrap_or_else(|| panic!("no {channel} channel"))
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
-use crate::common::{retry, service};
+use crate::common::{channel_counts, flushed_within, retry, service};
 
 const USER: &str = "alerts";
 const PASSWORD: &str = "smtp-password-42";
@@ -155,16 +155,8 @@ async fn email_reaches_a_real_smtp_server() {
     let alert = Alert::from_event(&event).unwrap().with_contact("c-42");
     let trace_id = alert.trace_id.clone();
     manager.raise(alert);
-    assert!(
-        manager.flush(Duration::from_secs(30)).await,
-        "{:?}",
-        manager.counts()
-    );
-    let email = manager
-        .counts()
-        .channel(ChannelKind::Email)
-        .copied()
-        .unwrap();
+    flushed_within(&manager, Duration::from_secs(30)).await;
+    let email = channel_counts(&manager, ChannelKind::Email);
     assert_eq!((email.delivered, email.failed), (1, 0), "{email:?}");
 
     let messages = server.messages();
@@ -224,16 +216,8 @@ async fn a_refused_login_is_not_retried() {
         "permanent error (invalid_request), HTTP 422",
     ));
     // One attempt, no retry after 1 s: done well before the policy's first delay.
-    assert!(
-        manager.flush(Duration::from_millis(900)).await,
-        "{:?}",
-        manager.counts()
-    );
-    let email = manager
-        .counts()
-        .channel(ChannelKind::Email)
-        .copied()
-        .unwrap();
+    flushed_within(&manager, Duration::from_millis(900)).await;
+    let email = channel_counts(&manager, ChannelKind::Email);
     assert_eq!((email.delivered, email.failed), (0, 1), "{email:?}");
     assert!(server.messages().is_empty());
     server.stop().await;

@@ -6,7 +6,7 @@ use callguard_alerts::{Alert, AlertKind, AlertManager, ChannelKind};
 use callguard_core::{ErrorKind, ResilienceEvent, ServiceError};
 use callguard_mocks::{SinkFailure, TELEGRAM_CHAT_ID};
 
-use crate::common::{flushed, mock, service, with_telegram};
+use crate::common::{channel_counts, flushed, mock, service, with_telegram};
 
 fn permanent_failure() -> ResilienceEvent {
     ResilienceEvent::PermanentFailure {
@@ -42,8 +42,7 @@ async fn delivers_a_plain_text_message() {
     ] {
         assert!(text.contains(line), "{line:?} missing from\n{text}");
     }
-    let counts = manager.counts();
-    let telegram = counts.channel(ChannelKind::Telegram).unwrap();
+    let telegram = channel_counts(&manager, ChannelKind::Telegram);
     assert_eq!((telegram.delivered, telegram.failed), (1, 0));
 }
 
@@ -66,11 +65,7 @@ async fn waits_the_retry_after_of_a_429_then_delivers() {
         waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
         "{waited:?}"
     );
-    let telegram = manager
-        .counts()
-        .channel(ChannelKind::Telegram)
-        .copied()
-        .unwrap();
+    let telegram = channel_counts(&manager, ChannelKind::Telegram);
     assert_eq!((telegram.delivered, telegram.failed), (1, 0));
 }
 
@@ -87,11 +82,7 @@ async fn a_400_is_not_retried() {
     manager.observe_event(&permanent_failure());
     flushed(&manager).await;
     assert_eq!(server.telegram_requests().len(), 1, "one attempt only");
-    let telegram = manager
-        .counts()
-        .channel(ChannelKind::Telegram)
-        .copied()
-        .unwrap();
+    let telegram = channel_counts(&manager, ChannelKind::Telegram);
     assert_eq!((telegram.delivered, telegram.failed), (0, 1));
 
     // A request-level error does not open the channel's breaker.
@@ -140,10 +131,6 @@ async fn a_5000_character_message_is_split() {
     let whole = messages.concat();
     assert!(whole.contains(&detail), "nothing lost");
     assert!(whole.starts_with("[callguard] WARNING llm"), "in order");
-    let telegram = manager
-        .counts()
-        .channel(ChannelKind::Telegram)
-        .copied()
-        .unwrap();
+    let telegram = channel_counts(&manager, ChannelKind::Telegram);
     assert_eq!(telegram.delivered, 1, "one alert, however many messages");
 }
