@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use callguard_mocks::SinkFailure;
+use callguard_mocks::{MockServer, SinkFailure};
 use callguard_sheets_logger::SheetsConfig;
 use tokio::time::Instant;
 
@@ -11,6 +11,15 @@ use crate::common::{MESSAGE, column, config, install, secs, start, until};
 
 fn messages(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| format!("event {i}")).collect()
+}
+
+/// The number of rows of each append the server received, in order.
+fn batch_sizes(server: &MockServer) -> Vec<usize> {
+    server
+        .sheets_appends()
+        .iter()
+        .map(|a| a.rows.len())
+        .collect()
 }
 
 fn log(range: std::ops::Range<u32>) {
@@ -31,22 +40,16 @@ async fn a_full_batch_is_sent_without_waiting_for_the_interval() {
     log(0..7);
     until("two full batches", || logging.handle.stats().rows_sent == 6).await;
     assert!(started.elapsed() < Duration::from_secs(60));
-    let sizes: Vec<usize> = server
-        .sheets_appends()
-        .iter()
-        .map(|a| a.rows.len())
-        .collect();
-    assert_eq!(sizes, [3, 3]);
+    assert_eq!(batch_sizes(&server), [3, 3]);
     let stats = logging
         .handle
         .flush_and_shutdown(Duration::from_secs(5))
         .await;
-    let sizes: Vec<usize> = server
-        .sheets_appends()
-        .iter()
-        .map(|a| a.rows.len())
-        .collect();
-    assert_eq!(sizes, [3, 3, 1], "the last row goes at shutdown");
+    assert_eq!(
+        batch_sizes(&server),
+        [3, 3, 1],
+        "the last row goes at shutdown"
+    );
     assert_eq!(column(&server, MESSAGE), messages(0..7));
     assert_eq!(
         (stats.rows_sent, stats.requests_sent, stats.rows_dropped),
@@ -81,12 +84,7 @@ async fn waiting_rows_go_out_once_per_interval() {
     .await;
     let waited = second.elapsed();
     assert!(waited <= Duration::from_secs(5), "{waited:?}");
-    let sizes: Vec<usize> = server
-        .sheets_appends()
-        .iter()
-        .map(|a| a.rows.len())
-        .collect();
-    assert_eq!(sizes, [3, 2]);
+    assert_eq!(batch_sizes(&server), [3, 2]);
     assert!(started.elapsed() >= Duration::from_secs(10));
     assert_eq!(column(&server, MESSAGE), messages(0..5));
 }
