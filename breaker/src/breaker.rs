@@ -3,11 +3,12 @@
 //! The state and a generation number share one `AtomicU64` (`generation << 2 |
 //! state`). Every transition bumps the generation, so a result reported by a
 //! call admitted under an earlier state is recognised and ignored. CLOSED
-//! admission is one atomic load; recording a success in CLOSED is one load (and
-//! a store only when a failure streak is being reset). Transitions and HALF_OPEN
-//! probe bookkeeping take a mutex; the state watch and transition channels are
-//! fed under that mutex so that subscribers see transitions in order, and the
-//! log line is written after it is released.
+//! admission is one atomic load; recording a success in CLOSED is two (the
+//! generation check and the failure streak), a store only when a streak is
+//! being reset, and, with a failure-rate window, the window's slot update.
+//! Transitions and HALF_OPEN probe bookkeeping take a mutex; the state watch
+//! and transition channels are fed under that mutex so that subscribers see
+//! transitions in order, and the log line is written after it is released.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
