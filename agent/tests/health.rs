@@ -18,7 +18,7 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tonic::transport::Channel;
 
 mod support;
-use support::{callguard, grpcurl, output, temp_dir, text};
+use support::{callguard, free_port, grpcurl, output, temp_dir, text};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
@@ -30,14 +30,6 @@ const SERVICES: [(&str, Service); 3] = [
 const PATIENCE: Duration = Duration::from_secs(20);
 /// Pause between two looks at a polled state.
 const POLL: Duration = Duration::from_millis(50);
-
-/// A port nobody listens on right now, for a child process to bind.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A child process killed when the test ends, pass or fail.
 struct Running(Child);

@@ -19,7 +19,7 @@ use prost::Message;
 use serde_json::Value;
 
 mod support;
-use support::{Received, otlp_grpc_receiver, string_attr, temp_dir, text};
+use support::{Received, free_port, otlp_grpc_receiver, string_attr, temp_dir, text};
 
 async fn grpc_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -373,16 +373,9 @@ fn count(summary: &Value, path: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_scraped_while_the_campaign_runs_and_match_the_summary() {
     let dir = temp_dir("metrics");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port().port();
     // Nothing listens on the collector's port: every export fails.
-    let collector = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let collector = free_port();
     let run = tokio::spawn({
         let dir = dir.clone();
         let config = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\nlinger = \"2s\"\n");
