@@ -398,22 +398,24 @@ impl CircuitBreaker {
 
     /// A health check found the service healthy: an OPEN or HALF_OPEN breaker
     /// closes (the seed's rule). CLOSED and FORCED_OPEN are left alone.
-    pub fn close_on_recovery(&self) {
+    /// Returns whether the breaker moved.
+    pub fn close_on_recovery(&self) -> bool {
         self.transition_if(
             |_, s| matches!(s, CircuitState::Open | CircuitState::HalfOpen),
             CircuitState::Closed,
             TransitionReason::HealthCheckRecovered,
-        );
+        )
     }
 
     /// A health check found the service healthy, cautious variant: an OPEN
     /// breaker moves to HALF_OPEN so that real calls confirm the recovery.
-    pub fn half_open_on_recovery(&self) {
+    /// Returns whether the breaker moved.
+    pub fn half_open_on_recovery(&self) -> bool {
         self.transition_if(
             |_, s| s == CircuitState::Open,
             CircuitState::HalfOpen,
             TransitionReason::HealthCheckRecovered,
-        );
+        )
     }
 
     /// Rejects every call until [`force_close`](Self::force_close) or

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use callguard_breaker::CircuitBreaker;
-use callguard_core::{CircuitState, ServiceError, ServiceName, TransportFailure, ValidationError};
+use callguard_core::{ServiceError, ServiceName, TransportFailure, ValidationError};
 use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 
@@ -119,13 +119,11 @@ impl Target {
         let before = self.breaker.state();
         match outcome {
             Ok(()) => {
-                if before == CircuitState::Open
-                    || (before == CircuitState::HalfOpen && on_recovery == OnRecovery::Close)
-                {
-                    match on_recovery {
-                        OnRecovery::HalfOpen => self.breaker.half_open_on_recovery(),
-                        OnRecovery::Close => self.breaker.close_on_recovery(),
-                    }
+                let recovered = match on_recovery {
+                    OnRecovery::HalfOpen => self.breaker.half_open_on_recovery(),
+                    OnRecovery::Close => self.breaker.close_on_recovery(),
+                };
+                if recovered {
                     tracing::info!(
                         %service,
                         from = %before,
