@@ -4,8 +4,10 @@
 //! A healthy probe of an OPEN breaker closes it (or, with
 //! `on_recovery = "half_open"`, moves it to HALF_OPEN); a failed probe is
 //! recorded as a failure, so an outage opens the breaker even while no calls
-//! are made. Services are probed independently: a slow probe delays only its
-//! own service, and never by more than `timeout`.
+//! are made, unless its error does not count toward the breaker (a 404 says
+//! the health URL is wrong: it is logged and changes nothing). Services are
+//! probed independently: a slow probe delays only its own service, and never
+//! by more than `timeout`.
 
 use std::fmt;
 use std::future::Future;
