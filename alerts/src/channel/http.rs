@@ -9,6 +9,8 @@ use reqwest::header::RETRY_AFTER;
 
 /// The most of a response body read: enough for any error description.
 const BODY_CAP: usize = 64 * 1024;
+/// The most of a server's reason kept in an error's detail, in characters.
+const REASON_CHARS: usize = 200;
 
 /// A client for one channel, every request bounded by `timeout`.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -47,13 +49,17 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Ser
     Ok(Answer { error, body })
 }
 
-/// `error` with `more` appended to its detail, everything else kept; `wait`,
-/// when given, replaces its retry-after.
-pub(crate) fn amend(error: &ServiceError, more: &str, wait: Option<Duration>) -> ServiceError {
-    if more.is_empty() {
-        return rebuild(error, error.detail().to_owned(), wait);
-    }
-    rebuild(error, format!("{}: {more}", error.detail()), wait)
+/// `error` with the start of the server's `reason` (one line, at most 200
+/// characters) appended to its detail, everything else kept; `wait`, when
+/// given, replaces its retry-after.
+pub(crate) fn amend(error: &ServiceError, reason: &str, wait: Option<Duration>) -> ServiceError {
+    let reason = excerpt(reason, REASON_CHARS);
+    let detail = if reason.is_empty() {
+        error.detail().to_owned()
+    } else {
+        format!("{}: {reason}", error.detail())
+    };
+    rebuild(error, detail, wait)
 }
 
 /// `error` with `detail` for its detail, everything else kept; `wait`, when
@@ -74,7 +80,7 @@ pub(crate) fn rebuild(
 }
 
 /// At most `max` characters of `text`, on one line.
-pub(crate) fn excerpt(text: &str, max: usize) -> String {
+fn excerpt(text: &str, max: usize) -> String {
     let line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

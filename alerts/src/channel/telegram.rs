@@ -73,20 +73,17 @@ fn describe(error: &ServiceError, body: &[u8]) -> ServiceError {
     struct Parameters {
         retry_after: Option<u64>,
     }
-    match serde_json::from_slice::<Reply>(body) {
-        Ok(reply) => {
-            let wait = reply
+    let (reason, wait) = match serde_json::from_slice::<Reply>(body) {
+        Ok(reply) => (
+            reply.description.unwrap_or_default(),
+            reply
                 .parameters
                 .and_then(|p| p.retry_after)
-                .map(Duration::from_secs);
-            let description = reply.description.unwrap_or_default();
-            http::amend(error, &http::excerpt(&description, 200), wait)
-        }
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            http::amend(error, &http::excerpt(&text, 200), None)
-        }
-    }
+                .map(Duration::from_secs),
+        ),
+        Err(_) => (String::from_utf8_lossy(body).into_owned(), None),
+    };
+    http::amend(error, &reason, wait)
 }
 
 impl Channel for Telegram {

@@ -154,10 +154,11 @@ impl Channel for Webhook {
             let answer = http::send(request).await?;
             match answer.error {
                 None => Ok(()),
-                Some(error) => {
-                    let text = String::from_utf8_lossy(&answer.body);
-                    Err(http::amend(&error, &http::excerpt(&text, 200), None))
-                }
+                Some(error) => Err(http::amend(
+                    &error,
+                    &String::from_utf8_lossy(&answer.body),
+                    None,
+                )),
             }
         })
     }
