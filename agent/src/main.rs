@@ -100,7 +100,7 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// How long to wait for the answer.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
     /// Exit 0 only if the process (or `--service`) is SERVING; 1 with a
@@ -113,13 +113,9 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
         /// How long to wait for the answer.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-}
-
-fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
 }
 
 fn main() -> ExitCode {
