@@ -147,7 +147,9 @@ impl ReconnectBackoff {
 }
 
 /// Watches services on a remote health server and drives the local breakers
-/// from what it reports (see the [module docs](self)).
+/// from what it reports: NOT_SERVING forces a breaker open (note
+/// [`REMOTE_NOTE`]); SERVING, a service the remote does not know or a lost
+/// server releases only what the remote forced open.
 pub struct RemoteWatcher {
     remote: RemoteUrl,
     breakers: Vec<Arc<CircuitBreaker>>,
