@@ -17,12 +17,13 @@
 //!   at once, without sleeping, when the breaker rejects the attempt"). The
 //!   caller defers the call until the breaker's `retry_after`.
 //!
-//! A first-try success costs the breaker's lock-free admission and success,
-//! and nothing else: no allocation, no clock read unless an event sink or a
-//! DEBUG-level tracing subscriber wants the attempt's duration, no event built
-//! unless a sink is set (≈ 32 ns over the bare call, BENCHMARKS.md). The retry
-//! loop is a separate future, boxed only once a transient failure asks for a
-//! retry, so the future of every call stays small.
+//! A first-try success costs the breaker's lock-free admission and success
+//! (and the retry budget's refill, when one is set), and nothing else: no
+//! allocation, no clock read unless the call has a deadline or an event sink
+//! or a DEBUG-level tracing subscriber wants the attempt's duration, no event
+//! built unless a sink is set (≈ 32 ns over the bare call, BENCHMARKS.md).
+//! The retry loop is a separate future, boxed only once a transient failure
+//! asks for a retry, so the future of every call stays small.
 
 use std::fmt;
 use std::future::Future;
