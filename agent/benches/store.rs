@@ -15,9 +15,11 @@ use callguard_agent::campaign::Campaign;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::queue::CallQueue;
-use callguard_agent::simulate::generate_contacts;
-use callguard_mocks::{MockConfig, MockServer, Service};
+use callguard_mocks::{MockConfig, MockServer};
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
+
+mod support;
+use support::{median, mock_config, verdict};
 
 /// Contacts per run.
 const CONTACTS: usize = 500;
@@ -30,20 +32,6 @@ const MAX_COST: f64 = 0.20;
 
 /// Campaigns run so far.
 static RUNS: AtomicUsize = AtomicUsize::new(0);
-
-fn config(server: &MockServer) -> AgentConfig {
-    let mut text = format!(
-        "[retry]\ninitial_delay = \"1ms\"\nmax_delay = \"4ms\"\n\n[queue]\nworkers = {WORKERS}\n\n"
-    );
-    for service in [Service::Llm, Service::Elevenlabs, Service::Crm] {
-        text.push_str(&format!(
-            "[services.{service}]\nbase_url = \"{}\"\napi_key = \"{}\"\n\n",
-            server.base_url(service),
-            server.config().keys.get(service),
-        ));
-    }
-    AgentConfig::load(&text, None, std::iter::empty()).expect("the bench config is valid")
-}
 
 #[derive(Debug, Clone)]
 enum Backend {
@@ -76,15 +64,8 @@ async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
         Backend::Memory => "memory".to_owned(),
         Backend::Durable(_) => "durable".to_owned(),
     };
-    // Ids never repeat within the run: the mocks' CRM keeps every key.
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
-    let contacts: Vec<Contact> = generate_contacts(CONTACTS)
-        .into_iter()
-        .map(|mut c| {
-            c.id = format!("{name}-{run}-{}", c.id);
-            c
-        })
-        .collect();
+    let contacts = support::contacts(CONTACTS, &format!("{name}-{run}"));
     let queue = Arc::new(queue(backend, contacts, round).await);
     let parts = assemble(config).expect("the bench config assembles");
     let campaign = Campaign {
@@ -109,11 +90,6 @@ async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
     CONTACTS as f64 / elapsed.as_secs_f64()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_unstable_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -124,7 +100,7 @@ fn main() {
         let server = MockServer::start(MockConfig::default())
             .await
             .expect("the mocks start");
-        let config = config(&server);
+        let config = mock_config(&server, WORKERS, "");
         let mut durable = vec![("sqlite", StoreLocation::Sqlite(dir.join("calls.db")))];
         match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
             Ok(url) => durable.push(("postgres", StoreLocation::parse(&url).expect("url"))),
@@ -157,11 +133,7 @@ fn main() {
                  ratio {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
                 (1.0 - ratio) * 100.0,
                 MAX_COST * 100.0,
-                if 1.0 - ratio < MAX_COST {
-                    "met"
-                } else {
-                    "MISSED"
-                }
+                verdict(1.0 - ratio < MAX_COST)
             );
         }
         server.shutdown().await;
