@@ -146,13 +146,7 @@ impl Campaign {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let started = Instant::now();
         let wall_started = std::time::Instant::now();
-        let total = self.queue.refresh_counts().await;
-        let contacts = total.ready
-            + total.deferred
-            + total.in_flight
-            + total.completed
-            + total.failed
-            + total.expired;
+        let contacts = self.queue.refresh_counts().await.total();
 
         let (stop_watcher, watcher_stopped) = oneshot::channel();
         let watcher = tokio::spawn(watch_transitions(
@@ -218,8 +212,8 @@ impl Campaign {
         let watched = watcher.await.unwrap_or_default();
 
         let counts = self.queue.refresh_counts().await;
-        let pending = counts.ready + counts.deferred + counts.in_flight;
-        let accounted = counts.completed + counts.failed + counts.expired + pending;
+        let pending = counts.unfinished();
+        let accounted = counts.total();
         let failures = self
             .queue
             .list(ContactState::Failed)
@@ -438,7 +432,7 @@ async fn report_progress(
         if !print {
             continue;
         }
-        let done = counts.completed + counts.failed + counts.expired;
+        let done = counts.ended();
         let breakers: Vec<String> = registry
             .all()
             .iter()

@@ -153,6 +153,23 @@ pub struct QueueCounts {
     pub expired: usize,
 }
 
+impl QueueCounts {
+    /// Contacts not ended: ready, deferred or in flight.
+    pub fn unfinished(&self) -> usize {
+        self.ready + self.deferred + self.in_flight
+    }
+
+    /// Contacts ended: completed, failed or expired.
+    pub fn ended(&self) -> usize {
+        self.completed + self.failed + self.expired
+    }
+
+    /// Every contact.
+    pub fn total(&self) -> usize {
+        self.unfinished() + self.ended()
+    }
+}
+
 impl From<Counts> for QueueCounts {
     fn from(counts: Counts) -> Self {
         Self {

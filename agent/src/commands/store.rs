@@ -33,7 +33,7 @@ pub(crate) async fn open_queue(
         );
     }
     let counts = queue.refresh_counts().await;
-    let unfinished = counts.ready + counts.deferred + counts.in_flight;
+    let unfinished = counts.unfinished();
     tracing::info!(
         "Call store {location}: {unfinished} contacts to call ({} completed, {} failed, {} expired before)",
         counts.completed,
