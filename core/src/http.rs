@@ -1,9 +1,23 @@
-//! Classification of `reqwest` failures (feature `reqwest`), shared by every
-//! callguard HTTP client so that a timeout, a refused connection or a reset
-//! means the same thing everywhere — and no error detail names a URL.
+//! Classification of `reqwest` responses and failures (feature `reqwest`),
+//! shared by every callguard HTTP client so that a status, a timeout, a refused
+//! connection or a reset means the same thing everywhere — and no error detail
+//! names a URL.
 
-use crate::classify::TransportFailure;
+use std::time::SystemTime;
+
+use crate::classify::{TransportFailure, classify_status};
 use crate::error::{ErrorKind, ServiceError};
+
+/// Classifies a response by its status, honouring its `Retry-After` header
+/// (see [`classify_status`]): `None` for 2xx. Only the head is read, so the
+/// caller may still read the body, e.g. for an excerpt in the error's detail.
+pub fn classify_response(response: &reqwest::Response) -> Option<ServiceError> {
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok());
+    classify_status(response.status().as_u16(), retry_after, SystemTime::now())
+}
 
 /// Classifies a request that got no usable answer. The URL is stripped first
 /// (it may carry a token, as Telegram's does); the detail keeps the chain of
@@ -65,6 +79,48 @@ mod tests {
         assert_eq!(classified.kind(), ErrorKind::Connect);
         assert_eq!(classified.category(), ErrorCategory::Transient);
         assert!(!classified.to_string().contains("SECRET"), "{classified}");
+    }
+
+    /// The response to one `GET` from a server that answers `head` once.
+    fn response_to(head: &'static str) -> reqwest::Response {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).unwrap();
+                assert_ne!(n, 0, "the request ends early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(head.as_bytes()).unwrap();
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let response = runtime
+            .block_on(reqwest::Client::new().get(format!("http://{addr}/")).send())
+            .unwrap();
+        server.join().unwrap();
+        response
+    }
+
+    #[test]
+    fn responses_are_classified_by_status_and_retry_after() {
+        let ok = response_to("HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        assert!(classify_response(&ok).is_none());
+
+        let busy = response_to(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let error = classify_response(&busy).unwrap();
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert_eq!(error.status(), Some(503));
+        assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(7)));
     }
 
     #[test]

@@ -2,9 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::SystemTime;
 
-use callguard_core::{ServiceError, classify_status};
+use callguard_core::ServiceError;
+use callguard_core::http::{classify_response, transport_error};
 
 /// The future a [`Probe`] returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
@@ -63,12 +63,8 @@ impl HttpProbe {
             .get(self.url.clone())
             .send()
             .await
-            .map_err(callguard_core::http::transport_error)?;
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok());
-        match classify_status(response.status().as_u16(), retry_after, SystemTime::now()) {
+            .map_err(transport_error)?;
+        match classify_response(&response) {
             None => Ok(()),
             Some(error) => Err(error),
         }

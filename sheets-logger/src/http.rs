@@ -2,10 +2,8 @@
 //! start of its body goes into the error's detail (transport failures are
 //! classified by `callguard_core::http`, which strips URLs).
 
-use std::time::SystemTime;
-
-use callguard_core::{ServiceError, classify_status};
-use reqwest::header::RETRY_AFTER;
+use callguard_core::ServiceError;
+use callguard_core::http::classify_response;
 
 /// Longest excerpt of an error body kept in an error's detail.
 const EXCERPT_CHARS: usize = 200;
@@ -17,12 +15,7 @@ pub(crate) async fn accepted(
     response: reqwest::Response,
     what: &str,
 ) -> Result<reqwest::Response, ServiceError> {
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok());
-    let status = response.status().as_u16();
-    let Some(error) = classify_status(status, retry_after, SystemTime::now()) else {
+    let Some(error) = classify_response(&response) else {
         return Ok(response);
     };
     let excerpt = read_error_excerpt(response).await;

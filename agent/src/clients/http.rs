@@ -9,11 +9,10 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::SystemTime;
 
-use callguard_core::http::{error_chain, transport_error};
-use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure, classify_status};
-use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use callguard_core::http::{classify_response, error_chain, transport_error};
+use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure};
+use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
@@ -152,18 +151,13 @@ impl HttpService {
     /// or the classified error.
     pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ServiceError> {
         let response = request.send().await.map_err(transport_error)?;
-        let status = response.status().as_u16();
-        tracing::Span::current().record("http.response.status_code", status);
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after = header(RETRY_AFTER);
-        let content_type = header(CONTENT_TYPE);
-        if let Some(error) = classify_status(status, retry_after.as_deref(), SystemTime::now()) {
+        tracing::Span::current().record("http.response.status_code", response.status().as_u16());
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(error) = classify_response(&response) {
             // The body only explains; failing to read it changes nothing.
             let body = read_up_to(response, ERROR_BODY_BYTES)
                 .await
@@ -318,6 +312,8 @@ pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use callguard_core::classify_status;
+    use std::time::SystemTime;
 
     #[test]
     fn contact_ids_become_header_values() {

@@ -1,11 +1,10 @@
 //! HTTP plumbing of the Telegram and webhook channels: the client, and errors
 //! classified without URLs (a Telegram URL carries the bot token).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use callguard_core::http::{error_chain, transport_error};
-use callguard_core::{ServiceError, classify_status};
-use reqwest::header::RETRY_AFTER;
+use callguard_core::ServiceError;
+use callguard_core::http::{classify_response, error_chain, transport_error};
 
 /// The most of a response body read: enough for any error description.
 const BODY_CAP: usize = 64 * 1024;
@@ -31,13 +30,7 @@ pub(crate) struct Answer {
 /// "Classification"). The body is read up to 64 KiB.
 pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, ServiceError> {
     let mut response = request.send().await.map_err(transport_error)?;
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let error = classify_status(status, retry_after.as_deref(), SystemTime::now());
+    let error = classify_response(&response);
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
         let room = BODY_CAP - body.len();
@@ -97,7 +90,8 @@ fn excerpt(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callguard_core::ErrorKind;
+    use callguard_core::{ErrorKind, classify_status};
+    use std::time::SystemTime;
 
     #[test]
     fn amend_keeps_kind_status_and_wait() {
