@@ -414,6 +414,9 @@ impl Metrics {
     }
 }
 
+/// Counts the executors' events. Breaker transitions are counted from the
+/// registry's transition stream alone (it sees every transition: calls,
+/// health checks, manual control), so a transition event is not counted here.
 impl EventSink for Metrics {
     fn on_event(&self, event: &ResilienceEvent) {
         match event {
@@ -445,7 +448,8 @@ impl EventSink for Metrics {
                     .inc();
                 self.call_ended(service, "rejected");
             }
-            ResilienceEvent::BreakerTransition(transition) => self.record_transition(transition),
+            // Counted from the transition stream (see above).
+            ResilienceEvent::BreakerTransition(_) => {}
             _ => {}
         }
     }
