@@ -168,6 +168,15 @@ impl ServiceError {
         self
     }
 
+    /// The same error with `detail` for its explanation: kind, status and
+    /// retry-after are kept. For adding what a client learned after
+    /// classifying, such as the server's reason from the response body.
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -233,6 +242,18 @@ mod tests {
             err.to_string(),
             "transient error (unavailable), HTTP 503, retry after 2s: upstream overloaded"
         );
+    }
+
+    #[test]
+    fn a_new_detail_keeps_kind_status_and_retry_after() {
+        let err = ServiceError::new(ErrorKind::RateLimited, "too many requests")
+            .with_status(429)
+            .with_retry_after(Duration::from_secs(3))
+            .with_detail("too many requests: slow down");
+        assert_eq!(err.kind(), ErrorKind::RateLimited);
+        assert_eq!(err.status(), Some(429));
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(err.detail(), "too many requests: slow down");
     }
 
     #[test]

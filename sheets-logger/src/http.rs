@@ -19,7 +19,7 @@ pub(crate) async fn accepted(
         return Ok(response);
     };
     let excerpt = read_error_excerpt(response).await;
-    Err(with_detail(error, what, &excerpt))
+    Err(explained(error, what, &excerpt))
 }
 
 /// The start of an error answer's body on one line, for the error's detail.
@@ -34,18 +34,11 @@ async fn read_error_excerpt(response: reqwest::Response) -> String {
 }
 
 /// `error` with a detail naming what was refused and the server's reason.
-fn with_detail(error: ServiceError, what: &str, excerpt: &str) -> ServiceError {
+fn explained(error: ServiceError, what: &str, excerpt: &str) -> ServiceError {
     let mut detail = format!("{what}: {}", error.detail());
     if !excerpt.is_empty() {
         detail.push_str(": ");
         detail.push_str(excerpt);
     }
-    let mut out = ServiceError::new(error.kind(), detail);
-    if let Some(status) = error.status() {
-        out = out.with_status(status);
-    }
-    if let Some(wait) = error.retry_after() {
-        out = out.with_retry_after(wait);
-    }
-    out
+    error.with_detail(detail)
 }

@@ -7,7 +7,6 @@
 //! header is ever printed, and the excerpt of an error body that goes into the
 //! detail has the service's own key blanked out should the service echo it.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use callguard_core::http::{classify_response, error_chain, transport_error};
@@ -163,7 +162,7 @@ impl HttpService {
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
-            return Err(with_detail(error, self.excerpt(&body)));
+            return Err(with_excerpt(error, self.excerpt(&body)));
         }
         let too_large = || {
             TransportFailure::BodyTooLarge.into_error(format!(
@@ -263,19 +262,12 @@ fn record_url(url: &str) {
 }
 
 /// `error` with `excerpt` appended to its detail.
-fn with_detail(error: ServiceError, excerpt: String) -> ServiceError {
+fn with_excerpt(error: ServiceError, excerpt: String) -> ServiceError {
     if excerpt.is_empty() {
         return error;
     }
-    let detail: Cow<'static, str> = format!("{}: {excerpt}", error.detail()).into();
-    let mut rebuilt = ServiceError::new(error.kind(), detail);
-    if let Some(status) = error.status() {
-        rebuilt = rebuilt.with_status(status);
-    }
-    if let Some(wait) = error.retry_after() {
-        rebuilt = rebuilt.with_retry_after(wait);
-    }
-    rebuilt
+    let detail = format!("{}: {excerpt}", error.detail());
+    error.with_detail(detail)
 }
 
 /// The contact id as a header value: as it is when it is printable ASCII,
@@ -332,7 +324,7 @@ mod tests {
     #[test]
     fn extra_detail_keeps_status_and_retry_after() {
         let error = classify_status(503, Some("3"), SystemTime::now()).unwrap();
-        let error = with_detail(error, "overloaded".into());
+        let error = with_excerpt(error, "overloaded".into());
         assert_eq!(error.kind(), ErrorKind::Unavailable);
         assert_eq!(error.status(), Some(503));
         assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(3)));

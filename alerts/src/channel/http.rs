@@ -47,29 +47,14 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Ser
 /// given, replaces its retry-after.
 pub(crate) fn amend(error: &ServiceError, reason: &str, wait: Option<Duration>) -> ServiceError {
     let reason = excerpt(reason, REASON_CHARS);
-    let detail = if reason.is_empty() {
-        error.detail().to_owned()
-    } else {
-        format!("{}: {reason}", error.detail())
-    };
-    rebuild(error, detail, wait)
-}
-
-/// `error` with `detail` for its detail, everything else kept; `wait`, when
-/// given, replaces its retry-after.
-pub(crate) fn rebuild(
-    error: &ServiceError,
-    detail: String,
-    wait: Option<Duration>,
-) -> ServiceError {
-    let mut rebuilt = ServiceError::new(error.kind(), detail);
-    if let Some(status) = error.status() {
-        rebuilt = rebuilt.with_status(status);
+    let mut amended = error.clone();
+    if !reason.is_empty() {
+        amended = amended.with_detail(format!("{}: {reason}", error.detail()));
     }
-    if let Some(wait) = wait.or(error.retry_after()) {
-        rebuilt = rebuilt.with_retry_after(wait);
+    if let Some(wait) = wait {
+        amended = amended.with_retry_after(wait);
     }
-    rebuilt
+    amended
 }
 
 /// At most `max` characters of `text`, on one line.

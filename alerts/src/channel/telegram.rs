@@ -57,7 +57,8 @@ impl Telegram {
         if token.is_empty() || !error.detail().contains(token) {
             return error;
         }
-        http::rebuild(&error, error.detail().replace(token, "[redacted]"), None)
+        let masked = error.detail().replace(token, "[redacted]");
+        error.with_detail(masked)
     }
 }
 
