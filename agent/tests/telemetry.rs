@@ -309,7 +309,10 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
         assert!(!console.contains(word), "{word} mentioned:\n{console}");
     }
     if let Some(received) = received {
-        assert!(received.spans().is_empty(), "spans sent to the default endpoint");
+        assert!(
+            received.spans().is_empty(),
+            "spans sent to the default endpoint"
+        );
     }
     // Logs still correlate: W3C-sized ids inside spans.
     let log = std::fs::read_to_string(dir.join("logs/callguard.jsonl")).unwrap();
