@@ -4,12 +4,9 @@
 //! A test binary of its own with one test: the capturing subscriber is the
 //! global one, so no other test's thread can race its callsite registration.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use callguard_alerts::{AlertManager, AlertsConfig, AlertsError, ChannelKind};
 use callguard_core::{ErrorKind, ResilienceEvent, Secret, ServiceError};
-use callguard_mocks::SinkFailure;
+use callguard_mocks::{LogCapture, SinkFailure};
 use tokio::net::TcpListener;
 
 #[path = "it/common.rs"]
@@ -38,13 +35,13 @@ async fn refused_url() -> String {
 
 #[tokio::test(start_paused = true)]
 async fn the_bot_token_and_webhook_secret_stay_out_of_logs_and_errors() {
-    let logs = Logs::default();
-    logs.capture_globally();
+    let logs = LogCapture::default();
+    capture_globally(&logs);
     logs_and_errors(&logs).await;
     config_errors_do_not_show_secrets().await;
 }
 
-async fn logs_and_errors(logs: &Logs) {
+async fn logs_and_errors(logs: &LogCapture) {
     let server = mock().await;
     server.webhook_fail(SinkFailure::new(500, 100)).unwrap();
 
@@ -119,35 +116,14 @@ async fn config_errors_do_not_show_secrets() {
     assert!(err.contains("alerts.webhook.secret"), "{err}");
 }
 
-/// Log output captured by a tracing subscriber, as text.
-#[derive(Clone, Default)]
-pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    /// Captures every event, TRACE and up, from every thread, for the rest
-    /// of the process.
-    pub(crate) fn capture_globally(&self) {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || logs.clone())
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-    }
-
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Captures every event, TRACE and up, from every thread, into `logs` for the
+/// rest of the process.
+fn capture_globally(logs: &LogCapture) {
+    let logs = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || logs.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
 }

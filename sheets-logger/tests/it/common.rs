@@ -1,18 +1,15 @@
 //! Helpers: a mock server, configs pointing at it, a subscriber with the
 //! layer and a log capture, and waiting on a paused clock.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callguard_core::{ConfigDuration, Secret};
-use callguard_mocks::{MockConfig, MockServer, SHEETS_STATIC_TOKEN};
+use callguard_mocks::{LogCapture, MockConfig, MockServer, SHEETS_STATIC_TOKEN};
 use callguard_retry::Jitter;
 use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer};
 use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::Layer;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 pub(crate) async fn start() -> MockServer {
@@ -56,48 +53,23 @@ pub(crate) fn secs(s: u64) -> ConfigDuration {
     ConfigDuration::from_secs(s)
 }
 
-/// Everything logged, formatted, at every level.
-#[derive(Clone, Default)]
-pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Capture {
-    pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Self;
-    fn make_writer(&'a self) -> Self {
-        self.clone()
-    }
-}
-
 /// The layer and a capture of every event installed as this thread's
 /// subscriber (tests run on a current-thread runtime, so the sending task
 /// sees it too).
 pub(crate) struct Logging {
     pub(crate) handle: SheetsHandle,
-    pub(crate) capture: Capture,
+    /// Everything logged, formatted, at every level.
+    pub(crate) capture: LogCapture,
     _guard: DefaultGuard,
 }
 
 pub(crate) fn install(config: &SheetsConfig) -> Logging {
     let (layer, handle) = SheetsLayer::new(config).unwrap();
-    let capture = Capture::default();
+    let capture = LogCapture::default();
+    let writer = capture.clone();
     let subscriber = tracing_subscriber::registry().with(layer).with(
         tracing_subscriber::fmt::layer()
-            .with_writer(capture.clone())
+            .with_writer(move || writer.clone())
             .with_ansi(false)
             .with_filter(tracing_subscriber::filter::LevelFilter::TRACE),
     );
