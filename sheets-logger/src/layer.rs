@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use callguard_core::ValidationError;
+use callguard_core::http::error_chain;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -101,7 +102,7 @@ impl SheetsLayer {
         };
         let http = reqwest::Client::builder()
             .build()
-            .map_err(|e| SetupError::Http(e.to_string()))?;
+            .map_err(|e| SetupError::Http(error_chain(&e)))?;
         let api_base = config
             .api_base_url()
             .map_err(|e| e.in_section(SheetsConfig::SECTION))?;
