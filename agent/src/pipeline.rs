@@ -20,7 +20,7 @@ use callguard_retry::{AttemptContext, CallError, Executor};
 use tracing::Instrument;
 
 use crate::clients::{
-    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, RequestContext, TtsClient,
+    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
 };
 use crate::metrics::Metrics;
 use crate::queue::QueuedContact;
@@ -159,7 +159,10 @@ impl Pipeline {
             }
         }
 
-        if entry.progress.crm_record.is_none() {
+        // Built once per contact and kept in its progress, so every retry —
+        // and the pass after a deferral — sends the same body under the same
+        // idempotency key.
+        let record = entry.progress.crm_record.get_or_insert_with(|| {
             let record = CallRecord::new(
                 contact,
                 CallOutcome::Completed,
@@ -167,20 +170,12 @@ impl Pipeline {
                 SystemTime::now(),
             )
             .with_script(script);
-            entry.progress.crm_record = Some(match entry.progress.audio_bytes {
+            match entry.progress.audio_bytes {
                 Some(bytes) => record.with_audio_bytes(bytes),
                 None => record,
-            });
-            // Saved before it is sent: a crash after the write resumes with
-            // the same record, which the CRM knows by its idempotency key.
-            entry.checkpoint().await;
-        }
-        let Some(record) = &entry.progress.crm_record else {
-            return CallResult::Failed {
-                service: self.crm.primary.service.clone(),
-                reason: "no CRM record to send".into(),
-            };
-        };
+            }
+        });
+        let record = &*record;
         let recorded = run_chain("crm", &self.crm, |client| async move {
             let traceparent = telemetry::traceparent(&tracing::Span::current());
             client
@@ -189,8 +184,14 @@ impl Pipeline {
         })
         .await;
         match recorded {
-            Ok(record_id) => {
+            Ok(Recorded::Stored(record_id)) => {
                 tracing::info!(crm_record = %record_id, "Call completed and recorded");
+                CallResult::Completed
+            }
+            Ok(Recorded::Earlier) => {
+                tracing::info!(
+                    "Call completed; the CRM keeps the record an earlier pass wrote for this contact"
+                );
                 CallResult::Completed
             }
             Err(failure) => failure.into(),

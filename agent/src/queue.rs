@@ -13,8 +13,8 @@
 //! with other workers' changes. Counts, lists and the release at shutdown
 //! wait for the saves still running. A crash before a save leaves the
 //! contact in flight, to be called again once its lease expires; its CRM
-//! record was saved before the CRM write, so the write repeats under the
-//! same idempotency key and creates nothing new.
+//! write repeats under the same idempotency key and creates nothing new
+//! (the CRM keeps the first record).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,9 +41,9 @@ pub struct Progress {
     pub script: Option<String>,
     /// Size of the speech audio, once synthesized.
     pub audio_bytes: Option<u64>,
-    /// The CRM record, once built: kept (and saved before it is sent) so that
-    /// a write repeated after a deferral or a crash sends the same record
-    /// under the same idempotency key.
+    /// The CRM record, once built: kept (and saved with a deferral) so that
+    /// a write repeated after a deferral sends the same record under the
+    /// same idempotency key.
     pub crm_record: Option<CallRecord>,
 }
 
@@ -88,25 +88,12 @@ pub struct QueuedContact {
     /// Stages already done.
     pub progress: Progress,
     lease: Lease,
-    store: Arc<CallStore>,
 }
 
 impl QueuedContact {
     /// The lease this contact is held under.
     pub fn lease(&self) -> &Lease {
         &self.lease
-    }
-
-    /// Saves the progress so far, so that a crash from here on resumes with
-    /// it; a failure is logged (the work is then repeated after a crash).
-    pub async fn checkpoint(&self) {
-        if let Err(e) = self
-            .store
-            .save_progress(&self.lease, &self.progress.to_store())
-            .await
-        {
-            tracing::warn!(contact_id = %self.contact.id, "Progress not saved: {e}");
-        }
     }
 }
 
@@ -314,7 +301,6 @@ impl CallQueue {
                 contact,
                 deferrals: leased.deferrals,
                 lease: leased.lease,
-                store: self.store.clone(),
             }),
             Err(e) => {
                 let reason = format!("stored contact unreadable: {e}");

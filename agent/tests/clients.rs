@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use callguard_agent::clients::{
     CallOutcome, CallRecord, ClientSetupError, CrmClient, HttpServiceConfig, LlmClient, LlmConfig,
-    Prompt, RequestContext, TtsClient, TtsConfig,
+    Prompt, Recorded, RequestContext, TtsClient, TtsConfig,
 };
 use callguard_agent::contacts::Contact;
 use callguard_core::{ErrorKind, ServiceError};
@@ -171,13 +171,50 @@ async fn crm_stores_one_record_per_contact_however_often_it_is_sent() {
     let records = server.crm_records();
     assert_eq!(records.len(), 2, "{records:?}");
     let stored = &records[0];
-    assert_eq!(stored.id, first);
+    assert_eq!(first.id(), Some(stored.id.as_str()));
     assert_eq!(stored.idempotency_key.as_deref(), Some("callguard-c-1"));
     assert_eq!(stored.fields["outcome"], "completed");
     assert_eq!(stored.fields["started_at"], "2025-06-15T15:06:40.000Z");
     assert_eq!(stored.fields["finished_at"], "2025-06-15T15:06:43.000Z");
     assert_eq!(stored.fields["audio_bytes"], 1234);
     assert_eq!(stored.fields["phone"], "+1-555-0100");
+}
+
+#[tokio::test]
+async fn a_record_an_earlier_pass_wrote_differently_is_kept_and_not_an_error() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let client = crm(http(&server, Service::Crm));
+    let ada = contact("c-1", "Ada Lovelace");
+    let ctx = RequestContext::new("c-1");
+    let first = client.record_call(ctx, &record(&ada)).await.unwrap();
+    // A second pass after a crash: a new script, new times, the same key.
+    let retold = record(&ada).with_script("Hello again, Ada.");
+    let again = client.record_call(ctx, &retold).await.unwrap();
+    assert_eq!(again, Recorded::Earlier);
+    assert_eq!(again.id(), None);
+    let records = server.crm_records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(first.id(), Some(records[0].id.as_str()));
+    assert_eq!(
+        records[0].fields["script_excerpt"],
+        "Hello Ada, this is Ava."
+    );
+}
+
+#[tokio::test]
+async fn another_422_from_the_crm_stays_a_permanent_error() {
+    let (base, _peer) = one_shot(
+        "HTTP/1.1 422 Unprocessable Entity\r\ncontent-type: application/json\r\ncontent-length: 59\r\n\r\n{\"error\":{\"code\":\"validation_error\",\"message\":\"bad phone\"}}",
+    )
+    .await;
+    let client = crm(HttpServiceConfig::new(base, "crm-key-1"));
+    let error = client
+        .record_call(RequestContext::new("c-1"), &record(&contact("c-1", "Ada")))
+        .await
+        .expect_err("a validation error is not a record");
+    assert_eq!(error.status(), Some(422));
+    assert!(!error.is_transient());
+    assert!(error.to_string().contains("bad phone"), "{error}");
 }
 
 #[tokio::test]
@@ -502,7 +539,7 @@ async fn crm_request_shape() {
         .record_call(RequestContext::new("c-7"), &failed)
         .await
         .unwrap();
-    assert_eq!(id, "rec-9");
+    assert_eq!(id, Recorded::Stored("rec-9".into()));
     let (head, body) = split_request(&peer.await.unwrap());
     assert_eq!(head[0], "post /svc/v1/calls http/1.1");
     assert!(

@@ -1,6 +1,7 @@
 //! The durable call store end to end, with real `callguard run` processes
 //! against the mocks: an agent killed with SIGKILL mid-campaign and started
-//! again finishes the campaign (SQLite); several agents share one PostgreSQL
+//! again finishes the campaign (SQLite), keeping the CRM record a killed
+//! pass wrote; several agents share one PostgreSQL
 //! queue and finish a killed agent's contacts once its leases expire; a chaos
 //! run of 2000 contacts keeps every contact in exactly one state.
 //!
@@ -10,8 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use callguard_agent::clients::{
+    CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext,
+};
+use callguard_agent::contacts::Contact;
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use serde_json::Value;
 
@@ -206,6 +211,48 @@ async fn a_killed_agent_started_again_finishes_the_campaign() {
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
     assert_eq!(counts["completed"], 60, "{counts:?}");
     assert_eq!(mocks.crm_records().len(), 60);
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_whose_record_an_earlier_pass_wrote_ends_completed_with_that_record() {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = temp_dir("earlier-record");
+    write_config(&dir, &mocks, "url = \"sqlite:calls.db\"", "5s");
+    let ids = write_contacts(&dir, 5);
+    // What a pass killed between its CRM write and saving the contact's state
+    // leaves behind: the CRM holds a record under the contact's key, with a
+    // script and times the next pass will not reproduce.
+    let crm = CrmClient::new(&HttpServiceConfig::new(
+        mocks.base_url(Service::Crm),
+        mocks.config().keys.get(Service::Crm),
+    ))
+    .unwrap();
+    let contact = Contact {
+        id: ids[2].clone(),
+        name: "Ada Lovelace 2".into(),
+        phone: "+1-555-0002".into(),
+        extra: BTreeMap::new(),
+    };
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+    let earlier = CallRecord::new(&contact, CallOutcome::Completed, at, at)
+        .with_script("The script of the pass that crashed.");
+    crm.record_call(RequestContext::new(&contact.id), &earlier)
+        .await
+        .unwrap();
+
+    let mut run = spawn_run(&dir, "run");
+    wait_exit(&mut run, Duration::from_secs(60), &dir, "run").await;
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 5, "{counts:?}");
+    let records = mocks.crm_records();
+    assert_eq!(records.len(), 5);
+    let kept = records.iter().find(|r| r.contact_id() == ids[2]).unwrap();
+    assert_eq!(
+        kept.fields["script_excerpt"],
+        "The script of the pass that crashed."
+    );
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

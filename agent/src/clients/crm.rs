@@ -5,7 +5,11 @@
 //! retry of one contact's write, and across restarts of the agent, so a write
 //! whose answer was lost (timeout, reset, crash before the state was saved)
 //! can be sent again without creating a second record. A CRM that honours the
-//! header answers a repeat with the record it already holds. The flip side: a
+//! header answers a repeat with the record it already holds, and a key
+//! already used with a different body with `422 idempotency_key_reused`: the
+//! contact's call was recorded by an earlier pass (one whose final state was
+//! never saved, the agent having crashed after the write), so that answer is
+//! [`Recorded::Earlier`], not an error. The flip side: a
 //! contact gets one record for good, so re-calling the same contact id in a
 //! later campaign needs a new id (or a CRM that scopes keys in time, as most
 //! expire them after a day or so).
@@ -139,6 +143,50 @@ struct Created {
     id: String,
 }
 
+/// The part of a CRM error body the agent reads: `{"error": {"code": …}}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorCode,
+}
+
+#[derive(Deserialize)]
+struct ErrorCode {
+    code: String,
+}
+
+/// The CRM's error code for an idempotency key already used with another body.
+const KEY_REUSED: &str = "idempotency_key_reused";
+
+/// How the CRM holds a contact's call record after a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored by this write, or by an earlier one with the same body: the
+    /// record's id.
+    Stored(String),
+    /// An earlier pass wrote the contact's record with another body (its
+    /// script and times); the CRM keeps that one and created nothing new.
+    Earlier,
+}
+
+impl Recorded {
+    /// The record's id, when the CRM gave it.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Stored(id) => Some(id),
+            Self::Earlier => None,
+        }
+    }
+}
+
+impl fmt::Display for Recorded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stored(id) => f.write_str(id),
+            Self::Earlier => f.write_str("written by an earlier pass"),
+        }
+    }
+}
+
 /// A client of the CRM's call-record API.
 #[derive(Debug)]
 pub struct CrmClient {
@@ -154,26 +202,39 @@ impl CrmClient {
         Ok(Self { http, url })
     }
 
-    /// Stores `record` (with its [`CallRecord::idempotency_key`]) and returns
-    /// the id the CRM gave it. A repeat returns the id of the first write.
+    /// Stores `record` (with its [`CallRecord::idempotency_key`]) and says
+    /// how the CRM holds it: a repeat answers the id of the first write, and
+    /// a key an earlier pass used with another body is [`Recorded::Earlier`].
     pub async fn record_call(
         &self,
         context: RequestContext<'_>,
         record: &CallRecord,
-    ) -> Result<String, ServiceError> {
+    ) -> Result<Recorded, ServiceError> {
         let request = self
             .http
             .post(&self.url, context)
             .header(IDEMPOTENCY_KEY_HEADER, record.idempotency_key())
             .json(record);
-        let created: Created = self.http.send(request).await?.json()?;
+        let created: Created = match self.http.exchange(request).await? {
+            Ok(reply) => reply.json()?,
+            Err(refusal) => {
+                let key_reused = refusal.error.status() == Some(422)
+                    && serde_json::from_slice::<ErrorBody>(&refusal.body)
+                        .is_ok_and(|body| body.error.code == KEY_REUSED);
+                return if key_reused {
+                    Ok(Recorded::Earlier)
+                } else {
+                    Err(refusal.error)
+                };
+            }
+        };
         if created.id.trim().is_empty() {
             return Err(ServiceError::new(
                 ErrorKind::BadResponse,
                 "the CRM answered an empty record id",
             ));
         }
-        Ok(created.id)
+        Ok(Recorded::Stored(created.id))
     }
 }
 

@@ -81,6 +81,14 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
 }
 
+/// A refusal: an answer whose status is not 2xx, classified (with an
+/// excerpt of the body in the error's detail), and the start of its body.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) error: ServiceError,
+    pub(crate) body: Vec<u8>,
+}
+
 impl HttpService {
     /// Checks `config`, resolves its key (from the process environment when
     /// it names a variable) and builds the client.
@@ -149,6 +157,19 @@ impl HttpService {
     /// Sends `request` and reads the answer: a 2xx body within the size cap,
     /// or the classified error.
     pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ServiceError> {
+        self.exchange(request)
+            .await?
+            .map_err(|refusal| refusal.error)
+    }
+
+    /// Sends `request` and reads the answer: a 2xx body within the size cap,
+    /// or the service's [`Refusal`] (a status that is not 2xx) for a client
+    /// that reads the service's own error codes; the outer error when there is
+    /// no usable answer at all (transport failure, body over the cap).
+    pub(crate) async fn exchange(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<Result<Reply, Refusal>, ServiceError> {
         let response = request.send().await.map_err(transport_error)?;
         tracing::Span::current().record("http.response.status_code", response.status().as_u16());
         let content_type = response
@@ -162,7 +183,8 @@ impl HttpService {
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
-            return Err(with_excerpt(error, self.excerpt(&body)));
+            let error = with_excerpt(error, self.excerpt(&body));
+            return Ok(Err(Refusal { error, body }));
         }
         let too_large = || {
             TransportFailure::BodyTooLarge.into_error(format!(
@@ -177,7 +199,7 @@ impl HttpService {
             return Err(too_large());
         }
         match read_up_to(response, self.max_response_bytes).await {
-            Ok((body, false)) => Ok(Reply { content_type, body }),
+            Ok((body, false)) => Ok(Ok(Reply { content_type, body })),
             Ok((_, true)) => Err(too_large()),
             Err(error) => Err(transport_error(error)),
         }

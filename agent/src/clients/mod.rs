@@ -20,7 +20,7 @@ mod tts;
 use callguard_core::ValidationError;
 
 pub use config::HttpServiceConfig;
-pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER};
+pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
 pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
 pub use llm::{LlmClient, LlmConfig, Prompt};
 pub use tts::{Audio, TtsClient, TtsConfig};
