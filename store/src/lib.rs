@@ -427,8 +427,8 @@ impl CallStore {
         }
     }
 
-    /// Keeps `progress` for the held contact (before a step whose repeat must
-    /// see the same data, such as the CRM write).
+    /// Keeps `progress` for the held contact, so that the pass that takes it
+    /// next — after a crash, or in another agent — resumes with it.
     pub async fn save_progress(
         &self,
         lease: &Lease,

@@ -252,7 +252,7 @@ pub struct ContactStatus {
 }
 
 /// Why a store operation did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database refused or could not be reached.

@@ -5,7 +5,15 @@
 //! never wait on each other; the lease has an expiry the holder renews, and a
 //! row whose lease expired (its agent died) is due again. Every statement is
 //! prepared once and runs in autocommit, each one a transaction of its own.
+//! Completions are the exception, being the most frequent change: those
+//! that arrive while one batch is on its way to the server go together in
+//! the next, one statement for all of them, so the server's per-statement
+//! cost is shared the way SQLite's group commit shares a transaction.
 
+use std::collections::HashSet;
+use std::sync::PoisonError;
+
+use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -35,7 +43,7 @@ struct Prepared {
     lease: Statement,
     renew: Statement,
     save_progress: Statement,
-    complete: Statement,
+    complete_many: Statement,
     fail: Statement,
     defer: Statement,
     release: Statement,
@@ -48,11 +56,23 @@ struct Prepared {
     requeue: Statement,
 }
 
+/// A completion waiting for the next batch, and where its answer goes.
+struct Completion {
+    contact_id: String,
+    owner: String,
+    attempt: i32,
+    at: Millis,
+    answer: oneshot::Sender<Result<ContactState, StoreError>>,
+}
+
 /// A connection to the shared queue.
 pub(crate) struct PostgresBackend {
     client: Client,
     prepared: Prepared,
     connection: tokio::task::JoinHandle<()>,
+    completions: std::sync::Mutex<Vec<Completion>>,
+    /// Held while a batch of completions is on its way.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl Drop for PostgresBackend {
@@ -91,7 +111,7 @@ impl PostgresBackend {
             lease: prepare(&sql.lease).await?,
             renew: prepare(&sql.renew).await?,
             save_progress: prepare(&sql.save_progress).await?,
-            complete: prepare(&sql.complete).await?,
+            complete_many: prepare(&sql.complete_many).await?,
             fail: prepare(&sql.fail).await?,
             defer: prepare(&sql.defer).await?,
             release: prepare(&sql.release).await?,
@@ -107,6 +127,8 @@ impl PostgresBackend {
             client,
             prepared,
             connection,
+            completions: std::sync::Mutex::default(),
+            sending: tokio::sync::Mutex::const_new(()),
         })
     }
 
@@ -223,7 +245,7 @@ impl PostgresBackend {
     ) -> Result<ContactState, StoreError> {
         let p = &self.prepared;
         match outcome {
-            Outcome::Completed => self.held(owner, lease, &p.complete, &[&now]).await,
+            Outcome::Completed => self.complete(owner, lease, now).await,
             Outcome::Released => self.held(owner, lease, &p.release, &[&now]).await,
             Outcome::Failed { service, reason } => {
                 self.held(owner, lease, &p.fail, &[&now, service, reason])
@@ -247,6 +269,80 @@ impl PostgresBackend {
                 .await
             }
         }
+    }
+
+    /// Completes the held contact in the next batch of completions — the
+    /// one this caller sends, or one another caller sends first.
+    async fn complete(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<ContactState, StoreError> {
+        let (answer, mut answered) = oneshot::channel();
+        self.completions_lock().push(Completion {
+            contact_id: lease.contact_id.clone(),
+            owner: owner.to_owned(),
+            attempt: int(lease.attempt),
+            at: now,
+            answer,
+        });
+        let sending = self.sending.lock().await;
+        // The batch sent while this caller waited may have held its completion.
+        if let Ok(result) = answered.try_recv() {
+            return result;
+        }
+        let batch = std::mem::take(&mut *self.completions_lock());
+        self.send_completions(batch).await;
+        drop(sending);
+        answered
+            .await
+            .map_err(|_| db("the completion was not sent"))?
+    }
+
+    /// Sends `batch` as one statement and answers each completion in it.
+    async fn send_completions(&self, batch: Vec<Completion>) {
+        let ids: Vec<&str> = batch.iter().map(|c| c.contact_id.as_str()).collect();
+        let owners: Vec<&str> = batch.iter().map(|c| c.owner.as_str()).collect();
+        let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
+        let ats: Vec<Millis> = batch.iter().map(|c| c.at).collect();
+        let done = self
+            .client
+            .query(
+                &self.prepared.complete_many,
+                &[&ids, &owners, &attempts, &ats],
+            )
+            .await
+            .map_err(db)
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| row.try_get::<_, String>(0).map_err(db))
+                    .collect::<Result<HashSet<String>, StoreError>>()
+            });
+        let mut done = done;
+        for completion in batch {
+            // A row is returned once: a second completion of the same lease
+            // in one batch finds it settled already.
+            let result = match &mut done {
+                Ok(done) => {
+                    if done.remove(&completion.contact_id) {
+                        Ok(ContactState::Completed)
+                    } else {
+                        Err(StoreError::LeaseLost {
+                            contact_id: completion.contact_id,
+                        })
+                    }
+                }
+                Err(error) => Err(error.clone()),
+            };
+            let _ = completion.answer.send(result);
+        }
+    }
+
+    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {
+        self.completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn update(

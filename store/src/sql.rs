@@ -34,6 +34,9 @@ pub(crate) struct Statements {
     pub(crate) save_progress: String,
     /// Held, `$4` now → state.
     pub(crate) complete: String,
+    /// `$1` ids, `$2` owners, `$3` attempts, `$4` nows (PostgreSQL; arrays,
+    /// one element per held contact) → the ids completed.
+    pub(crate) complete_many: String,
     /// Held, `$4` now, `$5` service, `$6` reason → state.
     pub(crate) fail: String,
     /// Held, `$4` now, `$5` max deferrals, `$6` not before, `$7` service,
@@ -143,6 +146,14 @@ impl Statements {
             renew: settle("due_at = $4"),
             save_progress: settle("progress = $4"),
             complete: settle("state = 'completed', lease_owner = NULL, updated_at = $4"),
+            complete_many: format!(
+                "UPDATE {t} AS held SET state = 'completed', lease_owner = NULL, updated_at = done.at \
+                 FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[]) \
+                 AS done(id, owner, attempts, at) \
+                 WHERE held.id = done.id AND held.state = 'in_flight' \
+                 AND held.lease_owner = done.owner AND held.attempts = done.attempts \
+                 RETURNING held.id"
+            ),
             fail: settle(
                 "state = 'failed', lease_owner = NULL, service = $5, last_error = $6, updated_at = $4",
             ),
@@ -191,6 +202,7 @@ impl Statements {
             renew: f(self.renew),
             save_progress: f(self.save_progress),
             complete: f(self.complete),
+            complete_many: f(self.complete_many),
             fail: f(self.fail),
             defer: f(self.defer),
             release: f(self.release),

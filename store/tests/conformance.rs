@@ -453,6 +453,57 @@ async fn a_second_terminal_state_is_refused(kind: Kind) {
     assert_eq!((counts.completed, counts.total()), (1, 1));
 }
 
+async fn completions_at_once_are_each_judged_by_their_own_lease(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "completions").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&numbered(7)).await.unwrap();
+    let stale = store.try_lease().await.unwrap().unwrap().lease;
+    store.complete(&stale).await.unwrap();
+    let mut held = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        held.push(leased.lease);
+    }
+    assert_eq!(held.len(), 6);
+    // Sent at once (PostgreSQL sends completions that arrive while a batch
+    // is on its way together in the next): the held six, the last of them
+    // twice in a row, and the lease already settled.
+    let mut leases = held.clone();
+    leases.extend([held[5].clone(), stale.clone()]);
+    let mut completions = tokio::task::JoinSet::new();
+    for lease in leases {
+        let store = store.clone();
+        completions.spawn(async move {
+            let result = store.complete(&lease).await;
+            (lease.contact_id().to_owned(), result)
+        });
+    }
+    let (mut completed, mut lost) = (Vec::new(), Vec::new());
+    while let Some(joined) = completions.join_next().await {
+        match joined.unwrap() {
+            (id, Ok(())) => completed.push(id),
+            (id, Err(StoreError::LeaseLost { contact_id })) => {
+                assert_eq!(contact_id, id);
+                lost.push(id);
+            }
+            (id, Err(other)) => panic!("{id}: {other}"),
+        }
+    }
+    completed.sort();
+    lost.sort();
+    let mut expected: Vec<String> = held.iter().map(|l| l.contact_id().to_owned()).collect();
+    expected.sort();
+    assert_eq!(completed, expected);
+    let mut expected_lost = vec![
+        held[5].contact_id().to_owned(),
+        stale.contact_id().to_owned(),
+    ];
+    expected_lost.sort();
+    assert_eq!(lost, expected_lost);
+    assert_eq!(store.counts().await.unwrap().completed, 7);
+}
+
 async fn concurrent_leasers_never_get_the_same_contact(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "concurrent").await else {
         return;
@@ -657,6 +708,7 @@ conformance!(
     an_expired_lease_returns_the_contact,
     keep_alive_holds_the_lease_while_the_call_runs,
     a_second_terminal_state_is_refused,
+    completions_at_once_are_each_judged_by_their_own_lease,
     concurrent_leasers_never_get_the_same_contact,
     failed_and_expired_contacts_requeue,
     progress_and_held_contacts_come_back_after_release,
