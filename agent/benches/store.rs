@@ -39,14 +39,19 @@ enum Backend {
     Durable(StoreLocation),
 }
 
-async fn queue(backend: &Backend, contacts: Vec<Contact>, round: usize) -> CallQueue {
+async fn queue(
+    config: &AgentConfig,
+    backend: &Backend,
+    contacts: Vec<Contact>,
+    round: usize,
+) -> CallQueue {
     match backend {
         Backend::Memory => CallQueue::new(contacts, 5),
         Backend::Durable(location) => {
+            // The agent's own settings (its lease batch), on a table per round.
             let settings = StoreSettings {
                 table: format!("bench_pipeline_{}_{round}", std::process::id()),
-                lease_batch: WORKERS,
-                ..StoreSettings::default()
+                ..config.queue.store_settings()
             };
             let store = CallStore::open(location.clone(), settings)
                 .await
@@ -66,7 +71,7 @@ async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
     };
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let contacts = support::contacts(CONTACTS, &format!("{name}-{run}"));
-    let queue = Arc::new(queue(backend, contacts, round).await);
+    let queue = Arc::new(queue(config, backend, contacts, round).await);
     let parts = assemble(config).expect("the bench config assembles");
     let campaign = Campaign {
         pipeline: parts.pipeline,
@@ -108,7 +113,8 @@ fn main() {
         }
         println!(
             "## pipeline with the call store: {CONTACTS} contacts, {WORKERS} workers, \
-             zero-latency mocks, median of {ROUNDS} rounds"
+             lease batch {}, zero-latency mocks, median of {ROUNDS} rounds",
+            config.queue.lease_batch()
         );
         for (name, location) in durable {
             let backend = Backend::Durable(location);

@@ -78,7 +78,16 @@ pub struct QueueConfig {
     pub lease: ConfigDuration,
     /// How often a shared (PostgreSQL) queue is checked for other agents' changes.
     pub poll_interval: ConfigDuration,
+    /// Contacts leased per look at the queue (default: 4 per worker): those
+    /// not called at once wait leased to this agent, so larger batches mean
+    /// fewer store round trips, and contacts held back from other agents
+    /// sharing the queue a little longer.
+    pub lease_batch: Option<u32>,
 }
+
+/// Contacts leased per look at the queue, per worker, unless
+/// `queue.lease_batch` says otherwise.
+pub const LEASE_BATCH_PER_WORKER: u32 = 4;
 
 impl Default for QueueConfig {
     fn default() -> Self {
@@ -92,6 +101,7 @@ impl Default for QueueConfig {
             table: store.table,
             lease: ConfigDuration::new(store.lease),
             poll_interval: ConfigDuration::new(store.poll_interval),
+            lease_batch: None,
         }
     }
 }
@@ -104,14 +114,23 @@ impl QueueConfig {
             poll_interval: self.poll_interval.get(),
             max_deferrals: self.max_deferrals,
             table: self.table.clone(),
-            // One look at the queue leases a contact for each worker.
-            lease_batch: usize::try_from(self.workers).unwrap_or(usize::MAX),
+            lease_batch: usize::try_from(self.lease_batch()).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Contacts leased per look at the queue: `lease_batch`, or
+    /// [`LEASE_BATCH_PER_WORKER`] per worker.
+    pub fn lease_batch(&self) -> u32 {
+        self.lease_batch
+            .unwrap_or_else(|| self.workers.saturating_mul(LEASE_BATCH_PER_WORKER))
     }
 
     /// Checks the section; the error names the full key.
     pub fn validate(&self) -> Result<(), ValidationError> {
         at_least("queue.workers", self.workers, 1)?;
+        if let Some(batch) = self.lease_batch {
+            at_least("queue.lease_batch", batch, 1)?;
+        }
         nonzero_duration("queue.lease", self.lease.get())?;
         nonzero_duration("queue.poll_interval", self.poll_interval.get())?;
         if let Err(e) = StoreLocation::parse(self.url.expose()) {
@@ -479,6 +498,19 @@ mod tests {
         assert_eq!(config.circuit_breaker.failure_threshold, 2);
         assert_eq!(config.health_check.interval.get(), Duration::from_secs(5));
         assert_eq!(config.queue.workers, 4);
+    }
+
+    #[test]
+    fn the_lease_batch_is_four_per_worker_unless_set() {
+        let load = |vars: &[(&str, &str)]| AgentConfig::load(DEFAULTS, None, env(vars));
+        let config = load(&[("CALLGUARD_QUEUE__WORKERS", "3")]).unwrap();
+        assert_eq!(config.queue.store_settings().lease_batch, 12);
+        let config = load(&[("CALLGUARD_QUEUE__LEASE_BATCH", "5")]).unwrap();
+        assert_eq!(config.queue.store_settings().lease_batch, 5);
+        let err = load(&[("CALLGUARD_QUEUE__LEASE_BATCH", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.lease_batch"), "{err}");
     }
 
     #[test]

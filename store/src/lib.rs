@@ -145,10 +145,16 @@ impl Default for StoreSettings {
     }
 }
 
+/// How long a change whose caller is in no hurry (a contact's final state)
+/// waits to share the database's work with other callers' changes — a
+/// SQLite transaction, a PostgreSQL batch of completions — before it goes on
+/// its own.
+const RIDE_WAIT: Duration = Duration::from_millis(1);
+
 enum Backend {
     Memory(memory::MemoryBackend),
     Sqlite(sqlite::SqliteBackend),
-    Postgres(postgres::PostgresBackend),
+    Postgres(Box<postgres::PostgresBackend>),
 }
 
 /// Calls the same method on whichever backend the store has.
@@ -248,9 +254,9 @@ impl CallStore {
             StoreLocation::Sqlite(path) => {
                 Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings.table, batch).await?)
             }
-            StoreLocation::Postgres(url) => Backend::Postgres(
+            StoreLocation::Postgres(url) => Backend::Postgres(Box::new(
                 postgres::PostgresBackend::connect(url, &settings.table, batch).await?,
-            ),
+            )),
         };
         Ok(Self::with_backend(backend, location, settings))
     }

@@ -5,10 +5,11 @@
 //! never wait on each other; the lease has an expiry the holder renews, and a
 //! row whose lease expired (its agent died) is due again. Every statement is
 //! prepared once and runs in autocommit, each one a transaction of its own.
-//! Completions are the exception, being the most frequent change: those
-//! that arrive while one batch is on its way to the server go together in
-//! the next, one statement for all of them, so the server's per-statement
-//! cost is shared the way SQLite's group commit shares a transaction.
+//! Completions are the exception, being the most frequent change: each
+//! waits up to [`RIDE_WAIT`] for others, and those waiting (or arriving
+//! while a batch is on its way) go together, one statement for all of them,
+//! so the server's per-statement cost is shared the way SQLite's group
+//! commit shares a transaction.
 
 use std::collections::HashSet;
 use std::sync::PoisonError;
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::RIDE_WAIT;
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -271,8 +273,8 @@ impl PostgresBackend {
         }
     }
 
-    /// Completes the held contact in the next batch of completions — the
-    /// one this caller sends, or one another caller sends first.
+    /// Completes the held contact in the next batch of completions — one
+    /// another caller sends within [`RIDE_WAIT`], or else this caller's.
     async fn complete(
         &self,
         owner: &str,
@@ -287,6 +289,12 @@ impl PostgresBackend {
             at: now,
             answer,
         });
+        tokio::select! {
+            answered = &mut answered => {
+                return answered.map_err(|_| db("the completion was not sent"))?;
+            }
+            () = tokio::time::sleep(RIDE_WAIT) => {}
+        }
         let sending = self.sending.lock().await;
         // The batch sent while this caller waited may have held its completion.
         if let Ok(result) = answered.try_recv() {

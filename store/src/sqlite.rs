@@ -20,6 +20,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Mutex, oneshot};
 
+use crate::RIDE_WAIT;
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -31,11 +32,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Transactions between two checkpoints of the WAL into the database file.
 const CHECKPOINT_EVERY: u32 = 256;
-
-/// How long an operation whose caller is in no hurry (a contact's final
-/// state) waits to ride in a transaction another caller starts, before it
-/// starts one itself.
-const RIDE_WAIT: Duration = Duration::from_millis(1);
 
 /// When an operation's transaction starts.
 #[derive(Clone, Copy)]
