@@ -15,6 +15,7 @@
 //! store reads them from a clock anchored to the wall clock when it opens and
 //! advanced by `tokio::time`, so tests on a paused clock move stored times too.
 
+mod completions;
 mod memory;
 mod model;
 mod postgres;

@@ -14,11 +14,11 @@
 use std::collections::HashSet;
 use std::sync::PoisonError;
 
-use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::RIDE_WAIT;
+use crate::completions::{self, Completion};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -56,15 +56,6 @@ struct Prepared {
     next_due: Statement,
     list: Statement,
     requeue: Statement,
-}
-
-/// A completion waiting for the next batch, and where its answer goes.
-struct Completion {
-    contact_id: String,
-    owner: String,
-    attempt: i32,
-    at: Millis,
-    answer: oneshot::Sender<Result<ContactState, StoreError>>,
 }
 
 /// A connection to the shared queue.
@@ -281,14 +272,8 @@ impl PostgresBackend {
         lease: &Lease,
         now: Millis,
     ) -> Result<ContactState, StoreError> {
-        let (answer, mut answered) = oneshot::channel();
-        self.completions_lock().push(Completion {
-            contact_id: lease.contact_id.clone(),
-            owner: owner.to_owned(),
-            attempt: int(lease.attempt),
-            at: now,
-            answer,
-        });
+        let (completion, mut answered) = Completion::new(owner, lease, now);
+        self.completions_lock().push(completion);
         tokio::select! {
             answered = &mut answered => {
                 return answered.map_err(|_| db("the completion was not sent"))?;
@@ -312,7 +297,7 @@ impl PostgresBackend {
     async fn send_completions(&self, batch: Vec<Completion>) {
         let ids: Vec<&str> = batch.iter().map(|c| c.contact_id.as_str()).collect();
         let owners: Vec<&str> = batch.iter().map(|c| c.owner.as_str()).collect();
-        let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
+        let attempts: Vec<i32> = batch.iter().map(|c| int(c.attempt)).collect();
         let ats: Vec<Millis> = batch.iter().map(|c| c.at).collect();
         let done = self
             .client
@@ -327,24 +312,7 @@ impl PostgresBackend {
                     .map(|row| row.try_get::<_, String>(0).map_err(db))
                     .collect::<Result<HashSet<String>, StoreError>>()
             });
-        let mut done = done;
-        for completion in batch {
-            // A row is returned once: a second completion of the same lease
-            // in one batch finds it settled already.
-            let result = match &mut done {
-                Ok(done) => {
-                    if done.remove(&completion.contact_id) {
-                        Ok(ContactState::Completed)
-                    } else {
-                        Err(StoreError::LeaseLost {
-                            contact_id: completion.contact_id,
-                        })
-                    }
-                }
-                Err(error) => Err(error.clone()),
-            };
-            let _ = completion.answer.send(result);
-        }
+        completions::answer(batch, done);
     }
 
     fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {

@@ -9,7 +9,7 @@
 //! scan finds the next contact, whether new, due again, or abandoned by a dead
 //! agent.
 
-use crate::model::{ContactState, Leased, Outcome, StoreError};
+use crate::model::{ContactState, Leased, StoreError};
 
 /// States a contact can still be leased from (in flight: once its lease expired).
 const OPEN: &str = "state IN ('pending', 'deferred', 'in_flight')";
@@ -32,10 +32,9 @@ pub(crate) struct Statements {
     pub(crate) renew: String,
     /// Held, `$4` progress JSON → state.
     pub(crate) save_progress: String,
-    /// Held, `$4` now → state.
-    pub(crate) complete: String,
-    /// `$1` ids, `$2` owners, `$3` attempts, `$4` nows (PostgreSQL; arrays,
-    /// one element per held contact) → the ids completed.
+    /// The held contacts to complete → the ids completed. PostgreSQL: `$1`
+    /// ids, `$2` owners, `$3` attempts, `$4` nows (arrays, one element per
+    /// contact); SQLite: `$1` a JSON array of `[id, owner, attempt, now]`.
     pub(crate) complete_many: String,
     /// Held, `$4` now, `$5` service, `$6` reason → state.
     pub(crate) fail: String,
@@ -107,6 +106,19 @@ impl Statements {
             .map(|s| format!("'{s}'"))
             .collect::<Vec<_>>()
             .join(", ");
+        // The contacts to complete, as rows of (contact_id, holder, attempt,
+        // at): no name the table has, so `RETURNING id` is the table's (the
+        // only column SQLite's `RETURNING` may name).
+        let done = match dialect {
+            Dialect::Sqlite => {
+                "(SELECT value ->> 0 AS contact_id, value ->> 1 AS holder, \
+                 value ->> 2 AS attempt, value ->> 3 AS at FROM json_each($1)) AS done"
+            }
+            Dialect::Postgres => {
+                "UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[]) \
+                 AS done(contact_id, holder, attempt, at)"
+            }
+        };
         let settle = |set: &str| format!("UPDATE {t} SET {set} WHERE {HELD} RETURNING state");
         let statements = Self {
             schema: format!(
@@ -145,14 +157,12 @@ impl Statements {
             ),
             renew: settle("due_at = $4"),
             save_progress: settle("progress = $4"),
-            complete: settle("state = 'completed', lease_owner = NULL, updated_at = $4"),
             complete_many: format!(
                 "UPDATE {t} AS held SET state = 'completed', lease_owner = NULL, updated_at = done.at \
-                 FROM UNNEST($1::text[], $2::text[], $3::int[], $4::bigint[]) \
-                 AS done(id, owner, attempts, at) \
-                 WHERE held.id = done.id AND held.state = 'in_flight' \
-                 AND held.lease_owner = done.owner AND held.attempts = done.attempts \
-                 RETURNING held.id"
+                 FROM {done} \
+                 WHERE held.id = done.contact_id AND held.state = 'in_flight' \
+                 AND held.lease_owner = done.holder AND held.attempts = done.attempt \
+                 RETURNING id"
             ),
             fail: settle(
                 "state = 'failed', lease_owner = NULL, service = $5, last_error = $6, updated_at = $4",
@@ -201,7 +211,6 @@ impl Statements {
             lease: f(self.lease),
             renew: f(self.renew),
             save_progress: f(self.save_progress),
-            complete: f(self.complete),
             complete_many: f(self.complete_many),
             fail: f(self.fail),
             defer: f(self.defer),
@@ -213,16 +222,6 @@ impl Statements {
             next_due: f(self.next_due),
             list: f(self.list),
             requeue: f(self.requeue),
-        }
-    }
-
-    /// The statement that settles a held contact as `outcome` says.
-    pub(crate) fn settle(&self, outcome: &Outcome<'_>) -> &str {
-        match outcome {
-            Outcome::Completed => &self.complete,
-            Outcome::Failed { .. } => &self.fail,
-            Outcome::Deferred { .. } => &self.defer,
-            Outcome::Released => &self.release,
         }
     }
 }

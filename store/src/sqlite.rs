@@ -11,6 +11,7 @@
 //! and the WAL is copied back into the database (with its `fsync`) there, by
 //! a second connection, every [`CHECKPOINT_EVERY`] transactions.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -21,6 +22,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::RIDE_WAIT;
+use crate::completions::{self, Completion};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
@@ -71,11 +73,37 @@ type Job = Box<dyn FnOnce(&mut Connection, &Statements) -> Answer + Send>;
 /// failure of the transaction that held it.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// Completions waiting for the job that runs them, and whether it is queued.
+#[derive(Default)]
+struct Completions {
+    waiting: Vec<Completion>,
+    queued: bool,
+}
+
+/// Completes `batch` with one statement; the ids it completed.
+fn complete_batch(
+    connection: &mut Connection,
+    sql: &Statements,
+    batch: &[Completion],
+) -> Result<HashSet<String>, StoreError> {
+    let rows: Vec<(&str, &str, u32, Millis)> = batch
+        .iter()
+        .map(|c| (c.contact_id.as_str(), c.owner.as_str(), c.attempt, c.at))
+        .collect();
+    let rows = serde_json::to_string(&rows).map_err(db)?;
+    let mut statement = connection.prepare_cached(&sql.complete_many)?;
+    let done = statement
+        .query_map([rows], |row| row.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(done)
+}
+
 /// The store's file: the connection transactions run on, the operations
 /// waiting for it, and a second connection that checkpoints the WAL.
 pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
     waiting: std::sync::Mutex<Vec<Job>>,
+    completions: Arc<std::sync::Mutex<Completions>>,
     sql: Arc<Statements>,
     checkpoint: Arc<Checkpoint>,
 }
@@ -171,6 +199,7 @@ impl SqliteBackend {
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
             waiting: std::sync::Mutex::default(),
+            completions: Arc::default(),
             sql,
             checkpoint: Arc::new(Checkpoint {
                 connection: std::sync::Mutex::new(checkpointer),
@@ -196,7 +225,7 @@ impl SqliteBackend {
         start: Start,
         work: impl FnOnce(&mut Connection, &Statements) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, mut answer) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |connection, sql| {
             let result = work(connection, sql);
             Box::new(move |failed: Option<&str>| {
@@ -207,6 +236,16 @@ impl SqliteBackend {
             })
         });
         self.waiting_lock().push(job);
+        self.answer(start, answer).await
+    }
+
+    /// Waits for the answer of an operation queued as `start` says, running
+    /// the transaction that holds it if nobody else does.
+    async fn answer<T>(
+        &self,
+        start: Start,
+        mut answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         if let Start::WithNext = start {
             tokio::select! {
                 answered = &mut answer => return answered.map_err(|_| did_not_run())?,
@@ -386,34 +425,81 @@ impl SqliteBackend {
         outcome: &Outcome<'_>,
         now: Millis,
     ) -> Result<ContactState, StoreError> {
-        let mut extra: Vec<Value> = vec![now.into()];
-        match outcome {
-            Outcome::Completed | Outcome::Released => {}
-            Outcome::Failed { service, reason } => {
-                extra.extend([(*service).to_owned().into(), (*reason).to_owned().into()]);
-            }
+        let at = Value::from(now);
+        let (statement, extra) = match outcome {
+            Outcome::Completed => return self.complete(owner, lease, now).await,
+            Outcome::Released => (&self.sql.release, vec![at]),
+            Outcome::Failed { service, reason } => (
+                &self.sql.fail,
+                vec![
+                    at,
+                    (*service).to_owned().into(),
+                    (*reason).to_owned().into(),
+                ],
+            ),
             Outcome::Deferred {
                 service,
                 reason,
                 not_before,
                 max_deferrals,
                 progress,
-            } => extra.extend([
-                (*max_deferrals).into(),
-                (*not_before).into(),
-                (*service).to_owned().into(),
-                (*reason).to_owned().into(),
-                progress.to_json().into(),
-            ]),
+            } => (
+                &self.sql.defer,
+                vec![
+                    at,
+                    (*max_deferrals).into(),
+                    (*not_before).into(),
+                    (*service).to_owned().into(),
+                    (*reason).to_owned().into(),
+                    progress.to_json().into(),
+                ],
+            ),
+        };
+        self.held(Start::WithNext, owner, lease, statement, extra)
+            .await
+    }
+
+    /// Completes the held contact with every other completion waiting: the
+    /// first to wait queues one job that runs a single statement for all of
+    /// them, in the transaction it rides in.
+    async fn complete(
+        &self,
+        owner: &str,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<ContactState, StoreError> {
+        let (completion, answer) = Completion::new(owner, lease, now);
+        let first = {
+            let mut completions = self.completions_lock();
+            completions.waiting.push(completion);
+            !std::mem::replace(&mut completions.queued, true)
+        };
+        if first {
+            let completions = self.completions.clone();
+            self.waiting_lock().push(Box::new(move |connection, sql| {
+                let batch = {
+                    let mut completions =
+                        completions.lock().unwrap_or_else(PoisonError::into_inner);
+                    completions.queued = false;
+                    std::mem::take(&mut completions.waiting)
+                };
+                let done = complete_batch(connection, sql, &batch);
+                Box::new(move |failed: Option<&str>| {
+                    let done = match failed {
+                        Some(why) if done.is_ok() => Err(db(why)),
+                        _ => done,
+                    };
+                    completions::answer(batch, done);
+                })
+            }));
         }
-        self.held(
-            Start::WithNext,
-            owner,
-            lease,
-            self.sql.settle(outcome),
-            extra,
-        )
-        .await
+        self.answer(Start::WithNext, answer).await
+    }
+
+    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Completions> {
+        self.completions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs an update taking a text and a time; returns the rows changed.
