@@ -146,12 +146,6 @@ impl Default for StoreSettings {
     }
 }
 
-/// How long a change whose caller is in no hurry (a contact's final state)
-/// waits to share the database's work with other callers' changes — a
-/// SQLite transaction, a PostgreSQL batch of completions — before it goes on
-/// its own.
-const RIDE_WAIT: Duration = Duration::from_millis(1);
-
 enum Backend {
     Memory(memory::MemoryBackend),
     Sqlite(sqlite::SqliteBackend),

@@ -5,11 +5,14 @@
 //! never wait on each other; the lease has an expiry the holder renews, and a
 //! row whose lease expired (its agent died) is due again. Every statement is
 //! prepared once and runs in autocommit, each one a transaction of its own.
-//! Completions are the exception, being the most frequent change: each
-//! waits up to [`RIDE_WAIT`] for others, and those waiting (or arriving
-//! while a batch is on its way) go together, one statement for all of them,
-//! so the server's per-statement cost is shared the way SQLite's group
-//! commit shares a transaction.
+//! Completions are the exception, being the most frequent change: those
+//! that arrive while batches are on their way to the server go together in
+//! the next, one statement for all of them, so the server's per-statement
+//! cost is shared the way SQLite's group commit shares a transaction — with
+//! no wait added: a completion alone goes at once, as the single-row
+//! statement. (Waiting for others, as SQLite's final states do, would cost an
+//! awaited completion that wait in full here, where no lease's transaction
+//! comes by to carry it.)
 
 use std::collections::HashSet;
 use std::sync::PoisonError;
@@ -17,7 +20,6 @@ use std::sync::PoisonError;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::RIDE_WAIT;
 use crate::completions::{self, Completion};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
@@ -45,6 +47,7 @@ struct Prepared {
     lease: Statement,
     renew: Statement,
     save_progress: Statement,
+    complete: Statement,
     complete_many: Statement,
     fail: Statement,
     defer: Statement,
@@ -58,14 +61,19 @@ struct Prepared {
     requeue: Statement,
 }
 
+/// Batches of completions on their way at once: a second goes while the
+/// first is answered, so callers waiting on a completion are not held a
+/// whole extra round trip.
+const BATCHES_ON_THE_WAY: usize = 2;
+
 /// A connection to the shared queue.
 pub(crate) struct PostgresBackend {
     client: Client,
     prepared: Prepared,
     connection: tokio::task::JoinHandle<()>,
     completions: std::sync::Mutex<Vec<Completion>>,
-    /// Held while a batch of completions is on its way.
-    sending: tokio::sync::Mutex<()>,
+    /// A permit for each batch of completions on its way.
+    sending: tokio::sync::Semaphore,
 }
 
 impl Drop for PostgresBackend {
@@ -104,6 +112,7 @@ impl PostgresBackend {
             lease: prepare(&sql.lease).await?,
             renew: prepare(&sql.renew).await?,
             save_progress: prepare(&sql.save_progress).await?,
+            complete: prepare(&sql.complete).await?,
             complete_many: prepare(&sql.complete_many).await?,
             fail: prepare(&sql.fail).await?,
             defer: prepare(&sql.defer).await?,
@@ -121,7 +130,7 @@ impl PostgresBackend {
             prepared,
             connection,
             completions: std::sync::Mutex::default(),
-            sending: tokio::sync::Mutex::const_new(()),
+            sending: tokio::sync::Semaphore::const_new(BATCHES_ON_THE_WAY),
         })
     }
 
@@ -264,8 +273,8 @@ impl PostgresBackend {
         }
     }
 
-    /// Completes the held contact in the next batch of completions — one
-    /// another caller sends within [`RIDE_WAIT`], or else this caller's.
+    /// Completes the held contact in the next batch of completions — the
+    /// one this caller sends, or one another caller sends first.
     async fn complete(
         &self,
         owner: &str,
@@ -274,19 +283,15 @@ impl PostgresBackend {
     ) -> Result<ContactState, StoreError> {
         let (completion, mut answered) = Completion::new(owner, lease, now);
         self.completions_lock().push(completion);
-        tokio::select! {
-            answered = &mut answered => {
-                return answered.map_err(|_| db("the completion was not sent"))?;
-            }
-            () = tokio::time::sleep(RIDE_WAIT) => {}
-        }
-        let sending = self.sending.lock().await;
-        // The batch sent while this caller waited may have held its completion.
+        let sending = self.sending.acquire().await.map_err(db)?;
+        // A batch sent while this caller waited may have held its completion.
         if let Ok(result) = answered.try_recv() {
             return result;
         }
         let batch = std::mem::take(&mut *self.completions_lock());
-        self.send_completions(batch).await;
+        if !batch.is_empty() {
+            self.send_completions(batch).await;
+        }
         drop(sending);
         answered
             .await
@@ -295,24 +300,45 @@ impl PostgresBackend {
 
     /// Sends `batch` as one statement and answers each completion in it.
     async fn send_completions(&self, batch: Vec<Completion>) {
+        let done = match batch.as_slice() {
+            [one] => self.complete_one(one).await,
+            _ => self.complete_many(&batch).await,
+        };
+        completions::answer(batch, done);
+    }
+
+    /// A completion alone: the single-row statement, cheaper than the
+    /// batch's join. The ids completed (the one, or none).
+    async fn complete_one(&self, one: &Completion) -> Result<HashSet<String>, StoreError> {
+        let attempt = int(one.attempt);
+        let row = self
+            .client
+            .query_opt(
+                &self.prepared.complete,
+                &[&one.contact_id, &one.owner, &attempt, &one.at],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|_| one.contact_id.clone()).into_iter().collect())
+    }
+
+    /// The ids `batch` completed, in one statement.
+    async fn complete_many(&self, batch: &[Completion]) -> Result<HashSet<String>, StoreError> {
         let ids: Vec<&str> = batch.iter().map(|c| c.contact_id.as_str()).collect();
         let owners: Vec<&str> = batch.iter().map(|c| c.owner.as_str()).collect();
         let attempts: Vec<i32> = batch.iter().map(|c| int(c.attempt)).collect();
         let ats: Vec<Millis> = batch.iter().map(|c| c.at).collect();
-        let done = self
+        let rows = self
             .client
             .query(
                 &self.prepared.complete_many,
                 &[&ids, &owners, &attempts, &ats],
             )
             .await
-            .map_err(db)
-            .and_then(|rows| {
-                rows.iter()
-                    .map(|row| row.try_get::<_, String>(0).map_err(db))
-                    .collect::<Result<HashSet<String>, StoreError>>()
-            });
-        completions::answer(batch, done);
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| row.try_get::<_, String>(0).map_err(db))
+            .collect()
     }
 
     fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {

@@ -32,6 +32,8 @@ pub(crate) struct Statements {
     pub(crate) renew: String,
     /// Held, `$4` progress JSON → state.
     pub(crate) save_progress: String,
+    /// Held, `$4` now → state.
+    pub(crate) complete: String,
     /// The held contacts to complete → the ids completed. PostgreSQL: `$1`
     /// ids, `$2` owners, `$3` attempts, `$4` nows (arrays, one element per
     /// contact); SQLite: `$1` a JSON array of `[id, owner, attempt, now]`.
@@ -157,6 +159,7 @@ impl Statements {
             ),
             renew: settle("due_at = $4"),
             save_progress: settle("progress = $4"),
+            complete: settle("state = 'completed', lease_owner = NULL, updated_at = $4"),
             complete_many: format!(
                 "UPDATE {t} AS held SET state = 'completed', lease_owner = NULL, updated_at = done.at \
                  FROM {done} \
@@ -211,6 +214,7 @@ impl Statements {
             lease: f(self.lease),
             renew: f(self.renew),
             save_progress: f(self.save_progress),
+            complete: f(self.complete),
             complete_many: f(self.complete_many),
             fail: f(self.fail),
             defer: f(self.defer),
