@@ -95,10 +95,15 @@ impl Statements {
     ) -> Result<Self, StoreError> {
         check_table_name(table)?;
         let t = table;
-        let (seq, millis, lock) = match dialect {
-            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", ""),
+        // SQLite's `seq` is the rowid, free to key the table by. PostgreSQL
+        // keys it by `id`: every update that moves a row into or out of the
+        // due index inserts into each of the table's indexes, so `seq` (only
+        // ever read) has none.
+        let (seq, id, millis, lock) = match dialect {
+            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "UNIQUE", "INTEGER", ""),
             Dialect::Postgres => (
-                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+                "BIGINT GENERATED ALWAYS AS IDENTITY",
+                "PRIMARY KEY",
                 "BIGINT",
                 " FOR UPDATE SKIP LOCKED",
             ),
@@ -126,7 +131,7 @@ impl Statements {
             schema: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
                     seq {seq},
-                    id TEXT NOT NULL UNIQUE,
+                    id TEXT NOT NULL {id},
                     data TEXT NOT NULL,
                     state TEXT NOT NULL CHECK (state IN ({states})),
                     due_at {millis} NOT NULL,
