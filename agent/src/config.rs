@@ -85,6 +85,10 @@ pub struct QueueConfig {
     pub lease_batch: Option<u32>,
 }
 
+/// How long a contact's final state may wait to be saved together with
+/// others (`StoreSettings::settle_wait`).
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Contacts leased per look at the queue, per worker, unless
 /// `queue.lease_batch` says otherwise.
 pub const LEASE_BATCH_PER_WORKER: u32 = 4;
@@ -115,6 +119,9 @@ impl QueueConfig {
             max_deferrals: self.max_deferrals,
             table: self.table.clone(),
             lease_batch: usize::try_from(self.lease_batch()).unwrap_or(usize::MAX),
+            // Final states are saved in the background (no worker waits for
+            // them), so each may wait to share the store's work with others.
+            settle_wait: SETTLE_WAIT,
         }
     }
 

@@ -125,6 +125,12 @@ pub struct StoreSettings {
     /// store serving several workers leases once per batch rather than once
     /// per contact. 1 leases only what is asked for.
     pub lease_batch: usize,
+    /// How long a final state (completed, failed, deferred, released) may
+    /// wait to share the database's work with other changes — a SQLite
+    /// transaction, a PostgreSQL batch of completions — before it goes on
+    /// its own. Zero (the default) adds no wait; a caller that saves final
+    /// states in the background gains fewer, larger writes from a little.
+    pub settle_wait: Duration,
 }
 
 impl StoreSettings {
@@ -142,6 +148,7 @@ impl Default for StoreSettings {
             max_deferrals: 5,
             table: "callguard_contacts".into(),
             lease_batch: 1,
+            settle_wait: Duration::ZERO,
         }
     }
 }
@@ -243,14 +250,15 @@ impl CallStore {
         location: StoreLocation,
         settings: StoreSettings,
     ) -> Result<Self, StoreError> {
-        let batch = settings.lease_batch_size();
         let backend = match &location {
-            StoreLocation::Memory => Backend::Memory(memory::MemoryBackend::new(batch)),
+            StoreLocation::Memory => {
+                Backend::Memory(memory::MemoryBackend::new(settings.lease_batch_size()))
+            }
             StoreLocation::Sqlite(path) => {
-                Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings.table, batch).await?)
+                Backend::Sqlite(sqlite::SqliteBackend::open(path, &settings).await?)
             }
             StoreLocation::Postgres(url) => Backend::Postgres(Box::new(
-                postgres::PostgresBackend::connect(url, &settings.table, batch).await?,
+                postgres::PostgresBackend::connect(url, &settings).await?,
             )),
         };
         Ok(Self::with_backend(backend, location, settings))

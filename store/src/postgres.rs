@@ -6,20 +6,23 @@
 //! row whose lease expired (its agent died) is due again. Every statement is
 //! prepared once and runs in autocommit, each one a transaction of its own.
 //! Completions are the exception, being the most frequent change: those
-//! that arrive while batches are on their way to the server go together in
-//! the next, one statement for all of them, so the server's per-statement
-//! cost is shared the way SQLite's group commit shares a transaction — with
-//! no wait added: a completion alone goes at once, as the single-row
-//! statement. (Waiting for others, as SQLite's final states do, would cost an
-//! awaited completion that wait in full here, where no lease's transaction
-//! comes by to carry it.)
+//! waiting together go as one statement, so the server's per-statement cost
+//! is shared the way SQLite's group commit shares a transaction. With a
+//! settle wait (`StoreSettings::settle_wait`) a completion waits for others,
+//! and a lease sends the waiting ones ahead of itself on the connection,
+//! costing it no extra round trip; without one it goes at once. A completion
+//! alone runs the single-row statement. A fresh import is followed by
+//! `ANALYZE`, so the planner knows the table's size from the first lease
+//! (unanalysed, it takes a new table for a tiny one and scans it whole).
 
 use std::collections::HashSet;
 use std::sync::PoisonError;
+use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
@@ -32,6 +35,11 @@ fn db(error: impl std::fmt::Display) -> StoreError {
         backend: "postgres",
         message: error.to_string(),
     }
+}
+
+/// The error of a completion whose batch never ran.
+fn not_sent() -> StoreError {
+    db("the completion was not sent")
 }
 
 fn int(value: u32) -> i32 {
@@ -61,19 +69,16 @@ struct Prepared {
     requeue: Statement,
 }
 
-/// Batches of completions on their way at once: a second goes while the
-/// first is answered, so callers waiting on a completion are not held a
-/// whole extra round trip.
-const BATCHES_ON_THE_WAY: usize = 2;
-
 /// A connection to the shared queue.
 pub(crate) struct PostgresBackend {
+    /// How long a completion waits for others ([`StoreSettings::settle_wait`]).
+    settle_wait: Duration,
+    /// Refreshes the planner's statistics after an import.
+    analyze: String,
     client: Client,
     prepared: Prepared,
     connection: tokio::task::JoinHandle<()>,
     completions: std::sync::Mutex<Vec<Completion>>,
-    /// A permit for each batch of completions on its way.
-    sending: tokio::sync::Semaphore,
 }
 
 impl Drop for PostgresBackend {
@@ -84,12 +89,9 @@ impl Drop for PostgresBackend {
 
 impl PostgresBackend {
     /// Connects (no TLS) and creates the table if it does not exist yet.
-    pub(crate) async fn connect(
-        url: &str,
-        table: &str,
-        lease_batch: usize,
-    ) -> Result<Self, StoreError> {
-        let sql = Statements::new(table, Dialect::Postgres, lease_batch)?;
+    pub(crate) async fn connect(url: &str, settings: &StoreSettings) -> Result<Self, StoreError> {
+        let table = &settings.table;
+        let sql = Statements::new(table, Dialect::Postgres, settings.lease_batch_size())?;
         let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
             .map_err(|e| db(format!("cannot connect: {e}")))?;
@@ -126,11 +128,12 @@ impl PostgresBackend {
             requeue: prepare(&sql.requeue).await?,
         };
         Ok(Self {
+            settle_wait: settings.settle_wait,
+            analyze: format!("ANALYZE {table}"),
             client,
             prepared,
             connection,
             completions: std::sync::Mutex::default(),
-            sending: tokio::sync::Semaphore::const_new(BATCHES_ON_THE_WAY),
         })
     }
 
@@ -153,6 +156,9 @@ impl PostgresBackend {
             report.added += added;
             report.existing += batch.len() - added;
         }
+        if report.added > 0 {
+            self.client.batch_execute(&self.analyze).await.map_err(db)?;
+        }
         Ok(report)
     }
 
@@ -162,11 +168,14 @@ impl PostgresBackend {
         now: Millis,
         until: Millis,
     ) -> Result<Vec<Leased>, StoreError> {
-        let rows = self
-            .client
-            .query(&self.prepared.lease, &[&owner, &now, &until])
-            .await
-            .map_err(db)?;
+        // The completions waiting go first, on the same connection: they
+        // cost the lease no extra round trip.
+        let params: [&(dyn ToSql + Sync); 3] = [&owner, &now, &until];
+        let ((), rows) = tokio::join!(
+            self.send_waiting_completions(),
+            self.client.query(&self.prepared.lease, &params)
+        );
+        let rows = rows.map_err(db)?;
         let leased = rows
             .iter()
             .map(|row| {
@@ -273,8 +282,9 @@ impl PostgresBackend {
         }
     }
 
-    /// Completes the held contact in the next batch of completions — the
-    /// one this caller sends, or one another caller sends first.
+    /// Completes the held contact in a batch with every completion waiting:
+    /// at once, or — given a settle wait — in the batch the next lease sends
+    /// before itself, or else the one this caller sends after that wait.
     async fn complete(
         &self,
         owner: &str,
@@ -283,19 +293,22 @@ impl PostgresBackend {
     ) -> Result<ContactState, StoreError> {
         let (completion, mut answered) = Completion::new(owner, lease, now);
         self.completions_lock().push(completion);
-        let sending = self.sending.acquire().await.map_err(db)?;
-        // A batch sent while this caller waited may have held its completion.
-        if let Ok(result) = answered.try_recv() {
-            return result;
+        if !self.settle_wait.is_zero() {
+            tokio::select! {
+                result = &mut answered => return result.map_err(|_| not_sent())?,
+                () = tokio::time::sleep(self.settle_wait) => {}
+            }
         }
+        self.send_waiting_completions().await;
+        answered.await.map_err(|_| not_sent())?
+    }
+
+    /// Sends the completions waiting now, if any, as one batch.
+    async fn send_waiting_completions(&self) {
         let batch = std::mem::take(&mut *self.completions_lock());
         if !batch.is_empty() {
             self.send_completions(batch).await;
         }
-        drop(sending);
-        answered
-            .await
-            .map_err(|_| db("the completion was not sent"))?
     }
 
     /// Sends `batch` as one statement and answers each completion in it.

@@ -3,7 +3,9 @@
 //! runs everything queued in one `BEGIN IMMEDIATE … COMMIT` on its own task
 //! and answers each caller after the commit, so workers that touch the store
 //! at the same time share a transaction's fixed cost (locks, WAL frames).
-//! With `synchronous = NORMAL` a commit only appends to the WAL (a committed
+//! A final state may wait (`StoreSettings::settle_wait`) for another caller's
+//! transaction to ride in, and completions waiting together run as one
+//! statement. With `synchronous = NORMAL` a commit only appends to the WAL (a committed
 //! change survives the process being killed; only a power loss may take the
 //! last commits), so it is cheaper to run it here than to hand it to another
 //! thread. What can block runs on tokio's blocking pool instead: a
@@ -21,17 +23,13 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{Mutex, oneshot};
 
+use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
     Progress, StoreError,
 };
 use crate::sql::{Dialect, Statements, in_import_order, parse_state};
-
-/// How long an operation whose caller is in no hurry (a contact's final
-/// state) waits to ride in a transaction another caller starts, before it
-/// starts one itself.
-const RIDE_WAIT: Duration = Duration::from_millis(1);
 
 /// How long a transaction waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,8 +42,8 @@ const CHECKPOINT_EVERY: u32 = 256;
 enum Start {
     /// At once (or as soon as the running one has committed).
     Now,
-    /// With the next operation that starts one, or after [`RIDE_WAIT`].
-    WithNext,
+    /// With the next operation that starts one, or after this long.
+    WithNext(Duration),
 }
 
 fn db(error: impl std::fmt::Display) -> StoreError {
@@ -122,6 +120,8 @@ pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
     waiting: std::sync::Mutex<Vec<Job>>,
     completions: Arc<std::sync::Mutex<Completions>>,
+    /// When a final state's transaction starts ([`StoreSettings::settle_wait`]).
+    settle: Start,
     sql: Arc<Statements>,
     checkpoint: Arc<Checkpoint>,
 }
@@ -202,12 +202,12 @@ fn commit(connection: &mut Connection, sql: &Statements, jobs: Vec<Job>) -> Resu
 }
 
 impl SqliteBackend {
-    pub(crate) async fn open(
-        path: &Path,
-        table: &str,
-        lease_batch: usize,
-    ) -> Result<Self, StoreError> {
-        let sql = Arc::new(Statements::new(table, Dialect::Sqlite, lease_batch)?);
+    pub(crate) async fn open(path: &Path, settings: &StoreSettings) -> Result<Self, StoreError> {
+        let sql = Arc::new(Statements::new(
+            &settings.table,
+            Dialect::Sqlite,
+            settings.lease_batch_size(),
+        )?);
         let path = path.to_owned();
         let schema = sql.schema.clone();
         let (connection, checkpointer) =
@@ -218,6 +218,11 @@ impl SqliteBackend {
             connection: Arc::new(Mutex::new(connection)),
             waiting: std::sync::Mutex::default(),
             completions: Arc::default(),
+            settle: if settings.settle_wait.is_zero() {
+                Start::Now
+            } else {
+                Start::WithNext(settings.settle_wait)
+            },
             sql,
             checkpoint: Arc::new(Checkpoint {
                 connection: std::sync::Mutex::new(checkpointer),
@@ -264,10 +269,10 @@ impl SqliteBackend {
         start: Start,
         mut answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        if let Start::WithNext = start {
+        if let Start::WithNext(wait) = start {
             tokio::select! {
                 answered = &mut answer => return answered.map_err(|_| did_not_run())?,
-                () = tokio::time::sleep(RIDE_WAIT) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         self.commit_waiting().await?;
@@ -473,8 +478,7 @@ impl SqliteBackend {
                 ],
             ),
         };
-        self.held(Start::WithNext, owner, lease, statement, extra)
-            .await
+        self.held(self.settle, owner, lease, statement, extra).await
     }
 
     /// Completes the held contact with every other completion waiting: the
@@ -511,7 +515,7 @@ impl SqliteBackend {
                 })
             }));
         }
-        self.answer(Start::WithNext, answer).await
+        self.answer(self.settle, answer).await
     }
 
     fn completions_lock(&self) -> std::sync::MutexGuard<'_, Completions> {

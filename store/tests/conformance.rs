@@ -82,6 +82,7 @@ impl Fixture {
             poll_interval: self.unit,
             max_deferrals: 2,
             lease_batch: 1,
+            settle_wait: Duration::ZERO,
         }
     }
 
@@ -457,7 +458,13 @@ async fn completions_at_once_are_each_judged_by_their_own_lease(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "completions").await else {
         return;
     };
-    let store = fixture.open().await;
+    // Final states wait for one another, so those sent at once go together.
+    let store = fixture
+        .open_with(StoreSettings {
+            settle_wait: Duration::from_millis(50),
+            ..fixture.settings()
+        })
+        .await;
     store.import(&numbered(7)).await.unwrap();
     let stale = store.try_lease().await.unwrap().unwrap().lease;
     store.complete(&stale).await.unwrap();
@@ -466,9 +473,8 @@ async fn completions_at_once_are_each_judged_by_their_own_lease(kind: Kind) {
         held.push(leased.lease);
     }
     assert_eq!(held.len(), 6);
-    // Sent at once (PostgreSQL sends completions that arrive while a batch
-    // is on its way together in the next): the held six, the last of them
-    // twice in a row, and the lease already settled.
+    // Sent at once: the held six, the last of them twice in a row, and the
+    // lease already settled.
     let mut leases = held.clone();
     leases.extend([held[5].clone(), stale.clone()]);
     let mut completions = tokio::task::JoinSet::new();
