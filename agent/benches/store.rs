@@ -22,7 +22,7 @@ mod support;
 use support::{median, mock_config, verdict};
 
 /// Contacts per run.
-const CONTACTS: usize = 500;
+const CONTACTS: usize = 5000;
 /// Rounds measured (one more warms up).
 const ROUNDS: usize = 7;
 /// Workers (the agent's default).
