@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -233,6 +233,11 @@ pub struct CallStore {
     /// Contacts leased ahead (see [`StoreSettings::lease_batch`]), in
     /// order, with when their lease last started.
     leased_ahead: Mutex<VecDeque<(Leased, Instant)>>,
+    /// Set while a batch is leased ahead in the background.
+    leasing_ahead: AtomicBool,
+    /// Held while a background lease runs, so [`CallStore::release_all`]
+    /// can wait for what it takes.
+    lease_ahead_running: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for CallStore {
@@ -287,6 +292,8 @@ impl CallStore {
             changed: Notify::new(),
             closed: AtomicBool::new(false),
             leased_ahead: Mutex::default(),
+            leasing_ahead: AtomicBool::new(false),
+            lease_ahead_running: tokio::sync::Mutex::const_new(()),
         }
     }
 
@@ -341,9 +348,14 @@ impl CallStore {
     }
 
     /// Leases the next due contact, if one is due now: one leased ahead by
-    /// an earlier look, or the first of a new batch.
-    pub async fn try_lease(&self) -> Result<Option<Leased>, StoreError> {
-        while let Some((leased, since)) = self.take_leased_ahead() {
+    /// an earlier look, or the first of a new batch. Once the contacts
+    /// leased ahead run down to half a batch, the next batch is leased in
+    /// the background, so a worker seldom waits for a lease.
+    pub async fn try_lease(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
+        while let Some((leased, since, left)) = self.take_leased_ahead() {
+            if left <= self.settings.lease_batch_size() / 2 {
+                self.lease_ahead();
+            }
             // Renewed if it waited long enough to need it, as a running
             // call's lease would have been; gone if another agent has it.
             if since.elapsed() < self.settings.lease / 3 {
@@ -358,14 +370,50 @@ impl CallStore {
                 }
             }
         }
-        let now = self.clock.now_millis();
-        let until = now.saturating_add(duration_millis(self.settings.lease));
-        let mut batch = dispatch!(self, lease(&self.owner, now, until))?.into_iter();
+        let mut batch = self.lease_batch().await?.into_iter();
         let first = batch.next();
         let since = Instant::now();
         self.leased_ahead_lock()
             .extend(batch.map(|leased| (leased, since)));
         Ok(first)
+    }
+
+    /// Leases a batch of due contacts.
+    async fn lease_batch(&self) -> Result<Vec<Leased>, StoreError> {
+        let now = self.clock.now_millis();
+        let until = now.saturating_add(duration_millis(self.settings.lease));
+        dispatch!(self, lease(&self.owner, now, until))
+    }
+
+    /// Leases the next batch in the background — one at a time, none once
+    /// the store is closed — and adds it to the contacts leased ahead; a
+    /// failure only means the next look leases for itself.
+    fn lease_ahead(self: &Arc<Self>) {
+        if self.settings.lease_batch_size() < 2
+            || self.closed.load(Ordering::Acquire)
+            || self.leasing_ahead.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let running = store.lease_ahead_running.lock().await;
+            if !store.closed.load(Ordering::Acquire) {
+                match store.lease_batch().await {
+                    Ok(batch) if !batch.is_empty() => {
+                        let since = Instant::now();
+                        store
+                            .leased_ahead_lock()
+                            .extend(batch.into_iter().map(|leased| (leased, since)));
+                        store.changed();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("Leasing ahead failed (leased when needed): {e}"),
+                }
+            }
+            drop(running);
+            store.leasing_ahead.store(false, Ordering::Release);
+        });
     }
 
     fn leased_ahead_lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
@@ -374,17 +422,19 @@ impl CallStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The first contact leased ahead; the lock is released on return, so
-    /// it is never held across a renewal.
-    fn take_leased_ahead(&self) -> Option<(Leased, Instant)> {
-        self.leased_ahead_lock().pop_front()
+    /// The first contact leased ahead, and how many are left; the lock is
+    /// released on return, so it is never held across a renewal.
+    fn take_leased_ahead(&self) -> Option<(Leased, Instant, usize)> {
+        let mut ahead = self.leased_ahead_lock();
+        let (leased, since) = ahead.pop_front()?;
+        Some((leased, since, ahead.len()))
     }
 
     /// Leases the next contact, waiting for one to come due: woken by this
     /// store's own changes, at the earliest due time (a deferral's not-before
     /// or a lease's expiry), and — for a shared queue — every poll interval.
     /// `None` once every contact has ended, or when the store is closed.
-    pub async fn next(&self) -> Result<Option<Leased>, StoreError> {
+    pub async fn next(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -502,6 +552,8 @@ impl CallStore {
     /// Gives back every contact this store holds (at shutdown), so none waits
     /// for its lease to expire. Returns how many.
     pub async fn release_all(&self) -> Result<usize, StoreError> {
+        // What a background lease running now takes is released too.
+        let _lease_ahead = self.lease_ahead_running.lock().await;
         self.leased_ahead_lock().clear();
         let now = self.clock.now_millis();
         let released = dispatch!(self, release_owner(&self.owner, now))?;
