@@ -348,12 +348,12 @@ impl CallStore {
     }
 
     /// Leases the next due contact, if one is due now: one leased ahead by
-    /// an earlier look, or the first of a new batch. Once the contacts
-    /// leased ahead run down to half a batch, the next batch is leased in
-    /// the background, so a worker seldom waits for a lease.
+    /// an earlier look, or the first of a new batch. Once fewer than a batch
+    /// are left leased ahead, the next batch is leased in the background,
+    /// so a worker seldom waits for a lease.
     pub async fn try_lease(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
         while let Some((leased, since, left)) = self.take_leased_ahead() {
-            if left <= self.settings.lease_batch_size() / 2 {
+            if left < self.settings.lease_batch_size() {
                 self.lease_ahead();
             }
             // Renewed if it waited long enough to need it, as a running

@@ -657,7 +657,7 @@ async fn a_batch_is_leased_ahead_in_order_renewed_and_released(kind: Kind) {
     );
     store.complete(&a.lease).await.unwrap();
     // b waited past a third of its lease, so it is renewed as it is taken;
-    // taking it leaves one of three leased ahead, so d is leased ahead too.
+    // taking it leaves fewer than a batch leased ahead, so d is leased too.
     tokio::time::sleep(fixture.units(8)).await;
     assert_eq!(id(store.next().await.unwrap().unwrap()), "b");
     tokio::time::sleep(fixture.units(5)).await;
@@ -704,7 +704,7 @@ async fn a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown(kind: 
         store.try_lease().await.unwrap().unwrap(),
         store.try_lease().await.unwrap().unwrap(),
     ];
-    // Two of four left: the next four are being leased in the background.
+    // Fewer than a batch left: the next is being leased in the background.
     tokio::task::yield_now().await;
     store.close();
     store.release_all().await.unwrap();
