@@ -156,8 +156,12 @@ impl PostgresBackend {
             report.added += added;
             report.existing += batch.len() - added;
         }
-        if report.added > 0 {
-            self.client.batch_execute(&self.analyze).await.map_err(db)?;
+        // The contacts are in either way; without fresh statistics the
+        // leases are only slower.
+        if report.added > 0
+            && let Err(e) = self.client.batch_execute(&self.analyze).await
+        {
+            tracing::warn!("PostgreSQL call store: ANALYZE after the import failed: {e}");
         }
         Ok(report)
     }
