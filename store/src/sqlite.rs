@@ -5,10 +5,10 @@
 //! at the same time share a transaction's fixed cost (locks, WAL frames).
 //! A final state may wait (`StoreSettings::settle_wait`) for another caller's
 //! transaction to ride in, and completions waiting together run as one
-//! statement. With `synchronous = NORMAL` a commit only appends to the WAL (a committed
-//! change survives the process being killed; only a power loss may take the
-//! last commits), so it is cheaper to run it here than to hand it to another
-//! thread. What can block runs on tokio's blocking pool instead: a
+//! statement. With `synchronous = NORMAL` a commit only appends to the WAL
+//! (a committed change survives the process being killed; only a power loss
+//! may take the last commits), so it is cheaper to run it here than to hand
+//! it to another thread. What can block runs on tokio's blocking pool instead: a
 //! transaction that finds the file locked by another process waits there,
 //! and the WAL is copied back into the database (with its `fsync`) there, by
 //! a second connection, every [`CHECKPOINT_EVERY`] transactions.
