@@ -75,11 +75,32 @@ type Job = Box<dyn FnOnce(&mut Connection, &Statements) -> Answer + Send>;
 /// failure of the transaction that held it.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
-/// Completions waiting for the job that runs them, and whether it is queued.
-#[derive(Default)]
-struct Completions {
-    waiting: Vec<Completion>,
-    queued: bool,
+/// Completions waiting for the job that runs them: while there are any, one
+/// such job is queued.
+type Completions = Arc<std::sync::Mutex<Vec<Completion>>>;
+
+/// The job's hold on the completions waiting: it takes them when it runs,
+/// and — dropped unrun, with the transaction that held it — answers them with
+/// the error, so that none waits for good and the next completion queues a
+/// job again.
+struct CompletionBatch(Option<Completions>);
+
+impl CompletionBatch {
+    /// The completions waiting now (none after the first call).
+    fn take(&mut self) -> Vec<Completion> {
+        self.0.take().map_or_else(Vec::new, |completions| {
+            std::mem::take(&mut *completions.lock().unwrap_or_else(PoisonError::into_inner))
+        })
+    }
+}
+
+impl Drop for CompletionBatch {
+    fn drop(&mut self) {
+        let batch = self.take();
+        if !batch.is_empty() {
+            completions::answer(batch, Err(did_not_run()));
+        }
+    }
 }
 
 /// Completes `batch` with one statement — the single-row one for a
@@ -119,7 +140,7 @@ fn complete_batch(
 pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
     waiting: std::sync::Mutex<Vec<Job>>,
-    completions: Arc<std::sync::Mutex<Completions>>,
+    completions: Completions,
     /// When a final state's transaction starts ([`StoreSettings::settle_wait`]).
     settle: Start,
     sql: Arc<Statements>,
@@ -492,19 +513,14 @@ impl SqliteBackend {
     ) -> Result<ContactState, StoreError> {
         let (completion, answer) = Completion::new(owner, lease, now);
         let first = {
-            let mut completions = self.completions_lock();
-            completions.waiting.push(completion);
-            !std::mem::replace(&mut completions.queued, true)
+            let mut waiting = self.completions_lock();
+            waiting.push(completion);
+            waiting.len() == 1
         };
         if first {
-            let completions = self.completions.clone();
+            let mut batch = CompletionBatch(Some(self.completions.clone()));
             self.waiting_lock().push(Box::new(move |connection, sql| {
-                let batch = {
-                    let mut completions =
-                        completions.lock().unwrap_or_else(PoisonError::into_inner);
-                    completions.queued = false;
-                    std::mem::take(&mut completions.waiting)
-                };
+                let batch = batch.take();
                 let done = complete_batch(connection, sql, &batch);
                 Box::new(move |failed: Option<&str>| {
                     let done = match failed {
@@ -518,7 +534,7 @@ impl SqliteBackend {
         self.answer(self.settle, answer).await
     }
 
-    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Completions> {
+    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {
         self.completions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -658,4 +674,32 @@ fn open_file(path: &Path, schema: &str) -> Result<(Connection, Connection), Stor
         .map_err(db)?;
     connection.busy_timeout(Duration::ZERO).map_err(db)?;
     Ok((connection, open()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn completions_whose_job_is_dropped_unrun_are_answered_and_not_stuck() {
+        let completions = Completions::default();
+        let lease = Lease {
+            contact_id: "a".into(),
+            attempt: 1,
+        };
+        let (completion, answered) = Completion::new("agent-1", &lease, 0);
+        completions.lock().unwrap().push(completion);
+        // The transaction holding the job could not begin: the job is dropped.
+        drop(CompletionBatch(Some(completions.clone())));
+        let error = tokio::time::timeout(Duration::from_secs(1), answered)
+            .await
+            .expect("answered, not left waiting")
+            .expect("an answer, not a dropped sender")
+            .expect_err("not completed");
+        assert!(error.to_string().contains("did not run"), "{error}");
+        assert!(
+            completions.lock().unwrap().is_empty(),
+            "the next completion queues a job again"
+        );
+    }
 }
