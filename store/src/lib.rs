@@ -372,9 +372,7 @@ impl CallStore {
         }
         let mut batch = self.lease_batch().await?.into_iter();
         let first = batch.next();
-        let since = Instant::now();
-        self.leased_ahead_lock()
-            .extend(batch.map(|leased| (leased, since)));
+        self.keep_ahead(batch);
         Ok(first)
     }
 
@@ -401,10 +399,7 @@ impl CallStore {
             if !store.closed.load(Ordering::Acquire) {
                 match store.lease_batch().await {
                     Ok(batch) if !batch.is_empty() => {
-                        let since = Instant::now();
-                        store
-                            .leased_ahead_lock()
-                            .extend(batch.into_iter().map(|leased| (leased, since)));
+                        store.keep_ahead(batch);
                         store.changed();
                     }
                     Ok(_) => {}
@@ -414,6 +409,13 @@ impl CallStore {
             drop(running);
             store.leasing_ahead.store(false, Ordering::Release);
         });
+    }
+
+    /// Keeps `batch`, just leased, to hand out later.
+    fn keep_ahead(&self, batch: impl IntoIterator<Item = Leased>) {
+        let since = Instant::now();
+        self.leased_ahead_lock()
+            .extend(batch.into_iter().map(|leased| (leased, since)));
     }
 
     fn leased_ahead_lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
