@@ -394,14 +394,15 @@ impl SqliteBackend {
         .await
     }
 
-    /// Runs `statement` on a held row with `extra` parameters after the
-    /// lease's three; the row's new state, or `LeaseLost` if it is not held.
+    /// Runs the statement `pick` names on a held row with `extra` parameters
+    /// after the lease's three; the row's new state, or `LeaseLost` if it is
+    /// not held.
     async fn held(
         &self,
         start: Start,
         owner: &str,
         lease: &Lease,
-        statement: &str,
+        pick: fn(&Statements) -> &str,
         extra: Vec<Value>,
     ) -> Result<ContactState, StoreError> {
         let contact_id = lease.contact_id.clone();
@@ -411,10 +412,9 @@ impl SqliteBackend {
             lease.attempt.into(),
         ];
         values.extend(extra);
-        let statement = statement.to_owned();
-        self.run_from(start, move |connection, _| {
+        self.run_from(start, move |connection, sql| {
             let state = connection
-                .prepare_cached(&statement)?
+                .prepare_cached(pick(sql))?
                 .query_row(rusqlite::params_from_iter(&values), |row| {
                     row.get::<_, String>(0)
                 })
@@ -437,7 +437,7 @@ impl SqliteBackend {
             Start::Now,
             owner,
             lease,
-            &self.sql.renew,
+            |sql| &sql.renew,
             vec![until.into()],
         )
         .await
@@ -455,7 +455,7 @@ impl SqliteBackend {
             Start::Now,
             owner,
             lease,
-            &self.sql.save_progress,
+            |sql| &sql.save_progress,
             vec![progress.into()],
         )
         .await
@@ -470,11 +470,11 @@ impl SqliteBackend {
         now: Millis,
     ) -> Result<ContactState, StoreError> {
         let at = Value::from(now);
-        let (statement, extra) = match outcome {
+        let (pick, extra): (fn(&Statements) -> &str, _) = match outcome {
             Outcome::Completed => return self.complete(owner, lease, now).await,
-            Outcome::Released => (&self.sql.release, vec![at]),
+            Outcome::Released => (|sql| &sql.release, vec![at]),
             Outcome::Failed { service, reason } => (
-                &self.sql.fail,
+                |sql| &sql.fail,
                 vec![
                     at,
                     (*service).to_owned().into(),
@@ -488,7 +488,7 @@ impl SqliteBackend {
                 max_deferrals,
                 progress,
             } => (
-                &self.sql.defer,
+                |sql| &sql.defer,
                 vec![
                     at,
                     (*max_deferrals).into(),
@@ -499,7 +499,7 @@ impl SqliteBackend {
                 ],
             ),
         };
-        self.held(self.settle, owner, lease, statement, extra).await
+        self.held(self.settle, owner, lease, pick, extra).await
     }
 
     /// Completes the held contact with every other completion waiting: the
