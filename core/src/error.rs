@@ -177,6 +177,19 @@ impl ServiceError {
         self
     }
 
+    /// The same error with `reason` appended to its detail
+    /// (`"{detail}: {reason}"`), kind, status and retry-after kept; an empty
+    /// `reason` leaves it as it is. For the server's reason from a response
+    /// body.
+    #[must_use]
+    pub fn with_reason(self, reason: &str) -> Self {
+        if reason.is_empty() {
+            return self;
+        }
+        let detail = format!("{}: {reason}", self.detail);
+        self.with_detail(detail)
+    }
+
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
         self.kind
@@ -254,6 +267,18 @@ mod tests {
         assert_eq!(err.status(), Some(429));
         assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(err.detail(), "too many requests: slow down");
+    }
+
+    #[test]
+    fn a_reason_is_appended_to_the_detail_when_there_is_one() {
+        let err = ServiceError::new(ErrorKind::RateLimited, "too many requests")
+            .with_status(429)
+            .with_retry_after(Duration::from_secs(3));
+        assert_eq!(err.clone().with_reason(""), err);
+        let explained = err.with_reason("slow down");
+        assert_eq!(explained.detail(), "too many requests: slow down");
+        assert_eq!(explained.status(), Some(429));
+        assert_eq!(explained.retry_after(), Some(Duration::from_secs(3)));
     }
 
     #[test]

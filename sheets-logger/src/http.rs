@@ -35,10 +35,6 @@ async fn read_error_excerpt(response: reqwest::Response) -> String {
 
 /// `error` with a detail naming what was refused and the server's reason.
 fn explained(error: ServiceError, what: &str, excerpt: &str) -> ServiceError {
-    let mut detail = format!("{what}: {}", error.detail());
-    if !excerpt.is_empty() {
-        detail.push_str(": ");
-        detail.push_str(excerpt);
-    }
-    error.with_detail(detail)
+    let detail = format!("{what}: {}", error.detail());
+    error.with_detail(detail).with_reason(excerpt)
 }

@@ -46,15 +46,11 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Ser
 /// characters) appended to its detail, everything else kept; `wait`, when
 /// given, replaces its retry-after.
 pub(crate) fn amend(error: &ServiceError, reason: &str, wait: Option<Duration>) -> ServiceError {
-    let reason = excerpt(reason, REASON_CHARS);
-    let mut amended = error.clone();
-    if !reason.is_empty() {
-        amended = amended.with_detail(format!("{}: {reason}", error.detail()));
+    let amended = error.clone().with_reason(&excerpt(reason, REASON_CHARS));
+    match wait {
+        Some(wait) => amended.with_retry_after(wait),
+        None => amended,
     }
-    if let Some(wait) = wait {
-        amended = amended.with_retry_after(wait);
-    }
-    amended
 }
 
 /// At most `max` characters of `text`, on one line.
