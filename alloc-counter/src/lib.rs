@@ -72,7 +72,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
 }
 
 /// Counts this thread's allocations from [`start`](Self::start) until it is
-/// dropped. It stays on its thread (it is not `Send`).
+/// dropped. It stays on its thread (it is not `Send`). One at a time on a
+/// thread: the counter is the thread's, so a second `start` resets it to zero
+/// and dropping either stops the counting.
 #[derive(Debug)]
 pub struct Count {
     not_send: PhantomData<*const ()>,
