@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
@@ -18,7 +18,7 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tonic::transport::Channel;
 
 mod support;
-use support::{callguard, free_port, grpcurl, output, temp_dir, text};
+use support::{callguard, exit_within, free_port, grpcurl, output, temp_dir, text};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
@@ -39,21 +39,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The exit status of `child`, which must exit on its own within `limit`
-/// (`expected` says what the test expects).
-async fn exit_within(child: &mut Running, limit: Duration, expected: &str) -> ExitStatus {
-    tokio::time::timeout(limit, async {
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await
-    .expect(expected)
 }
 
 /// `grpcurl list`, polled until the server answers (it may still be starting).
@@ -300,7 +285,9 @@ async fn simulate_serves_grpc_while_it_runs_and_drains_at_sigterm() {
         .expect("a status before the stream ends");
     assert_eq!(next.status(), ServingStatus::NotServing);
 
-    let exited = exit_within(&mut simulate, PATIENCE, "simulate stops after SIGTERM").await;
+    let exited = exit_within(&mut simulate.0, PATIENCE)
+        .await
+        .expect("simulate stops after SIGTERM");
     let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap();
     assert!(
         stderr.contains(&format!("gRPC health and breakers on {addr}")),
@@ -593,7 +580,9 @@ async fn a_campaign_follows_a_remote_health_server_and_outlives_it() {
     )
     .await;
 
-    let exited = exit_within(&mut agent, Duration::from_secs(60), "the campaign ends").await;
+    let exited = exit_within(&mut agent.0, Duration::from_secs(60))
+        .await
+        .expect("the campaign ends");
     let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
     assert!(exited.success(), "{exited}\n{stderr}");
     let released = stderr.lines().any(|line| {

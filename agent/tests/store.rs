@@ -21,7 +21,7 @@ use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use serde_json::Value;
 
 mod support;
-use support::temp_dir;
+use support::{exit_within, temp_dir};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
@@ -91,19 +91,11 @@ fn spawn_run(dir: &Path, name: &str) -> Child {
 
 /// Waits for `child` to exit on its own, at most `limit`.
 async fn wait_exit(child: &mut Child, limit: Duration, dir: &Path, name: &str) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let err = std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
-            assert!(status.success(), "{name} exited with {status}: {err}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} still running after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Some(status) = exit_within(child, limit).await else {
+        panic!("{name} still running after {limit:?}");
+    };
+    let err = std::fs::read_to_string(dir.join(format!("{name}.err"))).unwrap_or_default();
+    assert!(status.success(), "{name} exited with {status}: {err}");
 }
 
 /// Waits until the CRM holds at least `n` records.

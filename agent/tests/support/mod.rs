@@ -7,8 +7,9 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -62,6 +63,21 @@ pub(crate) async fn output(mut command: Command) -> Output {
         .await
         .unwrap()
         .expect("the command runs")
+}
+
+/// The exit status of `child` once it exits on its own, or `None` if it is
+/// still running after `limit`.
+pub(crate) async fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What a command printed, stdout then stderr.
