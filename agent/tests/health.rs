@@ -86,6 +86,15 @@ async fn until_status(addr: SocketAddr, service: &str, status: &str) {
     }
 }
 
+/// The cells of one line of the `callguard status` table (columns are set
+/// apart by at least two spaces).
+fn status_cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
 async fn healthcheck(dir: &Path, addr: SocketAddr, service: Option<&str>) -> Output {
     let mut command = callguard(dir);
     command.args(["healthcheck", "--addr", &addr.to_string()]);
@@ -167,15 +176,7 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     let status = output(status).await;
     assert!(status.status.success(), "{}", text(&status));
     let table = String::from_utf8(status.stdout).unwrap();
-    let rows: Vec<Vec<&str>> = table
-        .lines()
-        .map(|l| {
-            l.split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
-        .collect();
+    let rows: Vec<Vec<&str>> = table.lines().map(status_cells).collect();
     assert_eq!(
         rows[0],
         [
@@ -404,11 +405,7 @@ async fn breaker_status(dir: &Path, addr: SocketAddr, service: &str) -> Option<(
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|line| {
-            let cells: Vec<_> = line
-                .split("  ")
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect();
+            let cells = status_cells(line);
             (cells.first() == Some(&service) && cells.len() == 7)
                 .then(|| (cells[1].to_owned(), cells[6].to_owned()))
         })
