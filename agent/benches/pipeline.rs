@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 #[path = "../../health/benches/support/mod.rs"]
 mod check_load;
-use check_load::{Load, Pace, check_load, load_average};
+use check_load::{Load, Pace, check_load, load_average, nearest_rank};
 
 mod support;
 use support::{median, mock_config, verdict};
@@ -387,8 +387,8 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
 
     samples.sort_unstable();
     let mean = samples.iter().sum::<Duration>() / DEFERRED_CONTACTS as u32;
-    let p50 = percentile(&samples, 0.50);
-    let p99 = percentile(&samples, 0.99);
+    let p50 = nearest_rank(&samples, 0.50);
+    let p99 = nearest_rank(&samples, 0.99);
     let max = samples.last().copied().unwrap_or_default();
     println!(
         "\n## deferral on an OPEN TTS breaker ({opening:?}): {DEFERRED_CONTACTS} contacts, \
@@ -426,12 +426,6 @@ async fn defer_next(queue: &CallQueue, pipeline: &Pipeline, default_wait: Durati
         }
         other => panic!("expected a deferral on the OPEN TTS breaker, got {other:?}"),
     }
-}
-
-/// The `q` quantile of sorted `samples` (nearest rank).
-fn percentile(samples: &[Duration], q: f64) -> Duration {
-    let rank = (q * samples.len() as f64).ceil() as usize;
-    samples[rank.clamp(1, samples.len()) - 1]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

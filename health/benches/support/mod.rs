@@ -89,7 +89,7 @@ impl Load {
 }
 
 /// The `q` quantile of sorted `samples` (nearest rank), zero if there are none.
-fn nearest_rank(samples: &[Duration], q: f64) -> Duration {
+pub(crate) fn nearest_rank(samples: &[Duration], q: f64) -> Duration {
     if samples.is_empty() {
         return Duration::ZERO;
     }
