@@ -178,15 +178,6 @@ impl Recorded {
     }
 }
 
-impl fmt::Display for Recorded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Stored(id) => f.write_str(id),
-            Self::Earlier => f.write_str("written by an earlier pass"),
-        }
-    }
-}
-
 /// A client of the CRM's call-record API.
 #[derive(Debug)]
 pub struct CrmClient {
