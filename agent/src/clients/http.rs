@@ -183,7 +183,7 @@ impl HttpService {
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
-            let error = with_excerpt(error, self.excerpt(&body));
+            let error = error.with_reason(&self.excerpt(&body));
             return Ok(Err(Refusal { error, body }));
         }
         let too_large = || {
@@ -283,15 +283,6 @@ fn record_url(url: &str) {
     span.record("url.full", url.as_str());
 }
 
-/// `error` with `excerpt` appended to its detail.
-fn with_excerpt(error: ServiceError, excerpt: String) -> ServiceError {
-    if excerpt.is_empty() {
-        return error;
-    }
-    let detail = format!("{}: {excerpt}", error.detail());
-    error.with_detail(detail)
-}
-
 /// The contact id as a header value: as it is when it is printable ASCII,
 /// otherwise with every byte outside visible ASCII (and `%`) percent-encoded,
 /// so the header always reads as plain ASCII on the other side.
@@ -346,7 +337,7 @@ mod tests {
     #[test]
     fn extra_detail_keeps_status_and_retry_after() {
         let error = classify_status(503, Some("3"), SystemTime::now()).unwrap();
-        let error = with_excerpt(error, "overloaded".into());
+        let error = error.with_reason("overloaded");
         assert_eq!(error.kind(), ErrorKind::Unavailable);
         assert_eq!(error.status(), Some(503));
         assert_eq!(error.retry_after(), Some(std::time::Duration::from_secs(3)));
