@@ -235,9 +235,10 @@ pub struct CallStore {
     leased_ahead: Mutex<VecDeque<(Leased, Instant)>>,
     /// Set while a batch is leased ahead in the background.
     leasing_ahead: AtomicBool,
-    /// Held while a background lease runs, so [`CallStore::release_all`]
-    /// can wait for what it takes.
-    lease_ahead_running: tokio::sync::Mutex<()>,
+    /// Held while a batch is leased (with a lease batch above one), so
+    /// batches are leased one at a time and [`CallStore::release_all`] can
+    /// wait for what a background lease takes.
+    leasing: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for CallStore {
@@ -293,7 +294,7 @@ impl CallStore {
             closed: AtomicBool::new(false),
             leased_ahead: Mutex::default(),
             leasing_ahead: AtomicBool::new(false),
-            lease_ahead_running: tokio::sync::Mutex::const_new(()),
+            leasing: tokio::sync::Mutex::const_new(()),
         }
     }
 
@@ -350,14 +351,40 @@ impl CallStore {
     /// Leases the next due contact, if one is due now: one leased ahead by
     /// an earlier look, or the first of a new batch. Once fewer than a batch
     /// are left leased ahead, the next batch is leased in the background,
-    /// so a worker seldom waits for a lease.
+    /// so a worker seldom waits for a lease; one that does waits for the
+    /// lease already on its way rather than sending another.
     pub async fn try_lease(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
+        loop {
+            if let Some(leased) = self.take_leased_ahead_live().await? {
+                return Ok(Some(leased));
+            }
+            // Batches are leased one at a time: a worker finding none left
+            // waits for the batch being leased, if any, and takes from it.
+            let _leasing = if self.settings.lease_batch_size() > 1 {
+                let leasing = self.leasing.lock().await;
+                if !self.leased_ahead_lock().is_empty() {
+                    continue;
+                }
+                Some(leasing)
+            } else {
+                None
+            };
+            let mut batch = self.lease_batch().await?.into_iter();
+            let first = batch.next();
+            self.keep_ahead(batch);
+            return Ok(first);
+        }
+    }
+
+    /// The first contact leased ahead whose lease still holds — renewed if
+    /// it waited long enough to need it, as a running call's lease would
+    /// have been; skipped if another agent has it since. Starts leasing the
+    /// next batch once fewer than a batch are left.
+    async fn take_leased_ahead_live(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
         while let Some((leased, since, left)) = self.take_leased_ahead() {
             if left < self.settings.lease_batch_size() {
                 self.lease_ahead();
             }
-            // Renewed if it waited long enough to need it, as a running
-            // call's lease would have been; gone if another agent has it.
             if since.elapsed() < self.settings.lease / 3 {
                 return Ok(Some(leased));
             }
@@ -370,10 +397,7 @@ impl CallStore {
                 }
             }
         }
-        let mut batch = self.lease_batch().await?.into_iter();
-        let first = batch.next();
-        self.keep_ahead(batch);
-        Ok(first)
+        Ok(None)
     }
 
     /// Leases a batch of due contacts.
@@ -395,8 +419,10 @@ impl CallStore {
         }
         let store = self.clone();
         tokio::spawn(async move {
-            let running = store.lease_ahead_running.lock().await;
-            if !store.closed.load(Ordering::Acquire) {
+            let leasing = store.leasing.lock().await;
+            // A worker's own lease may have filled the batch meanwhile.
+            let wanted = store.leased_ahead_lock().len() < store.settings.lease_batch_size();
+            if wanted && !store.closed.load(Ordering::Acquire) {
                 match store.lease_batch().await {
                     Ok(batch) if !batch.is_empty() => {
                         store.keep_ahead(batch);
@@ -406,7 +432,7 @@ impl CallStore {
                     Err(e) => tracing::debug!("Leasing ahead failed (leased when needed): {e}"),
                 }
             }
-            drop(running);
+            drop(leasing);
             store.leasing_ahead.store(false, Ordering::Release);
         });
     }
@@ -555,7 +581,7 @@ impl CallStore {
     /// for its lease to expire. Returns how many.
     pub async fn release_all(&self) -> Result<usize, StoreError> {
         // What a background lease running now takes is released too.
-        let _lease_ahead = self.lease_ahead_running.lock().await;
+        let _leasing = self.leasing.lock().await;
         self.leased_ahead_lock().clear();
         let now = self.clock.now_millis();
         let released = dispatch!(self, release_owner(&self.owner, now))?;

@@ -722,6 +722,37 @@ async fn a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown(kind: 
     }
 }
 
+async fn workers_finding_none_left_share_one_lease(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "shared_lease").await else {
+        return;
+    };
+    let settings = StoreSettings {
+        lease_batch: 4,
+        ..fixture.settings()
+    };
+    let store = fixture.open_with(settings).await;
+    store.import(&numbered(20)).await.unwrap();
+    let id = |leased: Option<Leased>| leased.unwrap().lease.contact_id().to_owned();
+    // Four workers look at once with nothing leased ahead: one batch is
+    // leased and shared, not four.
+    let (a, b, c, d) = tokio::join!(
+        store.try_lease(),
+        store.try_lease(),
+        store.try_lease(),
+        store.try_lease()
+    );
+    let mut first: Vec<String> = [a, b, c, d]
+        .into_iter()
+        .map(|leased| id(leased.unwrap()))
+        .collect();
+    first.sort();
+    assert_eq!(first, ["c-0000", "c-0001", "c-0002", "c-0003"]);
+    // The batch leased ahead meanwhile comes next, in order.
+    for expected in ["c-0004", "c-0005", "c-0006", "c-0007"] {
+        assert_eq!(id(store.try_lease().await.unwrap()), expected);
+    }
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -757,4 +788,5 @@ conformance!(
     contacts_outlive_the_store,
     a_batch_is_leased_ahead_in_order_renewed_and_released,
     a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown,
+    workers_finding_none_left_share_one_lease,
 );
