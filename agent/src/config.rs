@@ -86,8 +86,9 @@ pub struct QueueConfig {
 }
 
 /// How long a contact's final state may wait to be saved together with
-/// others (`StoreSettings::settle_wait`).
-pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+/// others (`StoreSettings::settle_wait`): at full speed longer than the time
+/// between two leases, so completions ride the next lease.
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(8);
 
 /// Contacts leased per look at the queue, per worker, unless
 /// `queue.lease_batch` says otherwise.
