@@ -45,7 +45,7 @@ mod check_load;
 use check_load::{Load, Pace, check_load, load_average, nearest_rank};
 
 mod support;
-use support::{median, mock_config, verdict};
+use support::{median, mock_config, process_cpu_time, verdict};
 
 /// Contacts per throughput run.
 const CONTACTS: usize = 2_000;
@@ -219,20 +219,6 @@ async fn throughput(config: &AgentConfig) {
 struct Run {
     rate: f64,
     cpu_per_contact: Option<Duration>,
-}
-
-/// CPU time used so far by the process's live threads (the sum of the first
-/// field of `/proc/self/task/*/schedstat`, in ns); `None` where that is not
-/// readable. Less disturbed than wall time by other work on the machine.
-fn process_cpu_time() -> Option<Duration> {
-    let nanos = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|task| {
-            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-            text.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum();
-    Some(Duration::from_nanos(nanos))
 }
 
 /// The real campaign: queue, workers, pipeline with executors and breakers;

@@ -5,9 +5,13 @@
 //! Each round runs both back to back (alternating which goes first), and the
 //! cost is read from the median of the rounds' ratios: this machine's speed
 //! can change between two rounds, which a ratio of two medians would mix in.
+//! CPU per contact is printed beside it: this process's (agent and mocks)
+//! and that of the `postgres` processes (a server on the same cores takes
+//! its share of them; on a database machine of its own it would not).
 //!
 //! `cargo bench -p callguard-agent --bench store`
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +25,7 @@ use callguard_mocks::{MockConfig, MockServer};
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
 
 mod support;
-use support::{median, mock_config, verdict};
+use support::{median, mock_config, process_cpu_time, verdict};
 
 /// Contacts per run.
 const CONTACTS: usize = 5000;
@@ -65,8 +69,18 @@ async fn queue(
     }
 }
 
-/// Contacts/s of one campaign.
-async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
+/// What one campaign measured.
+struct Round {
+    /// Contacts/s.
+    rate: f64,
+    /// This process's CPU time (the agent and the mocks), if readable.
+    cpu: Option<Duration>,
+    /// The `postgres` processes' CPU time.
+    server_cpu: Duration,
+}
+
+/// One campaign through `backend`.
+async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> Round {
     let name = match backend {
         Backend::Memory => "memory".to_owned(),
         Backend::Durable(_) => "durable".to_owned(),
@@ -87,14 +101,57 @@ async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> f64 {
         shutdown_grace: Duration::from_secs(1),
         progress: false,
     };
+    let (cpu_before, server_before) = (process_cpu_time(), cpu_time_of("postgres"));
     let started = Instant::now();
     let summary = campaign.run(std::future::pending()).await;
     let elapsed = started.elapsed();
+    // Read while this round's connection (its backend process) is open.
+    let (cpu_after, server_after) = (process_cpu_time(), cpu_time_of("postgres"));
     // Closing the store (SQLite checkpoints its WAL into the file) is a
     // once-per-campaign cost, not a per-contact one: it happens after timing.
     drop(queue);
     assert_eq!(summary.completed, CONTACTS, "{summary:?}");
-    CONTACTS as f64 / elapsed.as_secs_f64()
+    Round {
+        rate: CONTACTS as f64 / elapsed.as_secs_f64(),
+        cpu: cpu_after
+            .zip(cpu_before)
+            .map(|(after, before)| after - before),
+        server_cpu: cpu_used(&server_before, &server_after),
+    }
+}
+
+/// CPU time used so far by each live process named `name` (its
+/// `/proc/PID/comm`; single-threaded processes, as PostgreSQL's server and
+/// backends are), by pid; empty where `/proc` is not readable.
+fn cpu_time_of(name: &str) -> HashMap<u32, Duration> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let pid = path.file_name()?.to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            (comm.trim_end() == name).then_some(())?;
+            let text = std::fs::read_to_string(path.join("schedstat")).ok()?;
+            let nanos = text.split_whitespace().next()?.parse().ok()?;
+            Some((pid, Duration::from_nanos(nanos)))
+        })
+        .collect()
+}
+
+/// The CPU time the processes of `after` used since `before` (one started
+/// since counts from zero; one that ended is not counted).
+fn cpu_used(before: &HashMap<u32, Duration>, after: &HashMap<u32, Duration>) -> Duration {
+    after
+        .iter()
+        .map(|(pid, now)| now.saturating_sub(before.get(pid).copied().unwrap_or_default()))
+        .sum()
+}
+
+/// Microseconds per contact of `cpu`.
+fn per_contact(cpu: Duration) -> f64 {
+    cpu.as_secs_f64() * 1e6 / CONTACTS as f64
 }
 
 fn main() {
@@ -130,19 +187,37 @@ fn main() {
                     (run(&config, &Backend::Memory, round).await, s)
                 };
                 if round > 0 {
+                    ratios.push(pair.1.rate / pair.0.rate);
                     memory.push(pair.0);
                     stored.push(pair.1);
-                    ratios.push(pair.1 / pair.0);
                 }
             }
-            let (memory, stored, ratio) = (median(memory), median(stored), median(ratios));
+            let rate = |rounds: &[Round]| median(rounds.iter().map(|r| r.rate).collect());
+            let cpu = |rounds: &[Round]| -> Option<f64> {
+                let cpu: Option<Vec<f64>> = rounds.iter().map(|r| r.cpu.map(per_contact)).collect();
+                cpu.map(median)
+            };
+            let ratio = median(ratios);
             println!(
-                "memory {memory:>8.0} contacts/s   {name} {stored:>8.0} contacts/s   \
+                "memory {:>8.0} contacts/s   {name} {:>8.0} contacts/s   \
                  ratio (median of rounds) {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
+                rate(&memory),
+                rate(&stored),
                 (1.0 - ratio) * 100.0,
                 MAX_COST * 100.0,
                 verdict(1.0 - ratio < MAX_COST)
             );
+            if let (Some(memory_cpu), Some(stored_cpu)) = (cpu(&memory), cpu(&stored)) {
+                let mut line = format!(
+                    "  CPU per contact (median): this process {memory_cpu:.1} µs with memory, \
+                     {stored_cpu:.1} µs with {name}"
+                );
+                if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
+                    let server = stored.iter().map(|r| per_contact(r.server_cpu)).collect();
+                    line.push_str(&format!("; postgres processes {:.1} µs", median(server)));
+                }
+                println!("{line}");
+            }
         }
         server.shutdown().await;
     });

@@ -1,6 +1,8 @@
 //! What the agent's benches share: the agent's config for the in-process
-//! mocks, made-up contacts with ids unique to a run, and the median and
-//! verdict of the figures they print.
+//! mocks, made-up contacts with ids unique to a run, the process's CPU
+//! time, and the median and verdict of the figures they print.
+
+use std::time::Duration;
 
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
@@ -50,4 +52,18 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
 /// How a figure's target reads in the output.
 pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
+}
+
+/// CPU time used so far by the process's live threads (the sum of the first
+/// field of `/proc/self/task/*/schedstat`, in ns); `None` where that is not
+/// readable. Less disturbed than wall time by other work on the machine.
+pub(crate) fn process_cpu_time() -> Option<Duration> {
+    let nanos = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(|task| {
+            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(Duration::from_nanos(nanos))
 }
