@@ -19,6 +19,24 @@ pub fn classify_response(response: &reqwest::Response) -> Option<ServiceError> {
     classify_status(response.status().as_u16(), retry_after, SystemTime::now())
 }
 
+/// Reads `response`'s body up to `cap` bytes: the bytes, and whether the
+/// body went on past them (the rest is left unread).
+pub async fn read_body_up_to(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 /// Classifies a request that got no usable answer. The URL is stripped first
 /// (it may carry a token, as Telegram's does); the detail keeps the chain of
 /// causes, so "connection reset by peer" is seen.
@@ -81,8 +99,9 @@ mod tests {
         assert!(!classified.to_string().contains("SECRET"), "{classified}");
     }
 
-    /// The response to one `GET` from a server that answers `head` once.
-    fn response_to(head: &'static str) -> reqwest::Response {
+    /// The response to one `GET` from a server that answers `answer` once,
+    /// and the runtime to read its body on.
+    fn response_with(answer: Vec<u8>) -> (tokio::runtime::Runtime, reqwest::Response) {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -95,7 +114,7 @@ mod tests {
                 assert_ne!(n, 0, "the request ends early");
                 request.extend_from_slice(&buf[..n]);
             }
-            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&answer).unwrap();
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -105,7 +124,32 @@ mod tests {
             .block_on(reqwest::Client::new().get(format!("http://{addr}/")).send())
             .unwrap();
         server.join().unwrap();
-        response
+        (runtime, response)
+    }
+
+    /// The response to one `GET` from a server that answers `head` once.
+    fn response_to(head: &'static str) -> reqwest::Response {
+        response_with(head.as_bytes().to_vec()).1
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_the_cap() {
+        let answer = |body: &str| {
+            let head = format!(
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n",
+                body.len()
+            );
+            (head + body).into_bytes()
+        };
+        let long = "x".repeat(100_000);
+        let (runtime, response) = response_with(answer(&long));
+        let (body, cut) = runtime.block_on(read_body_up_to(response, 4096)).unwrap();
+        assert_eq!((body.len(), cut), (4096, true));
+
+        let (runtime, response) = response_with(answer("short"));
+        let (body, cut) = runtime.block_on(read_body_up_to(response, 5)).unwrap();
+        assert_eq!((body.as_slice(), cut), (&b"short"[..], false));
     }
 
     #[test]

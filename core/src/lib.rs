@@ -14,6 +14,7 @@ pub mod http;
 pub mod retry_after;
 pub mod secret;
 pub mod service;
+pub mod text;
 
 pub use classify::{TransportFailure, classify_status};
 pub use config::{ConfigDuration, ValidationError};

@@ -17,10 +17,11 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use callguard_core::text::truncate_chars;
 use callguard_core::{ErrorKind, ServiceError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::http::{HttpService, KeyHeader, truncate_chars};
+use super::http::{HttpService, KeyHeader};
 use super::{ClientSetupError, HttpServiceConfig, RequestContext};
 use crate::contacts::Contact;
 

@@ -9,10 +9,11 @@
 
 use std::fmt;
 
-use callguard_core::http::{classify_response, error_chain, transport_error};
+use callguard_core::http::{classify_response, error_chain, read_body_up_to, transport_error};
+use callguard_core::text::one_line_excerpt;
 use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure};
+use reqwest::RequestBuilder;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
-use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 use super::{ClientSetupError, HttpServiceConfig};
@@ -25,7 +26,7 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Longest excerpt of an error body kept in an error's detail, in characters.
 const ERROR_EXCERPT_CHARS: usize = 200;
 /// Most bytes read from an error body to make that excerpt.
-const ERROR_BODY_BYTES: u64 = 4 * 1024;
+const ERROR_BODY_BYTES: usize = 4 * 1024;
 
 /// Per-request facts the caller passes down: which contact the request is for
 /// and, when tracing, the W3C `traceparent` of the calling span.
@@ -179,7 +180,7 @@ impl HttpService {
             .map(str::to_owned);
         if let Some(error) = classify_response(&response) {
             // The body only explains; failing to read it changes nothing.
-            let body = read_up_to(response, ERROR_BODY_BYTES)
+            let body = read_body_up_to(response, ERROR_BODY_BYTES)
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
@@ -198,7 +199,8 @@ impl HttpService {
         {
             return Err(too_large());
         }
-        match read_up_to(response, self.max_response_bytes).await {
+        let cap = usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX);
+        match read_body_up_to(response, cap).await {
             Ok((body, false)) => Ok(Ok(Reply { content_type, body })),
             Ok((_, true)) => Err(too_large()),
             Err(error) => Err(transport_error(error)),
@@ -207,13 +209,12 @@ impl HttpService {
 
     /// A one-line, bounded, key-free excerpt of an error body.
     fn excerpt(&self, body: &[u8]) -> String {
-        let text = String::from_utf8_lossy(body);
-        let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut text = String::from_utf8_lossy(body).into_owned();
         let key = self.key.expose();
         if !key.is_empty() {
-            line = line.replace(key, "[redacted]");
+            text = text.replace(key, "[redacted]");
         }
-        truncate_chars(&line, ERROR_EXCERPT_CHARS)
+        one_line_excerpt(&text, ERROR_EXCERPT_CHARS)
     }
 }
 
@@ -241,22 +242,6 @@ impl Reply {
             )
         })
     }
-}
-
-/// Reads the body chunk by chunk, stopping once it passes `cap` bytes: the
-/// first `cap` bytes, and whether there was more.
-async fn read_up_to(mut response: Response, cap: u64) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > cap {
-            let room = cap - body.len();
-            body.extend_from_slice(&chunk[..room]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
 }
 
 /// Records `url` (without credentials, query or fragment) and its host and
@@ -306,14 +291,6 @@ fn contact_header_value(contact_id: &str) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("invalid"))
 }
 
-/// The first `max` characters of `text`, with `…` when cut.
-pub(crate) fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,12 +303,6 @@ mod tests {
         assert_eq!(contact_header_value("José 1"), "Jos%C3%A9%201");
         assert_eq!(contact_header_value("a\nb"), "a%0Ab");
         assert_eq!(contact_header_value("100% a"), "100% a");
-    }
-
-    #[test]
-    fn truncation_counts_characters() {
-        assert_eq!(truncate_chars("héllo", 10), "héllo");
-        assert_eq!(truncate_chars("héllo", 2), "hé…");
     }
 
     #[test]

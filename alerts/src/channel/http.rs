@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use callguard_core::ServiceError;
-use callguard_core::http::{classify_response, error_chain, transport_error};
+use callguard_core::http::{classify_response, error_chain, read_body_up_to, transport_error};
+use callguard_core::text::one_line_excerpt;
 
 /// The most of a response body read: enough for any error description.
 const BODY_CAP: usize = 64 * 1024;
@@ -29,16 +30,11 @@ pub(crate) struct Answer {
 /// Sends `request` and reads the answer, classifying failures (DESIGN.md,
 /// "Classification"). The body is read up to 64 KiB.
 pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, ServiceError> {
-    let mut response = request.send().await.map_err(transport_error)?;
+    let response = request.send().await.map_err(transport_error)?;
     let error = classify_response(&response);
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        let room = BODY_CAP - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == BODY_CAP {
-            break;
-        }
-    }
+    let (body, _) = read_body_up_to(response, BODY_CAP)
+        .await
+        .map_err(transport_error)?;
     Ok(Answer { error, body })
 }
 
@@ -46,26 +42,13 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, Ser
 /// characters) appended to its detail, everything else kept; `wait`, when
 /// given, replaces its retry-after.
 pub(crate) fn amend(error: &ServiceError, reason: &str, wait: Option<Duration>) -> ServiceError {
-    let amended = error.clone().with_reason(&excerpt(reason, REASON_CHARS));
+    let amended = error
+        .clone()
+        .with_reason(&one_line_excerpt(reason, REASON_CHARS));
     match wait {
         Some(wait) => amended.with_retry_after(wait),
         None => amended,
     }
-}
-
-/// At most `max` characters of `text`, on one line.
-fn excerpt(text: &str, max: usize) -> String {
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max + 1)
-        .collect();
-    match line.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &line[..cut]),
-        None => line,
-    }
-    .trim()
-    .to_owned()
 }
 
 #[cfg(test)]
@@ -82,12 +65,5 @@ mod tests {
         assert_eq!(amended.status(), Some(429));
         assert_eq!(amended.retry_after(), Some(Duration::from_secs(7)));
         assert_eq!(amended.detail(), "too many requests: slow down");
-    }
-
-    #[test]
-    fn excerpts_are_short_single_lines() {
-        assert_eq!(excerpt("a\nb", 10), "a b");
-        assert_eq!(excerpt("héllo wörld", 5), "héllo…");
-        assert_eq!(excerpt("short", 5), "short");
     }
 }
