@@ -1,5 +1,6 @@
 //! Shared vocabulary of callguard: service names, the error taxonomy and its
-//! classification, `Retry-After` parsing, resilience events and config types.
+//! classification, `Retry-After` parsing, resilience events, config types and
+//! the short texts error details quote from servers.
 //!
 //! Every other callguard crate speaks in these types, so a breaker, a retry loop,
 //! an alert channel and a log line agree on what "transient", "OPEN" or
