@@ -105,6 +105,16 @@ impl Fixture {
         self.open_with(self.settings()).await
     }
 
+    /// The store with the usual settings, leasing `lease_batch` contacts
+    /// per look at the queue.
+    async fn open_batched(&mut self, lease_batch: usize) -> Arc<CallStore> {
+        self.open_with(StoreSettings {
+            lease_batch,
+            ..self.settings()
+        })
+        .await
+    }
+
     /// Another agent on the same contacts.
     async fn second(&self) -> Arc<CallStore> {
         let first = self.first.clone().expect("open first");
@@ -636,11 +646,7 @@ async fn a_batch_is_leased_ahead_in_order_renewed_and_released(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "lease_batch").await else {
         return;
     };
-    let settings = StoreSettings {
-        lease_batch: 3,
-        ..fixture.settings() // lease = 10 units
-    };
-    let store = fixture.open_with(settings).await;
+    let store = fixture.open_batched(3).await; // lease = 10 units
     let other = fixture.second().await;
     store
         .import(&contacts(&["a", "b", "c", "d"]))
@@ -694,11 +700,7 @@ async fn a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown(kind: 
     let Some(mut fixture) = Fixture::new(kind, "lease_ahead").await else {
         return;
     };
-    let settings = StoreSettings {
-        lease_batch: 4,
-        ..fixture.settings()
-    };
-    let store = fixture.open_with(settings).await;
+    let store = fixture.open_batched(4).await;
     store.import(&numbered(10)).await.unwrap();
     let taken = [
         store.try_lease().await.unwrap().unwrap(),
@@ -726,11 +728,7 @@ async fn workers_finding_none_left_share_one_lease(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "shared_lease").await else {
         return;
     };
-    let settings = StoreSettings {
-        lease_batch: 4,
-        ..fixture.settings()
-    };
-    let store = fixture.open_with(settings).await;
+    let store = fixture.open_batched(4).await;
     store.import(&numbered(20)).await.unwrap();
     let id = |leased: Option<Leased>| leased.unwrap().lease.contact_id().to_owned();
     // Four workers look at once with nothing leased ahead: one batch is
