@@ -351,8 +351,9 @@ impl CallStore {
     /// Leases the next due contact, if one is due now: one leased ahead by
     /// an earlier look, or the first of a new batch. Once fewer than a batch
     /// are left leased ahead, the next batch is leased in the background,
-    /// so a worker seldom waits for a lease; one that does waits for the
-    /// lease already on its way rather than sending another.
+    /// so a worker seldom waits for a lease; one that does (with a lease
+    /// batch above one) waits for the lease already on its way rather than
+    /// sending another.
     pub async fn try_lease(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
         loop {
             if let Some(leased) = self.take_leased_ahead_live().await? {
@@ -360,15 +361,13 @@ impl CallStore {
             }
             // Batches are leased one at a time: a worker finding none left
             // waits for the batch being leased, if any, and takes from it.
-            let _leasing = if self.settings.lease_batch_size() > 1 {
-                let leasing = self.leasing.lock().await;
-                if !self.leased_ahead_lock().is_empty() {
-                    continue;
-                }
-                Some(leasing)
-            } else {
-                None
+            let leasing = match self.settings.lease_batch_size() {
+                1 => None,
+                _ => Some(self.leasing.lock().await),
             };
+            if leasing.is_some() && !self.leased_ahead_lock().is_empty() {
+                continue;
+            }
             let mut batch = self.lease_batch().await?.into_iter();
             let first = batch.next();
             self.keep_ahead(batch);
