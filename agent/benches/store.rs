@@ -6,8 +6,11 @@
 //! cost is read from the median of the rounds' ratios: this machine's speed
 //! can change between two rounds, which a ratio of two medians would mix in.
 //! CPU per contact is printed beside it: this process's (agent and mocks)
-//! and that of the `postgres` processes (a server on the same cores takes
-//! its share of them; on a database machine of its own it would not).
+//! and that of the `postgres` processes. A server on the same cores takes
+//! its share of them, which a database machine of its own would not; so
+//! PostgreSQL is measured twice: on the shared cores, and with its server
+//! on a core of its own while both queues' pipelines run on the others
+//! (pinned with `taskset`; skipped where that cannot be done).
 //!
 //! `cargo bench -p callguard-agent --bench store`
 
@@ -49,14 +52,14 @@ async fn queue(
     config: &AgentConfig,
     backend: &Backend,
     contacts: Vec<Contact>,
-    round: usize,
+    run: usize,
 ) -> CallQueue {
     match backend {
         Backend::Memory => CallQueue::new(contacts, 5),
         Backend::Durable(location) => {
-            // The agent's own settings (its lease batch), on a table per round.
+            // The agent's own settings (its lease batch), on a table per run.
             let settings = StoreSettings {
-                table: format!("bench_pipeline_{}_{round}", std::process::id()),
+                table: format!("bench_pipeline_{}_{run}", std::process::id()),
                 ..config.queue.store_settings()
             };
             let store = CallStore::open(location.clone(), settings)
@@ -80,14 +83,14 @@ struct Round {
 }
 
 /// One campaign through `backend`.
-async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> Round {
+async fn run(config: &AgentConfig, backend: &Backend) -> Round {
     let name = match backend {
         Backend::Memory => "memory".to_owned(),
         Backend::Durable(_) => "durable".to_owned(),
     };
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let contacts = support::contacts(CONTACTS, &format!("{name}-{run}"));
-    let queue = Arc::new(queue(config, backend, contacts, round).await);
+    let queue = Arc::new(queue(config, backend, contacts, run).await);
     let parts = assemble(config).expect("the bench config assembles");
     let campaign = Campaign {
         pipeline: parts.pipeline,
@@ -120,19 +123,28 @@ async fn run(config: &AgentConfig, backend: &Backend, round: usize) -> Round {
     }
 }
 
-/// CPU time used so far by each live process named `name` (its
-/// `/proc/PID/comm`; single-threaded processes, as PostgreSQL's server and
-/// backends are), by pid; empty where `/proc` is not readable.
-fn cpu_time_of(name: &str) -> HashMap<u32, Duration> {
+/// The live processes named `name` (their `/proc/PID/comm`), by pid; none
+/// where `/proc` is not readable.
+fn processes_named(name: &str) -> Vec<(u32, std::path::PathBuf)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
+        return Vec::new();
     };
     entries
         .filter_map(|entry| {
             let path = entry.ok()?.path();
             let pid = path.file_name()?.to_str()?.parse().ok()?;
             let comm = std::fs::read_to_string(path.join("comm")).ok()?;
-            (comm.trim_end() == name).then_some(())?;
+            (comm.trim_end() == name).then_some((pid, path))
+        })
+        .collect()
+}
+
+/// CPU time used so far by each live process named `name` (single-threaded
+/// processes, as PostgreSQL's server and backends are), by pid.
+fn cpu_time_of(name: &str) -> HashMap<u32, Duration> {
+    processes_named(name)
+        .into_iter()
+        .filter_map(|(pid, path)| {
             let text = std::fs::read_to_string(path.join("schedstat")).ok()?;
             let nanos = text.split_whitespace().next()?.parse().ok()?;
             Some((pid, Duration::from_nanos(nanos)))
@@ -153,6 +165,112 @@ fn cpu_used(before: &HashMap<u32, Duration>, after: &HashMap<u32, Duration>) -> 
 fn per_contact(cpu: Duration) -> f64 {
     cpu.as_secs_f64() * 1e6 / CONTACTS as f64
 }
+
+/// Restricts every thread of process `pid` to the CPUs of `list` (as
+/// `taskset -c` reads it); whether that worked.
+fn pin(pid: u32, list: &str) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", list, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The PostgreSQL server on the last CPU and this process on the others,
+/// until dropped (new backends inherit the server's CPU). Every process is
+/// given all CPUs back on drop.
+struct ServerApart {
+    all: String,
+}
+
+impl ServerApart {
+    /// `Err` says why it cannot be done here.
+    fn pin() -> Result<Self, String> {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 {
+            return Err(format!("{cpus} CPU"));
+        }
+        let server = processes_named("postgres");
+        if server.is_empty() {
+            return Err("no postgres process is visible in /proc".to_owned());
+        }
+        let apart = Self {
+            all: format!("0-{}", cpus - 1),
+        };
+        let last = (cpus - 1).to_string();
+        let others = format!("0-{}", cpus - 2);
+        if server.iter().all(|(pid, _)| pin(*pid, &last)) && pin(std::process::id(), &others) {
+            Ok(apart)
+        } else {
+            Err("`taskset` could not pin them (missing, or not allowed)".to_owned())
+        }
+    }
+}
+
+impl Drop for ServerApart {
+    fn drop(&mut self) {
+        for (pid, _) in processes_named("postgres") {
+            pin(pid, &self.all);
+        }
+        pin(std::process::id(), &self.all);
+    }
+}
+
+/// Runs the paired rounds of the in-memory queue and `backend` (`name`,
+/// `cores` saying where they ran) and prints the ratio and CPU per contact.
+async fn measure(config: &AgentConfig, name: &str, backend: &Backend, cores: &str) {
+    let (mut memory, mut stored, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..=ROUNDS {
+        let pair = if round % 2 == 0 {
+            let m = run(config, &Backend::Memory).await;
+            (m, run(config, backend).await)
+        } else {
+            let s = run(config, backend).await;
+            (run(config, &Backend::Memory).await, s)
+        };
+        if round > 0 {
+            ratios.push(pair.1.rate / pair.0.rate);
+            memory.push(pair.0);
+            stored.push(pair.1);
+        }
+    }
+    let rate = |rounds: &[Round]| median(rounds.iter().map(|r| r.rate).collect());
+    let cpu = |rounds: &[Round]| -> Option<f64> {
+        let cpu: Option<Vec<f64>> = rounds.iter().map(|r| r.cpu.map(per_contact)).collect();
+        cpu.map(median)
+    };
+    let ratio = median(ratios);
+    println!(
+        "{cores}: memory {:>8.0} contacts/s   {name} {:>8.0} contacts/s   \
+         ratio (median of rounds) {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
+        rate(&memory),
+        rate(&stored),
+        (1.0 - ratio) * 100.0,
+        MAX_COST * 100.0,
+        verdict(1.0 - ratio < MAX_COST)
+    );
+    if let (Some(memory_cpu), Some(stored_cpu)) = (cpu(&memory), cpu(&stored)) {
+        let mut line = format!(
+            "  CPU per contact (median): this process {memory_cpu:.1} µs with memory, \
+             {stored_cpu:.1} µs with {name}"
+        );
+        if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
+            let server = median(stored.iter().map(|r| per_contact(r.server_cpu)).collect());
+            line.push_str(&format!("; postgres processes {server:.1} µs"));
+            if cores == SHARED {
+                // On cores the pipeline keeps busy, the server's CPU
+                // alone bounds the ratio.
+                let cap = memory_cpu / (memory_cpu + server);
+                line.push_str(&format!(" (on these cores, a ratio of at most {cap:.2})"));
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// Where the rounds ran: every process on all cores.
+const SHARED: &str = "shared cores";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -177,51 +295,14 @@ fn main() {
         );
         for (name, location) in durable {
             let backend = Backend::Durable(location);
-            let (mut memory, mut stored, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for round in 0..=ROUNDS {
-                let pair = if round % 2 == 0 {
-                    let m = run(&config, &Backend::Memory, round).await;
-                    (m, run(&config, &backend, round).await)
-                } else {
-                    let s = run(&config, &backend, round).await;
-                    (run(&config, &Backend::Memory, round).await, s)
-                };
-                if round > 0 {
-                    ratios.push(pair.1.rate / pair.0.rate);
-                    memory.push(pair.0);
-                    stored.push(pair.1);
+            measure(&config, name, &backend, SHARED).await;
+            if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
+                match ServerApart::pin() {
+                    Ok(_apart) => {
+                        measure(&config, name, &backend, "server on a core of its own").await;
+                    }
+                    Err(why) => println!("server on a core of its own: skipped ({why})"),
                 }
-            }
-            let rate = |rounds: &[Round]| median(rounds.iter().map(|r| r.rate).collect());
-            let cpu = |rounds: &[Round]| -> Option<f64> {
-                let cpu: Option<Vec<f64>> = rounds.iter().map(|r| r.cpu.map(per_contact)).collect();
-                cpu.map(median)
-            };
-            let ratio = median(ratios);
-            println!(
-                "memory {:>8.0} contacts/s   {name} {:>8.0} contacts/s   \
-                 ratio (median of rounds) {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
-                rate(&memory),
-                rate(&stored),
-                (1.0 - ratio) * 100.0,
-                MAX_COST * 100.0,
-                verdict(1.0 - ratio < MAX_COST)
-            );
-            if let (Some(memory_cpu), Some(stored_cpu)) = (cpu(&memory), cpu(&stored)) {
-                let mut line = format!(
-                    "  CPU per contact (median): this process {memory_cpu:.1} µs with memory, \
-                     {stored_cpu:.1} µs with {name}"
-                );
-                if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
-                    let server = median(stored.iter().map(|r| per_contact(r.server_cpu)).collect());
-                    // On cores the pipeline keeps busy, the server's CPU
-                    // alone bounds the ratio.
-                    let cap = memory_cpu / (memory_cpu + server);
-                    line.push_str(&format!(
-                        "; postgres processes {server:.1} µs (on these cores, a ratio of at most {cap:.2})"
-                    ));
-                }
-                println!("{line}");
             }
         }
         server.shutdown().await;
