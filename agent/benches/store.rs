@@ -177,9 +177,28 @@ fn pin(pid: u32, list: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// The PostgreSQL server on the last CPU and this process on the others,
-/// until dropped (new backends inherit the server's CPU). Every process is
-/// given all CPUs back on drop.
+/// The CPUs this process may run on (`Cpus_allowed_list` of
+/// `/proc/self/status`, e.g. `0-3,6`), in order; none where unreadable.
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(list) = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+    else {
+        return Vec::new();
+    };
+    let range = |part: &str| -> Option<std::ops::RangeInclusive<usize>> {
+        match part.split_once('-') {
+            Some((first, last)) => Some(first.parse().ok()?..=last.parse().ok()?),
+            None => part.parse().ok().map(|cpu| cpu..=cpu),
+        }
+    };
+    list.trim().split(',').filter_map(range).flatten().collect()
+}
+
+/// The PostgreSQL server on the last of this process's CPUs and this
+/// process on the others, until dropped (new backends inherit the server's
+/// CPU); then every one of them is given all of this process's CPUs.
 struct ServerApart {
     all: String,
 }
@@ -187,20 +206,26 @@ struct ServerApart {
 impl ServerApart {
     /// `Err` says why it cannot be done here.
     fn pin() -> Result<Self, String> {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        if cpus < 2 {
-            return Err(format!("{cpus} CPU"));
-        }
+        let cpus = allowed_cpus();
+        let Some((server_cpu, others)) = cpus.split_last().filter(|(_, others)| !others.is_empty())
+        else {
+            return Err(format!("{} CPU available", cpus.len()));
+        };
         let server = processes_named("postgres");
         if server.is_empty() {
             return Err("no postgres process is visible in /proc".to_owned());
         }
-        let apart = Self {
-            all: format!("0-{}", cpus - 1),
+        let list = |cpus: &[usize]| {
+            cpus.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        let last = (cpus - 1).to_string();
-        let others = format!("0-{}", cpus - 2);
-        if server.iter().all(|(pid, _)| pin(*pid, &last)) && pin(std::process::id(), &others) {
+        let apart = Self { all: list(&cpus) };
+        let server_cpu = server_cpu.to_string();
+        if server.iter().all(|(pid, _)| pin(*pid, &server_cpu))
+            && pin(std::process::id(), &list(others))
+        {
             Ok(apart)
         } else {
             Err("`taskset` could not pin them (missing, or not allowed)".to_owned())
