@@ -3,12 +3,15 @@
 //! again finishes the campaign (SQLite), keeping the CRM record a killed
 //! pass wrote; several agents share one PostgreSQL
 //! queue and finish a killed agent's contacts once its leases expire; a chaos
-//! run of 2000 contacts keeps every contact in exactly one state.
+//! run of 2000 contacts, while the alert sinks flap, keeps every contact in
+//! exactly one state, moves breakers only along legal edges, and ends every
+//! alert delivered or counted failed.
 //!
 //! The PostgreSQL test runs when `CALLGUARD_TEST_POSTGRES_URL` is set
 //! (`store/tests/postgres.sh` sets it), and says it was skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -17,7 +20,10 @@ use callguard_agent::clients::{
     CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext,
 };
 use callguard_agent::contacts::Contact;
-use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_mocks::{
+    Fault, FaultMode, MockConfig, MockServer, Service, SinkFailure, TELEGRAM_BOT_TOKEN,
+    TELEGRAM_CHAT_ID,
+};
 use serde_json::Value;
 
 mod support;
@@ -295,8 +301,113 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `[alerts]` to the mocks' Telegram and webhook sinks, each retried twice
+/// quickly behind a breaker that opens after three failures, so a flapping
+/// sink ends some alerts delivered and some failed within the run.
+fn alert_sections(mocks: &MockServer) -> String {
+    let quick = "timeout = \"2s\"\n\
+                 retry = { max_retries = 2, initial_delay = \"20ms\", max_delay = \"50ms\" }\n\
+                 circuit_breaker = { failure_threshold = 3, recovery_timeout = \"200ms\" }\n";
+    format!(
+        "[alerts]\ncooldown = \"100ms\"\n\
+         [alerts.telegram]\napi_base = \"{}\"\nbot_token = \"{TELEGRAM_BOT_TOKEN}\"\n\
+         chat_id = \"{TELEGRAM_CHAT_ID}\"\n{quick}\
+         [alerts.webhook]\nurl = \"{}\"\nsecret = \"chaos-webhook-secret-0123456789\"\n{quick}",
+        mocks.telegram_api_base(),
+        mocks.webhook_url("/chaos"),
+    )
+}
+
+/// The statuses each alert sink has answered so far, oldest first.
+fn sink_statuses(mocks: &MockServer) -> [(&'static str, Vec<u16>); 2] {
+    [
+        (
+            "telegram",
+            mocks.telegram_requests().iter().map(|r| r.status).collect(),
+        ),
+        (
+            "webhook",
+            mocks.webhook_requests().iter().map(|r| r.status).collect(),
+        ),
+    ]
+}
+
+/// Makes both alert sinks flap, for good: once a sink has answered three
+/// requests since its last outage, its next three fail (Telegram 500,
+/// webhook 503) — an alert's three attempts, enough to open its breaker.
+async fn flap_alert_sinks(mocks: &MockServer) {
+    let mut next_outage = [1, 1];
+    loop {
+        for (i, (name, statuses)) in sink_statuses(mocks).into_iter().enumerate() {
+            if statuses.len() >= next_outage[i] {
+                let queued = match name {
+                    "telegram" => mocks.telegram_fail(SinkFailure::new(500, 3)),
+                    _ => mocks.webhook_fail(SinkFailure::new(503, 3)),
+                };
+                queued.unwrap();
+                next_outage[i] = statuses.len() + 6;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Each service's breaker moved only along legal edges, starting CLOSED,
+/// each transition leaving the state the one before entered.
+fn assert_breaker_transitions_legal(summary: &Value) {
+    let legal = [
+        ("CLOSED", "OPEN"),
+        ("OPEN", "HALF_OPEN"),
+        ("OPEN", "CLOSED"),
+        ("HALF_OPEN", "CLOSED"),
+        ("HALF_OPEN", "OPEN"),
+    ];
+    let services = summary["breaker_transitions"].as_object().unwrap();
+    for (service, transitions) in services {
+        let mut state = "CLOSED";
+        for transition in transitions.as_array().unwrap() {
+            let edge = (
+                transition["from"].as_str().unwrap(),
+                transition["to"].as_str().unwrap(),
+            );
+            assert_eq!(edge.0, state, "{service}: {transitions}");
+            assert!(legal.contains(&edge), "{service}: illegal {edge:?}");
+            state = edge.1;
+        }
+    }
+}
+
+/// Every alert raised reached each channel's end: delivered (as often as
+/// the sink answered 200) or counted failed or dropped, none left pending.
+fn assert_every_alert_accounted_for(summary: &Value, mocks: &MockServer) {
+    let alerts = &summary["alerts"];
+    let raised = alerts["raised"].as_u64().unwrap();
+    assert!(raised > 0, "the chaos raised no alert: {alerts}");
+    for (name, statuses) in sink_statuses(mocks) {
+        let counts = alerts["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .unwrap_or_else(|| panic!("no counts for {name}: {alerts}"));
+        let count = |key: &str| counts[key].as_u64().unwrap();
+        assert_eq!(count("pending"), 0, "{name}: {counts}");
+        assert_eq!(
+            count("delivered") + count("failed") + count("dropped"),
+            raised,
+            "{name}: {counts}"
+        );
+        let accepted = statuses.iter().filter(|s| **s == 200).count() as u64;
+        assert_eq!(count("delivered"), accepted, "{name}: {statuses:?}");
+        assert!(
+            count("failed") > 0 && accepted > 0,
+            "{name} did not flap: {statuses:?}, {counts}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chaos_run_keeps_every_contact_in_exactly_one_state() {
+async fn a_chaos_run_loses_no_contact_and_no_alert() {
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let ms = Duration::from_millis;
     mocks
@@ -321,9 +432,17 @@ async fn a_chaos_run_keeps_every_contact_in_exactly_one_state() {
         "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
         "300ms",
     );
+    let mut config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("agent.toml"))
+        .unwrap();
+    config.write_all(alert_sections(&mocks).as_bytes()).unwrap();
     let ids = write_contacts(&dir, 2000);
     let mut agent = spawn_run(&dir, "chaos");
-    wait_exit(&mut agent, Duration::from_secs(120), &dir, "chaos").await;
+    tokio::select! {
+        () = wait_exit(&mut agent, Duration::from_secs(120), &dir, "chaos") => {}
+        () = flap_alert_sinks(&mocks) => unreachable!("the sinks flap until the agent exits"),
+    }
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
     assert!(
         counts["completed"] > 1500,
@@ -336,6 +455,8 @@ async fn a_chaos_run_keeps_every_contact_in_exactly_one_state() {
         (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
         (Some(0), Some(0))
     );
+    assert_breaker_transitions_legal(&summary);
+    assert_every_alert_accounted_for(&summary, &mocks);
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
