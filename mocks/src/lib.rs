@@ -1,7 +1,8 @@
 //! HTTP fakes of the services the callguard agent calls — ElevenLabs TTS, an
 //! OpenAI-compatible LLM and a CRM — on one port, each under its own path
 //! prefix (`http://ADDR/elevenlabs`, `/llm`, `/crm`), with a fault-injection
-//! control API under `/_control`.
+//! control API under `/_control`. Beside them, [`SmtpSink`] runs a real SMTP
+//! server (aiosmtpd, a child process) for email tests.
 //!
 //! In-process use (tests, `callguard simulate`):
 //!
@@ -35,6 +36,7 @@ mod logs;
 mod server;
 mod service;
 mod sinks;
+mod smtp;
 mod state;
 mod stats;
 mod tracing_ctx;
@@ -56,4 +58,5 @@ pub use sinks::token::{
     DEFAULT_TOKEN_LIFETIME, TEST_SERVICE_ACCOUNT_EMAIL, TokenRequest, test_service_account_json,
 };
 pub use sinks::webhook::WebhookRequest;
+pub use smtp::{SmtpFlap, SmtpSink};
 pub use stats::{OUTCOME_RESET, OUTCOME_TIMEOUT, ServiceStats, Stats};

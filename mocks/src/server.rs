@@ -46,6 +46,9 @@ pub enum MockError {
     /// The listening socket could not be bound or inspected.
     #[error("mock server socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The SMTP sink could not start.
+    #[error("SMTP sink: {0}")]
+    Smtp(String),
 }
 
 fn router(shared: &Arc<Shared>) -> Router {

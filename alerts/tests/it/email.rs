@@ -1,98 +1,21 @@
-//! The email channel against a real SMTP server: aiosmtpd, started by the
-//! test on a free port (`tests/smtp_sink.py` saves what it receives).
+//! The email channel against a real SMTP server: aiosmtpd, started by
+//! callguard-mocks' `SmtpSink` on a free port, saving what it receives.
 //!
 //! Needs Python 3 with aiosmtpd (`python3 -m pip install aiosmtpd`); without
 //! it the test fails and says so.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use callguard_alerts::{Alert, AlertManager, AlertsConfig, ChannelKind, EmailConfig, SmtpTls};
 use callguard_core::{ErrorKind, ResilienceEvent, Secret, ServiceError};
-use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use callguard_mocks::SmtpSink;
 
 use crate::common::{channel_counts, flushed_within, retry, service};
 
 const USER: &str = "alerts";
 const PASSWORD: &str = "smtp-password-42";
 
-/// A running aiosmtpd; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl SmtpServer {
-    async fn start() -> Self {
-        let check = std::process::Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .output();
-        match check {
-            Ok(out) if out.status.success() => {}
-            _ => panic!(
-                "the email test needs Python 3 with aiosmtpd: run `python3 -m pip install aiosmtpd`"
-            ),
-        }
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let dir = std::env::temp_dir().join(format!(
-            "callguard-alerts-smtp-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
-        let child = Command::new("python3")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&dir)
-            .args([USER, PASSWORD])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python3 runs");
-        let server = Self { child, port, dir };
-        server.wait_for_port().await;
-        server
-    }
-
-    /// Polls until the server accepts connections (up to 30 s).
-    async fn wait_for_port(&self) {
-        for _ in 0..600 {
-            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("aiosmtpd did not listen on port {} within 30 s", self.port);
-    }
-
-    /// The messages saved so far, in order.
-    fn messages(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().path())
-            .filter(|path| path.extension().is_some_and(|e| e == "json"))
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|path| serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap())
-            .collect()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn config(server: &SmtpServer, password: &str) -> AlertsConfig {
+fn config(server: &SmtpSink, password: &str) -> AlertsConfig {
     let mut email = EmailConfig::new(
         "127.0.0.1",
         "callguard <alerts@example.com>",
@@ -102,7 +25,7 @@ fn config(server: &SmtpServer, password: &str) -> AlertsConfig {
         ],
     );
     email.tls = SmtpTls::None;
-    email.smtp_port = Some(server.port);
+    email.smtp_port = Some(server.port());
     email.username = Some(USER.into());
     email.password = Some(Secret::new(password));
     email.retry = retry();
@@ -145,7 +68,7 @@ fn unfolded_headers(data: &str) -> String {
 
 #[tokio::test]
 async fn email_reaches_a_real_smtp_server() {
-    let server = SmtpServer::start().await;
+    let server = SmtpSink::start(USER, PASSWORD).await.unwrap();
     let manager = AlertManager::new(&config(&server, PASSWORD)).unwrap();
     let event = ResilienceEvent::RetriesExhausted {
         service: service("elevenlabs"),
@@ -207,7 +130,7 @@ async fn email_reaches_a_real_smtp_server() {
 
 #[tokio::test]
 async fn a_refused_login_is_not_retried() {
-    let server = SmtpServer::start().await;
+    let server = SmtpSink::start(USER, PASSWORD).await.unwrap();
     let manager = AlertManager::new(&config(&server, "wrong-password")).unwrap();
     manager.raise(Alert::new(
         callguard_alerts::AlertKind::PermanentFailure,

@@ -1,8 +1,9 @@
 //! End-to-end tests of the mock server over real sockets on 127.0.0.1, with
-//! a real reqwest client.
+//! a real reqwest client; the SMTP sink with a raw SMTP conversation.
 
 mod common;
 mod control;
 mod endpoints;
 mod faults;
 mod sheets;
+mod smtp;

@@ -1,10 +1,13 @@
-"""A small SMTP server for the alerts email test (aiosmtpd).
+"""A small SMTP server for tests (aiosmtpd), run by callguard-mocks' SmtpSink.
 
 Listens on 127.0.0.1:PORT, requires AUTH (PLAIN or LOGIN, allowed without TLS
 since it is local) with USER/PASSWORD, and saves each message it accepts as
-NNNN.json in DIR: {"mail_from", "rcpt_tos", "data", "login"}. Runs until killed.
+NNNN.json in DIR: {"mail_from", "rcpt_tos", "data", "login"}. Given ACCEPTED
+and REFUSED, it flaps: of every ACCEPTED + REFUSED messages, it accepts the
+first ACCEPTED and answers the rest "451" (try again later). Prints "ready"
+once it listens; runs until killed.
 
-    python3 smtp_sink.py PORT DIR USER PASSWORD
+    python3 smtp_sink.py PORT DIR USER PASSWORD [ACCEPTED REFUSED]
 """
 
 import json
@@ -19,11 +22,17 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Saver:
-    def __init__(self, directory):
+    def __init__(self, directory, accepted, refused):
         self.directory = directory
+        self.accepted = accepted
+        self.cycle = accepted + refused
+        self.seen = 0
         self.count = 0
 
     async def handle_DATA(self, server, session, envelope):
+        self.seen += 1
+        if self.cycle and (self.seen - 1) % self.cycle >= self.accepted:
+            return "451 4.3.0 Try again later"
         self.count += 1
         record = {
             "mail_from": envelope.mail_from,
@@ -43,6 +52,7 @@ def main():
     warnings.filterwarnings("ignore")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
     port, directory, user, password = sys.argv[1:5]
+    accepted, refused = (int(n) for n in sys.argv[5:7]) if len(sys.argv) > 5 else (0, 0)
 
     def authenticator(server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and (
@@ -52,7 +62,7 @@ def main():
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
     controller = Controller(
-        Saver(directory),
+        Saver(directory, accepted, refused),
         hostname="127.0.0.1",
         port=int(port),
         authenticator=authenticator,
