@@ -21,8 +21,8 @@ use callguard_agent::clients::{
 };
 use callguard_agent::contacts::Contact;
 use callguard_mocks::{
-    Fault, FaultMode, MockConfig, MockServer, Service, SinkFailure, TELEGRAM_BOT_TOKEN,
-    TELEGRAM_CHAT_ID,
+    Fault, FaultMode, MockConfig, MockServer, Service, SinkFailure, SmtpFlap, SmtpSink,
+    TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
 use serde_json::Value;
 
@@ -301,10 +301,13 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// `[alerts]` to the mocks' Telegram and webhook sinks, each retried twice
-/// quickly behind a breaker that opens after three failures, so a flapping
-/// sink ends some alerts delivered and some failed within the run.
-fn alert_sections(mocks: &MockServer) -> String {
+/// The login the chaos run's SMTP server requires.
+const SMTP_LOGIN: (&str, &str) = ("chaos-alerts", "chaos-smtp-password");
+
+/// `[alerts]` to the mocks' Telegram and webhook sinks and to `smtp`, each
+/// retried twice quickly behind a breaker that opens after three failures,
+/// so a flapping sink ends some alerts delivered and some failed in the run.
+fn alert_sections(mocks: &MockServer, smtp: &SmtpSink) -> String {
     let quick = "timeout = \"2s\"\n\
                  retry = { max_retries = 2, initial_delay = \"20ms\", max_delay = \"50ms\" }\n\
                  circuit_breaker = { failure_threshold = 3, recovery_timeout = \"200ms\" }\n";
@@ -312,9 +315,15 @@ fn alert_sections(mocks: &MockServer) -> String {
         "[alerts]\ncooldown = \"100ms\"\n\
          [alerts.telegram]\napi_base = \"{}\"\nbot_token = \"{TELEGRAM_BOT_TOKEN}\"\n\
          chat_id = \"{TELEGRAM_CHAT_ID}\"\n{quick}\
-         [alerts.webhook]\nurl = \"{}\"\nsecret = \"chaos-webhook-secret-0123456789\"\n{quick}",
+         [alerts.webhook]\nurl = \"{}\"\nsecret = \"chaos-webhook-secret-0123456789\"\n{quick}\
+         [alerts.email]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\ntls = \"none\"\n\
+         username = \"{}\"\npassword = \"{}\"\nfrom = \"callguard@example.com\"\n\
+         to = [\"oncall@example.com\"]\n{quick}",
         mocks.telegram_api_base(),
         mocks.webhook_url("/chaos"),
+        smtp.port(),
+        SMTP_LOGIN.0,
+        SMTP_LOGIN.1,
     )
 }
 
@@ -332,7 +341,7 @@ fn sink_statuses(mocks: &MockServer) -> [(&'static str, Vec<u16>); 2] {
     ]
 }
 
-/// Makes both alert sinks flap, for good: once a sink has answered three
+/// Makes both HTTP alert sinks flap, for good: once a sink has answered three
 /// requests since its last outage, its next three fail (Telegram 500,
 /// webhook 503) — an alert's three attempts, enough to open its breaker.
 async fn flap_alert_sinks(mocks: &MockServer) {
@@ -378,12 +387,17 @@ fn assert_breaker_transitions_legal(summary: &Value) {
 }
 
 /// Every alert raised reached each channel's end: delivered (as often as
-/// the sink answered 200) or counted failed or dropped, none left pending.
-fn assert_every_alert_accounted_for(summary: &Value, mocks: &MockServer) {
+/// its sink accepted one) or counted failed or dropped, none left pending.
+fn assert_every_alert_accounted_for(summary: &Value, mocks: &MockServer, smtp: &SmtpSink) {
     let alerts = &summary["alerts"];
     let raised = alerts["raised"].as_u64().unwrap();
     assert!(raised > 0, "the chaos raised no alert: {alerts}");
-    for (name, statuses) in sink_statuses(mocks) {
+    let mut accepted_by: Vec<(&str, u64)> = sink_statuses(mocks)
+        .into_iter()
+        .map(|(name, statuses)| (name, statuses.iter().filter(|s| **s == 200).count() as u64))
+        .collect();
+    accepted_by.push(("email", smtp.messages().len() as u64));
+    for (name, accepted) in accepted_by {
         let counts = alerts["channels"]
             .as_array()
             .unwrap()
@@ -397,11 +411,10 @@ fn assert_every_alert_accounted_for(summary: &Value, mocks: &MockServer) {
             raised,
             "{name}: {counts}"
         );
-        let accepted = statuses.iter().filter(|s| **s == 200).count() as u64;
-        assert_eq!(count("delivered"), accepted, "{name}: {statuses:?}");
+        assert_eq!(count("delivered"), accepted, "{name}: {counts}");
         assert!(
             count("failed") > 0 && accepted > 0,
-            "{name} did not flap: {statuses:?}, {counts}"
+            "{name} did not flap: {counts}"
         );
     }
 }
@@ -432,11 +445,21 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
         "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
         "300ms",
     );
+    // The SMTP server accepts three messages, then refuses three, over again.
+    let flap = SmtpFlap {
+        accepted: 3,
+        refused: 3,
+    };
+    let smtp = SmtpSink::start_flapping(SMTP_LOGIN.0, SMTP_LOGIN.1, flap)
+        .await
+        .unwrap();
     let mut config = std::fs::OpenOptions::new()
         .append(true)
         .open(dir.join("agent.toml"))
         .unwrap();
-    config.write_all(alert_sections(&mocks).as_bytes()).unwrap();
+    config
+        .write_all(alert_sections(&mocks, &smtp).as_bytes())
+        .unwrap();
     let ids = write_contacts(&dir, 2000);
     let mut agent = spawn_run(&dir, "chaos");
     tokio::select! {
@@ -456,7 +479,8 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
         (Some(0), Some(0))
     );
     assert_breaker_transitions_legal(&summary);
-    assert_every_alert_accounted_for(&summary, &mocks);
+    assert_every_alert_accounted_for(&summary, &mocks, &smtp);
+    smtp.stop().await;
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
