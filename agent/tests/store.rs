@@ -5,9 +5,10 @@
 //! queue and finish a killed agent's contacts once its leases expire; a chaos
 //! run of 2000 contacts, while the alert sinks flap, keeps every contact in
 //! exactly one state, moves breakers only along legal edges, and ends every
-//! alert delivered or counted failed.
+//! alert delivered or counted failed — one agent on SQLite, and two agents
+//! sharing a PostgreSQL queue.
 //!
-//! The PostgreSQL test runs when `CALLGUARD_TEST_POSTGRES_URL` is set
+//! The PostgreSQL tests run when `CALLGUARD_TEST_POSTGRES_URL` is set
 //! (`store/tests/postgres.sh` sets it), and says it was skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -387,41 +388,50 @@ fn assert_breaker_transitions_legal(summary: &Value) {
     }
 }
 
-/// Every alert raised reached each channel's end: delivered (as often as
-/// its sink accepted one) or counted failed or dropped, none left pending.
-fn assert_every_alert_accounted_for(summary: &Value, mocks: &MockServer, smtp: &SmtpSink) {
-    let alerts = &summary["alerts"];
-    let raised = alerts["raised"].as_u64().unwrap();
-    assert!(raised > 0, "the chaos raised no alert: {alerts}");
+/// Every alert the agents of `summaries` raised reached each channel's end:
+/// delivered (as often, between them, as its sink accepted one) or counted
+/// failed or dropped, none left pending.
+fn assert_every_alert_accounted_for(summaries: &[Value], mocks: &MockServer, smtp: &SmtpSink) {
     let mut accepted_by: Vec<(&str, u64)> = sink_statuses(mocks)
         .into_iter()
         .map(|(name, statuses)| (name, statuses.iter().filter(|s| **s == 200).count() as u64))
         .collect();
     accepted_by.push(("email", smtp.messages().len() as u64));
     for (name, accepted) in accepted_by {
-        let counts = alerts["channels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["channel"] == name)
-            .unwrap_or_else(|| panic!("no counts for {name}: {alerts}"));
-        let count = |key: &str| counts[key].as_u64().unwrap();
-        assert_eq!(count("pending"), 0, "{name}: {counts}");
-        assert_eq!(
-            count("delivered") + count("failed") + count("dropped"),
-            raised,
-            "{name}: {counts}"
-        );
-        assert_eq!(count("delivered"), accepted, "{name}: {counts}");
+        let (mut delivered, mut failed) = (0, 0);
+        for summary in summaries {
+            let alerts = &summary["alerts"];
+            let counts = alerts["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["channel"] == name)
+                .unwrap_or_else(|| panic!("no counts for {name}: {alerts}"));
+            let count = |key: &str| counts[key].as_u64().unwrap();
+            assert_eq!(count("pending"), 0, "{name}: {counts}");
+            assert_eq!(
+                count("delivered") + count("failed") + count("dropped"),
+                alerts["raised"].as_u64().unwrap(),
+                "{name}: {alerts}"
+            );
+            delivered += count("delivered");
+            failed += count("failed");
+        }
+        assert_eq!(delivered, accepted, "{name}: {summaries:?}");
         assert!(
-            count("failed") > 0 && accepted > 0,
-            "{name} did not flap: {counts}"
+            failed > 0 && accepted > 0,
+            "{name} did not flap: {failed} failed, {accepted} accepted"
         );
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chaos_run_loses_no_contact_and_no_alert() {
+/// A chaos run of 2000 contacts on the queue `queue` (its `[queue]` keys),
+/// worked by one agent per name in `agents` at once: the mocks inject 503s,
+/// timeouts, resets, slow answers, 429s and 401s while the three alert
+/// sinks flap. Every contact ends in exactly one state with at most one CRM
+/// record, no agent loses or repeats one, breakers move only along legal
+/// edges, and every alert is delivered or counted.
+async fn chaos_run(name: &str, queue: &str, agents: &[&str]) {
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let ms = Duration::from_millis;
     mocks
@@ -439,13 +449,8 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
             Fault::new(Service::Crm, FaultMode::Unavailable).with_rate(0.03),
         ])
         .unwrap();
-    let dir = temp_dir("chaos");
-    write_config(
-        &dir,
-        &mocks,
-        "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
-        "300ms",
-    );
+    let dir = temp_dir(name);
+    write_config(&dir, &mocks, queue, "300ms");
     // The SMTP server accepts three messages, then refuses three, over again.
     let flap = SmtpFlap {
         accepted: 3,
@@ -462,26 +467,70 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
         .write_all(alert_sections(&mocks, &smtp).as_bytes())
         .unwrap();
     let ids = write_contacts(&dir, 2000);
-    let mut agent = spawn_run(&dir, "chaos");
+    let mut running: Vec<Child> = agents.iter().map(|agent| spawn_run(&dir, agent)).collect();
+    let all_exit = async {
+        for (child, agent) in running.iter_mut().zip(agents) {
+            wait_exit(child, Duration::from_secs(120), &dir, agent).await;
+        }
+    };
     tokio::select! {
-        () = wait_exit(&mut agent, Duration::from_secs(120), &dir, "chaos") => {}
-        () = flap_alert_sinks(&mocks) => unreachable!("the sinks flap until the agent exits"),
+        () = all_exit => {}
+        () = flap_alert_sinks(&mocks) => unreachable!("the sinks flap until the agents exit"),
     }
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
     assert!(
         counts["completed"] > 1500,
         "most contacts complete: {counts:?}"
     );
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary-chaos.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
-        (Some(0), Some(0))
-    );
-    assert_breaker_transitions_legal(&summary);
-    assert_every_alert_accounted_for(&summary, &mocks, &smtp);
+    let summaries: Vec<Value> = agents
+        .iter()
+        .map(|agent| {
+            let text = std::fs::read_to_string(dir.join(format!("summary-{agent}.json"))).unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+        .collect();
+    for summary in &summaries {
+        assert_eq!(
+            (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
+            (Some(0), Some(0)),
+            "{summary}"
+        );
+        assert!(
+            summary["attempts"].as_u64() > Some(0),
+            "an agent idled: {summary}"
+        );
+        assert_breaker_transitions_legal(summary);
+    }
+    assert_every_alert_accounted_for(&summaries, &mocks, &smtp);
     smtp.stop().await;
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chaos_run_loses_no_contact_and_no_alert() {
+    chaos_run(
+        "chaos",
+        "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
+        &["chaos"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_alert() {
+    let Ok(url) = std::env::var("CALLGUARD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: CALLGUARD_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let table = format!("chaos_{}", std::process::id());
+    chaos_run(
+        "chaos-postgres",
+        &format!(
+            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
+             poll_interval = \"100ms\""
+        ),
+        &["chaos-a", "chaos-b"],
+    )
+    .await;
 }
