@@ -114,6 +114,12 @@ async fn wait_records(mocks: &MockServer, n: usize) {
     }
 }
 
+/// The summary the run named `name` wrote (`--summary-json`).
+fn summary(dir: &Path, name: &str) -> Value {
+    let text = std::fs::read_to_string(dir.join(format!("summary-{name}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// `callguard report --json`.
 fn report(dir: &Path) -> BTreeMap<String, u64> {
     let output = agent(dir, &["report", "--config", "agent.toml", "--json"])
@@ -288,13 +294,7 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
     assert_eq!(counts["completed"], 90, "{counts:?}");
     assert_eq!(mocks.crm_records().len(), 90, "one record per contact");
-    let summaries: Vec<Value> = ["b", "c"]
-        .iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(dir.join(format!("summary-{name}.json"))).unwrap();
-            serde_json::from_str(&text).unwrap()
-        })
-        .collect();
+    let summaries: Vec<Value> = ["b", "c"].iter().map(|name| summary(&dir, name)).collect();
     for summary in &summaries {
         assert_eq!(summary["duplicated"], 0, "{summary}");
     }
@@ -482,13 +482,7 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str]) {
         counts["completed"] > 1500,
         "most contacts complete: {counts:?}"
     );
-    let summaries: Vec<Value> = agents
-        .iter()
-        .map(|agent| {
-            let text = std::fs::read_to_string(dir.join(format!("summary-{agent}.json"))).unwrap();
-            serde_json::from_str(&text).unwrap()
-        })
-        .collect();
+    let summaries: Vec<Value> = agents.iter().map(|agent| summary(&dir, agent)).collect();
     for summary in &summaries {
         assert_eq!(
             (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
