@@ -1,15 +1,15 @@
 //! The durable call store end to end, with real `callguard run` processes
 //! against the mocks: an agent killed with SIGKILL mid-campaign and started
 //! again finishes the campaign (SQLite), keeping the CRM record a killed
-//! pass wrote; several agents share one PostgreSQL
-//! queue and finish a killed agent's contacts once its leases expire; a chaos
-//! run of 2000 contacts, while the alert sinks flap, keeps every contact in
-//! exactly one state, moves breakers only along legal edges, and ends every
-//! alert delivered or counted failed — one agent on SQLite, and two agents
-//! sharing a PostgreSQL queue.
+//! pass wrote; several agents share one PostgreSQL queue and finish a killed
+//! agent's contacts once its leases expire; a chaos run of 2000 contacts,
+//! while the alert sinks flap, keeps every contact in exactly one state,
+//! moves breakers only along legal edges, and ends every alert delivered or
+//! counted failed — one agent on SQLite, and two agents sharing a PostgreSQL
+//! queue. The same run as a soak of 20 000 contacts is left to `--ignored`.
 //!
 //! The PostgreSQL tests run when `CALLGUARD_TEST_POSTGRES_URL` is set
-//! (`store/tests/postgres.sh` sets it), and says it was skipped otherwise.
+//! (`store/tests/postgres.sh` sets it), and say they were skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -425,13 +425,13 @@ fn assert_every_alert_accounted_for(summaries: &[Value], mocks: &MockServer, smt
     }
 }
 
-/// A chaos run of 2000 contacts on the queue `queue` (its `[queue]` keys),
-/// worked by one agent per name in `agents` at once: the mocks inject 503s,
+/// A chaos run of `contacts` contacts on the queue `queue` (its `[queue]`
+/// keys), worked by one agent per name in `agents` at once: the mocks inject 503s,
 /// timeouts, resets, slow answers, 429s and 401s while the three alert
 /// sinks flap. Every contact ends in exactly one state with at most one CRM
 /// record, no agent loses or repeats one, breakers move only along legal
 /// edges, and every alert is delivered or counted.
-async fn chaos_run(name: &str, queue: &str, agents: &[&str]) {
+async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let ms = Duration::from_millis;
     mocks
@@ -466,20 +466,24 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str]) {
     config
         .write_all(alert_sections(&mocks, &smtp).as_bytes())
         .unwrap();
-    let ids = write_contacts(&dir, 2000);
+    let ids = write_contacts(&dir, contacts);
+    // About 2.5 ms per contact here; the limit is only reached on a hang.
+    let limit = Duration::from_millis(60 * contacts as u64);
+    let started = std::time::Instant::now();
     let mut running: Vec<Child> = agents.iter().map(|agent| spawn_run(&dir, agent)).collect();
     let all_exit = async {
         for (child, agent) in running.iter_mut().zip(agents) {
-            wait_exit(child, Duration::from_secs(120), &dir, agent).await;
+            wait_exit(child, limit, &dir, agent).await;
         }
     };
     tokio::select! {
         () = all_exit => {}
         () = flap_alert_sinks(&mocks) => unreachable!("the sinks flap until the agents exit"),
     }
+    let elapsed = started.elapsed();
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
     assert!(
-        counts["completed"] > 1500,
+        counts["completed"] > contacts as u64 * 3 / 4,
         "most contacts complete: {counts:?}"
     );
     let summaries: Vec<Value> = agents.iter().map(|agent| summary(&dir, agent)).collect();
@@ -496,6 +500,31 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str]) {
         assert_breaker_transitions_legal(summary);
     }
     assert_every_alert_accounted_for(&summaries, &mocks, &smtp);
+    // The figures, summed over the agents (seen with `--nocapture`).
+    let sum = |path: &[&str]| -> u64 {
+        summaries
+            .iter()
+            .map(|s| path.iter().fold(s, |v, key| &v[*key]).as_u64().unwrap())
+            .sum()
+    };
+    let transitions: usize = summaries
+        .iter()
+        .flat_map(|s| s["breaker_transitions"].as_object().unwrap().values())
+        .map(|list| list.as_array().unwrap().len())
+        .sum();
+    eprintln!(
+        "{name}: {contacts} contacts, {} agent(s), {:.1} s ({:.0} contacts/s); {counts:?}; \
+         attempts {}, retries {}, deferrals {}; breaker transitions {transitions}; \
+         alerts raised {}, suppressed {}",
+        agents.len(),
+        elapsed.as_secs_f64(),
+        contacts as f64 / elapsed.as_secs_f64(),
+        sum(&["attempts"]),
+        sum(&["retries"]),
+        sum(&["deferrals"]),
+        sum(&["alerts", "raised"]),
+        sum(&["alerts", "suppressed"]),
+    );
     smtp.stop().await;
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
@@ -507,6 +536,7 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
         "chaos",
         "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
         &["chaos"],
+        2000,
     )
     .await;
 }
@@ -525,6 +555,35 @@ async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_ale
              poll_interval = \"100ms\""
         ),
         &["chaos-a", "chaos-b"],
+        2000,
     )
     .await;
+}
+
+/// The chaos run as a soak, left out of `cargo test`: three agents on the
+/// PostgreSQL queue (SQLite and one agent without it), 20 000 contacts or
+/// `CALLGUARD_SOAK_CONTACTS`:
+///
+/// `store/tests/postgres.sh cargo test --release -p callguard-agent --test store -- --ignored soak`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak of minutes; run it with --ignored"]
+async fn soak_through_chaos() {
+    let contacts = std::env::var("CALLGUARD_SOAK_CONTACTS").map_or(20_000, |n| {
+        n.parse()
+            .expect("CALLGUARD_SOAK_CONTACTS is a number of contacts")
+    });
+    match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let table = format!("soak_{}", std::process::id());
+            let queue = format!(
+                "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
+                 poll_interval = \"100ms\""
+            );
+            chaos_run("soak", &queue, &["soak-a", "soak-b", "soak-c"], contacts).await;
+        }
+        Err(_) => {
+            let queue = "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20";
+            chaos_run("soak", queue, &["soak"], contacts).await;
+        }
+    }
 }
