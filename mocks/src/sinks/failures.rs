@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 /// Failures a sink fake (Sheets, Telegram, webhook) answers with before it answers
-/// normally again.
+/// normally again — or, with `then_ok`, over and over: a flapping sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkFailure {
@@ -26,6 +26,12 @@ pub struct SinkFailure {
     /// `parameters.retry_after`, the webhook's `Retry-After` header.
     #[serde(default)]
     pub retry_after: Option<ConfigDuration>,
+    /// Flapping: after the `count` failures, answer this many requests
+    /// normally, then fail `count` again, for good (until cleared). It
+    /// starts once the failures queued before it are used, and replaces an
+    /// earlier flapping failure.
+    #[serde(default)]
+    pub then_ok: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -39,7 +45,15 @@ impl SinkFailure {
             status,
             count,
             retry_after: None,
+            then_ok: None,
         }
+    }
+
+    /// Flaps: after each `count` failures, `ok` normal answers, for good.
+    #[must_use]
+    pub fn then_ok(mut self, ok: u32) -> Self {
+        self.then_ok = Some(ok);
+        self
     }
 
     /// Asks the client to wait `wait`.
@@ -58,7 +72,11 @@ impl SinkFailure {
                 "an error status between 400 and 599",
             ));
         }
-        callguard_core::config::at_least("count", self.count, 1)
+        callguard_core::config::at_least("count", self.count, 1)?;
+        match self.then_ok {
+            Some(ok) => callguard_core::config::at_least("then_ok", ok, 1),
+            None => Ok(()),
+        }
     }
 
     /// The wait in whole seconds, rounded up.
@@ -67,32 +85,71 @@ impl SinkFailure {
     }
 }
 
-/// A queue of scripted failures: one entry per request to fail.
+/// One failure answer: the status and the wait asked for.
+type Answer = (StatusCode, Option<Duration>);
+
+/// The scripted failures: a queue with one entry per request to fail, then
+/// a flapping failure's cycle, if one was set.
 #[derive(Default)]
-pub(crate) struct Failures(VecDeque<(StatusCode, Option<Duration>)>);
+pub(crate) struct Failures {
+    queued: VecDeque<Answer>,
+    flapping: Option<Flapping>,
+}
+
+/// A failure answered `failing` times, then `ok` normal answers, over again.
+struct Flapping {
+    answer: Answer,
+    failing: u32,
+    ok: u32,
+    /// Where the next request falls in the cycle of `failing + ok`.
+    position: u32,
+}
 
 impl Failures {
-    /// Queues `failure`; returns how many are queued now.
+    /// Queues `failure` (or sets it flapping); returns how many failures
+    /// wait now: those queued, plus a flapping failure's `count`.
     pub(crate) fn push(&mut self, failure: SinkFailure) -> Result<usize, ValidationError> {
         failure.validate()?;
         let status = StatusCode::from_u16(failure.status)
             .map_err(|_| ValidationError::new("status", failure.status, "an HTTP status"))?;
-        for _ in 0..failure.count {
-            self.0
-                .push_back((status, failure.retry_after.map(ConfigDuration::get)));
+        let answer = (status, failure.retry_after.map(ConfigDuration::get));
+        match failure.then_ok {
+            Some(ok) => {
+                self.flapping = Some(Flapping {
+                    answer,
+                    failing: failure.count,
+                    ok,
+                    position: 0,
+                });
+            }
+            None => self
+                .queued
+                .extend(std::iter::repeat_n(answer, failure.count as usize)),
         }
-        Ok(self.0.len())
+        Ok(self.waiting())
     }
 
-    pub(crate) fn pop(&mut self) -> Option<(StatusCode, Option<Duration>)> {
-        self.0.pop_front()
+    /// The failure to answer the next request with, if any.
+    pub(crate) fn pop(&mut self) -> Option<Answer> {
+        if let Some(answer) = self.queued.pop_front() {
+            return Some(answer);
+        }
+        let flapping = self.flapping.as_mut()?;
+        let fails = flapping.position < flapping.failing;
+        flapping.position = (flapping.position + 1) % (flapping.failing + flapping.ok);
+        fails.then_some(flapping.answer)
     }
 
-    /// Removes every queued failure; returns how many there were.
+    /// Removes every scripted failure; returns how many were waiting.
     pub(crate) fn clear(&mut self) -> usize {
-        let cleared = self.0.len();
-        self.0.clear();
+        let cleared = self.waiting();
+        self.queued.clear();
+        self.flapping = None;
         cleared
+    }
+
+    fn waiting(&self) -> usize {
+        self.queued.len() + self.flapping.as_ref().map_or(0, |f| f.failing as usize)
     }
 }
 
@@ -153,5 +210,29 @@ mod tests {
             SinkFailure::retry_after_secs(Duration::from_millis(1500)),
             2
         );
+    }
+
+    #[test]
+    fn a_flapping_failure_cycles_after_the_queued_ones() {
+        let mut failures = Failures::default();
+        assert_eq!(
+            failures
+                .push(SinkFailure::new(503, 1).then_ok(0))
+                .unwrap_err()
+                .key,
+            "then_ok"
+        );
+        assert_eq!(failures.push(SinkFailure::new(429, 1)).unwrap(), 1);
+        assert_eq!(
+            failures.push(SinkFailure::new(503, 2).then_ok(1)).unwrap(),
+            3
+        );
+        let answers: Vec<Option<u16>> = (0..8)
+            .map(|_| failures.pop().map(|(s, _)| s.as_u16()))
+            .collect();
+        let (fail, ok) = (Some(503), None);
+        assert_eq!(answers, [Some(429), fail, fail, ok, fail, fail, ok, fail]);
+        assert_eq!(failures.clear(), 2);
+        assert_eq!(failures.pop(), None);
     }
 }

@@ -31,3 +31,9 @@ pub(crate) fn control_routes() -> Router<Arc<Shared>> {
         .nest("/telegram", telegram::control_routes())
         .nest("/webhook", webhook::control_routes())
 }
+
+/// For the sinks' tests: sends `request` and reads its answer's JSON body.
+#[cfg(test)]
+pub(crate) async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}

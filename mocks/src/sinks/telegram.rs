@@ -202,6 +202,7 @@ async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::json_answer;
 
     async fn send(server: &MockServer, token: &str, body: Value) -> (u16, Value) {
         let response = reqwest::Client::new()
@@ -283,24 +284,11 @@ mod tests {
         assert_eq!(send(&server, TELEGRAM_BOT_TOKEN, good.clone()).await.0, 200);
 
         server.telegram_fail(SinkFailure::new(500, 1)).unwrap();
-        let cleared: Value = client
-            .delete(&control)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cleared = json_answer(client.delete(&control)).await;
         assert_eq!(cleared["cleared"], 1);
         assert_eq!(send(&server, TELEGRAM_BOT_TOKEN, good).await.0, 200);
-        let listed: Value = client
-            .get(format!("{}/_control/telegram/requests", server.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed =
+            json_answer(client.get(format!("{}/_control/telegram/requests", server.url()))).await;
         assert_eq!(listed["requests"].as_array().unwrap().len(), 4);
         server.shutdown().await;
     }

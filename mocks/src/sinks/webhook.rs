@@ -164,6 +164,7 @@ async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::json_answer;
 
     #[tokio::test]
     async fn records_path_headers_and_body_and_fails_on_request() {
@@ -207,18 +208,35 @@ mod tests {
             Some("sha256=abc")
         );
         assert_eq!(requests[0].body_text(), "{\"version\":1}");
-        let listed: Value = client
-            .get(format!("{}/_control/webhook/requests", server.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed =
+            json_answer(client.get(format!("{}/_control/webhook/requests", server.url()))).await;
         assert_eq!(
             listed["requests"][0]["headers"]["x-callguard-signature"],
             "sha256=abc"
         );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn flaps_when_told_through_the_control_api_until_cleared() {
+        let server = MockServer::start(crate::MockConfig::default())
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let control = format!("{}/_control/webhook/failures", server.url());
+        let flapping = json!({ "status": 503, "count": 2, "then_ok": 1 });
+        let queued = json_answer(client.post(&control).json(&flapping)).await;
+        assert_eq!(queued["queued"], 2);
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let response = client.post(server.webhook_url("")).send().await.unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(statuses, [503, 503, 200, 503, 503, 200]);
+        let cleared = json_answer(client.delete(&control)).await;
+        assert_eq!(cleared["cleared"], 2);
+        let after = client.post(server.webhook_url("")).send().await.unwrap();
+        assert_eq!(after.status().as_u16(), 200);
         server.shutdown().await;
     }
 }
