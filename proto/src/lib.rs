@@ -17,7 +17,7 @@ pub mod grpc {
     /// `grpc.health`.
     pub mod health {
         /// `grpc.health.v1`: `Health` with `Check`, `Watch` and `List`.
-        #[allow(missing_docs, unreachable_pub, clippy::all)]
+        #[allow(missing_docs, unreachable_pub, clippy::all, rustdoc::bare_urls)]
         pub mod v1 {
             tonic::include_proto!("grpc.health.v1");
         }
