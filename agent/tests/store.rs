@@ -12,7 +12,6 @@
 //! (`store/tests/postgres.sh` sets it), and say they were skipped otherwise.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -36,8 +35,9 @@ const SERVICES: [(&str, Service); 3] = [
     ("crm", Service::Crm),
 ];
 
-/// An agent config for the mocks: fast retries and breakers, `queue` on top.
-fn write_config(dir: &Path, mocks: &MockServer, queue: &str, request_timeout: &str) {
+/// An agent config for the mocks: fast retries and breakers, `queue` on top,
+/// and `extra` (whole sections) after it.
+fn write_config(dir: &Path, mocks: &MockServer, queue: &str, request_timeout: &str, extra: &str) {
     let mut config = format!(
         "[retry]\ninitial_delay = \"20ms\"\nmax_delay = \"200ms\"\n\
          [circuit_breaker]\nrecovery_timeout = \"300ms\"\n\
@@ -53,6 +53,7 @@ fn write_config(dir: &Path, mocks: &MockServer, queue: &str, request_timeout: &s
             keys.get(service),
         ));
     }
+    config.push_str(extra);
     std::fs::write(dir.join("agent.toml"), config).unwrap();
 }
 
@@ -190,6 +191,7 @@ async fn a_killed_agent_started_again_finishes_the_campaign() {
         &mocks,
         "url = \"sqlite:calls.db\"\nworkers = 4\nlease = \"1s\"",
         "5s",
+        "",
     );
     let ids = write_contacts(&dir, 60);
 
@@ -224,7 +226,7 @@ async fn a_killed_agent_started_again_finishes_the_campaign() {
 async fn a_contact_whose_record_an_earlier_pass_wrote_ends_completed_with_that_record() {
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let dir = temp_dir("earlier-record");
-    write_config(&dir, &mocks, "url = \"sqlite:calls.db\"", "5s");
+    write_config(&dir, &mocks, "url = \"sqlite:calls.db\"", "5s", "");
     let ids = write_contacts(&dir, 5);
     // What a pass killed between its CRM write and saving the contact's state
     // leaves behind: the CRM holds a record under the contact's key, with a
@@ -278,6 +280,7 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
             "url = \"{url}\"\ntable = \"{table}\"\nworkers = 3\nlease = \"1s\"\npoll_interval = \"100ms\""
         ),
         "5s",
+        "",
     );
     let ids = write_contacts(&dir, 90);
 
@@ -430,7 +433,6 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
         ])
         .unwrap();
     let dir = temp_dir(name);
-    write_config(&dir, &mocks, queue, "300ms");
     // Each alert sink flaps: three requests fail — an alert's three
     // attempts, enough to open its channel's breaker — then three are
     // accepted, over again. The SMTP server accepts first.
@@ -447,13 +449,7 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
     let smtp = SmtpSink::start_flapping(SMTP_LOGIN.0, SMTP_LOGIN.1, flap)
         .await
         .unwrap();
-    let mut config = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.join("agent.toml"))
-        .unwrap();
-    config
-        .write_all(alert_sections(&mocks, &smtp).as_bytes())
-        .unwrap();
+    write_config(&dir, &mocks, queue, "300ms", &alert_sections(&mocks, &smtp));
     let ids = write_contacts(&dir, contacts);
     // About 2.5 ms per contact here; the limit is only reached on a hang.
     let limit = Duration::from_millis(60 * contacts as u64);
