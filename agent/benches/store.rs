@@ -28,7 +28,7 @@ use callguard_mocks::{MockConfig, MockServer};
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
 
 mod support;
-use support::{median, mock_config, process_cpu_time, verdict};
+use support::{median, mock_config, process_cpu_time, schedstat_cpu_time, verdict};
 
 /// Contacts per run.
 const CONTACTS: usize = 5000;
@@ -46,6 +46,31 @@ static RUNS: AtomicUsize = AtomicUsize::new(0);
 enum Backend {
     Memory,
     Durable(StoreLocation),
+}
+
+impl Backend {
+    /// Whether its queue is a PostgreSQL server's (whose CPU is read too).
+    fn is_postgres(&self) -> bool {
+        matches!(self, Self::Durable(StoreLocation::Postgres(_)))
+    }
+}
+
+/// Where the processes of a measurement ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Every process on all cores.
+    SharedCores,
+    /// The PostgreSQL server on a core of its own ([`ServerApart`]).
+    ServerApart,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Self::SharedCores => "shared cores",
+            Self::ServerApart => "server on a core of its own",
+        }
+    }
 }
 
 async fn queue(
@@ -78,8 +103,8 @@ struct Round {
     rate: f64,
     /// This process's CPU time (the agent and the mocks), if readable.
     cpu: Option<Duration>,
-    /// The `postgres` processes' CPU time.
-    server_cpu: Duration,
+    /// The `postgres` processes' CPU time, for a PostgreSQL queue.
+    server_cpu: Option<Duration>,
 }
 
 /// One campaign through `backend`.
@@ -104,12 +129,13 @@ async fn run(config: &AgentConfig, backend: &Backend) -> Round {
         shutdown_grace: Duration::from_secs(1),
         progress: false,
     };
-    let (cpu_before, server_before) = (process_cpu_time(), cpu_time_of("postgres"));
+    let server_cpu_now = || backend.is_postgres().then(|| cpu_time_of("postgres"));
+    let (cpu_before, server_before) = (process_cpu_time(), server_cpu_now());
     let started = Instant::now();
     let summary = campaign.run(std::future::pending()).await;
     let elapsed = started.elapsed();
     // Read while this round's connection (its backend process) is open.
-    let (cpu_after, server_after) = (process_cpu_time(), cpu_time_of("postgres"));
+    let (cpu_after, server_after) = (process_cpu_time(), server_cpu_now());
     // Closing the store (SQLite checkpoints its WAL into the file) is a
     // once-per-campaign cost, not a per-contact one: it happens after timing.
     drop(queue);
@@ -119,7 +145,9 @@ async fn run(config: &AgentConfig, backend: &Backend) -> Round {
         cpu: cpu_after
             .zip(cpu_before)
             .map(|(after, before)| after - before),
-        server_cpu: cpu_used(&server_before, &server_after),
+        server_cpu: server_before
+            .zip(server_after)
+            .map(|(before, after)| cpu_used(&before, &after)),
     }
 }
 
@@ -144,11 +172,7 @@ fn processes_named(name: &str) -> Vec<(u32, std::path::PathBuf)> {
 fn cpu_time_of(name: &str) -> HashMap<u32, Duration> {
     processes_named(name)
         .into_iter()
-        .filter_map(|(pid, path)| {
-            let text = std::fs::read_to_string(path.join("schedstat")).ok()?;
-            let nanos = text.split_whitespace().next()?.parse().ok()?;
-            Some((pid, Duration::from_nanos(nanos)))
-        })
+        .filter_map(|(pid, path)| Some((pid, schedstat_cpu_time(&path)?)))
         .collect()
 }
 
@@ -242,9 +266,9 @@ impl Drop for ServerApart {
     }
 }
 
-/// Runs the paired rounds of the in-memory queue and `backend` (`name`,
-/// `cores` saying where they ran) and prints the ratio and CPU per contact.
-async fn measure(config: &AgentConfig, name: &str, backend: &Backend, cores: &str) {
+/// Runs the paired rounds of the in-memory queue and `backend` (`name`),
+/// placed as `placement` says, and prints the ratio and CPU per contact.
+async fn measure(config: &AgentConfig, name: &str, backend: &Backend, placement: Placement) {
     let (mut memory, mut stored, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..=ROUNDS {
         let pair = if round % 2 == 0 {
@@ -261,29 +285,33 @@ async fn measure(config: &AgentConfig, name: &str, backend: &Backend, cores: &st
         }
     }
     let rate = |rounds: &[Round]| median(rounds.iter().map(|r| r.rate).collect());
-    let cpu = |rounds: &[Round]| -> Option<f64> {
-        let cpu: Option<Vec<f64>> = rounds.iter().map(|r| r.cpu.map(per_contact)).collect();
+    // The median of a CPU time per contact, if every round has it.
+    let cpu = |rounds: &[Round], of: fn(&Round) -> Option<Duration>| -> Option<f64> {
+        let cpu: Option<Vec<f64>> = rounds.iter().map(|r| of(r).map(per_contact)).collect();
         cpu.map(median)
     };
     let ratio = median(ratios);
     println!(
-        "{cores}: memory {:>8.0} contacts/s   {name} {:>8.0} contacts/s   \
+        "{}: memory {:>8.0} contacts/s   {name} {:>8.0} contacts/s   \
          ratio (median of rounds) {ratio:.3}   cost {:.1}% (target < {:.0}%: {})",
+        placement.label(),
         rate(&memory),
         rate(&stored),
         (1.0 - ratio) * 100.0,
         MAX_COST * 100.0,
         verdict(1.0 - ratio < MAX_COST)
     );
-    if let (Some(memory_cpu), Some(stored_cpu)) = (cpu(&memory), cpu(&stored)) {
+    let this_process = |r: &Round| r.cpu;
+    if let (Some(memory_cpu), Some(stored_cpu)) =
+        (cpu(&memory, this_process), cpu(&stored, this_process))
+    {
         let mut line = format!(
             "  CPU per contact (median): this process {memory_cpu:.1} µs with memory, \
              {stored_cpu:.1} µs with {name}"
         );
-        if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
-            let server = median(stored.iter().map(|r| per_contact(r.server_cpu)).collect());
+        if let Some(server) = cpu(&stored, |r| r.server_cpu) {
             line.push_str(&format!("; postgres processes {server:.1} µs"));
-            if cores == SHARED {
+            if placement == Placement::SharedCores {
                 // On cores the pipeline keeps busy, the server's CPU
                 // alone bounds the ratio.
                 let cap = memory_cpu / (memory_cpu + server);
@@ -293,9 +321,6 @@ async fn measure(config: &AgentConfig, name: &str, backend: &Backend, cores: &st
         println!("{line}");
     }
 }
-
-/// Where the rounds ran: every process on all cores.
-const SHARED: &str = "shared cores";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -320,13 +345,11 @@ fn main() {
         );
         for (name, location) in durable {
             let backend = Backend::Durable(location);
-            measure(&config, name, &backend, SHARED).await;
-            if matches!(backend, Backend::Durable(StoreLocation::Postgres(_))) {
+            measure(&config, name, &backend, Placement::SharedCores).await;
+            if backend.is_postgres() {
                 match ServerApart::pin() {
-                    Ok(_apart) => {
-                        measure(&config, name, &backend, "server on a core of its own").await;
-                    }
-                    Err(why) => println!("server on a core of its own: skipped ({why})"),
+                    Ok(_apart) => measure(&config, name, &backend, Placement::ServerApart).await,
+                    Err(why) => println!("{}: skipped ({why})", Placement::ServerApart.label()),
                 }
             }
         }

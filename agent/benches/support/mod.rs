@@ -54,16 +54,23 @@ pub(crate) fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-/// CPU time used so far by the process's live threads (the sum of the first
-/// field of `/proc/self/task/*/schedstat`, in ns); `None` where that is not
-/// readable. Less disturbed than wall time by other work on the machine.
+/// CPU time used so far by the process's live threads (the sum of their
+/// [`schedstat_cpu_time`]); `None` where that is not readable. Less
+/// disturbed than wall time by other work on the machine.
 pub(crate) fn process_cpu_time() -> Option<Duration> {
-    let nanos = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(|task| {
-            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-            text.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum();
-    Some(Duration::from_nanos(nanos))
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|task| schedstat_cpu_time(&task.ok()?.path()))
+            .sum(),
+    )
+}
+
+/// The CPU time a process or thread has run, from the first field of the
+/// `schedstat` file in its `/proc` directory `dir` (ns).
+pub(crate) fn schedstat_cpu_time(dir: &std::path::Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+    Some(Duration::from_nanos(
+        text.split_whitespace().next()?.parse().ok()?,
+    ))
 }
