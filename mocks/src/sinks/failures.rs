@@ -107,7 +107,7 @@ struct Flapping {
 
 impl Failures {
     /// Queues `failure` (or sets it flapping); returns how many failures
-    /// wait now: those queued, plus a flapping failure's `count`.
+    /// wait now.
     pub(crate) fn push(&mut self, failure: SinkFailure) -> Result<usize, ValidationError> {
         failure.validate()?;
         let status = StatusCode::from_u16(failure.status)
@@ -148,6 +148,7 @@ impl Failures {
         cleared
     }
 
+    /// The failures waiting: those queued, plus a flapping failure's `count`.
     fn waiting(&self) -> usize {
         self.queued.len() + self.flapping.as_ref().map_or(0, |f| f.failing as usize)
     }
