@@ -508,15 +508,21 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The chaos run's queue on SQLite, for one agent of 16 workers.
+const SQLITE_CHAOS_QUEUE: &str = "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20";
+
+/// The chaos run's queue in `table` of the PostgreSQL database at `url`,
+/// for agents of 8 workers each.
+fn postgres_chaos_queue(url: &str, table: &str) -> String {
+    format!(
+        "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
+         poll_interval = \"100ms\""
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_run_loses_no_contact_and_no_alert() {
-    chaos_run(
-        "chaos",
-        "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20",
-        &["chaos"],
-        2000,
-    )
-    .await;
+    chaos_run("chaos", SQLITE_CHAOS_QUEUE, &["chaos"], 2000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,17 +531,8 @@ async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_ale
         eprintln!("skipped: CALLGUARD_TEST_POSTGRES_URL is not set");
         return;
     };
-    let table = format!("chaos_{}", std::process::id());
-    chaos_run(
-        "chaos-postgres",
-        &format!(
-            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
-             poll_interval = \"100ms\""
-        ),
-        &["chaos-a", "chaos-b"],
-        2000,
-    )
-    .await;
+    let queue = postgres_chaos_queue(&url, &format!("chaos_{}", std::process::id()));
+    chaos_run("chaos-postgres", &queue, &["chaos-a", "chaos-b"], 2000).await;
 }
 
 /// The chaos run as a soak, left out of `cargo test`: three agents on the
@@ -552,16 +549,9 @@ async fn soak_through_chaos() {
     });
     match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
         Ok(url) => {
-            let table = format!("soak_{}", std::process::id());
-            let queue = format!(
-                "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
-                 poll_interval = \"100ms\""
-            );
+            let queue = postgres_chaos_queue(&url, &format!("soak_{}", std::process::id()));
             chaos_run("soak", &queue, &["soak-a", "soak-b", "soak-c"], contacts).await;
         }
-        Err(_) => {
-            let queue = "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20";
-            chaos_run("soak", queue, &["soak"], contacts).await;
-        }
+        Err(_) => chaos_run("soak", SQLITE_CHAOS_QUEUE, &["soak"], contacts).await,
     }
 }
