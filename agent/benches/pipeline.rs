@@ -27,8 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use callguard_agent::assemble::{Assembled, assemble};
-use callguard_agent::campaign::Campaign;
+use callguard_agent::app::App;
 use callguard_agent::clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
@@ -124,8 +123,8 @@ fn bench_config(server: &MockServer) -> AgentConfig {
     )
 }
 
-fn parts(config: &AgentConfig) -> Assembled {
-    assemble(config).expect("the bench config assembles")
+fn parts(config: &AgentConfig) -> App {
+    App::build(config.clone()).expect("the bench config builds")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,23 +226,14 @@ async fn run_campaign(config: &AgentConfig, contacts: Vec<Contact>) -> Duration 
     run_assembled(config, parts(config), contacts).await
 }
 
-/// [`run_campaign`] with parts assembled by the caller.
-async fn run_assembled(config: &AgentConfig, parts: Assembled, contacts: Vec<Contact>) -> Duration {
+/// [`run_campaign`] with an app built by the caller.
+async fn run_assembled(config: &AgentConfig, app: App, contacts: Vec<Contact>) -> Duration {
     let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
-    let campaign = Campaign {
-        pipeline: parts.pipeline,
-        registry: parts.registry,
-        // A clone outlives the run, so that dropping the store (as the plain
-        // side drops its contacts) is not timed.
-        queue: queue.clone(),
-        stats: parts.stats,
-        workers: WORKERS,
-        default_wait: config.circuit_breaker.recovery_timeout.get(),
-        health: None,
-        alerts: parts.alerts,
-        shutdown_grace: config.queue.shutdown_grace.get(),
-        progress: false,
-    };
+    // A clone outlives the run, so that dropping the store (as the plain
+    // side drops its contacts) is not timed.
+    let mut campaign = app.campaign(queue.clone());
+    campaign.health = None;
+    campaign.progress = false;
     let started = Instant::now();
     let summary = campaign.run(std::future::pending()).await;
     let elapsed = started.elapsed();
@@ -258,7 +248,7 @@ async fn run_assembled(config: &AgentConfig, parts: Assembled, contacts: Vec<Con
 /// The same requests without the resilience layer: the pipeline's own
 /// clients called directly, in the same order, by as many workers.
 async fn run_plain(config: &AgentConfig, contacts: Vec<Contact>) -> Duration {
-    let pipeline = parts(config).pipeline;
+    let pipeline = parts(config).pipeline().clone();
     let contacts = Arc::new(contacts);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -329,7 +319,7 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
     let parts = parts(config);
     let tts = config.pipeline.tts.clone();
     let breaker = parts
-        .registry
+        .registry()
         .get(tts.as_str())
         .expect("the TTS service has a breaker");
     match opening {
@@ -340,7 +330,7 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
                 .expect("a valid fault");
         }
     }
-    let pipeline = parts.pipeline;
+    let pipeline = parts.pipeline().clone();
     let contacts = support::contacts(DEFERRED_CONTACTS, &format!("defer-{opening:?}"));
     let queue = CallQueue::new(contacts, config.queue.max_deferrals);
     let default_wait = config.circuit_breaker.recovery_timeout.get();
@@ -513,7 +503,7 @@ async fn run_served(
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(callguard_health::serve(
         listener,
-        parts.registry.clone(),
+        parts.registry().clone(),
         GrpcOptions::default(),
         async move {
             let _ = server_stopped.await;

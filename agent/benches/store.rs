@@ -1,5 +1,5 @@
 //! The durable call store's cost to the pipeline: the same contacts through
-//! the real [`Campaign`] against zero-latency mocks on 127.0.0.1, once with
+//! the real [`Campaign`](callguard_agent::campaign::Campaign) against zero-latency mocks on 127.0.0.1, once with
 //! the in-memory queue and once with the SQLite store (a temporary file) — and
 //! PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` is set — in the same run.
 //! Each round runs both back to back (alternating which goes first), and the
@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use callguard_agent::assemble::assemble;
-use callguard_agent::campaign::Campaign;
+use callguard_agent::app::App;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::queue::CallQueue;
@@ -116,19 +115,11 @@ async fn run(config: &AgentConfig, backend: &Backend) -> Round {
     let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let contacts = support::contacts(CONTACTS, &format!("{name}-{run}"));
     let queue = Arc::new(queue(config, backend, contacts, run).await);
-    let parts = assemble(config).expect("the bench config assembles");
-    let campaign = Campaign {
-        pipeline: parts.pipeline,
-        registry: parts.registry,
-        queue: queue.clone(),
-        stats: parts.stats,
-        alerts: parts.alerts,
-        workers: WORKERS,
-        default_wait: Duration::from_secs(1),
-        health: None,
-        shutdown_grace: Duration::from_secs(1),
-        progress: false,
-    };
+    let mut campaign = App::build(config.clone())
+        .expect("the bench config builds")
+        .campaign(queue.clone());
+    campaign.health = None;
+    campaign.progress = false;
     let server_cpu_now = || backend.is_postgres().then(|| cpu_time_of("postgres"));
     let (cpu_before, server_before) = (process_cpu_time(), server_cpu_now());
     let started = Instant::now();

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use callguard_alerts::{AlertCounts, AlertManager};
@@ -19,45 +18,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::events::{EventHub, TransitionLog, TransitionRecord};
+use crate::metrics::Metrics;
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
 use callguard_store::ContactState;
-
-/// Counts of what the executors did, fed by their events.
-#[derive(Debug, Default)]
-pub struct RunStats {
-    attempts: AtomicU64,
-    retries: AtomicU64,
-    rejections: AtomicU64,
-}
-
-impl EventSink for RunStats {
-    fn on_event(&self, event: &ResilienceEvent) {
-        let counter = match event {
-            ResilienceEvent::AttemptSucceeded(_) | ResilienceEvent::AttemptFailed { .. } => {
-                &self.attempts
-            }
-            ResilienceEvent::RetryScheduled { .. } => &self.retries,
-            ResilienceEvent::CallRejected { .. } => &self.rejections,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One breaker transition as the summary shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TransitionRecord {
-    /// State before.
-    pub from: CircuitState,
-    /// State after.
-    pub to: CircuitState,
-    /// Seconds since the campaign started.
-    pub at: f64,
-    /// Why.
-    pub reason: String,
-}
 
 /// A contact that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -122,16 +88,19 @@ pub struct Campaign {
     pub registry: Arc<BreakerRegistry>,
     /// The contacts.
     pub queue: Arc<CallQueue>,
-    /// Fed by the executors' event sinks.
-    pub stats: Arc<RunStats>,
+    /// Where every resilience event is published.
+    pub events: Arc<EventHub>,
+    /// The hub's counters, which the summary reads.
+    pub metrics: Arc<Metrics>,
+    /// The hub's record of breaker transitions, for the summary.
+    pub transitions: Arc<TransitionLog>,
     /// Contacts called at once.
     pub workers: usize,
     /// How long a contact waits when its service gave no `retry_after`.
     pub default_wait: Duration,
     /// Background probes, if any.
     pub health: Option<HealthChecker>,
-    /// Alerts to people: fed the executors' events elsewhere, and the breaker
-    /// transitions here; flushed when the campaign ends.
+    /// Alerts to people (a subscriber of the hub): flushed when the campaign ends.
     pub alerts: AlertManager,
     /// How long in-flight calls may take to finish after shutdown is asked.
     pub shutdown_grace: Duration,
@@ -145,16 +114,15 @@ impl Campaign {
     /// returns the summary. Contacts not finished stay in the queue as pending.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let started = Instant::now();
-        let wall_started = std::time::Instant::now();
+        let wall_started = std::time::SystemTime::now();
         let contacts = self.queue.refresh_counts().await.total();
 
-        let (stop_watcher, watcher_stopped) = oneshot::channel();
-        let watcher = tokio::spawn(watch_transitions(
+        let (stop_follower, follower_stopped) = oneshot::channel();
+        let follower = tokio::spawn(follow_breakers(
             self.registry.clone(),
             self.queue.clone(),
-            self.alerts.clone(),
-            started,
-            watcher_stopped,
+            self.events.clone(),
+            follower_stopped,
         ));
         let (stop_health, health_stopped) = oneshot::channel::<()>();
         let health = self.health.map(|checker| {
@@ -171,14 +139,13 @@ impl Campaign {
             progress_stopped,
         ));
 
-        let deferrals = Arc::new(AtomicU64::new(0));
         let mut workers = JoinSet::new();
         for _ in 0..self.workers.max(1) {
             workers.spawn(work(
                 self.queue.clone(),
                 self.pipeline.clone(),
+                self.events.clone(),
                 self.default_wait,
-                deferrals.clone(),
             ));
         }
 
@@ -208,8 +175,8 @@ impl Campaign {
         if let Some(task) = health {
             let _ = task.await;
         }
-        let _ = stop_watcher.send(());
-        let watched = watcher.await.unwrap_or_default();
+        let _ = stop_follower.send(());
+        let _ = follower.await;
 
         let counts = self.queue.refresh_counts().await;
         let pending = counts.unfinished();
@@ -225,7 +192,9 @@ impl Campaign {
                 reason: failed.last_error.unwrap_or_default(),
             })
             .collect();
-        let stats = &self.stats;
+        let totals = self
+            .metrics
+            .totals(self.registry.all().iter().map(|b| b.service()));
         let alerts = self.alerts.shutdown(self.shutdown_grace).await;
         Summary {
             contacts,
@@ -235,15 +204,15 @@ impl Campaign {
             pending,
             lost: contacts.saturating_sub(accounted),
             duplicated: usize::try_from(self.queue.duplicates()).unwrap_or(usize::MAX),
-            retries: stats.retries.load(Ordering::Relaxed),
-            attempts: stats.attempts.load(Ordering::Relaxed),
-            rejections: stats.rejections.load(Ordering::Relaxed),
-            deferrals: deferrals.load(Ordering::Relaxed),
-            breaker_transitions: watched.transitions,
+            retries: totals.retries,
+            attempts: totals.attempts,
+            rejections: totals.rejections,
+            deferrals: totals.deferrals,
+            breaker_transitions: self.transitions.records(),
             alerts,
             failures,
             sheets: None,
-            duration_secs: wall_started.elapsed().as_secs_f64(),
+            duration_secs: wall_started.elapsed().unwrap_or_default().as_secs_f64(),
         }
     }
 }
@@ -252,8 +221,8 @@ impl Campaign {
 async fn work(
     queue: Arc<CallQueue>,
     pipeline: Arc<Pipeline>,
+    events: Arc<EventHub>,
     default_wait: Duration,
-    deferrals: Arc<AtomicU64>,
 ) {
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
@@ -268,7 +237,7 @@ async fn work(
                 continue;
             }
         };
-        settle(&queue, entry, result, default_wait, &deferrals)
+        settle(&queue, entry, result, &events, default_wait)
             .instrument(span)
             .await;
     }
@@ -278,8 +247,8 @@ async fn settle(
     queue: &CallQueue,
     entry: QueuedContact,
     result: CallResult,
+    events: &EventHub,
     default_wait: Duration,
-    deferrals: &AtomicU64,
 ) {
     let contact_id = entry.contact.id.clone();
     match result {
@@ -305,7 +274,10 @@ async fn settle(
         } => {
             let wait = retry_after.unwrap_or(default_wait);
             let deferral = entry.deferrals + 1;
-            deferrals.fetch_add(1, Ordering::Relaxed);
+            events.on_event(&ResilienceEvent::Deferred {
+                service: service.clone(),
+                wait,
+            });
             match queue.defer(entry, &service, Instant::now() + wait).await {
                 Deferral::Requeued => tracing::info!(
                     contact_id = %contact_id,
@@ -326,61 +298,38 @@ async fn settle(
     }
 }
 
-#[derive(Default)]
-struct Watched {
-    transitions: BTreeMap<String, Vec<TransitionRecord>>,
-}
-
-impl Watched {
-    fn record(&mut self, transition: &Transition, started: Instant) {
-        self.transitions
-            .entry(transition.service.to_string())
-            .or_default()
-            .push(TransitionRecord {
-                from: transition.from,
-                to: transition.to,
-                at: transition
-                    .at
-                    .saturating_duration_since(started)
-                    .as_secs_f64(),
-                reason: transition.reason.to_string(),
-            });
-    }
-}
-
-/// Records every breaker transition, hands it to the alerts (an opening, or a
-/// resolve notice), and keeps deferred contacts in step with their service's
-/// breaker: they wake when it closes, and when it (re)opens none is due before
-/// it admits calls again — so a contact turned away while a HALF_OPEN probe
-/// was in flight is not turned away a second time when the probe fails.
-async fn watch_transitions(
+/// Follows the breakers: publishes each transition the registry reports on
+/// the hub (metrics, alerts, the summary's log), then keeps deferred contacts
+/// in step with their service's breaker: they wake when it closes, and when
+/// it (re)opens none is due before it admits calls again — so a contact
+/// turned away while a HALF_OPEN probe was in flight is not turned away a
+/// second time when the probe fails.
+async fn follow_breakers(
     registry: Arc<BreakerRegistry>,
     queue: Arc<CallQueue>,
-    alerts: AlertManager,
-    started: Instant,
+    events: Arc<EventHub>,
     mut stop: oneshot::Receiver<()>,
-) -> Watched {
+) {
     let mut transitions = registry.transitions();
-    let mut watched = Watched::default();
-    let on_transition = async |transition: Transition, watched: &mut Watched| {
-        watched.record(&transition, started);
-        alerts.observe_transition(&transition);
-        if transition.to == CircuitState::Open {
+    let on_transition = async |transition: Transition| {
+        let service = transition.service.clone();
+        let to = transition.to;
+        events.on_event(&ResilienceEvent::BreakerTransition(transition));
+        if to == CircuitState::Open {
             let reopened_for = registry
-                .get(transition.service.as_str())
+                .get(service.as_str())
                 .and_then(|breaker| breaker.snapshot().retry_after);
             if let Some(wait) = reopened_for {
-                queue.postpone_service(&transition.service, wait).await;
+                queue.postpone_service(&service, wait).await;
             }
         }
-        if transition.to == CircuitState::Closed {
-            let woken = queue.wake_service(&transition.service).await;
+        if to == CircuitState::Closed {
+            let woken = queue.wake_service(&service).await;
             if woken > 0 {
                 tracing::info!(
-                    service = %transition.service,
+                    service = %service,
                     circuit_state = "CLOSED",
-                    "{} recovered: {woken} deferred contact(s) resume",
-                    transition.service
+                    "{service} recovered: {woken} deferred contact(s) resume"
                 );
             }
         }
@@ -388,21 +337,20 @@ async fn watch_transitions(
     loop {
         tokio::select! {
             received = transitions.recv() => match received {
-                Ok(transition) => on_transition(transition, &mut watched).await,
+                Ok(transition) => on_transition(transition).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::warn!("Missed {missed} breaker transitions in the summary");
+                    tracing::warn!("Missed {missed} breaker transitions");
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             _ = &mut stop => {
                 while let Ok(transition) = transitions.try_recv() {
-                    on_transition(transition, &mut watched).await;
+                    on_transition(transition).await;
                 }
                 break;
             }
         }
     }
-    watched
 }
 
 /// Reads the queue's counts from the store (what `/metrics` shows) and, if

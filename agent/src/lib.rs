@@ -2,14 +2,16 @@
 //! script, having a TTS service speak it and recording the outcome in a CRM,
 //! with every call going through callguard's resilience layer.
 
-pub mod assemble;
+pub mod app;
 pub mod campaign;
 pub mod clients;
 pub mod config;
 pub mod contacts;
+pub mod events;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod report;
+pub mod serve;
 pub mod simulate;
 pub mod telemetry;

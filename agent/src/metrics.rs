@@ -1,6 +1,7 @@
-//! Prometheus metrics on `/metrics`: counters fed by the executors' events,
-//! the pipeline and the breakers' transitions; gauges (breaker state, contacts
-//! by state) read from the breakers and the queue when scraped.
+//! Prometheus metrics on `/metrics`: counters fed by the event hub (the
+//! executors' events, breaker transitions, deferrals) — the one place the
+//! campaign's counts are kept, which the summary reads too; gauges (breaker
+//! state, contacts by state) read from the breakers and the queue when scraped.
 //!
 //! Every series is named `callguard_…`:
 //!
@@ -45,7 +46,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::queue::CallQueue;
@@ -342,13 +343,7 @@ impl Metrics {
         }
     }
 
-    /// A contact deferred because `service` (its stage's primary) was unavailable.
-    pub fn record_deferral(&self, service: &ServiceName) {
-        self.deferrals.get_or_create(&service_labels(service)).inc();
-    }
-
-    /// A breaker transition.
-    pub fn record_transition(&self, transition: &Transition) {
+    fn record_transition(&self, transition: &Transition) {
         self.transitions
             .get_or_create(&TransitionLabels {
                 service: transition.service.to_string(),
@@ -357,6 +352,30 @@ impl Metrics {
             })
             .inc();
         self.set_breaker_state(&transition.service, transition.to);
+    }
+
+    /// The run's totals over `services`, read from the series.
+    pub fn totals<'a>(&self, services: impl IntoIterator<Item = &'a ServiceName>) -> Totals {
+        let mut totals = Totals::default();
+        let count = |family: &Family<ServiceLabels, Counter>, labels: &ServiceLabels| {
+            family.get(labels).map_or(0, |counter| counter.get())
+        };
+        for service in services {
+            let labels = service_labels(service);
+            for result in ["success", "transient", "permanent"] {
+                totals.attempts += self
+                    .attempts
+                    .get(&ResultLabels {
+                        service: labels.service.clone(),
+                        result,
+                    })
+                    .map_or(0, |counter| counter.get());
+            }
+            totals.retries += count(&self.retries, &labels);
+            totals.rejections += count(&self.rejections, &labels);
+            totals.deferrals += count(&self.deferrals, &labels);
+        }
+        totals
     }
 
     fn set_breaker_state(&self, service: &ServiceName, state: CircuitState) {
@@ -414,9 +433,7 @@ impl Metrics {
     }
 }
 
-/// Counts the executors' events. Breaker transitions are counted from the
-/// registry's transition stream alone (it sees every transition: calls,
-/// health checks, manual control), so a transition event is not counted here.
+/// Counts every event of the hub.
 impl EventSink for Metrics {
     fn on_event(&self, event: &ResilienceEvent) {
         match event {
@@ -448,11 +465,26 @@ impl EventSink for Metrics {
                     .inc();
                 self.call_ended(service, "rejected");
             }
-            // Counted from the transition stream (see above).
-            ResilienceEvent::BreakerTransition(_) => {}
+            ResilienceEvent::BreakerTransition(transition) => self.record_transition(transition),
+            ResilienceEvent::Deferred { service, .. } => {
+                self.deferrals.get_or_create(&service_labels(service)).inc();
+            }
             _ => {}
         }
     }
+}
+
+/// What a run did, summed over its services.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Attempts made, first attempts included.
+    pub attempts: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Attempts the breakers turned away.
+    pub rejections: u64,
+    /// Contacts sent back to the queue.
+    pub deferrals: u64,
 }
 
 /// Sets a counter mirroring a count kept elsewhere (which only grows).
@@ -491,17 +523,15 @@ async fn scrape(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
     ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text)
 }
 
-/// The `/metrics` server, and the task counting breaker transitions.
+/// The `/metrics` server.
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
-    watcher: JoinHandle<()>,
 }
 
 impl MetricsServer {
-    /// Serves `/metrics` on `listen` and counts `breakers`' transitions until
-    /// [`stop`](Self::stop).
+    /// Serves `/metrics` on `listen` until [`stop`](Self::stop).
     pub async fn start(
         listen: SocketAddr,
         metrics: Arc<Metrics>,
@@ -510,10 +540,6 @@ impl MetricsServer {
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
-        let watcher = tokio::spawn(count_transitions(
-            breakers.transitions(),
-            Arc::clone(&metrics),
-        ));
         let app = Router::new()
             .route("/metrics", get(scrape))
             .with_state(Arc::new(Scrape {
@@ -534,12 +560,7 @@ impl MetricsServer {
             }
         });
         tracing::info!("Metrics served on http://{addr}/metrics");
-        Ok(Self {
-            addr,
-            stop,
-            server,
-            watcher,
-        })
+        Ok(Self { addr, stop, server })
     }
 
     /// Where it listens.
@@ -551,23 +572,6 @@ impl MetricsServer {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.server.await;
-        self.watcher.abort();
-        let _ = self.watcher.await;
-    }
-}
-
-async fn count_transitions(
-    mut transitions: broadcast::Receiver<Transition>,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        match transitions.recv().await {
-            Ok(transition) => metrics.record_transition(&transition),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!("Metrics missed {missed} breaker transitions");
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
-        }
     }
 }
 
@@ -607,8 +611,11 @@ mod tests {
             retry_count: 0,
             retry_after: None,
         });
-        metrics.record_deferral(&tts);
-        metrics.record_transition(&Transition {
+        metrics.on_event(&ResilienceEvent::Deferred {
+            service: tts.clone(),
+            wait: Duration::from_secs(5),
+        });
+        metrics.on_event(&ResilienceEvent::BreakerTransition(Transition {
             service: tts.clone(),
             from: CircuitState::Closed,
             to: CircuitState::Open,
@@ -616,7 +623,16 @@ mod tests {
             generation: 1,
             at: tokio::time::Instant::now(),
             wall_time: std::time::SystemTime::now(),
-        });
+        }));
+        assert_eq!(
+            metrics.totals([&tts]),
+            Totals {
+                attempts: 2,
+                retries: 1,
+                rejections: 1,
+                deferrals: 1,
+            }
+        );
         let text = metrics.render(None, None);
         for line in [
             "callguard_retries_total{service=\"elevenlabs\"} 1",

@@ -22,7 +22,6 @@ use tracing::Instrument;
 use crate::clients::{
     CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
 };
-use crate::metrics::Metrics;
 use crate::queue::QueuedContact;
 use crate::telemetry;
 
@@ -86,8 +85,6 @@ pub struct Pipeline {
     pub tts: Chain<TtsClient>,
     /// Records the call.
     pub crm: Chain<CrmClient>,
-    /// Counts deferrals.
-    pub metrics: Arc<Metrics>,
 }
 
 /// The span of one pass over contact `contact_id`: run [`Pipeline::call`]
@@ -114,10 +111,7 @@ impl Pipeline {
                 span.record("otel.status_code", "ERROR");
                 "failed"
             }
-            CallResult::Unavailable { service, .. } => {
-                self.metrics.record_deferral(service);
-                "deferred"
-            }
+            CallResult::Unavailable { .. } => "deferred",
         };
         span.record("outcome", outcome);
         result

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use callguard_agent::assemble::assemble;
+use callguard_agent::app::App;
 use callguard_agent::config::AgentConfig;
 
 fn example(name: &str) -> std::path::PathBuf {
@@ -22,9 +22,9 @@ fn production_config_loads() {
 #[tokio::test]
 async fn mocks_config_builds_every_part() {
     let config = AgentConfig::load("", Some(&example("mocks.toml")), []).unwrap();
-    let parts = assemble(&config).unwrap();
-    let names: Vec<String> = parts
-        .registry
+    let app = App::build(config).unwrap();
+    let names: Vec<String> = app
+        .registry()
         .all()
         .iter()
         .map(|b| b.service().to_string())
@@ -37,8 +37,7 @@ async fn production_config_probes_only_services_with_a_health_endpoint() {
     let config = AgentConfig::load("", Some(&example("production.toml")), []).unwrap();
     let registry = callguard_breaker::BreakerRegistry::default();
     let checker =
-        callguard_agent::assemble::health_checker(&config, &registry, config.services.keys())
-            .unwrap();
+        callguard_agent::app::health_checker(&config, &registry, config.services.keys()).unwrap();
     let probed: Vec<String> = checker.services().map(ToString::to_string).collect();
     assert_eq!(
         probed,

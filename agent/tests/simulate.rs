@@ -154,6 +154,13 @@ fn outage_opens_defers_recovers_and_completes_everyone() {
         );
     }
     assert_eq!(u64::try_from(retried).unwrap(), run.count("retries"));
+    // Each deferral is logged once, and the summary counts each once.
+    let deferred = lines
+        .iter()
+        .filter_map(|l| l["message"].as_str())
+        .filter(|message| message.contains(" deferred: "))
+        .count();
+    assert_eq!(u64::try_from(deferred).unwrap(), run.count("deferrals"));
     for secret in SECRETS {
         assert!(!log.contains(secret), "{secret} leaked into the log file");
         assert!(

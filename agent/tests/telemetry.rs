@@ -72,7 +72,7 @@ async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) ->
                 "--scenario",
                 "outage",
                 "--contacts",
-                "6",
+                "20",
                 "--time-scale",
                 "0.05",
                 "--summary-json",

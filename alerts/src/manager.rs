@@ -11,7 +11,6 @@
 //! retries, logged with the reason), dropped (queue full or shut down) or
 //! suppressed (dedup), and each outcome is counted.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
@@ -48,9 +47,6 @@ struct Inner {
     /// Wakes `flush` whenever a channel finishes an alert.
     progress: Arc<Notify>,
     breakers: OnceLock<Arc<BreakerRegistry>>,
-    /// The last transition generation seen per service, so a transition
-    /// reaching us twice (event sink and transition stream) alerts once.
-    generations: Mutex<HashMap<ServiceName, u64>>,
 }
 
 /// One channel: its queue, its breaker, its counts and its delivery task.
@@ -167,7 +163,6 @@ impl AlertManager {
                 closed: AtomicBool::new(false),
                 progress,
                 breakers: OnceLock::new(),
-                generations: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -241,18 +236,9 @@ impl AlertManager {
 
     /// Raises the alert a breaker transition calls for: into OPEN (one alert
     /// per transition, however many calls the open breaker then rejects) or
-    /// back to CLOSED (the resolve notice). A transition seen before (same
-    /// service, same or older generation) is ignored, so the event sink and
-    /// the transition stream may both be wired.
+    /// back to CLOSED (the resolve notice). Feed each transition once: from
+    /// an event hub, or from [`watch_transitions`](Self::watch_transitions).
     pub fn observe_transition(&self, transition: &Transition) -> Option<Raised> {
-        {
-            let mut seen = lock(&self.inner.generations);
-            let last = seen.entry(transition.service.clone()).or_insert(0);
-            if transition.generation <= *last {
-                return None;
-            }
-            *last = transition.generation;
-        }
         Alert::from_transition(transition).map(|alert| self.raise(alert))
     }
 

@@ -204,6 +204,14 @@ pub enum ResilienceEvent {
     },
     /// A breaker changed state.
     BreakerTransition(Transition),
+    /// A contact went back to the queue because its stage's service (and
+    /// every fallback) was unavailable.
+    Deferred {
+        /// The stage's primary service, whose breaker closing wakes the contact.
+        service: ServiceName,
+        /// How long the contact waits at most before it is due again.
+        wait: Duration,
+    },
 }
 
 impl ResilienceEvent {
@@ -216,7 +224,8 @@ impl ResilienceEvent {
             Self::RetryScheduled { service, .. }
             | Self::RetriesExhausted { service, .. }
             | Self::PermanentFailure { service, .. }
-            | Self::CallRejected { service, .. } => service,
+            | Self::CallRejected { service, .. }
+            | Self::Deferred { service, .. } => service,
             Self::BreakerTransition(t) => &t.service,
         }
     }

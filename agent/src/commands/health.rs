@@ -3,126 +3,24 @@
 //! subcommands.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use callguard_agent::assemble::health_checker;
+use callguard_agent::app::health_checker;
 use callguard_agent::config::AgentConfig;
+use callguard_agent::serve::GrpcServer;
 use callguard_agent::telemetry;
 use callguard_breaker::BreakerRegistry;
-use callguard_health::{
-    GrpcConfig, GrpcError, GrpcOptions, OnRecovery, ProcessHealth, RemoteUrl, RemoteWatcher,
-};
+use callguard_health::{OnRecovery, RemoteUrl};
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
 use callguard_proto::callguard::v1::{Breaker, ListBreakersRequest, breaker::State};
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use super::shutdown_signal;
-
-/// The gRPC server (health, breakers, reflection) on `grpc.listen`, running in
-/// the background until [`GrpcServer::stop`].
-pub(crate) struct GrpcServer {
-    addr: SocketAddr,
-    process: ProcessHealth,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), GrpcError>>,
-}
-
-impl GrpcServer {
-    /// Binds `grpc.listen` (port 0 picks a free port) and serves `registry`.
-    pub(crate) async fn start(
-        config: &GrpcConfig,
-        registry: Arc<BreakerRegistry>,
-    ) -> Result<Self, String> {
-        let options = GrpcOptions::from_config(config).map_err(|e| e.to_string())?;
-        let listen = config.listen;
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            format!(
-                "cannot serve gRPC on {listen} (grpc.listen): {e}; \
-                 choose another address with [grpc] listen or CALLGUARD_GRPC__LISTEN"
-            )
-        })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("cannot serve gRPC on {listen}: {e}"))?;
-        tracing::info!("gRPC health and breakers on {addr}");
-        let process = options.process_health().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(callguard_health::serve(
-            listener,
-            registry,
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Self {
-            addr,
-            process,
-            stop,
-            task,
-        })
-    }
-
-    /// Completes on Ctrl-C or SIGTERM, after turning the process NOT_SERVING:
-    /// watchers hear of the drain while calls in flight finish.
-    pub(crate) fn drain_on_shutdown(&self) -> impl Future<Output = ()> + use<> {
-        let process = self.process.clone();
-        let addr = self.addr;
-        async move {
-            shutdown_signal().await;
-            tracing::info!("Draining: gRPC on {addr} reports NOT_SERVING");
-            process.set_serving(false);
-        }
-    }
-
-    /// Stops serving: open watch streams end, calls in flight finish.
-    pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(addr = %self.addr, "gRPC server failed: {e}"),
-            Err(e) => tracing::error!(addr = %self.addr, "gRPC server task failed: {e}"),
-        }
-    }
-}
-
-/// A [`RemoteWatcher`] of `health_check.remote` for every breaker of
-/// `registry`, running until [`RemoteFollower::stop`].
-pub(crate) struct RemoteFollower {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl RemoteFollower {
-    /// Starts following the remote, if `health_check.remote` is set.
-    pub(crate) fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Option<Self> {
-        let remote = config.health_check.remote.clone()?;
-        let watcher = registry
-            .all()
-            .into_iter()
-            .fold(RemoteWatcher::new(remote), RemoteWatcher::with_breaker);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(watcher.run(async move {
-            let _ = stopped.await;
-        }));
-        Some(Self { stop, task })
-    }
-
-    /// Stops following; breakers the remote forced open are released.
-    pub(crate) async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
 
 /// `callguard health-server`: probes every configured service and serves
 /// their health over gRPC until Ctrl-C or SIGTERM.
@@ -163,7 +61,7 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
             .collect::<Vec<_>>()
             .join(", "),
         config.health_check.interval,
-        server.addr
+        server.local_addr()
     );
     checker.run(shutdown_signal()).await;
     server.stop().await;

@@ -11,64 +11,29 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use callguard_agent::assemble::assemble;
-use callguard_agent::campaign::{Campaign, Summary};
+use callguard_agent::app::{App, Ran};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
-use callguard_agent::metrics::MetricsServer;
 use callguard_agent::telemetry::Telemetry;
 
-/// A campaign that has run: its summary, and the `/metrics` server, kept up
-/// until [`finish`] has written the summary.
-pub(crate) struct Ran {
-    summary: Summary,
-    metrics: Option<MetricsServer>,
-}
-
+/// Builds the agent from `config`, opens its call store (importing
+/// `contacts`), calls `ready` (the last thing before the first call), and
+/// runs the campaign with its servers until every contact has ended or
+/// Ctrl-C / SIGTERM; contacts a memory store still holds are then written to
+/// `[queue] pending_file`.
 pub(crate) async fn run_campaign(
-    config: &AgentConfig,
+    config: AgentConfig,
     contacts: Vec<Contact>,
     telemetry: &Telemetry,
+    ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Ran, String> {
-    let parts = assemble(config).map_err(|e| e.to_string())?;
-    parts.metrics.watch_alerts(parts.alerts.clone());
-    parts.metrics.watch_telemetry(telemetry);
-    let queue = Arc::new(store::open_queue(config, &contacts).await?);
-    let metrics = match config.metrics.served_on() {
-        Some(listen) => Some(
-            MetricsServer::start(listen, parts.metrics, parts.registry.clone(), queue.clone())
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot serve metrics on {listen} (metrics.listen): {e}; \
-                         choose another address with [metrics] listen or CALLGUARD_METRICS__LISTEN, \
-                         or turn /metrics off with [metrics] enabled = false"
-                    )
-                })?,
-        ),
-        None => None,
-    };
-    let grpc = health::GrpcServer::start(&config.grpc, parts.registry.clone()).await?;
-    let remote = health::RemoteFollower::start(config, &parts.registry);
-    let campaign = Campaign {
-        pipeline: parts.pipeline,
-        registry: parts.registry,
-        queue: queue.clone(),
-        stats: parts.stats,
-        workers: config.queue.workers as usize,
-        default_wait: config.circuit_breaker.recovery_timeout.get(),
-        health: Some(parts.health),
-        alerts: parts.alerts,
-        shutdown_grace: config.queue.shutdown_grace.get(),
-        progress: true,
-    };
-    let summary = campaign.run(grpc.drain_on_shutdown()).await;
-    if let Some(remote) = remote {
-        remote.stop().await;
-    }
-    grpc.stop().await;
-    store::keep_pending(config, &queue, &contacts).await?;
-    Ok(Ran { summary, metrics })
+    let app = App::build(config.clone()).map_err(|e| e.to_string())?;
+    app.metrics().watch_telemetry(telemetry);
+    let queue = Arc::new(store::open_queue(&config, &contacts).await?);
+    ready()?;
+    let ran = app.run(queue.clone(), shutdown_signal()).await?;
+    store::keep_pending(&config, &queue, &contacts).await?;
+    Ok(ran)
 }
 
 /// Flushes the log export, prints the summary (and writes it as JSON when

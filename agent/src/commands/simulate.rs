@@ -41,10 +41,14 @@ pub(crate) async fn simulate(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
         services.server.url()
     );
-    services
-        .start_faults()
-        .map_err(|e| format!("cannot inject the scenario's faults: {e}"))?;
-    let ran = run_campaign(&config, contacts, &telemetry).await?;
+    // The scenario's clock starts with the campaign, however long the agent
+    // took to set up.
+    let ran = run_campaign(config.clone(), contacts, &telemetry, || {
+        services
+            .start_faults()
+            .map_err(|e| format!("cannot inject the scenario's faults: {e}"))
+    })
+    .await?;
     // The mocks stay up until the log rows bound for their Sheets fake are sent.
     let code = finish(&config, ran, summary_json, &mut telemetry).await;
     services.server.shutdown().await;

@@ -1,0 +1,288 @@
+//! The agent as one value: [`App::build`] makes the running parts from a
+//! checked [`AgentConfig`] — one breaker and one executor per service, the
+//! clients of each stage's chain (primary, then its `fallback`s), the health
+//! checker probing every service used, the alerts, and the event hub every
+//! part publishes to — and [`App::run`] runs a campaign with the servers the
+//! config asks for beside it. Every command, bench and test wires the agent
+//! through here.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use callguard_alerts::{AlertManager, AlertsError};
+use callguard_breaker::BreakerRegistry;
+use callguard_core::{ServiceName, ValidationError};
+use callguard_health::{HealthChecker, HttpProbe};
+use callguard_retry::{EventSink, Executor};
+use serde::de::DeserializeOwned;
+
+use crate::campaign::{Campaign, Summary};
+use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
+use crate::config::{AgentConfig, ConfigError};
+use crate::events::{EventHub, TransitionLog};
+use crate::metrics::{Metrics, MetricsServer};
+use crate::pipeline::{Chain, Pipeline, Stage};
+use crate::queue::CallQueue;
+use crate::serve::{GrpcServer, RemoteFollower};
+
+/// Why the agent could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A config key is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A client could not be built.
+    #[error("service {service}: {source}")]
+    Client {
+        /// The service.
+        service: ServiceName,
+        /// Why.
+        source: ClientSetupError,
+    },
+    /// The health probes' HTTP client could not be built.
+    #[error("cannot build the health-check HTTP client: {0}")]
+    HealthClient(String),
+    /// An alert channel could not be set up.
+    #[error(transparent)]
+    Alerts(#[from] AlertsError),
+}
+
+/// The agent's running parts, built once from its config.
+pub struct App {
+    config: AgentConfig,
+    pipeline: Arc<Pipeline>,
+    registry: Arc<BreakerRegistry>,
+    events: Arc<EventHub>,
+    metrics: Arc<Metrics>,
+    transitions: Arc<TransitionLog>,
+    health: HealthChecker,
+    alerts: AlertManager,
+}
+
+/// A campaign that has run: its summary, and the `/metrics` server, kept up
+/// until the caller has reported the summary.
+pub struct Ran {
+    /// What became of the campaign.
+    pub summary: Summary,
+    /// The `/metrics` server, when `[metrics]` serves one.
+    pub metrics: Option<MetricsServer>,
+}
+
+impl App {
+    /// Builds the pipeline, breakers, executors, health checker, alerts and
+    /// the event hub they publish to. Call within the tokio runtime (the
+    /// alert channels start their tasks).
+    pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
+        let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
+        let metrics = Arc::new(Metrics::new());
+        let transitions = Arc::new(TransitionLog::new());
+        let alerts = AlertManager::new(&config.alerts)?.with_breakers(registry.clone());
+        metrics.watch_alerts(alerts.clone());
+        let events = Arc::new(EventHub::new(vec![
+            metrics.clone(),
+            Arc::new(alerts.clone()),
+            transitions.clone(),
+        ]));
+        let mut builder = Builder {
+            config: &config,
+            registry: &registry,
+            sink: events.clone(),
+            used: BTreeSet::new(),
+        };
+        let pipeline = Pipeline {
+            llm: builder.chain(&config.pipeline.llm, LlmClient::new)?,
+            tts: builder.chain(&config.pipeline.tts, TtsClient::new)?,
+            crm: builder.chain(&config.pipeline.crm, CrmClient::new)?,
+        };
+        let health = health_checker(&config, &registry, &builder.used)?;
+        Ok(Self {
+            config,
+            pipeline: Arc::new(pipeline),
+            registry,
+            events,
+            metrics,
+            transitions,
+            health,
+            alerts,
+        })
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The stages.
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// One breaker per service.
+    pub fn registry(&self) -> &Arc<BreakerRegistry> {
+        &self.registry
+    }
+
+    /// The counters of every event, served on `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The campaign over `queue` with these parts (health checks and the
+    /// progress line on) and no server beside it.
+    pub fn campaign(self, queue: Arc<CallQueue>) -> Campaign {
+        Campaign {
+            pipeline: self.pipeline,
+            registry: self.registry,
+            queue,
+            events: self.events,
+            metrics: self.metrics,
+            transitions: self.transitions,
+            workers: self.config.queue.workers as usize,
+            default_wait: self.config.circuit_breaker.recovery_timeout.get(),
+            health: Some(self.health),
+            alerts: self.alerts,
+            shutdown_grace: self.config.queue.shutdown_grace.get(),
+            progress: true,
+        }
+    }
+
+    /// Runs the campaign over `queue` until every contact has ended or
+    /// `shutdown` completes, with `/metrics`, the gRPC health server and the
+    /// remote health watcher beside it as the config asks. On `shutdown` the
+    /// gRPC server reports NOT_SERVING first, so watchers hear of the drain
+    /// while calls in flight finish.
+    pub async fn run(
+        self,
+        queue: Arc<CallQueue>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Ran, String> {
+        let metrics = match self.config.metrics.served_on() {
+            Some(listen) => Some(
+                MetricsServer::start(
+                    listen,
+                    self.metrics.clone(),
+                    self.registry.clone(),
+                    queue.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot serve metrics on {listen} (metrics.listen): {e}; \
+                         choose another address with [metrics] listen or CALLGUARD_METRICS__LISTEN, \
+                         or turn /metrics off with [metrics] enabled = false"
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
+        let remote = RemoteFollower::start(&self.config, &self.registry);
+        let summary = self.campaign(queue).run(grpc.drain_on(shutdown)).await;
+        if let Some(remote) = remote {
+            remote.stop().await;
+        }
+        grpc.stop().await;
+        Ok(Ran { summary, metrics })
+    }
+}
+
+/// The health checker probing each of `services` — `GET {base_url}/health`,
+/// or its `health_url` — unless its `health_probe` is off, feeding the
+/// breakers of `registry` (created with the default settings if missing).
+pub fn health_checker<'a>(
+    config: &AgentConfig,
+    registry: &BreakerRegistry,
+    services: impl IntoIterator<Item = &'a ServiceName>,
+) -> Result<HealthChecker, SetupError> {
+    let mut health = HealthChecker::new(config.health_check.clone())
+        .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+    let probe_client = reqwest::Client::builder()
+        .timeout(config.health_check.timeout.get())
+        .build()
+        .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
+    for service in services {
+        let Some(section) = config.services.get(service).filter(|s| s.health_probe) else {
+            continue;
+        };
+        let (key, text) = match (&section.health_url, section.base_url()) {
+            (Some(url), _) => ("health_url", url.as_str()),
+            (None, Some(base)) => ("base_url", base),
+            (None, None) => continue,
+        };
+        let invalid = |rule: &str| {
+            SetupError::Config(ConfigError::Invalid(ValidationError::new(
+                format!("services.{service}.{key}"),
+                text,
+                rule,
+            )))
+        };
+        let url = reqwest::Url::parse(text).map_err(|_| invalid("an absolute http(s) URL"))?;
+        let probe = if section.health_url.is_some() {
+            HttpProbe::at(probe_client.clone(), url)
+        } else {
+            HttpProbe::new(probe_client.clone(), &url)
+                .map_err(|_| invalid("an http(s) URL that can take a path"))?
+        };
+        let breaker = registry.get_or_default(service);
+        health = health.with_probe(breaker, probe);
+    }
+    Ok(health)
+}
+
+struct Builder<'a> {
+    config: &'a AgentConfig,
+    registry: &'a Arc<BreakerRegistry>,
+    sink: Arc<dyn EventSink>,
+    used: BTreeSet<ServiceName>,
+}
+
+impl Builder<'_> {
+    /// The chain starting at `primary` and following each service's `fallback`.
+    fn chain<C, S: DeserializeOwned>(
+        &mut self,
+        primary: &ServiceName,
+        build: fn(&S) -> Result<C, ClientSetupError>,
+    ) -> Result<Chain<C>, SetupError> {
+        let primary_stage = self.stage(primary, build)?;
+        let mut fallbacks = Vec::new();
+        let mut seen = BTreeSet::from([primary.clone()]);
+        let mut next = self.config.services[primary].fallback.clone();
+        while let Some(service) = next {
+            if !seen.insert(service.clone()) {
+                break; // a loop of fallbacks ends where it repeats
+            }
+            fallbacks.push(self.stage(&service, build)?);
+            next = self.config.services[&service].fallback.clone();
+        }
+        Ok(Chain {
+            primary: primary_stage,
+            fallbacks,
+        })
+    }
+
+    fn stage<C, S: DeserializeOwned>(
+        &mut self,
+        service: &ServiceName,
+        build: fn(&S) -> Result<C, ClientSetupError>,
+    ) -> Result<Stage<C>, SetupError> {
+        let section = &self.config.services[service];
+        let settings: S = section.client_settings(service)?;
+        let client = build(&settings).map_err(|source| SetupError::Client {
+            service: service.clone(),
+            source: source.in_section(&format!("services.{service}")),
+        })?;
+        let breaker = self
+            .registry
+            .register(service.clone(), self.config.breaker_config(service));
+        let executor = Executor::new(breaker, self.config.retry.clone())
+            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
+            .with_sink(self.sink.clone());
+        self.used.insert(service.clone());
+        Ok(Stage {
+            service: service.clone(),
+            client,
+            executor: Arc::new(executor),
+        })
+    }
+}

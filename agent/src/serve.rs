@@ -1,0 +1,118 @@
+//! The servers beside a campaign: the gRPC health and breakers server, and
+//! the watcher that follows a remote health server into the local breakers.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use callguard_breaker::BreakerRegistry;
+use callguard_health::{GrpcConfig, GrpcError, GrpcOptions, ProcessHealth, RemoteWatcher};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::AgentConfig;
+
+/// The gRPC server (health, breakers, reflection) on `grpc.listen`, running in
+/// the background until [`GrpcServer::stop`].
+pub struct GrpcServer {
+    addr: SocketAddr,
+    process: ProcessHealth,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), GrpcError>>,
+}
+
+impl GrpcServer {
+    /// Binds `grpc.listen` (port 0 picks a free port) and serves `registry`.
+    pub async fn start(
+        config: &GrpcConfig,
+        registry: Arc<BreakerRegistry>,
+    ) -> Result<Self, String> {
+        let options = GrpcOptions::from_config(config).map_err(|e| e.to_string())?;
+        let listen = config.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            format!(
+                "cannot serve gRPC on {listen} (grpc.listen): {e}; \
+                 choose another address with [grpc] listen or CALLGUARD_GRPC__LISTEN"
+            )
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot serve gRPC on {listen}: {e}"))?;
+        tracing::info!("gRPC health and breakers on {addr}");
+        let process = options.process_health().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(callguard_health::serve(
+            listener,
+            registry,
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Self {
+            addr,
+            process,
+            stop,
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Completes when `shutdown` does, after turning the process NOT_SERVING:
+    /// watchers hear of the drain while calls in flight finish.
+    pub fn drain_on<F: Future<Output = ()>>(
+        &self,
+        shutdown: F,
+    ) -> impl Future<Output = ()> + use<F> {
+        let process = self.process.clone();
+        let addr = self.addr;
+        async move {
+            shutdown.await;
+            tracing::info!("Draining: gRPC on {addr} reports NOT_SERVING");
+            process.set_serving(false);
+        }
+    }
+
+    /// Stops serving: open watch streams end, calls in flight finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(addr = %self.addr, "gRPC server failed: {e}"),
+            Err(e) => tracing::error!(addr = %self.addr, "gRPC server task failed: {e}"),
+        }
+    }
+}
+
+/// A [`RemoteWatcher`] of `health_check.remote` for every breaker of
+/// `registry`, running until [`RemoteFollower::stop`].
+pub struct RemoteFollower {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl RemoteFollower {
+    /// Starts following the remote, if `health_check.remote` is set.
+    pub fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Option<Self> {
+        let remote = config.health_check.remote.clone()?;
+        let watcher = registry
+            .all()
+            .into_iter()
+            .fold(RemoteWatcher::new(remote), RemoteWatcher::with_breaker);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(watcher.run(async move {
+            let _ = stopped.await;
+        }));
+        Some(Self { stop, task })
+    }
+
+    /// Stops following; breakers the remote forced open are released.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
