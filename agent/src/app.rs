@@ -74,6 +74,9 @@ impl App {
     /// the event hub they publish to. Call within the tokio runtime (the
     /// alert channels start their tasks).
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
+        config
+            .check_pipeline()
+            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
         let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
         let metrics = Arc::new(Metrics::new());
         let transitions = Arc::new(TransitionLog::new());

@@ -284,36 +284,81 @@ fn env_note(var: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-impl AgentConfig {
-    /// Loads `defaults` (TOML text built into the binary), the file at `path`
-    /// if given, then the `CALLGUARD_*` variables in `env`, and validates.
-    pub fn load(
-        defaults: &str,
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let config = Self::load_unchecked(defaults, path, env)?;
-        config.validate()?;
-        Ok(config)
+/// Builds an [`AgentConfig`] along the one path every command takes:
+/// built-in defaults, then stand-in sections, then the config file, then the
+/// `CALLGUARD_*` environment, then a time scale — and validates the result
+/// once, at the end.
+///
+/// Defaults and the file merge key by key. A stand-in section (how `simulate`
+/// points the agent at its in-process mocks: `[services.NAME]`,
+/// `[alerts.CHANNEL]`, `[sheets]`) is replaced *whole* by a section of the
+/// same name in the file, so a simulation can watch one's own Sheet, SMTP
+/// server or Telegram chat without the stand-in's keys mixing into it.
+#[derive(Debug, Default)]
+pub struct ConfigLoader {
+    defaults: toml::Table,
+    stand_ins: toml::Table,
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    time_scale: Option<f64>,
+}
+
+impl ConfigLoader {
+    /// Nothing but the program's own defaults.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Like [`load`](Self::load) without [`validate`](Self::validate), for
-    /// tools that read one section (`callguard report` reads `[queue]`).
-    pub fn load_unchecked(
-        defaults: &str,
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut merged = parse_toml(defaults, "built-in defaults")?;
-        if let Some(path) = path {
+    /// Defaults of this command, under the file.
+    pub fn defaults(mut self, table: toml::Table) -> Self {
+        merge(&mut self.defaults, table);
+        self
+    }
+
+    /// Sections standing in for real services, alert channels or log sinks;
+    /// the file's section of the same name replaces each whole.
+    pub fn stand_ins(mut self, table: toml::Table) -> Self {
+        merge(&mut self.stand_ins, table);
+        self
+    }
+
+    /// The config file, if any.
+    pub fn file(mut self, path: Option<&Path>) -> Self {
+        self.file = path.map(Path::to_owned);
+        self
+    }
+
+    /// The environment; only `CALLGUARD_*` variables are read.
+    pub fn env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env = vars.into_iter().collect();
+        self
+    }
+
+    /// Multiplies the resilience settings' durations by `factor`
+    /// ([`AgentConfig::scale_durations`]), before validation.
+    pub fn time_scale(mut self, factor: f64) -> Self {
+        self.time_scale = Some(factor);
+        self
+    }
+
+    /// The config, validated.
+    pub fn load(self) -> Result<AgentConfig, ConfigError> {
+        let mut merged = self.defaults;
+        let mut stand_ins = self.stand_ins;
+        if let Some(path) = &self.file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
+                path: path.clone(),
                 source,
             })?;
-            merge(&mut merged, parse_toml(&text, &path.display().to_string())?);
+            let file = parse_toml(&text, &path.display().to_string())?;
+            remove_replaced_sections(&mut stand_ins, &file);
+            merge(&mut merged, stand_ins);
+            merge(&mut merged, file);
+        } else {
+            merge(&mut merged, stand_ins);
         }
         let mut from_env = Vec::new();
-        for (var, raw) in env {
+        for (var, raw) in self.env {
             let Some(path) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -335,7 +380,49 @@ impl AgentConfig {
             })?;
             from_env.push((keys.join("."), var));
         }
-        deserialize_at(toml::Value::Table(merged), "", &from_env)
+        let mut config: AgentConfig = deserialize_at(toml::Value::Table(merged), "", &from_env)?;
+        if let Some(factor) = self.time_scale {
+            config.scale_durations(factor);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Drops each stand-in section that `file` gives itself: a top-level
+/// section, or a named one under `[alerts]` or `[services]`.
+fn remove_replaced_sections(stand_ins: &mut toml::Table, file: &toml::Table) {
+    for (name, section) in file {
+        match (name.as_str(), stand_ins.get_mut(name), section) {
+            ("alerts" | "services", Some(toml::Value::Table(ours)), toml::Value::Table(theirs)) => {
+                for (sub, value) in theirs {
+                    if value.is_table() {
+                        ours.remove(sub);
+                    }
+                }
+            }
+            (_, Some(_), toml::Value::Table(_)) => {
+                stand_ins.remove(name);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Loads `defaults` (TOML text built into the binary), the file at `path`
+    /// if given, then the `CALLGUARD_*` variables in `env`, and validates: a
+    /// [`ConfigLoader`] with defaults, a file and the environment.
+    pub fn load(
+        defaults: &str,
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        ConfigLoader::new()
+            .defaults(parse_toml(defaults, "built-in defaults")?)
+            .file(path)
+            .env(env)
+            .load()
     }
 
     /// Checks every section; the error names the full key.
@@ -379,6 +466,13 @@ impl AgentConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks that each `[pipeline]` stage names a configured service: what
+    /// an agent that calls them needs, and a tool that reads the store or
+    /// probes the services does not.
+    pub fn check_pipeline(&self) -> Result<(), ValidationError> {
         for (stage, service) in [
             ("llm", &self.pipeline.llm),
             ("tts", &self.pipeline.tts),
@@ -393,6 +487,51 @@ impl AgentConfig {
             }
         }
         Ok(())
+    }
+
+    /// Scales every duration of the resilience settings by `factor`: retries,
+    /// breakers, health checks, the shutdown grace, and the alerts' and log
+    /// export's own retries, cooldown and flush interval.
+    pub fn scale_durations(&mut self, factor: f64) {
+        let scaled = |d: ConfigDuration| ConfigDuration::new(d.get().mul_f64(factor));
+        let scale_retry = |retry: &mut RetryPolicy| {
+            retry.initial_delay = scaled(retry.initial_delay);
+            retry.max_delay = scaled(retry.max_delay);
+            retry.deadline = retry.deadline.map(scaled);
+        };
+        let scale_breaker = |breaker: &mut BreakerConfig| {
+            breaker.recovery_timeout = scaled(breaker.recovery_timeout)
+        };
+
+        scale_retry(&mut self.retry);
+        scale_breaker(&mut self.circuit_breaker);
+        for section in self.services.values_mut() {
+            if let Some(breaker) = &mut section.circuit_breaker {
+                scale_breaker(breaker);
+            }
+        }
+        self.health_check.interval = scaled(self.health_check.interval);
+        self.health_check.timeout = scaled(self.health_check.timeout);
+        self.queue.shutdown_grace = scaled(self.queue.shutdown_grace);
+
+        let alerts = &mut self.alerts;
+        alerts.cooldown = scaled(alerts.cooldown);
+        if let Some(email) = &mut alerts.email {
+            scale_retry(&mut email.retry);
+            scale_breaker(&mut email.circuit_breaker);
+        }
+        if let Some(telegram) = &mut alerts.telegram {
+            scale_retry(&mut telegram.retry);
+            scale_breaker(&mut telegram.circuit_breaker);
+        }
+        if let Some(webhook) = &mut alerts.webhook {
+            scale_retry(&mut webhook.retry);
+            scale_breaker(&mut webhook.circuit_breaker);
+        }
+        if let Some(sheets) = &mut self.sheets {
+            sheets.flush_interval = scaled(sheets.flush_interval);
+            scale_retry(&mut sheets.retry);
+        }
     }
 
     /// The breaker settings of `service`: its own section's, or the shared ones.
@@ -644,15 +783,16 @@ mod tests {
 
     #[test]
     fn pipeline_stages_need_configured_services() {
-        let err = AgentConfig::load(
+        let config = AgentConfig::load(
             DEFAULTS,
             None,
             env(&[("CALLGUARD_PIPELINE__TTS", "tts_backup")]),
         )
-        .unwrap_err();
+        .expect("a tool that only reads the store or probes loads it");
+        let err = config.check_pipeline().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "invalid config: pipeline.tts must be a service configured under [services], got tts_backup"
+            "pipeline.tts must be a service configured under [services], got tts_backup"
         );
     }
 
@@ -737,5 +877,94 @@ mod tests {
             err,
             "invalid config: grpc.admin_token must be at least 16 bytes long, got [redacted, 5 bytes]"
         );
+    }
+
+    fn toml(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "callguard-config-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_file_section_replaces_a_stand_in_whole_and_merges_over_defaults() {
+        let stand_ins = toml(
+            r#"
+            [sheets]
+            spreadsheet_id = "stand-in"
+            bearer_token = "stand-in-token"
+            [alerts.telegram]
+            bot_token = "stand-in-bot"
+            chat_id = "1"
+            [alerts.webhook]
+            url = "http://127.0.0.1:1/alerts"
+            secret = "stand-in-secret-0123456789"
+            "#,
+        );
+        let path = file(
+            "stand-ins",
+            r#"
+            [queue]
+            workers = 8
+            [sheets]
+            spreadsheet_id = "mine"
+            bearer_token = "my-token"
+            [alerts]
+            cooldown = "1m"
+            [alerts.telegram]
+            bot_token = "my-bot"
+            chat_id = "2"
+            "#,
+        );
+        let config = ConfigLoader::new()
+            .defaults(toml("[queue]\nurl = \"memory:\"\n"))
+            .defaults(toml(DEFAULTS))
+            .stand_ins(stand_ins)
+            .file(Some(&path))
+            .load()
+            .unwrap();
+        assert_eq!(
+            config.queue.url.expose(),
+            "memory:",
+            "defaults merge key by key"
+        );
+        assert_eq!(config.queue.workers, 8);
+        let sheets = config.sheets.unwrap();
+        assert_eq!(sheets.spreadsheet_id, "mine");
+        let telegram = config.alerts.telegram.unwrap();
+        assert_eq!(telegram.chat_id, "2");
+        assert!(
+            config.alerts.webhook.is_some(),
+            "a stand-in the file does not name stays"
+        );
+        assert_eq!(config.alerts.cooldown.get(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_time_scale_applies_before_validation() {
+        let config = ConfigLoader::new()
+            .defaults(toml(DEFAULTS))
+            .time_scale(0.1)
+            .load()
+            .unwrap();
+        assert_eq!(config.retry.initial_delay.get(), Duration::from_millis(500));
+        assert_eq!(
+            config.circuit_breaker.recovery_timeout.get(),
+            Duration::from_secs(1)
+        );
+        // A scale that makes a duration zero is caught by the one validation.
+        let err = ConfigLoader::new()
+            .defaults(toml(DEFAULTS))
+            .time_scale(0.0)
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("greater than 0s"), "{err}");
     }
 }

@@ -38,7 +38,9 @@ enum Command {
         /// Also write the summary as JSON to this file.
         #[arg(long)]
         summary_json: Option<PathBuf>,
-        /// A config file layered over the simulation's own settings.
+        /// A config file layered over the simulation's own settings: its
+        /// `[services.NAME]`, `[alerts.CHANNEL]` and `[sheets]` sections
+        /// replace the simulation's (the mocks') whole.
         #[arg(long)]
         config: Option<PathBuf>,
     },

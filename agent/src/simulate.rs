@@ -7,15 +7,12 @@
 
 use std::time::Duration;
 
-use callguard_breaker::BreakerConfig;
 use callguard_core::ConfigDuration;
 use callguard_mocks::{
     Fault, FaultMode, MockConfig, MockServer, SHEETS_STATIC_TOKEN, Service, TELEGRAM_BOT_TOKEN,
     TELEGRAM_CHAT_ID,
 };
-use callguard_retry::RetryPolicy;
 
-use crate::config::AgentConfig;
 use crate::contacts::Contact;
 
 /// A story to tell.
@@ -91,6 +88,16 @@ fn baseline_latencies() -> [(Service, Duration); 3] {
     ]
 }
 
+/// A TOML section of string values.
+fn table<const N: usize>(entries: [(&str, String); N]) -> toml::Value {
+    toml::Value::Table(
+        entries
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), toml::Value::String(value)))
+            .collect(),
+    )
+}
+
 /// Multiplies a duration by the time scale.
 pub fn scale(duration: Duration, factor: f64) -> Duration {
     duration.mul_f64(factor)
@@ -139,83 +146,63 @@ impl SimulatedServices {
         Ok(Self { server, faults })
     }
 
-    /// The agent's built-in config for these mocks: the three services at
-    /// the mocks' address with their keys (request timeouts scaled), alerts to
-    /// the mocks' Telegram and webhook, and log rows to their Sheets fake.
-    pub fn config_defaults(&self, time_scale: f64) -> String {
+    /// The sections that point the agent at these mocks: the three services
+    /// at the mocks' address with their keys (request timeouts scaled), alerts
+    /// to the mocks' Telegram and webhook, and log rows to their Sheets fake.
+    /// A config file's section of the same name replaces one whole
+    /// ([`ConfigLoader::stand_ins`](crate::config::ConfigLoader::stand_ins)).
+    pub fn stand_ins(&self, time_scale: f64) -> toml::Table {
         let keys = &self.server.config().keys;
         let timeout = scale(Duration::from_secs(10), time_scale).max(Duration::from_millis(250));
-        let timeout = ConfigDuration::new(timeout);
-        let mut text = String::new();
-        for (name, service) in [
+        let timeout = ConfigDuration::new(timeout).to_string();
+        let services = [
             ("llm", Service::Llm),
             ("elevenlabs", Service::Elevenlabs),
             ("crm", Service::Crm),
-        ] {
-            text.push_str(&format!(
-                "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequest_timeout = \"{timeout}\"\n\n",
-                self.server.base_url(service),
-                keys.get(service),
-            ));
-        }
-        text.push_str(&format!(
-            "[alerts.telegram]\napi_base = \"{}\"\nbot_token = \"{TELEGRAM_BOT_TOKEN}\"\nchat_id = \"{TELEGRAM_CHAT_ID}\"\n\n\
-             [alerts.webhook]\nurl = \"{}\"\nsecret = \"{SIMULATED_WEBHOOK_SECRET}\"\n\n\
-             [sheets]\napi_base = \"{}\"\nspreadsheet_id = \"callguard-simulation\"\nbearer_token = \"{SHEETS_STATIC_TOKEN}\"\n\n",
-            self.server.telegram_api_base(),
-            self.server.webhook_url("/alerts"),
-            self.server.sheets_api_base(),
-        ));
-        text
+        ]
+        .into_iter()
+        .map(|(name, service)| {
+            let section = table([
+                ("base_url", self.server.base_url(service)),
+                ("api_key", keys.get(service).to_string()),
+                ("request_timeout", timeout.clone()),
+            ]);
+            (name.to_owned(), section)
+        })
+        .collect();
+        let mut alerts = toml::Table::new();
+        alerts.insert(
+            "telegram".into(),
+            table([
+                ("api_base", self.server.telegram_api_base()),
+                ("bot_token", TELEGRAM_BOT_TOKEN.to_owned()),
+                ("chat_id", TELEGRAM_CHAT_ID.to_owned()),
+            ]),
+        );
+        alerts.insert(
+            "webhook".into(),
+            table([
+                ("url", self.server.webhook_url("/alerts")),
+                ("secret", SIMULATED_WEBHOOK_SECRET.to_owned()),
+            ]),
+        );
+        toml::Table::from_iter([
+            ("services".to_owned(), toml::Value::Table(services)),
+            ("alerts".to_owned(), toml::Value::Table(alerts)),
+            (
+                "sheets".to_owned(),
+                table([
+                    ("api_base", self.server.sheets_api_base()),
+                    ("spreadsheet_id", "callguard-simulation".to_owned()),
+                    ("bearer_token", SHEETS_STATIC_TOKEN.to_owned()),
+                ]),
+            ),
+        ])
     }
 
     /// Injects the scenario's faults; their schedules start now.
     pub fn start_faults(&self) -> Result<(), callguard_core::ValidationError> {
         self.server.inject_all(self.faults.clone()).map(|_| ())
-    }
-}
-
-/// Scales every duration of the resilience settings by `factor`: retries,
-/// breakers, health checks, the shutdown grace, and the alerts' and log
-/// export's own retries, cooldown and flush interval.
-pub fn scale_config(config: &mut AgentConfig, factor: f64) {
-    let scaled = |d: ConfigDuration| ConfigDuration::new(scale(d.get(), factor));
-    let scale_retry = |retry: &mut RetryPolicy| {
-        retry.initial_delay = scaled(retry.initial_delay);
-        retry.max_delay = scaled(retry.max_delay);
-        retry.deadline = retry.deadline.map(scaled);
-    };
-    let scale_breaker =
-        |breaker: &mut BreakerConfig| breaker.recovery_timeout = scaled(breaker.recovery_timeout);
-
-    scale_retry(&mut config.retry);
-    scale_breaker(&mut config.circuit_breaker);
-    for section in config.services.values_mut() {
-        if let Some(breaker) = &mut section.circuit_breaker {
-            scale_breaker(breaker);
-        }
-    }
-    config.health_check.interval = scaled(config.health_check.interval);
-    config.health_check.timeout = scaled(config.health_check.timeout);
-    config.queue.shutdown_grace = scaled(config.queue.shutdown_grace);
-
-    let alerts = &mut config.alerts;
-    alerts.cooldown = scaled(alerts.cooldown);
-    if let Some(email) = &mut alerts.email {
-        scale_retry(&mut email.retry);
-        scale_breaker(&mut email.circuit_breaker);
-    }
-    if let Some(telegram) = &mut alerts.telegram {
-        scale_retry(&mut telegram.retry);
-        scale_breaker(&mut telegram.circuit_breaker);
-    }
-    if let Some(webhook) = &mut alerts.webhook {
-        scale_retry(&mut webhook.retry);
-        scale_breaker(&mut webhook.circuit_breaker);
-    }
-    if let Some(sheets) = &mut config.sheets {
-        sheets.flush_interval = scaled(sheets.flush_interval);
-        scale_retry(&mut sheets.retry);
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use callguard_mocks::{MockConfig, MockServer};
 use serde_json::Value;
 
 mod support;
@@ -256,6 +257,49 @@ fn a_bad_config_stops_start_up_with_the_key() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("workerz"), "{stderr}");
+}
+
+/// A `[sheets]` section in `simulate --config` replaces the simulation's own
+/// (a static token for the in-process Sheets fake) whole: rows go to the
+/// user's sheet, authorised with the user's service-account key.
+#[test]
+fn simulate_config_sections_replace_the_built_in_ones_whole() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sheets = runtime
+        .block_on(MockServer::start(MockConfig::default()))
+        .unwrap();
+    let dir = temp_dir("own-sheets");
+    std::fs::write(dir.join("sa.json"), sheets.service_account_json()).unwrap();
+    std::fs::write(
+        dir.join("own.toml"),
+        format!(
+            "[sheets]\napi_base = \"{}\"\nspreadsheet_id = \"my-sheet\"\n\
+             credentials_file = \"sa.json\"\n",
+            sheets.sheets_api_base()
+        ),
+    )
+    .unwrap();
+    let output = run_callguard(
+        &dir,
+        &[
+            "simulate",
+            "--contacts",
+            "6",
+            "--time-scale",
+            "0.05",
+            "--config",
+            "own.toml",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let appends = sheets.sheets_appends();
+    assert!(!appends.is_empty(), "no rows reached the user's sheet");
+    assert!(appends.iter().all(|a| a.spreadsheet_id == "my-sheet"));
+    let tokens = sheets.token_requests();
+    assert!(
+        tokens.iter().any(|t| t.granted),
+        "rows were sent with a token from the user's key: {tokens:?}"
+    );
 }
 
 /// Runs `callguard ARGS` in `dir` to its end.

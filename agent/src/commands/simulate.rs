@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use callguard_agent::config::AgentConfig;
-use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts, scale_config};
+use callguard_agent::config::ConfigLoader;
+use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts};
 use callguard_agent::telemetry;
 
 use super::{finish, run_campaign};
@@ -26,14 +26,42 @@ pub(crate) async fn simulate(
     let services = SimulatedServices::start(scenario, &contacts, seed, time_scale)
         .await
         .map_err(|e| format!("cannot start the mocks: {e}"))?;
-    let defaults = format!(
-        "{}\n[queue]\npending_file = \"logs/simulate-pending.jsonl\"\nurl = \"memory:\"\n\
-         [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
-        services.config_defaults(time_scale)
-    );
-    let mut config =
-        AgentConfig::load(&defaults, config_file, std::env::vars()).map_err(|e| e.to_string())?;
-    scale_config(&mut config, time_scale);
+    // A simulation keeps its contacts in memory and serves gRPC and /metrics
+    // on free ports, unless the config file says otherwise.
+    let defaults = toml::Table::from_iter([
+        (
+            "queue".to_owned(),
+            toml::Value::Table(toml::Table::from_iter([
+                ("url".to_owned(), "memory:".into()),
+                (
+                    "pending_file".to_owned(),
+                    "logs/simulate-pending.jsonl".into(),
+                ),
+            ])),
+        ),
+        (
+            "grpc".to_owned(),
+            toml::Value::Table(toml::Table::from_iter([(
+                "listen".to_owned(),
+                "127.0.0.1:0".into(),
+            )])),
+        ),
+        (
+            "metrics".to_owned(),
+            toml::Value::Table(toml::Table::from_iter([(
+                "listen".to_owned(),
+                "127.0.0.1:0".into(),
+            )])),
+        ),
+    ]);
+    let config = ConfigLoader::new()
+        .defaults(defaults)
+        .stand_ins(services.stand_ins(time_scale))
+        .file(config_file)
+        .env(std::env::vars())
+        .time_scale(time_scale)
+        .load()
+        .map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
     let mut telemetry =
         telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
