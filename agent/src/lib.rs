@@ -13,5 +13,6 @@ pub mod pipeline;
 pub mod queue;
 pub mod report;
 pub mod serve;
+#[cfg(feature = "mocks")]
 pub mod simulate;
 pub mod telemetry;

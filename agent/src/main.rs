@@ -3,11 +3,11 @@
 
 mod commands;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "mocks")]
 use callguard_agent::simulate::Scenario;
 use clap::{Parser, Subcommand};
 
@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a campaign against in-process mocks with a scenario of injected faults.
+    #[cfg(feature = "mocks")]
     Simulate {
         /// The story to tell.
         #[arg(long, value_enum, default_value = "outage")]
@@ -77,10 +78,11 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Serve the mock services (ElevenLabs, LLM, CRM) with their fault-injection API.
+    #[cfg(feature = "mocks")]
     Mocks {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Seed of the mocks' random choices.
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -131,6 +133,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            #[cfg(feature = "mocks")]
             Command::Simulate {
                 scenario,
                 contacts,
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
             Command::Requeue { state, config } => {
                 commands::store::requeue(config.as_deref(), state).await
             }
+            #[cfg(feature = "mocks")]
             Command::Mocks {
                 listen,
                 seed,

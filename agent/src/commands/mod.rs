@@ -2,8 +2,10 @@
 //! server beside it), reporting its summary, and waiting for Ctrl-C or SIGTERM.
 
 pub(crate) mod health;
+#[cfg(feature = "mocks")]
 pub(crate) mod mocks;
 pub(crate) mod run;
+#[cfg(feature = "mocks")]
 pub(crate) mod simulate;
 pub(crate) mod store;
 
