@@ -23,6 +23,9 @@
 //! `cargo bench -p callguard-agent --bench pipeline -- health` (or
 //! `throughput`, `deferral`) runs only the sections named.
 
+// A bench measures wall-clock time: std's Instant is what it needs.
+#![allow(clippy::disallowed_types)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};

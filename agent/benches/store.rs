@@ -14,6 +14,9 @@
 //!
 //! `cargo bench -p callguard-agent --bench store`
 
+// A bench measures wall-clock time: std's Instant is what it needs.
+#![allow(clippy::disallowed_types)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -453,7 +453,7 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
     let ids = write_contacts(&dir, contacts);
     // About 2.5 ms per contact here; the limit is only reached on a hang.
     let limit = Duration::from_millis(60 * contacts as u64);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut running: Vec<Child> = agents.iter().map(|agent| spawn_run(&dir, agent)).collect();
     for (child, agent) in running.iter_mut().zip(agents) {
         wait_exit(child, limit, &dir, agent).await;
