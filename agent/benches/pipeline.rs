@@ -29,11 +29,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use callguard_agent::assemble::{Assembled, assemble};
 use callguard_agent::campaign::Campaign;
-use callguard_agent::clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
 use callguard_agent::queue::{CallQueue, Deferral};
+use callguard_clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_core::CircuitState;
 use callguard_health::GrpcOptions;
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};

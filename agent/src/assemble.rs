@@ -13,10 +13,10 @@ use callguard_retry::{EventSink, Executor};
 use serde::de::DeserializeOwned;
 
 use crate::campaign::RunStats;
-use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use crate::config::{AgentConfig, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{Chain, Pipeline, Stage};
+use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 
 /// Why the agent could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -19,12 +19,12 @@ use callguard_core::{ServiceError, ServiceName};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use tracing::Instrument;
 
-use crate::clients::{
-    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
-};
 use crate::metrics::Metrics;
 use crate::queue::QueuedContact;
 use crate::telemetry;
+use callguard_clients::{
+    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
+};
 
 /// A service in a stage's chain: its client and the executor holding its
 /// breaker and retry policy.

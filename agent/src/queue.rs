@@ -29,9 +29,9 @@ use callguard_store::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::clients::CallRecord;
 use crate::config::QueueConfig;
 use crate::contacts::Contact;
+use callguard_clients::CallRecord;
 
 /// Work already done for a contact, kept across deferrals and restarts so a
 /// contact resumes at the stage that could not run.
@@ -540,7 +540,7 @@ mod tests {
         let mut a = queue.next().await.unwrap();
         let record = CallRecord::new(
             &a.contact,
-            crate::clients::CallOutcome::Completed,
+            callguard_clients::CallOutcome::Completed,
             std::time::SystemTime::now(),
             std::time::SystemTime::now(),
         )

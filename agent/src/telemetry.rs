@@ -47,8 +47,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer, SheetsStats};
 
-use crate::clients::TRACEPARENT_HEADER;
 use crate::config::LoggingConfig;
+use callguard_clients::TRACEPARENT_HEADER;
 
 /// Fields every JSON line has, `null` when they do not apply.
 pub const REQUIRED_FIELDS: [&str; 10] = [

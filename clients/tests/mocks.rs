@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use callguard_agent::clients::{
-    CallOutcome, CallRecord, ClientSetupError, CrmClient, HttpServiceConfig, LlmClient, LlmConfig,
-    Prompt, Recorded, RequestContext, TtsClient, TtsConfig,
+use callguard_clients::{
+    CallOutcome, CallRecord, ClientSetupError, Contact, CrmClient, HttpServiceConfig, LlmClient,
+    LlmConfig, Prompt, Recorded, RequestContext, TtsClient, TtsConfig,
 };
-use callguard_agent::contacts::Contact;
 use callguard_core::{ErrorKind, ServiceError};
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -7,9 +7,8 @@ use callguard_core::config::at_least;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpService, KeyHeader};
-use super::{ClientSetupError, HttpServiceConfig, RequestContext};
-use crate::contacts::Contact;
+use crate::http::{HttpService, KeyHeader};
+use crate::{ClientSetupError, Contact, HttpServiceConfig, RequestContext};
 
 /// Settings of the LLM service: the common HTTP keys plus the model and the
 /// length of the answer.

@@ -1,4 +1,4 @@
-//! Clients of the services the agent calls — ElevenLabs text-to-speech
+//! Clients of the services a call agent uses — ElevenLabs text-to-speech
 //! ([`TtsClient`]), an OpenAI-compatible LLM ([`LlmClient`]) and the CRM
 //! ([`CrmClient`]) — speaking their real request shapes.
 //!
@@ -12,6 +12,7 @@
 //! Keys never appear in `Debug` output or error details.
 
 mod config;
+mod contact;
 mod crm;
 mod http;
 mod llm;
@@ -20,6 +21,7 @@ mod tts;
 use callguard_core::ValidationError;
 
 pub use config::HttpServiceConfig;
+pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
 pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
 pub use llm::{LlmClient, LlmConfig, Prompt};

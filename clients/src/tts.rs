@@ -6,8 +6,8 @@ use std::fmt;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpService, KeyHeader};
-use super::{ClientSetupError, HttpServiceConfig, RequestContext};
+use crate::http::{HttpService, KeyHeader};
+use crate::{ClientSetupError, HttpServiceConfig, RequestContext};
 
 /// Settings of the TTS service: the common HTTP keys plus the voice and model.
 ///

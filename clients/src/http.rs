@@ -16,7 +16,7 @@ use reqwest::RequestBuilder;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
 
-use super::{ClientSetupError, HttpServiceConfig};
+use crate::{ClientSetupError, HttpServiceConfig};
 
 /// The header naming the contact a request is made for.
 pub const CONTACT_ID_HEADER: &str = "x-contact-id";
