@@ -191,7 +191,7 @@ pub fn scale_config(config: &mut AgentConfig, factor: f64) {
     scale_retry(&mut config.retry);
     scale_breaker(&mut config.circuit_breaker);
     for section in config.services.values_mut() {
-        if let Some(breaker) = &mut section.circuit_breaker {
+        if let Some(breaker) = &mut section.resilience.circuit_breaker {
             scale_breaker(breaker);
         }
     }

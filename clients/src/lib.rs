@@ -24,8 +24,8 @@ pub use config::HttpServiceConfig;
 pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
 pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
-pub use llm::{LlmClient, LlmConfig, Prompt};
-pub use tts::{Audio, TtsClient, TtsConfig};
+pub use llm::{LlmClient, LlmSettings, Prompt};
+pub use tts::{Audio, TtsClient, TtsSettings};
 
 /// Why a client could not be built from its config.
 #[derive(Debug, thiserror::Error)]

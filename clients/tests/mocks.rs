@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use callguard_clients::{
     CallOutcome, CallRecord, ClientSetupError, Contact, CrmClient, HttpServiceConfig, LlmClient,
-    LlmConfig, Prompt, Recorded, RequestContext, TtsClient, TtsConfig,
+    LlmSettings, Prompt, Recorded, RequestContext, TtsClient, TtsSettings,
 };
 use callguard_core::{ErrorKind, ServiceError};
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
@@ -32,11 +32,11 @@ fn http(server: &MockServer, service: Service) -> HttpServiceConfig {
 }
 
 fn tts(config: HttpServiceConfig) -> TtsClient {
-    TtsClient::new(&TtsConfig::new(config)).unwrap()
+    TtsClient::new(&config, &TtsSettings::default()).unwrap()
 }
 
 fn llm(config: HttpServiceConfig) -> LlmClient {
-    LlmClient::new(&LlmConfig::new(config)).unwrap()
+    LlmClient::new(&config, &LlmSettings::default()).unwrap()
 }
 
 fn crm(config: HttpServiceConfig) -> CrmClient {
