@@ -8,7 +8,8 @@
 //! `Retry-After`), transport failures become `TransportFailure`s, the body is
 //! read chunk by chunk up to `max_response_bytes`, and a body that cannot be
 //! used is an `ErrorKind::BadResponse`. Every request carries `X-Contact-Id`
-//! and, when the caller has one, `traceparent` (see [`RequestContext`]).
+//! and, when the caller has one, `traceparent`, and ends at the call's
+//! deadline if that comes before `request_timeout` (see [`RequestContext`]).
 //! Keys never appear in `Debug` output or error details.
 
 mod config;

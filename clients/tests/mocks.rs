@@ -1,6 +1,7 @@
 //! The service clients against the mock services over real loopback sockets:
 //! happy paths, every fault mode that maps to an error kind, the size cap,
-//! CRM idempotency, and keys kept out of errors. A raw TCP peer checks the
+//! the call's deadline bounding a request, CRM idempotency, and keys kept out
+//! of errors. A raw TCP peer checks the
 //! exact request shapes and the answers the mocks never give.
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 const WRONG_KEY: &str = "sk-wrong-key-4f1b9c";
 
@@ -299,6 +301,71 @@ async fn a_hung_service_is_a_timeout() {
         config.request_timeout = Duration::from_millis(300).into();
     })
     .await;
+}
+
+/// Each client's request to a service that answers in 5 s, with the given
+/// `request_timeout` and a call deadline `deadline_in` from now: how long
+/// (virtual time) each took to fail, and how.
+async fn against_a_slow_service(
+    request_timeout: Duration,
+    deadline_in: Duration,
+) -> Vec<(Duration, ErrorKind)> {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    for service in Service::ALL {
+        server
+            .inject(Fault::new(service, FaultMode::Slow).with_latency(Duration::from_secs(5)))
+            .unwrap();
+    }
+    let (tts, llm, crm) = clients(&server, |config| {
+        config.request_timeout = request_timeout.into();
+    });
+    let ada = contact("c-1", "Ada Lovelace");
+    let (prompt, record) = (Prompt::for_contact(&ada), record(&ada));
+    let mut failures = Vec::new();
+    for client in ["tts", "llm", "crm"] {
+        let start = Instant::now();
+        let ctx = RequestContext::new("c-1").with_deadline(Some(start + deadline_in));
+        let result = match client {
+            "tts" => tts.synthesize(ctx, "Hello").await.map(drop),
+            "llm" => llm.generate_script(ctx, &prompt).await.map(drop),
+            _ => crm.record_call(ctx, &record).await.map(drop),
+        };
+        let error = result.expect_err(client);
+        failures.push((start.elapsed(), error.kind()));
+    }
+    failures
+}
+
+/// `elapsed` is `expected`, give or take the timer's millisecond.
+fn about(elapsed: Duration, expected: Duration) -> bool {
+    elapsed >= expected && elapsed <= expected + Duration::from_millis(2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_ends_at_the_calls_deadline_when_it_comes_first() {
+    let failures = against_a_slow_service(Duration::from_secs(10), Duration::from_secs(1)).await;
+    for (elapsed, kind) in failures {
+        assert_eq!(kind, ErrorKind::Timeout);
+        assert!(about(elapsed, Duration::from_secs(1)), "{elapsed:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_made_at_the_deadline_ends_at_once() {
+    let failures = against_a_slow_service(Duration::from_secs(10), Duration::ZERO).await;
+    for (elapsed, kind) in failures {
+        assert_eq!(kind, ErrorKind::Timeout);
+        assert!(about(elapsed, Duration::ZERO), "{elapsed:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_ends_at_its_timeout_when_that_comes_first() {
+    let failures = against_a_slow_service(Duration::from_secs(2), Duration::from_secs(30)).await;
+    for (elapsed, kind) in failures {
+        assert_eq!(kind, ErrorKind::Timeout);
+        assert!(about(elapsed, Duration::from_secs(2)), "{elapsed:?}");
+    }
 }
 
 #[tokio::test]
