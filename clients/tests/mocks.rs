@@ -303,13 +303,15 @@ async fn a_hung_service_is_a_timeout() {
     .await;
 }
 
-/// Each client's request to a service that answers in 5 s, with the given
-/// `request_timeout` and a call deadline `deadline_in` from now: how long
-/// (virtual time) each took to fail, and how.
-async fn against_a_slow_service(
+/// Sends each client's request to a service that answers in 5 s, with the
+/// given `request_timeout` and a call deadline `deadline_in` from now, and
+/// checks that each ends as a timeout after `expected` (virtual time, give or
+/// take the timer's millisecond).
+async fn each_request_times_out_after(
     request_timeout: Duration,
     deadline_in: Duration,
-) -> Vec<(Duration, ErrorKind)> {
+    expected: Duration,
+) {
     let server = MockServer::start(MockConfig::default()).await.unwrap();
     for service in Service::ALL {
         server
@@ -321,7 +323,6 @@ async fn against_a_slow_service(
     });
     let ada = contact("c-1", "Ada Lovelace");
     let (prompt, record) = (Prompt::for_contact(&ada), record(&ada));
-    let mut failures = Vec::new();
     for client in ["tts", "llm", "crm"] {
         let start = Instant::now();
         let ctx = RequestContext::new("c-1").with_deadline(Some(start + deadline_in));
@@ -331,41 +332,31 @@ async fn against_a_slow_service(
             _ => crm.record_call(ctx, &record).await.map(drop),
         };
         let error = result.expect_err(client);
-        failures.push((start.elapsed(), error.kind()));
+        let elapsed = start.elapsed();
+        assert_eq!(error.kind(), ErrorKind::Timeout, "{client}: {error}");
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(2),
+            "{client}: {elapsed:?}"
+        );
     }
-    failures
-}
-
-/// `elapsed` is `expected`, give or take the timer's millisecond.
-fn about(elapsed: Duration, expected: Duration) -> bool {
-    elapsed >= expected && elapsed <= expected + Duration::from_millis(2)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_ends_at_the_calls_deadline_when_it_comes_first() {
-    let failures = against_a_slow_service(Duration::from_secs(10), Duration::from_secs(1)).await;
-    for (elapsed, kind) in failures {
-        assert_eq!(kind, ErrorKind::Timeout);
-        assert!(about(elapsed, Duration::from_secs(1)), "{elapsed:?}");
-    }
+    let second = Duration::from_secs(1);
+    each_request_times_out_after(10 * second, second, second).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_made_at_the_deadline_ends_at_once() {
-    let failures = against_a_slow_service(Duration::from_secs(10), Duration::ZERO).await;
-    for (elapsed, kind) in failures {
-        assert_eq!(kind, ErrorKind::Timeout);
-        assert!(about(elapsed, Duration::ZERO), "{elapsed:?}");
-    }
+    let zero = Duration::ZERO;
+    each_request_times_out_after(Duration::from_secs(10), zero, zero).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_request_ends_at_its_timeout_when_that_comes_first() {
-    let failures = against_a_slow_service(Duration::from_secs(2), Duration::from_secs(30)).await;
-    for (elapsed, kind) in failures {
-        assert_eq!(kind, ErrorKind::Timeout);
-        assert!(about(elapsed, Duration::from_secs(2)), "{elapsed:?}");
-    }
+    let second = Duration::from_secs(1);
+    each_request_times_out_after(2 * second, 30 * second, 2 * second).await;
 }
 
 #[tokio::test]

@@ -492,37 +492,38 @@ mod tests {
 
     #[test]
     fn a_bad_value_is_refused_with_key_value_and_rule() {
-        let err = error(["max_tokens = 0", "", ""], "");
-        assert_eq!(
-            err,
-            "invalid config: services.llm.max_tokens must be ≥ 1, got 0"
-        );
-        let err = error(["", "voice_id = \"../admin\"", ""], "");
-        assert!(
-            err.starts_with("invalid config: services.elevenlabs.voice_id must be"),
-            "{err}"
-        );
-        let err = error(["", "", "request_timeout = \"soon\""], "");
-        assert!(
-            err.starts_with("config key services.crm.request_timeout: "),
-            "{err}"
-        );
-        let err = error(["", "", "connect_timeout = \"0s\""], "");
-        assert_eq!(
-            err,
-            "invalid config: services.crm.connect_timeout must be greater than 0s, got 0s"
-        );
-        let err = error(["health_url = \"/health\"", "", ""], "");
-        assert_eq!(
-            err,
-            "invalid config: services.llm.health_url must be an absolute http(s) URL, got /health"
-        );
-        let err = error(["api_key = \"sk-1\"\napi_key_env = \"K\"", "", ""], "");
-        assert!(
-            err.starts_with("invalid config: services.llm.api_key must be"),
-            "{err}"
-        );
-        assert!(!err.contains("sk-1"), "{err}");
+        for (extra, expected) in [
+            (
+                ["max_tokens = 0", "", ""],
+                "invalid config: services.llm.max_tokens must be ≥ 1, got 0",
+            ),
+            (
+                ["", "voice_id = \"../admin\"", ""],
+                "invalid config: services.elevenlabs.voice_id must be a non-empty id of \
+                 letters, digits, '-' and '_', got \"../admin\"",
+            ),
+            (
+                ["", "", "request_timeout = \"soon\""],
+                "config key services.crm.request_timeout: ",
+            ),
+            (
+                ["", "", "connect_timeout = \"0s\""],
+                "invalid config: services.crm.connect_timeout must be greater than 0s, got 0s",
+            ),
+            (
+                ["health_url = \"/health\"", "", ""],
+                "invalid config: services.llm.health_url must be an absolute http(s) URL, \
+                 got /health",
+            ),
+            (
+                ["api_key = \"sk-1\"\napi_key_env = \"K\"", "", ""],
+                "invalid config: services.llm.api_key must be unset when api_key_env is set \
+                 (give the key one way), got [redacted]",
+            ),
+        ] {
+            let err = error(extra, "");
+            assert!(err.starts_with(expected), "{err}");
+        }
     }
 
     #[test]
