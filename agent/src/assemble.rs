@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use callguard_alerts::{AlertManager, AlertsError};
 use callguard_breaker::BreakerRegistry;
+use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ResilienceEvent, ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
@@ -15,7 +16,6 @@ use crate::campaign::RunStats;
 use crate::config::{AgentConfig, ConfigError, ServiceKind, ServiceSection, StageKind};
 use crate::metrics::Metrics;
 use crate::pipeline::{Chain, Pipeline, Stage};
-use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 
 /// Why the agent could not be set up.
 #[derive(Debug, thiserror::Error)]

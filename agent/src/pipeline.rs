@@ -15,6 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use callguard_clients::{
+    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
+};
 use callguard_core::{ServiceError, ServiceName};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use tokio::time::Instant;
@@ -23,9 +26,6 @@ use tracing::Instrument;
 use crate::metrics::Metrics;
 use crate::queue::QueuedContact;
 use crate::telemetry;
-use callguard_clients::{
-    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
-};
 
 /// A service in a stage's chain: its client and the executor holding its
 /// breaker and retry policy.

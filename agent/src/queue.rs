@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use callguard_clients::CallRecord;
 use callguard_core::ServiceName;
 use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
@@ -31,7 +32,6 @@ use tokio::time::Instant;
 
 use crate::config::QueueConfig;
 use crate::contacts::Contact;
-use callguard_clients::CallRecord;
 
 /// Work already done for a contact, kept across deferrals and restarts so a
 /// contact resumes at the stage that could not run.

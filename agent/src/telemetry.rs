@@ -45,10 +45,10 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use callguard_clients::TRACEPARENT_HEADER;
 use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer, SheetsStats};
 
 use crate::config::LoggingConfig;
-use callguard_clients::TRACEPARENT_HEADER;
 
 /// Fields every JSON line has, `null` when they do not apply.
 pub const REQUIRED_FIELDS: [&str; 10] = [
