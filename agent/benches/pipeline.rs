@@ -31,11 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use callguard_agent::app::App;
-use callguard_agent::clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
 use callguard_agent::queue::{CallQueue, Deferral};
+use callguard_clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_core::CircuitState;
 use callguard_health::GrpcOptions;
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};

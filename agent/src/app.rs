@@ -11,14 +11,13 @@ use std::sync::Arc;
 
 use callguard_alerts::{AlertManager, AlertsError};
 use callguard_breaker::BreakerRegistry;
+use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
-use serde::de::DeserializeOwned;
 
 use crate::campaign::{Campaign, Summary};
-use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, ServiceKind, ServiceSection, StageKind};
 use crate::events::{EventHub, TransitionLog};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::pipeline::{Chain, Pipeline, Stage};
@@ -94,9 +93,18 @@ impl App {
             used: BTreeSet::new(),
         };
         let pipeline = Pipeline {
-            llm: builder.chain(&config.pipeline.llm, LlmClient::new)?,
-            tts: builder.chain(&config.pipeline.tts, TtsClient::new)?,
-            crm: builder.chain(&config.pipeline.crm, CrmClient::new)?,
+            llm: builder.chain(StageKind::Llm, |section| match &section.kind {
+                ServiceKind::Llm(settings) => Some(LlmClient::new(&section.http, settings)),
+                _ => None,
+            })?,
+            tts: builder.chain(StageKind::Tts, |section| match &section.kind {
+                ServiceKind::Tts(settings) => Some(TtsClient::new(&section.http, settings)),
+                _ => None,
+            })?,
+            crm: builder.chain(StageKind::Crm, |section| match &section.kind {
+                ServiceKind::Crm => Some(CrmClient::new(&section.http)),
+                _ => None,
+            })?,
         };
         let health = health_checker(&config, &registry, &builder.used)?;
         Ok(Self {
@@ -205,13 +213,16 @@ pub fn health_checker<'a>(
         .build()
         .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
     for service in services {
-        let Some(section) = config.services.get(service).filter(|s| s.health_probe) else {
+        let Some(section) = config
+            .services
+            .get(service)
+            .filter(|s| s.resilience.health_probe)
+        else {
             continue;
         };
-        let (key, text) = match (&section.health_url, section.base_url()) {
-            (Some(url), _) => ("health_url", url.as_str()),
-            (None, Some(base)) => ("base_url", base),
-            (None, None) => continue,
+        let (key, text) = match &section.resilience.health_url {
+            Some(url) => ("health_url", url.as_str()),
+            None => ("base_url", section.http.base_url.as_str()),
         };
         let invalid = |rule: &str| {
             SetupError::Config(ConfigError::Invalid(ValidationError::new(
@@ -221,7 +232,7 @@ pub fn health_checker<'a>(
             )))
         };
         let url = reqwest::Url::parse(text).map_err(|_| invalid("an absolute http(s) URL"))?;
-        let probe = if section.health_url.is_some() {
+        let probe = if section.resilience.health_url.is_some() {
             HttpProbe::at(probe_client.clone(), url)
         } else {
             HttpProbe::new(probe_client.clone(), &url)
@@ -233,6 +244,9 @@ pub fn health_checker<'a>(
     Ok(health)
 }
 
+/// Builds a stage's client from a service's section, if it is of the stage's kind.
+type Build<C> = fn(&ServiceSection) -> Option<Result<C, ClientSetupError>>;
+
 struct Builder<'a> {
     config: &'a AgentConfig,
     registry: &'a Arc<BreakerRegistry>,
@@ -241,22 +255,21 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// The chain starting at `primary` and following each service's `fallback`.
-    fn chain<C, S: DeserializeOwned>(
-        &mut self,
-        primary: &ServiceName,
-        build: fn(&S) -> Result<C, ClientSetupError>,
-    ) -> Result<Chain<C>, SetupError> {
-        let primary_stage = self.stage(primary, build)?;
+    /// The chain of `stage`: its service, then each service's `fallback`,
+    /// each client built by `build` (`None` when the section is not of the
+    /// stage's kind).
+    fn chain<C>(&mut self, stage: StageKind, build: Build<C>) -> Result<Chain<C>, SetupError> {
+        let primary = stage.service(&self.config.pipeline);
+        let primary_stage = self.stage(stage, primary, build)?;
         let mut fallbacks = Vec::new();
         let mut seen = BTreeSet::from([primary.clone()]);
-        let mut next = self.config.services[primary].fallback.clone();
+        let mut next = self.config.services[primary].resilience.fallback.clone();
         while let Some(service) = next {
             if !seen.insert(service.clone()) {
                 break; // a loop of fallbacks ends where it repeats
             }
-            fallbacks.push(self.stage(&service, build)?);
-            next = self.config.services[&service].fallback.clone();
+            fallbacks.push(self.stage(stage, &service, build)?);
+            next = self.config.services[&service].resilience.fallback.clone();
         }
         Ok(Chain {
             primary: primary_stage,
@@ -264,17 +277,19 @@ impl Builder<'_> {
         })
     }
 
-    fn stage<C, S: DeserializeOwned>(
+    fn stage<C>(
         &mut self,
+        stage: StageKind,
         service: &ServiceName,
-        build: fn(&S) -> Result<C, ClientSetupError>,
+        build: Build<C>,
     ) -> Result<Stage<C>, SetupError> {
         let section = &self.config.services[service];
-        let settings: S = section.client_settings(service)?;
-        let client = build(&settings).map_err(|source| SetupError::Client {
-            service: service.clone(),
-            source: source.in_section(&format!("services.{service}")),
-        })?;
+        let client = build(section)
+            .ok_or_else(|| ConfigError::Invalid(section.kind.mismatch(service, Some(stage))))?
+            .map_err(|source| SetupError::Client {
+                service: service.clone(),
+                source: source.in_section(&format!("services.{service}")),
+            })?;
         let breaker = self
             .registry
             .register(service.clone(), self.config.breaker_config(service));

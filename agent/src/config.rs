@@ -18,6 +18,10 @@ use callguard_sheets_logger::SheetsConfig;
 use callguard_store::{StoreLocation, StoreSettings};
 use serde::de::DeserializeOwned;
 
+mod services;
+
+pub use services::{ServiceKind, ServiceResilience, ServiceSection, StageKind};
+
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "CALLGUARD_";
 
@@ -51,7 +55,9 @@ pub struct AgentConfig {
     pub sheets: Option<SheetsConfig>,
     /// `[pipeline]`: which service does each stage.
     pub pipeline: PipelineConfig,
-    /// `[services.NAME]`: one section per external service.
+    /// `[services.NAME]`: one section per external service, read after
+    /// `[pipeline]`, which decides each one's kind ([`ServiceSection`]).
+    #[serde(skip)]
     pub services: BTreeMap<ServiceName, ServiceSection>,
 }
 
@@ -196,53 +202,6 @@ impl Default for PipelineConfig {
     }
 }
 
-/// `[services.NAME]`: the resilience settings callguard reads itself; the rest
-/// of the section belongs to the service's client and is checked when the
-/// client is built ([`ServiceSection::client_settings`]).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct ServiceSection {
-    /// Breaker settings for this service, replacing `[circuit_breaker]`.
-    #[serde(default)]
-    pub circuit_breaker: Option<BreakerConfig>,
-    /// A service of the same kind to use while this one is unavailable.
-    #[serde(default)]
-    pub fallback: Option<ServiceName>,
-    /// The URL the health checker probes; default `{base_url}/health`.
-    #[serde(default)]
-    pub health_url: Option<String>,
-    /// Whether the health checker probes this service at all (default true).
-    /// Turn it off for APIs without an unauthenticated health endpoint: their
-    /// breaker then recovers through HALF_OPEN probes of real calls.
-    #[serde(default = "probe_by_default")]
-    pub health_probe: bool,
-    /// Everything else: the client's settings.
-    #[serde(flatten)]
-    pub client: toml::Table,
-}
-
-fn probe_by_default() -> bool {
-    true
-}
-
-impl ServiceSection {
-    /// The client's settings, typed; errors name `services.NAME.key`.
-    pub fn client_settings<T: DeserializeOwned>(
-        &self,
-        service: &ServiceName,
-    ) -> Result<T, ConfigError> {
-        deserialize_at(
-            toml::Value::Table(self.client.clone()),
-            &format!("services.{service}"),
-            &[],
-        )
-    }
-
-    /// The `base_url` key of the client's settings, if any.
-    pub fn base_url(&self) -> Option<&str> {
-        self.client.get("base_url").and_then(toml::Value::as_str)
-    }
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -380,7 +339,9 @@ impl ConfigLoader {
             })?;
             from_env.push((keys.join("."), var));
         }
+        let services = merged.remove("services");
         let mut config: AgentConfig = deserialize_at(toml::Value::Table(merged), "", &from_env)?;
+        config.services = services::parse(services, &config.pipeline, &from_env)?;
         if let Some(factor) = self.time_scale {
             config.scale_durations(factor);
         }
@@ -450,34 +411,15 @@ impl AgentConfig {
                 "one of error, warn, info, debug, trace",
             ));
         }
-        for (name, section) in &self.services {
-            if let Some(breaker) = &section.circuit_breaker {
-                breaker
-                    .validate()
-                    .map_err(|e| e.in_section(&format!("services.{name}.circuit_breaker")))?;
-            }
-            if let Some(fallback) = &section.fallback {
-                if fallback == name || !self.services.contains_key(fallback) {
-                    return Err(ValidationError::new(
-                        format!("services.{name}.fallback"),
-                        fallback,
-                        "the name of another configured service",
-                    ));
-                }
-            }
-        }
-        Ok(())
+        services::validate(&self.services, &self.pipeline)
     }
 
     /// Checks that each `[pipeline]` stage names a configured service: what
     /// an agent that calls them needs, and a tool that reads the store or
     /// probes the services does not.
     pub fn check_pipeline(&self) -> Result<(), ValidationError> {
-        for (stage, service) in [
-            ("llm", &self.pipeline.llm),
-            ("tts", &self.pipeline.tts),
-            ("crm", &self.pipeline.crm),
-        ] {
+        for stage in StageKind::ALL {
+            let service = stage.service(&self.pipeline);
             if !self.services.contains_key(service) {
                 return Err(ValidationError::new(
                     format!("pipeline.{stage}"),
@@ -506,7 +448,7 @@ impl AgentConfig {
         scale_retry(&mut self.retry);
         scale_breaker(&mut self.circuit_breaker);
         for section in self.services.values_mut() {
-            if let Some(breaker) = &mut section.circuit_breaker {
+            if let Some(breaker) = &mut section.resilience.circuit_breaker {
                 scale_breaker(breaker);
             }
         }
@@ -538,7 +480,7 @@ impl AgentConfig {
     pub fn breaker_config(&self, service: &ServiceName) -> BreakerConfig {
         self.services
             .get(service)
-            .and_then(|s| s.circuit_breaker.clone())
+            .and_then(|s| s.resilience.circuit_breaker.clone())
             .unwrap_or_else(|| self.circuit_breaker.clone())
     }
 }
@@ -604,16 +546,20 @@ fn deserialize_at<T: DeserializeOwned>(
             (false, ".") => prefix.to_owned(),
             (false, _) => format!("{prefix}.{inner}"),
         };
-        let env_var = from_env
-            .iter()
-            .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")) || k.starts_with(&key))
-            .map(|(_, var)| var.clone());
         ConfigError::Key {
+            env_var: set_by(&key, from_env),
             key,
             message: err.into_inner().to_string(),
-            env_var,
         }
     })
+}
+
+/// The environment variable that set `key`, a section above it or a key in it.
+fn set_by(key: &str, from_env: &[(String, String)]) -> Option<String> {
+    from_env
+        .iter()
+        .find(|(k, _)| key == *k || key.starts_with(&format!("{k}.")) || k.starts_with(key))
+        .map(|(_, var)| var.clone())
 }
 
 #[cfg(test)]
@@ -684,8 +630,8 @@ mod tests {
         );
         let llm = ServiceName::new("llm").unwrap();
         assert_eq!(
-            config.services[&llm].base_url(),
-            Some("http://example.invalid/v")
+            config.services[&llm].http.base_url,
+            "http://example.invalid/v"
         );
     }
 

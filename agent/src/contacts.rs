@@ -11,22 +11,9 @@ use std::fmt;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// One person to call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Contact {
-    /// Unique within the campaign; non-empty.
-    pub id: String,
-    /// How to address them.
-    pub name: String,
-    /// The number to call; non-empty.
-    pub phone: String,
-    /// Every other column (company, reason, …), by column name.
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, String>,
-}
+pub use callguard_clients::Contact;
 
 /// A line that was skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

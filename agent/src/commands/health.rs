@@ -41,16 +41,12 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
     let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
     let probed: Vec<_> = config
         .services
-        .iter()
-        .filter(|(_, section)| section.base_url().is_some())
-        .map(|(name, _)| {
+        .keys()
+        .map(|name| {
             registry.register(name.clone(), config.breaker_config(name));
             name.clone()
         })
         .collect();
-    if probed.is_empty() {
-        return Err("no service under [services] has a base_url to probe".into());
-    }
     let checker = health_checker(&config, &registry, &probed).map_err(|e| e.to_string())?;
     let server = GrpcServer::start(&config.grpc, registry).await?;
     tracing::info!(

@@ -21,9 +21,8 @@ use callguard_core::text::truncate_chars;
 use callguard_core::{ErrorKind, ServiceError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::http::{HttpService, KeyHeader};
-use super::{ClientSetupError, HttpServiceConfig, RequestContext};
-use crate::contacts::Contact;
+use crate::http::{HttpService, KeyHeader};
+use crate::{ClientSetupError, Contact, HttpServiceConfig, RequestContext};
 
 /// The header that makes a `POST /v1/calls` safe to repeat.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";

@@ -1,4 +1,4 @@
-//! Clients of the services the agent calls — ElevenLabs text-to-speech
+//! Clients of the services a call agent uses — ElevenLabs text-to-speech
 //! ([`TtsClient`]), an OpenAI-compatible LLM ([`LlmClient`]) and the CRM
 //! ([`CrmClient`]) — speaking their real request shapes.
 //!
@@ -8,10 +8,12 @@
 //! `Retry-After`), transport failures become `TransportFailure`s, the body is
 //! read chunk by chunk up to `max_response_bytes`, and a body that cannot be
 //! used is an `ErrorKind::BadResponse`. Every request carries `X-Contact-Id`
-//! and, when the caller has one, `traceparent` (see [`RequestContext`]).
+//! and, when the caller has one, `traceparent`, and ends at the call's
+//! deadline if that comes before `request_timeout` (see [`RequestContext`]).
 //! Keys never appear in `Debug` output or error details.
 
 mod config;
+mod contact;
 mod crm;
 mod http;
 mod llm;
@@ -20,10 +22,11 @@ mod tts;
 use callguard_core::ValidationError;
 
 pub use config::HttpServiceConfig;
+pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
 pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
-pub use llm::{LlmClient, LlmConfig, Prompt};
-pub use tts::{Audio, TtsClient, TtsConfig};
+pub use llm::{LlmClient, LlmSettings, Prompt};
+pub use tts::{Audio, TtsClient, TtsSettings};
 
 /// Why a client could not be built from its config.
 #[derive(Debug, thiserror::Error)]

@@ -9,8 +9,9 @@ use callguard_core::{ConfigDuration, Secret, ValidationError};
 use reqwest::Url;
 use serde::Deserialize;
 
-/// How one HTTP service is reached. Every service's section has these keys;
-/// TTS and LLM add their own next to them.
+/// How one HTTP service is reached: the keys every service's section has
+/// (TTS and LLM services add [`TtsSettings`](crate::TtsSettings) and
+/// [`LlmSettings`](crate::LlmSettings) next to them).
 ///
 /// ```toml
 /// [services.elevenlabs]
@@ -28,7 +29,8 @@ pub struct HttpServiceConfig {
     #[serde(default)]
     pub api_key: Option<Secret>,
     /// The name of the environment variable holding the API key, read when
-    /// the client is built. Exactly one of `api_key` and `api_key_env` is set.
+    /// the client is built. A client needs exactly one of `api_key` and
+    /// `api_key_env`.
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// Longest wait for a TCP (and TLS) connection; default 2 s.
@@ -77,32 +79,23 @@ impl HttpServiceConfig {
     }
 
     /// Checks the fields that need no environment: the URL, the timeouts,
-    /// the cap, and that a key source is named. Keys in errors are relative
-    /// to the service's section (`base_url`, `api_key_env`, …).
+    /// the cap, and that the key is not given two ways. Whether a key is
+    /// given at all is checked when a client is built: a health probe needs
+    /// none. Keys in errors are relative to the service's section
+    /// (`base_url`, `api_key`, …).
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.base_url()?;
         nonzero_duration("connect_timeout", self.connect_timeout.get())?;
         nonzero_duration("request_timeout", self.request_timeout.get())?;
         at_least("max_response_bytes", self.max_response_bytes, 1)?;
-        self.key_source().map(drop)
-    }
-
-    /// Where the key comes from: exactly one of `api_key` and `api_key_env`.
-    fn key_source(&self) -> Result<KeySource<'_>, ValidationError> {
-        match (&self.api_key, &self.api_key_env) {
-            (Some(key), None) => Ok(KeySource::Given(key)),
-            (None, Some(var)) => Ok(KeySource::Env(var)),
-            (Some(_), Some(_)) => Err(ValidationError::new(
+        if self.api_key.is_some() && self.api_key_env.is_some() {
+            return Err(ValidationError::new(
                 "api_key",
                 "[redacted]",
                 "unset when api_key_env is set (give the key one way)",
-            )),
-            (None, None) => Err(ValidationError::new(
-                "api_key_env",
-                "nothing",
-                "set (or api_key) to name the service's API key",
-            )),
+            ));
         }
+        Ok(())
     }
 
     /// The base URL, parsed and checked: http or https, no credentials, no
@@ -126,18 +119,18 @@ impl HttpServiceConfig {
     }
 
     /// The API key, from `api_key` or from the environment variable named by
-    /// `api_key_env`, looked up with `env`.
+    /// `api_key_env` (looked up with `env`); one of them must be set.
     pub(crate) fn resolve_api_key(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Secret, ValidationError> {
         self.validate()?;
-        match self.key_source()? {
-            KeySource::Given(key) if key.expose().trim().is_empty() => {
+        match (&self.api_key, &self.api_key_env) {
+            (Some(key), _) if key.expose().trim().is_empty() => {
                 Err(ValidationError::new("api_key", "\"\"", "a non-empty key"))
             }
-            KeySource::Given(key) => Ok(key.clone()),
-            KeySource::Env(var) => env(var)
+            (Some(key), _) => Ok(key.clone()),
+            (None, Some(var)) => env(var)
                 .filter(|key| !key.trim().is_empty())
                 .map(Secret::new)
                 .ok_or_else(|| {
@@ -147,14 +140,13 @@ impl HttpServiceConfig {
                         "the name of a set, non-empty environment variable",
                     )
                 }),
+            (None, None) => Err(ValidationError::new(
+                "api_key_env",
+                "nothing",
+                "set (or api_key) to name the service's API key",
+            )),
         }
     }
-}
-
-/// The one place a service's key is taken from.
-enum KeySource<'a> {
-    Given(&'a Secret),
-    Env(&'a str),
 }
 
 #[cfg(test)]
@@ -229,13 +221,17 @@ mod tests {
     }
 
     #[test]
-    fn key_sources_are_exclusive_and_required() {
+    fn a_key_is_given_one_way_and_required_to_build_a_client() {
         let both = parse(r#"{"base_url":"http://x","api_key":"sk-1","api_key_env":"K"}"#).unwrap();
         let err = both.validate().unwrap_err();
         assert_eq!(err.key, "api_key");
         assert!(!err.to_string().contains("sk-1"), "{err}");
         let neither = parse(r#"{"base_url":"http://x"}"#).unwrap();
-        assert_eq!(neither.validate().unwrap_err().key, "api_key_env");
+        neither.validate().unwrap();
+        assert_eq!(
+            neither.resolve_api_key(|_| None).unwrap_err().key,
+            "api_key_env"
+        );
         let empty = HttpServiceConfig::new("http://x", " ");
         assert_eq!(empty.resolve_api_key(|_| None).unwrap_err().key, "api_key");
     }

@@ -1,21 +1,22 @@
 //! The service clients against the mock services over real loopback sockets:
 //! happy paths, every fault mode that maps to an error kind, the size cap,
-//! CRM idempotency, and keys kept out of errors. A raw TCP peer checks the
+//! the call's deadline bounding a request, CRM idempotency, and keys kept out
+//! of errors. A raw TCP peer checks the
 //! exact request shapes and the answers the mocks never give.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use callguard_agent::clients::{
-    CallOutcome, CallRecord, ClientSetupError, CrmClient, HttpServiceConfig, LlmClient, LlmConfig,
-    Prompt, Recorded, RequestContext, TtsClient, TtsConfig,
+use callguard_clients::{
+    CallOutcome, CallRecord, ClientSetupError, Contact, CrmClient, HttpServiceConfig, LlmClient,
+    LlmSettings, Prompt, Recorded, RequestContext, TtsClient, TtsSettings,
 };
-use callguard_agent::contacts::Contact;
 use callguard_core::{ErrorKind, ServiceError};
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 const WRONG_KEY: &str = "sk-wrong-key-4f1b9c";
 
@@ -33,11 +34,11 @@ fn http(server: &MockServer, service: Service) -> HttpServiceConfig {
 }
 
 fn tts(config: HttpServiceConfig) -> TtsClient {
-    TtsClient::new(&TtsConfig::new(config)).unwrap()
+    TtsClient::new(&config, &TtsSettings::default()).unwrap()
 }
 
 fn llm(config: HttpServiceConfig) -> LlmClient {
-    LlmClient::new(&LlmConfig::new(config)).unwrap()
+    LlmClient::new(&config, &LlmSettings::default()).unwrap()
 }
 
 fn crm(config: HttpServiceConfig) -> CrmClient {
@@ -300,6 +301,62 @@ async fn a_hung_service_is_a_timeout() {
         config.request_timeout = Duration::from_millis(300).into();
     })
     .await;
+}
+
+/// Sends each client's request to a service that answers in 5 s, with the
+/// given `request_timeout` and a call deadline `deadline_in` from now, and
+/// checks that each ends as a timeout after `expected` (virtual time, give or
+/// take the timer's millisecond).
+async fn each_request_times_out_after(
+    request_timeout: Duration,
+    deadline_in: Duration,
+    expected: Duration,
+) {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    for service in Service::ALL {
+        server
+            .inject(Fault::new(service, FaultMode::Slow).with_latency(Duration::from_secs(5)))
+            .unwrap();
+    }
+    let (tts, llm, crm) = clients(&server, |config| {
+        config.request_timeout = request_timeout.into();
+    });
+    let ada = contact("c-1", "Ada Lovelace");
+    let (prompt, record) = (Prompt::for_contact(&ada), record(&ada));
+    for client in ["tts", "llm", "crm"] {
+        let start = Instant::now();
+        let ctx = RequestContext::new("c-1").with_deadline(Some(start + deadline_in));
+        let result = match client {
+            "tts" => tts.synthesize(ctx, "Hello").await.map(drop),
+            "llm" => llm.generate_script(ctx, &prompt).await.map(drop),
+            _ => crm.record_call(ctx, &record).await.map(drop),
+        };
+        let error = result.expect_err(client);
+        let elapsed = start.elapsed();
+        assert_eq!(error.kind(), ErrorKind::Timeout, "{client}: {error}");
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(2),
+            "{client}: {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_ends_at_the_calls_deadline_when_it_comes_first() {
+    let second = Duration::from_secs(1);
+    each_request_times_out_after(10 * second, second, second).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_made_at_the_deadline_ends_at_once() {
+    let zero = Duration::ZERO;
+    each_request_times_out_after(Duration::from_secs(10), zero, zero).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_ends_at_its_timeout_when_that_comes_first() {
+    let second = Duration::from_secs(1);
+    each_request_times_out_after(2 * second, 30 * second, 2 * second).await;
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! detail has the service's own key blanked out should the service echo it.
 
 use std::fmt;
+use std::time::Duration;
 
 use callguard_core::http::{classify_response, error_chain, read_body_up_to, transport_error};
 use callguard_core::text::one_line_excerpt;
@@ -15,8 +16,9 @@ use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure};
 use reqwest::RequestBuilder;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
-use super::{ClientSetupError, HttpServiceConfig};
+use crate::{ClientSetupError, HttpServiceConfig};
 
 /// The header naming the contact a request is made for.
 pub const CONTACT_ID_HEADER: &str = "x-contact-id";
@@ -28,22 +30,27 @@ const ERROR_EXCERPT_CHARS: usize = 200;
 /// Most bytes read from an error body to make that excerpt.
 const ERROR_BODY_BYTES: usize = 4 * 1024;
 
-/// Per-request facts the caller passes down: which contact the request is for
-/// and, when tracing, the W3C `traceparent` of the calling span.
+/// Per-request facts the caller passes down: which contact the request is for,
+/// when tracing the W3C `traceparent` of the calling span, and the deadline of
+/// the call the request is an attempt of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestContext<'a> {
     /// Sent as `X-Contact-Id`.
     pub contact_id: &'a str,
     /// Sent as `traceparent` when set (and a valid header value).
     pub traceparent: Option<&'a str>,
+    /// When the call must be over: the request then ends at the earlier of
+    /// its `request_timeout` and this instant, as a timeout.
+    pub deadline: Option<Instant>,
 }
 
 impl<'a> RequestContext<'a> {
-    /// A context for `contact_id`, without trace context.
+    /// A context for `contact_id`, without trace context or deadline.
     pub fn new(contact_id: &'a str) -> Self {
         Self {
             contact_id,
             traceparent: None,
+            deadline: None,
         }
     }
 
@@ -51,6 +58,13 @@ impl<'a> RequestContext<'a> {
     #[must_use]
     pub fn with_traceparent(mut self, traceparent: Option<&'a str>) -> Self {
         self.traceparent = traceparent;
+        self
+    }
+
+    /// Sets (or clears) the call's deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
         self
     }
 }
@@ -72,6 +86,7 @@ pub(crate) struct HttpService {
     /// Marked sensitive, so even reqwest's own `Debug` hides it.
     auth_value: HeaderValue,
     key: Secret,
+    request_timeout: Duration,
     max_response_bytes: u64,
 }
 
@@ -129,6 +144,7 @@ impl HttpService {
             auth_name,
             auth_value,
             key,
+            request_timeout: config.request_timeout.get(),
             max_response_bytes: config.max_response_bytes,
         })
     }
@@ -138,7 +154,8 @@ impl HttpService {
         &self.base_url
     }
 
-    /// A `POST` to `url` with the key, `X-Contact-Id` and `traceparent` set.
+    /// A `POST` to `url` with the key, `X-Contact-Id` and `traceparent` set,
+    /// ending at the call's deadline if that comes before `request_timeout`.
     pub(crate) fn post(&self, url: &str, context: RequestContext<'_>) -> RequestBuilder {
         record_url(url);
         let mut request = self
@@ -151,6 +168,10 @@ impl HttpService {
             .and_then(|tp| HeaderValue::from_str(tp).ok())
         {
             request = request.header(TRACEPARENT_HEADER, value);
+        }
+        if let Some(deadline) = context.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            request = request.timeout(left.min(self.request_timeout));
         }
         request
     }

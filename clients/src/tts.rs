@@ -6,10 +6,11 @@ use std::fmt;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpService, KeyHeader};
-use super::{ClientSetupError, HttpServiceConfig, RequestContext};
+use crate::http::{HttpService, KeyHeader};
+use crate::{ClientSetupError, HttpServiceConfig, RequestContext};
 
-/// Settings of the TTS service: the common HTTP keys plus the voice and model.
+/// The keys of a TTS service beside the common [`HttpServiceConfig`] ones:
+/// the voice and the model.
 ///
 /// ```toml
 /// [services.elevenlabs]
@@ -19,46 +20,32 @@ use super::{ClientSetupError, HttpServiceConfig, RequestContext};
 /// model_id = "eleven_multilingual_v2"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TtsConfig {
-    /// Base URL, key, timeouts and response cap.
-    #[serde(flatten)]
-    pub http: HttpServiceConfig,
-    /// The ElevenLabs voice; default [`TtsConfig::DEFAULT_VOICE_ID`] ("Rachel").
-    #[serde(default = "TtsConfig::default_voice_id")]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsSettings {
+    /// The ElevenLabs voice; default [`TtsSettings::DEFAULT_VOICE_ID`] ("Rachel").
     pub voice_id: String,
-    /// The ElevenLabs model; default [`TtsConfig::DEFAULT_MODEL_ID`].
-    #[serde(default = "TtsConfig::default_model_id")]
+    /// The ElevenLabs model; default [`TtsSettings::DEFAULT_MODEL_ID`].
     pub model_id: String,
 }
 
-impl TtsConfig {
+impl Default for TtsSettings {
+    fn default() -> Self {
+        Self {
+            voice_id: Self::DEFAULT_VOICE_ID.to_owned(),
+            model_id: Self::DEFAULT_MODEL_ID.to_owned(),
+        }
+    }
+}
+
+impl TtsSettings {
     /// Default `voice_id`.
     pub const DEFAULT_VOICE_ID: &'static str = "21m00Tcm4TlvDq8ikWAM";
     /// Default `model_id`.
     pub const DEFAULT_MODEL_ID: &'static str = "eleven_multilingual_v2";
 
-    /// The default voice and model over `http`.
-    pub fn new(http: HttpServiceConfig) -> Self {
-        Self {
-            http,
-            voice_id: Self::default_voice_id(),
-            model_id: Self::default_model_id(),
-        }
-    }
-
-    fn default_voice_id() -> String {
-        Self::DEFAULT_VOICE_ID.to_owned()
-    }
-
-    fn default_model_id() -> String {
-        Self::DEFAULT_MODEL_ID.to_owned()
-    }
-
-    /// Checks every field; the voice id becomes a path segment, so it is
+    /// Checks both keys; the voice id becomes a path segment, so it is
     /// limited to letters, digits, `-` and `_`.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        self.http.validate()?;
         let path_safe = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
         if self.voice_id.is_empty() || !self.voice_id.chars().all(path_safe) {
             return Err(ValidationError::new(
@@ -112,15 +99,19 @@ pub struct TtsClient {
 }
 
 impl TtsClient {
-    /// Checks `config`, resolves its key and builds the client.
-    pub fn new(config: &TtsConfig) -> Result<Self, ClientSetupError> {
-        config.validate()?;
-        let http = HttpService::new(&config.http, KeyHeader::Named("xi-api-key"))?;
-        let url = format!("{}/v1/text-to-speech/{}", http.base_url(), config.voice_id);
+    /// Checks `http` and `settings`, resolves the key and builds the client.
+    pub fn new(http: &HttpServiceConfig, settings: &TtsSettings) -> Result<Self, ClientSetupError> {
+        settings.validate()?;
+        let http = HttpService::new(http, KeyHeader::Named("xi-api-key"))?;
+        let url = format!(
+            "{}/v1/text-to-speech/{}",
+            http.base_url(),
+            settings.voice_id
+        );
         Ok(Self {
             http,
             url,
-            model_id: config.model_id.clone(),
+            model_id: settings.model_id.clone(),
         })
     }
 
@@ -173,28 +164,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn service_keys_sit_beside_the_common_ones() {
-        let config: TtsConfig = serde_json::from_str(
-            r#"{"base_url":"http://x/elevenlabs","api_key":"k","voice_id":"v1","request_timeout":"3s"}"#,
-        )
-        .unwrap();
-        assert_eq!(config.voice_id, "v1");
-        assert_eq!(config.model_id, TtsConfig::DEFAULT_MODEL_ID);
-        assert_eq!(config.http.request_timeout.get().as_secs(), 3);
-        config.validate().unwrap();
-        let err = serde_json::from_str::<TtsConfig>(
-            r#"{"base_url":"http://x","api_key":"k","voice":"v"}"#,
-        )
-        .unwrap_err();
+    fn defaults_fill_what_is_not_given() {
+        let settings: TtsSettings = serde_json::from_str(r#"{"voice_id":"v1"}"#).unwrap();
+        assert_eq!(settings.voice_id, "v1");
+        assert_eq!(settings.model_id, TtsSettings::DEFAULT_MODEL_ID);
+        settings.validate().unwrap();
+        let err = serde_json::from_str::<TtsSettings>(r#"{"voice":"v"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field `voice`"), "{err}");
     }
 
     #[test]
     fn voice_ids_must_be_path_safe() {
-        let mut config = TtsConfig::new(HttpServiceConfig::new("http://x", "k"));
-        config.voice_id = "../admin".into();
-        assert_eq!(config.validate().unwrap_err().key, "voice_id");
-        let err = TtsClient::new(&config)
+        let settings = TtsSettings {
+            voice_id: "../admin".into(),
+            ..TtsSettings::default()
+        };
+        assert_eq!(settings.validate().unwrap_err().key, "voice_id");
+        let err = TtsClient::new(&HttpServiceConfig::new("http://x", "k"), &settings)
             .unwrap_err()
             .in_section("services.elevenlabs");
         assert!(

@@ -7,12 +7,11 @@ use callguard_core::config::at_least;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use super::http::{HttpService, KeyHeader};
-use super::{ClientSetupError, HttpServiceConfig, RequestContext};
-use crate::contacts::Contact;
+use crate::http::{HttpService, KeyHeader};
+use crate::{ClientSetupError, Contact, HttpServiceConfig, RequestContext};
 
-/// Settings of the LLM service: the common HTTP keys plus the model and the
-/// length of the answer.
+/// The keys of an LLM service beside the common [`HttpServiceConfig`] ones:
+/// the model and the length of the answer.
 ///
 /// ```toml
 /// [services.llm]
@@ -21,45 +20,31 @@ use crate::contacts::Contact;
 /// model = "gpt-4o-mini"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LlmConfig {
-    /// Base URL, key, timeouts and response cap.
-    #[serde(flatten)]
-    pub http: HttpServiceConfig,
-    /// The chat model; default [`LlmConfig::DEFAULT_MODEL`].
-    #[serde(default = "LlmConfig::default_model")]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmSettings {
+    /// The chat model; default [`LlmSettings::DEFAULT_MODEL`].
     pub model: String,
-    /// Longest script, in tokens; default [`LlmConfig::DEFAULT_MAX_TOKENS`].
-    #[serde(default = "LlmConfig::default_max_tokens")]
+    /// Longest script, in tokens; default [`LlmSettings::DEFAULT_MAX_TOKENS`].
     pub max_tokens: u32,
 }
 
-impl LlmConfig {
+impl Default for LlmSettings {
+    fn default() -> Self {
+        Self {
+            model: Self::DEFAULT_MODEL.to_owned(),
+            max_tokens: Self::DEFAULT_MAX_TOKENS,
+        }
+    }
+}
+
+impl LlmSettings {
     /// Default `model`.
     pub const DEFAULT_MODEL: &'static str = "gpt-4o-mini";
     /// Default `max_tokens`: room for a script of about 150 words.
     pub const DEFAULT_MAX_TOKENS: u32 = 300;
 
-    /// The default model and length over `http`.
-    pub fn new(http: HttpServiceConfig) -> Self {
-        Self {
-            http,
-            model: Self::default_model(),
-            max_tokens: Self::default_max_tokens(),
-        }
-    }
-
-    fn default_model() -> String {
-        Self::DEFAULT_MODEL.to_owned()
-    }
-
-    fn default_max_tokens() -> u32 {
-        Self::DEFAULT_MAX_TOKENS
-    }
-
-    /// Checks every field.
+    /// Checks both keys.
     pub fn validate(&self) -> Result<(), ValidationError> {
-        self.http.validate()?;
         if self.model.trim().is_empty() {
             return Err(ValidationError::new(
                 "model",
@@ -147,16 +132,16 @@ pub struct LlmClient {
 }
 
 impl LlmClient {
-    /// Checks `config`, resolves its key and builds the client.
-    pub fn new(config: &LlmConfig) -> Result<Self, ClientSetupError> {
-        config.validate()?;
-        let http = HttpService::new(&config.http, KeyHeader::Bearer)?;
+    /// Checks `http` and `settings`, resolves the key and builds the client.
+    pub fn new(http: &HttpServiceConfig, settings: &LlmSettings) -> Result<Self, ClientSetupError> {
+        settings.validate()?;
+        let http = HttpService::new(http, KeyHeader::Bearer)?;
         let url = format!("{}/v1/chat/completions", http.base_url());
         Ok(Self {
             http,
             url,
-            model: config.model.clone(),
-            max_tokens: config.max_tokens,
+            model: settings.model.clone(),
+            max_tokens: settings.max_tokens,
         })
     }
 
@@ -223,17 +208,20 @@ mod tests {
     }
 
     #[test]
-    fn config_defaults_and_checks() {
-        let config: LlmConfig =
-            serde_json::from_str(r#"{"base_url":"http://x/llm","api_key_env":"OPENAI_API_KEY"}"#)
-                .unwrap();
-        assert_eq!(config.model, "gpt-4o-mini");
-        assert_eq!(config.max_tokens, 300);
-        config.validate().unwrap();
-        let zero = LlmConfig {
+    fn settings_defaults_and_checks() {
+        let settings: LlmSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(settings.model, "gpt-4o-mini");
+        assert_eq!(settings.max_tokens, 300);
+        settings.validate().unwrap();
+        let zero = LlmSettings {
             max_tokens: 0,
-            ..config
+            ..settings
         };
         assert_eq!(zero.validate().unwrap_err().key, "max_tokens");
+        let unnamed = LlmSettings {
+            model: " ".into(),
+            ..LlmSettings::default()
+        };
+        assert_eq!(unnamed.validate().unwrap_err().key, "model");
     }
 }
