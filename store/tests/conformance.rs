@@ -138,17 +138,24 @@ impl Drop for Fixture {
     }
 }
 
-async fn drop_table(url: &str, table: &str) {
+/// Runs `sql` on the test database, bypassing the store.
+async fn postgres_execute(
+    url: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> u64 {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect to the test database");
     let task = tokio::spawn(connection);
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-        .await
-        .unwrap();
+    let changed = client.execute(sql, params).await.unwrap();
     drop(client);
     let _ = task.await;
+    changed
+}
+
+async fn drop_table(url: &str, table: &str) {
+    postgres_execute(url, &format!("DROP TABLE IF EXISTS {table}"), &[]).await;
 }
 
 fn contacts(ids: &[&str]) -> Vec<NewContact> {
@@ -751,6 +758,81 @@ async fn workers_finding_none_left_share_one_lease(kind: Kind) {
     }
 }
 
+async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "same_owner").await else {
+        return;
+    };
+    // Final states wait for one another, so completions sent at once go as
+    // one statement.
+    let store = fixture
+        .open_with(StoreSettings {
+            settle_wait: Duration::from_millis(50),
+            ..fixture.settings()
+        })
+        .await;
+    store.import(&contacts(&["a"])).await.unwrap();
+    let earlier = store.try_lease().await.unwrap().unwrap().lease;
+    // The lease runs out (a call that outlived it), and this same agent —
+    // same owner — takes the contact again.
+    tokio::time::sleep(fixture.units(11)).await;
+    store.import(&contacts(&["b"])).await.unwrap();
+    let mut held = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        held.push(leased.lease);
+    }
+    held.sort_by(|x, y| x.contact_id().cmp(y.contact_id()));
+    let [again, b] = <[_; 2]>::try_from(held).unwrap();
+    assert_eq!(
+        (again.contact_id(), again.attempt(), b.contact_id()),
+        ("a", 2, "b")
+    );
+    let lost = |result: Result<(), StoreError>, what: &str| {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { .. })),
+            "{what} under the earlier lease: {result:?}"
+        );
+    };
+    lost(store.renew(&earlier).await, "renew");
+    lost(
+        store.save_progress(&earlier, &Progress::default()).await,
+        "save_progress",
+    );
+    lost(store.fail(&earlier, "crm", "late").await, "fail");
+    lost(
+        store
+            .defer(
+                &earlier,
+                "crm",
+                "late",
+                Duration::ZERO,
+                &Progress::default(),
+            )
+            .await
+            .map(drop),
+        "defer",
+    );
+    lost(store.release(&earlier).await, "release");
+    lost(store.complete(&earlier).await, "complete alone");
+    // With another completion in the same statement.
+    let (earlier_done, b_done) = tokio::join!(store.complete(&earlier), store.complete(&b));
+    lost(earlier_done, "complete with another");
+    b_done.unwrap();
+    let in_flight = store.list(ContactState::InFlight).await.unwrap();
+    assert_eq!(
+        (
+            in_flight.len(),
+            in_flight[0].id.as_str(),
+            in_flight[0].attempts
+        ),
+        (1, "a", 2),
+        "a is still held under its second lease"
+    );
+    store.renew(&again).await.unwrap();
+    store.complete(&again).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.total()), (2, 2));
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -787,4 +869,5 @@ conformance!(
     a_batch_is_leased_ahead_in_order_renewed_and_released,
     a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown,
     workers_finding_none_left_share_one_lease,
+    a_contact_the_same_agent_leased_again_refuses_the_earlier_lease,
 );
