@@ -128,6 +128,26 @@ impl Fixture {
                 .with_owner("agent-2"),
         )
     }
+
+    /// Writes `value` as contact `id`'s stored progress behind the store's
+    /// back, as a damaged file or a hand edit would. `false` for memory,
+    /// which keeps progress as a value, never as text that could be unreadable.
+    async fn plant_progress(&self, id: &str, value: &str) -> bool {
+        let sql = format!("UPDATE {} SET progress = $1 WHERE id = $2", self.table);
+        let changed = match &self.location {
+            StoreLocation::Sqlite(path) => {
+                let connection = rusqlite::Connection::open(path).unwrap();
+                connection.busy_timeout(Duration::from_secs(5)).unwrap();
+                connection
+                    .execute(&sql.replace('$', "?"), [value, id])
+                    .unwrap() as u64
+            }
+            StoreLocation::Postgres(url) => postgres_execute(url, &sql, &[&value, &id]).await,
+            _ => return false,
+        };
+        assert_eq!(changed, 1, "no contact {id}");
+        true
+    }
 }
 
 impl Drop for Fixture {
@@ -758,6 +778,59 @@ async fn workers_finding_none_left_share_one_lease(kind: Kind) {
     }
 }
 
+async fn a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "unreadable").await else {
+        return;
+    };
+    let store = fixture.open_batched(2).await;
+    store
+        .import(&contacts(&["a", "b", "c", "d", "e"]))
+        .await
+        .unwrap();
+    // Not JSON, a field of the wrong type, not an object.
+    let planted = [
+        ("b", "{not json"),
+        ("c", r#"{"audio_bytes":"many"}"#),
+        ("d", "null"),
+    ];
+    for (id, value) in planted {
+        if !fixture.plant_progress(id, value).await {
+            return; // memory: progress cannot be unreadable
+        }
+    }
+    // The first batch (a, b) hands out a; the second (c, d) has nothing to
+    // hand out, so the next (e) is leased at once.
+    let mut handed_out = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        assert_eq!(leased.lease.attempt(), 1);
+        assert_eq!(leased.progress, Progress::default());
+        store.complete(&leased.lease).await.unwrap();
+        handed_out.push(leased.lease.contact_id().to_owned());
+    }
+    assert_eq!(handed_out, ["a", "e"]);
+    let failed = store.list(ContactState::Failed).await.unwrap();
+    let ids: Vec<&str> = failed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["b", "c", "d"]);
+    for contact in &failed {
+        let reason = contact.last_error.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("stored progress unreadable: "),
+            "{}: {reason}",
+            contact.id
+        );
+        assert_eq!(
+            (contact.service.as_deref(), contact.lease_owner.as_deref()),
+            (Some("store"), None)
+        );
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.completed, counts.failed, counts.unfinished()),
+        (2, 3, 0)
+    );
+    assert!(store.next().await.unwrap().is_none(), "the campaign ends");
+}
+
 async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "same_owner").await else {
         return;
@@ -869,5 +942,6 @@ conformance!(
     a_batch_is_leased_ahead_in_order_renewed_and_released,
     a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown,
     workers_finding_none_left_share_one_lease,
+    a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out,
     a_contact_the_same_agent_leased_again_refuses_the_earlier_lease,
 );
