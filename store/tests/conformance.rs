@@ -1,6 +1,7 @@
 //! The same suite against every backend: in memory, SQLite in a temporary
 //! file, and PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` names a database
-//! (`store/tests/postgres.sh` starts one).
+//! (`store/tests/postgres.sh` starts one). Beside the suite, a case only a
+//! shared queue has: another agent's transaction holding a row.
 //!
 //! Memory and SQLite run on a paused clock (stored times come from the store's
 //! clock, which follows `tokio::time`), with one time unit a second. A paused
@@ -158,20 +159,26 @@ impl Drop for Fixture {
     }
 }
 
+/// A connection to the test database of its own, beside the store's.
+async fn postgres_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
 /// Runs `sql` on the test database, bypassing the store.
 async fn postgres_execute(
     url: &str,
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> u64 {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    postgres_client(url)
         .await
-        .expect("connect to the test database");
-    let task = tokio::spawn(connection);
-    let changed = client.execute(sql, params).await.unwrap();
-    drop(client);
-    let _ = task.await;
-    changed
+        .execute(sql, params)
+        .await
+        .unwrap()
 }
 
 async fn drop_table(url: &str, table: &str) {
@@ -904,6 +911,68 @@ async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: K
     store.complete(&again).await.unwrap();
     let counts = store.counts().await.unwrap();
     assert_eq!((counts.completed, counts.total()), (2, 2));
+}
+
+/// PostgreSQL only (SQLite and memory take one writer at a time): a
+/// contact another agent is leasing — its transaction holds the row — is
+/// skipped, neither waited for nor leased a second time.
+#[tokio::test]
+async fn postgres_skips_a_contact_another_agent_is_leasing() {
+    let Some(mut fixture) = Fixture::new(Kind::Postgres, "skip_locked").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let StoreLocation::Postgres(url) = &fixture.location else {
+        unreachable!("a PostgreSQL fixture");
+    };
+    // Another agent's lease of a, not committed yet.
+    let other = postgres_client(url).await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {} SET state = 'in_flight', lease_owner = 'agent-x', \
+             attempts = attempts + 1, due_at = 9223372036854775807 WHERE id = 'a'",
+            fixture.table
+        ))
+        .await
+        .unwrap();
+    let mut leasing = tokio::spawn({
+        let store = store.clone();
+        async move { store.try_lease().await }
+    });
+    let in_time = tokio::time::timeout(fixture.units(20), &mut leasing)
+        .await
+        .ok();
+    other.batch_execute("COMMIT").await.unwrap();
+    let without_waiting = in_time.is_some();
+    let leased = match in_time {
+        Some(joined) => joined,
+        None => leasing.await,
+    };
+    let leased = leased
+        .unwrap()
+        .unwrap()
+        .map(|l| l.lease.contact_id().to_owned());
+    let held: Vec<(String, Option<String>, u32)> = store
+        .list(ContactState::InFlight)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.lease_owner, c.attempts))
+        .collect();
+    assert_eq!(
+        (without_waiting, leased.as_deref(), held.as_slice()),
+        (
+            true,
+            Some("b"),
+            [
+                ("a".to_owned(), Some("agent-x".to_owned()), 1),
+                ("b".to_owned(), Some("agent-1".to_owned()), 1)
+            ]
+            .as_slice()
+        ),
+        "(leased without waiting for the other agent's transaction, what, each held once)"
+    );
 }
 
 macro_rules! conformance {
