@@ -116,6 +116,16 @@ impl Fixture {
         .await
     }
 
+    /// The store with final states waiting for one another, so that those
+    /// sent at once go together (completions as one statement).
+    async fn open_settling(&mut self) -> Arc<CallStore> {
+        self.open_with(StoreSettings {
+            settle_wait: Duration::from_millis(50),
+            ..self.settings()
+        })
+        .await
+    }
+
     /// Another agent on the same contacts.
     async fn second(&self) -> Arc<CallStore> {
         let first = self.first.clone().expect("open first");
@@ -502,13 +512,7 @@ async fn completions_at_once_are_each_judged_by_their_own_lease(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "completions").await else {
         return;
     };
-    // Final states wait for one another, so those sent at once go together.
-    let store = fixture
-        .open_with(StoreSettings {
-            settle_wait: Duration::from_millis(50),
-            ..fixture.settings()
-        })
-        .await;
+    let store = fixture.open_settling().await;
     store.import(&numbered(7)).await.unwrap();
     let stale = store.try_lease().await.unwrap().unwrap().lease;
     store.complete(&stale).await.unwrap();
@@ -842,14 +846,7 @@ async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: K
     let Some(mut fixture) = Fixture::new(kind, "same_owner").await else {
         return;
     };
-    // Final states wait for one another, so completions sent at once go as
-    // one statement.
-    let store = fixture
-        .open_with(StoreSettings {
-            settle_wait: Duration::from_millis(50),
-            ..fixture.settings()
-        })
-        .await;
+    let store = fixture.open_settling().await;
     store.import(&contacts(&["a"])).await.unwrap();
     let earlier = store.try_lease().await.unwrap().unwrap().lease;
     // The lease runs out (a call that outlived it), and this same agent —
