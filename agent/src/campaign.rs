@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::accounting::{Accounting, Census};
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
@@ -83,10 +84,21 @@ pub struct Summary {
     pub expired: usize,
     /// Not finished at shutdown, and kept.
     pub pending: usize,
-    /// Contacts in none of the above (must be 0).
+    /// Contacts of the campaign that ended in no state, or completed without
+    /// their CRM record where the records can be read (must be 0; see
+    /// [`accounting`](crate::accounting)).
     pub lost: usize,
-    /// Contacts given a second terminal state (must be 0).
+    /// Contacts that ended in a second state, were given a second terminal
+    /// state, or have a second CRM record (must be 0).
     pub duplicated: usize,
+    /// Contacts this agent's calls lost to another worker or agent after
+    /// their lease expired (a slow call, a store out of reach): those calls
+    /// were dropped and the contact is the new holder's. Neither lost nor
+    /// duplicated.
+    pub taken_over: u64,
+    /// CRM records the completed contacts were matched with, when the CRM's
+    /// records can be read (`simulate`).
+    pub crm_records: Option<usize>,
     /// Retries made.
     pub retries: u64,
     /// Attempts made, first attempts included.
@@ -111,6 +123,16 @@ impl Summary {
     /// Whether every contact is accounted for exactly once.
     pub fn all_accounted_for(&self) -> bool {
         self.lost == 0 && self.duplicated == 0
+    }
+
+    /// Matches the completed contacts of `end` (the store at the end of the
+    /// campaign) with the CRM's `records`, one contact id each, counting the
+    /// mismatches as lost or duplicated.
+    pub fn match_records(&mut self, end: &Census, records: &[&str]) {
+        let accounting = Accounting::of_records(end, records.iter().copied());
+        self.lost += accounting.lost;
+        self.duplicated += accounting.duplicated;
+        self.crm_records = Some(records.len());
     }
 }
 
@@ -146,7 +168,12 @@ impl Campaign {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let started = Instant::now();
         let wall_started = std::time::Instant::now();
-        let contacts = self.queue.refresh_counts().await.total();
+        // The contacts given to the campaign: every one its store holds.
+        let given = Census::take(&self.queue).await;
+        let contacts = match &given {
+            Ok(given) => given.len(),
+            Err(_) => self.queue.refresh_counts().await.total(),
+        };
 
         let (stop_watcher, watcher_stopped) = oneshot::channel();
         let watcher = tokio::spawn(watch_transitions(
@@ -213,7 +240,19 @@ impl Campaign {
 
         let counts = self.queue.refresh_counts().await;
         let pending = counts.unfinished();
-        let accounted = counts.total();
+        let accounting = match (given, Census::take(&self.queue).await) {
+            (Ok(given), Ok(end)) => Accounting::of_campaign(&given, &end),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(
+                    "Cannot list the campaign's contacts to check that none was lost: {e}; \
+                     all {contacts} are counted lost"
+                );
+                Accounting {
+                    lost: contacts,
+                    duplicated: 0,
+                }
+            }
+        };
         let failures = self
             .queue
             .list(ContactState::Failed)
@@ -233,8 +272,12 @@ impl Campaign {
             failed: counts.failed,
             expired: counts.expired,
             pending,
-            lost: contacts.saturating_sub(accounted),
-            duplicated: usize::try_from(self.queue.duplicates()).unwrap_or(usize::MAX),
+            lost: accounting.lost,
+            duplicated: accounting
+                .duplicated
+                .saturating_add(usize::try_from(self.queue.ended_twice()).unwrap_or(usize::MAX)),
+            taken_over: self.queue.taken_over(),
+            crm_records: None,
             retries: stats.retries.load(Ordering::Relaxed),
             attempts: stats.attempts.load(Ordering::Relaxed),
             rejections: stats.rejections.load(Ordering::Relaxed),

@@ -11,18 +11,35 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use callguard_agent::accounting::Census;
 use callguard_agent::assemble::assemble;
 use callguard_agent::campaign::{Campaign, Summary};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::metrics::MetricsServer;
+use callguard_agent::queue::CallQueue;
 use callguard_agent::telemetry::Telemetry;
+use callguard_mocks::CrmRecord;
 
-/// A campaign that has run: its summary, and the `/metrics` server, kept up
-/// until [`finish`] has written the summary.
+/// A campaign that has run: its summary, its queue, and the `/metrics`
+/// server, kept up until [`finish`] has written the summary.
 pub(crate) struct Ran {
     summary: Summary,
+    queue: Arc<CallQueue>,
     metrics: Option<MetricsServer>,
+}
+
+impl Ran {
+    /// Matches the completed contacts with the CRM's `records` (where the
+    /// CRM can list them: the mocks of `simulate`).
+    pub(crate) async fn match_records(&mut self, records: &[CrmRecord]) -> Result<(), String> {
+        let end = Census::take(&self.queue)
+            .await
+            .map_err(|e| format!("cannot list the contacts to match the CRM's records: {e}"))?;
+        let ids: Vec<&str> = records.iter().map(CrmRecord::contact_id).collect();
+        self.summary.match_records(&end, &ids);
+        Ok(())
+    }
 }
 
 pub(crate) async fn run_campaign(
@@ -68,7 +85,11 @@ pub(crate) async fn run_campaign(
     }
     grpc.stop().await;
     store::keep_pending(config, &queue, &contacts).await?;
-    Ok(Ran { summary, metrics })
+    Ok(Ran {
+        summary,
+        queue,
+        metrics,
+    })
 }
 
 /// Flushes the log export, prints the summary (and writes it as JSON when
@@ -83,6 +104,7 @@ pub(crate) async fn finish(
     let Ran {
         mut summary,
         metrics,
+        ..
     } = ran;
     summary.sheets = telemetry
         .flush_sheets(config.queue.shutdown_grace.get())

@@ -44,7 +44,8 @@ pub(crate) async fn simulate(
     services
         .start_faults()
         .map_err(|e| format!("cannot inject the scenario's faults: {e}"))?;
-    let ran = run_campaign(&config, contacts, &telemetry).await?;
+    let mut ran = run_campaign(&config, contacts, &telemetry).await?;
+    ran.match_records(&services.server.crm_records()).await?;
     // The mocks stay up until the log rows bound for their Sheets fake are sent.
     let code = finish(&config, ran, summary_json, &mut telemetry).await;
     services.server.shutdown().await;
