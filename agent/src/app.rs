@@ -15,7 +15,9 @@ use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
+use callguard_store::StoreError;
 
+use crate::accounting::Census;
 use crate::campaign::{Campaign, Summary};
 use crate::config::{AgentConfig, ConfigError, ServiceKind, ServiceSection, StageKind};
 use crate::events::{EventHub, TransitionLog};
@@ -59,13 +61,24 @@ pub struct App {
     alerts: AlertManager,
 }
 
-/// A campaign that has run: its summary, and the `/metrics` server, kept up
-/// until the caller has reported the summary.
+/// A campaign that has run: its summary, its queue, and the `/metrics`
+/// server, kept up until the caller has reported the summary.
 pub struct Ran {
     /// What became of the campaign.
     pub summary: Summary,
     /// The `/metrics` server, when `[metrics]` serves one.
     pub metrics: Option<MetricsServer>,
+    queue: Arc<CallQueue>,
+}
+
+impl Ran {
+    /// Matches the completed contacts with the CRM's records (one contact id
+    /// each), where the CRM can list them (the mocks of `simulate`).
+    pub async fn match_records(&mut self, records: &[&str]) -> Result<(), StoreError> {
+        let end = Census::take(&self.queue).await?;
+        self.summary.match_records(&end, records);
+        Ok(())
+    }
 }
 
 impl App {
@@ -189,12 +202,19 @@ impl App {
         };
         let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
         let remote = RemoteFollower::start(&self.config, &self.registry);
-        let summary = self.campaign(queue).run(grpc.drain_on(shutdown)).await;
+        let summary = self
+            .campaign(queue.clone())
+            .run(grpc.drain_on(shutdown))
+            .await;
         if let Some(remote) = remote {
             remote.stop().await;
         }
         grpc.stop().await;
-        Ok(Ran { summary, metrics })
+        Ok(Ran {
+            summary,
+            metrics,
+            queue,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::accounting::{Accounting, Census};
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
 use crate::metrics::Metrics;
 use crate::pipeline::{CallResult, Pipeline, call_span};
@@ -49,10 +50,21 @@ pub struct Summary {
     pub expired: usize,
     /// Not finished at shutdown, and kept.
     pub pending: usize,
-    /// Contacts in none of the above (must be 0).
+    /// Contacts of the campaign that ended in no state, or completed without
+    /// their CRM record where the records can be read (must be 0; see
+    /// [`accounting`](crate::accounting)).
     pub lost: usize,
-    /// Contacts given a second terminal state (must be 0).
+    /// Contacts that ended in a second state, were given a second terminal
+    /// state, or have a second CRM record (must be 0).
     pub duplicated: usize,
+    /// Contacts this agent's calls lost to another worker or agent after
+    /// their lease expired (a slow call, a store out of reach): those calls
+    /// were dropped and the contact is the new holder's. Neither lost nor
+    /// duplicated.
+    pub taken_over: u64,
+    /// CRM records the completed contacts were matched with, when the CRM's
+    /// records can be read (`simulate`).
+    pub crm_records: Option<usize>,
     /// Retries made.
     pub retries: u64,
     /// Attempts made, first attempts included.
@@ -77,6 +89,16 @@ impl Summary {
     /// Whether every contact is accounted for exactly once.
     pub fn all_accounted_for(&self) -> bool {
         self.lost == 0 && self.duplicated == 0
+    }
+
+    /// Matches the completed contacts of `end` (the store at the end of the
+    /// campaign) with the CRM's `records`, one contact id each, counting the
+    /// mismatches as lost or duplicated.
+    pub fn match_records(&mut self, end: &Census, records: &[&str]) {
+        let accounting = Accounting::of_records(end, records.iter().copied());
+        self.lost += accounting.lost;
+        self.duplicated += accounting.duplicated;
+        self.crm_records = Some(records.len());
     }
 }
 
@@ -115,7 +137,12 @@ impl Campaign {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let started = Instant::now();
         let wall_started = std::time::SystemTime::now();
-        let contacts = self.queue.refresh_counts().await.total();
+        // The contacts given to the campaign: every one its store holds.
+        let given = Census::take(&self.queue).await;
+        let contacts = match &given {
+            Ok(given) => given.len(),
+            Err(_) => self.queue.refresh_counts().await.total(),
+        };
 
         let (stop_follower, follower_stopped) = oneshot::channel();
         let follower = tokio::spawn(follow_breakers(
@@ -180,7 +207,19 @@ impl Campaign {
 
         let counts = self.queue.refresh_counts().await;
         let pending = counts.unfinished();
-        let accounted = counts.total();
+        let accounting = match (given, Census::take(&self.queue).await) {
+            (Ok(given), Ok(end)) => Accounting::of_campaign(&given, &end),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(
+                    "Cannot list the campaign's contacts to check that none was lost: {e}; \
+                     all {contacts} are counted lost"
+                );
+                Accounting {
+                    lost: contacts,
+                    duplicated: 0,
+                }
+            }
+        };
         let failures = self
             .queue
             .list(ContactState::Failed)
@@ -202,8 +241,12 @@ impl Campaign {
             failed: counts.failed,
             expired: counts.expired,
             pending,
-            lost: contacts.saturating_sub(accounted),
-            duplicated: usize::try_from(self.queue.duplicates()).unwrap_or(usize::MAX),
+            lost: accounting.lost,
+            duplicated: accounting
+                .duplicated
+                .saturating_add(usize::try_from(self.queue.ended_twice()).unwrap_or(usize::MAX)),
+            taken_over: self.queue.taken_over(),
+            crm_records: None,
             retries: totals.retries,
             attempts: totals.attempts,
             rejections: totals.rejections,

@@ -2,6 +2,7 @@
 //! script, having a TTS service speak it and recording the outcome in a CRM,
 //! with every call going through callguard's resilience layer.
 
+pub mod accounting;
 pub mod app;
 pub mod campaign;
 pub mod config;

@@ -16,7 +16,7 @@
 //! write repeats under the same idempotency key and creates nothing new
 //! (the CRM keeps the first record).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -185,8 +185,13 @@ struct Settling {
     running: AtomicUsize,
     /// Told when the last running save ends.
     idle: Notify,
-    /// State changes refused because the contact was no longer held.
-    refused: AtomicU64,
+    /// Leases lost: state changes refused, and calls abandoned, because the
+    /// contact was no longer held (see [`CallQueue::taken_over`]).
+    taken_over: AtomicU64,
+    /// The contacts given a terminal state through this queue.
+    ended: Mutex<HashSet<String>>,
+    /// Contacts the store accepted a second terminal state for.
+    ended_twice: AtomicU64,
 }
 
 impl Settling {
@@ -195,8 +200,8 @@ impl Settling {
         match result {
             Ok(value) => Some(value),
             Err(e @ StoreError::LeaseLost { .. }) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(contact_id = %contact_id, "State change refused: {e}");
+                self.taken_over.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(contact_id = %contact_id, "State change refused: {e}");
                 None
             }
             Err(e) => {
@@ -206,6 +211,22 @@ impl Settling {
                 );
                 None
             }
+        }
+    }
+
+    /// Notes that the store accepted a terminal state for `contact_id`.
+    fn ended(&self, contact_id: &str) {
+        let first = self
+            .ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(contact_id.to_owned());
+        if !first {
+            self.ended_twice.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                contact_id = %contact_id,
+                "Contact {contact_id} was given a second terminal state"
+            );
         }
     }
 
@@ -306,7 +327,9 @@ impl CallQueue {
                 let reason = format!("stored contact unreadable: {e}");
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
-                self.settling.record(&id, failed);
+                if self.settling.record(&id, failed).is_some() {
+                    self.settling.ended(&id);
+                }
                 None
             }
         }
@@ -325,7 +348,9 @@ impl CallQueue {
                     store.fail(&entry.lease, service, reason).await
                 }
             };
-            settling.record(&entry.contact.id, result);
+            if settling.record(&entry.contact.id, result).is_some() {
+                settling.ended(&entry.contact.id);
+            }
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();
             }
@@ -360,15 +385,21 @@ impl CallQueue {
             )
             .await;
         match self.settling.record(&entry.contact.id, result) {
-            Some(callguard_store::Deferral::Expired) => Deferral::Expired,
+            Some(callguard_store::Deferral::Expired) => {
+                self.settling.ended(&entry.contact.id);
+                Deferral::Expired
+            }
             Some(_) => Deferral::Requeued,
             None => Deferral::Unsaved,
         }
     }
 
-    /// Renews `lease` for as long as it is polled; returns only when it is lost.
+    /// Renews `lease` for as long as it is polled; returns only when it is
+    /// lost (counted in [`taken_over`](Self::taken_over)).
     pub async fn hold(&self, lease: &Lease) -> StoreError {
-        self.store.keep_alive(lease).await
+        let lost = self.store.keep_alive(lease).await;
+        self.settling.taken_over.fetch_add(1, Ordering::Relaxed);
+        lost
     }
 
     /// Makes every contact deferred on `service` due now (its breaker closed).
@@ -460,11 +491,20 @@ impl CallQueue {
         finished
     }
 
-    /// State changes refused because the contact was no longer held under
-    /// its lease — each one a second terminal state that was not given
-    /// (among the saves [`settled`](Self::settled) has waited for).
-    pub fn duplicates(&self) -> u64 {
-        self.settling.refused.load(Ordering::Relaxed)
+    /// Leases lost: contacts whose lease expired while their call ran (a
+    /// slow agent, a store out of reach) and were taken by another worker or
+    /// agent — their calls abandoned, or their state changes refused (among
+    /// the saves [`settled`](Self::settled) has waited for). The contact is
+    /// the new holder's: neither lost nor a second terminal state.
+    pub fn taken_over(&self) -> u64 {
+        self.settling.taken_over.load(Ordering::Relaxed)
+    }
+
+    /// Contacts the store accepted a second terminal state for through this
+    /// queue (among the saves [`settled`](Self::settled) has waited for):
+    /// each one called and ended twice.
+    pub fn ended_twice(&self) -> u64 {
+        self.settling.ended_twice.load(Ordering::Relaxed)
     }
 
     /// Contacts not finished: in flight, ready and deferred (their ids).
@@ -626,10 +666,21 @@ mod tests {
         let a = queue.next().await.unwrap();
         let copy = a.clone();
         queue.finish(a, Terminal::Completed);
-        // A bug that finished the same contact twice would be caught.
+        // Finished twice: the second is refused, the lease no longer held.
         queue.finish(copy, Terminal::Completed);
         queue.settled().await;
-        assert_eq!(queue.duplicates(), 1);
+        assert_eq!(queue.taken_over(), 1);
         assert_eq!(queue.refresh_counts().await.completed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_lost_while_the_call_runs_is_counted_as_taken_over() {
+        let queue = CallQueue::new([contact("a")], 5);
+        let a = queue.next().await.unwrap();
+        // No longer this call's: here given back to the queue.
+        queue.store().release(a.lease()).await.unwrap();
+        let lost = queue.hold(a.lease()).await;
+        assert!(matches!(lost, StoreError::LeaseLost { .. }), "{lost}");
+        assert_eq!(queue.taken_over(), 1);
     }
 }

@@ -22,6 +22,16 @@ pub fn summary_table(summary: &Summary) -> String {
         format!("{} / {}", summary.lost, summary.duplicated),
     );
     line(
+        "taken over",
+        format!(
+            "{} (leases expired mid-call, contacts taken by others)",
+            summary.taken_over
+        ),
+    );
+    if let Some(records) = summary.crm_records {
+        line("CRM records matched", records.to_string());
+    }
+    line(
         "attempts / retries",
         format!("{} / {}", summary.attempts, summary.retries),
     );

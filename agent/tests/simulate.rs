@@ -67,6 +67,13 @@ impl Run {
         assert_eq!(ended, contacts, "summary: {}", self.summary);
         assert_eq!(self.count("lost"), 0);
         assert_eq!(self.count("duplicated"), 0);
+        // Completed contacts and the mocks' CRM records were matched one to one.
+        assert_eq!(
+            self.summary["crm_records"].as_u64(),
+            Some(self.count("completed")),
+            "summary: {}",
+            self.summary
+        );
         assert!(
             self.output.status.success(),
             "exit status {:?}\n{}",

@@ -19,9 +19,10 @@ use std::time::{Duration, SystemTime};
 use callguard_agent::contacts::Contact;
 use callguard_clients::{CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext};
 use callguard_mocks::{
-    Fault, FaultMode, MockConfig, MockServer, Service, SinkFailure, SmtpFlap, SmtpSink,
-    TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
+    EndpointKind, Fault, FaultMode, MockConfig, MockServer, OUTCOME_TIMEOUT, Service, SinkFailure,
+    SmtpFlap, SmtpSink, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
+use callguard_store::{CallStore, StoreLocation, StoreSettings};
 use serde_json::Value;
 
 mod support;
@@ -132,8 +133,8 @@ fn report(dir: &Path) -> BTreeMap<String, u64> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Every contact in exactly one terminal state, and at most one CRM record
-/// per contact; returns the counts.
+/// Every contact in exactly one terminal state, and as many CRM records as
+/// completed contacts, one per contact; returns the counts.
 fn assert_every_contact_ended_once(
     dir: &Path,
     mocks: &MockServer,
@@ -156,10 +157,10 @@ fn assert_every_contact_ended_once(
         .collect();
     let distinct: BTreeSet<&String> = records.iter().collect();
     assert_eq!(distinct.len(), records.len(), "a CRM record was duplicated");
-    assert!(
-        records.len() as u64 >= counts["completed"],
-        "every completed contact has its record: {} records, {counts:?}",
-        records.len()
+    assert_eq!(
+        records.len() as u64,
+        counts["completed"],
+        "one record per completed contact: {counts:?}"
     );
     let known: BTreeSet<&String> = ids.iter().collect();
     assert!(distinct.is_subset(&known));
@@ -299,6 +300,134 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     for summary in &summaries {
         assert_eq!(summary["duplicated"], 0, "{summary}");
     }
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The SQLite store of `dir`, created as `callguard run` creates it, with
+/// `sql` run on it behind the agent's back: a fault planted in the store.
+async fn tamper_with_store(dir: &Path, sql: &str) {
+    let path = dir.join("calls.db");
+    let store = CallStore::open(
+        StoreLocation::Sqlite(path.clone()),
+        StoreSettings::default(),
+    );
+    drop(store.await.unwrap());
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+}
+
+/// The figures of a summary that say whether every contact is accounted for.
+fn accounted(summary: &Value) -> [u64; 5] {
+    ["contacts", "completed", "lost", "duplicated", "taken_over"].map(|key| {
+        summary[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key}: {summary}"))
+    })
+}
+
+/// `callguard run` over five contacts on a SQLite store with `sql` planted
+/// in it ends with all five completed, `lost` and `duplicated` as given,
+/// and fails.
+async fn a_tampered_store_fails_the_run(name: &str, sql: &str, lost_duplicated: [u64; 2]) {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = temp_dir(name);
+    write_config(&dir, &mocks, "url = \"sqlite:calls.db\"", "5s", "");
+    write_contacts(&dir, 5);
+    tamper_with_store(&dir, sql).await;
+    let mut run = spawn_run(&dir, name);
+    let status = exit_within(&mut run, Duration::from_secs(60))
+        .await
+        .expect("the run ends");
+    let summary = summary(&dir, name);
+    let [contacts, completed, lost, duplicated, _] = accounted(&summary);
+    assert_eq!(
+        [contacts, completed, lost, duplicated],
+        [5, 5, lost_duplicated[0], lost_duplicated[1]],
+        "{summary}"
+    );
+    assert!(!status.success(), "{name}: the run succeeded");
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_the_store_loses_is_counted_lost_and_fails_the_run() {
+    // As c-0003 completes, the store holds a stranger in its place: as
+    // many contacts as before, but not the same ones.
+    a_tampered_store_fails_the_run(
+        "lost",
+        "CREATE TRIGGER lose_one AFTER UPDATE OF state ON callguard_contacts \
+         WHEN NEW.id = 'c-0003' AND NEW.state = 'completed' \
+         BEGIN UPDATE callguard_contacts SET id = 'stranger' WHERE id = NEW.id; END;",
+        [1, 0],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_ended_twice_is_counted_duplicated_and_fails_the_run() {
+    // The store takes c-0002's first completion, then puts it back in the
+    // queue: the agent calls it and completes it a second time.
+    a_tampered_store_fails_the_run(
+        "duplicated",
+        "CREATE TRIGGER end_twice AFTER UPDATE OF state ON callguard_contacts \
+         WHEN NEW.id = 'c-0002' AND NEW.state = 'completed' AND NEW.attempts = 1 \
+         BEGIN UPDATE callguard_contacts SET state = 'pending', due_at = 0, lease_owner = NULL \
+         WHERE id = NEW.id; END;",
+        [0, 1],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_taken_over_mid_call_is_neither_lost_nor_duplicated() {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    // c-0002's CRM write hangs until the fault is cleared.
+    mocks
+        .inject(Fault::new(Service::Crm, FaultMode::Timeout).for_contacts(["c-0002"]))
+        .unwrap();
+    let dir = temp_dir("taken-over");
+    write_config(
+        &dir,
+        &mocks,
+        "url = \"sqlite:calls.db\"\nlease = \"600ms\"",
+        "5s",
+        "",
+    );
+    write_contacts(&dir, 5);
+    let mut run = spawn_run(&dir, "run");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while mocks
+        .stats()
+        .count(Service::Crm, EndpointKind::Api, OUTCOME_TIMEOUT)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c-0002 never reached the CRM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While its call waits, another agent takes the contact, as it would
+    // once the lease expired (and then dies, leaving it to this one).
+    let connection = rusqlite::Connection::open(dir.join("calls.db")).unwrap();
+    connection.busy_timeout(Duration::from_secs(5)).unwrap();
+    let taken = connection
+        .execute(
+            "UPDATE callguard_contacts SET lease_owner = 'another-agent', attempts = attempts + 1 \
+             WHERE id = 'c-0002' AND state = 'in_flight'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(taken, 1);
+    drop(connection);
+    mocks.clear_faults();
+    wait_exit(&mut run, Duration::from_secs(60), &dir, "run").await;
+    let summary = summary(&dir, "run");
+    assert_eq!(accounted(&summary), [5, 5, 0, 0, 1], "{summary}");
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

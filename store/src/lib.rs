@@ -37,7 +37,7 @@ pub use model::{
     Progress, StoreError,
 };
 
-use model::{Millis, Outcome, from_millis, to_millis};
+use model::{Millis, Outcome, Unreadable, from_millis, to_millis};
 
 /// Where the contacts are kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -216,6 +216,9 @@ impl Clock {
         }
     }
 }
+
+/// The service a contact whose stored record cannot be read fails at.
+const UNREADABLE_SERVICE: &str = "store";
 
 /// Shortest wait of [`CallStore::next`] between two looks, so a contact due
 /// now but taken by a racing worker cannot make it spin.
@@ -399,11 +402,34 @@ impl CallStore {
         Ok(None)
     }
 
-    /// Leases a batch of due contacts.
+    /// Leases a batch of due contacts. A contact whose stored progress
+    /// cannot be read is failed under its lease (at [`UNREADABLE_SERVICE`],
+    /// the reason naming what could not be read) instead of failing the whole
+    /// lease: it would otherwise return with its batch every time the
+    /// leases expire, and the campaign would never end. When nothing else
+    /// was leased, the next batch is.
     async fn lease_batch(&self) -> Result<Vec<Leased>, StoreError> {
-        let now = self.clock.now_millis();
-        let until = now.saturating_add(duration_millis(self.settings.lease));
-        dispatch!(self, lease(&self.owner, now, until))
+        loop {
+            let now = self.clock.now_millis();
+            let until = now.saturating_add(duration_millis(self.settings.lease));
+            let batch = dispatch!(self, lease(&self.owner, now, until))?;
+            if batch.unreadable.is_empty() {
+                return Ok(batch.leased);
+            }
+            for Unreadable { lease, reason } in batch.unreadable {
+                let id = lease.contact_id.clone();
+                tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
+                if let Err(e) = self.fail(&lease, UNREADABLE_SERVICE, &reason).await {
+                    tracing::warn!(
+                        contact_id = %id,
+                        "Contact {id}'s failure not saved (it returns when its lease expires): {e}"
+                    );
+                }
+            }
+            if !batch.leased.is_empty() {
+                return Ok(batch.leased);
+            }
+        }
     }
 
     /// Leases the next batch in the background — one at a time, none once

@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
-    Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, LeasedBatch, Millis,
+    NewContact, Outcome, Progress, StoreError,
 };
 
 struct Row {
@@ -117,7 +117,7 @@ impl MemoryBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<LeasedBatch, StoreError> {
         let mut inner = self.lock();
         let mut leased = Vec::new();
         while leased.len() < self.lease_batch {
@@ -141,7 +141,11 @@ impl MemoryBackend {
                 progress: row.progress.clone(),
             });
         }
-        Ok(leased)
+        // Progress is kept as a value: none is unreadable.
+        Ok(LeasedBatch {
+            leased,
+            unreadable: Vec::new(),
+        })
     }
 
     pub(crate) async fn renew(

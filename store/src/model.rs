@@ -109,11 +109,9 @@ impl Progress {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
 
-    pub(crate) fn from_json(contact_id: &str, json: &str) -> Result<Self, StoreError> {
-        serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-            contact_id: contact_id.to_owned(),
-            message: format!("progress is not valid JSON: {e}"),
-        })
+    /// The progress stored as `json`, or why it cannot be read.
+    pub(crate) fn from_json(json: &str) -> Result<Self, String> {
+        serde_json::from_str(json).map_err(|e| format!("stored progress unreadable: {e}"))
     }
 }
 
@@ -158,6 +156,21 @@ pub struct Leased {
     pub deferrals: u32,
     /// Stages already done.
     pub progress: Progress,
+}
+
+/// What one lease took: the contacts to hand out, in import order, and
+/// those whose stored progress cannot be read.
+#[derive(Debug, Default)]
+pub(crate) struct LeasedBatch {
+    pub(crate) leased: Vec<Leased>,
+    pub(crate) unreadable: Vec<Unreadable>,
+}
+
+/// A contact leased whose stored progress cannot be read, and why.
+#[derive(Debug)]
+pub(crate) struct Unreadable {
+    pub(crate) lease: Lease,
+    pub(crate) reason: String,
 }
 
 /// What became of a deferral.

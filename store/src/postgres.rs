@@ -25,10 +25,10 @@ use tokio_postgres::{Client, NoTls, Statement};
 use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
-    Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, LeasedBatch, Millis, NewContact,
+    Outcome, Progress, StoreError,
 };
-use crate::sql::{Dialect, Statements, in_import_order, parse_state};
+use crate::sql::{Dialect, LeasedRow, Statements, leased_batch, parse_state};
 
 fn db(error: impl std::fmt::Display) -> StoreError {
     StoreError::Database {
@@ -171,7 +171,7 @@ impl PostgresBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<LeasedBatch, StoreError> {
         // The completions waiting go first, on the same connection: they
         // cost the lease no extra round trip.
         let params: [&(dyn ToSql + Sync); 3] = [&owner, &now, &until];
@@ -179,30 +179,23 @@ impl PostgresBackend {
             self.send_waiting_completions(),
             self.client.query(&self.prepared.lease, &params)
         );
-        let rows = rows.map_err(db)?;
-        let leased = rows
+        let rows = rows
+            .map_err(db)?
             .iter()
             .map(|row| {
-                let seq: i64 = row.try_get(5).map_err(db)?;
-                let contact_id: String = row.try_get(0).map_err(db)?;
                 let attempt: i32 = row.try_get(2).map_err(db)?;
                 let deferrals: i32 = row.try_get(3).map_err(db)?;
-                let progress: &str = row.try_get(4).map_err(db)?;
-                Ok((
-                    seq,
-                    Leased {
-                        progress: Progress::from_json(&contact_id, progress)?,
-                        data: row.try_get(1).map_err(db)?,
-                        deferrals: u32::try_from(deferrals).unwrap_or(0),
-                        lease: Lease {
-                            contact_id,
-                            attempt: u32::try_from(attempt).unwrap_or(0),
-                        },
-                    },
-                ))
+                Ok(LeasedRow {
+                    seq: row.try_get(5).map_err(db)?,
+                    contact_id: row.try_get(0).map_err(db)?,
+                    data: row.try_get(1).map_err(db)?,
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    deferrals: u32::try_from(deferrals).unwrap_or(0),
+                    progress: row.try_get(4).map_err(db)?,
+                })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(in_import_order(leased))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(leased_batch(rows))
     }
 
     /// Runs `statement` on a held row with `extra` parameters after the

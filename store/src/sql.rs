@@ -9,7 +9,7 @@
 //! scan finds the next contact, whether new, due again, or abandoned by a dead
 //! agent.
 
-use crate::model::{ContactState, Leased, StoreError};
+use crate::model::{ContactState, Lease, Leased, LeasedBatch, Progress, StoreError, Unreadable};
 
 /// States a contact can still be leased from (in flight: once its lease expired).
 const OPEN: &str = "state IN ('pending', 'deferred', 'in_flight')";
@@ -235,11 +235,38 @@ impl Statements {
     }
 }
 
-/// A leased batch in import order (`RETURNING` gives rows in no order),
-/// from `(seq, leased)` pairs.
-pub(crate) fn in_import_order(mut batch: Vec<(i64, Leased)>) -> Vec<Leased> {
-    batch.sort_unstable_by_key(|(seq, _)| *seq);
-    batch.into_iter().map(|(_, leased)| leased).collect()
+/// One row the lease statement returned, as stored.
+pub(crate) struct LeasedRow {
+    pub(crate) seq: i64,
+    pub(crate) contact_id: String,
+    pub(crate) data: String,
+    pub(crate) attempt: u32,
+    pub(crate) deferrals: u32,
+    pub(crate) progress: String,
+}
+
+/// The leased rows as a batch: the contacts in import order (`RETURNING`
+/// gives rows in no order), and apart from them those whose progress
+/// cannot be read — one such row must not keep the others from going out.
+pub(crate) fn leased_batch(mut rows: Vec<LeasedRow>) -> LeasedBatch {
+    rows.sort_unstable_by_key(|row| row.seq);
+    let mut batch = LeasedBatch::default();
+    for row in rows {
+        let lease = Lease {
+            contact_id: row.contact_id,
+            attempt: row.attempt,
+        };
+        match Progress::from_json(&row.progress) {
+            Ok(progress) => batch.leased.push(Leased {
+                lease,
+                data: row.data,
+                deferrals: row.deferrals,
+                progress,
+            }),
+            Err(reason) => batch.unreadable.push(Unreadable { lease, reason }),
+        }
+    }
+    batch
 }
 
 /// Parses a state read from the database.

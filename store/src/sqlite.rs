@@ -26,10 +26,10 @@ use tokio::sync::{Mutex, oneshot};
 use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
-    Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, LeasedBatch, Millis, NewContact,
+    Outcome, Progress, StoreError,
 };
-use crate::sql::{Dialect, Statements, in_import_order, parse_state};
+use crate::sql::{Dialect, LeasedRow, Statements, leased_batch, parse_state};
 
 /// How long a transaction waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -358,38 +358,23 @@ impl SqliteBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<Vec<Leased>, StoreError> {
+    ) -> Result<LeasedBatch, StoreError> {
         let owner = owner.to_owned();
         self.run(move |connection, sql| {
             let mut statement = connection.prepare_cached(&sql.lease)?;
-            let rows = statement.query_map(params![owner, now, until], |row| {
-                Ok((
-                    row.get::<_, i64>(5)?,
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, u32>(2)?,
-                    row.get::<_, u32>(3)?,
-                    row.get::<_, String>(4)?,
-                ))
-            })?;
-            let mut leased = Vec::new();
-            for row in rows {
-                let (seq, contact_id, data, attempt, deferrals, progress) = row?;
-                let progress = Progress::from_json(&contact_id, &progress)?;
-                leased.push((
-                    seq,
-                    Leased {
-                        lease: Lease {
-                            contact_id,
-                            attempt,
-                        },
-                        data,
-                        deferrals,
-                        progress,
-                    },
-                ));
-            }
-            Ok(in_import_order(leased))
+            let rows = statement
+                .query_map(params![owner, now, until], |row| {
+                    Ok(LeasedRow {
+                        seq: row.get(5)?,
+                        contact_id: row.get(0)?,
+                        data: row.get(1)?,
+                        attempt: row.get(2)?,
+                        deferrals: row.get(3)?,
+                        progress: row.get(4)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(leased_batch(rows))
         })
         .await
     }

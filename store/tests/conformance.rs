@@ -1,6 +1,7 @@
 //! The same suite against every backend: in memory, SQLite in a temporary
 //! file, and PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` names a database
-//! (`store/tests/postgres.sh` starts one).
+//! (`store/tests/postgres.sh` starts one). Beside the suite, a case only a
+//! shared queue has: another agent's transaction holding a row.
 //!
 //! Memory and SQLite run on a paused clock (stored times come from the store's
 //! clock, which follows `tokio::time`), with one time unit a second. A paused
@@ -115,6 +116,16 @@ impl Fixture {
         .await
     }
 
+    /// The store with final states waiting for one another, so that those
+    /// sent at once go together (completions as one statement).
+    async fn open_settling(&mut self) -> Arc<CallStore> {
+        self.open_with(StoreSettings {
+            settle_wait: Duration::from_millis(50),
+            ..self.settings()
+        })
+        .await
+    }
+
     /// Another agent on the same contacts.
     async fn second(&self) -> Arc<CallStore> {
         let first = self.first.clone().expect("open first");
@@ -128,6 +139,26 @@ impl Fixture {
                 .with_owner("agent-2"),
         )
     }
+
+    /// Writes `value` as contact `id`'s stored progress behind the store's
+    /// back, as a damaged file or a hand edit would. `false` for memory,
+    /// which keeps progress as a value, never as text that could be unreadable.
+    async fn plant_progress(&self, id: &str, value: &str) -> bool {
+        let sql = format!("UPDATE {} SET progress = $1 WHERE id = $2", self.table);
+        let changed = match &self.location {
+            StoreLocation::Sqlite(path) => {
+                let connection = rusqlite::Connection::open(path).unwrap();
+                connection.busy_timeout(Duration::from_secs(5)).unwrap();
+                connection
+                    .execute(&sql.replace('$', "?"), [value, id])
+                    .unwrap() as u64
+            }
+            StoreLocation::Postgres(url) => postgres_execute(url, &sql, &[&value, &id]).await,
+            _ => return false,
+        };
+        assert_eq!(changed, 1, "no contact {id}");
+        true
+    }
 }
 
 impl Drop for Fixture {
@@ -138,17 +169,30 @@ impl Drop for Fixture {
     }
 }
 
-async fn drop_table(url: &str, table: &str) {
+/// A connection to the test database of its own, beside the store's.
+async fn postgres_client(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .expect("connect to the test database");
-    let task = tokio::spawn(connection);
+    tokio::spawn(connection);
     client
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+}
+
+/// Runs `sql` on the test database, bypassing the store.
+async fn postgres_execute(
+    url: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> u64 {
+    postgres_client(url)
         .await
-        .unwrap();
-    drop(client);
-    let _ = task.await;
+        .execute(sql, params)
+        .await
+        .unwrap()
+}
+
+async fn drop_table(url: &str, table: &str) {
+    postgres_execute(url, &format!("DROP TABLE IF EXISTS {table}"), &[]).await;
 }
 
 fn contacts(ids: &[&str]) -> Vec<NewContact> {
@@ -468,13 +512,7 @@ async fn completions_at_once_are_each_judged_by_their_own_lease(kind: Kind) {
     let Some(mut fixture) = Fixture::new(kind, "completions").await else {
         return;
     };
-    // Final states wait for one another, so those sent at once go together.
-    let store = fixture
-        .open_with(StoreSettings {
-            settle_wait: Duration::from_millis(50),
-            ..fixture.settings()
-        })
-        .await;
+    let store = fixture.open_settling().await;
     store.import(&numbered(7)).await.unwrap();
     let stale = store.try_lease().await.unwrap().unwrap().lease;
     store.complete(&stale).await.unwrap();
@@ -751,6 +789,189 @@ async fn workers_finding_none_left_share_one_lease(kind: Kind) {
     }
 }
 
+async fn a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "unreadable").await else {
+        return;
+    };
+    let store = fixture.open_batched(2).await;
+    store
+        .import(&contacts(&["a", "b", "c", "d", "e"]))
+        .await
+        .unwrap();
+    // Not JSON, a field of the wrong type, not an object.
+    let planted = [
+        ("b", "{not json"),
+        ("c", r#"{"audio_bytes":"many"}"#),
+        ("d", "null"),
+    ];
+    for (id, value) in planted {
+        if !fixture.plant_progress(id, value).await {
+            return; // memory: progress cannot be unreadable
+        }
+    }
+    // The first batch (a, b) hands out a; the second (c, d) has nothing to
+    // hand out, so the next (e) is leased at once.
+    let mut handed_out = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        assert_eq!(leased.lease.attempt(), 1);
+        assert_eq!(leased.progress, Progress::default());
+        store.complete(&leased.lease).await.unwrap();
+        handed_out.push(leased.lease.contact_id().to_owned());
+    }
+    assert_eq!(handed_out, ["a", "e"]);
+    let failed = store.list(ContactState::Failed).await.unwrap();
+    let ids: Vec<&str> = failed.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["b", "c", "d"]);
+    for contact in &failed {
+        let reason = contact.last_error.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("stored progress unreadable: "),
+            "{}: {reason}",
+            contact.id
+        );
+        assert_eq!(
+            (contact.service.as_deref(), contact.lease_owner.as_deref()),
+            (Some("store"), None)
+        );
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!(
+        (counts.completed, counts.failed, counts.unfinished()),
+        (2, 3, 0)
+    );
+    assert!(store.next().await.unwrap().is_none(), "the campaign ends");
+}
+
+async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: Kind) {
+    let Some(mut fixture) = Fixture::new(kind, "same_owner").await else {
+        return;
+    };
+    let store = fixture.open_settling().await;
+    store.import(&contacts(&["a"])).await.unwrap();
+    let earlier = store.try_lease().await.unwrap().unwrap().lease;
+    // The lease runs out (a call that outlived it), and this same agent —
+    // same owner — takes the contact again.
+    tokio::time::sleep(fixture.units(11)).await;
+    store.import(&contacts(&["b"])).await.unwrap();
+    let mut held = Vec::new();
+    while let Some(leased) = store.try_lease().await.unwrap() {
+        held.push(leased.lease);
+    }
+    held.sort_by(|x, y| x.contact_id().cmp(y.contact_id()));
+    let [again, b] = <[_; 2]>::try_from(held).unwrap();
+    assert_eq!(
+        (again.contact_id(), again.attempt(), b.contact_id()),
+        ("a", 2, "b")
+    );
+    let lost = |result: Result<(), StoreError>, what: &str| {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { .. })),
+            "{what} under the earlier lease: {result:?}"
+        );
+    };
+    lost(store.renew(&earlier).await, "renew");
+    lost(
+        store.save_progress(&earlier, &Progress::default()).await,
+        "save_progress",
+    );
+    lost(store.fail(&earlier, "crm", "late").await, "fail");
+    lost(
+        store
+            .defer(
+                &earlier,
+                "crm",
+                "late",
+                Duration::ZERO,
+                &Progress::default(),
+            )
+            .await
+            .map(drop),
+        "defer",
+    );
+    lost(store.release(&earlier).await, "release");
+    lost(store.complete(&earlier).await, "complete alone");
+    // With another completion in the same statement.
+    let (earlier_done, b_done) = tokio::join!(store.complete(&earlier), store.complete(&b));
+    lost(earlier_done, "complete with another");
+    b_done.unwrap();
+    let in_flight = store.list(ContactState::InFlight).await.unwrap();
+    assert_eq!(
+        (
+            in_flight.len(),
+            in_flight[0].id.as_str(),
+            in_flight[0].attempts
+        ),
+        (1, "a", 2),
+        "a is still held under its second lease"
+    );
+    store.renew(&again).await.unwrap();
+    store.complete(&again).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.total()), (2, 2));
+}
+
+/// PostgreSQL only (SQLite and memory take one writer at a time): a
+/// contact another agent is leasing — its transaction holds the row — is
+/// skipped, neither waited for nor leased a second time.
+#[tokio::test]
+async fn postgres_skips_a_contact_another_agent_is_leasing() {
+    let Some(mut fixture) = Fixture::new(Kind::Postgres, "skip_locked").await else {
+        return;
+    };
+    let store = fixture.open().await;
+    store.import(&contacts(&["a", "b"])).await.unwrap();
+    let StoreLocation::Postgres(url) = &fixture.location else {
+        unreachable!("a PostgreSQL fixture");
+    };
+    // Another agent's lease of a, not committed yet.
+    let other = postgres_client(url).await;
+    other
+        .batch_execute(&format!(
+            "BEGIN; UPDATE {} SET state = 'in_flight', lease_owner = 'agent-x', \
+             attempts = attempts + 1, due_at = 9223372036854775807 WHERE id = 'a'",
+            fixture.table
+        ))
+        .await
+        .unwrap();
+    let mut leasing = tokio::spawn({
+        let store = store.clone();
+        async move { store.try_lease().await }
+    });
+    let in_time = tokio::time::timeout(fixture.units(20), &mut leasing)
+        .await
+        .ok();
+    other.batch_execute("COMMIT").await.unwrap();
+    let without_waiting = in_time.is_some();
+    let leased = match in_time {
+        Some(joined) => joined,
+        None => leasing.await,
+    };
+    let leased = leased
+        .unwrap()
+        .unwrap()
+        .map(|l| l.lease.contact_id().to_owned());
+    let held: Vec<(String, Option<String>, u32)> = store
+        .list(ContactState::InFlight)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.lease_owner, c.attempts))
+        .collect();
+    assert_eq!(
+        (without_waiting, leased.as_deref(), held.as_slice()),
+        (
+            true,
+            Some("b"),
+            [
+                ("a".to_owned(), Some("agent-x".to_owned()), 1),
+                ("b".to_owned(), Some("agent-1".to_owned()), 1)
+            ]
+            .as_slice()
+        ),
+        "(leased without waiting for the other agent's transaction, what, each held once)"
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -787,4 +1008,6 @@ conformance!(
     a_batch_is_leased_ahead_in_order_renewed_and_released,
     a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown,
     workers_finding_none_left_share_one_lease,
+    a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out,
+    a_contact_the_same_agent_leased_again_refuses_the_earlier_lease,
 );

@@ -50,6 +50,7 @@ pub(crate) async fn finish(
     let Ran {
         mut summary,
         metrics,
+        ..
     } = ran;
     summary.sheets = telemetry
         .flush_sheets(config.queue.shutdown_grace.get())

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use callguard_agent::config::ConfigLoader;
 use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts};
 use callguard_agent::telemetry;
+use callguard_mocks::CrmRecord;
 
 use super::{finish, run_campaign};
 
@@ -71,12 +72,17 @@ pub(crate) async fn simulate(
     );
     // The scenario's clock starts with the campaign, however long the agent
     // took to set up.
-    let ran = run_campaign(config.clone(), contacts, &telemetry, || {
+    let mut ran = run_campaign(config.clone(), contacts, &telemetry, || {
         services
             .start_faults()
             .map_err(|e| format!("cannot inject the scenario's faults: {e}"))
     })
     .await?;
+    let records = services.server.crm_records();
+    let ids: Vec<&str> = records.iter().map(CrmRecord::contact_id).collect();
+    ran.match_records(&ids)
+        .await
+        .map_err(|e| format!("cannot list the contacts to match the CRM's records: {e}"))?;
     // The mocks stay up until the log rows bound for their Sheets fake are sent.
     let code = finish(&config, ran, summary_json, &mut telemetry).await;
     services.server.shutdown().await;

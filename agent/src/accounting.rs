@@ -1,0 +1,201 @@
+//! Whether every contact of a campaign is accounted for, by two checks that
+//! are independent of each other.
+//!
+//! *Lost*: a contact given to the campaign (by id) that ends without a state
+//! — neither terminal nor pending. *Duplicated*: a contact that ends in more
+//! than one state, or with more than one CRM record (and, counted by the
+//! queue, one the store accepted a second terminal state for). Both compare
+//! what the store holds when the campaign starts with what it holds at the
+//! end, so a store that drops or doubles a contact is seen whatever the
+//! workers believed they did. Where the CRM's records can be read (the mocks
+//! of `simulate`), completed contacts and records must match one to one: a completed contact without a record is lost, and a record of
+//! a contact that failed or expired is a second end for it. A contact taken
+//! over from a slow or cut-off agent after its lease expired is neither: the
+//! campaign counts it apart.
+
+use std::collections::BTreeMap;
+
+use callguard_store::{ContactState, StoreError};
+
+use crate::queue::CallQueue;
+
+/// Every contact of a store at one moment, by id, with each state the store
+/// lists it in (one, unless the store is broken).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census(BTreeMap<String, Vec<ContactState>>);
+
+impl Census {
+    /// Lists every contact of `queue`'s store, once the final states being
+    /// saved have landed.
+    pub async fn take(queue: &CallQueue) -> Result<Self, StoreError> {
+        queue.settled().await;
+        let mut census = Self::default();
+        for state in ContactState::ALL {
+            for contact in queue.store().list(state).await? {
+                census.add(contact.id, state);
+            }
+        }
+        Ok(census)
+    }
+
+    fn add(&mut self, id: String, state: ContactState) {
+        self.0.entry(id).or_default().push(state);
+    }
+
+    /// How many contacts (distinct ids).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the store held no contact.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, ContactState)> for Census {
+    fn from_iter<I: IntoIterator<Item = (String, ContactState)>>(contacts: I) -> Self {
+        let mut census = Self::default();
+        for (id, state) in contacts {
+            census.add(id, state);
+        }
+        census
+    }
+}
+
+/// Contacts lost and contacts duplicated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Accounting {
+    /// Contacts without an end: no state, or completed without their record.
+    pub lost: usize,
+    /// Contacts with a second end: a second state, or a second record.
+    pub duplicated: usize,
+}
+
+impl Accounting {
+    /// A campaign given the contacts of `start` that ended as `end`: lost,
+    /// the contacts of `start` in no state at the end; duplicated, the
+    /// contacts in more than one state at the end.
+    pub fn of_campaign(start: &Census, end: &Census) -> Self {
+        Self {
+            lost: start.0.keys().filter(|id| !end.0.contains_key(*id)).count(),
+            duplicated: end.0.values().filter(|states| states.len() > 1).count(),
+        }
+    }
+
+    /// The contacts of `end` against the CRM's `records` (the contact id of
+    /// each): lost, a completed contact without a record; duplicated, a
+    /// contact with more than one record, or with one while it failed or
+    /// expired. Records of pending contacts (a write that landed before a
+    /// shutdown cut its call short) and of contacts not in `end` are left.
+    pub fn of_records<'a>(end: &Census, records: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut per_contact: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in records {
+            *per_contact.entry(id).or_default() += 1;
+        }
+        let mut accounting = Self::default();
+        for (id, states) in &end.0 {
+            let records = per_contact.get(id.as_str()).copied().unwrap_or(0);
+            let completed = states.contains(&ContactState::Completed);
+            let ended_otherwise = states
+                .iter()
+                .any(|s| matches!(s, ContactState::Failed | ContactState::Expired));
+            if completed && records == 0 {
+                accounting.lost += 1;
+            } else if records > 1 || (records == 1 && ended_otherwise) {
+                accounting.duplicated += 1;
+            }
+        }
+        accounting
+    }
+}
+
+impl std::ops::AddAssign for Accounting {
+    fn add_assign(&mut self, other: Self) {
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContactState::{Completed, Deferred, Expired, Failed, InFlight, Pending};
+
+    fn census(contacts: &[(&str, ContactState)]) -> Census {
+        contacts
+            .iter()
+            .map(|(id, state)| ((*id).to_owned(), *state))
+            .collect()
+    }
+
+    #[test]
+    fn a_contact_in_no_state_at_the_end_is_lost() {
+        let start = census(&[("a", Pending), ("b", Pending), ("c", Deferred)]);
+        let end = census(&[("a", Completed), ("c", InFlight)]);
+        assert_eq!(
+            Accounting::of_campaign(&start, &end),
+            Accounting {
+                lost: 1,
+                duplicated: 0
+            }
+        );
+        // A contact added by someone else meanwhile is not this campaign's.
+        let end = census(&[
+            ("a", Completed),
+            ("b", Failed),
+            ("c", Expired),
+            ("d", Pending),
+        ]);
+        assert_eq!(Accounting::of_campaign(&start, &end), Accounting::default());
+    }
+
+    #[test]
+    fn a_contact_in_two_states_at_the_end_is_duplicated() {
+        let start = census(&[("a", Pending), ("b", Pending)]);
+        let end = census(&[
+            ("a", Completed),
+            ("a", Completed),
+            ("b", Failed),
+            ("b", Pending),
+        ]);
+        assert_eq!(
+            Accounting::of_campaign(&start, &end),
+            Accounting {
+                lost: 0,
+                duplicated: 2
+            }
+        );
+    }
+
+    #[test]
+    fn completed_contacts_and_records_match_one_to_one() {
+        let end = census(&[
+            ("done", Completed),
+            ("unrecorded", Completed),
+            ("twice", Completed),
+            ("failed-recorded", Failed),
+            ("failed", Failed),
+            ("expired-recorded", Expired),
+            ("pending-recorded", Pending),
+        ]);
+        let records = [
+            "done",
+            "twice",
+            "twice",
+            "failed-recorded",
+            "expired-recorded",
+            "pending-recorded",
+            "elsewhere",
+        ];
+        assert_eq!(
+            Accounting::of_records(&end, records),
+            Accounting {
+                lost: 1,
+                duplicated: 3
+            }
+        );
+        let end = census(&[("a", Completed), ("b", Failed)]);
+        assert_eq!(Accounting::of_records(&end, ["a"]), Accounting::default());
+    }
+}
