@@ -14,13 +14,13 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
+use callguard_telemetry::{Metrics, MetricsServer};
 use serde::de::DeserializeOwned;
 
 use crate::campaign::{Campaign, Summary};
 use crate::clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use crate::config::{AgentConfig, ConfigError};
 use crate::events::{EventHub, TransitionLog};
-use crate::metrics::{Metrics, MetricsServer};
 use crate::pipeline::{Chain, Pipeline, Stage};
 use crate::queue::CallQueue;
 use crate::serve::{GrpcServer, RemoteFollower};

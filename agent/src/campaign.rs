@@ -13,13 +13,13 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ResilienceEvent, Transition};
 use callguard_health::HealthChecker;
 use callguard_retry::EventSink;
+use callguard_telemetry::Metrics;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
-use crate::metrics::Metrics;
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;

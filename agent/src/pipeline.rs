@@ -17,13 +17,13 @@ use std::time::{Duration, SystemTime};
 
 use callguard_core::{ServiceError, ServiceName};
 use callguard_retry::{AttemptContext, CallError, Executor};
+use callguard_telemetry as telemetry;
 use tracing::Instrument;
 
 use crate::clients::{
     CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
 };
 use crate::queue::QueuedContact;
-use crate::telemetry;
 
 /// A service in a stage's chain: its client and the executor holding its
 /// breaker and retry policy.
