@@ -16,12 +16,12 @@ use callguard_core::{ServiceName, ValidationError};
 use callguard_health::{HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
 use callguard_store::StoreError;
+use callguard_telemetry::{Metrics, MetricsServer};
 
 use crate::accounting::Census;
 use crate::campaign::{Campaign, Summary};
 use crate::config::{AgentConfig, ConfigError, ServiceKind, ServiceSection, StageKind};
 use crate::events::{EventHub, TransitionLog};
-use crate::metrics::{Metrics, MetricsServer};
 use crate::pipeline::{Chain, Pipeline, Stage};
 use crate::queue::CallQueue;
 use crate::serve::{GrpcServer, RemoteFollower};

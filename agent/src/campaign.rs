@@ -13,6 +13,7 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ResilienceEvent, Transition};
 use callguard_health::HealthChecker;
 use callguard_retry::EventSink;
+use callguard_telemetry::Metrics;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -20,7 +21,6 @@ use tracing::Instrument;
 
 use crate::accounting::{Accounting, Census};
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
-use crate::metrics::Metrics;
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;

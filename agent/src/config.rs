@@ -16,6 +16,7 @@ use callguard_health::{GrpcConfig, HealthCheckConfig};
 use callguard_retry::RetryPolicy;
 use callguard_sheets_logger::SheetsConfig;
 use callguard_store::{StoreLocation, StoreSettings};
+use callguard_telemetry::{LoggingConfig, MetricsConfig};
 use serde::de::DeserializeOwned;
 
 mod services;
@@ -47,7 +48,7 @@ pub struct AgentConfig {
     pub logging: LoggingConfig,
     /// `[metrics]`: the Prometheus `/metrics` endpoint (on `127.0.0.1:9464` by
     /// default; `enabled = false` turns it off).
-    pub metrics: crate::metrics::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// `[alerts]`: cooldown and the email, Telegram and webhook channels (each
     /// on when its section is present).
     pub alerts: AlertsConfig,
@@ -157,25 +158,6 @@ impl QueueConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// `[logging]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoggingConfig {
-    /// The JSON-lines log file.
-    pub path: PathBuf,
-    /// Console verbosity: `error`, `warn`, `info`, `debug` or `trace`.
-    pub console_level: String,
-}
-
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("logs/callguard.jsonl"),
-            console_level: "info".into(),
-        }
     }
 }
 

@@ -8,11 +8,9 @@ pub mod campaign;
 pub mod config;
 pub mod contacts;
 pub mod events;
-pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod report;
 pub mod serve;
 #[cfg(feature = "mocks")]
 pub mod simulate;
-pub mod telemetry;

@@ -20,11 +20,11 @@ use callguard_clients::{
 };
 use callguard_core::{ServiceError, ServiceName};
 use callguard_retry::{AttemptContext, CallError, Executor};
+use callguard_telemetry as telemetry;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::queue::QueuedContact;
-use crate::telemetry;
 
 /// A service in a stage's chain: its client and the executor holding its
 /// breaker and retry policy.

@@ -27,6 +27,7 @@ use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
     StoreError, StoreLocation, StoreSettings,
 };
+use callguard_telemetry::ContactGauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -523,6 +524,21 @@ impl CallQueue {
     /// How long a worker waits before trying a store that failed again.
     pub fn poll_interval(&self) -> Duration {
         self.store.settings().poll_interval
+    }
+}
+/// `callguard_contacts{state}` on `/metrics`: the counts of the last
+/// [`refresh_counts`](CallQueue::refresh_counts), by state.
+impl ContactGauge for CallQueue {
+    fn contacts_by_state(&self) -> Vec<(&'static str, usize)> {
+        let counts = self.counts();
+        vec![
+            ("ready", counts.ready),
+            ("deferred", counts.deferred),
+            ("in_flight", counts.in_flight),
+            ("completed", counts.completed),
+            ("failed", counts.failed),
+            ("expired", counts.expired),
+        ]
     }
 }
 

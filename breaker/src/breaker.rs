@@ -584,7 +584,7 @@ fn log_transition(t: &Transition) {
                 $level,
                 service = %t.service,
                 circuit_state = %t.to,
-                from_state = %t.from,
+                { callguard_core::telemetry::field::FROM_STATE } = %t.from,
                 reason = %t.reason,
                 generation = t.generation,
                 "Circuit breaker for {}: {} -> {} ({})",

@@ -22,8 +22,7 @@ use crate::{ClientSetupError, HttpServiceConfig};
 
 /// The header naming the contact a request is made for.
 pub const CONTACT_ID_HEADER: &str = "x-contact-id";
-/// The W3C trace-context header.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+pub use callguard_core::telemetry::TRACEPARENT_HEADER;
 
 /// Longest excerpt of an error body kept in an error's detail, in characters.
 const ERROR_EXCERPT_CHARS: usize = 200;

@@ -1,6 +1,6 @@
 //! Shared vocabulary of callguard: service names, the error taxonomy and its
-//! classification, `Retry-After` parsing, resilience events, config types and
-//! the short texts error details quote from servers.
+//! classification, `Retry-After` parsing, resilience events, config types,
+//! the short texts error details quote from servers, and the log schema.
 //!
 //! Every other callguard crate speaks in these types, so a breaker, a retry loop,
 //! an alert channel and a log line agree on what "transient", "OPEN" or
@@ -15,6 +15,7 @@ pub mod http;
 pub mod retry_after;
 pub mod secret;
 pub mod service;
+pub mod telemetry;
 pub mod text;
 
 pub use classify::{TransportFailure, classify_status};

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use callguard_core::ValidationError;
 use callguard_core::http::error_chain;
+use callguard_core::telemetry::field;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,7 +24,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::auth::{Auth, CredentialsError, ServiceAccountKey};
 use crate::client::SheetsClient;
 use crate::config::{Credential, MinLevel, SheetsConfig};
-use crate::row::{FieldVisitor, Fields, Row, TRANSITION_FIELD};
+use crate::row::{FieldVisitor, Fields, Row};
 use crate::worker::{Command, Counters, Quiet, Worker, in_worker};
 
 /// The target of this crate's own events, which the layer never sends.
@@ -147,7 +148,7 @@ impl SheetsLayer {
     fn wanted(&self, event: &Event<'_>) -> bool {
         let meta = event.metadata();
         let wanted =
-            self.min_level.admits(meta.level()) || meta.fields().field(TRANSITION_FIELD).is_some();
+            self.min_level.admits(meta.level()) || meta.fields().field(field::FROM_STATE).is_some();
         wanted && !meta.target().starts_with(OWN_TARGET) && !in_worker()
     }
 }

@@ -4,26 +4,25 @@
 use std::fmt::{self, Write as _};
 use std::time::SystemTime;
 
+use callguard_core::telemetry::{field, level_name};
 use serde_json::Value;
 use tracing::Level;
 use tracing::field::{Field, Visit};
 
-/// The columns of a row, in order. Put them in the sheet's first row as a
-/// header if you like; rows are appended below the table at `range`.
+/// The columns of a row, in order: fields of the shared log schema. Put them
+/// in the sheet's first row as a header if you like; rows are appended below
+/// the table at `range`.
 pub const COLUMNS: [&str; 9] = [
-    "timestamp",
-    "level",
-    "service",
-    "error_category",
-    "retry_count",
-    "circuit_state",
-    "message",
-    "contact_id",
-    "trace_id",
+    field::TIMESTAMP,
+    field::LEVEL,
+    field::SERVICE,
+    field::ERROR_CATEGORY,
+    field::RETRY_COUNT,
+    field::CIRCUIT_STATE,
+    field::MESSAGE,
+    field::CONTACT_ID,
+    field::TRACE_ID,
 ];
-
-/// The field that marks an event as a breaker transition.
-pub(crate) const TRANSITION_FIELD: &str = "from_state";
 
 /// Column fields an event or span may carry (everything but timestamp and level).
 #[derive(Debug, Default, Clone)]
@@ -42,12 +41,12 @@ pub(crate) struct Fields {
 impl Fields {
     fn slot(&mut self, name: &str) -> Option<&mut Option<Value>> {
         match name {
-            "service" => Some(&mut self.service),
-            "error_category" => Some(&mut self.error_category),
-            "retry_count" => Some(&mut self.retry_count),
-            "circuit_state" => Some(&mut self.circuit_state),
-            "contact_id" => Some(&mut self.contact_id),
-            "trace_id" => Some(&mut self.trace_id),
+            field::SERVICE => Some(&mut self.service),
+            field::ERROR_CATEGORY => Some(&mut self.error_category),
+            field::RETRY_COUNT => Some(&mut self.retry_count),
+            field::CIRCUIT_STATE => Some(&mut self.circuit_state),
+            field::CONTACT_ID => Some(&mut self.contact_id),
+            field::TRACE_ID => Some(&mut self.trace_id),
             _ => None,
         }
     }
@@ -87,12 +86,12 @@ impl Fields {
         let name = field.name();
         if let Some(slot) = self.slot(name) {
             *slot = Some(value);
-        } else if name == "message" {
+        } else if name == field::MESSAGE {
             self.message = Some(match value {
                 Value::String(s) => s,
                 other => other.to_string(),
             });
-        } else if name != TRANSITION_FIELD && !name.starts_with("log.") {
+        } else if name != field::FROM_STATE && !name.starts_with("log.") {
             if !self.extra.is_empty() {
                 self.extra.push(' ');
             }
@@ -152,17 +151,6 @@ impl Visit for FieldVisitor<'_> {
 /// One row: the cells under [`COLUMNS`]; empty cells are `""`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub(crate) struct Row(pub(crate) [Value; COLUMNS.len()]);
-
-/// The level as the JSON log lines spell it (the seed's `WARNING`).
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARNING",
-        Level::INFO => "INFO",
-        Level::DEBUG => "DEBUG",
-        Level::TRACE => "TRACE",
-    }
-}
 
 #[cfg(test)]
 mod tests {

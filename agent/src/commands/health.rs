@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime};
 use callguard_agent::app::health_checker;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::serve::GrpcServer;
-use callguard_agent::telemetry;
 use callguard_breaker::BreakerRegistry;
 use callguard_health::{OnRecovery, RemoteUrl};
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
@@ -27,8 +26,8 @@ use super::shutdown_signal;
 pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
     let mut config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
-    let _telemetry =
-        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
+    let _telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
+        .map_err(|e| e.to_string())?;
     if config.health_check.on_recovery != OnRecovery::Close {
         // No calls go through this process's breakers, so a HALF_OPEN one
         // would never be confirmed: a healthy probe must close.

@@ -14,7 +14,7 @@ pub(crate) async fn mocks(
     seed: u64,
     faults_file: Option<&Path>,
 ) -> Result<ExitCode, String> {
-    let _telemetry = callguard_agent::telemetry::init_mocks("info").map_err(|e| e.to_string())?;
+    let _telemetry = callguard_telemetry::init_mocks("info").map_err(|e| e.to_string())?;
     // Read before binding: a bad schedule stops start-up before anyone connects.
     let faults = match faults_file {
         Some(path) => read_faults(path)?,

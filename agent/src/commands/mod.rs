@@ -16,7 +16,7 @@ use std::sync::Arc;
 use callguard_agent::app::{App, Ran};
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
-use callguard_agent::telemetry::Telemetry;
+use callguard_telemetry::Telemetry;
 
 /// Builds the agent from `config`, opens its call store (importing
 /// `contacts`), calls `ready` (the last thing before the first call), and

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::read_contacts;
-use callguard_agent::telemetry;
 
 use super::{finish, run_campaign};
 
@@ -19,8 +18,8 @@ pub(crate) async fn run(
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry =
-        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
+    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
+        .map_err(|e| e.to_string())?;
     let contacts = match contacts_file {
         Some(contacts_file) => {
             let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;

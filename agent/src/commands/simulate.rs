@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use callguard_agent::config::ConfigLoader;
 use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts};
-use callguard_agent::telemetry;
 use callguard_mocks::CrmRecord;
 
 use super::{finish, run_campaign};
@@ -64,8 +63,8 @@ pub(crate) async fn simulate(
         .load()
         .map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry =
-        telemetry::init(&config.logging, config.sheets.as_ref()).map_err(|e| e.to_string())?;
+    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
+        .map_err(|e| e.to_string())?;
     tracing::info!(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
         services.server.url()

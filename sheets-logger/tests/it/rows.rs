@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use callguard_breaker::{BreakerConfig, CircuitBreaker};
+use callguard_core::ServiceName;
 use callguard_sheets_logger::{COLUMNS, MinLevel, SheetsConfig};
 use serde_json::{Value, json};
 
@@ -83,6 +85,33 @@ async fn rows_arrive_in_order_with_the_right_columns() {
         0,
         "a static token needs none"
     );
+}
+
+/// The breaker's own transition events are rows whatever their level: the
+/// field that marks them is the one the breaker sets.
+#[tokio::test(start_paused = true)]
+async fn a_breakers_transitions_are_rows_at_any_level() {
+    let server = start().await;
+    let logging = install(&config(&server));
+    let breaker = CircuitBreaker::new(ServiceName::new("crm").unwrap(), BreakerConfig::default());
+    breaker.force_open("maintenance"); // a transition at WARN
+    breaker.force_close("maintenance"); // a transition at INFO
+    breaker.force_close("again"); // INFO, no transition: not a row
+    logging.handle.flush().await;
+
+    let messages = column(&server, MESSAGE);
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(
+        messages[0].starts_with("Circuit breaker for crm: CLOSED -> FORCED_OPEN"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("Circuit breaker for crm: FORCED_OPEN -> CLOSED"),
+        "{messages:?}"
+    );
+    assert_eq!(column(&server, 1), ["WARNING", "INFO"]);
+    assert_eq!(column(&server, 2), ["crm", "crm"]);
+    assert_eq!(column(&server, 5), ["FORCED_OPEN", "CLOSED"]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,7 +1,7 @@
-//! Prometheus metrics on `/metrics`: counters fed by the event hub (the
-//! executors' events, breaker transitions, deferrals) — the one place the
-//! campaign's counts are kept, which the summary reads too; gauges (breaker
-//! state, contacts by state) read from the breakers and the queue when scraped.
+//! Prometheus metrics: counters fed by the event hub (the executors' events,
+//! breaker transitions, deferrals) — the one place the campaign's counts are
+//! kept, which the summary reads through [`Metrics::totals`]; gauges
+//! (breaker state, contacts by state) read from their owners when rendered.
 //!
 //! Every series is named `callguard_…`:
 //!
@@ -15,7 +15,7 @@
 //! | `callguard_breaker_state` | gauge | `service`; 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN |
 //! | `callguard_breaker_transitions_total` | counter | `service`, `from`, `to` |
 //! | `callguard_deferrals_total` | counter | `service` (the stage's primary service) |
-//! | `callguard_contacts` | gauge | `state` (`ready`, `deferred`, `in_flight`, `completed`, `failed`, `expired`) |
+//! | `callguard_contacts` | gauge | `state`, as the [`ContactGauge`] names them (the agent's queue: `ready`, `deferred`, `in_flight`, `completed`, `failed`, `expired`) |
 //! | `callguard_alerts_total` | counter | `result` (`raised`, `suppressed`) |
 //! | `callguard_alert_notifications_total` | counter | `channel`, `result` (`delivered`, `failed`, `dropped`) |
 //! | `callguard_alert_notifications_pending` | gauge | `channel` |
@@ -25,20 +25,21 @@
 //! Recording is a hash lookup and an atomic add per event, cheap next to an
 //! HTTP call, so it is always on. The alert, Sheets and OTLP series are read
 //! from their owners ([`Metrics::watch_alerts`], [`Metrics::watch_telemetry`])
-//! when scraped. Serving is configured by `[metrics]`: on by default at
-//! `127.0.0.1:9464`, off with `enabled = false`.
+//! when rendered.
+//!
+//! The contacts gauge is read through [`ContactGauge`], a one-method trait
+//! the agent's call queue implements, so these metrics know no type of the
+//! agent (which depends on this crate, never the reverse). A trait rather
+//! than a closure: the states and their labels are named once, in one impl
+//! beside the counts they come from; the server keeps an
+//! `Arc<dyn ContactGauge>` the queue's own `Arc` turns into without a
+//! wrapper; and a test hands in a fixed gauge just as easily.
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
-use callguard_core::{CircuitState, ConfigDuration, ResilienceEvent, ServiceName, Transition};
+use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
 use callguard_retry::EventSink;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,49 +47,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::queue::CallQueue;
-use crate::telemetry::{ExportFailures, SheetsCounts, Telemetry};
+use crate::otel::ExportFailures;
+use crate::sheets::SheetsCounts;
+use crate::subscriber::Telemetry;
 
-/// The OpenMetrics text content type `/metrics` answers with.
-pub const CONTENT_TYPE_OPENMETRICS: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Where `/metrics` is served unless `[metrics] listen` says otherwise.
-pub const DEFAULT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
-
-/// `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Whether `/metrics` is served at all (default true).
-    pub enabled: bool,
-    /// Where to serve `/metrics` (default `127.0.0.1:9464`; port 0 picks a
-    /// free port, which is logged).
-    pub listen: SocketAddr,
-    /// How long `/metrics` stays up after the campaign's summary is written,
-    /// so that a scraper sees the final numbers (default 0: it stops then).
-    pub linger: ConfigDuration,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: DEFAULT_LISTEN,
-            linger: ConfigDuration::from_secs(0),
-        }
-    }
-}
-
-impl MetricsConfig {
-    /// Where to serve `/metrics`, if it is served.
-    pub fn served_on(&self) -> Option<SocketAddr> {
-        self.enabled.then_some(self.listen)
-    }
+/// Where the campaign's contacts are, read each time the metrics are
+/// rendered for the `callguard_contacts` gauge.
+pub trait ContactGauge: Send + Sync {
+    /// The number of contacts in each state, as `(state, count)`: the
+    /// `state` label and the gauge's value.
+    fn contacts_by_state(&self) -> Vec<(&'static str, usize)>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -149,7 +118,8 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 14))
 }
 
-/// The agent's metrics.
+/// The agent's metrics: the registry every series is in, fed as an
+/// [`EventSink`].
 pub struct Metrics {
     registry: Mutex<Registry>,
     calls: Family<OutcomeLabels, Counter>,
@@ -384,25 +354,21 @@ impl Metrics {
             .set(breaker_state_value(state));
     }
 
-    /// The text exposition, with the gauges read from `breakers` and `queue`
-    /// first when given.
-    pub fn render(&self, breakers: Option<&BreakerRegistry>, queue: Option<&CallQueue>) -> String {
+    /// The text exposition, with the gauges read from `breakers` and
+    /// `contacts` first when given.
+    pub fn render(
+        &self,
+        breakers: Option<&BreakerRegistry>,
+        contacts: Option<&dyn ContactGauge>,
+    ) -> String {
         self.read_sources();
         if let Some(breakers) = breakers {
             for breaker in breakers.all() {
                 self.set_breaker_state(breaker.service(), breaker.state());
             }
         }
-        if let Some(queue) = queue {
-            let counts = queue.counts();
-            for (state, count) in [
-                ("ready", counts.ready),
-                ("deferred", counts.deferred),
-                ("in_flight", counts.in_flight),
-                ("completed", counts.completed),
-                ("failed", counts.failed),
-                ("expired", counts.expired),
-            ] {
+        if let Some(contacts) = contacts {
+            for (state, count) in contacts.contacts_by_state() {
                 self.contacts
                     .get_or_create(&StateLabels { state })
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -507,71 +473,6 @@ pub fn breaker_state_value(state: CircuitState) -> i64 {
         CircuitState::Open => 1,
         CircuitState::HalfOpen => 2,
         _ => 3,
-    }
-}
-
-struct Scrape {
-    metrics: Arc<Metrics>,
-    breakers: Arc<BreakerRegistry>,
-    queue: Arc<CallQueue>,
-}
-
-async fn scrape(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
-    let text = scrape
-        .metrics
-        .render(Some(&scrape.breakers), Some(&scrape.queue));
-    ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text)
-}
-
-/// The `/metrics` server.
-pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<()>,
-}
-
-impl MetricsServer {
-    /// Serves `/metrics` on `listen` until [`stop`](Self::stop).
-    pub async fn start(
-        listen: SocketAddr,
-        metrics: Arc<Metrics>,
-        breakers: Arc<BreakerRegistry>,
-        queue: Arc<CallQueue>,
-    ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let app = Router::new()
-            .route("/metrics", get(scrape))
-            .with_state(Arc::new(Scrape {
-                metrics,
-                breakers,
-                queue,
-            }));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!(error = %e, "metrics server stopped");
-            }
-        });
-        tracing::info!("Metrics served on http://{addr}/metrics");
-        Ok(Self { addr, stop, server })
-    }
-
-    /// Where it listens.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
     }
 }
 
