@@ -77,6 +77,18 @@ impl std::fmt::Display for RetryAfterSuffix {
     }
 }
 
+/// Who forced a breaker open. An operator outranks the remote: a remote
+/// release never undoes an operator's force-open, and an operator's
+/// force-open of a breaker the remote forced takes it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForcedBy {
+    /// A person or program giving manual commands (the admin API, the library).
+    Operator,
+    /// Another process's health server, through the remote health watcher.
+    Remote,
+}
+
 /// A point-in-time view of a breaker, for status APIs and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerSnapshot {
@@ -84,6 +96,8 @@ pub struct BreakerSnapshot {
     pub service: ServiceName,
     /// Current state.
     pub state: CircuitState,
+    /// Who holds a FORCED_OPEN breaker open; `None` in every other state.
+    pub forced_by: Option<ForcedBy>,
     /// The current generation (bumped by every transition).
     pub generation: u64,
     /// Consecutive failures recorded in CLOSED.
@@ -109,11 +123,13 @@ struct ProbeSlot {
     started: Instant,
 }
 
-/// State guarded by the mutex: HALF_OPEN probe bookkeeping and the last transition.
+/// State guarded by the mutex: HALF_OPEN probe bookkeeping, the owner of a
+/// forced-open and the last transition.
 struct Guarded {
     probes: Vec<ProbeSlot>,
     next_probe_id: u64,
     probe_successes: u32,
+    forced_by: Option<ForcedBy>,
     last_transition: Option<Transition>,
 }
 
@@ -174,6 +190,7 @@ impl CircuitBreaker {
                 probes: Vec::new(),
                 next_probe_id: 0,
                 probe_successes: 0,
+                forced_by: None,
                 last_transition: None,
             }),
             state_tx,
@@ -418,33 +435,79 @@ impl CircuitBreaker {
         )
     }
 
-    /// Rejects every call until [`force_close`](Self::force_close) or
-    /// [`reset`](Self::reset). `note` says who or why (logged and carried in the
-    /// transition).
+    /// An operator's force-open: rejects every call until
+    /// [`force_close`](Self::force_close) or [`reset`](Self::reset). `note` says
+    /// who or why (logged and carried in the transition). A breaker the remote
+    /// forced open passes to the operator, with no transition.
     pub fn force_open(&self, note: &str) {
-        self.manual(ManualAction::ForceOpen, CircuitState::ForcedOpen, note);
+        self.force_open_by(ForcedBy::Operator, note);
     }
 
-    /// Closes the breaker whatever its state, clearing failure counts.
+    /// Forces the breaker open on behalf of `by`. Returns whether the breaker
+    /// moved to FORCED_OPEN or passed to `by`: an operator takes over what the
+    /// remote forced, the remote takes over nothing.
+    pub fn force_open_by(&self, by: ForcedBy, note: &str) -> bool {
+        let mut guarded = self.lock();
+        if self.state() == CircuitState::ForcedOpen {
+            let takes_over =
+                by == ForcedBy::Operator && guarded.forced_by == Some(ForcedBy::Remote);
+            if takes_over {
+                guarded.forced_by = Some(by);
+                drop(guarded);
+                tracing::info!(
+                    service = %self.service,
+                    circuit_state = %CircuitState::ForcedOpen,
+                    "Circuit breaker for {}: manual {} ({note}); the operator now holds what the remote forced open",
+                    self.service,
+                    ManualAction::ForceOpen
+                );
+            }
+            return takes_over;
+        }
+        let transition = self.transition_locked(
+            &mut guarded,
+            CircuitState::ForcedOpen,
+            manual_reason(ManualAction::ForceOpen, note),
+        );
+        guarded.forced_by = Some(by);
+        drop(guarded);
+        log_transition(&transition);
+        true
+    }
+
+    /// Closes the breaker if it is FORCED_OPEN on behalf of `by` (and nobody
+    /// took it over); returns whether it did. The remote watcher releases
+    /// only what the remote forced.
+    pub fn release(&self, by: ForcedBy, note: &str) -> bool {
+        let mut guarded = self.lock();
+        if self.state() != CircuitState::ForcedOpen || guarded.forced_by != Some(by) {
+            return false;
+        }
+        let transition = self.transition_locked(
+            &mut guarded,
+            CircuitState::Closed,
+            manual_reason(ManualAction::ForceClose, note),
+        );
+        drop(guarded);
+        log_transition(&transition);
+        true
+    }
+
+    /// Closes the breaker whatever its state and whoever forced it open,
+    /// clearing failure counts.
     pub fn force_close(&self, note: &str) {
-        self.manual(ManualAction::ForceClose, CircuitState::Closed, note);
+        self.manual_close(ManualAction::ForceClose, note);
     }
 
     /// Returns to a fresh CLOSED breaker: failure counts and window cleared.
     pub fn reset(&self, note: &str) {
-        self.manual(ManualAction::Reset, CircuitState::Closed, note);
+        self.manual_close(ManualAction::Reset, note);
     }
 
-    fn manual(&self, action: ManualAction, to: CircuitState, note: &str) {
-        let transitioned = self.transition_if(
-            |_, s| s != to,
-            to,
-            TransitionReason::Manual {
-                action,
-                note: Arc::from(note),
-            },
-        );
-        if !transitioned && to == CircuitState::Closed {
+    fn manual_close(&self, action: ManualAction, note: &str) {
+        let to = CircuitState::Closed;
+        let transitioned = self.transition_if(|_, s| s != to, to, manual_reason(action, note));
+        if !transitioned {
             // Already CLOSED: no transition, but the counts start afresh.
             let _guard = self.lock();
             self.clear_counts();
@@ -498,6 +561,7 @@ impl CircuitBreaker {
             }
             CircuitState::ForcedOpen => {}
         }
+        guarded.forced_by = None;
         self.word.store(pack(generation, to), Ordering::Release);
         let transition = Transition {
             service: self.service.clone(),
@@ -550,6 +614,7 @@ impl CircuitBreaker {
         BreakerSnapshot {
             service: self.service.clone(),
             state,
+            forced_by: guarded.forced_by,
             generation,
             consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
             failure_rate,
@@ -568,6 +633,13 @@ impl CircuitBreaker {
 
     fn nanos_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+fn manual_reason(action: ManualAction, note: &str) -> TransitionReason {
+    TransitionReason::Manual {
+        action,
+        note: Arc::from(note),
     }
 }
 
@@ -874,6 +946,30 @@ mod tests {
         assert_eq!(b.state(), CircuitState::Open);
         b.close_on_recovery();
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_outranks_the_remote() {
+        let b = seed();
+        let forced_by = |b: &CircuitBreaker| b.snapshot().forced_by;
+        assert!(b.force_open_by(ForcedBy::Remote, "remote"));
+        assert_eq!(forced_by(&b), Some(ForcedBy::Remote));
+        // An operator's note may read "remote"; ownership is not the note.
+        b.force_open("remote");
+        assert_eq!(forced_by(&b), Some(ForcedBy::Operator));
+        assert_eq!(b.snapshot().generation, 1, "taking over is no transition");
+        assert!(!b.release(ForcedBy::Remote, "remote"));
+        assert!(!b.force_open_by(ForcedBy::Remote, "remote"));
+        assert_eq!(forced_by(&b), Some(ForcedBy::Operator));
+        b.force_close("done");
+        assert_eq!((b.state(), forced_by(&b)), (CircuitState::Closed, None));
+
+        assert!(b.force_open_by(ForcedBy::Remote, "remote"));
+        assert!(b.release(ForcedBy::Remote, "remote"));
+        assert_eq!(b.state(), CircuitState::Closed);
+        b.force_open("maintenance");
+        assert!(!b.release(ForcedBy::Remote, "remote"));
+        assert_eq!(b.state(), CircuitState::ForcedOpen);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@
 //!   plaintext, or TLS (rustls with aws-lc-rs) from `grpc.tls_cert`/`tls_key`.
 //! * [`RemoteWatcher`] follows another process's `grpc.health.v1.Health`
 //!   (`health_check.remote`): NOT_SERVING forces the local breaker open, SERVING
-//!   or a lost server releases what it forced.
+//!   or a lost server releases what it forced, never an operator's force-open.
 //!
 //! [`HttpProbe`] uses the `reqwest::Client` it is given; `https` bases need a
 //! client built with reqwest's `rustls` feature (the agent enables it).
