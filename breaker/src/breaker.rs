@@ -1,17 +1,20 @@
 //! The circuit breaker state machine.
 //!
 //! The state and a generation number share one `AtomicU64` (`generation << 2 |
-//! state`). Every transition bumps the generation, so a result reported by a
-//! call admitted under an earlier state is recognised and ignored. CLOSED
-//! admission is one atomic load; recording a success in CLOSED is two (the
-//! generation check and the failure streak), a store only when a streak is
-//! being reset, and, with a failure-rate window, the window's slot update.
+//! state`). Every transition bumps the generation, and so does a reset or
+//! force-close of a breaker already CLOSED (without a transition), so a result
+//! reported by a call admitted earlier is recognised and ignored. The failure
+//! streak and the failure-rate window are stamped with the generation they
+//! count for and updated by compare-and-swap, so a transition landing between
+//! a result's look at the state word and its count leaves it counting nowhere.
+//! CLOSED admission is one atomic load; recording a success in CLOSED is two
+//! (the state word and the streak), a swap only when a streak is being reset,
+//! and, with a failure-rate window, the window's claim and slot write.
 //! Transitions and HALF_OPEN probe bookkeeping take a mutex; the state watch
 //! and transition channels are fed under that mutex so that subscribers see
 //! transitions in order, and the log line is written after it is released.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use callguard_core::{
@@ -21,6 +24,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::stamped::Stamped;
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::window::Window;
 
 const TRANSITION_CHANNEL_CAPACITY: usize = 256;
@@ -98,7 +103,8 @@ pub struct BreakerSnapshot {
     pub state: CircuitState,
     /// Who holds a FORCED_OPEN breaker open; `None` in every other state.
     pub forced_by: Option<ForcedBy>,
-    /// The current generation (bumped by every transition).
+    /// The current generation: bumped by every transition, and by a reset or
+    /// force-close of a breaker already CLOSED (which publishes none).
     pub generation: u64,
     /// Consecutive failures recorded in CLOSED.
     pub consecutive_failures: u32,
@@ -140,7 +146,8 @@ pub struct CircuitBreaker {
     /// Time origin for the nanosecond deadlines kept in atomics.
     epoch: Instant,
     word: AtomicU64,
-    consecutive_failures: AtomicU32,
+    /// Consecutive failures, stamped with the generation they count for.
+    streak: Stamped,
     /// While OPEN: nanoseconds since `epoch` at which probes may start.
     open_until: AtomicU64,
     window: Option<Window>,
@@ -175,7 +182,10 @@ impl CircuitBreaker {
         config.failure_threshold = config.failure_threshold.max(1);
         config.half_open_max_calls = config.half_open_max_calls.max(1);
         config.success_threshold = config.success_threshold.max(1);
-        let window = config.failure_rate.as_ref().map(Window::new);
+        let window = config
+            .failure_rate
+            .as_ref()
+            .map(|rate| Window::new(rate, 0));
         let (state_tx, _) = watch::channel(CircuitState::Closed);
         let (transitions_tx, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
         Self {
@@ -183,7 +193,7 @@ impl CircuitBreaker {
             config,
             epoch: Instant::now(),
             word: AtomicU64::new(pack(0, CircuitState::Closed)),
-            consecutive_failures: AtomicU32::new(0),
+            streak: Stamped::new(0, 0),
             open_until: AtomicU64::new(0),
             window,
             guarded: Mutex::new(Guarded {
@@ -330,11 +340,15 @@ impl CircuitBreaker {
     fn on_closed_result(&self, generation: u64, outcome: Outcome) {
         match outcome {
             Outcome::Success => {
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                match self.streak.get(generation) {
+                    None => return, // the breaker moved on meanwhile
+                    Some(0) => {}
+                    Some(_) => {
+                        self.streak.update(generation, |_| 0);
+                    }
                 }
                 if let Some(window) = &self.window {
-                    window.record(false);
+                    window.record(generation, false);
                 }
             }
             Outcome::Failure => self.on_closed_failure(generation),
@@ -343,8 +357,16 @@ impl CircuitBreaker {
     }
 
     fn on_closed_failure(&self, generation: u64) {
-        let count = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let rate_trip = self.window.as_ref().and_then(|w| w.record(true));
+        // Checking the generation and counting are one compare-and-swap: a
+        // failure whose generation ended after the check in `on_result`
+        // counts nowhere.
+        let Some(count) = self.streak.update(generation, |n| n.saturating_add(1)) else {
+            return;
+        };
+        let rate_trip = self
+            .window
+            .as_ref()
+            .and_then(|w| w.record(generation, true));
         let reason = if count >= self.config.failure_threshold {
             TransitionReason::ConsecutiveFailures { count }
         } else if let Some(counts) = rate_trip {
@@ -505,19 +527,32 @@ impl CircuitBreaker {
     }
 
     fn manual_close(&self, action: ManualAction, note: &str) {
-        let to = CircuitState::Closed;
-        let transitioned = self.transition_if(|_, s| s != to, to, manual_reason(action, note));
-        if !transitioned {
-            // Already CLOSED: no transition, but the counts start afresh.
-            let _guard = self.lock();
-            self.clear_counts();
-            tracing::info!(
-                service = %self.service,
-                circuit_state = %to,
-                "Circuit breaker for {}: manual {action} ({note}); counts cleared",
-                self.service
+        let mut guarded = self.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        if state != CircuitState::Closed {
+            let transition = self.transition_locked(
+                &mut guarded,
+                CircuitState::Closed,
+                manual_reason(action, note),
             );
+            drop(guarded);
+            log_transition(&transition);
+            return;
         }
+        // Already CLOSED: no transition to publish, but a new generation, so
+        // that the counts start afresh and calls admitted before count nowhere.
+        let generation = generation + 1;
+        self.restamp_counts(generation, CircuitState::Closed);
+        self.word
+            .store(pack(generation, CircuitState::Closed), Ordering::Release);
+        drop(guarded);
+        tracing::info!(
+            service = %self.service,
+            circuit_state = %CircuitState::Closed,
+            generation,
+            "Circuit breaker for {}: manual {action} ({note}); counts cleared",
+            self.service
+        );
     }
 
     /// Moves to `to` if `allowed(generation, state)` holds under the lock.
@@ -549,17 +584,17 @@ impl CircuitBreaker {
         let (generation, from) = unpack(self.word.load(Ordering::Acquire));
         let generation = generation + 1;
         let at = Instant::now();
+        self.restamp_counts(generation, to);
         match to {
             CircuitState::Open => {
                 let until = self.nanos_since_epoch(at + self.config.recovery_timeout.get());
                 self.open_until.store(until, Ordering::Release);
             }
-            CircuitState::Closed => self.clear_counts(),
+            CircuitState::Closed | CircuitState::ForcedOpen => {}
             CircuitState::HalfOpen => {
                 guarded.probes.clear();
                 guarded.probe_successes = 0;
             }
-            CircuitState::ForcedOpen => {}
         }
         guarded.forced_by = None;
         self.word.store(pack(generation, to), Ordering::Release);
@@ -582,10 +617,16 @@ impl CircuitBreaker {
         transition
     }
 
-    fn clear_counts(&self) {
-        self.consecutive_failures.store(0, Ordering::Release);
+    /// Stamps the streak and the window with `generation`, before the state
+    /// word publishes it: results of earlier generations then count nowhere.
+    /// Entering CLOSED starts them afresh; other states keep them as they
+    /// were (for snapshots). Caller holds the lock.
+    fn restamp_counts(&self, generation: u64, to: CircuitState) {
+        let fresh = to == CircuitState::Closed;
+        let streak = if fresh { 0 } else { self.streak.count() };
+        self.streak.restamp(generation, streak);
         if let Some(window) = &self.window {
-            window.clear();
+            window.restamp(generation, fresh);
         }
     }
 
@@ -616,7 +657,7 @@ impl CircuitBreaker {
             state,
             forced_by: guarded.forced_by,
             generation,
-            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            consecutive_failures: self.streak.count(),
             failure_rate,
             last_transition: guarded.last_transition.clone(),
             retry_after,
@@ -875,6 +916,31 @@ mod tests {
         slow.failure(); // admitted before the breaker opened and closed again
         assert_eq!(b.state(), CircuitState::Closed);
         assert_eq!(b.snapshot().consecutive_failures, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_of_a_closed_breaker_starts_a_generation() {
+        for close in [CircuitBreaker::reset, CircuitBreaker::force_close] {
+            let b = breaker(BreakerConfig {
+                failure_rate: Some(crate::FailureRateConfig {
+                    threshold: 0.5,
+                    window_size: 4,
+                    minimum_calls: 4,
+                }),
+                ..BreakerConfig::default()
+            });
+            let mut transitions = b.transitions();
+            let before = b.try_acquire().unwrap();
+            fail(&b);
+            close(&b, "operator");
+            assert_eq!(b.snapshot().generation, 1);
+            assert!(transitions.try_recv().is_err(), "no transition published");
+            before.failure(); // admitted before the reset
+            let snapshot = b.snapshot();
+            assert_eq!(snapshot.state, CircuitState::Closed);
+            assert_eq!(snapshot.consecutive_failures, 0);
+            assert_eq!(snapshot.failure_rate, None, "an empty window");
+        }
     }
 
     #[tokio::test(start_paused = true)]

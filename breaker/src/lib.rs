@@ -13,10 +13,16 @@
 //!
 //! Admitting a call and recording a success in CLOSED take no lock and allocate
 //! nothing: the state and its generation live in one atomic word.
+//!
+//! The concurrent parts (the state word, HALF_OPEN slots, the failure streak
+//! and window) are model-checked with `loom` in `tests/loom.rs`:
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p callguard-breaker --test loom --release`.
 
 mod breaker;
 mod config;
 mod registry;
+mod stamped;
+mod sync;
 mod window;
 
 pub use breaker::{BreakerOpen, BreakerSnapshot, CircuitBreaker, ForcedBy, Permit};

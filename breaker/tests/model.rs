@@ -163,6 +163,8 @@ impl Model {
         if self.state != to {
             self.goto(to);
         } else if to == CircuitState::Closed {
+            // A new generation without a transition.
+            self.generation += 1;
             self.consecutive = 0;
         }
     }
