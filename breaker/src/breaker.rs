@@ -124,6 +124,15 @@ enum Outcome {
     Ignored,
 }
 
+/// Where a failure in CLOSED counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// A call's failure: in the streak and in the failure-rate window.
+    AsACall,
+    /// A failure seen outside a call (a health probe): in the streak only.
+    InTheStreakOnly,
+}
+
 struct ProbeSlot {
     id: u64,
     started: Instant,
@@ -351,22 +360,22 @@ impl CircuitBreaker {
                     window.record(generation, false);
                 }
             }
-            Outcome::Failure => self.on_closed_failure(generation),
+            Outcome::Failure => self.on_closed_failure(generation, Counted::AsACall),
             Outcome::Ignored => {}
         }
     }
 
-    fn on_closed_failure(&self, generation: u64) {
+    fn on_closed_failure(&self, generation: u64, counted: Counted) {
         // Checking the generation and counting are one compare-and-swap: a
         // failure whose generation ended after the check in `on_result`
         // counts nowhere.
         let Some(count) = self.streak.update(generation, |n| n.saturating_add(1)) else {
             return;
         };
-        let rate_trip = self
-            .window
-            .as_ref()
-            .and_then(|w| w.record(generation, true));
+        let rate_trip = match (&self.window, counted) {
+            (Some(window), Counted::AsACall) => window.record(generation, true),
+            _ => None,
+        };
         let reason = if count >= self.config.failure_threshold {
             TransitionReason::ConsecutiveFailures { count }
         } else if let Some(counts) = rate_trip {
@@ -420,10 +429,16 @@ impl CircuitBreaker {
     }
 
     /// Records a failure seen outside a permitted call, such as a failed health
-    /// probe: it counts toward opening a CLOSED breaker and reopens a HALF_OPEN one.
+    /// probe: it counts toward the consecutive-failure streak of a CLOSED
+    /// breaker and reopens a HALF_OPEN one. It stays out of the failure-rate
+    /// window, which is the share of *calls* that failed: probes come at a
+    /// fixed pace whatever the traffic, and only their failures are evidence
+    /// (a shallow health endpoint may answer while real calls fail).
     pub fn record_failure(&self) {
         match unpack(self.word.load(Ordering::Acquire)) {
-            (generation, CircuitState::Closed) => self.on_closed_failure(generation),
+            (generation, CircuitState::Closed) => {
+                self.on_closed_failure(generation, Counted::InTheStreakOnly);
+            }
             (generation, CircuitState::HalfOpen) => {
                 self.transition_if(
                     |g, s| g == generation && s == CircuitState::HalfOpen,
@@ -1044,6 +1059,28 @@ mod tests {
         b.record_failure();
         b.record_failure();
         assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_calls_stay_out_of_the_window() {
+        let b = breaker(BreakerConfig {
+            failure_threshold: 100,
+            failure_rate: Some(crate::FailureRateConfig {
+                threshold: 0.5,
+                window_size: 4,
+                minimum_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        });
+        for _ in 0..4 {
+            b.try_acquire().unwrap().success();
+        }
+        b.record_failure();
+        b.record_failure();
+        let snapshot = b.snapshot();
+        assert_eq!(snapshot.state, CircuitState::Closed);
+        assert_eq!(snapshot.failure_rate, Some(0.0));
+        assert_eq!(snapshot.consecutive_failures, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,8 +3,9 @@
 //! * [`HealthChecker`] probes each service every `health_check.interval` (a
 //!   [`Probe`], such as [`HttpProbe`]'s `GET {base}/health`): a healthy probe of
 //!   an OPEN breaker closes it (or moves it to HALF_OPEN with
-//!   `on_recovery = "half_open"`), a failed probe counts as a breaker failure
-//!   when its error would count for a call (a 404 from a wrong health URL does not).
+//!   `on_recovery = "half_open"`), a failed probe counts toward the breaker's
+//!   failure streak (not its failure-rate window) when its error would count
+//!   for a call (a 404 from a wrong health URL does not).
 //! * [`grpc::serve`] serves a [`BreakerRegistry`](callguard_breaker::BreakerRegistry):
 //!   the standard `grpc.health.v1.Health` (`Check`, `Watch`, `List`; CLOSED is
 //!   SERVING, every other state NOT_SERVING, `""` is the process itself),
