@@ -3,13 +3,16 @@
 //! The state and a generation number share one `AtomicU64` (`generation << 2 |
 //! state`). Every transition bumps the generation, and so does a reset or
 //! force-close of a breaker already CLOSED (without a transition), so a result
-//! reported by a call admitted earlier is recognised and ignored. The failure
-//! streak and the failure-rate window are stamped with the generation they
-//! count for and updated by compare-and-swap, so a transition landing between
-//! a result's look at the state word and its count leaves it counting nowhere.
-//! CLOSED admission is one atomic load; recording a success in CLOSED is two
-//! (the state word and the streak), a swap only when a streak is being reset,
-//! and, with a failure-rate window, the window's claim and slot write.
+//! reported by a call admitted earlier is recognised and ignored. A CLOSED
+//! call's result is checked by the failure streak and the failure-rate window
+//! themselves: they are stamped with the generation they count for and updated
+//! by compare-and-swap, so checking and counting are one step and a result
+//! racing a transition counts nowhere (`stamped.rs`). A probe's result is
+//! checked under the mutex.
+//! CLOSED admission is one atomic load; recording a success in CLOSED is one
+//! more (the streak, which carries the generation), a compare-and-swap only
+//! when a streak is being reset, and, with a failure-rate window, the window's
+//! claim and slot write. A rejection borrows the breaker: nothing is cloned.
 //! Transitions and HALF_OPEN probe bookkeeping take a mutex; the state watch
 //! and transition channels are fed under that mutex so that subscribers see
 //! transitions in order, and the log line is written after it is released.
@@ -58,7 +61,8 @@ fn unpack(word: u64) -> (u64, CircuitState) {
 }
 
 /// A call was not admitted because the breaker is not CLOSED (or its HALF_OPEN
-/// probe slots are taken).
+/// probe slots are taken): the owned form of a [`Rejection`], for errors that
+/// outlive the breaker's borrow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("circuit breaker for {service} is {state}{}", RetryAfterSuffix(*.retry_after))]
 pub struct BreakerOpen {
@@ -70,6 +74,62 @@ pub struct BreakerOpen {
     /// command will (FORCED_OPEN).
     pub retry_after: Option<Duration>,
 }
+
+/// A call the breaker turned away, as [`CircuitBreaker::try_acquire`] returns
+/// it. It borrows the breaker, so turning a call away clones and allocates
+/// nothing; `BreakerOpen::from` makes it owned.
+#[derive(Clone, Copy)]
+pub struct Rejection<'a> {
+    breaker: &'a CircuitBreaker,
+    state: CircuitState,
+    retry_after: Option<Duration>,
+}
+
+impl<'a> Rejection<'a> {
+    /// The service whose breaker rejected the call.
+    pub fn service(&self) -> &'a ServiceName {
+        &self.breaker.service
+    }
+
+    /// The breaker's state at rejection.
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// When the breaker expects to admit a call again; `None` when only a
+    /// manual command will (FORCED_OPEN).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl From<Rejection<'_>> for BreakerOpen {
+    fn from(rejection: Rejection<'_>) -> Self {
+        Self {
+            service: rejection.service().clone(),
+            state: rejection.state,
+            retry_after: rejection.retry_after,
+        }
+    }
+}
+
+impl std::fmt::Debug for Rejection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection")
+            .field("service", self.service())
+            .field("state", &self.state)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Rejection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        BreakerOpen::from(*self).fmt(f)
+    }
+}
+
+impl std::error::Error for Rejection<'_> {}
 
 struct RetryAfterSuffix(Option<Duration>);
 
@@ -235,9 +295,10 @@ impl CircuitBreaker {
         unpack(self.word.load(Ordering::Acquire)).1
     }
 
-    /// Asks to make a call. In CLOSED this is a single atomic load.
+    /// Asks to make a call. In CLOSED this is a single atomic load; in OPEN
+    /// before the recovery timeout, one atomic load more and a clock read.
     #[inline]
-    pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let word = self.word.load(Ordering::Acquire);
         match unpack(word) {
             (generation, CircuitState::Closed) => Ok(Permit {
@@ -262,7 +323,7 @@ impl CircuitBreaker {
 
     /// Admission in OPEN-past-timeout and HALF_OPEN: under the lock, so that no
     /// more than `half_open_max_calls` probes are ever admitted at once.
-    fn acquire_contended(&self) -> Result<Permit<'_>, BreakerOpen> {
+    fn acquire_contended(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let mut guarded = self.lock();
         let now = Instant::now();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
@@ -298,7 +359,11 @@ impl CircuitBreaker {
         result
     }
 
-    fn admit_probe(&self, guarded: &mut Guarded, now: Instant) -> Result<Permit<'_>, BreakerOpen> {
+    fn admit_probe(
+        &self,
+        guarded: &mut Guarded,
+        now: Instant,
+    ) -> Result<Permit<'_>, Rejection<'_>> {
         // A probe that never reported back frees its slot after recovery_timeout.
         let timeout = self.config.recovery_timeout.get();
         guarded
@@ -323,9 +388,10 @@ impl CircuitBreaker {
         }
     }
 
-    fn rejection(&self, state: CircuitState, retry_after: Option<Duration>) -> BreakerOpen {
-        BreakerOpen {
-            service: self.service.clone(),
+    #[inline]
+    fn rejection(&self, state: CircuitState, retry_after: Option<Duration>) -> Rejection<'_> {
+        Rejection {
+            breaker: self,
             state,
             retry_after,
         }
@@ -333,14 +399,11 @@ impl CircuitBreaker {
 
     /// Applies the outcome of a permitted call.
     #[inline]
+    /// A result from an earlier generation is ignored: a CLOSED call's by the
+    /// stamps of the streak and the window, a probe's under the lock.
     fn on_result(&self, generation: u64, probe: Option<u64>, outcome: Outcome) {
-        let (current, state) = unpack(self.word.load(Ordering::Acquire));
-        if current != generation {
-            return; // a result from an earlier state generation
-        }
         match probe {
-            None if state == CircuitState::Closed => self.on_closed_result(generation, outcome),
-            None => {}
+            None => self.on_closed_result(generation, outcome),
             Some(id) => self.on_probe_result(generation, id, outcome),
         }
     }
@@ -350,7 +413,7 @@ impl CircuitBreaker {
         match outcome {
             Outcome::Success => {
                 match self.streak.get(generation) {
-                    None => return, // the breaker moved on meanwhile
+                    None => return, // a result from an earlier generation
                     Some(0) => {}
                     Some(_) => {
                         self.streak.update(generation, |_| 0);
@@ -367,8 +430,7 @@ impl CircuitBreaker {
 
     fn on_closed_failure(&self, generation: u64, counted: Counted) {
         // Checking the generation and counting are one compare-and-swap: a
-        // failure whose generation ended after the check in `on_result`
-        // counts nowhere.
+        // failure whose generation ended, even a moment ago, counts nowhere.
         let Some(count) = self.streak.update(generation, |n| n.saturating_add(1)) else {
             return;
         };
@@ -829,8 +891,8 @@ mod tests {
         fail(&b);
         assert_eq!(b.state(), CircuitState::Open);
         let rejected = b.try_acquire().unwrap_err();
-        assert_eq!(rejected.state, CircuitState::Open);
-        assert_eq!(rejected.retry_after, Some(Duration::from_secs(10)));
+        assert_eq!(rejected.state(), CircuitState::Open);
+        assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -865,13 +927,13 @@ mod tests {
         fail(&b);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(1))
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         let probe = b.try_acquire().unwrap();
         assert_eq!(probe.state(), CircuitState::HalfOpen);
-        assert_eq!(b.try_acquire().unwrap_err().state, CircuitState::HalfOpen);
+        assert_eq!(b.try_acquire().unwrap_err().state(), CircuitState::HalfOpen);
         probe.success();
         assert_eq!(b.state(), CircuitState::Closed);
     }
@@ -885,7 +947,7 @@ mod tests {
         b.try_acquire().unwrap().failure();
         assert_eq!(b.state(), CircuitState::Open);
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(10))
         );
     }
@@ -899,7 +961,7 @@ mod tests {
         let lost = b.try_acquire().unwrap();
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(6))
         );
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -1007,7 +1069,7 @@ mod tests {
     async fn manual_control_and_health_recovery() {
         let b = seed();
         b.force_open("maintenance");
-        assert_eq!(b.try_acquire().unwrap_err().retry_after, None);
+        assert_eq!(b.try_acquire().unwrap_err().retry_after(), None);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(b.state(), CircuitState::ForcedOpen, "never times out");
         b.close_on_recovery();
@@ -1109,6 +1171,27 @@ mod tests {
             ]
         );
         assert_eq!(*watch.borrow(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_reads_like_its_owned_form() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        let rejection = b.try_acquire().unwrap_err();
+        assert_eq!(rejection.service().as_str(), "elevenlabs");
+        assert_eq!(
+            rejection.to_string(),
+            "circuit breaker for elevenlabs is OPEN; retry after 10.0s"
+        );
+        assert_eq!(
+            BreakerOpen::from(rejection),
+            BreakerOpen {
+                service: ServiceName::new("elevenlabs").unwrap(),
+                state: CircuitState::Open,
+                retry_after: Some(Duration::from_secs(10)),
+            }
+        );
     }
 
     #[test]

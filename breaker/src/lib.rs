@@ -25,6 +25,6 @@ mod stamped;
 mod sync;
 mod window;
 
-pub use breaker::{BreakerOpen, BreakerSnapshot, CircuitBreaker, ForcedBy, Permit};
+pub use breaker::{BreakerOpen, BreakerSnapshot, CircuitBreaker, ForcedBy, Permit, Rejection};
 pub use config::{BreakerConfig, FailureRateConfig};
 pub use registry::BreakerRegistry;
