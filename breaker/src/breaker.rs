@@ -879,6 +879,19 @@ mod tests {
         breaker(BreakerConfig::default())
     }
 
+    /// Opens when half of the last 4 calls failed; a streak never opens it.
+    fn windowed() -> CircuitBreaker {
+        breaker(BreakerConfig {
+            failure_threshold: 100,
+            failure_rate: Some(crate::FailureRateConfig {
+                threshold: 0.5,
+                window_size: 4,
+                minimum_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        })
+    }
+
     fn fail(b: &CircuitBreaker) {
         b.try_acquire().unwrap().failure();
     }
@@ -998,14 +1011,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reset_of_a_closed_breaker_starts_a_generation() {
         for close in [CircuitBreaker::reset, CircuitBreaker::force_close] {
-            let b = breaker(BreakerConfig {
-                failure_rate: Some(crate::FailureRateConfig {
-                    threshold: 0.5,
-                    window_size: 4,
-                    minimum_calls: 4,
-                }),
-                ..BreakerConfig::default()
-            });
+            let b = windowed();
             let mut transitions = b.transitions();
             let before = b.try_acquire().unwrap();
             fail(&b);
@@ -1041,15 +1047,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failure_rate_window_opens_without_a_streak() {
-        let b = breaker(BreakerConfig {
-            failure_threshold: 100,
-            failure_rate: Some(crate::FailureRateConfig {
-                threshold: 0.5,
-                window_size: 4,
-                minimum_calls: 4,
-            }),
-            ..BreakerConfig::default()
-        });
+        let b = windowed();
         for _ in 0..2 {
             b.try_acquire().unwrap().success();
             fail(&b);
@@ -1125,15 +1123,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_outside_calls_stay_out_of_the_window() {
-        let b = breaker(BreakerConfig {
-            failure_threshold: 100,
-            failure_rate: Some(crate::FailureRateConfig {
-                threshold: 0.5,
-                window_size: 4,
-                minimum_calls: 4,
-            }),
-            ..BreakerConfig::default()
-        });
+        let b = windowed();
         for _ in 0..4 {
             b.try_acquire().unwrap().success();
         }

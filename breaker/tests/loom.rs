@@ -54,6 +54,15 @@ fn spawn(breaker: &Arc<CircuitBreaker>, f: fn(&CircuitBreaker)) -> thread::JoinH
     thread::spawn(move || f(&breaker))
 }
 
+/// How many of `threads` returned `true`.
+fn count_true(threads: impl IntoIterator<Item = thread::JoinHandle<bool>>) -> usize {
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|&yes| yes)
+        .count()
+}
+
 fn half_open(breaker: &CircuitBreaker) {
     for _ in 0..breaker.config().failure_threshold {
         breaker.record_failure();
@@ -92,12 +101,7 @@ fn half_open_admits_one_probe_however_two_race() {
             })
         };
         let threads = [probe(&b), probe(&b)];
-        let probes = threads
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|&probed| probed)
-            .count();
-        assert_eq!(probes, 1);
+        assert_eq!(count_true(threads), 1);
         assert_eq!(b.state(), CircuitState::Closed);
     });
 }
@@ -122,12 +126,7 @@ fn half_open_never_admits_more_than_its_slots() {
                 })
             })
             .collect();
-        let admitted = threads
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|&admitted| admitted)
-            .count();
-        assert_eq!(admitted, 2);
+        assert_eq!(count_true(threads), 2);
     });
 }
 

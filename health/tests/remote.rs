@@ -65,6 +65,15 @@ impl Remote {
     }
 }
 
+/// A registry served on a fresh 127.0.0.1 port.
+async fn start_server(options: GrpcOptions) -> (Arc<BreakerRegistry>, SocketAddr, Remote) {
+    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = serve_with(listener, &registry, options);
+    (registry, addr, server)
+}
+
 /// Waits until `breaker` is in `state`; fails the test after [`PATIENCE`].
 async fn until_state(breaker: &CircuitBreaker, state: CircuitState) {
     let mut states = breaker.subscribe();
@@ -114,11 +123,8 @@ fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> Watcher {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_health_drives_the_local_breaker_and_a_lost_server_releases_it() {
     let name = ServiceName::new("tts").unwrap();
-    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let (registry, addr, server) = start_server(GrpcOptions::default()).await;
     let remote_tts = registry.get_or_default(&name);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = serve(listener, &registry);
 
     let local = Arc::new(CircuitBreaker::new(name.clone(), breaker_config()));
     let _watcher = watch(addr, &[&local]);
@@ -182,23 +188,15 @@ async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service(
 async fn an_operators_force_open_over_grpc_outranks_the_remote() {
     const TOKEN: &str = "test-admin-token-0123456789";
     let name = ServiceName::new("tts").unwrap();
-    let remote_registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let (remote_registry, remote_addr, remote) = start_server(GrpcOptions::default()).await;
     let remote_tts = remote_registry.get_or_default(&name);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let remote_addr = listener.local_addr().unwrap();
-    let remote = serve(listener, &remote_registry);
 
     // The local process: its breakers, the watcher, and its own gRPC server
     // where the operator sends commands.
-    let local_registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let (local_registry, local_addr, local) =
+        start_server(GrpcOptions::default().with_admin_token(AdminToken::new(TOKEN).unwrap()))
+            .await;
     let local_tts = local_registry.get_or_default(&name);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local_addr = listener.local_addr().unwrap();
-    let local = serve_with(
-        listener,
-        &local_registry,
-        GrpcOptions::default().with_admin_token(AdminToken::new(TOKEN).unwrap()),
-    );
     let watcher = watch(remote_addr, &[&local_tts]);
 
     remote_tts.force_open("outage");
