@@ -76,13 +76,14 @@ pub struct BreakerOpen {
 }
 
 /// A call the breaker turned away, as [`CircuitBreaker::try_acquire`] returns
-/// it. It borrows the breaker, so turning a call away clones and allocates
-/// nothing; `BreakerOpen::from` makes it owned.
+/// it. It borrows the breaker and keeps the wait in nanoseconds, so turning a
+/// call away clones, allocates and divides nothing; `BreakerOpen::from` makes
+/// it owned.
 #[derive(Clone, Copy)]
 pub struct Rejection<'a> {
     breaker: &'a CircuitBreaker,
     state: CircuitState,
-    retry_after: Option<Duration>,
+    wait_nanos: Option<u64>,
 }
 
 impl<'a> Rejection<'a> {
@@ -99,7 +100,7 @@ impl<'a> Rejection<'a> {
     /// When the breaker expects to admit a call again; `None` when only a
     /// manual command will (FORCED_OPEN).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.wait_nanos.map(nanos)
     }
 }
 
@@ -108,7 +109,7 @@ impl From<Rejection<'_>> for BreakerOpen {
         Self {
             service: rejection.service().clone(),
             state: rejection.state,
-            retry_after: rejection.retry_after,
+            retry_after: rejection.retry_after(),
         }
     }
 }
@@ -118,7 +119,7 @@ impl std::fmt::Debug for Rejection<'_> {
         f.debug_struct("Rejection")
             .field("service", self.service())
             .field("state", &self.state)
-            .field("retry_after", &self.retry_after)
+            .field("retry_after", &self.retry_after())
             .finish()
     }
 }
@@ -311,7 +312,7 @@ impl CircuitBreaker {
                 let now = self.nanos_since_epoch(Instant::now());
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
-                    Err(self.rejection(CircuitState::Open, Some(nanos(until - now))))
+                    Err(self.rejection(CircuitState::Open, Some(until - now)))
                 } else {
                     self.acquire_contended()
                 }
@@ -323,6 +324,7 @@ impl CircuitBreaker {
 
     /// Admission in OPEN-past-timeout and HALF_OPEN: under the lock, so that no
     /// more than `half_open_max_calls` probes are ever admitted at once.
+    #[cold]
     fn acquire_contended(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let mut guarded = self.lock();
         let now = Instant::now();
@@ -340,7 +342,7 @@ impl CircuitBreaker {
                 let until = self.open_until.load(Ordering::Acquire);
                 let now_nanos = self.nanos_since_epoch(now);
                 if now_nanos < until {
-                    Err(self.rejection(state, Some(nanos(until - now_nanos))))
+                    Err(self.rejection(state, Some(until - now_nanos)))
                 } else {
                     published = Some(self.transition_locked(
                         &mut guarded,
@@ -382,18 +384,22 @@ impl CircuitBreaker {
             })
         } else {
             let oldest = guarded.probes.iter().map(|slot| slot.started).min();
-            let retry_after =
-                oldest.map(|started| (started + timeout).saturating_duration_since(now));
-            Err(self.rejection(CircuitState::HalfOpen, retry_after))
+            let now = self.nanos_since_epoch(now);
+            let wait = oldest.map(|started| {
+                self.nanos_since_epoch(started + timeout)
+                    .saturating_sub(now)
+            });
+            Err(self.rejection(CircuitState::HalfOpen, wait))
         }
     }
 
+    /// A rejection whose wait is `wait_nanos` (`None`: until a manual command).
     #[inline]
-    fn rejection(&self, state: CircuitState, retry_after: Option<Duration>) -> Rejection<'_> {
+    fn rejection(&self, state: CircuitState, wait_nanos: Option<u64>) -> Rejection<'_> {
         Rejection {
             breaker: self,
             state,
-            retry_after,
+            wait_nanos,
         }
     }
 
@@ -749,6 +755,7 @@ impl CircuitBreaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    #[inline]
     fn nanos_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
