@@ -1,17 +1,23 @@
 //! The circuit breaker state machine.
 //!
 //! The state and a generation number share one `AtomicU64` (`generation << 2 |
-//! state`). Every transition bumps the generation, so a result reported by a
-//! call admitted under an earlier state is recognised and ignored. CLOSED
-//! admission is one atomic load; recording a success in CLOSED is two (the
-//! generation check and the failure streak), a store only when a streak is
-//! being reset, and, with a failure-rate window, the window's slot update.
+//! state`). Every transition bumps the generation, and so does a reset or
+//! force-close of a breaker already CLOSED (without a transition), so a result
+//! reported by a call admitted earlier is recognised and ignored. A CLOSED
+//! call's result is checked by the failure streak and the failure-rate window
+//! themselves: they are stamped with the generation they count for and updated
+//! by compare-and-swap, so checking and counting are one step and a result
+//! racing a transition counts nowhere (`stamped.rs`). A probe's result is
+//! checked under the mutex.
+//! CLOSED admission is one atomic load; recording a success in CLOSED is one
+//! more (the streak, which carries the generation), a compare-and-swap only
+//! when a streak is being reset, and, with a failure-rate window, the window's
+//! claim and slot write. A rejection borrows the breaker: nothing is cloned.
 //! Transitions and HALF_OPEN probe bookkeeping take a mutex; the state watch
 //! and transition channels are fed under that mutex so that subscribers see
 //! transitions in order, and the log line is written after it is released.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use callguard_core::{
@@ -21,6 +27,8 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::stamped::Stamped;
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::window::Window;
 
 const TRANSITION_CHANNEL_CAPACITY: usize = 256;
@@ -53,7 +61,8 @@ fn unpack(word: u64) -> (u64, CircuitState) {
 }
 
 /// A call was not admitted because the breaker is not CLOSED (or its HALF_OPEN
-/// probe slots are taken).
+/// probe slots are taken): the owned form of a [`Rejection`], for errors that
+/// outlive the breaker's borrow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("circuit breaker for {service} is {state}{}", RetryAfterSuffix(*.retry_after))]
 pub struct BreakerOpen {
@@ -66,6 +75,63 @@ pub struct BreakerOpen {
     pub retry_after: Option<Duration>,
 }
 
+/// A call the breaker turned away, as [`CircuitBreaker::try_acquire`] returns
+/// it. It borrows the breaker and keeps the wait in nanoseconds, so turning a
+/// call away clones, allocates and divides nothing; `BreakerOpen::from` makes
+/// it owned.
+#[derive(Clone, Copy)]
+pub struct Rejection<'a> {
+    breaker: &'a CircuitBreaker,
+    state: CircuitState,
+    wait_nanos: Option<u64>,
+}
+
+impl<'a> Rejection<'a> {
+    /// The service whose breaker rejected the call.
+    pub fn service(&self) -> &'a ServiceName {
+        &self.breaker.service
+    }
+
+    /// The breaker's state at rejection.
+    pub fn state(&self) -> CircuitState {
+        self.state
+    }
+
+    /// When the breaker expects to admit a call again; `None` when only a
+    /// manual command will (FORCED_OPEN).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.wait_nanos.map(nanos)
+    }
+}
+
+impl From<Rejection<'_>> for BreakerOpen {
+    fn from(rejection: Rejection<'_>) -> Self {
+        Self {
+            service: rejection.service().clone(),
+            state: rejection.state,
+            retry_after: rejection.retry_after(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Rejection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejection")
+            .field("service", self.service())
+            .field("state", &self.state)
+            .field("retry_after", &self.retry_after())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Rejection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        BreakerOpen::from(*self).fmt(f)
+    }
+}
+
+impl std::error::Error for Rejection<'_> {}
+
 struct RetryAfterSuffix(Option<Duration>);
 
 impl std::fmt::Display for RetryAfterSuffix {
@@ -77,6 +143,18 @@ impl std::fmt::Display for RetryAfterSuffix {
     }
 }
 
+/// Who forced a breaker open. An operator outranks the remote: a remote
+/// release never undoes an operator's force-open, and an operator's
+/// force-open of a breaker the remote forced takes it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForcedBy {
+    /// A person or program giving manual commands (the admin API, the library).
+    Operator,
+    /// Another process's health server, through the remote health watcher.
+    Remote,
+}
+
 /// A point-in-time view of a breaker, for status APIs and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerSnapshot {
@@ -84,7 +162,10 @@ pub struct BreakerSnapshot {
     pub service: ServiceName,
     /// Current state.
     pub state: CircuitState,
-    /// The current generation (bumped by every transition).
+    /// Who holds a FORCED_OPEN breaker open; `None` in every other state.
+    pub forced_by: Option<ForcedBy>,
+    /// The current generation: bumped by every transition, and by a reset or
+    /// force-close of a breaker already CLOSED (which publishes none).
     pub generation: u64,
     /// Consecutive failures recorded in CLOSED.
     pub consecutive_failures: u32,
@@ -104,16 +185,27 @@ enum Outcome {
     Ignored,
 }
 
+/// Where a failure in CLOSED counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// A call's failure: in the streak and in the failure-rate window.
+    AsACall,
+    /// A failure seen outside a call (a health probe): in the streak only.
+    InTheStreakOnly,
+}
+
 struct ProbeSlot {
     id: u64,
     started: Instant,
 }
 
-/// State guarded by the mutex: HALF_OPEN probe bookkeeping and the last transition.
+/// State guarded by the mutex: HALF_OPEN probe bookkeeping, the owner of a
+/// forced-open and the last transition.
 struct Guarded {
     probes: Vec<ProbeSlot>,
     next_probe_id: u64,
     probe_successes: u32,
+    forced_by: Option<ForcedBy>,
     last_transition: Option<Transition>,
 }
 
@@ -124,7 +216,8 @@ pub struct CircuitBreaker {
     /// Time origin for the nanosecond deadlines kept in atomics.
     epoch: Instant,
     word: AtomicU64,
-    consecutive_failures: AtomicU32,
+    /// Consecutive failures, stamped with the generation they count for.
+    streak: Stamped,
     /// While OPEN: nanoseconds since `epoch` at which probes may start.
     open_until: AtomicU64,
     window: Option<Window>,
@@ -159,7 +252,10 @@ impl CircuitBreaker {
         config.failure_threshold = config.failure_threshold.max(1);
         config.half_open_max_calls = config.half_open_max_calls.max(1);
         config.success_threshold = config.success_threshold.max(1);
-        let window = config.failure_rate.as_ref().map(Window::new);
+        let window = config
+            .failure_rate
+            .as_ref()
+            .map(|rate| Window::new(rate, 0));
         let (state_tx, _) = watch::channel(CircuitState::Closed);
         let (transitions_tx, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
         Self {
@@ -167,13 +263,14 @@ impl CircuitBreaker {
             config,
             epoch: Instant::now(),
             word: AtomicU64::new(pack(0, CircuitState::Closed)),
-            consecutive_failures: AtomicU32::new(0),
+            streak: Stamped::new(0, 0),
             open_until: AtomicU64::new(0),
             window,
             guarded: Mutex::new(Guarded {
                 probes: Vec::new(),
                 next_probe_id: 0,
                 probe_successes: 0,
+                forced_by: None,
                 last_transition: None,
             }),
             state_tx,
@@ -199,9 +296,10 @@ impl CircuitBreaker {
         unpack(self.word.load(Ordering::Acquire)).1
     }
 
-    /// Asks to make a call. In CLOSED this is a single atomic load.
+    /// Asks to make a call. In CLOSED this is a single atomic load; in OPEN
+    /// before the recovery timeout, one atomic load more and a clock read.
     #[inline]
-    pub fn try_acquire(&self) -> Result<Permit<'_>, BreakerOpen> {
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let word = self.word.load(Ordering::Acquire);
         match unpack(word) {
             (generation, CircuitState::Closed) => Ok(Permit {
@@ -214,7 +312,7 @@ impl CircuitBreaker {
                 let now = self.nanos_since_epoch(Instant::now());
                 let until = self.open_until.load(Ordering::Acquire);
                 if now < until {
-                    Err(self.rejection(CircuitState::Open, Some(nanos(until - now))))
+                    Err(self.rejection(CircuitState::Open, Some(until - now)))
                 } else {
                     self.acquire_contended()
                 }
@@ -226,7 +324,8 @@ impl CircuitBreaker {
 
     /// Admission in OPEN-past-timeout and HALF_OPEN: under the lock, so that no
     /// more than `half_open_max_calls` probes are ever admitted at once.
-    fn acquire_contended(&self) -> Result<Permit<'_>, BreakerOpen> {
+    #[cold]
+    fn acquire_contended(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let mut guarded = self.lock();
         let now = Instant::now();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
@@ -243,7 +342,7 @@ impl CircuitBreaker {
                 let until = self.open_until.load(Ordering::Acquire);
                 let now_nanos = self.nanos_since_epoch(now);
                 if now_nanos < until {
-                    Err(self.rejection(state, Some(nanos(until - now_nanos))))
+                    Err(self.rejection(state, Some(until - now_nanos)))
                 } else {
                     published = Some(self.transition_locked(
                         &mut guarded,
@@ -262,7 +361,11 @@ impl CircuitBreaker {
         result
     }
 
-    fn admit_probe(&self, guarded: &mut Guarded, now: Instant) -> Result<Permit<'_>, BreakerOpen> {
+    fn admit_probe(
+        &self,
+        guarded: &mut Guarded,
+        now: Instant,
+    ) -> Result<Permit<'_>, Rejection<'_>> {
         // A probe that never reported back frees its slot after recovery_timeout.
         let timeout = self.config.recovery_timeout.get();
         guarded
@@ -281,30 +384,32 @@ impl CircuitBreaker {
             })
         } else {
             let oldest = guarded.probes.iter().map(|slot| slot.started).min();
-            let retry_after =
-                oldest.map(|started| (started + timeout).saturating_duration_since(now));
-            Err(self.rejection(CircuitState::HalfOpen, retry_after))
+            let now = self.nanos_since_epoch(now);
+            let wait = oldest.map(|started| {
+                self.nanos_since_epoch(started + timeout)
+                    .saturating_sub(now)
+            });
+            Err(self.rejection(CircuitState::HalfOpen, wait))
         }
     }
 
-    fn rejection(&self, state: CircuitState, retry_after: Option<Duration>) -> BreakerOpen {
-        BreakerOpen {
-            service: self.service.clone(),
+    /// A rejection whose wait is `wait_nanos` (`None`: until a manual command).
+    #[inline]
+    fn rejection(&self, state: CircuitState, wait_nanos: Option<u64>) -> Rejection<'_> {
+        Rejection {
+            breaker: self,
             state,
-            retry_after,
+            wait_nanos,
         }
     }
 
     /// Applies the outcome of a permitted call.
     #[inline]
+    /// A result from an earlier generation is ignored: a CLOSED call's by the
+    /// stamps of the streak and the window, a probe's under the lock.
     fn on_result(&self, generation: u64, probe: Option<u64>, outcome: Outcome) {
-        let (current, state) = unpack(self.word.load(Ordering::Acquire));
-        if current != generation {
-            return; // a result from an earlier state generation
-        }
         match probe {
-            None if state == CircuitState::Closed => self.on_closed_result(generation, outcome),
-            None => {}
+            None => self.on_closed_result(generation, outcome),
             Some(id) => self.on_probe_result(generation, id, outcome),
         }
     }
@@ -313,21 +418,32 @@ impl CircuitBreaker {
     fn on_closed_result(&self, generation: u64, outcome: Outcome) {
         match outcome {
             Outcome::Success => {
-                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                match self.streak.get(generation) {
+                    None => return, // a result from an earlier generation
+                    Some(0) => {}
+                    Some(_) => {
+                        self.streak.update(generation, |_| 0);
+                    }
                 }
                 if let Some(window) = &self.window {
-                    window.record(false);
+                    window.record(generation, false);
                 }
             }
-            Outcome::Failure => self.on_closed_failure(generation),
+            Outcome::Failure => self.on_closed_failure(generation, Counted::AsACall),
             Outcome::Ignored => {}
         }
     }
 
-    fn on_closed_failure(&self, generation: u64) {
-        let count = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let rate_trip = self.window.as_ref().and_then(|w| w.record(true));
+    fn on_closed_failure(&self, generation: u64, counted: Counted) {
+        // Checking the generation and counting are one compare-and-swap: a
+        // failure whose generation ended, even a moment ago, counts nowhere.
+        let Some(count) = self.streak.update(generation, |n| n.saturating_add(1)) else {
+            return;
+        };
+        let rate_trip = match (&self.window, counted) {
+            (Some(window), Counted::AsACall) => window.record(generation, true),
+            _ => None,
+        };
         let reason = if count >= self.config.failure_threshold {
             TransitionReason::ConsecutiveFailures { count }
         } else if let Some(counts) = rate_trip {
@@ -381,10 +497,16 @@ impl CircuitBreaker {
     }
 
     /// Records a failure seen outside a permitted call, such as a failed health
-    /// probe: it counts toward opening a CLOSED breaker and reopens a HALF_OPEN one.
+    /// probe: it counts toward the consecutive-failure streak of a CLOSED
+    /// breaker and reopens a HALF_OPEN one. It stays out of the failure-rate
+    /// window, which is the share of *calls* that failed: probes come at a
+    /// fixed pace whatever the traffic, and only their failures are evidence
+    /// (a shallow health endpoint may answer while real calls fail).
     pub fn record_failure(&self) {
         match unpack(self.word.load(Ordering::Acquire)) {
-            (generation, CircuitState::Closed) => self.on_closed_failure(generation),
+            (generation, CircuitState::Closed) => {
+                self.on_closed_failure(generation, Counted::InTheStreakOnly);
+            }
             (generation, CircuitState::HalfOpen) => {
                 self.transition_if(
                     |g, s| g == generation && s == CircuitState::HalfOpen,
@@ -418,43 +540,102 @@ impl CircuitBreaker {
         )
     }
 
-    /// Rejects every call until [`force_close`](Self::force_close) or
-    /// [`reset`](Self::reset). `note` says who or why (logged and carried in the
-    /// transition).
+    /// An operator's force-open: rejects every call until
+    /// [`force_close`](Self::force_close) or [`reset`](Self::reset). `note` says
+    /// who or why (logged and carried in the transition). A breaker the remote
+    /// forced open passes to the operator, with no transition.
     pub fn force_open(&self, note: &str) {
-        self.manual(ManualAction::ForceOpen, CircuitState::ForcedOpen, note);
+        self.force_open_by(ForcedBy::Operator, note);
     }
 
-    /// Closes the breaker whatever its state, clearing failure counts.
+    /// Forces the breaker open on behalf of `by`. Returns whether the breaker
+    /// moved to FORCED_OPEN or passed to `by`: an operator takes over what the
+    /// remote forced, the remote takes over nothing.
+    pub fn force_open_by(&self, by: ForcedBy, note: &str) -> bool {
+        let mut guarded = self.lock();
+        if self.state() == CircuitState::ForcedOpen {
+            let takes_over =
+                by == ForcedBy::Operator && guarded.forced_by == Some(ForcedBy::Remote);
+            if takes_over {
+                guarded.forced_by = Some(by);
+                drop(guarded);
+                tracing::info!(
+                    service = %self.service,
+                    circuit_state = %CircuitState::ForcedOpen,
+                    "Circuit breaker for {}: manual {} ({note}); the operator now holds what the remote forced open",
+                    self.service,
+                    ManualAction::ForceOpen
+                );
+            }
+            return takes_over;
+        }
+        let transition = self.transition_locked(
+            &mut guarded,
+            CircuitState::ForcedOpen,
+            manual_reason(ManualAction::ForceOpen, note),
+        );
+        guarded.forced_by = Some(by);
+        drop(guarded);
+        log_transition(&transition);
+        true
+    }
+
+    /// Closes the breaker if it is FORCED_OPEN on behalf of `by` (and nobody
+    /// took it over); returns whether it did. The remote watcher releases
+    /// only what the remote forced.
+    pub fn release(&self, by: ForcedBy, note: &str) -> bool {
+        let mut guarded = self.lock();
+        if self.state() != CircuitState::ForcedOpen || guarded.forced_by != Some(by) {
+            return false;
+        }
+        let transition = self.transition_locked(
+            &mut guarded,
+            CircuitState::Closed,
+            manual_reason(ManualAction::ForceClose, note),
+        );
+        drop(guarded);
+        log_transition(&transition);
+        true
+    }
+
+    /// Closes the breaker whatever its state and whoever forced it open,
+    /// clearing failure counts.
     pub fn force_close(&self, note: &str) {
-        self.manual(ManualAction::ForceClose, CircuitState::Closed, note);
+        self.manual_close(ManualAction::ForceClose, note);
     }
 
     /// Returns to a fresh CLOSED breaker: failure counts and window cleared.
     pub fn reset(&self, note: &str) {
-        self.manual(ManualAction::Reset, CircuitState::Closed, note);
+        self.manual_close(ManualAction::Reset, note);
     }
 
-    fn manual(&self, action: ManualAction, to: CircuitState, note: &str) {
-        let transitioned = self.transition_if(
-            |_, s| s != to,
-            to,
-            TransitionReason::Manual {
-                action,
-                note: Arc::from(note),
-            },
-        );
-        if !transitioned && to == CircuitState::Closed {
-            // Already CLOSED: no transition, but the counts start afresh.
-            let _guard = self.lock();
-            self.clear_counts();
-            tracing::info!(
-                service = %self.service,
-                circuit_state = %to,
-                "Circuit breaker for {}: manual {action} ({note}); counts cleared",
-                self.service
+    fn manual_close(&self, action: ManualAction, note: &str) {
+        let mut guarded = self.lock();
+        let (generation, state) = unpack(self.word.load(Ordering::Acquire));
+        if state != CircuitState::Closed {
+            let transition = self.transition_locked(
+                &mut guarded,
+                CircuitState::Closed,
+                manual_reason(action, note),
             );
+            drop(guarded);
+            log_transition(&transition);
+            return;
         }
+        // Already CLOSED: no transition to publish, but a new generation, so
+        // that the counts start afresh and calls admitted before count nowhere.
+        let generation = generation + 1;
+        self.restamp_counts(generation, CircuitState::Closed);
+        self.word
+            .store(pack(generation, CircuitState::Closed), Ordering::Release);
+        drop(guarded);
+        tracing::info!(
+            service = %self.service,
+            circuit_state = %CircuitState::Closed,
+            generation,
+            "Circuit breaker for {}: manual {action} ({note}); counts cleared",
+            self.service
+        );
     }
 
     /// Moves to `to` if `allowed(generation, state)` holds under the lock.
@@ -486,18 +667,19 @@ impl CircuitBreaker {
         let (generation, from) = unpack(self.word.load(Ordering::Acquire));
         let generation = generation + 1;
         let at = Instant::now();
+        self.restamp_counts(generation, to);
         match to {
             CircuitState::Open => {
                 let until = self.nanos_since_epoch(at + self.config.recovery_timeout.get());
                 self.open_until.store(until, Ordering::Release);
             }
-            CircuitState::Closed => self.clear_counts(),
+            CircuitState::Closed | CircuitState::ForcedOpen => {}
             CircuitState::HalfOpen => {
                 guarded.probes.clear();
                 guarded.probe_successes = 0;
             }
-            CircuitState::ForcedOpen => {}
         }
+        guarded.forced_by = None;
         self.word.store(pack(generation, to), Ordering::Release);
         let transition = Transition {
             service: self.service.clone(),
@@ -518,10 +700,16 @@ impl CircuitBreaker {
         transition
     }
 
-    fn clear_counts(&self) {
-        self.consecutive_failures.store(0, Ordering::Release);
+    /// Stamps the streak and the window with `generation`, before the state
+    /// word publishes it: results of earlier generations then count nowhere.
+    /// Entering CLOSED starts them afresh; other states keep them as they
+    /// were (for snapshots). Caller holds the lock.
+    fn restamp_counts(&self, generation: u64, to: CircuitState) {
+        let fresh = to == CircuitState::Closed;
+        let streak = if fresh { 0 } else { self.streak.count() };
+        self.streak.restamp(generation, streak);
         if let Some(window) = &self.window {
-            window.clear();
+            window.restamp(generation, fresh);
         }
     }
 
@@ -550,8 +738,9 @@ impl CircuitBreaker {
         BreakerSnapshot {
             service: self.service.clone(),
             state,
+            forced_by: guarded.forced_by,
             generation,
-            consecutive_failures: self.consecutive_failures.load(Ordering::Acquire),
+            consecutive_failures: self.streak.count(),
             failure_rate,
             last_transition: guarded.last_transition.clone(),
             retry_after,
@@ -566,8 +755,16 @@ impl CircuitBreaker {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    #[inline]
     fn nanos_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+fn manual_reason(action: ManualAction, note: &str) -> TransitionReason {
+    TransitionReason::Manual {
+        action,
+        note: Arc::from(note),
     }
 }
 
@@ -689,6 +886,19 @@ mod tests {
         breaker(BreakerConfig::default())
     }
 
+    /// Opens when half of the last 4 calls failed; a streak never opens it.
+    fn windowed() -> CircuitBreaker {
+        breaker(BreakerConfig {
+            failure_threshold: 100,
+            failure_rate: Some(crate::FailureRateConfig {
+                threshold: 0.5,
+                window_size: 4,
+                minimum_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        })
+    }
+
     fn fail(b: &CircuitBreaker) {
         b.try_acquire().unwrap().failure();
     }
@@ -701,8 +911,8 @@ mod tests {
         fail(&b);
         assert_eq!(b.state(), CircuitState::Open);
         let rejected = b.try_acquire().unwrap_err();
-        assert_eq!(rejected.state, CircuitState::Open);
-        assert_eq!(rejected.retry_after, Some(Duration::from_secs(10)));
+        assert_eq!(rejected.state(), CircuitState::Open);
+        assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -737,13 +947,13 @@ mod tests {
         fail(&b);
         tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(1))
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         let probe = b.try_acquire().unwrap();
         assert_eq!(probe.state(), CircuitState::HalfOpen);
-        assert_eq!(b.try_acquire().unwrap_err().state, CircuitState::HalfOpen);
+        assert_eq!(b.try_acquire().unwrap_err().state(), CircuitState::HalfOpen);
         probe.success();
         assert_eq!(b.state(), CircuitState::Closed);
     }
@@ -757,7 +967,7 @@ mod tests {
         b.try_acquire().unwrap().failure();
         assert_eq!(b.state(), CircuitState::Open);
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(10))
         );
     }
@@ -771,7 +981,7 @@ mod tests {
         let lost = b.try_acquire().unwrap();
         tokio::time::advance(Duration::from_secs(4)).await;
         assert_eq!(
-            b.try_acquire().unwrap_err().retry_after,
+            b.try_acquire().unwrap_err().retry_after(),
             Some(Duration::from_secs(6))
         );
         tokio::time::advance(Duration::from_secs(6)).await;
@@ -806,6 +1016,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_reset_of_a_closed_breaker_starts_a_generation() {
+        for close in [CircuitBreaker::reset, CircuitBreaker::force_close] {
+            let b = windowed();
+            let mut transitions = b.transitions();
+            let before = b.try_acquire().unwrap();
+            fail(&b);
+            close(&b, "operator");
+            assert_eq!(b.snapshot().generation, 1);
+            assert!(transitions.try_recv().is_err(), "no transition published");
+            before.failure(); // admitted before the reset
+            let snapshot = b.snapshot();
+            assert_eq!(snapshot.state, CircuitState::Closed);
+            assert_eq!(snapshot.consecutive_failures, 0);
+            assert_eq!(snapshot.failure_rate, None, "an empty window");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn success_threshold_needs_that_many_probes() {
         let b = breaker(BreakerConfig {
             success_threshold: 2,
@@ -826,15 +1054,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failure_rate_window_opens_without_a_streak() {
-        let b = breaker(BreakerConfig {
-            failure_threshold: 100,
-            failure_rate: Some(crate::FailureRateConfig {
-                threshold: 0.5,
-                window_size: 4,
-                minimum_calls: 4,
-            }),
-            ..BreakerConfig::default()
-        });
+        let b = windowed();
         for _ in 0..2 {
             b.try_acquire().unwrap().success();
             fail(&b);
@@ -854,7 +1074,7 @@ mod tests {
     async fn manual_control_and_health_recovery() {
         let b = seed();
         b.force_open("maintenance");
-        assert_eq!(b.try_acquire().unwrap_err().retry_after, None);
+        assert_eq!(b.try_acquire().unwrap_err().retry_after(), None);
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(b.state(), CircuitState::ForcedOpen, "never times out");
         b.close_on_recovery();
@@ -877,11 +1097,49 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_operator_outranks_the_remote() {
+        let b = seed();
+        let forced_by = |b: &CircuitBreaker| b.snapshot().forced_by;
+        assert!(b.force_open_by(ForcedBy::Remote, "remote"));
+        assert_eq!(forced_by(&b), Some(ForcedBy::Remote));
+        // An operator's note may read "remote"; ownership is not the note.
+        b.force_open("remote");
+        assert_eq!(forced_by(&b), Some(ForcedBy::Operator));
+        assert_eq!(b.snapshot().generation, 1, "taking over is no transition");
+        assert!(!b.release(ForcedBy::Remote, "remote"));
+        assert!(!b.force_open_by(ForcedBy::Remote, "remote"));
+        assert_eq!(forced_by(&b), Some(ForcedBy::Operator));
+        b.force_close("done");
+        assert_eq!((b.state(), forced_by(&b)), (CircuitState::Closed, None));
+
+        assert!(b.force_open_by(ForcedBy::Remote, "remote"));
+        assert!(b.release(ForcedBy::Remote, "remote"));
+        assert_eq!(b.state(), CircuitState::Closed);
+        b.force_open("maintenance");
+        assert!(!b.release(ForcedBy::Remote, "remote"));
+        assert_eq!(b.state(), CircuitState::ForcedOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn health_probe_failures_open_without_calls() {
         let b = seed();
         b.record_failure();
         b.record_failure();
         assert_eq!(b.state(), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_outside_calls_stay_out_of_the_window() {
+        let b = windowed();
+        for _ in 0..4 {
+            b.try_acquire().unwrap().success();
+        }
+        b.record_failure();
+        b.record_failure();
+        let snapshot = b.snapshot();
+        assert_eq!(snapshot.state, CircuitState::Closed);
+        assert_eq!(snapshot.failure_rate, Some(0.0));
+        assert_eq!(snapshot.consecutive_failures, 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -910,6 +1168,27 @@ mod tests {
             ]
         );
         assert_eq!(*watch.borrow(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_reads_like_its_owned_form() {
+        let b = seed();
+        fail(&b);
+        fail(&b);
+        let rejection = b.try_acquire().unwrap_err();
+        assert_eq!(rejection.service().as_str(), "elevenlabs");
+        assert_eq!(
+            rejection.to_string(),
+            "circuit breaker for elevenlabs is OPEN; retry after 10.0s"
+        );
+        assert_eq!(
+            BreakerOpen::from(rejection),
+            BreakerOpen {
+                service: ServiceName::new("elevenlabs").unwrap(),
+                state: CircuitState::Open,
+                retry_after: Some(Duration::from_secs(10)),
+            }
+        );
     }
 
     #[test]

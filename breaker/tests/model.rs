@@ -1,11 +1,15 @@
 //! Property test: the breaker, driven by random sequences of call results, clock
-//! advances, health-check signals and manual commands, behaves like a small
-//! sequential reference model of DESIGN.md's rules.
+//! advances, health-check signals and manual commands (an operator's and the
+//! remote's), behaves like a small sequential reference model of DESIGN.md's
+//! rules: state, generation, failure streak, failure-rate window, who holds a
+//! forced-open, and why it last moved.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use callguard_breaker::{BreakerConfig, CircuitBreaker, Permit};
-use callguard_core::{CircuitState, ConfigDuration, ServiceName};
+use callguard_breaker::{BreakerConfig, CircuitBreaker, FailureRateConfig, ForcedBy, Permit};
+use callguard_core::{CircuitState, ConfigDuration, ManualAction, ServiceName, TransitionReason};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -19,6 +23,8 @@ enum Op {
     ForceOpen,
     ForceClose,
     Reset,
+    RemoteForceOpen,
+    RemoteRelease,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,8 +52,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ForceOpen),
         1 => Just(Op::ForceClose),
         1 => Just(Op::Reset),
+        1 => Just(Op::RemoteForceOpen),
+        1 => Just(Op::RemoteRelease),
     ]
 }
+
+const OPERATOR_NOTE: &str = "model";
+const REMOTE_NOTE: &str = "remote";
 
 /// The reference model: plain fields, time in milliseconds, one rule per branch.
 struct Model {
@@ -55,15 +66,21 @@ struct Model {
     recovery_ms: u64,
     max_probes: usize,
     success_threshold: u32,
+    /// threshold, window size, minimum calls
+    rate: Option<(f64, usize, usize)>,
     now: u64,
     state: CircuitState,
     generation: u64,
     consecutive: u32,
+    /// The last `window size` call outcomes, `true` for a failure.
+    window: VecDeque<bool>,
     open_until: u64,
     /// (probe id, started at)
     probes: Vec<(u64, u64)>,
     next_probe: u64,
     successes: u32,
+    forced_by: Option<ForcedBy>,
+    last_reason: Option<TransitionReason>,
 }
 
 /// What the model remembers about a permit it handed out.
@@ -73,13 +90,49 @@ struct ModelPermit {
     probe: Option<u64>,
 }
 
+fn manual(action: ManualAction, note: &str) -> TransitionReason {
+    TransitionReason::Manual {
+        action,
+        note: Arc::from(note),
+    }
+}
+
 impl Model {
-    fn goto(&mut self, to: CircuitState) {
+    fn new(config: &BreakerConfig) -> Self {
+        Self {
+            failure_threshold: config.failure_threshold,
+            recovery_ms: config.recovery_timeout.get().as_millis() as u64,
+            max_probes: config.half_open_max_calls as usize,
+            success_threshold: config.success_threshold,
+            rate: config.failure_rate.as_ref().map(|rate| {
+                (
+                    rate.threshold,
+                    rate.window_size as usize,
+                    rate.minimum_calls as usize,
+                )
+            }),
+            now: 0,
+            state: CircuitState::Closed,
+            generation: 0,
+            consecutive: 0,
+            window: VecDeque::new(),
+            open_until: 0,
+            probes: Vec::new(),
+            next_probe: 0,
+            successes: 0,
+            forced_by: None,
+            last_reason: None,
+        }
+    }
+
+    fn goto(&mut self, to: CircuitState, reason: TransitionReason) {
         self.generation += 1;
         self.state = to;
+        self.forced_by = None;
+        self.last_reason = Some(reason);
         match to {
             CircuitState::Open => self.open_until = self.now + self.recovery_ms,
-            CircuitState::Closed => self.consecutive = 0,
+            CircuitState::Closed => self.start_counts_afresh(),
             CircuitState::HalfOpen => {
                 self.probes.clear();
                 self.successes = 0;
@@ -88,9 +141,38 @@ impl Model {
         }
     }
 
+    fn start_counts_afresh(&mut self) {
+        self.consecutive = 0;
+        self.window.clear();
+    }
+
+    fn failure_rate(&self) -> Option<f64> {
+        self.rate?;
+        let calls = self.window.len();
+        let failures = self.window.iter().filter(|&&failed| failed).count();
+        (calls > 0).then(|| failures as f64 / calls as f64)
+    }
+
+    /// Records a call's outcome in the window; the counts if a failure
+    /// brought the rate to the threshold.
+    fn record_call(&mut self, failed: bool) -> Option<(u32, u32)> {
+        let (threshold, size, minimum) = self.rate?;
+        if self.window.len() == size {
+            self.window.pop_front();
+        }
+        self.window.push_back(failed);
+        let calls = self.window.len();
+        let failures = self.window.iter().filter(|&&failed| failed).count();
+        (failed && calls >= minimum && failures as f64 >= threshold * calls as f64)
+            .then_some((failures as u32, calls as u32))
+    }
+
     fn acquire(&mut self) -> Option<ModelPermit> {
         if self.state == CircuitState::Open && self.now >= self.open_until {
-            self.goto(CircuitState::HalfOpen);
+            self.goto(
+                CircuitState::HalfOpen,
+                TransitionReason::RecoveryTimeoutElapsed,
+            );
         }
         match self.state {
             CircuitState::Closed => Some(ModelPermit {
@@ -114,10 +196,22 @@ impl Model {
         }
     }
 
-    fn closed_failure(&mut self) {
+    /// A failure in CLOSED: a call's counts in the window too, a health
+    /// probe's only in the streak.
+    fn closed_failure(&mut self, a_call: bool) {
         self.consecutive += 1;
+        let rate_trip = if a_call { self.record_call(true) } else { None };
         if self.consecutive >= self.failure_threshold {
-            self.goto(CircuitState::Open);
+            let count = self.consecutive;
+            self.goto(
+                CircuitState::Open,
+                TransitionReason::ConsecutiveFailures { count },
+            );
+        } else if let Some((failures, calls)) = rate_trip {
+            self.goto(
+                CircuitState::Open,
+                TransitionReason::FailureRate { failures, calls },
+            );
         }
     }
 
@@ -127,8 +221,11 @@ impl Model {
         }
         match (self.state, permit.probe) {
             (CircuitState::Closed, None) => match report {
-                Report::Success => self.consecutive = 0,
-                Report::Failure => self.closed_failure(),
+                Report::Success => {
+                    self.consecutive = 0;
+                    self.record_call(false);
+                }
+                Report::Failure => self.closed_failure(true),
                 Report::Ignore | Report::Drop => {}
             },
             (CircuitState::HalfOpen, Some(id)) => {
@@ -140,10 +237,16 @@ impl Model {
                     Report::Success => {
                         self.successes += 1;
                         if self.successes >= self.success_threshold {
-                            self.goto(CircuitState::Closed);
+                            let count = self.successes;
+                            self.goto(
+                                CircuitState::Closed,
+                                TransitionReason::ProbesSucceeded { count },
+                            );
                         }
                     }
-                    Report::Failure => self.goto(CircuitState::Open),
+                    Report::Failure => {
+                        self.goto(CircuitState::Open, TransitionReason::ProbeFailed);
+                    }
                     Report::Ignore | Report::Drop => {}
                 }
             }
@@ -153,17 +256,38 @@ impl Model {
 
     fn record_failure(&mut self) {
         match self.state {
-            CircuitState::Closed => self.closed_failure(),
-            CircuitState::HalfOpen => self.goto(CircuitState::Open),
+            CircuitState::Closed => self.closed_failure(false),
+            CircuitState::HalfOpen => self.goto(CircuitState::Open, TransitionReason::ProbeFailed),
             _ => {}
         }
     }
 
-    fn manual_to(&mut self, to: CircuitState) {
-        if self.state != to {
-            self.goto(to);
-        } else if to == CircuitState::Closed {
-            self.consecutive = 0;
+    fn force_open(&mut self, by: ForcedBy, note: &str) {
+        if self.state != CircuitState::ForcedOpen {
+            self.goto(
+                CircuitState::ForcedOpen,
+                manual(ManualAction::ForceOpen, note),
+            );
+            self.forced_by = Some(by);
+        } else if by == ForcedBy::Operator {
+            // The operator takes over what the remote forced: no transition.
+            self.forced_by = Some(by);
+        }
+    }
+
+    fn release(&mut self, by: ForcedBy, note: &str) {
+        if self.state == CircuitState::ForcedOpen && self.forced_by == Some(by) {
+            self.goto(CircuitState::Closed, manual(ManualAction::ForceClose, note));
+        }
+    }
+
+    fn manual_close(&mut self, action: ManualAction) {
+        if self.state != CircuitState::Closed {
+            self.goto(CircuitState::Closed, manual(action, OPERATOR_NOTE));
+        } else {
+            // A new generation without a transition.
+            self.generation += 1;
+            self.start_counts_afresh();
         }
     }
 }
@@ -176,20 +300,7 @@ fn run(config: BreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .unwrap();
     runtime.block_on(async move {
         let breaker = CircuitBreaker::new(ServiceName::new("svc").unwrap(), config.clone());
-        let mut model = Model {
-            failure_threshold: config.failure_threshold,
-            recovery_ms: config.recovery_timeout.get().as_millis() as u64,
-            max_probes: config.half_open_max_calls as usize,
-            success_threshold: config.success_threshold,
-            now: 0,
-            state: CircuitState::Closed,
-            generation: 0,
-            consecutive: 0,
-            open_until: 0,
-            probes: Vec::new(),
-            next_probe: 0,
-            successes: 0,
-        };
+        let mut model = Model::new(&config);
         let mut held: Vec<(Permit<'_>, ModelPermit)> = Vec::new();
         for (step, op) in ops.into_iter().enumerate() {
             match op {
@@ -231,26 +342,37 @@ fn run(config: BreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::CloseOnRecovery => {
                     breaker.close_on_recovery();
                     if matches!(model.state, CircuitState::Open | CircuitState::HalfOpen) {
-                        model.goto(CircuitState::Closed);
+                        model.goto(CircuitState::Closed, TransitionReason::HealthCheckRecovered);
                     }
                 }
                 Op::HalfOpenOnRecovery => {
                     breaker.half_open_on_recovery();
                     if model.state == CircuitState::Open {
-                        model.goto(CircuitState::HalfOpen);
+                        model.goto(
+                            CircuitState::HalfOpen,
+                            TransitionReason::HealthCheckRecovered,
+                        );
                     }
                 }
                 Op::ForceOpen => {
-                    breaker.force_open("model");
-                    model.manual_to(CircuitState::ForcedOpen);
+                    breaker.force_open(OPERATOR_NOTE);
+                    model.force_open(ForcedBy::Operator, OPERATOR_NOTE);
                 }
                 Op::ForceClose => {
-                    breaker.force_close("model");
-                    model.manual_to(CircuitState::Closed);
+                    breaker.force_close(OPERATOR_NOTE);
+                    model.manual_close(ManualAction::ForceClose);
                 }
                 Op::Reset => {
-                    breaker.reset("model");
-                    model.manual_to(CircuitState::Closed);
+                    breaker.reset(OPERATOR_NOTE);
+                    model.manual_close(ManualAction::Reset);
+                }
+                Op::RemoteForceOpen => {
+                    breaker.force_open_by(ForcedBy::Remote, REMOTE_NOTE);
+                    model.force_open(ForcedBy::Remote, REMOTE_NOTE);
+                }
+                Op::RemoteRelease => {
+                    breaker.release(ForcedBy::Remote, REMOTE_NOTE);
+                    model.release(ForcedBy::Remote, REMOTE_NOTE);
                 }
             }
             let snapshot = breaker.snapshot();
@@ -261,24 +383,61 @@ fn run(config: BreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 "step {}: generation differs",
                 step
             );
-            if model.state == CircuitState::Closed {
-                prop_assert_eq!(snapshot.consecutive_failures, model.consecutive);
-            }
+            prop_assert_eq!(
+                snapshot.consecutive_failures,
+                model.consecutive,
+                "step {}: streak differs",
+                step
+            );
+            prop_assert_eq!(
+                snapshot.failure_rate,
+                model.failure_rate(),
+                "step {}: failure rate differs",
+                step
+            );
+            prop_assert_eq!(
+                snapshot.forced_by,
+                model.forced_by,
+                "step {}: owner differs",
+                step
+            );
+            prop_assert_eq!(
+                snapshot.last_transition.map(|t| t.reason),
+                model.last_reason.clone(),
+                "step {}: last reason differs",
+                step
+            );
         }
         Ok(())
     })
 }
 
+fn failure_rate() -> impl Strategy<Value = Option<FailureRateConfig>> {
+    proptest::option::of(
+        (1u32..=20, 1u32..6).prop_flat_map(|(twentieths, window_size)| {
+            (1..=window_size).prop_map(move |minimum_calls| FailureRateConfig {
+                threshold: f64::from(twentieths) / 20.0,
+                window_size,
+                minimum_calls,
+            })
+        }),
+    )
+}
+
 fn config() -> impl Strategy<Value = BreakerConfig> {
-    (1u32..4, 1u64..8, 1u32..4, 1u32..4).prop_map(
-        |(failure_threshold, recovery_secs, half_open_max_calls, success_threshold)| {
-            BreakerConfig {
-                failure_threshold,
-                recovery_timeout: ConfigDuration::from_secs(recovery_secs),
-                half_open_max_calls,
-                success_threshold,
-                failure_rate: None,
-            }
+    (1u32..6, 1u64..8, 1u32..4, 1u32..4, failure_rate()).prop_map(
+        |(
+            failure_threshold,
+            recovery_secs,
+            half_open_max_calls,
+            success_threshold,
+            failure_rate,
+        )| BreakerConfig {
+            failure_threshold,
+            recovery_timeout: ConfigDuration::from_secs(recovery_secs),
+            half_open_max_calls,
+            success_threshold,
+            failure_rate,
         },
     )
 }

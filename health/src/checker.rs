@@ -5,7 +5,10 @@
 //! `on_recovery = "half_open"`, moves it to HALF_OPEN); a failed probe is
 //! recorded as a failure, so an outage opens the breaker even while no calls
 //! are made, unless its error does not count toward the breaker (a 404 says
-//! the health URL is wrong: it is logged and changes nothing). Services are
+//! the health URL is wrong: it is logged and changes nothing). A failed probe
+//! counts toward the consecutive-failure streak, not the failure-rate window,
+//! and a healthy probe of a CLOSED breaker records nothing: the window is the
+//! share of calls that failed (DESIGN.md, "Health", says why). Services are
 //! probed independently: a slow probe delays only its own service, and never
 //! by more than `timeout`.
 

@@ -3,8 +3,9 @@
 //! * [`HealthChecker`] probes each service every `health_check.interval` (a
 //!   [`Probe`], such as [`HttpProbe`]'s `GET {base}/health`): a healthy probe of
 //!   an OPEN breaker closes it (or moves it to HALF_OPEN with
-//!   `on_recovery = "half_open"`), a failed probe counts as a breaker failure
-//!   when its error would count for a call (a 404 from a wrong health URL does not).
+//!   `on_recovery = "half_open"`), a failed probe counts toward the breaker's
+//!   failure streak (not its failure-rate window) when its error would count
+//!   for a call (a 404 from a wrong health URL does not).
 //! * [`grpc::serve`] serves a [`BreakerRegistry`](callguard_breaker::BreakerRegistry):
 //!   the standard `grpc.health.v1.Health` (`Check`, `Watch`, `List`; CLOSED is
 //!   SERVING, every other state NOT_SERVING, `""` is the process itself),
@@ -13,7 +14,7 @@
 //!   plaintext, or TLS (rustls with aws-lc-rs) from `grpc.tls_cert`/`tls_key`.
 //! * [`RemoteWatcher`] follows another process's `grpc.health.v1.Health`
 //!   (`health_check.remote`): NOT_SERVING forces the local breaker open, SERVING
-//!   or a lost server releases what it forced.
+//!   or a lost server releases what it forced, never an operator's force-open.
 //!
 //! [`HttpProbe`] uses the `reqwest::Client` it is given; `https` bases need a
 //! client built with reqwest's `rustls` feature (the agent enables it).

@@ -2,13 +2,13 @@
 //! service on a remote `grpc.health.v1.Health` and applies what it hears to the
 //! local breakers.
 //!
-//! * NOT_SERVING forces the breaker open with the note `"remote"`
-//!   ([`REMOTE_NOTE`]); calls still go through the local breaker, which now
-//!   rejects them.
-//! * SERVING releases only a forced-open the remote made (`force_close("remote")`):
-//!   a breaker the agent opened through its own failures recovers by its own
-//!   rules (recovery timeout, local probes), and one an operator forced open
-//!   stays so until closed by hand.
+//! * NOT_SERVING forces the breaker open on the remote's behalf
+//!   ([`ForcedBy::Remote`], note [`REMOTE_NOTE`]); calls still go through the
+//!   local breaker, which now rejects them.
+//! * SERVING releases only a forced-open the remote holds: a breaker the agent
+//!   opened through its own failures recovers by its own rules (recovery
+//!   timeout, local probes), and one an operator forced open — before the
+//!   remote did or after, which takes it over — stays so until closed by hand.
 //! * When the stream breaks, the remote server stops or it does not know the
 //!   service, every forced-open the remote made is released at once, so no
 //!   breaker stays open on stale news; the local health checks (which keep
@@ -16,17 +16,17 @@
 //!   watcher reconnects, after a capped exponential backoff
 //!   ([`ReconnectBackoff`]). Streams share one HTTP/2 connection.
 //!
-//! There is a narrow race: an operator's `ForceOpen` landing between the
-//! watcher's look at the breaker and its `force_close` is undone; the breakers
-//! offer no compare-and-set for manual commands.
+//! Who holds a forced-open is checked and changed under the breaker's lock
+//! ([`CircuitBreaker::release`]), so an operator's `ForceOpen` racing a
+//! release is never undone.
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callguard_breaker::CircuitBreaker;
-use callguard_core::{CircuitState, ManualAction, TransitionReason, ValidationError};
+use callguard_breaker::{CircuitBreaker, ForcedBy};
+use callguard_core::ValidationError;
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
@@ -147,9 +147,9 @@ impl ReconnectBackoff {
 }
 
 /// Watches services on a remote health server and drives the local breakers
-/// from what it reports: NOT_SERVING forces a breaker open (note
-/// [`REMOTE_NOTE`]); SERVING, a service the remote does not know or a lost
-/// server releases only what the remote forced open.
+/// from what it reports: NOT_SERVING forces a breaker open on the remote's
+/// behalf; SERVING, a service the remote does not know or a lost server
+/// releases only what the remote holds forced open.
 pub struct RemoteWatcher {
     remote: RemoteUrl,
     breakers: Vec<Arc<CircuitBreaker>>,
@@ -290,14 +290,15 @@ fn apply(breaker: &CircuitBreaker, status: ServingStatus) {
     let service = breaker.service();
     match status {
         ServingStatus::NotServing => {
-            if breaker.state() != CircuitState::ForcedOpen {
-                tracing::info!(%service, "remote reports NOT_SERVING; forcing the breaker open");
-                breaker.force_open(REMOTE_NOTE);
+            if breaker.force_open_by(ForcedBy::Remote, REMOTE_NOTE) {
+                tracing::info!(%service, "remote reports NOT_SERVING; forced the breaker open");
             }
         }
         ServingStatus::Serving => {
             if release(breaker) {
                 tracing::info!(%service, "remote reports SERVING; released the breaker");
+            } else if breaker.snapshot().forced_by == Some(ForcedBy::Operator) {
+                tracing::info!(%service, "remote reports SERVING; the breaker stays forced open by the operator");
             }
         }
         ServingStatus::ServiceUnknown | ServingStatus::Unknown => {
@@ -307,29 +308,15 @@ fn apply(breaker: &CircuitBreaker, status: ServingStatus) {
     }
 }
 
-/// Closes `breaker` if the remote forced it open; `true` if it did.
+/// Closes `breaker` if the remote holds it forced open; `true` if it did.
 fn release(breaker: &CircuitBreaker) -> bool {
-    let forced_by_remote = {
-        let snapshot = breaker.snapshot();
-        snapshot.state == CircuitState::ForcedOpen
-            && snapshot.last_transition.is_some_and(|t| {
-                matches!(
-                    t.reason,
-                    TransitionReason::Manual { action: ManualAction::ForceOpen, ref note }
-                        if &**note == REMOTE_NOTE
-                )
-            })
-    };
-    if forced_by_remote {
-        breaker.force_close(REMOTE_NOTE);
-    }
-    forced_by_remote
+    breaker.release(ForcedBy::Remote, REMOTE_NOTE)
 }
 
 #[cfg(test)]
 mod tests {
     use callguard_breaker::BreakerConfig;
-    use callguard_core::{ConfigDuration, ServiceName};
+    use callguard_core::{CircuitState, ConfigDuration, ServiceName};
 
     use super::*;
 
@@ -371,6 +358,30 @@ mod tests {
         assert_eq!(breaker.state(), CircuitState::ForcedOpen);
         assert_eq!(last_reason(&breaker), "manual force_open: maintenance");
         assert!(!release(&breaker));
+    }
+
+    #[test]
+    fn an_operators_force_open_over_the_remotes_outlasts_serving() {
+        let breaker = breaker();
+        apply(&breaker, ServingStatus::NotServing);
+        breaker.force_open("maintenance");
+        assert_eq!(breaker.snapshot().forced_by, Some(ForcedBy::Operator));
+        apply(&breaker, ServingStatus::Serving);
+        assert_eq!(breaker.state(), CircuitState::ForcedOpen);
+        assert!(!release(&breaker), "a lost stream leaves it too");
+        assert_eq!(breaker.state(), CircuitState::ForcedOpen);
+        breaker.force_close("maintenance over");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[test]
+    fn an_operator_note_that_reads_remote_is_still_the_operators() {
+        let breaker = breaker();
+        breaker.force_open(REMOTE_NOTE);
+        apply(&breaker, ServingStatus::Serving);
+        assert_eq!(breaker.state(), CircuitState::ForcedOpen);
+        assert!(!release(&breaker));
+        assert_eq!(breaker.state(), CircuitState::ForcedOpen);
     }
 
     #[test]

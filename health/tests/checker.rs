@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
+use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, FailureRateConfig};
 use callguard_core::{
     CircuitState, ConfigDuration, ErrorKind, ServiceError, ServiceName, TransitionReason,
 };
@@ -211,6 +211,36 @@ async fn a_forced_open_breaker_stays_open_when_healthy() {
     tokio::time::sleep(Duration::from_secs(21)).await;
     assert_eq!(service.probed_at.lock().unwrap().len(), 5);
     assert_eq!(breaker.state(), CircuitState::ForcedOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_probes_count_in_the_streak_but_not_in_the_failure_rate_window() {
+    let breaker = Arc::new(CircuitBreaker::new(
+        ServiceName::new("tts").unwrap(),
+        BreakerConfig {
+            failure_threshold: 3,
+            failure_rate: Some(FailureRateConfig {
+                threshold: 0.5,
+                window_size: 4,
+                minimum_calls: 4,
+            }),
+            ..BreakerConfig::default()
+        },
+    ));
+    for _ in 0..4 {
+        breaker.try_acquire().unwrap().success();
+    }
+    let service = FakeService::new(false);
+    // Probes at 0 s and 5 s both fail: two of the three the streak needs.
+    HealthChecker::new(HealthCheckConfig::default())
+        .unwrap()
+        .with_probe(Arc::clone(&breaker), service.clone())
+        .run(tokio::time::sleep(Duration::from_secs(6)))
+        .await;
+    let snapshot = breaker.snapshot();
+    assert_eq!(snapshot.state, CircuitState::Closed);
+    assert_eq!(snapshot.consecutive_failures, 2);
+    assert_eq!(snapshot.failure_rate, Some(0.0), "four calls, all healthy");
 }
 
 #[test]

@@ -1,15 +1,21 @@
 //! The remote watcher against an in-process gRPC server over real sockets:
 //! the remote's NOT_SERVING forces the local breaker open, SERVING closes it,
 //! a stopped server releases it, and the watcher reconnects when the server is
-//! back on the same port.
+//! back on the same port; an operator's `ForceOpen` over the local process's
+//! own gRPC server outranks the remote.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker};
+use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, ForcedBy};
 use callguard_core::{CircuitState, ConfigDuration, ServiceName};
-use callguard_health::{GrpcError, GrpcOptions, ReconnectBackoff, RemoteUrl, RemoteWatcher};
+use callguard_health::{
+    AdminToken, GrpcError, GrpcOptions, ReconnectBackoff, RemoteUrl, RemoteWatcher,
+};
+use callguard_proto::callguard::v1::ForceOpenRequest;
+use callguard_proto::callguard::v1::breaker::State;
+use callguard_proto::callguard::v1::breakers_client::BreakersClient;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -32,11 +38,19 @@ struct Remote {
 
 /// Serves `registry` on `listener` until [`Remote::stop`].
 fn serve(listener: TcpListener, registry: &Arc<BreakerRegistry>) -> Remote {
+    serve_with(listener, registry, GrpcOptions::default())
+}
+
+fn serve_with(
+    listener: TcpListener,
+    registry: &Arc<BreakerRegistry>,
+    options: GrpcOptions,
+) -> Remote {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(callguard_health::serve(
         listener,
         Arc::clone(registry),
-        GrpcOptions::default(),
+        options,
         async move {
             let _ = stopped.await;
         },
@@ -49,6 +63,15 @@ impl Remote {
         self.stop.send(()).unwrap();
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// A registry served on a fresh 127.0.0.1 port.
+async fn start_server(options: GrpcOptions) -> (Arc<BreakerRegistry>, SocketAddr, Remote) {
+    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = serve_with(listener, &registry, options);
+    (registry, addr, server)
 }
 
 /// Waits until `breaker` is in `state`; fails the test after [`PATIENCE`].
@@ -68,7 +91,20 @@ fn last_reason(breaker: &CircuitBreaker) -> String {
         .unwrap_or_default()
 }
 
-fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> oneshot::Sender<()> {
+/// A running watcher: stop it and wait for its last releases with [`Watcher::stop`].
+struct Watcher {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Watcher {
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> Watcher {
     let remote = RemoteUrl::new(format!("http://{addr}")).unwrap();
     let mut watcher = RemoteWatcher::new(remote).with_backoff(ReconnectBackoff::new(
         Duration::from_millis(20),
@@ -78,23 +114,20 @@ fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> oneshot::Sender
         watcher = watcher.with_breaker(Arc::clone(breaker));
     }
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(watcher.run(async move {
+    let task = tokio::spawn(watcher.run(async move {
         let _ = stopped.await;
     }));
-    stop
+    Watcher { stop, task }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_health_drives_the_local_breaker_and_a_lost_server_releases_it() {
     let name = ServiceName::new("tts").unwrap();
-    let registry = Arc::new(BreakerRegistry::new(breaker_config()));
+    let (registry, addr, server) = start_server(GrpcOptions::default()).await;
     let remote_tts = registry.get_or_default(&name);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = serve(listener, &registry);
 
     let local = Arc::new(CircuitBreaker::new(name.clone(), breaker_config()));
-    let _stop_watching = watch(addr, &[&local]);
+    let _watcher = watch(addr, &[&local]);
 
     remote_tts.force_open("maintenance");
     until_state(&local, CircuitState::ForcedOpen).await;
@@ -138,7 +171,7 @@ async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service(
 
     let local_llm = Arc::new(CircuitBreaker::new(llm, breaker_config()));
     let local_tts = Arc::new(CircuitBreaker::new(tts, breaker_config()));
-    let stop_watching = watch(addr, &[&local_llm, &local_tts]);
+    let watcher = watch(addr, &[&local_llm, &local_tts]);
     assert_eq!(local_tts.state(), CircuitState::Closed);
 
     let server = serve(TcpListener::bind(addr).await.unwrap(), &registry);
@@ -146,7 +179,52 @@ async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service(
     assert_eq!(local_llm.state(), CircuitState::Closed);
 
     // Stopping the watcher releases what the remote forced open.
-    stop_watching.send(()).unwrap();
-    until_state(&local_tts, CircuitState::Closed).await;
+    watcher.stop().await;
+    assert_eq!(local_tts.state(), CircuitState::Closed);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_force_open_over_grpc_outranks_the_remote() {
+    const TOKEN: &str = "test-admin-token-0123456789";
+    let name = ServiceName::new("tts").unwrap();
+    let (remote_registry, remote_addr, remote) = start_server(GrpcOptions::default()).await;
+    let remote_tts = remote_registry.get_or_default(&name);
+
+    // The local process: its breakers, the watcher, and its own gRPC server
+    // where the operator sends commands.
+    let (local_registry, local_addr, local) =
+        start_server(GrpcOptions::default().with_admin_token(AdminToken::new(TOKEN).unwrap()))
+            .await;
+    let local_tts = local_registry.get_or_default(&name);
+    let watcher = watch(remote_addr, &[&local_tts]);
+
+    remote_tts.force_open("outage");
+    until_state(&local_tts, CircuitState::ForcedOpen).await;
+    assert_eq!(last_reason(&local_tts), "manual force_open: remote");
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{local_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut operator = BreakersClient::new(channel);
+    let mut request = tonic::Request::new(ForceOpenRequest {
+        name: "tts".into(),
+        reason: "maintenance".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let answer = operator.force_open(request).await.unwrap().into_inner();
+    assert_eq!(answer.state(), State::ForcedOpen);
+    assert_eq!(local_tts.snapshot().forced_by, Some(ForcedBy::Operator));
+
+    // The remote recovers, then the watcher stops (the path a lost stream
+    // takes): neither releases the operator's force-open.
+    remote_tts.force_close("recovered");
+    watcher.stop().await;
+    assert_eq!(local_tts.state(), CircuitState::ForcedOpen);
+    local.stop().await;
+    remote.stop().await;
 }

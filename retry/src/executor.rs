@@ -270,7 +270,7 @@ impl Executor {
     {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(rejection) => return Attempted::Rejected(rejection),
+            Err(rejection) => return Attempted::Rejected(rejection.into()),
         };
         let circuit_state = permit.state();
         let started = timed.then(Instant::now);
