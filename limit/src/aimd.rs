@@ -62,8 +62,7 @@ pub(crate) struct Aimd {
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
     successes: u32,
-    /// Successes with a latency, and the sum of those latencies in seconds.
-    timed: u32,
+    /// The sum of the successes' latencies, in seconds.
     latency_sum: f64,
     /// The limit was reached at some answer.
     saturated: bool,
@@ -93,16 +92,13 @@ impl Aimd {
         self.limit.floor() as u32
     }
 
-    /// A successful answer, with its latency when it was measured;
-    /// `saturated`: every slot was taken (or callers waited) as it came.
-    pub(crate) fn on_success(&mut self, latency: Option<Duration>, saturated: bool) {
+    /// A successful answer after `latency`; `saturated`: every slot was
+    /// taken (or callers waited) as it came.
+    pub(crate) fn on_success(&mut self, latency: Duration, saturated: bool) {
         let window = &mut self.window;
         window.successes += 1;
         window.saturated |= saturated;
-        if let Some(latency) = latency {
-            window.timed += 1;
-            window.latency_sum += latency.as_secs_f64();
-        }
+        window.latency_sum += latency.as_secs_f64();
         if window.successes >= self.limit() {
             self.close_window();
         }
@@ -132,17 +128,15 @@ impl Aimd {
 
     fn close_window(&mut self) {
         let window = std::mem::take(&mut self.window);
-        let mean = (window.timed > 0).then(|| window.latency_sum / f64::from(window.timed));
-        let slow = match (mean, self.long_run, self.tolerance) {
-            (Some(mean), Some(long_run), Some(tolerance)) => mean > long_run * tolerance,
+        let mean = window.latency_sum / f64::from(window.successes.max(1));
+        let slow = match (self.long_run, self.tolerance) {
+            (Some(long_run), Some(tolerance)) => mean > long_run * tolerance,
             _ => false,
         };
-        if let Some(mean) = mean {
-            self.long_run = Some(match self.long_run {
-                Some(long_run) => long_run + LONG_RUN_WEIGHT * (mean - long_run),
-                None => mean,
-            });
-        }
+        self.long_run = Some(match self.long_run {
+            Some(long_run) => long_run + LONG_RUN_WEIGHT * (mean - long_run),
+            None => mean,
+        });
         if slow || window.crowded {
             self.decrease();
         } else if window.saturated {
@@ -166,7 +160,7 @@ mod tests {
     /// Closes one saturated window of successes at `latency`.
     fn full_window(aimd: &mut Aimd, latency: Duration) {
         for _ in 0..aimd.limit() {
-            aimd.on_success(Some(latency), true);
+            aimd.on_success(latency, true);
         }
     }
 
@@ -184,7 +178,7 @@ mod tests {
     fn does_not_grow_while_slots_are_left_over() {
         let mut aimd = Aimd::new(4, 1, 10, None);
         for _ in 0..100 {
-            aimd.on_success(None, false);
+            aimd.on_success(MS, false);
         }
         assert_eq!(aimd.limit(), 4);
     }

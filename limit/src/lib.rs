@@ -28,10 +28,11 @@
 //! let limiter = Limiter::new(ServiceName::new("elevenlabs")?, LimitConfig::default())?;
 //! // In the attempt, after the breaker admitted it:
 //! let permit = limiter.acquire().await.map_err(ServiceError::from)?;
+//! let sent = tokio::time::Instant::now();
 //! let answer = http::HeaderMap::new(); // the response's headers
 //! let seen = ProviderHeaders::from_headers(&answer);
 //! let result: Result<(), ServiceError> = Ok(()); // … classified, its body read …
-//! permit.complete(Outcome::of(&result), &seen);
+//! permit.complete(Outcome::of(&result, sent.elapsed()), &seen);
 //! # Ok(()) }
 //! ```
 

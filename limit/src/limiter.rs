@@ -1,11 +1,12 @@
 //! The limiter of one service: admission, bounded waiting, and what the
 //! service's answers teach the limit.
 //!
-//! Admission under the limit reads one atomic (the provider's pause), takes a
-//! slot with one compare-and-swap ([`crate::slots`]), counts it, and — for an
-//! adaptive limit, which learns from latency — reads the clock; with a `rate`
-//! it also takes a GCRA cell (one more compare-and-swap). Nothing is
-//! allocated and no lock is taken. A caller that finds no slot waits in
+//! Admission under the limit reads two atomics (the provider's pause, the
+//! generation), takes a slot with one compare-and-swap ([`crate::slots`]) and
+//! counts it; with a `rate` it also reads the clock and takes a GCRA cell
+//! (one more compare-and-swap). Nothing is allocated, no lock is taken, and
+//! — but for the rate — the clock is not read: the caller, who times the
+//! attempt anyway, hands its latency in with the outcome. A caller that finds no slot waits in
 //! line, first come first served, bounded by `queue_length` and
 //! `queue_timeout`; one that cannot get in is refused with a
 //! [`LimitError`] that says when to try again.
@@ -13,7 +14,12 @@
 //! Answers are learnt from when the permit is completed: the provider's
 //! headers (checked without a lock; a changed limit takes the state lock),
 //! then, for an adaptive limit, the outcome, under the state lock — off the
-//! admission path, and never held across an await.
+//! admission path, and never held across an await. Every lower limit starts
+//! a new generation, and a permit remembers the one it was admitted in:
+//! overload met by an attempt admitted before the limit went down says
+//! nothing about the new limit, and is not counted again — a burst of
+//! `429`s from calls sent before the provider's limit was known shrinks the
+//! limit once, not once per call (TCP's one decrease per window).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -45,10 +51,10 @@ pub struct Limiter {
     gcra: Option<Gcra>,
     pause: Pause,
     state: Mutex<State>,
-    /// Whether permits time their attempt (the limit learns from latency).
-    timed: bool,
     /// The limit the provider announced, 0 if none; read without the lock.
     provider_limit: AtomicU32,
+    /// Bumped whenever the limit goes down (under the state lock).
+    generation: AtomicU32,
     /// The running mean time a slot is held, in nanoseconds; 0: unknown.
     held_nanos: AtomicU64,
     /// Whether a garbage header was logged (once per limiter).
@@ -108,12 +114,12 @@ impl Limiter {
         };
         Ok(Self {
             gcra: config.rate.as_ref().and_then(Gcra::new),
-            timed: config.mode == LimitMode::Adaptive,
             service,
             slots: Slots::new(limit),
             pause: Pause::new(),
             state: Mutex::new(State { aimd }),
             provider_limit: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
             held_nanos: AtomicU64::new(0),
             garbage_logged: AtomicBool::new(false),
             config,
@@ -139,7 +145,7 @@ impl Limiter {
         if !self.slots.try_take() {
             return None;
         }
-        let permit = Permit::new(self, self.timed);
+        let permit = self.permit();
         match &self.gcra {
             // Dropping the permit gives the slot back.
             Some(gcra) if gcra.take().is_err() => None,
@@ -183,9 +189,14 @@ impl Limiter {
                 retry_after: self.drain_estimate(),
             });
         }
-        let permit = Permit::new(self, self.timed);
+        let permit = self.permit();
         self.wait_for_rate(deadline).await?;
         Ok(permit)
+    }
+
+    /// A permit for a slot just taken.
+    fn permit(&self) -> Permit<'_> {
+        Permit::new(self, self.generation.load(Ordering::Relaxed))
     }
 
     /// Waits out the provider's pause and callguard's own rate, or refuses
@@ -233,13 +244,8 @@ impl Limiter {
     }
 
     /// What one completed attempt teaches: the provider's headers, then the
-    /// outcome (`latency` when the permit timed the attempt).
-    pub(crate) fn learn(
-        &self,
-        outcome: Outcome,
-        latency: Option<Duration>,
-        headers: &ProviderHeaders,
-    ) {
+    /// outcome (`generation`: the one the attempt was admitted in).
+    pub(crate) fn learn(&self, outcome: Outcome, generation: u32, headers: &ProviderHeaders) {
         let in_flight = self.slots.in_flight();
         let mut announced = None;
         let mut crowded = false;
@@ -265,7 +271,7 @@ impl Limiter {
                 self.pause.pause_for(wait);
             }
         }
-        if let (Outcome::Success, Some(latency)) = (outcome, latency) {
+        if let Outcome::Success { latency } = outcome {
             self.note_held(latency);
         }
         let adaptive = match self.config.mode {
@@ -287,11 +293,15 @@ impl Limiter {
                 aimd.on_crowded();
             }
             match outcome {
-                Outcome::Success => {
+                Outcome::Success { latency } => {
                     let saturated = in_flight >= self.slots.limit() || self.slots.waiting() > 0;
                     aimd.on_success(latency, saturated);
                 }
-                Outcome::ConcurrencyLimited | Outcome::Timeout => aimd.on_overload(),
+                Outcome::ConcurrencyLimited | Outcome::Timeout => {
+                    if generation == self.generation.load(Ordering::Relaxed) {
+                        aimd.on_overload();
+                    }
+                }
                 Outcome::RateLimited | Outcome::Failed => {}
             }
         }
@@ -338,6 +348,9 @@ impl Limiter {
             }
         };
         let old = self.slots.limit();
+        if limit < old {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
         if limit != old {
             self.slots.resize(limit);
             tracing::debug!(

@@ -4,7 +4,6 @@ use std::fmt;
 use std::time::Duration;
 
 use callguard_core::{ErrorKind, ServiceError};
-use tokio::time::Instant;
 
 use crate::headers::ProviderHeaders;
 use crate::limiter::Limiter;
@@ -14,8 +13,13 @@ use crate::limiter::Limiter;
 #[non_exhaustive]
 pub enum Outcome {
     /// The service answered (anything but the errors below; a `4xx` about
-    /// the request, too, was an answer). An adaptive limit times it.
-    Success,
+    /// the request, too, was an answer) after `latency`, from sending the
+    /// request to the answer. An adaptive limit learns from it; every limit
+    /// uses it to suggest when a refused call should come back.
+    Success {
+        /// The attempt's time.
+        latency: Duration,
+    },
     /// `429 too_many_concurrent_requests`: over the service's concurrency
     /// limit. The limit shrinks.
     ConcurrencyLimited,
@@ -30,8 +34,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The outcome of an attempt that ended with `error`.
-    pub fn of_error(error: &ServiceError) -> Self {
+    /// The outcome of an attempt that ended with `result` after `latency`.
+    pub fn of<T>(result: &Result<T, ServiceError>, latency: Duration) -> Self {
+        let Err(error) = result else {
+            return Self::Success { latency };
+        };
         match error.kind() {
             ErrorKind::ConcurrencyLimited => Self::ConcurrencyLimited,
             ErrorKind::RateLimited => Self::RateLimited,
@@ -42,13 +49,8 @@ impl Outcome {
             | ErrorKind::Throttled
             | ErrorKind::BadResponse => Self::Failed,
             // The service answered, about this request or this account.
-            _ => Self::Success,
+            _ => Self::Success { latency },
         }
-    }
-
-    /// The outcome of an attempt that ended with `result`.
-    pub fn of<T>(result: &Result<T, ServiceError>) -> Self {
-        result.as_ref().err().map_or(Self::Success, Self::of_error)
     }
 }
 
@@ -58,23 +60,22 @@ impl Outcome {
 #[must_use = "a permit holds a slot until it is completed or dropped"]
 pub struct Permit<'a> {
     limiter: &'a Limiter,
-    /// When the slot was taken, if the limit learns from latency.
-    admitted: Option<Instant>,
+    /// The limiter's generation when the slot was taken.
+    generation: u32,
 }
 
 impl<'a> Permit<'a> {
-    pub(crate) fn new(limiter: &'a Limiter, timed: bool) -> Self {
+    pub(crate) fn new(limiter: &'a Limiter, generation: u32) -> Self {
         Self {
             limiter,
-            admitted: timed.then(Instant::now),
+            generation,
         }
     }
 
     /// The attempt ended with `outcome`, and its answer carried `headers`
     /// ([`ProviderHeaders::NONE`] when there was no answer). Gives the slot back.
     pub fn complete(self, outcome: Outcome, headers: &ProviderHeaders) {
-        let latency: Option<Duration> = self.admitted.map(|at| at.elapsed());
-        self.limiter.learn(outcome, latency, headers);
+        self.limiter.learn(outcome, self.generation, headers);
     }
 }
 
@@ -88,7 +89,7 @@ impl fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("service", self.limiter.service())
-            .field("admitted", &self.admitted)
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -100,19 +101,29 @@ mod tests {
     use std::time::SystemTime;
 
     #[test]
-    fn outcomes_of_errors() {
-        let status = |code| classify_status(code, None, SystemTime::UNIX_EPOCH).unwrap();
+    fn outcomes_of_results() {
+        let latency = Duration::from_millis(150);
+        let of = |code| {
+            let error = classify_status(code, None, SystemTime::UNIX_EPOCH).unwrap();
+            Outcome::of::<()>(&Err(error), latency)
+        };
         let busy = callguard_core::refine_by_body(
-            status(429),
+            classify_status(429, None, SystemTime::UNIX_EPOCH).unwrap(),
             br#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
         );
-        assert_eq!(Outcome::of_error(&busy), Outcome::ConcurrencyLimited);
-        assert_eq!(Outcome::of_error(&status(429)), Outcome::RateLimited);
-        assert_eq!(Outcome::of_error(&status(408)), Outcome::Timeout);
-        assert_eq!(Outcome::of_error(&status(503)), Outcome::Failed);
-        assert_eq!(Outcome::of_error(&status(422)), Outcome::Success);
-        assert_eq!(Outcome::of_error(&status(401)), Outcome::Success);
-        assert_eq!(Outcome::of(&Ok::<_, ServiceError>(())), Outcome::Success);
-        assert_eq!(Outcome::of::<()>(&Err(status(504))), Outcome::Failed);
+        assert_eq!(
+            Outcome::of::<()>(&Err(busy), latency),
+            Outcome::ConcurrencyLimited
+        );
+        assert_eq!(of(429), Outcome::RateLimited);
+        assert_eq!(of(408), Outcome::Timeout);
+        assert_eq!(of(503), Outcome::Failed);
+        assert_eq!(of(504), Outcome::Failed);
+        assert_eq!(of(422), Outcome::Success { latency });
+        assert_eq!(of(401), Outcome::Success { latency });
+        assert_eq!(
+            Outcome::of(&Ok::<_, ServiceError>(()), latency),
+            Outcome::Success { latency }
+        );
     }
 }
