@@ -97,19 +97,25 @@ async fn elevenlabs_refuses_past_its_concurrency_limit_after_a_short_queue() {
     assert_eq!(server.limits().elevenlabs.unwrap().in_flight, 0);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_slot_freed_within_the_queue_lets_the_waiting_request_through() {
+/// A server whose ElevenLabs serves `max` requests at once, each slowed by
+/// the `slow` fault.
+async fn limited(max: u32, slow: Fault) -> MockServer {
     let server = start().await;
     server
-        .set_concurrency_limit(Some(ConcurrencyLimit::new(1)))
+        .set_concurrency_limit(Some(ConcurrencyLimit::new(max)))
         .unwrap();
-    let client = client();
+    server.inject(slow).unwrap();
     server
-        .inject(
-            Fault::new(Service::Elevenlabs, FaultMode::Slow)
-                .with_latency(Duration::from_millis(30)),
-        )
-        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_freed_within_the_queue_lets_the_waiting_request_through() {
+    let server = limited(
+        1,
+        Fault::new(Service::Elevenlabs, FaultMode::Slow).with_latency(Duration::from_millis(30)),
+    )
+    .await;
+    let client = client();
     let first = tokio::spawn(tts(&client, &server, "one").send());
     until_in_flight(&server, 1).await;
     let started = Instant::now();
@@ -122,18 +128,14 @@ async fn a_slot_freed_within_the_queue_lets_the_waiting_request_through() {
 
 #[tokio::test(start_paused = true)]
 async fn health_checks_are_not_limited() {
-    let server = start().await;
-    server
-        .set_concurrency_limit(Some(ConcurrencyLimit::new(1)))
-        .unwrap();
+    let server = limited(
+        1,
+        Fault::new(Service::Elevenlabs, FaultMode::Slow)
+            .with_latency(3 * SECOND)
+            .for_contacts(["c-1"]),
+    )
+    .await;
     let client = client();
-    server
-        .inject(
-            Fault::new(Service::Elevenlabs, FaultMode::Slow)
-                .with_latency(3 * SECOND)
-                .for_contacts(["c-1"]),
-        )
-        .unwrap();
     let held = tokio::spawn(
         tts(&client, &server, "hi")
             .header(CONTACT_HEADER, "c-1")
