@@ -5,8 +5,9 @@
 //! round trip at full use. A window that closes with the limit reached
 //! (every slot taken, or callers waiting) raises the limit by one; one that
 //! closes with slots to spare leaves it, so an idle service does not earn a
-//! limit it never tried. Overload lowers it to 0.9 × itself at once, never
-//! below `min`: a `429 too_many_concurrent_requests`, a timeout, and — judged
+//! limit it never tried. Overload lowers it to 0.9 × itself at once — by at
+//! least one whole slot, or a small limit would stay where it was refused —
+//! never below `min`: a `429 too_many_concurrent_requests`, a timeout, and — judged
 //! when a window closes — a window whose mean latency is more than
 //! `latency_tolerance` times the long-run mean (an average of past windows),
 //! or one in which the provider said it was full while other clients held
@@ -145,7 +146,10 @@ impl Aimd {
     }
 
     fn decrease(&mut self) {
-        self.limit = (self.limit * DECREASE).max(self.min.min(self.ceiling));
+        // At least one whole slot: at small limits a tenth is less than one,
+        // and the limit would stay where it was refused.
+        let lower = (self.limit * DECREASE).min(self.limit.floor() - 1.0);
+        self.limit = lower.max(self.min.min(self.ceiling));
         // The answers so far came at the old limit: a new window starts.
         self.window = Window::default();
     }
@@ -192,6 +196,17 @@ mod tests {
             aimd.on_overload();
         }
         assert_eq!(aimd.limit(), 2);
+    }
+
+    #[test]
+    fn a_small_limit_drops_by_a_whole_slot() {
+        let mut aimd = Aimd::new(5, 1, 100, None);
+        aimd.on_overload();
+        assert_eq!(aimd.limit(), 4, "not 4.5, which is still 4 + a probe");
+        full_window(&mut aimd, MS);
+        assert_eq!(aimd.limit(), 5);
+        aimd.on_overload();
+        assert_eq!(aimd.limit(), 4);
     }
 
     #[test]

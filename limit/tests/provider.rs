@@ -249,23 +249,23 @@ async fn it_backs_off_when_the_provider_lowers_its_limit_and_grows_again_after()
     assert!(after >= 9.0, "once it allows 10 again: {after}");
 }
 
-/// Two limiters sharing one provider's limit of 12 for a minute: each one's
-/// mean limit over the last 40 s, and the share of requests refused.
+/// Two limiters sharing one provider's limit of 12 for two minutes: each
+/// one's mean limit after the first 20 s, and the share of requests refused.
 async fn share(config: LimitConfig, headers: bool) -> (f64, f64, f64) {
     let provider = Provider::new(12, headers);
     let limiters = [limiter(config.clone()), limiter(config)];
-    let trace = simulate(&limiters, &provider, 20, secs(60), |_| {}).await;
+    let trace = simulate(&limiters, &provider, 20, secs(120), |_| {}).await;
     let (served, refused) = provider.counts();
-    // Ideal: 12 at a time, 100 ms each, for 60 s.
-    assert!(served >= 6_500, "{served} served of an ideal 7200");
+    // Ideal: 12 at a time, 100 ms each, for 120 s.
+    assert!(served >= 13_000, "{served} served of an ideal 14400");
     let refused = refused as f64 / (served + refused) as f64;
-    (trace.mean(0, 20, 60), trace.mean(1, 20, 60), refused)
+    (trace.mean(0, 20, 120), trace.mean(1, 20, 120), refused)
 }
 
 fn assert_fair(a: f64, b: f64) {
     assert!((4.0..=8.0).contains(&a), "{a} and {b}");
     assert!((4.0..=8.0).contains(&b), "{a} and {b}");
-    assert!((a - b).abs() <= 2.0, "{a} and {b}");
+    assert!((a - b).abs() <= 1.5, "{a} and {b}");
     assert!((10.0..=14.5).contains(&(a + b)), "{a} + {b}");
 }
 
