@@ -38,6 +38,37 @@ pub fn classify_status(
     Some(error)
 }
 
+/// Refines a classified error by the service's own error code in its body.
+///
+/// A `429` whose body is ElevenLabs'
+/// `{"detail":{"status":"too_many_concurrent_requests",…}}` becomes
+/// [`ErrorKind::ConcurrencyLimited`] (status, `Retry-After` and detail kept):
+/// the service is healthy and a slot frees within one request's time.
+/// Every other error, `system_busy` and bodies that are not JSON included,
+/// is returned as it is.
+pub fn refine_by_body(error: ServiceError, body: &[u8]) -> ServiceError {
+    if error.kind() != ErrorKind::RateLimited {
+        return error;
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        detail: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        status: String,
+    }
+    match serde_json::from_slice::<Body>(body) {
+        Ok(Body { detail }) if detail.status == TOO_MANY_CONCURRENT_REQUESTS => {
+            error.with_kind(ErrorKind::ConcurrencyLimited)
+        }
+        _ => error,
+    }
+}
+
+/// ElevenLabs' code for a `429` over the plan's concurrency limit.
+pub const TOO_MANY_CONCURRENT_REQUESTS: &str = "too_many_concurrent_requests";
+
 fn status_reason(status: u16) -> &'static str {
     let named = match status {
         400 => "bad request",
@@ -158,6 +189,42 @@ mod tests {
         );
         assert_eq!(wait(500, "7"), None);
         assert_eq!(wait(503, "whenever"), None, "garbage is ignored");
+    }
+
+    #[test]
+    fn a_concurrency_429_is_told_apart_by_its_body() {
+        let now = SystemTime::UNIX_EPOCH;
+        let too_many = classify_status(429, Some("1"), now).unwrap();
+        let refined = refine_by_body(
+            too_many.clone(),
+            br#"{"detail":{"status":"too_many_concurrent_requests","message":"Too many"}}"#,
+        );
+        assert_eq!(refined.kind(), ErrorKind::ConcurrencyLimited);
+        assert_eq!(refined.status(), Some(429));
+        assert_eq!(refined.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(refined.detail(), too_many.detail());
+        assert_eq!(refined.category(), Transient);
+        assert!(!refined.counts_toward_breaker());
+
+        for other in [
+            &br#"{"detail":{"status":"system_busy","message":"Busy"}}"#[..],
+            br#"{"error":{"code":"rate_limit_exceeded","type":"requests"}}"#,
+            br#"{"detail":"too_many_concurrent_requests"}"#,
+            b"too_many_concurrent_requests",
+            b"",
+        ] {
+            let kept = refine_by_body(too_many.clone(), other);
+            assert_eq!(kept, too_many, "{}", String::from_utf8_lossy(other));
+        }
+        let unavailable = classify(503);
+        assert_eq!(
+            refine_by_body(
+                unavailable.clone(),
+                br#"{"detail":{"status":"too_many_concurrent_requests"}}"#
+            ),
+            unavailable,
+            "only a 429 is refined"
+        );
     }
 
     #[test]

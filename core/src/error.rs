@@ -45,8 +45,18 @@ pub enum ErrorKind {
     Connect,
     /// The connection was reset or closed mid-exchange.
     ConnectionReset,
-    /// HTTP 429: the client is sending too much.
+    /// HTTP 429: the client is sending too much (a rate limit, or the service
+    /// is overloaded: ElevenLabs' `system_busy`). Retried with backoff.
     RateLimited,
+    /// HTTP 429 because the service is at its limit of concurrent requests
+    /// (ElevenLabs' `too_many_concurrent_requests`): a slot frees as soon as
+    /// one of the requests in flight ends, so it is retried soon, without
+    /// growing the backoff, and it shrinks the service's concurrency limit.
+    ConcurrencyLimited,
+    /// Not sent: callguard's own limiter for the service had no slot in time
+    /// (its queue was full, or `queue_timeout` passed, or the service's rate
+    /// limit is used up). The call ends at once, to be deferred.
+    Throttled,
     /// HTTP 401: the credentials are missing or wrong.
     Unauthorized,
     /// HTTP 403: the credentials are not allowed to do this.
@@ -71,7 +81,9 @@ impl ErrorKind {
             | Self::Timeout
             | Self::Connect
             | Self::ConnectionReset
-            | Self::RateLimited => ErrorCategory::Transient,
+            | Self::RateLimited
+            | Self::ConcurrencyLimited
+            | Self::Throttled => ErrorCategory::Transient,
             Self::Unauthorized
             | Self::Forbidden
             | Self::QuotaExceeded
@@ -89,7 +101,8 @@ impl ErrorKind {
     /// connection failures, rejected credentials, exhausted quota, garbage
     /// responses. Failures about one *request* (400, 404, 422) do not, since one
     /// bad contact must not stop everyone's calls; nor does 429, which says the
-    /// service is healthy but wants us to slow down.
+    /// service is healthy but wants us to slow down; nor does a call that
+    /// callguard's own limiter did not send.
     pub const fn counts_toward_breaker(self) -> bool {
         match self {
             Self::Unavailable
@@ -101,7 +114,11 @@ impl ErrorKind {
             | Self::QuotaExceeded
             | Self::NotImplemented
             | Self::BadResponse => true,
-            Self::RateLimited | Self::InvalidRequest | Self::NotFound => false,
+            Self::RateLimited
+            | Self::ConcurrencyLimited
+            | Self::Throttled
+            | Self::InvalidRequest
+            | Self::NotFound => false,
         }
     }
 
@@ -113,6 +130,8 @@ impl ErrorKind {
             Self::Connect => "connect",
             Self::ConnectionReset => "connection_reset",
             Self::RateLimited => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+            Self::Throttled => "throttled",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::QuotaExceeded => "quota_exceeded",
@@ -152,6 +171,14 @@ impl ServiceError {
             retry_after: None,
             detail: detail.into(),
         }
+    }
+
+    /// The same error as another kind: status, retry-after and detail are
+    /// kept. For a client that learns more from the body than the status said.
+    #[must_use]
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// Records the HTTP status the service answered with.
@@ -287,6 +314,8 @@ mod tests {
             ErrorKind::InvalidRequest,
             ErrorKind::NotFound,
             ErrorKind::RateLimited,
+            ErrorKind::ConcurrencyLimited,
+            ErrorKind::Throttled,
         ] {
             assert!(!kind.counts_toward_breaker(), "{kind}");
         }
@@ -298,6 +327,18 @@ mod tests {
             ErrorKind::Timeout,
         ] {
             assert!(kind.counts_toward_breaker(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn limit_kinds_are_transient_with_their_own_names() {
+        for (kind, name) in [
+            (ErrorKind::ConcurrencyLimited, "concurrency_limited"),
+            (ErrorKind::Throttled, "throttled"),
+        ] {
+            assert_eq!(kind.category(), ErrorCategory::Transient, "{kind}");
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
         }
     }
 

@@ -18,7 +18,7 @@ pub mod service;
 pub mod telemetry;
 pub mod text;
 
-pub use classify::{TransportFailure, classify_status};
+pub use classify::{TransportFailure, classify_status, refine_by_body};
 pub use config::{ConfigDuration, ValidationError};
 pub use error::{ErrorCategory, ErrorKind, ServiceError};
 pub use event::{

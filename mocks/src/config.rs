@@ -9,6 +9,7 @@ use callguard_core::{ConfigDuration, ValidationError};
 use serde::{Deserialize, Serialize};
 
 use crate::Service;
+use crate::limits::MockLimits;
 
 /// Settings of a mock server. Every field has a default, so `{}` (or an empty
 /// TOML table) is a valid config.
@@ -25,6 +26,8 @@ pub struct MockConfig {
     /// Longest time a request is held by the `timeout` mode before it is
     /// answered `504`, should the client never give up.
     pub timeout_cap: ConfigDuration,
+    /// Limits enforced as the real services do; none by default.
+    pub limits: MockLimits,
 }
 
 impl MockConfig {
@@ -47,7 +50,8 @@ impl MockConfig {
             }
         }
         at_least("oversized_body_bytes", self.oversized_body_bytes, 1)?;
-        nonzero_duration("timeout_cap", self.timeout_cap.get())
+        nonzero_duration("timeout_cap", self.timeout_cap.get())?;
+        self.limits.validate().map_err(|e| e.in_section("limits"))
     }
 }
 
@@ -58,6 +62,7 @@ impl Default for MockConfig {
             seed: Self::DEFAULT_SEED,
             oversized_body_bytes: Self::DEFAULT_OVERSIZED_BODY_BYTES,
             timeout_cap: ConfigDuration::new(Self::DEFAULT_TIMEOUT_CAP),
+            limits: MockLimits::default(),
         }
     }
 }
@@ -130,6 +135,21 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_with_a_default_queue() {
+        let config: MockConfig = serde_json::from_str(
+            r#"{"limits":{"elevenlabs":{"max_concurrent":4},"llm":{"requests_per_minute":60}}}"#,
+        )
+        .unwrap();
+        let elevenlabs = config.limits.elevenlabs.unwrap();
+        assert_eq!(elevenlabs.max_concurrent, 4);
+        assert_eq!(elevenlabs.queue, ConfigDuration::from_millis(50));
+        assert_eq!(config.limits.llm.unwrap().requests_per_minute, 60);
+        config.validate().unwrap();
+        let err = serde_json::from_str::<MockConfig>(r#"{"limits":{"crm":{}}}"#).unwrap_err();
+        assert!(err.to_string().contains("crm"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_by_name() {
         let err = serde_json::from_str::<MockConfig>(r#"{"sed":7}"#).unwrap_err();
         assert!(err.to_string().contains("sed"), "{err}");
@@ -155,6 +175,12 @@ mod tests {
             ..MockConfig::default()
         };
         assert_eq!(config.validate().unwrap_err().key, "oversized_body_bytes");
+        let config: MockConfig =
+            serde_json::from_str(r#"{"limits":{"elevenlabs":{"max_concurrent":0}}}"#).unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "limits.elevenlabs.max_concurrent must be ≥ 1, got 0"
+        );
     }
 
     #[test]

@@ -1,18 +1,19 @@
-//! The control API under `/_control`: inject, list and clear faults, read and
-//! reset request counts.
+//! The control API under `/_control`: inject, list and clear faults, set and
+//! clear the services' limits, read and reset request counts.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::limits::{ConcurrencyLimit, RequestRate};
 use crate::state::Shared;
 use crate::{Fault, Service};
 
@@ -21,6 +22,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/faults", get(list).post(inject).delete(clear))
         .route("/stats", get(stats).delete(reset_stats))
+        .route("/limits", get(limits))
+        .route("/limits/{service}", put(set_limit).delete(clear_limit))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -94,6 +97,60 @@ async fn clear(
         },
     };
     Json(json!({ "cleared": shared.clear(service) })).into_response()
+}
+
+async fn limits(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.limits.state()).into_response()
+}
+
+/// Parses a limit body into `T`, naming the field that is wrong.
+fn parse_limit<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => format!("invalid limit: {}", e.into_inner()),
+            _ => format!("invalid limit: {path}: {}", e.into_inner()),
+        }
+    })
+}
+
+async fn set_limit(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let set = match Service::from_name(&name) {
+        Some(Service::Elevenlabs) => parse_limit::<ConcurrencyLimit>(&body).and_then(|limit| {
+            limit
+                .validate()
+                .map_err(|e| format!("invalid limit: {e}"))?;
+            shared.limits.set_concurrency(Some(limit));
+            Ok(())
+        }),
+        Some(Service::Llm) => parse_limit::<RequestRate>(&body).and_then(|rate| {
+            rate.validate().map_err(|e| format!("invalid limit: {e}"))?;
+            shared.limits.set_rate(Some(rate));
+            Ok(())
+        }),
+        _ => Err(format!(
+            "service: no limit to set for {name:?}; elevenlabs takes max_concurrent \
+             (and queue), llm takes requests_per_minute"
+        )),
+    };
+    match set {
+        Ok(()) => limits(State(shared)).await,
+        Err(message) => bad_request(message),
+    }
+}
+
+async fn clear_limit(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    match Service::from_name(&name) {
+        Some(Service::Elevenlabs) => shared.limits.set_concurrency(None),
+        Some(Service::Llm) => shared.limits.set_rate(None),
+        _ => return bad_request(format!("service: no limit to clear for {name:?}")),
+    }
+    limits(State(shared)).await
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {

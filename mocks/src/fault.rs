@@ -39,6 +39,10 @@ pub enum FaultMode {
     Unauthorized,
     /// `429 Too Many Requests`, with `Retry-After` when `retry_after` is set.
     RateLimited,
+    /// `429` with code `system_busy` — ElevenLabs' answer when it is
+    /// overloaded (clients back off) — with `Retry-After` when `retry_after`
+    /// is set.
+    SystemBusy,
     /// `400 Bad Request`; usually narrowed with `contacts`.
     BadRequest,
     /// `503` for a `rate` share of requests (default 0.5).
@@ -54,7 +58,10 @@ impl FaultMode {
     pub const DEFAULT_FLAKY_RATE: f64 = 0.5;
 
     const fn sends_retry_after(self) -> bool {
-        matches!(self, Self::Unavailable | Self::Flaky | Self::RateLimited)
+        matches!(
+            self,
+            Self::Unavailable | Self::Flaky | Self::RateLimited | Self::SystemBusy
+        )
     }
 }
 
@@ -83,8 +90,8 @@ pub struct Fault {
     /// Added delay of a `slow` fault (required for `slow`, refused otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<ConfigDuration>,
-    /// `Retry-After` sent with `unavailable`, `flaky` and `rate_limited`
-    /// answers, rounded up to whole seconds.
+    /// `Retry-After` sent with `unavailable`, `flaky`, `rate_limited` and
+    /// `system_busy` answers, rounded up to whole seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<ConfigDuration>,
     /// Contact ids the fault is limited to (from the `X-Contact-Id` header or
@@ -136,7 +143,8 @@ impl Fault {
         self
     }
 
-    /// Sends `Retry-After` with `unavailable`, `flaky` and `rate_limited` answers.
+    /// Sends `Retry-After` with `unavailable`, `flaky`, `rate_limited` and
+    /// `system_busy` answers.
     #[must_use]
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after.into());
@@ -184,7 +192,8 @@ impl Fault {
                 "retry_after",
                 retry_after,
                 format!(
-                    "unset for mode {} (only unavailable, flaky and rate_limited send Retry-After)",
+                    "unset for mode {} (only unavailable, flaky, rate_limited and system_busy \
+                     send Retry-After)",
                     self.mode.name()
                 ),
             ));
@@ -219,6 +228,7 @@ impl FaultMode {
             Self::Slow => "slow",
             Self::Unauthorized => "unauthorized",
             Self::RateLimited => "rate_limited",
+            Self::SystemBusy => "system_busy",
             Self::BadRequest => "bad_request",
             Self::Flaky => "flaky",
             Self::Garbage => "garbage",

@@ -19,6 +19,9 @@ use crate::state::Shared;
 use crate::stats::{OUTCOME_RESET, OUTCOME_TIMEOUT};
 use crate::{EndpointKind, FaultMode};
 
+/// ElevenLabs' code for a `429` when it is overloaded (back off).
+pub const SYSTEM_BUSY: &str = "system_busy";
+
 /// Header by which a client names the contact a request is for.
 pub const CONTACT_HEADER: &str = "x-contact-id";
 
@@ -44,7 +47,7 @@ pub(crate) async fn gate(
     request: Request,
     next: Next,
 ) -> Response {
-    let kind = if request.uri().path().ends_with("/health") {
+    let kind = if is_health(&request) {
         EndpointKind::Health
     } else {
         EndpointKind::Api
@@ -72,6 +75,14 @@ pub(crate) async fn gate(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_exceeded",
                 "Too many requests",
+            ),
+            pick.retry_after,
+        ),
+        FaultMode::SystemBusy => with_retry_after(
+            service.error(
+                StatusCode::TOO_MANY_REQUESTS,
+                SYSTEM_BUSY,
+                "The system is experiencing heavy traffic, please try again later",
             ),
             pick.retry_after,
         ),
@@ -108,6 +119,11 @@ pub(crate) async fn gate(
         }
     };
     counted(&shared, service, kind, response)
+}
+
+/// Whether `request` is for a service's `/health` endpoint.
+pub(crate) fn is_health(request: &Request) -> bool {
+    request.uri().path().ends_with("/health")
 }
 
 fn counted(shared: &Shared, service: Service, kind: EndpointKind, response: Response) -> Response {

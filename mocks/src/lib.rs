@@ -1,8 +1,10 @@
 //! HTTP fakes of the services the callguard agent calls — ElevenLabs TTS, an
 //! OpenAI-compatible LLM and a CRM — on one port, each under its own path
 //! prefix (`http://ADDR/elevenlabs`, `/llm`, `/crm`), with a fault-injection
-//! control API under `/_control`. Beside them, [`SmtpSink`] runs a real SMTP
-//! server (aiosmtpd, a child process) for email tests.
+//! control API under `/_control`; ElevenLabs' concurrency limit and the
+//! LLM's requests per minute are enforced as the real services do, when set
+//! ([`MockLimits`]). Beside them, [`SmtpSink`] runs a real SMTP server
+//! (aiosmtpd, a child process) for email tests.
 //!
 //! In-process use (tests, `callguard simulate`):
 //!
@@ -31,6 +33,7 @@ mod control;
 mod crm;
 mod fault;
 mod gate;
+mod limits;
 mod llm;
 mod logs;
 mod server;
@@ -45,7 +48,10 @@ mod tts;
 pub use config::{MockConfig, MockKeys};
 pub use crm::{CrmRecord, IDEMPOTENCY_HEADER};
 pub use fault::{Fault, FaultId, FaultMode, FaultState, ListedFault};
-pub use gate::CONTACT_HEADER;
+pub use gate::{CONTACT_HEADER, SYSTEM_BUSY};
+pub use limits::{
+    ConcurrencyLimit, ConcurrencyState, LimitsState, MockLimits, RateState, RequestRate,
+};
 pub use logs::LogCapture;
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};

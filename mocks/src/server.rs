@@ -26,11 +26,12 @@ use tower::ServiceExt;
 
 use crate::crm::CrmRecord;
 use crate::gate::{ConnectionKill, closed, gate};
+use crate::limits::{ConcurrencyLimit, LimitsState, RequestRate};
 use crate::service::health_ok;
 use crate::state::{Shared, lock};
 use crate::{
-    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, llm, sinks, tracing_ctx,
-    tts,
+    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, limits, llm, sinks,
+    tracing_ctx, tts,
 };
 
 /// How long a stopping server waits for open requests before dropping them.
@@ -67,6 +68,10 @@ fn router(shared: &Arc<Shared>) -> Router {
         let guarded = api
             .route("/health", get(|| async { health_ok() }))
             .layer(from_fn_with_state((Arc::clone(shared), service), gate))
+            .layer(from_fn_with_state(
+                (Arc::clone(shared), service),
+                limits::enforce,
+            ))
             .layer(from_fn_with_state(service, tracing_ctx::server_span));
         app = app.nest(&format!("/{service}"), guarded);
     }
@@ -230,6 +235,34 @@ impl MockServer {
     /// Sets every request count back to zero.
     pub fn reset_stats(&self) {
         self.shared.reset_stats();
+    }
+
+    /// Sets ElevenLabs' concurrency limit (`None` removes it); requests in
+    /// flight keep their slots.
+    pub fn set_concurrency_limit(
+        &self,
+        limit: Option<ConcurrencyLimit>,
+    ) -> Result<(), ValidationError> {
+        if let Some(limit) = &limit {
+            limit.validate()?;
+        }
+        self.shared.limits.set_concurrency(limit);
+        Ok(())
+    }
+
+    /// Sets the LLM's requests per minute (`None` removes it); a new rate
+    /// starts with a full bucket.
+    pub fn set_request_rate(&self, rate: Option<RequestRate>) -> Result<(), ValidationError> {
+        if let Some(rate) = &rate {
+            rate.validate()?;
+        }
+        self.shared.limits.set_rate(rate);
+        Ok(())
+    }
+
+    /// The limits and their use now.
+    pub fn limits(&self) -> LimitsState {
+        self.shared.limits.state()
     }
 
     /// The CRM's call records, in creation order.

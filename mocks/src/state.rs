@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::crm::CrmStore;
 use crate::fault::{FaultBook, Pick};
+use crate::limits::Limits;
 use crate::sinks::sheets::SheetsStore;
 use crate::sinks::telegram::TelegramStore;
 use crate::sinks::token::TokenIssuer;
@@ -26,6 +27,7 @@ pub(crate) struct Shared {
     closing: watch::Sender<bool>,
     stats: Mutex<Stats>,
     pub(crate) crm: Mutex<CrmStore>,
+    pub(crate) limits: Limits,
     completions: AtomicU64,
     pub(crate) sheets: SheetsStore,
     pub(crate) tokens: TokenIssuer,
@@ -44,6 +46,7 @@ impl Shared {
         Self {
             faults: Mutex::new(FaultBook::new(config.seed)),
             tokens: TokenIssuer::new(config.seed),
+            limits: Limits::new(config.limits),
             config,
             faults_changed: watch::Sender::new(0),
             closing: watch::Sender::new(false),

@@ -16,6 +16,8 @@ pub enum StopReason {
     Budget,
     /// The next retry would start at or after the call's deadline.
     Deadline,
+    /// `max_concurrency_retries` retries after concurrency `429`s were made.
+    ConcurrencyRetries,
 }
 
 impl StopReason {
@@ -25,6 +27,7 @@ impl StopReason {
             Self::MaxRetries => "max_retries",
             Self::Budget => "budget",
             Self::Deadline => "deadline",
+            Self::ConcurrencyRetries => "concurrency_retries",
         }
     }
 }
@@ -35,6 +38,7 @@ impl fmt::Display for StopReason {
             Self::MaxRetries => "no retries left",
             Self::Budget => "retry budget exhausted",
             Self::Deadline => "the next retry would pass the deadline",
+            Self::ConcurrencyRetries => "no retries left after concurrency limits",
         })
     }
 }
@@ -78,6 +82,21 @@ pub enum CallError {
         /// The last error.
         error: ServiceError,
     },
+    /// The service's limiter did not send the attempt numbered `retry_count`
+    /// (no slot in time, or its rate used up): the call ends at once, and the
+    /// caller should defer it until `error`'s `retry_after`.
+    #[error("{service} call not sent (retry {retry_count}): {error}")]
+    Throttled {
+        /// The service called.
+        service: ServiceName,
+        /// The retry count of the attempt that was not sent (0: the first).
+        retry_count: u32,
+        /// The limiter's refusal, an [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled)
+        /// error with the wait it suggests.
+        error: ServiceError,
+        /// The error of the last attempt sent, if any was.
+        last_error: Option<ServiceError>,
+    },
 }
 
 impl CallError {
@@ -85,7 +104,9 @@ impl CallError {
     pub fn service(&self) -> &ServiceName {
         match self {
             Self::Rejected { rejection, .. } => &rejection.service,
-            Self::Permanent { service, .. } | Self::Exhausted { service, .. } => service,
+            Self::Permanent { service, .. }
+            | Self::Exhausted { service, .. }
+            | Self::Throttled { service, .. } => service,
         }
     }
 
@@ -93,34 +114,44 @@ impl CallError {
     /// attempt that was rejected (0: the first attempt).
     pub fn retry_count(&self) -> u32 {
         match self {
-            Self::Rejected { retry_count, .. } | Self::Permanent { retry_count, .. } => {
-                *retry_count
-            }
+            Self::Rejected { retry_count, .. }
+            | Self::Permanent { retry_count, .. }
+            | Self::Throttled { retry_count, .. } => *retry_count,
             Self::Exhausted { attempts, .. } => attempts.saturating_sub(1),
         }
     }
 
-    /// The last error a service answered with; `None` when the breaker rejected
-    /// the first attempt.
+    /// The last error a service answered with; `None` when the breaker
+    /// rejected, or the limiter did not send, the first attempt.
     pub fn last_error(&self) -> Option<&ServiceError> {
         match self {
-            Self::Rejected { last_error, .. } => last_error.as_ref(),
+            Self::Rejected { last_error, .. } | Self::Throttled { last_error, .. } => {
+                last_error.as_ref()
+            }
             Self::Permanent { error, .. } | Self::Exhausted { error, .. } => Some(error),
         }
     }
 
     /// When trying again makes sense: for a rejection the breaker's estimate,
-    /// otherwise the server's `Retry-After`, if it sent one.
+    /// for a call not sent the limiter's, otherwise the server's `Retry-After`,
+    /// if it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected { rejection, .. } => rejection.retry_after,
-            Self::Permanent { error, .. } | Self::Exhausted { error, .. } => error.retry_after(),
+            Self::Permanent { error, .. }
+            | Self::Exhausted { error, .. }
+            | Self::Throttled { error, .. } => error.retry_after(),
         }
     }
 
     /// Whether the breaker rejected the call (the service is considered down).
     pub fn is_rejected(&self) -> bool {
         matches!(self, Self::Rejected { .. })
+    }
+
+    /// Whether the service's limiter did not send the call (defer it).
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, Self::Throttled { .. })
     }
 
     /// Whether the call failed for good (a permanent error).

@@ -17,6 +17,23 @@
 //!   at once, without sleeping, when the breaker rejects the attempt"). The
 //!   caller defers the call until the breaker's `retry_after`.
 //!
+//! Two kinds of transient error are not failures of the service, and are
+//! treated apart:
+//!
+//! * a `429` that says the service is at its concurrency limit
+//!   ([`ErrorKind::ConcurrencyLimited`]) is retried after the policy's
+//!   `concurrency_delay` (or the server's `Retry-After`). The backoff does not
+//!   move on, the retry does not count toward `max_retries` (the call may
+//!   make one more attempt for each) and the retry budget is neither spent
+//!   nor asked: the service answered at once that a slot is not free *yet*,
+//!   which is no sign of an outage, and a burst of such answers — many calls
+//!   meeting a limit they had not yet learnt — must not leave real failures
+//!   without retries. `max_concurrency_retries` bounds them per call;
+//! * a call that the service's own limiter did not send
+//!   ([`ErrorKind::Throttled`]: no slot within its queue timeout) ends at
+//!   once with [`CallError::Throttled`], for the caller to defer: the wait for
+//!   a slot is bounded, and ends in a deferral, never in a failure.
+//!
 //! A first-try success costs the breaker's lock-free admission and success
 //! (and the retry budget's refill, when one is set), and nothing else: no
 //! allocation, no clock read unless the call has a deadline or an event sink
@@ -33,8 +50,8 @@ use std::time::Duration;
 
 use callguard_breaker::{BreakerOpen, CircuitBreaker};
 use callguard_core::{
-    AttemptInfo, CircuitState, ConfigDuration, ResilienceEvent, ServiceError, ServiceName,
-    ValidationError,
+    AttemptInfo, CircuitState, ConfigDuration, ErrorKind, ResilienceEvent, ServiceError,
+    ServiceName, ValidationError,
 };
 use tokio::time::Instant;
 
@@ -62,7 +79,7 @@ macro_rules! attempt_failed {
             "{} call failed (attempt {}/{}): {}; {}",
             $executor.service(),
             $attempt.retry_count + 1,
-            $executor.policy.max_attempts(),
+            $attempt.max_attempts,
             $error,
             format_args!($($next)+),
         )
@@ -213,10 +230,12 @@ impl Executor {
         Fut: Future<Output = Result<T, ServiceError>>,
     {
         let timed = self.sink.is_some() || tracing::enabled!(tracing::Level::DEBUG);
-        match self.attempt(&mut op, 0, deadline, timed).await {
+        let first = Spent::default();
+        match self.attempt(&mut op, 0, first, deadline, timed).await {
             Attempted::Succeeded(value) => Ok(value),
-            Attempted::Rejected(rejection) => Err(self.turned_away(rejection, 0, None)),
+            Attempted::Rejected(rejection) => Err(self.turned_away(rejection, 0, first, None)),
             Attempted::Ended(error) => Err(error),
+            Attempted::Throttled(failure) => Err(self.throttled(failure, None)),
             // The retry loop is a future of its own, on the heap: allocated only
             // when a retry may follow, so a first-try success stays small.
             Attempted::Transient(failure) => {
@@ -238,29 +257,43 @@ impl Executor {
         Fut: Future<Output = Result<T, ServiceError>>,
     {
         let mut backoff = self.backoff();
+        let mut spent = Spent::default();
         loop {
-            let delay = match self.next_delay(&mut backoff, &failure, deadline) {
+            let delay = match self.next_delay(&mut backoff, &mut spent, &failure, deadline) {
                 Ok(delay) => delay,
                 Err(give_up) => return Err(self.give_up(failure, give_up)),
             };
             tokio::time::sleep(delay).await;
             let retry_count = failure.attempt.retry_count + 1;
-            match self.attempt(&mut op, retry_count, deadline, timed).await {
+            match self
+                .attempt(&mut op, retry_count, spent, deadline, timed)
+                .await
+            {
                 Attempted::Succeeded(value) => return Ok(value),
                 Attempted::Rejected(rejection) => {
-                    return Err(self.turned_away(rejection, retry_count, Some(failure.error)));
+                    return Err(self.turned_away(
+                        rejection,
+                        retry_count,
+                        spent,
+                        Some(failure.error),
+                    ));
                 }
                 Attempted::Ended(error) => return Err(error),
+                Attempted::Throttled(next) => {
+                    return Err(self.throttled(next, Some(failure.error)));
+                }
                 Attempted::Transient(next) => failure = next,
             }
         }
     }
 
-    /// One attempt through the breaker, numbered `retry_count`.
+    /// One attempt through the breaker, numbered `retry_count`, after the
+    /// retries `spent`.
     async fn attempt<T, F, Fut>(
         &self,
         op: &mut F,
         retry_count: u32,
+        spent: Spent,
         deadline: Option<Instant>,
         timed: bool,
     ) -> Attempted<T>
@@ -285,7 +318,7 @@ impl Executor {
                 if let Some(budget) = &self.budget {
                     budget.record_success();
                 }
-                self.succeeded(retry_count, circuit_state, started);
+                self.succeeded(retry_count, spent, circuit_state, started);
                 return Attempted::Succeeded(value);
             }
             Err(error) => {
@@ -295,6 +328,7 @@ impl Executor {
         };
         let attempt = Attempt {
             retry_count,
+            max_attempts: self.max_attempts(spent),
             circuit_state,
             elapsed: started.map(|s| s.elapsed()),
         };
@@ -305,31 +339,61 @@ impl Executor {
         if !error.is_transient() {
             return Attempted::Ended(self.permanent(&attempt, error));
         }
-        if let Some(budget) = &self.budget {
-            budget.record_failure();
+        match error.kind() {
+            ErrorKind::Throttled => return Attempted::Throttled(Failure { attempt, error }),
+            // Not a failure of the service: the budget is left alone.
+            ErrorKind::ConcurrencyLimited => {}
+            _ => {
+                if let Some(budget) = &self.budget {
+                    budget.record_failure();
+                }
+            }
         }
         Attempted::Transient(Failure { attempt, error })
     }
 
+    /// Attempts a call may make after the retries `spent`: the policy's, and
+    /// one more for each retry after a concurrency `429`.
+    fn max_attempts(&self, spent: Spent) -> u32 {
+        self.policy.max_attempts().saturating_add(spent.concurrency)
+    }
+
     /// After a transient failure: the wait before the next attempt, or why
-    /// there is none. A scheduled retry is logged and published.
+    /// there is none; the retry is added to `spent`. A scheduled retry is
+    /// logged and published.
     fn next_delay(
         &self,
         backoff: &mut Backoff<'_>,
+        spent: &mut Spent,
         failure: &Failure,
         deadline: Option<Instant>,
     ) -> Result<Duration, GiveUp> {
-        if let Some(reason) = self.stop_reason(failure.attempt.retry_count) {
+        let concurrency = failure.error.kind() == ErrorKind::ConcurrencyLimited;
+        if let Some(reason) = self.stop_reason(*spent, concurrency) {
             return Err(GiveUp::Exhausted(reason));
         }
         if let Some(rejection) = self.open_breaker() {
             return Err(GiveUp::BreakerOpen(rejection));
         }
-        let delay = backoff.next_delay(failure.error.retry_after());
+        let delay = if concurrency {
+            // Soon, and the backoff stays where it is.
+            failure
+                .error
+                .retry_after()
+                .unwrap_or(self.policy.concurrency_delay.get())
+                .min(self.policy.max_delay.get())
+        } else {
+            backoff.next_delay(failure.error.retry_after())
+        };
         if deadline.is_some_and(|deadline| Instant::now() + delay >= deadline) {
             return Err(GiveUp::Exhausted(StopReason::Deadline));
         }
-        self.log_retrying(&failure.attempt, &failure.error, delay);
+        if concurrency {
+            spent.concurrency += 1;
+        } else {
+            spent.retries += 1;
+        }
+        self.log_retrying(&failure.attempt, &failure.error, delay, concurrency);
         self.emit(|| ResilienceEvent::RetryScheduled {
             service: self.service().clone(),
             retry_count: failure.attempt.retry_count + 1,
@@ -349,9 +413,13 @@ impl Executor {
         }
     }
 
-    /// Why no retry may follow a transient failure of attempt `retry_count`.
-    fn stop_reason(&self, retry_count: u32) -> Option<StopReason> {
-        if retry_count >= self.policy.max_retries {
+    /// Why no retry may follow a transient failure after the retries
+    /// `spent`; `concurrency`: the failure was a concurrency `429`.
+    fn stop_reason(&self, spent: Spent, concurrency: bool) -> Option<StopReason> {
+        if concurrency {
+            (spent.concurrency >= self.policy.max_concurrency_retries)
+                .then_some(StopReason::ConcurrencyRetries)
+        } else if spent.retries >= self.policy.max_retries {
             Some(StopReason::MaxRetries)
         } else if self.budget.as_ref().is_some_and(|b| !b.can_retry()) {
             Some(StopReason::Budget)
@@ -397,7 +465,13 @@ impl Executor {
         }
     }
 
-    fn succeeded(&self, retry_count: u32, circuit_state: CircuitState, started: Option<Instant>) {
+    fn succeeded(
+        &self,
+        retry_count: u32,
+        spent: Spent,
+        circuit_state: CircuitState,
+        started: Option<Instant>,
+    ) {
         let elapsed = started.map(|s| s.elapsed());
         tracing::debug!(
             service = %self.service(),
@@ -407,7 +481,7 @@ impl Executor {
             "{} call succeeded (attempt {}/{})",
             self.service(),
             retry_count + 1,
-            self.policy.max_attempts(),
+            self.max_attempts(spent),
         );
         self.emit(|| {
             ResilienceEvent::AttemptSucceeded(AttemptInfo {
@@ -459,11 +533,46 @@ impl Executor {
         }
     }
 
-    fn log_retrying(&self, attempt: &Attempt, error: &ServiceError, delay: Duration) {
+    /// A retry scheduled after `delay`; at INFO after a concurrency `429`
+    /// (`concurrency`), which is load-shaping, not a fault.
+    fn log_retrying(
+        &self,
+        attempt: &Attempt,
+        error: &ServiceError,
+        delay: Duration,
+        concurrency: bool,
+    ) {
+        if concurrency {
+            attempt_failed!(
+                tracing::Level::INFO, self, attempt, error, { delay_ms = millis(delay), },
+                "retrying in {} (not counted toward max_retries)", Rounded(delay)
+            );
+        } else {
+            attempt_failed!(
+                tracing::Level::WARN, self, attempt, error, { delay_ms = millis(delay), },
+                "retrying in {}", Rounded(delay)
+            );
+        }
+    }
+
+    /// The service's limiter did not send the attempt: the call ends, to be
+    /// deferred; logged at INFO (the limiter works as meant).
+    fn throttled(&self, failure: Failure, last_error: Option<ServiceError>) -> CallError {
+        let Failure { attempt, error } = failure;
         attempt_failed!(
-            tracing::Level::WARN, self, attempt, error, { delay_ms = millis(delay), },
-            "retrying in {}", Rounded(delay)
+            tracing::Level::INFO,
+            self,
+            attempt,
+            error,
+            { retry_after_ms = error.retry_after().map(millis), },
+            "not sent; the call ends to be deferred"
         );
+        CallError::Throttled {
+            service: self.service().clone(),
+            retry_count: attempt.retry_count,
+            error,
+            last_error,
+        }
     }
 
     fn log_not_retried(&self, attempt: &Attempt, error: &ServiceError, rejection: &BreakerOpen) {
@@ -483,6 +592,7 @@ impl Executor {
         &self,
         rejection: BreakerOpen,
         retry_count: u32,
+        spent: Spent,
         last_error: Option<ServiceError>,
     ) -> CallError {
         macro_rules! log_at {
@@ -496,7 +606,7 @@ impl Executor {
                     "{} call rejected (attempt {}/{}): {}",
                     self.service(),
                     retry_count + 1,
-                    self.policy.max_attempts(),
+                    self.max_attempts(spent),
                     rejection,
                 )
             };
@@ -537,6 +647,8 @@ enum Attempted<T> {
     Rejected(BreakerOpen),
     /// Failed permanently: the call ends.
     Ended(CallError),
+    /// Not sent by the service's limiter: the call ends, to be deferred.
+    Throttled(Failure),
     /// Failed with a transient error: a retry may follow.
     Transient(Failure),
 }
@@ -553,9 +665,20 @@ enum GiveUp {
     BreakerOpen(BreakerOpen),
 }
 
+/// Retries scheduled so far in one call, by what they count toward.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    /// After failures: toward `max_retries`.
+    retries: u32,
+    /// After concurrency `429`s: toward `max_concurrency_retries`.
+    concurrency: u32,
+}
+
 /// A failed attempt, as logs and events describe it.
 struct Attempt {
     retry_count: u32,
+    /// The attempts the call may make, as of this one.
+    max_attempts: u32,
     circuit_state: CircuitState,
     elapsed: Option<Duration>,
 }

@@ -8,6 +8,9 @@
 //! `Retry-After` replaces it (capped by `max_delay`); only transient errors are
 //! retried; a call that would wait past its deadline ends without sleeping, and
 //! so does a call whose breaker rejects (or would reject) the next attempt.
+//! A `429` over the service's concurrency limit is retried soon, outside
+//! `max_retries`, the backoff and the budget; a call the service's limiter
+//! did not send ends at once, to be deferred.
 
 pub mod backoff;
 pub mod budget;

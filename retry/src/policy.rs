@@ -6,6 +6,13 @@
 //! `min(initial_delay * backoff_factor^(n-1), max_delay)`, then jitter (see
 //! [`Jitter`]). `max_delay` is a hard ceiling: no computed wait, jittered or not,
 //! and no server `Retry-After` is ever longer.
+//!
+//! A `429` that says the service is at its concurrency limit
+//! ([`ErrorKind::ConcurrencyLimited`](callguard_core::ErrorKind::ConcurrencyLimited))
+//! is not a failure of the service: it is retried after `concurrency_delay`
+//! (or the server's `Retry-After`), without moving the backoff on, without
+//! using up a retry of `max_retries` and without spending from the retry
+//! budget; at most `max_concurrency_retries` such retries are made per call.
 
 use std::fmt;
 use std::time::Duration;
@@ -124,6 +131,8 @@ impl<'de> serde::Deserialize<'de> for Jitter {
 /// backoff_factor = 2.0
 /// max_delay = "60s"
 /// jitter = 0.0
+/// concurrency_delay = "100ms"  # before retrying a 429 too_many_concurrent_requests
+/// max_concurrency_retries = 10 # such retries per call, besides max_retries
 /// # deadline = "2m"                               # optional, per call
 /// # budget = { max_tokens = 10, token_ratio = 0.1 } # optional, per service
 /// ```
@@ -140,6 +149,13 @@ pub struct RetryPolicy {
     pub max_delay: ConfigDuration,
     /// How waits are spread out.
     pub jitter: Jitter,
+    /// The wait before retrying a `429` that says the service is at its
+    /// concurrency limit (unless the server sent `Retry-After`); the backoff
+    /// does not grow. At most `max_delay`.
+    pub concurrency_delay: ConfigDuration,
+    /// Retries after such `429`s that one call may make; they do not count
+    /// toward `max_retries`.
+    pub max_concurrency_retries: u32,
     /// Longest time one call may take, retries and waits included; a call that
     /// would wait past it ends at once with its last error. `None`: no limit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,6 +173,8 @@ impl Default for RetryPolicy {
             backoff_factor: 2.0,
             max_delay: ConfigDuration::from_secs(60),
             jitter: Jitter::None,
+            concurrency_delay: Self::DEFAULT_CONCURRENCY_DELAY,
+            max_concurrency_retries: Self::DEFAULT_MAX_CONCURRENCY_RETRIES,
             deadline: None,
             budget: None,
         }
@@ -168,6 +186,13 @@ impl RetryPolicy {
     pub const SECTION: &'static str = "retry";
     /// The most retries a policy may ask for.
     pub const MAX_RETRIES_LIMIT: u32 = 100;
+    /// Default `concurrency_delay`: about one short request's time, in which
+    /// one of the service's requests in flight is likely to end.
+    pub const DEFAULT_CONCURRENCY_DELAY: ConfigDuration = ConfigDuration::from_millis(100);
+    /// Default `max_concurrency_retries`.
+    pub const DEFAULT_MAX_CONCURRENCY_RETRIES: u32 = 10;
+    /// The most concurrency retries a policy may ask for.
+    pub const MAX_CONCURRENCY_RETRIES_LIMIT: u32 = 1000;
 
     /// Checks every value; the error names the key (`retry.backoff_factor`), the
     /// value and the rule it breaks.
@@ -202,6 +227,12 @@ impl RetryPolicy {
         if let Jitter::Proportional(x) = self.jitter {
             within("jitter", x, 0.0, 1.0)?;
         }
+        within(
+            "max_concurrency_retries",
+            self.max_concurrency_retries,
+            0,
+            Self::MAX_CONCURRENCY_RETRIES_LIMIT,
+        )?;
         if let Some(deadline) = self.deadline {
             nonzero_duration("deadline", deadline.get())?;
         }
@@ -251,6 +282,8 @@ mod tests {
         assert_eq!(p.backoff_factor, 2.0);
         assert_eq!(p.max_delay.get(), secs(60));
         assert_eq!(p.jitter, Jitter::None);
+        assert_eq!(p.concurrency_delay.get(), Duration::from_millis(100));
+        assert_eq!(p.max_concurrency_retries, 10);
         assert_eq!(p.deadline, None);
         assert_eq!(p.budget, None);
         assert_eq!(p.validate(), Ok(()));
@@ -315,6 +348,8 @@ mod tests {
             backoff_factor = 1.5
             max_delay = "30s"
             jitter = "decorrelated"
+            concurrency_delay = "50ms"
+            max_concurrency_retries = 20
             deadline = "2m"
             budget = { max_tokens = 20, token_ratio = 0.5 }
             "#,
@@ -325,6 +360,8 @@ mod tests {
         assert_eq!(p.backoff_factor, 1.5);
         assert_eq!(p.max_delay.get(), secs(30));
         assert_eq!(p.jitter, Jitter::Decorrelated);
+        assert_eq!(p.concurrency_delay.get(), Duration::from_millis(50));
+        assert_eq!(p.max_concurrency_retries, 20);
         assert_eq!(p.deadline, Some(ConfigDuration::from_secs(120)));
         assert_eq!(
             p.budget,
@@ -381,6 +418,13 @@ mod tests {
     }
 
     #[test]
+    fn a_short_max_delay_caps_the_default_concurrency_delay_instead_of_refusing_it() {
+        let p: RetryPolicy =
+            toml::from_str("initial_delay = \"1ms\"\nmax_delay = \"50ms\"").unwrap();
+        assert!(p.validate().is_ok(), "{:?}", p.validate());
+    }
+
+    #[test]
     fn validation_names_key_value_and_rule() {
         let check = |p: RetryPolicy| p.validate().unwrap_err().to_string();
         let d = RetryPolicy::default;
@@ -432,6 +476,13 @@ mod tests {
                 ..d()
             }),
             "retry.jitter must be between 0.0 and 1.0, got 1.5"
+        );
+        assert_eq!(
+            check(RetryPolicy {
+                max_concurrency_retries: 5000,
+                ..d()
+            }),
+            "retry.max_concurrency_retries must be between 0 and 1000, got 5000"
         );
         assert_eq!(
             check(RetryPolicy {

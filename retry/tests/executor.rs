@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use callguard_breaker::{BreakerConfig, CircuitBreaker};
 use callguard_core::{
     CircuitState, ConfigDuration, ErrorKind, ResilienceEvent, ServiceError, ServiceName,
-    classify_status,
+    classify_status, refine_by_body,
 };
 use callguard_retry::{
     AttemptContext, BudgetConfig, CallError, Executor, Jitter, RetryBudget, RetryPolicy, StopReason,
@@ -526,4 +526,266 @@ async fn calls_can_run_on_spawned_tasks() {
         })
     };
     assert_eq!(task.await.unwrap(), Ok(0));
+}
+
+/// A `429` whose body says the service is at its concurrency limit, as a
+/// client classifies it.
+fn too_many_concurrent(retry_after: Option<&str>) -> ServiceError {
+    let error = classify_status(429, retry_after, SystemTime::UNIX_EPOCH).unwrap();
+    refine_by_body(
+        error,
+        br#"{"detail":{"status":"too_many_concurrent_requests","message":"Too many"}}"#,
+    )
+}
+
+fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_429_is_retried_soon_without_growing_the_backoff_or_using_a_retry() {
+    let breaker = breaker(100);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let busy = too_many_concurrent(None);
+    assert_eq!(busy.kind(), ErrorKind::ConcurrencyLimited);
+    let script = Script::new([Err(busy.clone()), Err(busy), Err(status(503))]);
+    let start = Instant::now();
+
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+
+    // Two retries after 100 ms each; the first 503 then waits the first
+    // step of the backoff (5 s), and max_retries still allows 3 retries
+    // after failures: 6 attempts in all.
+    assert_eq!(
+        script.offsets(start),
+        [
+            secs(0),
+            millis(100),
+            millis(200),
+            millis(5_200),
+            millis(15_200),
+            millis(35_200)
+        ]
+    );
+    let retry_counts: Vec<u32> = script.contexts().iter().map(|c| c.retry_count).collect();
+    assert_eq!(
+        retry_counts,
+        [0, 1, 2, 3, 4, 5],
+        "every attempt is numbered"
+    );
+    assert!(
+        matches!(
+            &err,
+            CallError::Exhausted { attempts: 6, reason: StopReason::MaxRetries, error, .. }
+                if error.status() == Some(503)
+        ),
+        "{err:?}"
+    );
+    assert_eq!(breaker.snapshot().consecutive_failures, 4, "only the 503s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_429_keeps_its_retry_after_and_the_backoff_where_it_was() {
+    let breaker = breaker(100);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let script = Script::new([
+        Err(status(503)),
+        Err(too_many_concurrent(Some("2"))),
+        Err(status(503)),
+        Ok(7),
+    ]);
+    let start = Instant::now();
+    assert_eq!(exec.call(|ctx| script.run(ctx)).await, Ok(7));
+    // 5 s after the first 503, 2 s as the 429 asked, then 10 s: the second
+    // step of the backoff, not the third.
+    assert_eq!(script.offsets(start), [secs(0), secs(5), secs(7), secs(17)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_retries_are_bounded_per_call_and_by_the_deadline() {
+    let breaker = breaker(100);
+    let policy = RetryPolicy {
+        max_concurrency_retries: 2,
+        ..RetryPolicy::default()
+    };
+    let exec = executor(&breaker, policy);
+    let script = Script::new([Err(too_many_concurrent(None))]);
+    let start = Instant::now();
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert_eq!(script.offsets(start), [secs(0), millis(100), millis(200)]);
+    assert!(
+        matches!(
+            &err,
+            CallError::Exhausted { attempts: 3, reason: StopReason::ConcurrencyRetries, error, .. }
+                if error.kind() == ErrorKind::ConcurrencyLimited
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_permanent(), "the caller defers it");
+
+    let script = Script::new([Err(too_many_concurrent(None))]);
+    let start = Instant::now();
+    let err = exec
+        .call_with_deadline(start + millis(150), |ctx| script.run(ctx))
+        .await
+        .unwrap_err();
+    assert_eq!(script.offsets(start), [secs(0), millis(100)]);
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                reason: StopReason::Deadline,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_429s_neither_spend_nor_refill_the_budget() {
+    let budget = Arc::new(
+        RetryBudget::new(BudgetConfig {
+            max_tokens: 2,
+            token_ratio: 0.5,
+        })
+        .unwrap(),
+    );
+    let exec = executor(&breaker(100), RetryPolicy::default()).with_budget(Arc::clone(&budget));
+    let script = Script::new([
+        Err(too_many_concurrent(None)),
+        Err(too_many_concurrent(None)),
+        Err(too_many_concurrent(None)),
+        Ok(1),
+    ]);
+    assert_eq!(exec.call(|ctx| script.run(ctx)).await, Ok(1));
+    assert_eq!(script.contexts().len(), 4);
+    assert_eq!(budget.tokens(), 2.0, "the 429s took nothing");
+
+    // A budget emptied by real failures still lets concurrency retries through.
+    budget.record_failure();
+    budget.record_failure();
+    assert!(!budget.can_retry());
+    let script = Script::new([Err(too_many_concurrent(None)), Ok(2)]);
+    assert_eq!(exec.call(|ctx| script.run(ctx)).await, Ok(2));
+    assert_eq!(
+        budget.tokens(),
+        0.5,
+        "the success refilled, the 429 did not spend"
+    );
+
+    // Other 429s spend from it as before.
+    let script = Script::new([Err(status(429))]);
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                attempts: 1,
+                reason: StopReason::Budget,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_429s_back_off_and_never_open_the_breaker() {
+    let breaker = breaker(1);
+    let exec = executor(&breaker, RetryPolicy::default());
+    let busy = |retry_after| {
+        let error = classify_status(429, retry_after, SystemTime::UNIX_EPOCH).unwrap();
+        refine_by_body(
+            error,
+            br#"{"detail":{"status":"system_busy","message":"Busy"}}"#,
+        )
+    };
+    assert_eq!(busy(None).kind(), ErrorKind::RateLimited);
+    let script = Script::new([Err(busy(None)), Err(busy(Some("3"))), Err(busy(None))]);
+    let start = Instant::now();
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+    // 5 s, the server's 3 s, then 20 s: the backoff grew under them.
+    assert_eq!(script.offsets(start), [secs(0), secs(5), secs(8), secs(28)]);
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                attempts: 4,
+                reason: StopReason::MaxRetries,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(breaker.state(), CircuitState::Closed);
+
+    let script = Script::new([Err(too_many_concurrent(None)), Ok(1)]);
+    assert_eq!(exec.call(|ctx| script.run(ctx)).await, Ok(1));
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_the_limiter_did_not_send_ends_the_call_at_once_for_a_deferral() {
+    let breaker = breaker(2);
+    let budget = Arc::new(RetryBudget::new(BudgetConfig::default()).unwrap());
+    let (events, sink) = event_log();
+    let exec = executor(&breaker, RetryPolicy::default())
+        .with_budget(Arc::clone(&budget))
+        .with_sink(sink);
+    let not_sent =
+        ServiceError::new(ErrorKind::Throttled, "no slot within 10s").with_retry_after(secs(2));
+    let script = Script::new([Err(status(503)), Err(not_sent.clone())]);
+    let start = Instant::now();
+
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+
+    assert_eq!(script.offsets(start), [secs(0), secs(5)]);
+    assert_eq!(Instant::now() - start, secs(5), "no sleep after it");
+    match &err {
+        CallError::Throttled {
+            retry_count,
+            error,
+            last_error,
+            ..
+        } => {
+            assert_eq!(*retry_count, 1);
+            assert_eq!(error, &not_sent);
+            assert_eq!(
+                last_error.as_ref().and_then(ServiceError::status),
+                Some(503)
+            );
+        }
+        other => panic!("expected a throttled call, got {other:?}"),
+    }
+    assert!(err.is_throttled() && !err.is_permanent() && !err.is_rejected());
+    assert_eq!(err.retry_after(), Some(secs(2)));
+    assert_eq!(
+        breaker.snapshot().consecutive_failures,
+        1,
+        "only the 503 counts"
+    );
+    assert_eq!(budget.tokens(), 9.0, "only the 503 spends");
+    assert!(
+        !events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, ResilienceEvent::RetriesExhausted { .. })),
+        "no alert-raising event"
+    );
+
+    let script = Script::new([Err(not_sent)]);
+    let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Throttled {
+                retry_count: 0,
+                last_error: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use callguard_breaker::{BreakerConfig, CircuitBreaker};
-use callguard_core::{ServiceError, ServiceName, classify_status};
+use callguard_core::{ErrorKind, ServiceError, ServiceName, classify_status, refine_by_body};
 use callguard_retry::{Executor, RetryPolicy};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -185,4 +185,57 @@ async fn giving_up_is_an_error_naming_the_reason() {
         )
     );
     assert_eq!(lines[1].get("stop_reason"), Some("max_retries"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_retries_and_calls_not_sent_are_told_at_info() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let breaker = Arc::new(CircuitBreaker::new(
+        ServiceName::new("elevenlabs").unwrap(),
+        BreakerConfig::default(),
+    ));
+    let exec = Executor::new(breaker, RetryPolicy::default()).unwrap();
+    let busy = refine_by_body(
+        status(429),
+        br#"{"detail":{"status":"too_many_concurrent_requests"}}"#,
+    );
+    let not_sent = ServiceError::new(ErrorKind::Throttled, "no slot within 10s")
+        .with_retry_after(Duration::from_secs(2));
+    let answers: [Result<(), _>; 3] = [Err(busy), Err(status(503)), Err(not_sent)];
+    let mut next = answers.into_iter();
+    let _ = exec
+        .call(|_| std::future::ready(next.next().unwrap()))
+        .await;
+    let lines = capture.take();
+    let levels: Vec<Level> = lines.iter().map(|l| l.level).collect();
+    assert_eq!(
+        levels,
+        [Level::INFO, Level::WARN, Level::INFO],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[0].get("message"),
+        Some(
+            "elevenlabs call failed (attempt 1/4): transient error (concurrency_limited), \
+             HTTP 429: too many requests; retrying in 100ms (not counted toward max_retries)"
+        )
+    );
+    assert_eq!(lines[0].get("delay_ms"), Some("100"));
+    // The concurrency retry did not use up an attempt: 5 may now be made.
+    assert_eq!(
+        lines[1].get("message"),
+        Some(
+            "elevenlabs call failed (attempt 2/5): transient error (unavailable), \
+             HTTP 503: service unavailable; retrying in 5s"
+        )
+    );
+    assert_eq!(
+        lines[2].get("message"),
+        Some(
+            "elevenlabs call failed (attempt 3/5): transient error (throttled), \
+             retry after 2s: no slot within 10s; not sent; the call ends to be deferred"
+        )
+    );
+    assert_eq!(lines[2].get("retry_after_ms"), Some("2000"));
 }

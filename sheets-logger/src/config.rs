@@ -182,8 +182,7 @@ impl SheetsConfig {
             backoff_factor: 2.0,
             max_delay: ConfigDuration::from_secs(60),
             jitter: Jitter::Proportional(0.2),
-            deadline: None,
-            budget: None,
+            ..RetryPolicy::default()
         }
     }
 

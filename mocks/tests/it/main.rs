@@ -5,5 +5,6 @@ mod common;
 mod control;
 mod endpoints;
 mod faults;
+mod limits;
 mod sheets;
 mod smtp;

@@ -1,0 +1,424 @@
+//! The limiter of one service: admission, bounded waiting, and what the
+//! service's answers teach the limit.
+//!
+//! Admission under the limit reads two atomics (the provider's pause, the
+//! generation), takes a slot with one compare-and-swap ([`crate::slots`]) and
+//! counts it; with a `rate` it also reads the clock and takes a GCRA cell
+//! (one more compare-and-swap). Nothing is allocated, no lock is taken, and
+//! — but for the rate — the clock is not read: the caller, who times the
+//! attempt anyway, hands its latency in with the outcome. A caller that finds no slot waits in
+//! line, first come first served, bounded by `queue_length` and
+//! `queue_timeout`; one that cannot get in is refused with a
+//! [`LimitError`] that says when to try again.
+//!
+//! Answers are learnt from when the permit is completed: the provider's
+//! headers (checked without a lock; a changed limit takes the state lock),
+//! then, for an adaptive limit, the outcome, under the state lock — off the
+//! admission path, and never held across an await. Every lower limit starts
+//! a new generation, and a permit remembers the one it was admitted in:
+//! overload met by an attempt admitted before the limit went down says
+//! nothing about the new limit, and is not counted again — a burst of
+//! `429`s from calls sent before the provider's limit was known shrinks the
+//! limit once, not once per call (TCP's one decrease per window).
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use callguard_core::{ServiceName, ValidationError};
+use tokio::time::{Instant, sleep, timeout_at};
+
+use crate::aimd::Aimd;
+use crate::config::{LimitConfig, LimitMode};
+use crate::error::LimitError;
+use crate::headers::ProviderHeaders;
+use crate::permit::{Outcome, Permit};
+use crate::rate::{Gcra, Pause};
+use crate::slots::{Slots, UNLIMITED};
+
+/// The weight of one slot's holding time in the running mean used to
+/// suggest when to try again.
+const HELD_WEIGHT: f64 = 0.2;
+
+/// Limits the calls to one service: how many are in flight, how many start
+/// per interval, and how long a call may wait for its turn. Share it as
+/// `Arc<Limiter>` between every caller of the service.
+pub struct Limiter {
+    service: ServiceName,
+    config: LimitConfig,
+    slots: Slots,
+    gcra: Option<Gcra>,
+    pause: Pause,
+    state: Mutex<State>,
+    /// The limit the provider announced, 0 if none; read without the lock.
+    provider_limit: AtomicU32,
+    /// Bumped whenever the limit goes down (under the state lock).
+    generation: AtomicU32,
+    /// The running mean time a slot is held, in nanoseconds; 0: unknown.
+    held_nanos: AtomicU64,
+    /// Whether a garbage header was logged (once per limiter).
+    garbage_logged: AtomicBool,
+}
+
+/// What changes under the lock.
+struct State {
+    /// The adaptive limit: from the start in mode `adaptive`; in mode `off`,
+    /// once the provider announces a limit.
+    aimd: Option<Aimd>,
+}
+
+/// The limiter of one service, as `/metrics` and `callguard status` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitSnapshot {
+    /// The service.
+    pub service: ServiceName,
+    /// The configured mode.
+    pub mode: LimitMode,
+    /// Calls that may be in flight now; `None`: no limit.
+    pub limit: Option<u32>,
+    /// The limit the provider announced last, if it did.
+    pub provider_limit: Option<u32>,
+    /// Calls holding a slot.
+    pub in_flight: u32,
+    /// Calls waiting for a slot.
+    pub waiting: u32,
+    /// How long admission is still paused because the provider said its rate
+    /// is used up.
+    pub paused_for: Option<Duration>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Limiter {
+    /// A limiter for `service`; fails when `config` breaks a rule (keys
+    /// relative to the section, as `max_concurrency`).
+    pub fn new(service: ServiceName, config: LimitConfig) -> Result<Self, ValidationError> {
+        config.validate()?;
+        let (aimd, limit) = match config.mode {
+            LimitMode::Off => (None, UNLIMITED),
+            LimitMode::Static => (None, config.max_concurrency.unwrap_or(UNLIMITED)),
+            LimitMode::Adaptive => {
+                let aimd = Aimd::new(
+                    config.initial,
+                    config.min,
+                    config.max,
+                    Some(config.latency_tolerance),
+                );
+                let limit = aimd.limit();
+                (Some(aimd), limit)
+            }
+        };
+        Ok(Self {
+            gcra: config.rate.as_ref().and_then(Gcra::new),
+            service,
+            slots: Slots::new(limit),
+            pause: Pause::new(),
+            state: Mutex::new(State { aimd }),
+            provider_limit: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+            held_nanos: AtomicU64::new(0),
+            garbage_logged: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// The service limited.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LimitConfig {
+        &self.config
+    }
+
+    /// A slot now, if one is free and the rate allows a call; `None` otherwise
+    /// (nothing is waited for).
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if self.pause.is_set() && self.pause.remaining().is_some() {
+            return None;
+        }
+        if !self.slots.try_take() {
+            return None;
+        }
+        let permit = self.permit();
+        match &self.gcra {
+            // Dropping the permit gives the slot back.
+            Some(gcra) if gcra.take().is_err() => None,
+            _ => Some(permit),
+        }
+    }
+
+    /// A slot, waiting for one in line if none is free — at most
+    /// `queue_timeout`, behind at most `queue_length` others — and for the
+    /// rate to allow a call. A refused call gets a [`LimitError`] saying when
+    /// to try again.
+    pub async fn acquire(&self) -> Result<Permit<'_>, LimitError> {
+        match self.try_acquire() {
+            Some(permit) => Ok(permit),
+            None => self.wait().await,
+        }
+    }
+
+    async fn wait(&self) -> Result<Permit<'_>, LimitError> {
+        let started = Instant::now();
+        let deadline = started + self.config.queue_timeout.get();
+        let _queued = self
+            .slots
+            .enqueue(self.config.queue_length)
+            .ok_or_else(|| LimitError::QueueFull {
+                service: self.service.clone(),
+                queue_length: self.config.queue_length,
+                retry_after: self.drain_estimate(),
+            })?;
+        // A pause that outlasts the wait allowed is refused before it takes a slot.
+        if let Some(wait) = self.pause.remaining() {
+            if started + wait > deadline {
+                return Err(self.rate_exhausted(wait));
+            }
+        }
+        if timeout_at(deadline, self.slots.take()).await.is_err() {
+            return Err(LimitError::TimedOut {
+                service: self.service.clone(),
+                limit: self.slots.limit(),
+                waited: started.elapsed(),
+                retry_after: self.drain_estimate(),
+            });
+        }
+        let permit = self.permit();
+        self.wait_for_rate(deadline).await?;
+        Ok(permit)
+    }
+
+    /// A permit for a slot just taken.
+    fn permit(&self) -> Permit<'_> {
+        Permit::new(self, self.generation.load(Ordering::Relaxed))
+    }
+
+    /// Waits out the provider's pause and callguard's own rate, or refuses
+    /// when they outlast `deadline`.
+    async fn wait_for_rate(&self, deadline: Instant) -> Result<(), LimitError> {
+        loop {
+            let wait = match (self.pause.remaining(), &self.gcra) {
+                (Some(wait), _) => wait,
+                (None, Some(gcra)) => match gcra.take() {
+                    Ok(()) => return Ok(()),
+                    Err(wait) => wait,
+                },
+                (None, None) => return Ok(()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(self.rate_exhausted(wait));
+            }
+            sleep(wait).await;
+        }
+    }
+
+    fn rate_exhausted(&self, wait: Duration) -> LimitError {
+        LimitError::RateExhausted {
+            service: self.service.clone(),
+            retry_after: wait,
+        }
+    }
+
+    /// When the calls waiting now are likely through: the mean time a slot
+    /// is held for each round of `limit` of them, or `queue_timeout` while
+    /// that mean is unknown.
+    fn drain_estimate(&self) -> Duration {
+        let held = self.held_nanos.load(Ordering::Relaxed);
+        if held == 0 {
+            return self.config.queue_timeout.get();
+        }
+        let limit = u64::from(self.slots.limit().max(1));
+        let rounds = (u64::from(self.slots.waiting()) + limit) / limit;
+        Duration::from_nanos(held.saturating_mul(rounds))
+    }
+
+    /// A permit gives its slot back.
+    pub(crate) fn release(&self) {
+        self.slots.release();
+    }
+
+    /// What one completed attempt teaches: the provider's headers, then the
+    /// outcome (`generation`: the one the attempt was admitted in).
+    pub(crate) fn learn(&self, outcome: Outcome, generation: u32, headers: &ProviderHeaders) {
+        let in_flight = self.slots.in_flight();
+        let mut announced = None;
+        let mut crowded = false;
+        if self.config.follow_headers {
+            if let Some(name) = headers.garbage() {
+                self.log_garbage_once(name);
+            }
+            let known = self.provider_limit.load(Ordering::Relaxed);
+            if let Some(max) = headers.maximum_concurrent.value() {
+                announced = (max != known).then_some(max);
+            }
+            let max = headers.maximum_concurrent.value().unwrap_or(known);
+            if let Some(current) = headers.current_concurrent.value() {
+                crowded = max > 0 && current >= max && current > in_flight;
+            }
+            if let Some(wait) = headers.exhausted_for() {
+                tracing::debug!(
+                    service = %self.service,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "{}: the provider's rate is used up; admission pauses",
+                    self.service,
+                );
+                self.pause.pause_for(wait);
+            }
+        }
+        if let Outcome::Success { latency } = outcome {
+            self.note_held(latency);
+        }
+        let adaptive = match self.config.mode {
+            LimitMode::Static => false,
+            LimitMode::Adaptive => true,
+            LimitMode::Off => {
+                announced.is_some() || self.provider_limit.load(Ordering::Relaxed) != 0
+            }
+        };
+        if announced.is_none() && !adaptive {
+            return;
+        }
+        let mut state = lock(&self.state);
+        if let Some(max) = announced {
+            self.announce(&mut state, max);
+        }
+        if let Some(aimd) = &mut state.aimd {
+            if crowded {
+                aimd.on_crowded();
+            }
+            match outcome {
+                Outcome::Success { latency } => {
+                    let saturated = in_flight >= self.slots.limit() || self.slots.waiting() > 0;
+                    aimd.on_success(latency, saturated);
+                }
+                Outcome::ConcurrencyLimited | Outcome::Timeout => {
+                    if generation == self.generation.load(Ordering::Relaxed) {
+                        aimd.on_overload();
+                    }
+                }
+                Outcome::RateLimited | Outcome::Failed => {}
+            }
+        }
+        self.publish(&state);
+    }
+
+    /// The provider announced `max` (under the state lock).
+    fn announce(&self, state: &mut State, max: u32) {
+        if self.provider_limit.swap(max, Ordering::Relaxed) == max {
+            return; // another answer told the same just before
+        }
+        match self.config.mode {
+            LimitMode::Off => state
+                .aimd
+                .get_or_insert_with(|| Aimd::new(max, 1, LimitConfig::LIMIT_CEILING, None))
+                .set_provider_limit(Some(max), true),
+            LimitMode::Adaptive => {
+                if let Some(aimd) = &mut state.aimd {
+                    aimd.set_provider_limit(Some(max), false);
+                }
+            }
+            LimitMode::Static => {}
+        }
+        tracing::info!(
+            service = %self.service,
+            provider_limit = max,
+            "{} allows {max} concurrent requests",
+            self.service,
+        );
+    }
+
+    /// Moves the slots to the limit `state` calls for (under the state lock).
+    fn publish(&self, state: &State) {
+        let limit = match self.config.mode {
+            LimitMode::Static => {
+                let max = self.config.max_concurrency.unwrap_or(UNLIMITED);
+                match self.provider_limit.load(Ordering::Relaxed) {
+                    0 => max,
+                    provider => max.min(provider),
+                }
+            }
+            LimitMode::Off | LimitMode::Adaptive => {
+                state.aimd.as_ref().map_or(UNLIMITED, Aimd::limit)
+            }
+        };
+        let old = self.slots.limit();
+        if limit < old {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
+        if limit != old {
+            self.slots.resize(limit);
+            tracing::debug!(
+                service = %self.service,
+                limit,
+                "{} concurrency limit {} → {}",
+                self.service,
+                Shown(old),
+                Shown(limit),
+            );
+        }
+    }
+
+    fn note_held(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        // A lost update between two answers only skips one sample.
+        let mean = match self.held_nanos.load(Ordering::Relaxed) {
+            0 => sample,
+            mean => (mean as f64 + HELD_WEIGHT * (sample as f64 - mean as f64)) as u64,
+        };
+        self.held_nanos.store(mean.max(1), Ordering::Relaxed);
+    }
+
+    fn log_garbage_once(&self, header: &'static str) {
+        if !self.garbage_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                service = %self.service,
+                header,
+                "{} sent a {header} header that is not a value it can take; the limiter \
+                 keeps its last good limit (logged once)",
+                self.service,
+            );
+        }
+    }
+
+    /// The limiter now.
+    pub fn snapshot(&self) -> LimitSnapshot {
+        let limit = self.slots.limit();
+        let provider = self.provider_limit.load(Ordering::Relaxed);
+        LimitSnapshot {
+            service: self.service.clone(),
+            mode: self.config.mode,
+            limit: (limit != UNLIMITED).then_some(limit),
+            provider_limit: (provider != 0).then_some(provider),
+            in_flight: self.slots.in_flight(),
+            waiting: self.slots.waiting(),
+            paused_for: self.pause.remaining(),
+        }
+    }
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("config", &self.config)
+            .field("snapshot", &self.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A limit as logs show it: a number, or `none`.
+struct Shown(u32);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            UNLIMITED => f.write_str("none"),
+            limit => limit.fmt(f),
+        }
+    }
+}

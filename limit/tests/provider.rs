@@ -1,0 +1,321 @@
+//! The limiter against a simulated provider, in virtual time: a service that
+//! admits `limit` requests at once, each for 80–120 ms (seeded), queues an
+//! extra request for 50 ms and then refuses it with a concurrency `429` — as
+//! ElevenLabs does — and, when it is set to, tells its limit and load in the
+//! headers of every answer. Clients loop: a slot, a call, the permit
+//! completed, 100 ms before a refused call goes again (the retry executor's
+//! `concurrency_delay`).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callguard_core::ServiceName;
+use callguard_limit::{LimitConfig, Limiter, Outcome, ProviderHeaders};
+use http::{HeaderMap, HeaderValue};
+use tokio::time::{Instant, sleep, sleep_until};
+
+const QUEUE: Duration = Duration::from_millis(50);
+const CONCURRENCY_DELAY: Duration = Duration::from_millis(100);
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A service with a limit of concurrent requests.
+struct Provider {
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+    /// Whether answers carry `maximum-`/`current-concurrent-requests`.
+    headers: bool,
+    rng: Mutex<fastrand::Rng>,
+    served: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Provider {
+    fn new(limit: u32, headers: bool) -> Arc<Self> {
+        Arc::new(Self {
+            limit: AtomicU32::new(limit),
+            in_flight: AtomicU32::new(0),
+            headers,
+            rng: Mutex::new(fastrand::Rng::with_seed(7)),
+            served: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    fn admit(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// The answer's headers, read as a client reads them.
+    fn answer_headers(&self, current: u32) -> ProviderHeaders {
+        let mut map = HeaderMap::new();
+        if self.headers {
+            let max = self.limit.load(Ordering::Relaxed);
+            map.insert("maximum-concurrent-requests", HeaderValue::from(max));
+            map.insert("current-concurrent-requests", HeaderValue::from(current));
+        }
+        ProviderHeaders::from_headers(&map)
+    }
+
+    async fn call(&self) -> (Outcome, ProviderHeaders) {
+        if !self.admit() {
+            sleep(QUEUE).await;
+            if !self.admit() {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                let current = self.in_flight.load(Ordering::Relaxed);
+                return (Outcome::ConcurrencyLimited, self.answer_headers(current));
+            }
+        }
+        let latency = Duration::from_millis(self.rng.lock().unwrap().u64(80..=120));
+        sleep(latency).await;
+        let headers = self.answer_headers(self.in_flight.load(Ordering::Relaxed));
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        (Outcome::Success { latency }, headers)
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.served.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Calls `provider` through `limiter` in a loop until `until`.
+async fn client(limiter: Arc<Limiter>, provider: Arc<Provider>, until: Instant) {
+    while Instant::now() < until {
+        let permit = match limiter.acquire().await {
+            Ok(permit) => permit,
+            Err(refused) => {
+                sleep(refused.retry_after()).await;
+                continue;
+            }
+        };
+        let (outcome, headers) = provider.call().await;
+        permit.complete(outcome, &headers);
+        if outcome == Outcome::ConcurrencyLimited {
+            sleep(CONCURRENCY_DELAY).await;
+        }
+    }
+}
+
+/// The limit of each limiter every 10 ms, from the start of the run.
+#[derive(Default)]
+struct Trace {
+    samples: Vec<(Duration, Vec<u32>)>,
+}
+
+impl Trace {
+    /// The mean limit of limiter `i` from `from` to `to` (seconds into the run).
+    fn mean(&self, i: usize, from: u64, to: u64) -> f64 {
+        let limits: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(at, _)| (secs(from)..secs(to)).contains(at))
+            .map(|(_, limits)| f64::from(limits[i]))
+            .collect();
+        assert!(!limits.is_empty());
+        limits.iter().sum::<f64>() / limits.len() as f64
+    }
+
+    fn at(&self, i: usize, at: Duration) -> u32 {
+        self.samples
+            .iter()
+            .find(|(t, _)| *t >= at)
+            .map(|(_, limits)| limits[i])
+            .unwrap()
+    }
+}
+
+/// Runs `clients` clients per limiter against `provider` for `run`, calling
+/// `script` with the time into the run at every sample (to change the
+/// provider's limit).
+async fn simulate(
+    limiters: &[Arc<Limiter>],
+    provider: &Arc<Provider>,
+    clients: usize,
+    run: Duration,
+    script: impl Fn(Duration),
+) -> Trace {
+    let start = Instant::now();
+    let until = start + run;
+    let mut tasks = Vec::new();
+    for limiter in limiters {
+        for _ in 0..clients {
+            tasks.push(tokio::spawn(client(
+                Arc::clone(limiter),
+                Arc::clone(provider),
+                until,
+            )));
+        }
+    }
+    let mut trace = Trace::default();
+    let mut next = start;
+    while next < until {
+        sleep_until(next).await;
+        let at = next - start;
+        script(at);
+        let limits = limiters
+            .iter()
+            .map(|l| l.snapshot().limit.unwrap_or(u32::MAX))
+            .collect();
+        trace.samples.push((at, limits));
+        next += SAMPLE_EVERY;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    trace
+}
+
+fn limiter(config: LimitConfig) -> Arc<Limiter> {
+    Arc::new(Limiter::new(ServiceName::new("elevenlabs").unwrap(), config).unwrap())
+}
+
+/// Adaptive, learning from answers alone (no headers).
+fn adaptive() -> LimitConfig {
+    LimitConfig {
+        follow_headers: false,
+        ..LimitConfig::adaptive(4, 1, 100)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_limit_converges_to_the_providers_limit() {
+    let provider = Provider::new(10, false);
+    let limiter = limiter(adaptive());
+    let trace = simulate(&[Arc::clone(&limiter)], &provider, 30, secs(30), |_| {}).await;
+
+    assert_eq!(trace.at(0, Duration::ZERO), 4, "it starts at initial");
+    let settled = trace.mean(0, 10, 30);
+    assert!((9.0..=11.5).contains(&settled), "mean limit {settled}");
+    let (served, refused) = provider.counts();
+    let share = refused as f64 / (served + refused) as f64;
+    assert!(share < 0.08, "{refused} of {} refused", served + refused);
+    // Ideal: 10 at a time, 100 ms each, for 30 s.
+    assert!(served >= 2_550, "{served} served of an ideal 3000");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_limit_of_its_own_the_provider_refuses_a_large_share() {
+    // The baseline, for scale: every client sends at once.
+    let provider = Provider::new(10, false);
+    let limiter = limiter(LimitConfig {
+        follow_headers: false,
+        ..LimitConfig::default()
+    });
+    simulate(&[limiter], &provider, 30, secs(10), |_| {}).await;
+    let (served, refused) = provider.counts();
+    assert!(
+        refused > served,
+        "{refused} refused, {served} served: the adaptive run refuses under 8 %"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn it_backs_off_when_the_provider_lowers_its_limit_and_grows_again_after() {
+    let provider = Provider::new(10, false);
+    let limiter = limiter(adaptive());
+    let trace = {
+        let provider = Arc::clone(&provider);
+        simulate(&[limiter], &provider.clone(), 30, secs(60), move |at| {
+            provider.set_limit(if (secs(15)..secs(30)).contains(&at) {
+                4
+            } else {
+                10
+            });
+        })
+        .await
+    };
+    let before = trace.mean(0, 5, 15);
+    let lowered = trace.mean(0, 20, 30);
+    let after = trace.mean(0, 45, 60);
+    assert!((9.0..=11.5).contains(&before), "before: {before}");
+    assert!(lowered <= 5.5, "while the provider allows 4: {lowered}");
+    assert!(after >= 9.0, "once it allows 10 again: {after}");
+}
+
+/// Two limiters sharing one provider's limit of 12 for two minutes: each
+/// one's mean limit after the first 20 s, and the share of requests refused.
+async fn share(config: LimitConfig, headers: bool) -> (f64, f64, f64) {
+    let provider = Provider::new(12, headers);
+    let limiters = [limiter(config.clone()), limiter(config)];
+    let trace = simulate(&limiters, &provider, 20, secs(120), |_| {}).await;
+    let (served, refused) = provider.counts();
+    // Ideal: 12 at a time, 100 ms each, for 120 s.
+    assert!(served >= 13_000, "{served} served of an ideal 14400");
+    let refused = refused as f64 / (served + refused) as f64;
+    (trace.mean(0, 20, 120), trace.mean(1, 20, 120), refused)
+}
+
+fn assert_fair(a: f64, b: f64) {
+    assert!((4.0..=8.0).contains(&a), "{a} and {b}");
+    assert!((4.0..=8.0).contains(&b), "{a} and {b}");
+    assert!((a - b).abs() <= 1.5, "{a} and {b}");
+    assert!((10.0..=14.5).contains(&(a + b)), "{a} + {b}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_adaptive_limiters_sharing_one_provider_settle_near_a_fair_split() {
+    let (a, b, refused) = share(adaptive(), false).await;
+    assert_fair(a, b);
+    // Each probes above its share now and then, and the other pays for it too.
+    assert!(refused < 0.2, "{refused}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_limiters_following_the_same_announced_limit_share_it() {
+    // The default: no limit of their own; the provider says 12 to both, and
+    // how many it holds, so each sees the other and yields before a refusal.
+    let (a, b, refused) = share(LimitConfig::default(), true).await;
+    assert_fair(a, b);
+    assert!(
+        refused < 0.03,
+        "{refused}: a crowded provider is yielded to"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_following_tracks_a_limit_that_changes_mid_run() {
+    let provider = Provider::new(5, true);
+    let limiter = limiter(LimitConfig::default());
+    assert_eq!(limiter.snapshot().limit, None, "nothing announced yet");
+    let refused_in_the_first_second = Arc::new(AtomicU64::new(0));
+    let trace = {
+        let provider = Arc::clone(&provider);
+        let early = Arc::clone(&refused_in_the_first_second);
+        simulate(&[limiter], &provider.clone(), 20, secs(15), move |at| {
+            if at == secs(1) {
+                early.store(provider.counts().1, Ordering::Relaxed);
+            }
+            provider.set_limit(match at.as_secs() {
+                0..5 => 5,
+                5..10 => 8,
+                _ => 3,
+            });
+        })
+        .await
+    };
+    for (at, limit) in [(1, 5), (4, 5), (6, 8), (9, 8), (11, 3), (14, 3)] {
+        assert_eq!(trace.at(0, secs(at)), limit, "at {at}s");
+    }
+    // The first 20 calls went out before anything was announced: 15 of them
+    // were refused, and told the limit. None after, through both changes.
+    let (served, refused) = provider.counts();
+    assert_eq!(refused_in_the_first_second.load(Ordering::Relaxed), 15);
+    assert_eq!(refused, 15, "{served} served");
+}
