@@ -42,9 +42,7 @@ use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Se
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-#[path = "../../health/benches/support/mod.rs"]
-mod check_load;
-use check_load::{Load, Pace, check_load, load_average, nearest_rank};
+use callguard_testkit::{Load, Pace, check_load, load_average, nearest_rank};
 
 mod support;
 use support::{median, mock_config, process_cpu_time, verdict};

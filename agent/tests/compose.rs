@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -46,7 +46,8 @@ use serde_yaml_ng::Value as Yaml;
 use tokio::time::{Instant, sleep};
 
 mod support;
-use support::{Received, grpcurl, otlp_grpc_receiver, output, text};
+use callguard_testkit::grpcurl;
+use support::{Received, otlp_grpc_receiver, output, text};
 
 /// `docker compose up --scale agent=3`.
 const SCALED: (&str, usize) = ("agent", 3);
@@ -246,11 +247,7 @@ impl PortMap {
 
 /// A port nobody listens on right now, for a process to bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    callguard_testkit::free_addr().port()
 }
 
 fn is_host_char(c: char) -> bool {

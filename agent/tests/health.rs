@@ -19,7 +19,8 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tonic::transport::Channel;
 
 mod support;
-use support::{callguard, exit_within, free_port, grpcurl, output, temp_dir, text};
+use callguard_testkit::{free_addr as free_port, grpcurl};
+use support::{callguard, exit_within, output, temp_dir, text};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),

@@ -8,8 +8,8 @@
 //! counted failed — one agent on SQLite, and two agents sharing a PostgreSQL
 //! queue. The same run as a soak of 20 000 contacts is left to `--ignored`.
 //!
-//! The PostgreSQL tests run when `CALLGUARD_TEST_POSTGRES_URL` is set
-//! (`store/tests/postgres.sh` sets it), and say they were skipped otherwise.
+//! The PostgreSQL tests need `CALLGUARD_TEST_POSTGRES_URL` (`scripts/test.sh`
+//! starts a private cluster and sets it) and fail without it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -265,10 +265,7 @@ async fn a_contact_whose_record_an_earlier_pass_wrote_ends_completed_with_that_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
-    let Ok(url) = std::env::var("CALLGUARD_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: CALLGUARD_TEST_POSTGRES_URL is not set");
-        return;
-    };
+    let url = callguard_testkit::postgres_url();
     let mocks = slow_mocks().await;
     let dir = temp_dir("shared");
     let table = format!("agents_{}", std::process::id());
@@ -654,10 +651,7 @@ async fn a_chaos_run_loses_no_contact_and_no_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_alert() {
-    let Ok(url) = std::env::var("CALLGUARD_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: CALLGUARD_TEST_POSTGRES_URL is not set");
-        return;
-    };
+    let url = callguard_testkit::postgres_url();
     let queue = postgres_chaos_queue(&url, &format!("chaos_{}", std::process::id()));
     chaos_run("chaos-postgres", &queue, &["chaos-a", "chaos-b"], 2000).await;
 }

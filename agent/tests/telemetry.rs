@@ -19,7 +19,8 @@ use prost::Message;
 use serde_json::Value;
 
 mod support;
-use support::{Received, free_port, otlp_grpc_receiver, string_attr, temp_dir, text};
+use callguard_testkit::free_addr as free_port;
+use support::{Received, otlp_grpc_receiver, string_attr, temp_dir, text};
 
 async fn grpc_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

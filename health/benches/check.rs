@@ -8,8 +8,6 @@
 //!
 //! `cargo bench -p callguard-health --bench check`
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +16,7 @@ use std::time::Duration;
 use callguard_breaker::{BreakerConfig, BreakerRegistry};
 use callguard_core::ServiceName;
 use callguard_health::GrpcOptions;
-use support::{Load, Pace, check_load, load_average};
+use callguard_testkit::{Load, Pace, check_load, load_average};
 
 /// Concurrent callers of the loaded run.
 const CLIENTS: usize = 64;

