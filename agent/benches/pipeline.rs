@@ -69,7 +69,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(100);
 /// Most throughput serving health may cost the campaign.
 const MAX_HEALTH_COST: f64 = 0.05;
 /// Most throughput lost to the resilience layer the design allows.
-const MAX_OVERHEAD: f64 = 0.10;
+const MAX_OVERHEAD: f64 = 0.05;
 /// Longest mean time the design allows to defer a contact on an OPEN breaker.
 const MAX_DEFERRAL: Duration = Duration::from_millis(1);
 
