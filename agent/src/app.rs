@@ -13,7 +13,7 @@ use callguard_alerts::{AlertManager, AlertsError};
 use callguard_breaker::BreakerRegistry;
 use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ServiceName, ValidationError};
-use callguard_health::{HealthChecker, HttpProbe};
+use callguard_health::{HealthCheckConfig, HealthChecker, HttpProbe};
 use callguard_retry::{EventSink, Executor};
 use callguard_store::StoreError;
 use callguard_telemetry::{Metrics, MetricsServer};
@@ -119,7 +119,7 @@ impl App {
                 _ => None,
             })?,
         };
-        let health = health_checker(&config, &registry, &builder.used)?;
+        let health = health_checker(&config, &config.health_check, &registry, &builder.used)?;
         Ok(Self {
             config,
             pipeline: Arc::new(pipeline),
@@ -223,13 +223,14 @@ impl App {
 /// breakers of `registry` (created with the default settings if missing).
 pub fn health_checker<'a>(
     config: &AgentConfig,
+    checks: &HealthCheckConfig,
     registry: &BreakerRegistry,
     services: impl IntoIterator<Item = &'a ServiceName>,
 ) -> Result<HealthChecker, SetupError> {
-    let mut health = HealthChecker::new(config.health_check.clone())
+    let mut health = HealthChecker::new(checks.clone())
         .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
     let probe_client = reqwest::Client::builder()
-        .timeout(config.health_check.timeout.get())
+        .timeout(checks.timeout.get())
         .build()
         .map_err(|e| SetupError::HealthClient(e.without_url().to_string()))?;
     for service in services {

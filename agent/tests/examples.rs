@@ -36,8 +36,13 @@ async fn mocks_config_builds_every_part() {
 async fn production_config_probes_only_services_with_a_health_endpoint() {
     let config = AgentConfig::load("", Some(&example("production.toml")), []).unwrap();
     let registry = callguard_breaker::BreakerRegistry::default();
-    let checker =
-        callguard_agent::app::health_checker(&config, &registry, config.services.keys()).unwrap();
+    let checker = callguard_agent::app::health_checker(
+        &config,
+        &config.health_check,
+        &registry,
+        config.services.keys(),
+    )
+    .unwrap();
     let probed: Vec<String> = checker.services().map(ToString::to_string).collect();
     assert_eq!(
         probed,

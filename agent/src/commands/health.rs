@@ -12,7 +12,7 @@ use callguard_agent::app::health_checker;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::serve::GrpcServer;
 use callguard_breaker::BreakerRegistry;
-use callguard_health::{OnRecovery, RemoteUrl};
+use callguard_health::{HealthCheckConfig, OnRecovery, RemoteUrl};
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
 use callguard_proto::callguard::v1::{Breaker, ListBreakersRequest, breaker::State};
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
@@ -24,16 +24,20 @@ use super::shutdown_signal;
 /// `callguard health-server`: probes every configured service and serves
 /// their health over gRPC until Ctrl-C or SIGTERM.
 pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
-    let mut config =
+    let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
     let _telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
         .map_err(|e| e.to_string())?;
+    // No calls go through this process's breakers, so a HALF_OPEN one would
+    // never be confirmed: here a healthy probe closes, whatever the file says
+    // for the agents that share it.
     if config.health_check.on_recovery != OnRecovery::Close {
-        // No calls go through this process's breakers, so a HALF_OPEN one
-        // would never be confirmed: a healthy probe must close.
         tracing::warn!("health-server ignores health_check.on_recovery: a healthy probe closes");
-        config.health_check.on_recovery = OnRecovery::Close;
     }
+    let checks = HealthCheckConfig {
+        on_recovery: OnRecovery::Close,
+        ..config.health_check.clone()
+    };
     if config.health_check.remote.is_some() {
         tracing::warn!("health-server ignores health_check.remote: its own probes decide");
     }
@@ -46,7 +50,8 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
             name.clone()
         })
         .collect();
-    let checker = health_checker(&config, &registry, &probed).map_err(|e| e.to_string())?;
+    let checker =
+        health_checker(&config, &checks, &registry, &probed).map_err(|e| e.to_string())?;
     let server = GrpcServer::start(&config.grpc, registry).await?;
     tracing::info!(
         "Health server: probing {} every {} and serving their health on {}",
