@@ -11,8 +11,9 @@
 //! must be quick and must not block; work that needs to wait (waking deferred
 //! contacts in the store) is the follower's own, after it has published.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use callguard_core::{CircuitState, ResilienceEvent, Transition};
 use callguard_retry::EventSink;
@@ -77,10 +78,7 @@ impl TransitionLog {
 
     /// The transitions so far.
     pub fn records(&self) -> BTreeMap<String, Vec<TransitionRecord>> {
-        self.transitions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.transitions.lock().clone()
     }
 
     fn record(&self, transition: &Transition) {
@@ -95,7 +93,6 @@ impl TransitionLog {
         };
         self.transitions
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .entry(transition.service.to_string())
             .or_default()
             .push(record);

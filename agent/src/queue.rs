@@ -16,9 +16,10 @@
 //! write repeats under the same idempotency key and creates nothing new
 //! (the CRM keeps the first record).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use callguard_clients::CallRecord;
@@ -217,11 +218,7 @@ impl Settling {
 
     /// Notes that the store accepted a terminal state for `contact_id`.
     fn ended(&self, contact_id: &str) {
-        let first = self
-            .ended
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(contact_id.to_owned());
+        let first = self.ended.lock().insert(contact_id.to_owned());
         if !first {
             self.ended_twice.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -256,11 +253,7 @@ impl CallQueue {
             &contacts,
         );
         let queue = Self::with_store(Arc::new(store));
-        queue
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ready = contacts.len();
+        queue.counts.lock().ready = contacts.len();
         queue
     }
 
@@ -449,7 +442,7 @@ impl CallQueue {
 
     /// Where every contact was at the last [`refresh_counts`](Self::refresh_counts).
     pub fn counts(&self) -> QueueCounts {
-        *self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.counts.lock()
     }
 
     /// Reads where every contact is now from the store.
@@ -458,7 +451,7 @@ impl CallQueue {
         match self.store.counts().await {
             Ok(counts) => {
                 let counts = QueueCounts::from(counts);
-                *self.counts.lock().unwrap_or_else(PoisonError::into_inner) = counts;
+                *self.counts.lock() = counts;
                 counts
             }
             Err(e) => {

@@ -31,12 +31,12 @@
 //! topology (about 70 s); with `COMPOSE_TEST_TO_THE_END=1` it lets the
 //! campaign finish first (a few minutes) and checks that no contact is left.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -230,18 +230,13 @@ impl PortMap {
         *self
             .0
             .lock()
-            .unwrap()
             .entry((service.to_owned(), replica, port))
             .or_insert_with(free_port)
     }
 
     /// The local port of `service:port` if some service was given it.
     fn referenced(&self, service: &str, port: u16) -> Option<u16> {
-        self.0
-            .lock()
-            .unwrap()
-            .get(&(service.to_owned(), 0, port))
-            .copied()
+        self.0.lock().get(&(service.to_owned(), 0, port)).copied()
     }
 }
 

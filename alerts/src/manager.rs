@@ -11,9 +11,10 @@
 //! retries, logged with the reason), dropped (queue full or shut down) or
 //! suppressed (dedup), and each outcome is counted.
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use callguard_breaker::{BreakerRegistry, CircuitBreaker};
@@ -114,12 +115,6 @@ impl AlertCounts {
     }
 }
 
-/// Locks `mutex`, carrying on after a panic elsewhere: every critical section
-/// leaves the data consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl AlertManager {
     /// Validates `config` and starts one delivery task per configured channel
     /// on the current tokio runtime. With no channel configured, alerts are
@@ -196,7 +191,10 @@ impl AlertManager {
     /// channel (logged and counted).
     pub fn raise(&self, mut alert: Alert) -> Raised {
         let inner = &*self.inner;
-        let admitted = lock(&inner.dedup).admit(&alert.service, alert.kind, Instant::now());
+        let admitted = inner
+            .dedup
+            .lock()
+            .admit(&alert.service, alert.kind, Instant::now());
         let Some(suppressed) = admitted else {
             inner.suppressed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -322,7 +320,7 @@ impl AlertManager {
             }
         }
         for lane in &self.inner.channels {
-            if let Some(task) = lock(&lane.task).take() {
+            if let Some(task) = lane.task.lock().take() {
                 task.abort();
             }
         }

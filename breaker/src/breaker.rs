@@ -748,11 +748,7 @@ impl CircuitBreaker {
     }
 
     fn lock(&self) -> MutexGuard<'_, Guarded> {
-        // The guarded data stays consistent even if a holder panicked: every
-        // update is a single assignment or push.
-        self.guarded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.guarded.lock()
     }
 
     #[inline]

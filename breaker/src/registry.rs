@@ -1,7 +1,8 @@
 //! One circuit breaker per service name, and one stream of all their transitions.
 
+use parking_lot::RwLock;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use callguard_core::{ServiceName, Transition};
 use tokio::sync::broadcast;
@@ -50,10 +51,7 @@ impl BreakerRegistry {
         if let Some(existing) = self.get(service.as_str()) {
             return existing;
         }
-        let mut breakers = self
-            .breakers
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut breakers = self.breakers.write();
         breakers
             .entry(service.clone())
             .or_insert_with(|| {
@@ -73,21 +71,12 @@ impl BreakerRegistry {
 
     /// The breaker for `service`, if registered.
     pub fn get(&self, service: &str) -> Option<Arc<CircuitBreaker>> {
-        self.breakers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(service)
-            .cloned()
+        self.breakers.read().get(service).cloned()
     }
 
     /// Every breaker, sorted by service name.
     pub fn all(&self) -> Vec<Arc<CircuitBreaker>> {
-        self.breakers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect()
+        self.breakers.read().values().cloned().collect()
     }
 
     /// Transitions of every breaker in the registry, including breakers

@@ -1,7 +1,8 @@
 //! The health checker under virtual time, with a scripted probe.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, FailureRateConfig};
@@ -31,14 +32,14 @@ impl FakeService {
     }
 
     fn probes_since(&self, start: Instant) -> Vec<Duration> {
-        let probed_at = self.probed_at.lock().unwrap();
+        let probed_at = self.probed_at.lock();
         probed_at.iter().map(|t| *t - start).collect()
     }
 }
 
 impl Probe for FakeService {
     fn check(&self) -> ProbeFuture<'_> {
-        self.probed_at.lock().unwrap().push(Instant::now());
+        self.probed_at.lock().push(Instant::now());
         Box::pin(async move {
             if self.hangs.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
@@ -156,7 +157,7 @@ async fn half_open_on_recovery_leaves_closing_to_real_calls() {
         .unwrap();
     // Later healthy probes do not close it: a real call has to.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    assert!(service.probed_at.lock().unwrap().len() >= 6);
+    assert!(service.probed_at.lock().len() >= 6);
     assert_eq!(breaker.state(), CircuitState::HalfOpen);
     breaker.try_acquire().unwrap().success();
     assert_eq!(breaker.state(), CircuitState::Closed);
@@ -209,7 +210,7 @@ async fn a_forced_open_breaker_stays_open_when_healthy() {
     let service = FakeService::new(true);
     let _stop = start(HealthCheckConfig::default(), &breaker, &service);
     tokio::time::sleep(Duration::from_secs(21)).await;
-    assert_eq!(service.probed_at.lock().unwrap().len(), 5);
+    assert_eq!(service.probed_at.lock().len(), 5);
     assert_eq!(breaker.state(), CircuitState::ForcedOpen);
 }
 

@@ -21,9 +21,9 @@
 //! `429`s from calls sent before the provider's limit was known shrinks the
 //! limit once, not once per call (TCP's one decrease per window).
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use callguard_core::{ServiceName, ValidationError};
@@ -87,10 +87,6 @@ pub struct LimitSnapshot {
     /// How long admission is still paused because the provider said its rate
     /// is used up.
     pub paused_for: Option<Duration>,
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Limiter {
@@ -284,7 +280,7 @@ impl Limiter {
         if announced.is_none() && !adaptive {
             return;
         }
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(max) = announced {
             self.announce(&mut state, max);
         }

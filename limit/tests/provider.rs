@@ -6,8 +6,9 @@
 //! completed, 100 ms before a refused call goes again (the retry executor's
 //! `concurrency_delay`).
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use callguard_core::ServiceName;
@@ -79,7 +80,7 @@ impl Provider {
                 return (Outcome::ConcurrencyLimited, self.answer_headers(current));
             }
         }
-        let latency = Duration::from_millis(self.rng.lock().unwrap().u64(80..=120));
+        let latency = Duration::from_millis(self.rng.lock().u64(80..=120));
         sleep(latency).await;
         let headers = self.answer_headers(self.in_flight.load(Ordering::Relaxed));
         self.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! Admission, bounded waiting, the rate, and what single answers teach the
 //! limiter, in virtual time.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use callguard_core::{ConfigDuration, ErrorKind, ServiceError, ServiceName};
@@ -101,7 +102,7 @@ async fn waiters_get_slots_in_turn_as_they_are_given_back() {
             let (limiter, order) = (Arc::clone(&limiter), Arc::clone(&order));
             tokio::spawn(async move {
                 let permit = limiter.acquire().await.unwrap();
-                order.lock().unwrap().push((i, Instant::now() - start));
+                order.lock().push((i, Instant::now() - start));
                 sleep(ms(100)).await;
                 permit.complete(
                     Outcome::Success { latency: ms(100) },
@@ -116,10 +117,7 @@ async fn waiters_get_slots_in_turn_as_they_are_given_back() {
     for waiter in waiters {
         waiter.await.unwrap();
     }
-    assert_eq!(
-        *order.lock().unwrap(),
-        [(0, ms(300)), (1, ms(400)), (2, ms(500))]
-    );
+    assert_eq!(*order.lock(), [(0, ms(300)), (1, ms(400)), (2, ms(500))]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -327,7 +325,7 @@ impl tracing::Subscriber for Warnings {
         if *meta.level() == tracing::Level::WARN && meta.target().starts_with("callguard_limit") {
             let mut message = String::new();
             event.record(&mut Message(&mut message));
-            self.0.lock().unwrap().push(message);
+            self.0.lock().push(message);
         }
     }
     fn enter(&self, _: &tracing::span::Id) {}
@@ -354,7 +352,7 @@ async fn a_garbage_header_keeps_the_last_good_limit_and_is_logged_once() {
         );
         assert_eq!(limiter.snapshot().limit, Some(5), "after {garbage:?}");
     }
-    let warnings = warnings.0.lock().unwrap();
+    let warnings = warnings.0.lock();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("maximum-concurrent-requests")

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value};
 
 use crate::Service;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// Header that makes a `POST /v1/calls` safe to repeat.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -69,7 +69,9 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     if let Some(denied) = Service::Crm.deny(&headers, &shared.config.keys) {
         return denied;
     }
-    let records: Vec<Value> = lock(&shared.crm)
+    let records: Vec<Value> = shared
+        .crm
+        .lock()
         .records
         .iter()
         .map(CrmRecord::to_json)
@@ -98,7 +100,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
 
-    let mut store = lock(&shared.crm);
+    let mut store = shared.crm.lock();
     if let Some(&index) = key.as_ref().and_then(|k| store.by_key.get(k)) {
         let existing = &store.records[index];
         return if existing.fields == fields {

@@ -18,7 +18,8 @@
 //! `{"error":{"type":"requests","code":"rate_limit_exceeded",…}}`, saying
 //! which limit it is and when to try again.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -35,7 +36,7 @@ use tokio::time::{Instant, timeout_at};
 use crate::EndpointKind;
 use crate::gate::is_health;
 use crate::service::Service;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// ElevenLabs' concurrency limit: `{"max_concurrent": 4, "queue": "50ms"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +190,7 @@ struct Slot<'a>(&'a Limits);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        let mut concurrency = lock(&self.0.concurrency);
+        let mut concurrency = self.0.concurrency.lock();
         concurrency.in_flight = concurrency.in_flight.saturating_sub(1);
         drop(concurrency);
         self.0.freed.notify_waiters();
@@ -214,26 +215,26 @@ impl Limits {
 
     /// Sets or removes ElevenLabs' limit; requests in flight keep their slots.
     pub(crate) fn set_concurrency(&self, limit: Option<ConcurrencyLimit>) {
-        lock(&self.concurrency).limit = limit;
+        self.concurrency.lock().limit = limit;
         self.freed.notify_waiters();
     }
 
     /// Sets or removes the LLM's rate; a new rate starts with a full bucket.
     pub(crate) fn set_rate(&self, rate: Option<RequestRate>) {
-        let mut bucket = lock(&self.rate);
+        let mut bucket = self.rate.lock();
         bucket.rate = rate;
         bucket.tokens = rate.map_or(0.0, |r| f64::from(r.requests_per_minute));
         bucket.refilled_at = Instant::now();
     }
 
     pub(crate) fn state(&self) -> LimitsState {
-        let concurrency = lock(&self.concurrency);
+        let concurrency = self.concurrency.lock();
         let elevenlabs = concurrency.limit.map(|limit| ConcurrencyState {
             limit,
             in_flight: concurrency.in_flight,
         });
         drop(concurrency);
-        let mut bucket = lock(&self.rate);
+        let mut bucket = self.rate.lock();
         let llm = bucket
             .rate
             .zip(bucket.refill(Instant::now()))
@@ -253,7 +254,7 @@ impl Limits {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let (limit, in_flight) = {
-                let mut concurrency = lock(&self.concurrency);
+                let mut concurrency = self.concurrency.lock();
                 let Some(limit) = concurrency.limit else {
                     return Ok(None);
                 };
@@ -271,14 +272,14 @@ impl Limits {
     }
 
     fn in_flight(&self) -> u32 {
-        lock(&self.concurrency).in_flight
+        self.concurrency.lock().in_flight
     }
 
     /// Takes one request from the LLM's bucket: `Ok` with the headers to
     /// send, `Err` with them and the wait for the next request when it is
     /// empty. `Ok(None)`: no rate is set.
     fn take(&self) -> Result<Option<RateHeaders>, (RateHeaders, Duration)> {
-        let mut bucket = lock(&self.rate);
+        let mut bucket = self.rate.lock();
         let Some((rate, tokens)) = bucket.refill(Instant::now()) else {
             return Ok(None);
         };

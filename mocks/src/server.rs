@@ -28,7 +28,7 @@ use crate::crm::CrmRecord;
 use crate::gate::{ConnectionKill, closed, gate};
 use crate::limits::{ConcurrencyLimit, LimitsState, RequestRate};
 use crate::service::health_ok;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 use crate::{
     Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, limits, llm, sinks,
     tracing_ctx, tts,
@@ -267,7 +267,7 @@ impl MockServer {
 
     /// The CRM's call records, in creation order.
     pub fn crm_records(&self) -> Vec<CrmRecord> {
-        lock(&self.shared.crm).records()
+        self.shared.crm.lock().records()
     }
 
     /// Stops accepting connections, releases held requests, and waits (up to

@@ -1,8 +1,8 @@
 //! State shared by every request of one mock server: config, faults, counts,
 //! CRM records, and the signals that wake held requests.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use callguard_core::ValidationError;
 use tokio::sync::watch;
@@ -33,12 +33,6 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenIssuer,
     pub(crate) telegram: TelegramStore,
     pub(crate) webhook: WebhookStore,
-}
-
-/// Locks `mutex`, carrying on after a panic elsewhere: every critical section
-/// leaves the data consistent.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
@@ -75,32 +69,32 @@ impl Shared {
         for fault in &faults {
             tracing::debug!(service = %fault.service, mode = fault.mode.name(), "fault injected");
         }
-        let ids = lock(&self.faults).insert(faults, Instant::now());
+        let ids = self.faults.lock().insert(faults, Instant::now());
         self.faults_changed.send_modify(|n| *n += 1);
         Ok(ids)
     }
 
     /// Removes all faults, or those of one service; returns how many.
     pub(crate) fn clear(&self, service: Option<Service>) -> usize {
-        let cleared = lock(&self.faults).clear(service);
+        let cleared = self.faults.lock().clear(service);
         self.faults_changed.send_modify(|n| *n += 1);
         cleared
     }
 
     pub(crate) fn faults(&self) -> Vec<ListedFault> {
-        lock(&self.faults).list(Instant::now())
+        self.faults.lock().list(Instant::now())
     }
 
     pub(crate) fn wants_contact(&self, service: Service) -> bool {
-        lock(&self.faults).wants_contact(service, Instant::now())
+        self.faults.lock().wants_contact(service, Instant::now())
     }
 
     pub(crate) fn pick(&self, service: Service, contact: Option<&str>) -> Option<Pick> {
-        lock(&self.faults).pick(service, contact, Instant::now())
+        self.faults.lock().pick(service, contact, Instant::now())
     }
 
     pub(crate) fn end_of(&self, id: FaultId) -> Option<Option<Instant>> {
-        lock(&self.faults).end_of(id, Instant::now())
+        self.faults.lock().end_of(id, Instant::now())
     }
 
     pub(crate) fn faults_changed(&self) -> watch::Receiver<u64> {
@@ -116,15 +110,15 @@ impl Shared {
     }
 
     pub(crate) fn record(&self, service: Service, kind: EndpointKind, outcome: &str) {
-        lock(&self.stats).record(service, kind, outcome);
+        self.stats.lock().record(service, kind, outcome);
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        lock(&self.stats).clone()
+        self.stats.lock().clone()
     }
 
     pub(crate) fn reset_stats(&self) {
-        *lock(&self.stats) = Stats::default();
+        *self.stats.lock() = Stats::default();
     }
 
     /// A fresh number for a chat completion's id.

@@ -1,6 +1,7 @@
 //! The executor around a real `callguard-breaker` breaker, in virtual time.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use callguard_breaker::{BreakerConfig, CircuitBreaker};
@@ -51,24 +52,19 @@ impl Script {
     }
 
     fn run(&self, ctx: AttemptContext) -> std::future::Ready<Result<u32, ServiceError>> {
-        let mut attempts = self.attempts.lock().unwrap();
+        let mut attempts = self.attempts.lock();
         let n = attempts.len();
         attempts.push((Instant::now(), ctx));
         std::future::ready(self.answers[n.min(self.answers.len() - 1)].clone())
     }
 
     fn offsets(&self, start: Instant) -> Vec<Duration> {
-        let attempts = self.attempts.lock().unwrap();
+        let attempts = self.attempts.lock();
         attempts.iter().map(|(at, _)| *at - start).collect()
     }
 
     fn contexts(&self) -> Vec<AttemptContext> {
-        self.attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, c)| *c)
-            .collect()
+        self.attempts.lock().iter().map(|(_, c)| *c).collect()
     }
 }
 
@@ -80,7 +76,7 @@ fn event_log() -> (
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = {
         let events = Arc::clone(&events);
-        move |e: &ResilienceEvent| events.lock().unwrap().push(e.clone())
+        move |e: &ResilienceEvent| events.lock().push(e.clone())
     };
     (events, Arc::new(sink))
 }
@@ -152,7 +148,6 @@ async fn seed_story_breaker_opens_after_two_failures_and_the_third_attempt_is_re
 
     let kinds: Vec<String> = events
         .lock()
-        .unwrap()
         .iter()
         .map(|e| match e {
             ResilienceEvent::AttemptFailed { attempt, .. } => {
@@ -479,7 +474,7 @@ async fn a_success_event_carries_the_attempt() {
         })
         .await;
     assert_eq!(value, Ok("spoken"));
-    let events = events.lock().unwrap();
+    let events = events.lock();
     match events.as_slice() {
         [ResilienceEvent::AttemptSucceeded(info)] => {
             assert_eq!(info.service.as_str(), "elevenlabs");
@@ -501,7 +496,7 @@ async fn exhaustion_and_permanent_failure_are_published() {
     let exec = executor(&breaker(100), policy).with_sink(sink);
     let _ = exec.call(|_| async { Err::<(), _>(status(503)) }).await;
     let _ = exec.call(|_| async { Err::<(), _>(status(404)) }).await;
-    let events = events.lock().unwrap();
+    let events = events.lock();
     let last_of_first_call = &events[3];
     assert!(
         matches!(last_of_first_call, ResilienceEvent::RetriesExhausted { attempts: 2, error, .. } if error.status() == Some(503)),
@@ -769,7 +764,6 @@ async fn an_attempt_the_limiter_did_not_send_ends_the_call_at_once_for_a_deferra
     assert!(
         !events
             .lock()
-            .unwrap()
             .iter()
             .any(|e| matches!(e, ResilienceEvent::RetriesExhausted { .. })),
         "no alert-raising event"

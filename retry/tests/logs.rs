@@ -1,9 +1,10 @@
 //! The executor's tracing events: one per attempt, with the seed's fields and
 //! messages that read like the seed's log lines.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use callguard_breaker::{BreakerConfig, CircuitBreaker};
@@ -56,7 +57,7 @@ impl Subscriber for Capture {
         }
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(Line {
+        self.0.lock().push(Line {
             level: *event.metadata().level(),
             fields,
         });
@@ -67,7 +68,7 @@ impl Subscriber for Capture {
 
 impl Capture {
     fn take(&self) -> Vec<Line> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        std::mem::take(&mut *self.0.lock())
     }
 }
 

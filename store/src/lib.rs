@@ -22,11 +22,12 @@ mod postgres;
 mod sql;
 mod sqlite;
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
@@ -469,10 +470,8 @@ impl CallStore {
             .extend(batch.into_iter().map(|leased| (leased, since)));
     }
 
-    fn leased_ahead_lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
-        self.leased_ahead
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn leased_ahead_lock(&self) -> parking_lot::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
+        self.leased_ahead.lock()
     }
 
     /// The first contact leased ahead, and how many are left; the lock is

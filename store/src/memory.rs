@@ -1,8 +1,8 @@
 //! The in-memory backend: the same rows and rules as the SQL backends, kept in
 //! a map with an ordered index of due times; lost when the process ends.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, LeasedBatch, Millis,
@@ -73,7 +73,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock()
     }
 
     pub(crate) async fn import(

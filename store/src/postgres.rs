@@ -16,7 +16,6 @@
 //! (unanalysed, it takes a new table for a tiny one and scans it whole).
 
 use std::collections::HashSet;
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
@@ -78,7 +77,7 @@ pub(crate) struct PostgresBackend {
     client: Client,
     prepared: Prepared,
     connection: tokio::task::JoinHandle<()>,
-    completions: std::sync::Mutex<Vec<Completion>>,
+    completions: parking_lot::Mutex<Vec<Completion>>,
 }
 
 impl Drop for PostgresBackend {
@@ -133,7 +132,7 @@ impl PostgresBackend {
             client,
             prepared,
             connection,
-            completions: std::sync::Mutex::default(),
+            completions: parking_lot::Mutex::default(),
         })
     }
 
@@ -351,10 +350,8 @@ impl PostgresBackend {
             .collect()
     }
 
-    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {
-        self.completions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn completions_lock(&self) -> parking_lot::MutexGuard<'_, Vec<Completion>> {
+        self.completions.lock()
     }
 
     async fn update(

@@ -15,8 +15,8 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use rusqlite::types::Value;
@@ -77,7 +77,7 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// Completions waiting for the job that runs them: while there are any, one
 /// such job is queued.
-type Completions = Arc<std::sync::Mutex<Vec<Completion>>>;
+type Completions = Arc<parking_lot::Mutex<Vec<Completion>>>;
 
 /// The job's hold on the completions waiting: it takes them when it runs,
 /// and — dropped unrun, with the transaction that held it — answers them with
@@ -89,7 +89,7 @@ impl CompletionBatch {
     /// The completions waiting now (none after the first call).
     fn take(&mut self) -> Vec<Completion> {
         self.0.take().map_or_else(Vec::new, |completions| {
-            std::mem::take(&mut *completions.lock().unwrap_or_else(PoisonError::into_inner))
+            std::mem::take(&mut *completions.lock())
         })
     }
 }
@@ -139,7 +139,7 @@ fn complete_batch(
 /// waiting for it, and a second connection that checkpoints the WAL.
 pub(crate) struct SqliteBackend {
     connection: Arc<Mutex<Connection>>,
-    waiting: std::sync::Mutex<Vec<Job>>,
+    waiting: parking_lot::Mutex<Vec<Job>>,
     completions: Completions,
     /// When a final state's transaction starts ([`StoreSettings::settle_wait`]).
     settle: Start,
@@ -149,7 +149,7 @@ pub(crate) struct SqliteBackend {
 
 /// Checkpoints the WAL on the blocking pool, one at a time.
 struct Checkpoint {
-    connection: std::sync::Mutex<Connection>,
+    connection: parking_lot::Mutex<Connection>,
     running: AtomicBool,
     transactions: AtomicU32,
 }
@@ -163,10 +163,7 @@ impl Checkpoint {
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let connection = this
-                .connection
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let connection = this.connection.lock();
             // PASSIVE never blocks the writer; what it cannot copy now is
             // copied next time.
             if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -237,7 +234,7 @@ impl SqliteBackend {
                 .map_err(db)??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            waiting: std::sync::Mutex::default(),
+            waiting: parking_lot::Mutex::default(),
             completions: Arc::default(),
             settle: if settings.settle_wait.is_zero() {
                 Start::Now
@@ -246,7 +243,7 @@ impl SqliteBackend {
             },
             sql,
             checkpoint: Arc::new(Checkpoint {
-                connection: std::sync::Mutex::new(checkpointer),
+                connection: parking_lot::Mutex::new(checkpointer),
                 running: AtomicBool::new(false),
                 transactions: AtomicU32::new(0),
             }),
@@ -324,8 +321,8 @@ impl SqliteBackend {
         Ok(())
     }
 
-    fn waiting_lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    fn waiting_lock(&self) -> parking_lot::MutexGuard<'_, Vec<Job>> {
+        self.waiting.lock()
     }
 
     pub(crate) async fn import(
@@ -519,10 +516,8 @@ impl SqliteBackend {
         self.answer(self.settle, answer).await
     }
 
-    fn completions_lock(&self) -> std::sync::MutexGuard<'_, Vec<Completion>> {
-        self.completions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn completions_lock(&self) -> parking_lot::MutexGuard<'_, Vec<Completion>> {
+        self.completions.lock()
     }
 
     /// Runs an update taking a text and a time; returns the rows changed.
@@ -673,7 +668,7 @@ mod tests {
             attempt: 1,
         };
         let (completion, answered) = Completion::new("agent-1", &lease, 0);
-        completions.lock().unwrap().push(completion);
+        completions.lock().push(completion);
         // The transaction holding the job could not begin: the job is dropped.
         drop(CompletionBatch(Some(completions.clone())));
         let error = tokio::time::timeout(Duration::from_secs(1), answered)
@@ -683,7 +678,7 @@ mod tests {
             .expect_err("not completed");
         assert!(error.to_string().contains("did not run"), "{error}");
         assert!(
-            completions.lock().unwrap().is_empty(),
+            completions.lock().is_empty(),
             "the next completion queues a job again"
         );
     }

@@ -10,10 +10,11 @@
 //! the OpenTelemetry ids of the innermost span, when the subscriber has the
 //! OpenTelemetry layer.
 
+use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use callguard_core::telemetry::{REQUIRED_FIELDS, field, level_name};
@@ -155,7 +156,7 @@ where
         line.insert("target".into(), Value::from(event.metadata().target()));
         let mut text = Value::Object(line).to_string();
         text.push('\n');
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writer = self.writer.lock();
         // A failing log disk must not stop calls; the console still shows the event.
         let _ = writer.write_all(text.as_bytes());
     }

@@ -35,7 +35,7 @@
 //! `Arc<dyn ContactGauge>` the queue's own `Arc` turns into without a
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
-use std::sync::{Mutex, PoisonError};
+use parking_lot::{Mutex, MutexGuard};
 
 use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
@@ -244,12 +244,12 @@ impl Metrics {
         metrics
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock()
     }
 
-    fn sources(&self) -> std::sync::MutexGuard<'_, Sources> {
-        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
+    fn sources(&self) -> MutexGuard<'_, Sources> {
+        self.sources.lock()
     }
 
     /// Reads the alerts' counts from `alerts` when scraped.

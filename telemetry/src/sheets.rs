@@ -1,7 +1,8 @@
 //! The Google Sheets export's counts, kept readable after the export has been
 //! flushed and stopped, for `/metrics` and the summary.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use callguard_sheets_logger::{SheetsHandle, SheetsStats};
@@ -27,8 +28,8 @@ impl SheetsCounts {
         })))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SheetsState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, SheetsState> {
+        self.0.lock()
     }
 
     /// The counts so far.

@@ -5,9 +5,10 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -79,18 +80,18 @@ pub(crate) struct Received(Arc<Mutex<Vec<ResourceSpans>>>);
 impl Received {
     /// Keeps the spans of one export request.
     pub(crate) fn add(&self, request: ExportTraceServiceRequest) {
-        self.0.lock().unwrap().extend(request.resource_spans);
+        self.0.lock().extend(request.resource_spans);
     }
 
     /// What every export request carried, in order.
     pub(crate) fn resource_spans(&self) -> Vec<ResourceSpans> {
-        self.0.lock().unwrap().clone()
+        self.0.lock().clone()
     }
 
     /// Every span, with its resource's `service.name`.
     pub(crate) fn spans(&self) -> Vec<(String, Span)> {
         let mut all = Vec::new();
-        for resource_spans in self.0.lock().unwrap().iter() {
+        for resource_spans in self.0.lock().iter() {
             let service = resource_spans
                 .resource
                 .as_ref()

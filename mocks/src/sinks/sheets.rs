@@ -4,7 +4,8 @@
 //! query parameters, records the rows in order, answers like Google, and can
 //! be told to fail the next requests with a given status.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
 use crate::MockServer;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// A static access token the Sheets fake always accepts, for clients
 /// configured with `bearer_token` instead of a service account.
@@ -61,7 +62,7 @@ impl MockServer {
 
     /// The accepted append requests, in order.
     pub fn sheets_appends(&self) -> Vec<SheetsAppend> {
-        lock(&self.shared.sheets.inner).appends.clone()
+        self.shared.sheets.inner.lock().appends.clone()
     }
 
     /// Every row appended, in order, over all requests.
@@ -75,13 +76,13 @@ impl MockServer {
     /// The status of every append request answered, in order (`401`s and
     /// injected failures included).
     pub fn sheets_statuses(&self) -> Vec<u16> {
-        lock(&self.shared.sheets.inner).statuses.clone()
+        self.shared.sheets.inner.lock().statuses.clone()
     }
 
     /// Makes the next `failure.count` append requests (with a valid token)
     /// fail with `failure.status`; returns how many failures are queued.
     pub fn sheets_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
-        lock(&self.shared.sheets.inner).failures.push(failure)
+        self.shared.sheets.inner.lock().failures.push(failure)
     }
 }
 
@@ -140,7 +141,10 @@ async fn append(
         &headers,
         &body,
     );
-    lock(&shared.sheets.inner)
+    shared
+        .sheets
+        .inner
+        .lock()
         .statuses
         .push(response.status().as_u16());
     response
@@ -168,7 +172,7 @@ fn handle(
             "Request had invalid authentication credentials. Expected OAuth 2 access token.",
         );
     }
-    if let Some((status, wait)) = lock(&shared.sheets.inner).failures.pop() {
+    if let Some((status, wait)) = shared.sheets.inner.lock().failures.pop() {
         return with_retry_after(google_error(status, "Injected failure (mock)."), wait);
     }
     let value_input_option = query.value_input_option.unwrap_or_default();
@@ -191,7 +195,7 @@ fn handle(
         Ok(rows) => rows,
         Err(message) => return google_error(StatusCode::BAD_REQUEST, message),
     };
-    let mut inner = lock(&shared.sheets.inner);
+    let mut inner = shared.sheets.inner.lock();
     let before: usize = inner
         .appends
         .iter()
@@ -255,12 +259,12 @@ fn column_name(mut n: usize) -> String {
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     queue_failure_from(&body, |failure| {
-        lock(&shared.sheets.inner).failures.push(failure)
+        shared.sheets.inner.lock().failures.push(failure)
     })
 }
 
 async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": lock(&shared.sheets.inner).failures.clear() }))
+    Json(json!({ "cleared": shared.sheets.inner.lock().failures.clear() }))
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! Telegram (`{"ok":…}`), and can be told to fail the next requests — a 429
 //! carries `parameters.retry_after` in its body, as Telegram sends it.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -19,7 +20,7 @@ use tokio::time::Instant;
 
 use super::failures::{Failures, SinkFailure, queue_failure_from};
 use crate::MockServer;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// The bot token the fake accepts.
 pub const TELEGRAM_BOT_TOKEN: &str = "123456:mock-telegram-token";
@@ -65,12 +66,15 @@ impl MockServer {
 
     /// Every `sendMessage` request, in order, with the status answered.
     pub fn telegram_requests(&self) -> Vec<TelegramRequest> {
-        lock(&self.shared.telegram.inner).requests.clone()
+        self.shared.telegram.inner.lock().requests.clone()
     }
 
     /// The texts of the messages accepted (answered `200`), in order.
     pub fn telegram_messages(&self) -> Vec<String> {
-        lock(&self.shared.telegram.inner)
+        self.shared
+            .telegram
+            .inner
+            .lock()
             .requests
             .iter()
             .filter(|r| r.status == 200)
@@ -81,7 +85,7 @@ impl MockServer {
     /// Makes the next `failure.count` requests with a valid token fail with
     /// `failure.status`; returns how many failures are queued.
     pub fn telegram_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
-        lock(&self.shared.telegram.inner).failures.push(failure)
+        self.shared.telegram.inner.lock().failures.push(failure)
     }
 }
 
@@ -123,7 +127,7 @@ async fn send_message(
         })
     };
     let (chat_id, text) = (field("chat_id"), field("text"));
-    let mut store = lock(&shared.telegram.inner);
+    let mut store = shared.telegram.inner.lock();
     let response = answer(&mut store, token_ok, chat_id.as_deref(), text.as_deref());
     store.requests.push(TelegramRequest {
         token_ok,
@@ -181,16 +185,16 @@ fn answer(
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     queue_failure_from(&body, |failure| {
-        lock(&shared.telegram.inner).failures.push(failure)
+        shared.telegram.inner.lock().failures.push(failure)
     })
 }
 
 async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": lock(&shared.telegram.inner).failures.clear() }))
+    Json(json!({ "cleared": shared.telegram.inner.lock().failures.clear() }))
 }
 
 async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let store = lock(&shared.telegram.inner);
+    let store = shared.telegram.inner.lock();
     let requests: Vec<Value> = store
         .requests
         .iter()

@@ -6,8 +6,9 @@
 //! The key pair under `testdata/` is for tests only; it is committed, so it
 //! protects nothing.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Form;
@@ -21,7 +22,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::MockServer;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// The e-mail address of the test service account.
 pub const TEST_SERVICE_ACCOUNT_EMAIL: &str =
@@ -131,26 +132,27 @@ impl TokenIssuer {
 
     /// Whether `token` was issued here and has not expired.
     pub(crate) fn is_valid(&self, token: &str) -> bool {
-        lock(&self.inner)
+        self.inner
+            .lock()
             .issued
             .get(token)
             .is_some_and(|expires| Instant::now() < *expires)
     }
 
     pub(crate) fn revoke_all(&self) {
-        lock(&self.inner).issued.clear();
+        self.inner.lock().issued.clear();
     }
 
     pub(crate) fn set_lifetime(&self, lifetime: Duration) {
-        lock(&self.inner).lifetime = lifetime;
+        self.inner.lock().lifetime = lifetime;
     }
 
     pub(crate) fn requests(&self) -> Vec<TokenRequest> {
-        lock(&self.inner).requests.clone()
+        self.inner.lock().requests.clone()
     }
 
     fn refuse(&self, issuer: Option<String>, error: &str, description: &str) -> Response {
-        lock(&self.inner).requests.push(TokenRequest {
+        self.inner.lock().requests.push(TokenRequest {
             granted: false,
             issuer,
             error: Some(description.to_owned()),
@@ -163,7 +165,7 @@ impl TokenIssuer {
     }
 
     fn grant(&self, issuer: String) -> Response {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         let token = format!("ya29.mock-{:016x}", inner.rng.u64(..));
         let lifetime = inner.lifetime;
         inner

@@ -2,7 +2,8 @@
 //! each request's path, headers and body with the status it answered, answers
 //! `200 {"ok":true}`, and can be told to fail the next requests (e.g. `500`).
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 
 use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
 use crate::MockServer;
-use crate::state::{Shared, lock};
+use crate::state::Shared;
 
 /// One request to the webhook sink, as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +71,13 @@ impl MockServer {
 
     /// Every request the webhook sink received, in order, with the status answered.
     pub fn webhook_requests(&self) -> Vec<WebhookRequest> {
-        lock(&self.shared.webhook.inner).requests.clone()
+        self.shared.webhook.inner.lock().requests.clone()
     }
 
     /// Makes the next `failure.count` requests fail with `failure.status`
     /// (with `Retry-After` if set); returns how many failures are queued.
     pub fn webhook_fail(&self, failure: SinkFailure) -> Result<usize, ValidationError> {
-        lock(&self.shared.webhook.inner).failures.push(failure)
+        self.shared.webhook.inner.lock().failures.push(failure)
     }
 }
 
@@ -108,7 +109,7 @@ async fn receive(
 }
 
 fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Response {
-    let mut store = lock(&shared.webhook.inner);
+    let mut store = shared.webhook.inner.lock();
     let response = match store.failures.pop() {
         Some((status, wait)) => with_retry_after(
             (status, Json(json!({ "error": "injected failure (mock)" }))).into_response(),
@@ -136,16 +137,16 @@ fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Re
 
 async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     queue_failure_from(&body, |failure| {
-        lock(&shared.webhook.inner).failures.push(failure)
+        shared.webhook.inner.lock().failures.push(failure)
     })
 }
 
 async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": lock(&shared.webhook.inner).failures.clear() }))
+    Json(json!({ "cleared": shared.webhook.inner.lock().failures.clear() }))
 }
 
 async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let store = lock(&shared.webhook.inner);
+    let store = shared.webhook.inner.lock();
     let requests: Vec<Value> = store
         .requests
         .iter()
