@@ -24,7 +24,7 @@ use callguard_core::ValidationError;
 pub use config::HttpServiceConfig;
 pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
-pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
+pub use http::{Answered, CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
 pub use llm::{LlmClient, LlmSettings, Prompt};
 pub use tts::{Audio, TtsClient, TtsSettings};
 
