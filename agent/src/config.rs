@@ -767,6 +767,53 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_to_following_headers_and_a_service_may_replace_them() {
+        use callguard_limit::LimitMode;
+        let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
+        assert_eq!(config.limits, LimitConfig::default());
+        assert_eq!(config.limits.mode, LimitMode::Off);
+        assert!(config.limits.follow_headers);
+
+        let text = format!(
+            "{DEFAULTS}\n[limits]\nmode = \"adaptive\"\ninitial = 8\n\
+             [services.elevenlabs.limits]\nmode = \"static\"\nmax_concurrency = 5\n"
+        );
+        let config = AgentConfig::load(&text, None, []).unwrap();
+        let tts = config.limit_config(&ServiceName::new("elevenlabs").unwrap());
+        assert_eq!(
+            tts,
+            LimitConfig::fixed(5),
+            "the section replaces [limits] whole"
+        );
+        let llm = config.limit_config(&ServiceName::new("llm").unwrap());
+        assert_eq!(llm, LimitConfig::adaptive(8, 1, 100));
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_their_full_key() {
+        let refused = |vars: &[(&str, &str)]| {
+            AgentConfig::load(DEFAULTS, None, env(vars))
+                .unwrap_err()
+                .to_string()
+        };
+        let message = refused(&[("CALLGUARD_LIMITS__MAX_CONCURRENCY", "4")]);
+        assert!(
+            message.contains("limits.max_concurrency") && message.contains("mode off"),
+            "{message}"
+        );
+        let message = refused(&[
+            ("CALLGUARD_SERVICES__ELEVENLABS__LIMITS__MODE", "adaptive"),
+            ("CALLGUARD_SERVICES__ELEVENLABS__LIMITS__INITIAL", "0"),
+        ]);
+        assert!(
+            message.contains("services.elevenlabs.limits.initial"),
+            "{message}"
+        );
+        let message = refused(&[("CALLGUARD_LIMITS__QUEUE_TIMEOUTT", "1s")]);
+        assert!(message.contains("queue_timeoutt"), "{message}");
+    }
+
+    #[test]
     fn metrics_are_served_on_9464_unless_turned_off() {
         let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
         assert_eq!(
