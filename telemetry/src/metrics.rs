@@ -538,6 +538,35 @@ mod tests {
     }
 
     #[test]
+    fn limiters_are_read_when_rendered() {
+        use callguard_limit::LimitConfig;
+        let fixed = Arc::new(Limiter::new(service("elevenlabs"), LimitConfig::fixed(5)).unwrap());
+        let off = Arc::new(Limiter::new(service("crm"), LimitConfig::default()).unwrap());
+        let metrics = Metrics::new();
+        metrics.watch_limiters(vec![fixed.clone(), off]);
+        let held = [fixed.try_acquire().unwrap(), fixed.try_acquire().unwrap()];
+        let text = metrics.render(None, None);
+        for line in [
+            "callguard_limit{service=\"elevenlabs\"} 5",
+            "callguard_limit_in_flight{service=\"elevenlabs\"} 2",
+            "callguard_limit_waiting{service=\"elevenlabs\"} 0",
+            "callguard_limit_in_flight{service=\"crm\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("callguard_limit{service=\"crm\"}"),
+            "no limit, no series:\n{text}"
+        );
+        drop(held);
+        let text = metrics.render(None, None);
+        assert!(
+            text.contains("callguard_limit_in_flight{service=\"elevenlabs\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn events_become_series() {
         let metrics = Metrics::new();
         let tts = service("elevenlabs");
