@@ -1,5 +1,5 @@
 //! The agent as one value: [`App::build`] makes the running parts from a
-//! checked [`AgentConfig`] — one breaker and one executor per service, the
+//! checked [`AgentConfig`] — one breaker, one executor and one limiter per service, the
 //! clients of each stage's chain (primary, then its `fallback`s), the health
 //! checker probing every service used, the alerts, and the event hub every
 //! part publishes to — and [`App::run`] runs a campaign with the servers the
@@ -14,6 +14,7 @@ use callguard_breaker::BreakerRegistry;
 use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ServiceName, ValidationError};
 use callguard_health::{HealthCheckConfig, HealthChecker, HttpProbe};
+use callguard_limit::Limiter;
 use callguard_retry::{EventSink, Executor};
 use callguard_store::StoreError;
 use callguard_telemetry::{Metrics, MetricsServer};
@@ -119,6 +120,7 @@ impl App {
                 _ => None,
             })?,
         };
+        metrics.watch_limiters(pipeline.limiters());
         let health = health_checker(&config, &config.health_check, &registry, &builder.used)?;
         Ok(Self {
             config,
@@ -317,11 +319,16 @@ impl Builder<'_> {
         let executor = Executor::new(breaker, self.config.retry.clone())
             .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
             .with_sink(self.sink.clone());
+        // Checked with the config; a limiter per service, as a service is in
+        // one stage's chain only.
+        let limiter = Limiter::new(service.clone(), self.config.limit_config(service))
+            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
         self.used.insert(service.clone());
         Ok(Stage {
             service: service.clone(),
             client,
             executor: Arc::new(executor),
+            limiter: Arc::new(limiter),
         })
     }
 }

@@ -13,6 +13,7 @@ use callguard_breaker::BreakerConfig;
 use callguard_core::config::{at_least, nonzero_duration};
 use callguard_core::{ConfigDuration, Secret, ServiceName, ValidationError};
 use callguard_health::{GrpcConfig, HealthCheckConfig};
+use callguard_limit::LimitConfig;
 use callguard_retry::RetryPolicy;
 use callguard_sheets_logger::SheetsConfig;
 use callguard_store::{StoreLocation, StoreSettings};
@@ -38,6 +39,9 @@ pub struct AgentConfig {
     pub retry: RetryPolicy,
     /// `[circuit_breaker]`: breaker settings for every service (a service may override).
     pub circuit_breaker: BreakerConfig,
+    /// `[limits]`: each service's limiter (a service may override); by
+    /// default no limit of callguard's own, following the provider's headers.
+    pub limits: LimitConfig,
     /// `[health_check]`: background probes, and the remote health server to follow.
     pub health_check: HealthCheckConfig,
     /// `[grpc]`: the health and breakers gRPC server.
@@ -374,6 +378,9 @@ impl AgentConfig {
         self.circuit_breaker
             .validate()
             .map_err(|e| e.in_section("circuit_breaker"))?;
+        self.limits
+            .validate()
+            .map_err(|e| e.in_section(LimitConfig::SECTION))?;
         self.health_check
             .validate()
             .map_err(|e| e.in_section("health_check"))?;
@@ -414,7 +421,7 @@ impl AgentConfig {
     }
 
     /// Scales every duration of the resilience settings by `factor`: retries,
-    /// breakers, health checks, the shutdown grace, and the alerts' and log
+    /// breakers, the limiters' waits and rates, health checks, the shutdown grace, and the alerts' and log
     /// export's own retries, cooldown and flush interval.
     pub fn scale_durations(&mut self, factor: f64) {
         let scaled = |d: ConfigDuration| ConfigDuration::new(d.get().mul_f64(factor));
@@ -426,12 +433,22 @@ impl AgentConfig {
         let scale_breaker = |breaker: &mut BreakerConfig| {
             breaker.recovery_timeout = scaled(breaker.recovery_timeout)
         };
+        let scale_limits = |limits: &mut LimitConfig| {
+            limits.queue_timeout = scaled(limits.queue_timeout);
+            if let Some(rate) = &mut limits.rate {
+                rate.per = scaled(rate.per);
+            }
+        };
 
         scale_retry(&mut self.retry);
         scale_breaker(&mut self.circuit_breaker);
+        scale_limits(&mut self.limits);
         for section in self.services.values_mut() {
             if let Some(breaker) = &mut section.resilience.circuit_breaker {
                 scale_breaker(breaker);
+            }
+            if let Some(limits) = &mut section.resilience.limits {
+                scale_limits(limits);
             }
         }
         self.health_check.interval = scaled(self.health_check.interval);
@@ -464,6 +481,14 @@ impl AgentConfig {
             .get(service)
             .and_then(|s| s.resilience.circuit_breaker.clone())
             .unwrap_or_else(|| self.circuit_breaker.clone())
+    }
+
+    /// The limiter settings of `service`: its own section's, or the shared ones.
+    pub fn limit_config(&self, service: &ServiceName) -> LimitConfig {
+        self.services
+            .get(service)
+            .and_then(|s| s.resilience.limits.clone())
+            .unwrap_or_else(|| self.limits.clone())
     }
 }
 
@@ -739,6 +764,53 @@ mod tests {
         assert_eq!(config.breaker_config(&crm).failure_threshold, 7);
         let llm = ServiceName::new("llm").unwrap();
         assert_eq!(config.breaker_config(&llm).failure_threshold, 2);
+    }
+
+    #[test]
+    fn limits_default_to_following_headers_and_a_service_may_replace_them() {
+        use callguard_limit::LimitMode;
+        let config = AgentConfig::load(DEFAULTS, None, []).unwrap();
+        assert_eq!(config.limits, LimitConfig::default());
+        assert_eq!(config.limits.mode, LimitMode::Off);
+        assert!(config.limits.follow_headers);
+
+        let text = format!(
+            "{DEFAULTS}\n[limits]\nmode = \"adaptive\"\ninitial = 8\n\
+             [services.elevenlabs.limits]\nmode = \"static\"\nmax_concurrency = 5\n"
+        );
+        let config = AgentConfig::load(&text, None, []).unwrap();
+        let tts = config.limit_config(&ServiceName::new("elevenlabs").unwrap());
+        assert_eq!(
+            tts,
+            LimitConfig::fixed(5),
+            "the section replaces [limits] whole"
+        );
+        let llm = config.limit_config(&ServiceName::new("llm").unwrap());
+        assert_eq!(llm, LimitConfig::adaptive(8, 1, 100));
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_their_full_key() {
+        let refused = |vars: &[(&str, &str)]| {
+            AgentConfig::load(DEFAULTS, None, env(vars))
+                .unwrap_err()
+                .to_string()
+        };
+        let message = refused(&[("CALLGUARD_LIMITS__MAX_CONCURRENCY", "4")]);
+        assert!(
+            message.contains("limits.max_concurrency") && message.contains("mode off"),
+            "{message}"
+        );
+        let message = refused(&[
+            ("CALLGUARD_SERVICES__ELEVENLABS__LIMITS__MODE", "adaptive"),
+            ("CALLGUARD_SERVICES__ELEVENLABS__LIMITS__INITIAL", "0"),
+        ]);
+        assert!(
+            message.contains("services.elevenlabs.limits.initial"),
+            "{message}"
+        );
+        let message = refused(&[("CALLGUARD_LIMITS__QUEUE_TIMEOUTT", "1s")]);
+        assert!(message.contains("queue_timeoutt"), "{message}");
     }
 
     #[test]

@@ -1,7 +1,15 @@
-//! One contact's call: LLM → TTS → CRM, each stage through `Retry(Breaker(...))`
-//! with its service's breaker, falling back along the stage's chain of
-//! alternate services, and resuming at the stage that could not run when a
-//! deferred contact comes back.
+//! One contact's call: LLM → TTS → CRM, each stage through
+//! `Retry(Breaker(Limit(attempt)))` with its service's breaker and limiter,
+//! falling back along the stage's chain of alternate services while one is
+//! down, and resuming at the stage that could not run when a deferred contact
+//! comes back.
+//!
+//! An attempt the breaker admitted takes a slot of the service's limiter,
+//! holds it while its request is out, and gives it back with how the attempt
+//! ended and the limit headers of the answer. A call the limiter did not send
+//! (no slot within `queue_timeout`) defers the contact at once, without
+//! trying the fallbacks: the service is busy, not down (DESIGN.md, "Provider
+//! limits").
 //!
 //! Spans: `call` (one per pass over a contact: `contact_id`, `outcome`) →
 //! one per stage and service tried (named `llm`, `tts` or `crm`: `service`,
@@ -16,9 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use callguard_clients::{
-    CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext, TtsClient,
+    Answered, CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext,
+    TtsClient,
 };
 use callguard_core::{ServiceError, ServiceName};
+use callguard_limit::{Limiter, Outcome};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use callguard_telemetry as telemetry;
 use tokio::time::Instant;
@@ -26,8 +36,8 @@ use tracing::Instrument;
 
 use crate::queue::QueuedContact;
 
-/// A service in a stage's chain: its client and the executor holding its
-/// breaker and retry policy.
+/// A service in a stage's chain: its client, the executor holding its
+/// breaker and retry policy, and its limiter.
 pub struct Stage<C> {
     /// The service's name.
     pub service: ServiceName,
@@ -35,6 +45,8 @@ pub struct Stage<C> {
     pub client: C,
     /// Retry around its breaker.
     pub executor: Arc<Executor>,
+    /// The slots of its attempts, inside the breaker.
+    pub limiter: Arc<Limiter>,
 }
 
 /// How one pass over a contact ended.
@@ -53,7 +65,8 @@ pub enum CallResult {
     Unavailable {
         /// The stage's primary service, whose breaker closing wakes the contact.
         service: ServiceName,
-        /// When the breaker expects to admit calls again, if known.
+        /// When the breaker expects to admit calls again, or the limiter
+        /// to have a slot, if known.
         retry_after: Option<Duration>,
     },
 }
@@ -86,6 +99,16 @@ pub struct Pipeline {
     pub tts: Chain<TtsClient>,
     /// Records the call.
     pub crm: Chain<CrmClient>,
+}
+
+impl Pipeline {
+    /// The limiter of every service the stages use, once each.
+    pub fn limiters(&self) -> Vec<Arc<Limiter>> {
+        let llm = self.llm.links().map(|link| &link.limiter);
+        let tts = self.tts.links().map(|link| &link.limiter);
+        let crm = self.crm.links().map(|link| &link.limiter);
+        llm.chain(tts).chain(crm).cloned().collect()
+    }
 }
 
 /// The span of one pass over contact `contact_id`: run [`Pipeline::call`]
@@ -131,7 +154,7 @@ impl Pipeline {
                 let context = context
                     .with_traceparent(traceparent.as_deref())
                     .with_deadline(deadline);
-                client.generate_script(context, prompt).await
+                client.generate_script_answered(context, prompt).await
             })
             .await;
             match script {
@@ -147,7 +170,7 @@ impl Pipeline {
                 let context = context
                     .with_traceparent(traceparent.as_deref())
                     .with_deadline(deadline);
-                client.synthesize(context, script).await
+                client.synthesize_answered(context, script).await
             })
             .await;
             match audio {
@@ -178,7 +201,7 @@ impl Pipeline {
             let context = context
                 .with_traceparent(traceparent.as_deref())
                 .with_deadline(deadline);
-            client.record_call(context, record).await
+            client.record_call_answered(context, record).await
         })
         .await;
         match recorded {
@@ -211,7 +234,10 @@ impl From<StageFailure> for CallResult {
 
 /// Tries each service of a stage's chain in turn. A permanent error ends the
 /// stage; an unavailable service hands over to the next in the chain; when
-/// none is left the stage is unavailable on its primary service. Each service
+/// none is left the stage is unavailable on its primary service. A call its
+/// service's limiter did not send ends the stage at once, unavailable for the
+/// limiter's suggested wait: that service is busy, and the next in the chain
+/// is for outages. Each service
 /// tried gets a span named `stage`, each attempt an [`attempt_span`], current
 /// while `attempt` runs; `attempt` is given the call's deadline, which its
 /// request must not outlive.
@@ -221,7 +247,7 @@ async fn run_chain<'a, C, T, Fut>(
     mut attempt: impl FnMut(&'a C, Option<Instant>) -> Fut,
 ) -> Result<T, StageFailure>
 where
-    Fut: Future<Output = Result<T, ServiceError>>,
+    Fut: Future<Output = Answered<T>>,
 {
     let mut primary_wait = None;
     for (index, link) in chain.links().enumerate() {
@@ -239,7 +265,7 @@ where
                 let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
-                    let result = attempt.await;
+                    let result = limited(&link.limiter, attempt).await;
                     if let Err(error) = &result {
                         record_error(&recorded, error);
                     }
@@ -264,8 +290,15 @@ where
                 error.to_string(),
             ));
         }
-        span.record("outcome", "unavailable");
         let retry_after = unavailable_for(&error);
+        if error.is_throttled() {
+            span.record("outcome", "throttled");
+            return Err(StageFailure::Unavailable(
+                chain.primary.service.clone(),
+                retry_after,
+            ));
+        }
+        span.record("outcome", "unavailable");
         if let Some(next) = chain.fallbacks.get(index) {
             span.in_scope(|| {
                 tracing::warn!(
@@ -284,6 +317,21 @@ where
         chain.primary.service.clone(),
         primary_wait,
     ))
+}
+
+/// `Limit(attempt)`: `attempt` sent once `limiter` gives it a slot, which
+/// it gives back with how the attempt ended and the answer's limit headers.
+/// No slot in time is an [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled)
+/// error, which ends the call for the contact to be deferred.
+async fn limited<T>(
+    limiter: &Limiter,
+    attempt: impl Future<Output = Answered<T>>,
+) -> Result<T, ServiceError> {
+    let permit = limiter.acquire().await?;
+    let sent = Instant::now();
+    let Answered { result, headers } = attempt.await;
+    permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
+    result
 }
 
 /// The client span of one attempt. The service client records the HTTP

@@ -21,7 +21,7 @@ use callguard_core::text::truncate_chars;
 use callguard_core::{ErrorKind, ServiceError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::http::{HttpService, KeyHeader};
+use crate::http::{Answered, HttpService, KeyHeader};
 use crate::{ClientSetupError, Contact, HttpServiceConfig, RequestContext};
 
 /// The header that makes a `POST /v1/calls` safe to repeat.
@@ -201,31 +201,42 @@ impl CrmClient {
         context: RequestContext<'_>,
         record: &CallRecord,
     ) -> Result<Recorded, ServiceError> {
+        self.record_call_answered(context, record).await.result
+    }
+
+    /// [`record_call`](Self::record_call), with the answer's limit headers.
+    pub async fn record_call_answered(
+        &self,
+        context: RequestContext<'_>,
+        record: &CallRecord,
+    ) -> Answered<Recorded> {
         let request = self
             .http
             .post(&self.url, context)
             .header(IDEMPOTENCY_KEY_HEADER, record.idempotency_key())
             .json(record);
-        let created: Created = match self.http.exchange(request).await? {
-            Ok(reply) => reply.json()?,
-            Err(refusal) => {
-                let key_reused = refusal.error.status() == Some(422)
-                    && serde_json::from_slice::<ErrorBody>(&refusal.body)
-                        .is_ok_and(|body| body.error.code == KEY_REUSED);
-                return if key_reused {
-                    Ok(Recorded::Earlier)
-                } else {
-                    Err(refusal.error)
-                };
+        self.http.exchange(request).await.and_then(|answer| {
+            let created: Created = match answer {
+                Ok(reply) => reply.json()?,
+                Err(refusal) => {
+                    let key_reused = refusal.error.status() == Some(422)
+                        && serde_json::from_slice::<ErrorBody>(&refusal.body)
+                            .is_ok_and(|body| body.error.code == KEY_REUSED);
+                    return if key_reused {
+                        Ok(Recorded::Earlier)
+                    } else {
+                        Err(refusal.error)
+                    };
+                }
+            };
+            if created.id.trim().is_empty() {
+                return Err(ServiceError::new(
+                    ErrorKind::BadResponse,
+                    "the CRM answered an empty record id",
+                ));
             }
-        };
-        if created.id.trim().is_empty() {
-            return Err(ServiceError::new(
-                ErrorKind::BadResponse,
-                "the CRM answered an empty record id",
-            ));
-        }
-        Ok(Recorded::Stored(created.id))
+            Ok(Recorded::Stored(created.id))
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP plumbing every service client shares: one `reqwest::Client` per
 //! service, the headers every request carries, and the single function that
 //! turns a response (or its absence) into a body or a classified
-//! [`ServiceError`].
+//! [`ServiceError`], with the provider's limit headers of the answer
+//! ([`Answered`]) for the service's limiter.
 //!
 //! Errors never carry secrets: reqwest errors are stripped of their URL, no
 //! header is ever printed, and the excerpt of an error body that goes into the
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use callguard_core::http::{classify_response, error_chain, read_body_up_to, transport_error};
 use callguard_core::text::one_line_excerpt;
-use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure};
+use callguard_core::{ErrorKind, Secret, ServiceError, TransportFailure, refine_by_body};
+use callguard_limit::ProviderHeaders;
 use reqwest::RequestBuilder;
 use reqwest::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use serde::de::DeserializeOwned;
@@ -96,12 +98,46 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
 }
 
-/// A refusal: an answer whose status is not 2xx, classified (with an
-/// excerpt of the body in the error's detail), and the start of its body.
+/// A refusal: an answer whose status is not 2xx, classified — the body may
+/// refine the kind ([`refine_by_body`]: a `429` over the concurrency limit) —
+/// with an excerpt of the body in the error's detail, and the start of its body.
 #[derive(Debug)]
 pub(crate) struct Refusal {
     pub(crate) error: ServiceError,
     pub(crate) body: Vec<u8>,
+}
+
+/// What a request came to, and the limit headers of its answer
+/// ([`ProviderHeaders::NONE`] when there was no answer): the caller's limiter
+/// learns from both, whatever the client made of the body.
+#[derive(Debug)]
+#[must_use]
+pub struct Answered<T> {
+    /// The value, or the classified error.
+    pub result: Result<T, ServiceError>,
+    /// The answer's `maximum-concurrent-requests`, `x-ratelimit-*` and the like.
+    pub headers: ProviderHeaders,
+}
+
+impl<T> Answered<T> {
+    /// No answer at all: `error`, and no headers.
+    pub(crate) fn unanswered(error: ServiceError) -> Self {
+        Self {
+            result: Err(error),
+            headers: ProviderHeaders::NONE,
+        }
+    }
+
+    /// The same answer's headers, the value read on by `read`.
+    pub(crate) fn and_then<U>(
+        self,
+        read: impl FnOnce(T) -> Result<U, ServiceError>,
+    ) -> Answered<U> {
+        Answered {
+            result: self.result.and_then(read),
+            headers: self.headers,
+        }
+    }
 }
 
 impl HttpService {
@@ -176,22 +212,37 @@ impl HttpService {
     }
 
     /// Sends `request` and reads the answer: a 2xx body within the size cap,
-    /// or the classified error.
-    pub(crate) async fn send(&self, request: RequestBuilder) -> Result<Reply, ServiceError> {
+    /// or the classified error; with the answer's limit headers.
+    pub(crate) async fn send(&self, request: RequestBuilder) -> Answered<Reply> {
         self.exchange(request)
-            .await?
-            .map_err(|refusal| refusal.error)
+            .await
+            .and_then(|answer| answer.map_err(|refusal| refusal.error))
     }
 
     /// Sends `request` and reads the answer: a 2xx body within the size cap,
     /// or the service's [`Refusal`] (a status that is not 2xx) for a client
-    /// that reads the service's own error codes; the outer error when there is
-    /// no usable answer at all (transport failure, body over the cap).
+    /// that reads the service's own error codes; the error when there is no
+    /// usable answer at all (transport failure, body over the cap). The
+    /// answer's limit headers are read before its body is.
     pub(crate) async fn exchange(
         &self,
         request: RequestBuilder,
+    ) -> Answered<Result<Reply, Refusal>> {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Answered::unanswered(transport_error(error)),
+        };
+        let headers = ProviderHeaders::from_headers(response.headers());
+        Answered {
+            result: self.read(response).await,
+            headers,
+        }
+    }
+
+    async fn read(
+        &self,
+        response: reqwest::Response,
     ) -> Result<Result<Reply, Refusal>, ServiceError> {
-        let response = request.send().await.map_err(transport_error)?;
         tracing::Span::current().record("http.response.status_code", response.status().as_u16());
         let content_type = response
             .headers()
@@ -199,12 +250,13 @@ impl HttpService {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if let Some(error) = classify_response(&response) {
-            // The body only explains; failing to read it changes nothing.
+            // The body only explains (or refines the kind); failing to read
+            // it changes nothing.
             let body = read_body_up_to(response, ERROR_BODY_BYTES)
                 .await
                 .map(|(body, _)| body)
                 .unwrap_or_default();
-            let error = error.with_reason(&self.excerpt(&body));
+            let error = refine_by_body(error, &body).with_reason(&self.excerpt(&body));
             return Ok(Err(Refusal { error, body }));
         }
         let too_large = || {

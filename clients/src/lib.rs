@@ -10,6 +10,10 @@
 //! used is an `ErrorKind::BadResponse`. Every request carries `X-Contact-Id`
 //! and, when the caller has one, `traceparent`, and ends at the call's
 //! deadline if that comes before `request_timeout` (see [`RequestContext`]).
+//! Each call has an `…_answered` form that also hands back the answer's limit
+//! headers ([`Answered`]) for the service's limiter, read before the body; a
+//! `429` is refined by its body (`too_many_concurrent_requests` is
+//! `ErrorKind::ConcurrencyLimited`).
 //! Keys never appear in `Debug` output or error details.
 
 mod config;
@@ -24,7 +28,7 @@ use callguard_core::ValidationError;
 pub use config::HttpServiceConfig;
 pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
-pub use http::{CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
+pub use http::{Answered, CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
 pub use llm::{LlmClient, LlmSettings, Prompt};
 pub use tts::{Audio, TtsClient, TtsSettings};
 

@@ -7,7 +7,7 @@ use callguard_core::config::at_least;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{HttpService, KeyHeader};
+use crate::http::{Answered, HttpService, KeyHeader};
 use crate::{ClientSetupError, Contact, HttpServiceConfig, RequestContext};
 
 /// The keys of an LLM service beside the common [`HttpServiceConfig`] ones:
@@ -152,6 +152,15 @@ impl LlmClient {
         context: RequestContext<'_>,
         prompt: &Prompt,
     ) -> Result<String, ServiceError> {
+        self.generate_script_answered(context, prompt).await.result
+    }
+
+    /// [`generate_script`](Self::generate_script), with the answer's limit headers.
+    pub async fn generate_script_answered(
+        &self,
+        context: RequestContext<'_>,
+        prompt: &Prompt,
+    ) -> Answered<String> {
         let body = ChatRequest {
             model: &self.model,
             messages: [
@@ -167,20 +176,22 @@ impl LlmClient {
             max_tokens: self.max_tokens,
         };
         let request = self.http.post(&self.url, context).json(&body);
-        let answer: ChatResponse = self.http.send(request).await?.json()?;
-        answer
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|choice| choice.message.content)
-            .map(|content| content.trim().to_owned())
-            .filter(|script| !script.is_empty())
-            .ok_or_else(|| {
-                ServiceError::new(
-                    ErrorKind::BadResponse,
-                    "the completion has no choices[0].message.content",
-                )
-            })
+        self.http.send(request).await.and_then(|reply| {
+            let answer: ChatResponse = reply.json()?;
+            answer
+                .choices
+                .into_iter()
+                .next()
+                .and_then(|choice| choice.message.content)
+                .map(|content| content.trim().to_owned())
+                .filter(|script| !script.is_empty())
+                .ok_or_else(|| {
+                    ServiceError::new(
+                        ErrorKind::BadResponse,
+                        "the completion has no choices[0].message.content",
+                    )
+                })
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use callguard_core::{ErrorKind, ServiceError, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{HttpService, KeyHeader};
+use crate::http::{Answered, HttpService, KeyHeader, Reply};
 use crate::{ClientSetupError, HttpServiceConfig, RequestContext};
 
 /// The keys of a TTS service beside the common [`HttpServiceConfig`] ones:
@@ -122,6 +122,15 @@ impl TtsClient {
         context: RequestContext<'_>,
         text: &str,
     ) -> Result<Audio, ServiceError> {
+        self.synthesize_answered(context, text).await.result
+    }
+
+    /// [`synthesize`](Self::synthesize), with the answer's limit headers.
+    pub async fn synthesize_answered(
+        &self,
+        context: RequestContext<'_>,
+        text: &str,
+    ) -> Answered<Audio> {
         let body = SpeechRequest {
             text,
             model_id: &self.model_id,
@@ -131,32 +140,36 @@ impl TtsClient {
             .post(&self.url, context)
             .header(reqwest::header::ACCEPT, "audio/mpeg")
             .json(&body);
-        let reply = self.http.send(request).await?;
-        let content_type = reply.content_type.unwrap_or_default();
-        let is_audio = content_type
-            .get(..6)
-            .is_some_and(|prefix| prefix.eq_ignore_ascii_case("audio/"));
-        if !is_audio {
-            return Err(ServiceError::new(
-                ErrorKind::BadResponse,
-                format!(
-                    "expected audio, got {:?} ({} bytes)",
-                    content_type,
-                    reply.body.len()
-                ),
-            ));
-        }
-        if reply.body.is_empty() {
-            return Err(ServiceError::new(
-                ErrorKind::BadResponse,
-                "the audio body is empty",
-            ));
-        }
-        Ok(Audio {
-            content_type,
-            bytes: reply.body,
-        })
+        self.http.send(request).await.and_then(audio)
     }
+}
+
+/// The audio of a `200`.
+fn audio(reply: Reply) -> Result<Audio, ServiceError> {
+    let content_type = reply.content_type.unwrap_or_default();
+    let is_audio = content_type
+        .get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("audio/"));
+    if !is_audio {
+        return Err(ServiceError::new(
+            ErrorKind::BadResponse,
+            format!(
+                "expected audio, got {:?} ({} bytes)",
+                content_type,
+                reply.body.len()
+            ),
+        ));
+    }
+    if reply.body.is_empty() {
+        return Err(ServiceError::new(
+            ErrorKind::BadResponse,
+            "the audio body is empty",
+        ));
+    }
+    Ok(Audio {
+        content_type,
+        bytes: reply.body,
+    })
 }
 
 #[cfg(test)]

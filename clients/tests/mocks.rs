@@ -678,3 +678,43 @@ async fn a_declared_length_over_the_cap_is_refused_unread() {
     assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
     assert!(error.detail().contains("1024-byte cap"), "{error}");
 }
+
+/// The answers' limit headers come back with the value or the error, and a
+/// `429` over the concurrency limit is told apart by its body.
+#[tokio::test(start_paused = true)]
+async fn answers_carry_the_limit_headers_and_a_concurrency_429_its_kind() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    server
+        .set_concurrency_limit(Some(callguard_mocks::ConcurrencyLimit::new(1)))
+        .unwrap();
+    server
+        .inject(
+            Fault::new(Service::Elevenlabs, FaultMode::Slow)
+                .with_latency(Duration::from_millis(200)),
+        )
+        .unwrap();
+    let client = tts(http(&server, Service::Elevenlabs));
+    let (first, second) = tokio::join!(
+        client.synthesize_answered(RequestContext::new("c-1"), "Hi"),
+        client.synthesize_answered(RequestContext::new("c-2"), "Hi"),
+    );
+    let (served, refused) = if first.result.is_ok() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(served.result.is_ok(), "{:?}", served.result);
+    let error = refused.result.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::ConcurrencyLimited, "{error}");
+    for answer in [served.headers, refused.headers] {
+        assert_eq!(answer.maximum_concurrent.value(), Some(1));
+    }
+    server.shutdown().await;
+
+    // No answer, no headers.
+    let unanswered = client
+        .synthesize_answered(RequestContext::new("c-3"), "Hi")
+        .await;
+    assert!(unanswered.result.is_err());
+    assert_eq!(unanswered.headers, callguard_limit::ProviderHeaders::NONE);
+}

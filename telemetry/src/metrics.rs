@@ -1,7 +1,8 @@
 //! Prometheus metrics: counters fed by the event hub (the executors' events,
 //! breaker transitions, deferrals) — the one place the campaign's counts are
 //! kept, which the summary reads through [`Metrics::totals`]; gauges
-//! (breaker state, contacts by state) read from their owners when rendered.
+//! (breaker state, the limiters, contacts by state) read from their owners
+//! when rendered.
 //!
 //! Every series is named `callguard_…`:
 //!
@@ -15,6 +16,9 @@
 //! | `callguard_breaker_state` | gauge | `service`; 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN |
 //! | `callguard_breaker_transitions_total` | counter | `service`, `from`, `to` |
 //! | `callguard_deferrals_total` | counter | `service` (the stage's primary service) |
+//! | `callguard_limit` | gauge | `service`: the calls its limiter lets be in flight now (absent while it has no limit: mode `off` before the provider announced one) |
+//! | `callguard_limit_in_flight` | gauge | `service`: attempts holding a slot of its limiter |
+//! | `callguard_limit_waiting` | gauge | `service`: attempts waiting for a slot |
 //! | `callguard_contacts` | gauge | `state`, as the [`ContactGauge`] names them (the agent's queue: `ready`, `deferred`, `in_flight`, `completed`, `failed`, `expired`) |
 //! | `callguard_alerts_total` | counter | `result` (`raised`, `suppressed`) |
 //! | `callguard_alert_notifications_total` | counter | `channel`, `result` (`delivered`, `failed`, `dropped`) |
@@ -23,9 +27,9 @@
 //! | `callguard_otlp_export_failures_total` | counter | — (span batches the OTLP exporter could not send) |
 //!
 //! Recording is a hash lookup and an atomic add per event, cheap next to an
-//! HTTP call, so it is always on. The alert, Sheets and OTLP series are read
-//! from their owners ([`Metrics::watch_alerts`], [`Metrics::watch_telemetry`])
-//! when rendered.
+//! HTTP call, so it is always on. The limiter, alert, Sheets and OTLP series
+//! are read from their owners ([`Metrics::watch_limiters`],
+//! [`Metrics::watch_alerts`], [`Metrics::watch_telemetry`]) when rendered.
 //!
 //! The contacts gauge is read through [`ContactGauge`], a one-method trait
 //! the agent's call queue implements, so these metrics know no type of the
@@ -36,10 +40,12 @@
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
 use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
+use callguard_limit::Limiter;
 use callguard_retry::EventSink;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -108,6 +114,7 @@ struct ChannelResultLabels {
 /// What the series read at scrape time are read from.
 #[derive(Default)]
 struct Sources {
+    limiters: Vec<Arc<Limiter>>,
     alerts: Option<AlertManager>,
     sheets: Option<SheetsCounts>,
     export_failures: Option<ExportFailures>,
@@ -130,6 +137,9 @@ pub struct Metrics {
     breaker_state: Family<ServiceLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     deferrals: Family<ServiceLabels, Counter>,
+    limit: Family<ServiceLabels, Gauge>,
+    limit_in_flight: Family<ServiceLabels, Gauge>,
+    limit_waiting: Family<ServiceLabels, Gauge>,
     contacts: Family<StateLabels, Gauge>,
     alerts: Family<CountLabels, Counter>,
     notifications: Family<ChannelResultLabels, Counter>,
@@ -164,6 +174,9 @@ impl Metrics {
             breaker_state: Family::default(),
             transitions: Family::default(),
             deferrals: Family::default(),
+            limit: Family::default(),
+            limit_in_flight: Family::default(),
+            limit_waiting: Family::default(),
             contacts: Family::default(),
             alerts: Family::default(),
             notifications: Family::default(),
@@ -214,6 +227,21 @@ impl Metrics {
                 "Contacts sent back to the queue because a stage's service was unavailable",
                 metrics.deferrals.clone(),
             );
+            registry.register(
+                "limit",
+                "Calls a service's limiter lets be in flight now",
+                metrics.limit.clone(),
+            );
+            registry.register(
+                "limit_in_flight",
+                "Attempts holding a slot of a service's limiter",
+                metrics.limit_in_flight.clone(),
+            );
+            registry.register(
+                "limit_waiting",
+                "Attempts waiting for a slot of a service's limiter",
+                metrics.limit_waiting.clone(),
+            );
             registry.register("contacts", "Contacts by state", metrics.contacts.clone());
             registry.register(
                 "alerts",
@@ -252,6 +280,12 @@ impl Metrics {
         self.sources.lock()
     }
 
+    /// Reads each service's limit, calls in flight and calls waiting from
+    /// `limiters` when scraped.
+    pub fn watch_limiters(&self, limiters: Vec<Arc<Limiter>>) {
+        self.sources().limiters = limiters;
+    }
+
     /// Reads the alerts' counts from `alerts` when scraped.
     pub fn watch_alerts(&self, alerts: AlertManager) {
         self.sources().alerts = Some(alerts);
@@ -268,6 +302,24 @@ impl Metrics {
     /// Copies the counts kept elsewhere into their series.
     fn read_sources(&self) {
         let sources = self.sources();
+        for limiter in &sources.limiters {
+            let snapshot = limiter.snapshot();
+            let labels = service_labels(&snapshot.service);
+            match snapshot.limit {
+                Some(limit) => {
+                    self.limit.get_or_create(&labels).set(i64::from(limit));
+                }
+                None => {
+                    self.limit.remove(&labels);
+                }
+            }
+            self.limit_in_flight
+                .get_or_create(&labels)
+                .set(i64::from(snapshot.in_flight));
+            self.limit_waiting
+                .get_or_create(&labels)
+                .set(i64::from(snapshot.waiting));
+        }
         if let Some(alerts) = &sources.alerts {
             let counts = alerts.counts();
             set_counter(
@@ -484,6 +536,35 @@ mod tests {
 
     fn service(name: &str) -> ServiceName {
         ServiceName::new(name).unwrap()
+    }
+
+    #[test]
+    fn limiters_are_read_when_rendered() {
+        use callguard_limit::LimitConfig;
+        let fixed = Arc::new(Limiter::new(service("elevenlabs"), LimitConfig::fixed(5)).unwrap());
+        let off = Arc::new(Limiter::new(service("crm"), LimitConfig::default()).unwrap());
+        let metrics = Metrics::new();
+        metrics.watch_limiters(vec![fixed.clone(), off]);
+        let held = [fixed.try_acquire().unwrap(), fixed.try_acquire().unwrap()];
+        let text = metrics.render(None, None);
+        for line in [
+            "callguard_limit{service=\"elevenlabs\"} 5",
+            "callguard_limit_in_flight{service=\"elevenlabs\"} 2",
+            "callguard_limit_waiting{service=\"elevenlabs\"} 0",
+            "callguard_limit_in_flight{service=\"crm\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("callguard_limit{service=\"crm\"}"),
+            "no limit, no series:\n{text}"
+        );
+        drop(held);
+        let text = metrics.render(None, None);
+        assert!(
+            text.contains("callguard_limit_in_flight{service=\"elevenlabs\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

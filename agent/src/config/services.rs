@@ -31,6 +31,7 @@ use std::fmt;
 use callguard_breaker::BreakerConfig;
 use callguard_clients::{HttpServiceConfig, LlmSettings, TtsSettings};
 use callguard_core::{ServiceName, ValidationError};
+use callguard_limit::LimitConfig;
 use serde::de::{DeserializeOwned, Visitor};
 
 use super::{ConfigError, PipelineConfig, deserialize_at, set_by};
@@ -52,6 +53,8 @@ pub struct ServiceSection {
 pub struct ServiceResilience {
     /// Breaker settings for this service, replacing `[circuit_breaker]`.
     pub circuit_breaker: Option<BreakerConfig>,
+    /// Limiter settings for this service, replacing `[limits]`.
+    pub limits: Option<LimitConfig>,
     /// A service of the same kind to use while this one is unavailable.
     pub fallback: Option<ServiceName>,
     /// The URL the health checker probes; default `{base_url}/health`.
@@ -66,6 +69,7 @@ impl Default for ServiceResilience {
     fn default() -> Self {
         Self {
             circuit_breaker: None,
+            limits: None,
             fallback: None,
             health_url: None,
             health_probe: true,
@@ -249,6 +253,11 @@ pub(super) fn validate(
             breaker
                 .validate()
                 .map_err(|e| e.in_section(&format!("{key}.circuit_breaker")))?;
+        }
+        if let Some(limits) = &resilience.limits {
+            limits
+                .validate()
+                .map_err(|e| e.in_section(&format!("{key}.{}", LimitConfig::SECTION)))?;
         }
         if let Some(fallback) = &resilience.fallback {
             if fallback == name || !services.contains_key(fallback) {
@@ -601,7 +610,13 @@ mod tests {
         assert_eq!(keys_of::<TtsSettings>(), ["voice_id", "model_id"]);
         assert_eq!(
             keys_of::<ServiceResilience>(),
-            ["circuit_breaker", "fallback", "health_url", "health_probe"]
+            [
+                "circuit_breaker",
+                "limits",
+                "fallback",
+                "health_url",
+                "health_probe"
+            ]
         );
     }
 }

@@ -1,0 +1,121 @@
+//! The agent's limiter end to end, over real sockets in virtual time: 300
+//! contacts, 32 workers, the fake ElevenLabs allowing 5 concurrent requests
+//! of 200 ms each (and queueing one over the limit 50 ms before its concurrency
+//! `429`), the whole pipeline built by `App::build` from its config.
+//!
+//! With the defaults (`[limits]` unset: no limit of callguard's own, the
+//! provider's headers followed) the TTS limiter learns the limit from the
+//! first answers: every contact completes in the ideal 12 s, and only the
+//! first wave — sent before any answer told the limit — is refused (27 of 327
+//! attempts). With the headers ignored (`follow_headers = false`: no limiter
+//! at all) every worker keeps sending, each concurrency `429` retried after
+//! 100 ms: 1873 refusals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use callguard_agent::app::App;
+use callguard_agent::campaign::Summary;
+use callguard_agent::config::AgentConfig;
+use callguard_agent::queue::CallQueue;
+use callguard_agent::simulate::generate_contacts;
+use callguard_mocks::{
+    ConcurrencyLimit, EndpointKind, Fault, FaultMode, MockConfig, MockLimits, MockServer, Service,
+};
+use tokio::time::Instant;
+
+const CONTACTS: usize = 300;
+const WORKERS: u32 = 32;
+const LIMIT: u32 = 5;
+const LATENCY: Duration = Duration::from_millis(200);
+
+/// What one campaign came to: its summary, its (virtual) time, and the TTS
+/// answers that were audio and that were `429`s.
+struct Run {
+    summary: Summary,
+    elapsed: Duration,
+    ok: u64,
+    refused: u64,
+}
+
+async fn campaign(limits: &str) -> Run {
+    let mocks = MockServer::start(MockConfig {
+        limits: MockLimits {
+            elevenlabs: Some(ConcurrencyLimit::new(LIMIT)),
+            llm: None,
+        },
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    mocks
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Slow).with_latency(LATENCY))
+        .unwrap();
+    let mut text = format!("[queue]\nworkers = {WORKERS}\n{limits}\n");
+    for (name, service) in [
+        ("llm", Service::Llm),
+        ("elevenlabs", Service::Elevenlabs),
+        ("crm", Service::Crm),
+    ] {
+        text.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\nhealth_probe = false\n",
+            mocks.base_url(service),
+            mocks.config().keys.get(service),
+        ));
+    }
+    let config = AgentConfig::load(&text, None, []).unwrap();
+    let app = App::build(config).unwrap();
+    let queue = Arc::new(CallQueue::new(
+        generate_contacts(CONTACTS),
+        app.config().queue.max_deferrals,
+    ));
+    let mut campaign = app.campaign(queue);
+    campaign.health = None;
+    campaign.progress = false;
+    let started = Instant::now();
+    let summary = campaign.run(std::future::pending()).await;
+    let elapsed = started.elapsed();
+    let stats = mocks.stats();
+    let run = Run {
+        summary,
+        elapsed,
+        ok: stats.count(Service::Elevenlabs, EndpointKind::Api, "200"),
+        refused: stats.count(Service::Elevenlabs, EndpointKind::Api, "429"),
+    };
+    mocks.shutdown().await;
+    run
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_limiter_follows_elevenlabs_headers_to_few_429s() {
+    let limited = campaign("").await;
+    let unlimited = campaign("[limits]\nfollow_headers = false\n").await;
+
+    let summary = &limited.summary;
+    assert_eq!(summary.completed, CONTACTS, "{summary:?}");
+    assert_eq!((summary.failed, summary.expired), (0, 0), "{summary:?}");
+    assert_eq!(limited.ok, CONTACTS as u64);
+    let share = limited.refused as f64 / (limited.ok + limited.refused) as f64;
+    // The first wave (32 workers meeting a limit of 5 nobody knows yet) is
+    // refused; the limit the answers carry keeps every later one in.
+    assert!(
+        limited.refused <= u64::from(WORKERS) && share <= 0.1,
+        "{} TTS 429s of {} attempts ({:.1} %)",
+        limited.refused,
+        limited.ok + limited.refused,
+        share * 100.0
+    );
+    assert!(
+        unlimited.refused >= 5 * limited.refused.max(1),
+        "without the limiter: {} 429s, with it: {}",
+        unlimited.refused,
+        limited.refused
+    );
+    // The ideal: 300 × 200 ms / 5 = 12 s of TTS; the limiter stays close.
+    let ideal = LATENCY.as_secs_f64() * CONTACTS as f64 / f64::from(LIMIT);
+    assert!(
+        limited.elapsed.as_secs_f64() <= ideal * 1.1,
+        "{:?} against an ideal of {ideal:.1} s",
+        limited.elapsed
+    );
+}
