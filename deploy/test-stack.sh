@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# `docker compose up`, for real: builds the images (deploy/standins/build.sh for
+# the ones a registry would give, then callguard:local from the Dockerfile),
+# runs docker-compose.yml with three agents and checks from outside, as a user
+# would (README, "Run the whole stack"):
+#
+#   1. every service with a health check turns healthy, the others run;
+#   2. grpcurl on the health server's published port sees ElevenLabs go
+#      SERVING -> NOT_SERVING -> SERVING along the fault schedule;
+#   3. each agent replica's published /metrics port answers;
+#   4. the agents finish the campaign and exit 0: `callguard report` against the
+#      stack's PostgreSQL has every contact completed, failed or expired; the
+#      CRM holds one record per completed contact; every replica made calls and
+#      none did a contact twice;
+#   5. the Jaeger stand-in holds traces with both the agent's and the mocks'
+#      spans, the mocks' under the agent's;
+#   6. Mailpit's stand-in received the breaker alerts;
+#   7. resilience: a fresh campaign, PostgreSQL stopped and started again and
+#      one agent killed mid-way; the campaign must still finish with nothing
+#      lost or done twice.
+#
+# Step 7 needs a store that reconnects, which the agent does not have yet:
+# --resilience report (the default) runs it and reports the outcome without
+# failing; strict fails on it; skip leaves it out.
+#
+#   deploy/test-stack.sh [--resilience report|strict|skip] [--keep]
+#
+# --keep leaves the last stack running (docker-compose -p callguard-stack-test …).
+# The stack runs as compose project callguard-stack-test, with no .env (the
+# defaults a fresh checkout has); it needs the host ports the compose file
+# publishes (127.0.0.1: 8080, 8025, 16686, 50051) to be free.
+set -euo pipefail
+shopt -s inherit_errexit
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+project=callguard-stack-test
+resilience=report
+keep=false
+while (($#)); do
+  case $1 in
+    --resilience)
+      resilience=${2:?--resilience needs report, strict or skip}
+      shift 2
+      ;;
+    --keep)
+      keep=true
+      shift
+      ;;
+    -h | --help)
+      sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "test-stack.sh: unknown argument $1 (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+case $resilience in report | strict | skip) ;; *)
+  echo "test-stack.sh: --resilience is report, strict or skip, not $resilience" >&2
+  exit 2
+  ;;
+esac
+
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+unset ENV_FILE
+config=/etc/callguard/callguard.toml
+contacts=$(($(grep -c . "$repo/deploy/contacts.csv") - 1))
+crm_key=mock-crm-key
+t0=$SECONDS
+
+say() { printf '[stack %4ds] %s\n' $((SECONDS - t0)) "$*" >&2; }
+# No .env: an empty file in its place, so the stack runs with the defaults of a fresh checkout.
+no_env=$(mktemp)
+compose() { docker-compose -p "$project" --project-directory "$repo" -f "$repo/docker-compose.yml" --env-file "$no_env" "$@"; }
+
+# What went wrong, with the compose logs of the services it concerns.
+fail() {
+  local message=$1
+  shift
+  say "FAILED: $message"
+  compose ps >&2 || true
+  local service
+  for service in "$@"; do
+    printf '\n--- docker-compose logs --tail=60 %s\n' "$service" >&2
+    compose logs --no-color --tail=60 "$service" >&2 || true
+  done
+  exit 1
+}
+
+# Polls CHECK (a command) every second until it succeeds, for at most SECONDS;
+# then fails naming WHAT it waited for and showing SERVICE's logs.
+wait_for() {
+  local what=$1 limit=$2 service=$3
+  shift 3
+  local deadline=$((SECONDS + limit))
+  until "$@"; do
+    ((SECONDS < deadline)) || fail "waited ${limit}s for $what" "$service"
+    sleep 1
+  done
+}
+
+cleanup() {
+  rm -f "$no_env"
+  if [[ $keep == false ]]; then
+    compose down -v --remove-orphans >/dev/null 2>&1 || true
+  fi
+}
+
+# --- preflight -----------------------------------------------------------------
+
+for tool in docker docker-compose grpcurl curl jq python3; do
+  command -v "$tool" >/dev/null || {
+    echo "test-stack.sh: $tool is not on PATH (.ci/run installs what is missing)" >&2
+    exit 1
+  }
+done
+docker info >/dev/null 2>&1 || {
+  echo "test-stack.sh: no Docker engine answers (docker info)" >&2
+  exit 1
+}
+
+# --- images --------------------------------------------------------------------
+
+say "images the Dockerfile and the compose file name (deploy/standins/build.sh)"
+"$repo/deploy/standins/build.sh"
+say "callguard:local from the Dockerfile (DOCKER_BUILDKIT=$DOCKER_BUILDKIT)"
+build_started=$SECONDS
+proxy_args=()
+for var in HTTP_PROXY http_proxy HTTPS_PROXY https_proxy NO_PROXY no_proxy ALL_PROXY all_proxy; do
+  if [[ -n ${!var:-} ]]; then proxy_args+=(--build-arg "$var"); fi
+done
+docker build -t callguard:local "${proxy_args[@]}" "$repo" >"${TMPDIR:-/tmp}/callguard-stack-build.log" 2>&1 || {
+  tail -n 60 "${TMPDIR:-/tmp}/callguard-stack-build.log" >&2
+  fail "docker build of callguard:local (above: the end of its log)"
+}
+say "callguard:local built in $((SECONDS - build_started))s"
+
+# --- the stack -------------------------------------------------------------------
+
+trap cleanup EXIT
+
+# The host ports the compose file publishes at fixed numbers.
+for port in $(compose config | sed -nE 's/^ *- (127\.0\.0\.1:)?([0-9]+):[0-9]+.*/\2/p; s/^ *published: ([0-9]+).*/\1/p'); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "test-stack.sh: 127.0.0.1:$port is taken; the stack publishes it (docker-compose.yml)" >&2
+    exit 1
+  fi
+done
+
+# The containers of SERVICE (all replicas).
+containers() { compose ps -q "$1"; }
+# "state health" of a container: health is "none" without a health check.
+state_of() { docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$1"; }
+
+# Every container running, and healthy where it has a health check.
+all_healthy() {
+  local id state health
+  for id in $(compose ps -q); do
+    read -r state health < <(state_of "$id")
+    [[ $state == running && ($health == healthy || $health == none) ]] || return 1
+  done
+}
+
+# Health/Check of SERVICE on the health server's published port.
+health_status() {
+  grpcurl -plaintext -max-time 2 -d "{\"service\":\"$1\"}" 127.0.0.1:50051 grpc.health.v1.Health/Check 2>/dev/null |
+    jq -r .status 2>/dev/null || echo UNREACHABLE
+}
+
+# `callguard report --json` against the stack's PostgreSQL, in a one-off agent container.
+report() { compose run --rm --no-deps -T agent report --config "$config" --json 2>/dev/null; }
+
+# The CRM's records, through the mocks' published port (asked again while a
+# scheduled fault makes the CRM fail).
+crm_records() {
+  local deadline=$((SECONDS + 10))
+  until curl -fsS -H "authorization: Bearer $crm_key" http://127.0.0.1:8080/crm/v1/calls 2>/dev/null; do
+    ((SECONDS < deadline)) || fail "the CRM did not list its records (GET /crm/v1/calls)" mocks
+    sleep 1
+  done
+}
+
+agents_done() {
+  local id
+  for id in $(containers agent); do
+    [[ $(docker inspect -f '{{.State.Status}}' "$id") == exited ]] || return 1
+  done
+}
+
+# Exit code and restart count of each agent container, one line each.
+agent_exits() {
+  local id
+  for id in $(containers agent); do
+    docker inspect -f '{{.Name}}: exit {{.State.ExitCode}}, restarted {{.RestartCount}} times' "$id"
+  done
+}
+
+# Checks the store and the CRM after a campaign; prints what is wrong (nothing
+# when all is well). Every contact in a final state, one CRM record per
+# completed contact, none twice.
+campaign_problems() {
+  local counts records
+  counts=$(report) || {
+    echo "callguard report failed: $(compose run --rm --no-deps -T agent report --config "$config" --json 2>&1 | tail -n 5)"
+    return
+  }
+  say "report: $counts" >&2
+  jq -r --argjson total "$contacts" '
+    (.pending + .in_flight + .deferred) as $open
+    | (.completed + .failed + .expired + $open) as $all
+    | (if $all != $total then "the store holds \($all) contacts, the file \($total)" else empty end),
+      (if $open != 0 then "\($open) contacts not in a final state (pending \(.pending), in flight \(.in_flight), deferred \(.deferred))" else empty end)
+  ' <<<"$counts"
+  records=$(crm_records)
+  jq -r --argjson completed "$(jq .completed <<<"$counts")" '
+    (map(.contact_id) | unique | length) as $ids
+    | (if $ids != length then "\(length) CRM records for \($ids) contacts: some twice" else empty end),
+      (if length != $completed then "\(length) CRM records, \($completed) contacts completed" else empty end)
+  ' <<<"$records"
+}
+
+# The summary lines ("lost / duplicated", "attempts / retries") each agent
+# replica printed; prints a line for each one that did no calls or lost or
+# duplicated contacts.
+summary_problems() {
+  local id logs
+  for id in $(containers agent); do
+    logs=$(docker logs "$id" 2>&1)
+    grep -q 'lost / duplicated *0 / 0' <<<"$logs" ||
+      echo "$(docker inspect -f '{{.Name}}' "$id"): summary without 'lost / duplicated 0 / 0': $(grep 'lost / duplicated' <<<"$logs" | tail -n 1)"
+    grep -qE 'attempts / retries *[1-9]' <<<"$logs" ||
+      echo "$(docker inspect -f '{{.Name}}' "$id"): made no calls"
+  done
+}
+
+start_stack() {
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+  # `up -d` returns once the agents' dependencies are healthy and the agents started.
+  timeout 300 docker-compose -p "$project" --project-directory "$repo" -f "$repo/docker-compose.yml" \
+    --env-file "$no_env" up -d --no-build --scale agent=3 >&2 ||
+    fail "docker-compose up -d --scale agent=3 (5 minutes at most)" postgres mocks health-server agent jaeger mailpit
+}
+
+# --- 1-6: a campaign through the fault schedule ----------------------------------
+
+say "docker-compose up -d --scale agent=3"
+start_stack
+say "stack up; following the fault schedule (ElevenLabs down 20 s to 50 s after the mocks start)"
+
+seen=()
+healthy=false
+metrics=false
+deadline=$((SECONDS + 150))
+while :; do
+  status=$(health_status elevenlabs)
+  if [[ ${#seen[@]} == 0 || ${seen[-1]} != "$status" ]]; then
+    seen+=("$status")
+    say "health server: elevenlabs $status"
+  fi
+  if [[ $healthy == false ]] && all_healthy; then
+    healthy=true
+    say "every container running, every health check healthy: $(compose ps --services | tr '\n' ' ')"
+  fi
+  if [[ $metrics == false ]]; then
+    metrics=true
+    for index in 1 2 3; do
+      address=$(compose port --index "$index" agent 9464 2>/dev/null) || address=
+      if ! curl -fsS --max-time 2 "http://$address/metrics" 2>/dev/null | grep -q '^callguard_contacts'; then
+        metrics=false
+      fi
+    done
+    [[ $metrics == false ]] || say "each agent's published /metrics answers ($(compose port --index 1 agent 9464), …)"
+  fi
+  pattern=" ${seen[*]} "
+  if [[ $healthy == true && $metrics == true && $pattern =~ \ SERVING\ .*NOT_SERVING\ .*\ SERVING\  ]]; then
+    break
+  fi
+  ((SECONDS < deadline)) || fail "150 s for: all healthy ($healthy), each agent's /metrics ($metrics), the health server seeing elevenlabs SERVING, NOT_SERVING, SERVING (saw: ${seen[*]})" health-server agent mocks
+  sleep 1
+done
+say "health server went ${seen[*]}"
+
+say "waiting for the agents to finish the campaign ($contacts contacts)"
+wait_for "the agents to finish the campaign and exit" 900 agent agents_done
+exits=$(agent_exits)
+say "agents: $(tr '\n' ';' <<<"$exits")"
+grep -qv ': exit 0,' <<<"$exits" && fail "an agent did not exit 0: $exits" agent
+
+problems=$(campaign_problems; summary_problems)
+[[ -z $problems ]] || fail "the campaign: $problems" agent
+
+# Spans: a trace holding the agent's call and the mocks' server spans, the
+# latter children of the agent's.
+traces=$(curl -fsS "http://127.0.0.1:16686/api/traces?service=callguard-agent&limit=200") ||
+  fail "the Jaeger stand-in's query API (GET /api/traces)" jaeger
+joined=$(jq '[.data[] | . as $t
+  | ($t.processes | to_entries | map({key, value: .value.serviceName}) | from_entries) as $svc
+  | ($t.spans | map(select($svc[.processID] == "callguard-agent") | .spanID)) as $agent
+  | select([$t.spans[] | select($svc[.processID] == "callguard-mocks")
+            | select(any(.references[]; .spanID as $p | $agent | index($p)))] | length > 0)] | length' <<<"$traces")
+services=$(curl -fsS http://127.0.0.1:16686/api/services | jq -r '.data | join(", ")')
+((joined > 0)) || fail "no trace with mocks' spans under the agent's (services seen: $services)" jaeger agent mocks
+say "traces: $joined of the agent's last $(jq '.data | length' <<<"$traces") hold the mocks' spans as children (services: $services)"
+
+# Alert mail: ElevenLabs' breaker opened and closed, from each agent.
+subjects=$(curl -fsS "http://127.0.0.1:8025/api/v1/messages?limit=1000" | jq -r '.messages[].Subject') ||
+  fail "the Mailpit stand-in's API (GET /api/v1/messages)" mailpit
+opened=$(grep -c 'elevenlabs circuit breaker opened' <<<"$subjects" || true)
+closed=$(grep -c 'elevenlabs circuit breaker closed' <<<"$subjects" || true)
+((opened > 0 && closed > 0)) || fail "no ElevenLabs breaker alerts by mail (subjects: $subjects)" mailpit agent
+say "mail: $(grep -c . <<<"$subjects") alerts; ElevenLabs breaker opened $opened, closed $closed"
+say "campaign through the fault schedule: PASSED"
+
+# --- 7: PostgreSQL stopped and an agent killed mid-campaign ------------------------
+
+if [[ $resilience == skip ]]; then
+  say "resilience step skipped (--resilience skip)"
+  exit 0
+fi
+
+say "resilience: a fresh campaign; PostgreSQL stopped and started, one agent killed"
+start_stack
+completed_now() { report | jq -e '.completed > 50' >/dev/null; }
+wait_for "50 contacts completed" 180 agent completed_now
+compose stop postgres >&2
+say "postgres stopped; 15 s without it"
+sleep 15
+compose start postgres >&2
+postgres_healthy() { [[ $(state_of "$(containers postgres)") == "running healthy" ]]; }
+wait_for "postgres to be healthy again" 60 postgres postgres_healthy
+victim=$(containers agent | head -n 1)
+say "postgres healthy again; docker kill $(docker inspect -f '{{.Name}}' "$victim")"
+docker kill "$victim" >/dev/null
+outcome=
+deadline=$((SECONDS + 600))
+until agents_done; do
+  if ((SECONDS >= deadline)); then
+    outcome="the agents did not all finish within 10 minutes"
+    break
+  fi
+  sleep 2
+done
+exits=$(agent_exits)
+say "agents: $(tr '\n' ';' <<<"$exits")"
+problems=$(campaign_problems)
+if [[ -z $outcome && -z $problems ]]; then
+  say "resilience: PASSED (the campaign finished, nothing lost or done twice)"
+  exit 0
+fi
+say "resilience: ${outcome:-finished}; ${problems//$'\n'/; }"
+compose logs --no-color --tail=20 agent >&2 || true
+if [[ $resilience == strict ]]; then
+  fail "resilience (--resilience strict)" postgres
+fi
+say "resilience: KNOWN GAP, not a failure (--resilience report): the store does not reconnect to PostgreSQL yet"
