@@ -16,7 +16,7 @@
 # Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian),
 # CARGO_BUILD_JOBS (default 2, baked into the Rust stand-in), the usual proxy
 # variables (passed to the builds), DOCKER_BUILDKIT (default 0: the classic
-# builder, which needs no buildx and pulls nothing).
+# builder, which needs no buildx and looks for FROM images locally).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +24,6 @@ repo=$(cd "$here/../.." && pwd)
 label=org.callguard.standin
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 jobs=${CARGO_BUILD_JOBS:-2}
-export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -34,12 +33,8 @@ die() {
   exit 1
 }
 
-# --build-arg for each proxy variable this shell has (Docker's predefined
-# build arguments: they reach RUN steps but are not kept in the image).
-proxy_args=()
-for var in HTTP_PROXY http_proxy HTTPS_PROXY https_proxy NO_PROXY no_proxy ALL_PROXY all_proxy; do
-  if [[ -n ${!var:-} ]]; then proxy_args+=(--build-arg "$var"); fi
-done
+# shellcheck source=deploy/standins/lib.sh
+. "$here/lib.sh"
 
 # The stand-in label of IMAGE: its inputs' hash; "real" for an image of that
 # name that is not a stand-in; empty when there is no such image.
@@ -78,6 +73,11 @@ hash_of() {
 }
 
 image_id() { docker image inspect -f '{{.Id}}' "$1"; }
+
+build_failed() {
+  tail -n 40 "$2" >&2
+  die "docker build of $1 failed (above: the end of its log)"
+}
 
 # --- the images the Dockerfile and docker-compose.yml name -------------------
 
@@ -130,8 +130,11 @@ build_base() {
     tail -n 30 "$tmp/debootstrap.log" >&2
     die "debootstrap failed (above: the end of its log)"
   }
+  local old
+  old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null) || old=
   tar -C "$tmp/rootfs" -c . |
     docker import --change 'CMD ["bash"]' --change "LABEL $label=$fingerprint" - "$image" >/dev/null
+  if [[ -n $old ]]; then docker image rm "$old" >/dev/null 2>&1 || true; fi
   say "$image: imported ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'))"
 }
 
@@ -182,9 +185,9 @@ build_rust() {
     cp "$cargo_config" "$ctx/cargo/config.toml"
   fi
   say "$image: toolchain $toolchain from $sysroot"
-  docker build --quiet --label "$label=$fingerprint" -t "$image" \
+  build_replacing "$image" "$work/rust.log" --label "$label=$fingerprint" \
     --build-arg TOOLCHAIN="$toolchain" --build-arg RUST_VERSION="$release" \
-    --build-arg CARGO_BUILD_JOBS="$jobs" "${proxy_args[@]}" "$ctx" >/dev/null
+    --build-arg CARGO_BUILD_JOBS="$jobs" "$ctx" || build_failed "$image" "$work/rust.log"
 }
 
 # --- the services' stand-ins -----------------------------------------------------
@@ -193,7 +196,8 @@ build_service() {
   local image=$1 dir=$2 base=$3 fingerprint
   fingerprint=$(hash_of "$here/$dir" "$(image_id "$base")")
   needs_build "$image" "$fingerprint" || return 0
-  docker build --quiet --label "$label=$fingerprint" -t "$image" "${proxy_args[@]}" "$here/$dir" >/dev/null
+  build_replacing "$image" "$work/$dir.log" --label "$label=$fingerprint" "$here/$dir" ||
+    build_failed "$image" "$work/$dir.log"
 }
 
 base=
