@@ -4,7 +4,8 @@
 # runs docker-compose.yml with three agents and checks from outside, as a user
 # would (README, "Run the whole stack"):
 #
-#   1. every service with a health check turns healthy, the others run;
+#   1. every service with a health check turns healthy, the others run; every
+#      published port is on 127.0.0.1;
 #   2. grpcurl on the health server's published port sees ElevenLabs go
 #      SERVING -> NOT_SERVING -> SERVING along the fault schedule;
 #   3. each agent replica's published /metrics port answers;
@@ -169,6 +170,14 @@ all_healthy() {
   done
 }
 
+# Host addresses of every published port, one line each: all must be 127.0.0.1.
+published_hosts() {
+  local id
+  for id in $(compose ps -q); do
+    docker inspect -f '{{range $port, $bindings := .NetworkSettings.Ports}}{{range $bindings}}{{$.Name}} {{$port}} {{.HostIp}}{{println}}{{end}}{{end}}' "$id"
+  done | grep .
+}
+
 # Health/Check of SERVICE on the health server's published port.
 health_status() {
   grpcurl -plaintext -max-time 2 -d "{\"service\":\"$1\"}" 127.0.0.1:50051 grpc.health.v1.Health/Check 2>/dev/null |
@@ -297,6 +306,9 @@ while :; do
   if [[ $healthy == false ]] && all_healthy; then
     healthy=true
     say "every container running, every health check healthy: $(compose ps --services | tr '\n' ' ')"
+    elsewhere=$(published_hosts | grep -v ' 127\.0\.0\.1$' || true)
+    [[ -z $elsewhere ]] || fail "ports published beyond 127.0.0.1: $elsewhere"
+    say "ports published on 127.0.0.1 only ($(published_hosts | wc -l) of them)"
   fi
   if [[ $metrics == false ]]; then
     metrics=true
