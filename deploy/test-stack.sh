@@ -7,20 +7,27 @@
 #   1. every service with a health check turns healthy, the others run; every
 #      published port is on 127.0.0.1;
 #   2. grpcurl on the health server's published port sees ElevenLabs go
-#      SERVING -> NOT_SERVING -> SERVING along the fault schedule;
+#      SERVING -> NOT_SERVING -> SERVING along the fault schedule, and on each
+#      agent's its breaker go CLOSED -> open -> CLOSED;
 #   3. each agent replica's published /metrics port answers;
-#   4. the agents finish the campaign and exit 0: `callguard report` against the
+#   4. ForceOpen with the config's admin token on the health server (refused
+#      without it): every agent's breaker follows, and closes with ForceClose;
+#   5. `docker-compose stop agent` mid-campaign: each agent exits 0 within its
+#      stop_grace_period with nothing left in flight; `start` resumes;
+#   6. the agents finish the campaign and exit 0: `callguard report` against the
 #      stack's PostgreSQL has every contact completed, failed or expired; the
-#      CRM holds one record per completed contact; every replica made calls and
-#      none did a contact twice;
-#   5. the Jaeger stand-in holds traces with both the agent's and the mocks'
-#      spans, the mocks' under the agent's;
-#   6. Mailpit's stand-in received the breaker alerts;
-#   7. resilience: a fresh campaign, PostgreSQL stopped and started again and
+#      CRM holds one record per completed contact; each service answered each
+#      contact's call once; every replica made calls, no summary lost or
+#      duplicated a contact;
+#   7. the Jaeger stand-in holds traces with both the agent's and the mocks'
+#      spans, the mocks' under the agent's, and retry and breaker events;
+#   8. Mailpit's stand-in received one ElevenLabs breaker-opened and one
+#      closed alert per agent;
+#   9. resilience: a fresh campaign, PostgreSQL stopped and started again and
 #      one agent killed mid-way; the campaign must still finish with nothing
 #      lost or done twice.
 #
-# Step 7 needs a store that reconnects, which the agent does not have yet:
+# Step 9 needs a store that reconnects, which the agent does not have yet:
 # --resilience report (the default) runs it and reports the outcome without
 # failing; strict fails on it; skip leaves it out.
 #
@@ -256,15 +263,17 @@ stats_problems() {
   ' <<<"$stats"
 }
 
-# The summary lines ("lost / duplicated", "attempts / retries") each agent
-# replica printed; prints a line for each one that did no calls or lost or
-# duplicated contacts.
+# The summaries ("lost / duplicated", "attempts / retries") each agent replica
+# printed, at the stop and at the end; prints a line for each replica that
+# printed none or did no calls, and each summary with contacts lost or
+# duplicated.
 summary_problems() {
   local id logs
   for id in $(containers agent); do
     logs=$(docker logs "$id" 2>&1)
-    grep -q 'lost / duplicated *0 / 0' <<<"$logs" ||
-      echo "$(docker inspect -f '{{.Name}}' "$id"): summary without 'lost / duplicated 0 / 0': $(grep 'lost / duplicated' <<<"$logs" | tail -n 1)"
+    grep -q 'lost / duplicated' <<<"$logs" || echo "$(docker inspect -f '{{.Name}}' "$id"): printed no summary"
+    grep 'lost / duplicated' <<<"$logs" | grep -v 'lost / duplicated *0 / 0' |
+      sed "s|^|$(docker inspect -f '{{.Name}}' "$id"): |" || true
     grep -qE 'attempts / retries *[1-9]' <<<"$logs" ||
       echo "$(docker inspect -f '{{.Name}}' "$id"): made no calls"
   done
@@ -278,31 +287,49 @@ start_stack() {
     fail "docker-compose up -d --scale agent=3 (5 minutes at most)" postgres mocks health-server agent jaeger mailpit
 }
 
-# --- 1-6: a campaign through the fault schedule ----------------------------------
+# --- 1-8: a campaign through the fault schedule ----------------------------------
 
 say "docker-compose up -d --scale agent=3"
 start_stack
 say "stack up; following the fault schedule (ElevenLabs down 20 s to 50 s after the mocks start)"
 
-# Whether the states seen went through the given ones in order.
+# Whether the space-separated STATES went through the PATTERNS (regular
+# expressions, each matching a whole state) in this order.
 went_through() {
-  local state wanted=("$@") next=0
-  for state in "${seen[@]}"; do
-    if ((next < ${#wanted[@]})) && [[ $state == "${wanted[next]}" ]]; then next=$((next + 1)); fi
+  local states=$1 state next=1
+  shift
+  for state in $states; do
+    if ((next <= $#)) && [[ $state =~ ^(${!next})$ ]]; then next=$((next + 1)); fi
   done
-  ((next == ${#wanted[@]}))
+  ((next > $#))
 }
 
-seen=()
+# STATES with STATE appended unless it is the last one already.
+push() { [[ " $1" == *" $2" ]] && echo "$1" || echo "${1:+$1 }$2"; }
+
+# Breakers/GetBreaker NAME on gRPC ADDRESS: "STATE REASON…".
+breaker() {
+  grpcurl -plaintext -max-time 2 -d "{\"name\":\"$2\"}" "$1" callguard.v1.Breakers/GetBreaker 2>/dev/null |
+    jq -r '"\(.state) \(.lastTransitionReason // "")"' 2>/dev/null || echo UNREACHABLE
+}
+
+agents=()
+for index in 1 2 3; do
+  agents+=("$(compose port --index "$index" agent 50051)") || fail "agent $index publishes no gRPC port" agent
+done
+prober=
+declare -A breakers
 healthy=false
 metrics=false
 deadline=$((SECONDS + 150))
 while :; do
   status=$(health_status elevenlabs)
-  if [[ ${#seen[@]} == 0 || ${seen[-1]} != "$status" ]]; then
-    seen+=("$status")
-    say "health server: elevenlabs $status"
-  fi
+  [[ $(push "$prober" "$status") == "$prober" ]] || say "health server: elevenlabs $status"
+  prober=$(push "$prober" "$status")
+  for agent in "${agents[@]}"; do
+    read -r state _ < <(breaker "$agent" elevenlabs)
+    breakers[$agent]=$(push "${breakers[$agent]:-}" "$state")
+  done
   if [[ $healthy == false ]] && all_healthy; then
     healthy=true
     say "every container running, every health check healthy: $(compose ps --services | tr '\n' ' ')"
@@ -320,13 +347,58 @@ while :; do
     done
     [[ $metrics == false ]] || say "each agent's published /metrics answers ($(compose port --index 1 agent 9464), …)"
   fi
-  if [[ $healthy == true && $metrics == true ]] && went_through SERVING NOT_SERVING SERVING; then
-    break
+  done_with_outage=$healthy
+  [[ $metrics == true ]] && went_through "$prober" SERVING NOT_SERVING SERVING || done_with_outage=false
+  for agent in "${agents[@]}"; do
+    went_through "${breakers[$agent]}" CLOSED 'OPEN|HALF_OPEN|FORCED_OPEN' CLOSED || done_with_outage=false
+  done
+  [[ $done_with_outage == false ]] || break
+  if ((SECONDS >= deadline)); then
+    fail "150 s for: all healthy ($healthy), each agent's /metrics ($metrics), the health server seeing elevenlabs SERVING, NOT_SERVING, SERVING (saw: $prober), each agent's breaker CLOSED, open, CLOSED (saw: $(for a in "${agents[@]}"; do printf '%s: %s; ' "$a" "${breakers[$a]}"; done))" health-server agent mocks
   fi
-  ((SECONDS < deadline)) || fail "150 s for: all healthy ($healthy), each agent's /metrics ($metrics), the health server seeing elevenlabs SERVING, NOT_SERVING, SERVING (saw: ${seen[*]})" health-server agent mocks
   sleep 1
 done
-say "health server went ${seen[*]}"
+say "health server went $prober"
+for agent in "${agents[@]}"; do say "agent $agent: elevenlabs breaker went ${breakers[$agent]}"; done
+
+# The admin token of deploy/callguard.toml forces ElevenLabs' breaker open on
+# the health server; every agent follows (health_check.remote) until it is
+# closed again. Without the token, the RPC is refused.
+token=$(sed -nE 's/^admin_token *= *"(.*)".*/\1/p' "$repo/deploy/callguard.toml")
+[[ -n $token ]] || fail "no [grpc] admin_token in deploy/callguard.toml"
+# Breakers/RPC on the health server for ElevenLabs, with TOKEN if given.
+admin() {
+  local auth=()
+  [[ -z ${2:-} ]] || auth=(-H "authorization: Bearer $2")
+  grpcurl -plaintext -max-time 5 "${auth[@]}" -d '{"name":"elevenlabs","reason":"stack test"}' \
+    127.0.0.1:50051 "callguard.v1.Breakers/$1" 2>&1
+}
+if admin ForceClose >/dev/null; then fail "ForceClose without the admin token was not refused" health-server; fi
+admin ForceOpen "$token" | grep -q FORCED_OPEN || fail "ForceOpen with the admin token: $(admin ForceOpen "$token")" health-server
+follows() {
+  local agent state reason
+  for agent in "${agents[@]}"; do
+    read -r state reason < <(breaker "$agent" elevenlabs)
+    [[ $state == "$1" && $reason == *"$2"* ]] || return 1
+  done
+}
+wait_for "every agent's elevenlabs breaker FORCED_OPEN by the remote" 20 agent follows FORCED_OPEN remote
+admin ForceClose "$token" | grep -q CLOSED || fail "ForceClose with the admin token" health-server
+wait_for "every agent's elevenlabs breaker CLOSED again" 20 agent follows CLOSED ""
+say "ForceOpen on the health server (with its token; refused without): every agent followed, and back"
+
+# `docker-compose stop agent` mid-campaign: SIGTERM reaches callguard as PID 1,
+# each agent drains within its stop_grace_period and exits 0, leaving nothing
+# leased; `start` resumes the campaign from the queue.
+stop_started=$SECONDS
+compose stop agent >&2
+exits=$(agent_exits)
+grep -qv ': exit 0,' <<<"$exits" && fail "an agent did not stop cleanly on SIGTERM: $exits" agent
+counts=$(report) || fail "callguard report against the stack's PostgreSQL" postgres
+jq -e '.in_flight == 0 and .pending + .deferred > 0' <<<"$counts" >/dev/null ||
+  fail "after docker-compose stop agent, mid-campaign: $counts (nothing in flight, something left)" agent
+say "docker-compose stop agent: each exited 0 within $((SECONDS - stop_started)) s, nothing left in flight ($counts)"
+compose start agent >&2
 
 say "waiting for the agents to finish the campaign ($contacts contacts)"
 wait_for "the agents to finish the campaign and exit" 900 agent agents_done
@@ -341,7 +413,7 @@ problems=$(stats_problems "$(jq .completed <<<"$counts")"; campaign_problems "$c
 
 # Spans: a trace holding the agent's call and the mocks' server spans, the
 # latter children of the agent's.
-traces=$(curl -fsS "http://127.0.0.1:16686/api/traces?service=callguard-agent&limit=200") ||
+traces=$(curl -fsS "http://127.0.0.1:16686/api/traces?service=callguard-agent&limit=100000") ||
   fail "the Jaeger stand-in's query API (GET /api/traces)" jaeger
 joined=$(jq '[.data[] | . as $t
   | ($t.processes | to_entries | map({key, value: .value.serviceName}) | from_entries) as $svc
@@ -350,18 +422,24 @@ joined=$(jq '[.data[] | . as $t
             | select(any(.references[]; .spanID as $p | $agent | index($p)))] | length > 0)] | length' <<<"$traces")
 services=$(curl -fsS http://127.0.0.1:16686/api/services | jq -r '.data | join(", ")')
 ((joined > 0)) || fail "no trace with mocks' spans under the agent's (services seen: $services)" jaeger agent mocks
-say "traces: $joined of the agent's last $(jq '.data | length' <<<"$traces") hold the mocks' spans as children (services: $services)"
+events=$(jq -r '[.data[].spans[].logs[].fields[] | select(.key == "event") | .value]
+  | "\(map(select(test("retrying in"))) | length) \(map(select(test("Circuit breaker for elevenlabs"))) | length)"' <<<"$traces")
+read -r retries transitions <<<"$events"
+((retries > 0 && transitions > 0)) ||
+  fail "the agent's spans lack events: $retries 'retrying in', $transitions 'Circuit breaker for elevenlabs'" jaeger agent
+say "traces: $joined of $(jq '.data | length' <<<"$traces") hold the mocks' spans under the agent's; events: $retries retries, $transitions ElevenLabs breaker transitions (services: $services)"
 
 # Alert mail: ElevenLabs' breaker opened and closed, from each agent.
 subjects=$(curl -fsS "http://127.0.0.1:8025/api/v1/messages?limit=1000" | jq -r '.messages[].Subject') ||
   fail "the Mailpit stand-in's API (GET /api/v1/messages)" mailpit
 opened=$(grep -c 'elevenlabs circuit breaker opened' <<<"$subjects" || true)
 closed=$(grep -c 'elevenlabs circuit breaker closed' <<<"$subjects" || true)
-((opened > 0 && closed > 0)) || fail "no ElevenLabs breaker alerts by mail (subjects: $subjects)" mailpit agent
+((opened == ${#agents[@]} && closed == ${#agents[@]})) ||
+  fail "ElevenLabs breaker alerts by mail: opened $opened, closed $closed, not one each per agent (subjects: $subjects)" mailpit agent
 say "mail: $(grep -c . <<<"$subjects") alerts; ElevenLabs breaker opened $opened, closed $closed"
 say "campaign through the fault schedule: PASSED"
 
-# --- 7: PostgreSQL stopped and an agent killed mid-campaign ------------------------
+# --- 9: PostgreSQL stopped and an agent killed mid-campaign ------------------------
 
 if [[ $resilience == skip ]]; then
   say "resilience step skipped (--resilience skip)"
