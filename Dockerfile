@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # One image, one `callguard` binary, every role: the agent (`run`), the mocks
 # (`mocks`), the standalone health server (`health-server`) and the container
 # health checks (`healthcheck`). docker-compose.yml runs them all.
@@ -11,6 +9,10 @@
 # the workspace's code rebuilds only the workspace's crates. The builder and
 # the runtime are both Debian bookworm, so the binary finds the glibc it was
 # linked against.
+#
+# No `# syntax=` line: it makes BuildKit pull a frontend image, and the
+# frontend built into BuildKit reads this file as well as the classic builder
+# does, so it builds on an engine that has its FROM images and no registry.
 
 ARG RUST_VERSION=1.95
 ARG CARGO_CHEF_VERSION=0.1.78
