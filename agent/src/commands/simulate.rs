@@ -28,32 +28,17 @@ pub(crate) async fn simulate(
         .map_err(|e| format!("cannot start the mocks: {e}"))?;
     // A simulation keeps its contacts in memory and serves gRPC and /metrics
     // on free ports, unless the config file says otherwise.
-    let defaults = toml::Table::from_iter([
-        (
-            "queue".to_owned(),
-            toml::Value::Table(toml::Table::from_iter([
-                ("url".to_owned(), "memory:".into()),
-                (
-                    "pending_file".to_owned(),
-                    "logs/simulate-pending.jsonl".into(),
-                ),
-            ])),
-        ),
-        (
-            "grpc".to_owned(),
-            toml::Value::Table(toml::Table::from_iter([(
-                "listen".to_owned(),
-                "127.0.0.1:0".into(),
-            )])),
-        ),
-        (
-            "metrics".to_owned(),
-            toml::Value::Table(toml::Table::from_iter([(
-                "listen".to_owned(),
-                "127.0.0.1:0".into(),
-            )])),
-        ),
-    ]);
+    let defaults = toml::toml! {
+        [queue]
+        url = "memory:"
+        pending_file = "logs/simulate-pending.jsonl"
+
+        [grpc]
+        listen = "127.0.0.1:0"
+
+        [metrics]
+        listen = "127.0.0.1:0"
+    };
     let config = ConfigLoader::new()
         .defaults(defaults)
         .stand_ins(services.stand_ins(time_scale))
