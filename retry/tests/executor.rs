@@ -32,6 +32,23 @@ fn status(code: u16) -> ServiceError {
     classify_status(code, None, SystemTime::UNIX_EPOCH).unwrap()
 }
 
+/// `err` ended its call after `attempts` attempts because the retry budget
+/// had no token for a retry.
+#[track_caller]
+fn assert_stopped_by_the_budget(err: &CallError, attempts: u32) {
+    assert!(
+        matches!(
+            err,
+            CallError::Exhausted {
+                attempts: made,
+                reason: StopReason::Budget,
+                ..
+            } if *made == attempts
+        ),
+        "{err:?}"
+    );
+}
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -319,17 +336,7 @@ async fn an_empty_budget_stops_retries_and_successes_refill_it() {
     let script = Script::new([Err(status(503))]);
     let start = Instant::now();
     let err = b.call(|ctx| script.run(ctx)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::Exhausted {
-                attempts: 1,
-                reason: StopReason::Budget,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_stopped_by_the_budget(&err, 1);
     assert_eq!(Instant::now(), start, "no sleep");
 
     // 11 successes earn 1.1 tokens: 6.1, so one failure (→ 5.1) still leaves a retry.
@@ -341,17 +348,7 @@ async fn an_empty_budget_stops_retries_and_successes_refill_it() {
     }
     let script = Script::new([Err(status(503))]);
     let err = a.call(|ctx| script.run(ctx)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::Exhausted {
-                attempts: 2,
-                reason: StopReason::Budget,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_stopped_by_the_budget(&err, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -365,14 +362,7 @@ async fn the_budget_is_turned_on_by_config() {
         .await
         .unwrap_err();
     // 2 → 1 token: not more than half, no retry.
-    assert!(matches!(
-        err,
-        CallError::Exhausted {
-            attempts: 1,
-            reason: StopReason::Budget,
-            ..
-        }
-    ));
+    assert_stopped_by_the_budget(&err, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -672,17 +662,7 @@ async fn concurrency_429s_neither_spend_nor_refill_the_budget() {
     // Other 429s spend from it as before.
     let script = Script::new([Err(status(429))]);
     let err = exec.call(|ctx| script.run(ctx)).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CallError::Exhausted {
-                attempts: 1,
-                reason: StopReason::Budget,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_stopped_by_the_budget(&err, 1);
 }
 
 #[tokio::test(start_paused = true)]
