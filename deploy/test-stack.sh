@@ -123,7 +123,7 @@ cleanup() {
 
 for tool in docker docker-compose grpcurl curl jq python3; do
   command -v "$tool" >/dev/null || {
-    echo "test-stack.sh: $tool is not on PATH (.ci/run installs what is missing)" >&2
+    echo "test-stack.sh: $tool is not on PATH (README, \"Testing the stack in containers\", says what it needs)" >&2
     exit 1
   }
 done
