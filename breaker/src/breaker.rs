@@ -252,10 +252,7 @@ impl CircuitBreaker {
         config.failure_threshold = config.failure_threshold.max(1);
         config.half_open_max_calls = config.half_open_max_calls.max(1);
         config.success_threshold = config.success_threshold.max(1);
-        let window = config
-            .failure_rate
-            .as_ref()
-            .map(|rate| Window::new(rate, 0));
+        let window = config.failure_rate.as_ref().map(Window::new);
         let (state_tx, _) = watch::channel(CircuitState::Closed);
         let (transitions_tx, _) = broadcast::channel(TRANSITION_CHANNEL_CAPACITY);
         Self {

@@ -42,14 +42,14 @@ pub(crate) struct WindowCounts {
 }
 
 impl Window {
-    /// An empty window counting for `generation`.
-    pub(crate) fn new(config: &FailureRateConfig, generation: u64) -> Self {
+    /// An empty window counting for the first generation (0).
+    pub(crate) fn new(config: &FailureRateConfig) -> Self {
         Self {
             slots: (0..config.window_size.max(1))
-                .map(|_| AtomicU64::new(generation << 2 | EMPTY))
+                .map(|_| AtomicU64::new(EMPTY))
                 .collect(),
-            cursor: Stamped::new(generation, 0),
-            failures: Stamped::new(generation, 0),
+            cursor: Stamped::new(0, 0),
+            failures: Stamped::new(0, 0),
             threshold: config.threshold,
             minimum_calls: config.minimum_calls,
         }
@@ -138,14 +138,11 @@ mod tests {
     use super::*;
 
     fn window(threshold: f64, window_size: u32, minimum_calls: u32) -> Window {
-        Window::new(
-            &FailureRateConfig {
-                threshold,
-                window_size,
-                minimum_calls,
-            },
-            0,
-        )
+        Window::new(&FailureRateConfig {
+            threshold,
+            window_size,
+            minimum_calls,
+        })
     }
 
     #[test]
