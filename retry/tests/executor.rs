@@ -569,6 +569,19 @@ async fn a_concurrency_429_is_retried_soon_without_growing_the_backoff_or_using_
     assert_eq!(breaker.snapshot().consecutive_failures, 4, "only the 503s");
 }
 
+/// A `max_delay` shorter than the default `concurrency_delay` (100 ms) is a
+/// valid policy, and caps the wait before a concurrency retry.
+#[tokio::test(start_paused = true)]
+async fn a_short_max_delay_caps_the_concurrency_delay() {
+    let policy: RetryPolicy =
+        toml::from_str("initial_delay = \"1ms\"\nmax_delay = \"50ms\"").unwrap();
+    let exec = executor(&breaker(100), policy);
+    let script = Script::new([Err(too_many_concurrent(None)), Ok(1)]);
+    let start = Instant::now();
+    assert_eq!(exec.call(|ctx| script.run(ctx)).await, Ok(1));
+    assert_eq!(script.offsets(start), [secs(0), millis(50)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_concurrency_429_keeps_its_retry_after_and_the_backoff_where_it_was() {
     let breaker = breaker(100);
