@@ -209,6 +209,8 @@ impl RetryPolicy {
     fn validate_keys(&self) -> Result<(), ValidationError> {
         within("max_retries", self.max_retries, 0, Self::MAX_RETRIES_LIMIT)?;
         nonzero_duration("initial_delay", self.initial_delay.get())?;
+        // A zero wait would send the retries after concurrency 429s back to back.
+        nonzero_duration("concurrency_delay", self.concurrency_delay.get())?;
         at_least("backoff_factor", self.backoff_factor, 1.0)?;
         if !self.backoff_factor.is_finite() {
             return Err(ValidationError::new(
@@ -469,6 +471,13 @@ mod tests {
                 ..d()
             }),
             "retry.jitter must be between 0.0 and 1.0, got 1.5"
+        );
+        assert_eq!(
+            check(RetryPolicy {
+                concurrency_delay: ConfigDuration::from_secs(0),
+                ..d()
+            }),
+            "retry.concurrency_delay must be greater than 0s, got 0s"
         );
         assert_eq!(
             check(RetryPolicy {
