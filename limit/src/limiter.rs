@@ -135,7 +135,7 @@ impl Limiter {
     /// A slot now, if one is free and the rate allows a call; `None` otherwise
     /// (nothing is waited for).
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
-        if self.pause.is_set() && self.pause.remaining().is_some() {
+        if self.pause.remaining().is_some() {
             return None;
         }
         if !self.slots.try_take() {

@@ -84,11 +84,6 @@ impl Pause {
         self.until.fetch_max(end, Ordering::Relaxed);
     }
 
-    /// Whether a pause was set, ended or not: one relaxed load.
-    pub(crate) fn is_set(&self) -> bool {
-        self.until.load(Ordering::Relaxed) != 0
-    }
-
     /// How long the pause still lasts, clearing it once it is over.
     pub(crate) fn remaining(&self) -> Option<Duration> {
         let until = self.until.load(Ordering::Relaxed);
@@ -137,16 +132,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pause_lasts_until_its_end_and_the_longest_wins() {
         let pause = Pause::new();
-        assert!(!pause.is_set());
         assert_eq!(pause.remaining(), None);
         pause.pause_for(Duration::from_secs(2));
         pause.pause_for(Duration::from_secs(1));
-        assert!(pause.is_set());
         assert_eq!(pause.remaining(), Some(Duration::from_secs(2)));
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!(pause.remaining(), Some(Duration::from_millis(500)));
         tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(pause.remaining(), None);
-        assert!(!pause.is_set(), "cleared once over");
+        assert_eq!(pause.until.load(Ordering::Relaxed), 0, "cleared once over");
     }
 }
