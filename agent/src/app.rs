@@ -92,7 +92,7 @@ impl App {
             .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
         let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
         let metrics = Arc::new(Metrics::new());
-        let transitions = Arc::new(TransitionLog::new());
+        let transitions = Arc::new(TransitionLog::default());
         let alerts = AlertManager::new(&config.alerts)?.with_breakers(registry.clone());
         metrics.watch_alerts(alerts.clone());
         let events = Arc::new(EventHub::new(vec![

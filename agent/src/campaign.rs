@@ -251,7 +251,7 @@ impl Campaign {
             attempts: totals.attempts,
             rejections: totals.rejections,
             deferrals: totals.deferrals,
-            breaker_transitions: self.transitions.records(),
+            breaker_transitions: self.transitions.records(started),
             alerts,
             failures,
             sheets: None,

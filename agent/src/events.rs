@@ -54,61 +54,45 @@ pub struct TransitionRecord {
     pub from: CircuitState,
     /// State after.
     pub to: CircuitState,
-    /// Seconds since the log started.
+    /// Seconds since the start the log was read against.
     pub at: f64,
     /// Why.
     pub reason: String,
 }
 
-/// Every breaker transition published, per service, for the summary.
-#[derive(Debug)]
+/// Every breaker transition published, for the summary.
+#[derive(Debug, Default)]
 pub struct TransitionLog {
-    started: Instant,
-    transitions: Mutex<BTreeMap<String, Vec<TransitionRecord>>>,
+    transitions: Mutex<Vec<Transition>>,
 }
 
 impl TransitionLog {
-    /// An empty log; times are counted from now.
-    pub fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            transitions: Mutex::default(),
+    /// The transitions so far, per service, timed from `started` (the
+    /// campaign's start).
+    pub fn records(&self, started: Instant) -> BTreeMap<String, Vec<TransitionRecord>> {
+        let mut records: BTreeMap<String, Vec<TransitionRecord>> = BTreeMap::new();
+        for transition in self.transitions.lock().iter() {
+            records
+                .entry(transition.service.to_string())
+                .or_default()
+                .push(TransitionRecord {
+                    from: transition.from,
+                    to: transition.to,
+                    at: transition
+                        .at
+                        .saturating_duration_since(started)
+                        .as_secs_f64(),
+                    reason: transition.reason.to_string(),
+                });
         }
-    }
-
-    /// The transitions so far.
-    pub fn records(&self) -> BTreeMap<String, Vec<TransitionRecord>> {
-        self.transitions.lock().clone()
-    }
-
-    fn record(&self, transition: &Transition) {
-        let record = TransitionRecord {
-            from: transition.from,
-            to: transition.to,
-            at: transition
-                .at
-                .saturating_duration_since(self.started)
-                .as_secs_f64(),
-            reason: transition.reason.to_string(),
-        };
-        self.transitions
-            .lock()
-            .entry(transition.service.to_string())
-            .or_default()
-            .push(record);
-    }
-}
-
-impl Default for TransitionLog {
-    fn default() -> Self {
-        Self::new()
+        records
     }
 }
 
 impl EventSink for TransitionLog {
     fn on_event(&self, event: &ResilienceEvent) {
         if let ResilienceEvent::BreakerTransition(transition) = event {
-            self.record(transition);
+            self.transitions.lock().push(transition.clone());
         }
     }
 }
@@ -159,8 +143,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_log_keeps_transitions_with_their_time_since_it_started() {
-        let log = TransitionLog::new();
+    async fn the_log_keeps_transitions_with_their_time_since_the_start_given() {
+        let log = TransitionLog::default();
+        let started = Instant::now();
         tokio::time::advance(Duration::from_millis(1500)).await;
         log.on_event(&ResilienceEvent::BreakerTransition(transition(
             CircuitState::Closed,
@@ -170,7 +155,7 @@ mod tests {
             service: ServiceName::new("elevenlabs").unwrap(),
             wait: Duration::from_secs(1),
         });
-        let records = log.records();
+        let records = log.records(started);
         assert_eq!(records.len(), 1);
         let tts = &records["elevenlabs"];
         assert_eq!(tts.len(), 1, "only transitions are logged: {tts:?}");
