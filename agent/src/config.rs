@@ -237,8 +237,9 @@ fn env_note(var: &Option<String>) -> String {
 /// Defaults and the file merge key by key. A stand-in section (how `simulate`
 /// points the agent at its in-process mocks: `[services.NAME]`,
 /// `[alerts.CHANNEL]`, `[sheets]`) is replaced *whole* by a section of the
-/// same name in the file, so a simulation can watch one's own Sheet, SMTP
-/// server or Telegram chat without the stand-in's keys mixing into it.
+/// same name in the file — for a service, one that names an endpoint — so a
+/// simulation can watch one's own Sheet, SMTP server or Telegram chat without
+/// the stand-in's keys mixing into it.
 #[derive(Debug, Default)]
 pub struct ConfigLoader {
     defaults: toml::Table,
@@ -336,14 +337,27 @@ impl ConfigLoader {
     }
 }
 
+/// Keys of a `[services.NAME]` section that point it at another service:
+/// a file's section with one of them replaces the stand-in's whole; one
+/// without (a breaker or limiter override, say) merges over it.
+const SERVICE_ENDPOINT_KEYS: [&str; 3] = ["base_url", "api_key", "api_key_env"];
+
 /// Drops each stand-in section that `file` gives itself: a top-level
-/// section, or a named one under `[alerts]` or `[services]`.
+/// section, a named one under `[alerts]`, or a named one under `[services]`
+/// that points the service elsewhere ([`SERVICE_ENDPOINT_KEYS`]).
 fn remove_replaced_sections(stand_ins: &mut toml::Table, file: &toml::Table) {
     for (name, section) in file {
         match (name.as_str(), stand_ins.get_mut(name), section) {
             ("alerts" | "services", Some(toml::Value::Table(ours)), toml::Value::Table(theirs)) => {
                 for (sub, value) in theirs {
-                    if value.is_table() {
+                    let Some(theirs) = value.as_table() else {
+                        continue;
+                    };
+                    let elsewhere = name == "alerts"
+                        || SERVICE_ENDPOINT_KEYS
+                            .iter()
+                            .any(|key| theirs.contains_key(*key));
+                    if elsewhere {
                         ours.remove(sub);
                     }
                 }
@@ -429,6 +443,7 @@ impl AgentConfig {
             retry.initial_delay = scaled(retry.initial_delay);
             retry.max_delay = scaled(retry.max_delay);
             retry.deadline = retry.deadline.map(scaled);
+            retry.concurrency_delay = scaled(retry.concurrency_delay);
         };
         let scale_breaker = |breaker: &mut BreakerConfig| {
             breaker.recovery_timeout = scaled(breaker.recovery_timeout)
@@ -944,6 +959,36 @@ mod tests {
             "a stand-in the file does not name stays"
         );
         assert_eq!(config.alerts.cooldown.get(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_file_service_section_without_an_endpoint_merges_over_the_stand_in() {
+        let path = file(
+            "service-override",
+            "[services.llm.circuit_breaker]\nfailure_threshold = 7\n\
+             [services.crm]\nbase_url = \"http://127.0.0.1:2/crm\"\n",
+        );
+        let config = ConfigLoader::new()
+            .stand_ins(toml(DEFAULTS))
+            .file(Some(&path))
+            .load()
+            .unwrap();
+        let llm = &config.services[&ServiceName::new("llm").unwrap()];
+        assert_eq!(
+            llm.http.base_url, "http://127.0.0.1:1/llm",
+            "the stand-in's endpoint stays"
+        );
+        assert_eq!(
+            config
+                .breaker_config(&ServiceName::new("llm").unwrap())
+                .failure_threshold,
+            7
+        );
+        let crm = &config.services[&ServiceName::new("crm").unwrap()];
+        assert_eq!(
+            crm.http.base_url, "http://127.0.0.1:2/crm",
+            "an endpoint replaces it whole"
+        );
     }
 
     #[test]

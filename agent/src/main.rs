@@ -40,8 +40,9 @@ enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
         /// A config file layered over the simulation's own settings: its
-        /// `[services.NAME]`, `[alerts.CHANNEL]` and `[sheets]` sections
-        /// replace the simulation's (the mocks') whole.
+        /// `[alerts.CHANNEL]` and `[sheets]` sections, and `[services.NAME]`
+        /// sections naming an endpoint, replace the simulation's (the mocks')
+        /// whole.
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -229,8 +229,9 @@ pub(super) fn parse(
 }
 
 /// Checks every section's values, that each has the kind its stage gives it,
-/// that fallbacks name other services, and that each stage's service is
-/// configured. Keys are named in full.
+/// and that fallbacks name other services (that each stage's service is
+/// configured is [`AgentConfig::check_pipeline`](super::AgentConfig::check_pipeline)'s).
+/// Keys are named in full.
 pub(super) fn validate(
     services: &BTreeMap<ServiceName, ServiceSection>,
     pipeline: &PipelineConfig,
