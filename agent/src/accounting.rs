@@ -110,13 +110,6 @@ impl Accounting {
     }
 }
 
-impl std::ops::AddAssign for Accounting {
-    fn add_assign(&mut self, other: Self) {
-        self.lost += other.lost;
-        self.duplicated += other.duplicated;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,12 @@ use crate::pipeline::{Chain, Pipeline, Stage};
 use crate::queue::CallQueue;
 use crate::serve::{GrpcServer, RemoteFollower};
 
+impl From<ValidationError> for SetupError {
+    fn from(invalid: ValidationError) -> Self {
+        Self::Config(ConfigError::Invalid(invalid))
+    }
+}
+
 /// Why the agent could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -87,9 +93,7 @@ impl App {
     /// the event hub they publish to. Call within the tokio runtime (the
     /// alert channels start their tasks).
     pub fn build(config: AgentConfig) -> Result<Self, SetupError> {
-        config
-            .check_pipeline()
-            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+        config.check_pipeline()?;
         let registry = Arc::new(BreakerRegistry::new(config.circuit_breaker.clone()));
         let metrics = Arc::new(Metrics::new());
         let transitions = Arc::new(TransitionLog::default());
@@ -229,8 +233,7 @@ pub fn health_checker<'a>(
     registry: &BreakerRegistry,
     services: impl IntoIterator<Item = &'a ServiceName>,
 ) -> Result<HealthChecker, SetupError> {
-    let mut health = HealthChecker::new(checks.clone())
-        .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+    let mut health = HealthChecker::new(checks.clone())?;
     let probe_client = reqwest::Client::builder()
         .timeout(checks.timeout.get())
         .build()
@@ -248,11 +251,11 @@ pub fn health_checker<'a>(
             None => ("base_url", section.http.base_url.as_str()),
         };
         let invalid = |rule: &str| {
-            SetupError::Config(ConfigError::Invalid(ValidationError::new(
+            SetupError::from(ValidationError::new(
                 format!("services.{service}.{key}"),
                 text,
                 rule,
-            )))
+            ))
         };
         let url = reqwest::Url::parse(text).map_err(|_| invalid("an absolute http(s) URL"))?;
         let probe = if section.resilience.health_url.is_some() {
@@ -316,13 +319,11 @@ impl Builder<'_> {
         let breaker = self
             .registry
             .register(service.clone(), self.config.breaker_config(service));
-        let executor = Executor::new(breaker, self.config.retry.clone())
-            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?
-            .with_sink(self.sink.clone());
+        let executor =
+            Executor::new(breaker, self.config.retry.clone())?.with_sink(self.sink.clone());
         // Checked with the config; a limiter per service, as a service is in
         // one stage's chain only.
-        let limiter = Limiter::new(service.clone(), self.config.limit_config(service))
-            .map_err(|e| SetupError::Config(ConfigError::Invalid(e)))?;
+        let limiter = Limiter::new(service.clone(), self.config.limit_config(service))?;
         self.used.insert(service.clone());
         Ok(Stage {
             service: service.clone(),

@@ -24,17 +24,17 @@ use callguard_telemetry::Telemetry;
 /// Ctrl-C / SIGTERM; contacts a memory store still holds are then written to
 /// `[queue] pending_file`.
 pub(crate) async fn run_campaign(
-    config: AgentConfig,
+    config: &AgentConfig,
     contacts: Vec<Contact>,
     telemetry: &Telemetry,
     ready: impl FnOnce() -> Result<(), String>,
 ) -> Result<Ran, String> {
     let app = App::build(config.clone()).map_err(|e| e.to_string())?;
     app.metrics().watch_telemetry(telemetry);
-    let queue = Arc::new(store::open_queue(&config, &contacts).await?);
+    let queue = Arc::new(store::open_queue(config, &contacts).await?);
     ready()?;
     let ran = app.run(queue.clone(), shutdown_signal()).await?;
-    store::keep_pending(&config, &queue, &contacts).await?;
+    store::keep_pending(config, &queue, &contacts).await?;
     Ok(ran)
 }
 

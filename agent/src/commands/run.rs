@@ -41,6 +41,6 @@ pub(crate) async fn run(
         }
         None => Vec::new(),
     };
-    let ran = run_campaign(config.clone(), contacts, &telemetry, || Ok(())).await?;
+    let ran = run_campaign(&config, contacts, &telemetry, || Ok(())).await?;
     finish(&config, ran, summary_json, &mut telemetry).await
 }

@@ -56,7 +56,7 @@ pub(crate) async fn simulate(
     );
     // The scenario's clock starts with the campaign, however long the agent
     // took to set up.
-    let mut ran = run_campaign(config.clone(), contacts, &telemetry, || {
+    let mut ran = run_campaign(&config, contacts, &telemetry, || {
         services
             .start_faults()
             .map_err(|e| format!("cannot inject the scenario's faults: {e}"))

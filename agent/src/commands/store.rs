@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use callguard_agent::config::{AgentConfig, ConfigLoader, QueueConfig};
+use callguard_agent::config::{AgentConfig, QueueConfig};
 use callguard_agent::contacts::{Contact, write_contacts};
 use callguard_agent::queue::CallQueue;
 use callguard_store::{CallStore, ContactState, StoreLocation};
@@ -77,11 +77,7 @@ pub(crate) async fn keep_pending(
 /// The `[queue]` section of `config_file` (or the defaults) with the
 /// environment's overrides, from a config checked as a whole.
 fn queue_config(config_file: Option<&Path>) -> Result<QueueConfig, String> {
-    let config = ConfigLoader::new()
-        .file(config_file)
-        .env(std::env::vars())
-        .load()
-        .map_err(|e| e.to_string())?;
+    let config = AgentConfig::load("", config_file, std::env::vars()).map_err(|e| e.to_string())?;
     Ok(config.queue)
 }
 
