@@ -660,7 +660,7 @@ async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_ale
 /// PostgreSQL queue (SQLite and one agent without it), 20 000 contacts or
 /// `CALLGUARD_SOAK_CONTACTS`:
 ///
-/// `store/tests/postgres.sh cargo test --release -p callguard-agent --test store -- --ignored soak`
+/// `scripts/test.sh --release -p callguard-agent --test store -- --ignored soak`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak of minutes; run it with --ignored"]
 async fn soak_through_chaos() {
@@ -668,7 +668,7 @@ async fn soak_through_chaos() {
         n.parse()
             .expect("CALLGUARD_SOAK_CONTACTS is a number of contacts")
     });
-    match std::env::var("CALLGUARD_TEST_POSTGRES_URL") {
+    match std::env::var(callguard_testkit::POSTGRES_URL_VAR) {
         Ok(url) => {
             let queue = postgres_chaos_queue(&url, &format!("soak_{}", std::process::id()));
             chaos_run("soak", &queue, &["soak-a", "soak-b", "soak-c"], contacts).await;

@@ -163,11 +163,7 @@ async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service(
     registry.get_or_default(&llm);
     registry.get_or_default(&tts).force_open("outage");
     // Reserve a port, then leave it closed while the watcher starts.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = callguard_testkit::free_addr();
 
     let local_llm = Arc::new(CircuitBreaker::new(llm, breaker_config()));
     let local_tts = Arc::new(CircuitBreaker::new(tts, breaker_config()));
