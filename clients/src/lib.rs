@@ -29,7 +29,7 @@ pub use config::HttpServiceConfig;
 pub use contact::Contact;
 pub use crm::{CallOutcome, CallRecord, CrmClient, IDEMPOTENCY_KEY_HEADER, Recorded};
 pub use http::{Answered, CONTACT_ID_HEADER, RequestContext, TRACEPARENT_HEADER};
-pub use llm::{LlmClient, LlmSettings, Prompt};
+pub use llm::{LlmAuth, LlmClient, LlmSettings, Prompt, TokenLimitParam};
 pub use tts::{Audio, TtsClient, TtsSettings};
 
 /// Why a client could not be built from its config.

@@ -8,8 +8,8 @@ use callguard_core::config::{at_least, nonzero_duration};
 use callguard_core::{ConfigDuration, ValidationError};
 use serde::{Deserialize, Serialize};
 
-use crate::Service;
 use crate::limits::MockLimits;
+use crate::{MockLlm, Service};
 
 /// Settings of a mock server. Every field has a default, so `{}` (or an empty
 /// TOML table) is a valid config.
@@ -28,6 +28,8 @@ pub struct MockConfig {
     pub timeout_cap: ConfigDuration,
     /// Limits enforced as the real services do; none by default.
     pub limits: MockLimits,
+    /// How the LLM treats the request's token fields.
+    pub llm: MockLlm,
 }
 
 impl MockConfig {
@@ -63,6 +65,7 @@ impl Default for MockConfig {
             oversized_body_bytes: Self::DEFAULT_OVERSIZED_BODY_BYTES,
             timeout_cap: ConfigDuration::new(Self::DEFAULT_TIMEOUT_CAP),
             limits: MockLimits::default(),
+            llm: MockLlm::default(),
         }
     }
 }

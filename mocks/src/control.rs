@@ -1,5 +1,6 @@
 //! The control API under `/_control`: inject, list and clear faults, set and
-//! clear the services' limits, read and reset request counts.
+//! clear the services' limits, set how the LLM treats `max_tokens`, read and
+//! reset request counts.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::limits::{ConcurrencyLimit, RequestRate};
 use crate::state::Shared;
-use crate::{Fault, Service};
+use crate::{Fault, MockLlm, Service};
 
 /// The control routes, relative to `/_control`.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
@@ -24,6 +25,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/stats", get(stats).delete(reset_stats))
         .route("/limits", get(limits))
         .route("/limits/{service}", put(set_limit).delete(clear_limit))
+        .route("/llm", get(llm).put(set_llm))
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
@@ -151,6 +153,23 @@ async fn clear_limit(State(shared): State<Arc<Shared>>, Path(name): Path<String>
         _ => return bad_request(format!("service: no limit to clear for {name:?}")),
     }
     limits(State(shared)).await
+}
+
+async fn llm(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.llm()).into_response()
+}
+
+/// Replaces the LLM's behaviour with the body's (`{"refuse_max_tokens":false}`;
+/// a missing field takes its default).
+async fn set_llm(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let mut json = serde_json::Deserializer::from_slice(&body);
+    match serde_path_to_error::deserialize::<_, MockLlm>(&mut json) {
+        Ok(behaviour) => {
+            shared.set_llm(behaviour);
+            llm(State(shared)).await
+        }
+        Err(e) => bad_request(format!("invalid llm behaviour: {e}")),
+    }
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {

@@ -52,6 +52,7 @@ pub use gate::{CONTACT_HEADER, SYSTEM_BUSY};
 pub use limits::{
     ConcurrencyLimit, ConcurrencyState, LimitsState, MockLimits, RateState, RequestRate,
 };
+pub use llm::{GEMINI_CHAT_PATH, MockLlm, OPENAI_CHAT_PATH};
 pub use logs::LogCapture;
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};

@@ -30,7 +30,7 @@ use crate::limits::{ConcurrencyLimit, LimitsState, RequestRate};
 use crate::service::health_ok;
 use crate::state::Shared;
 use crate::{
-    Fault, FaultId, ListedFault, MockConfig, Service, Stats, control, crm, limits, llm, sinks,
+    Fault, FaultId, ListedFault, MockConfig, MockLlm, Service, Stats, control, crm, limits, llm, sinks,
     tracing_ctx, tts,
 };
 
@@ -263,6 +263,16 @@ impl MockServer {
     /// The limits and their use now.
     pub fn limits(&self) -> LimitsState {
         self.shared.limits.state()
+    }
+
+    /// How the LLM behaves now (the config's `llm` until changed).
+    pub fn llm(&self) -> MockLlm {
+        self.shared.llm()
+    }
+
+    /// Changes how the LLM behaves, from the next request on.
+    pub fn set_llm(&self, llm: MockLlm) {
+        self.shared.set_llm(llm);
     }
 
     /// The CRM's call records, in creation order.

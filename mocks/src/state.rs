@@ -15,7 +15,7 @@ use crate::sinks::sheets::SheetsStore;
 use crate::sinks::telegram::TelegramStore;
 use crate::sinks::token::TokenIssuer;
 use crate::sinks::webhook::WebhookStore;
-use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, Service, Stats};
+use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, MockLlm, Service, Stats};
 
 /// Everything a request handler may read or change.
 pub(crate) struct Shared {
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) crm: Mutex<CrmStore>,
     pub(crate) limits: Limits,
     completions: AtomicU64,
+    /// The LLM's behaviour now: the config's, until the control API changes it.
+    llm: Mutex<MockLlm>,
     pub(crate) sheets: SheetsStore,
     pub(crate) tokens: TokenIssuer,
     pub(crate) telegram: TelegramStore,
@@ -41,6 +43,7 @@ impl Shared {
             faults: Mutex::new(FaultBook::new(config.seed)),
             tokens: TokenIssuer::new(config.seed),
             limits: Limits::new(config.limits),
+            llm: Mutex::new(config.llm),
             config,
             faults_changed: watch::Sender::new(0),
             closing: watch::Sender::new(false),
@@ -119,6 +122,16 @@ impl Shared {
 
     pub(crate) fn reset_stats(&self) {
         *self.stats.lock() = Stats::default();
+    }
+
+    /// How the LLM behaves now.
+    pub(crate) fn llm(&self) -> MockLlm {
+        *self.llm.lock()
+    }
+
+    /// Changes how the LLM behaves, from the next request on.
+    pub(crate) fn set_llm(&self, llm: MockLlm) {
+        *self.llm.lock() = llm;
     }
 
     /// A fresh number for a chat completion's id.

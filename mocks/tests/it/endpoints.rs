@@ -320,3 +320,142 @@ async fn health_answers_ok_without_a_key_and_is_counted_apart() {
     assert_eq!(stats.total(Service::Elevenlabs, EndpointKind::Health), 1);
     assert_eq!(stats.total(Service::Crm, EndpointKind::Api), 0);
 }
+
+/// A chat request for Ada with `extra` fields merged into the body.
+fn chat_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "gpt-5-mini",
+        "messages": [{ "role": "user", "content": "Write a script.\nName: Ada" }],
+    });
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[tokio::test]
+async fn llm_answers_like_a_current_model_about_token_fields() {
+    let server = start().await;
+    let client = client();
+    let url = format!("{}/v1/chat/completions", server.base_url(Service::Llm));
+    let post = |body: Value| client.post(&url).bearer_auth("mock-llm-key").json(&body);
+
+    let refused = post(chat_body(json!({"max_tokens": 300})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap(),
+        json!({"error": {
+            "message": "Unsupported parameter: 'max_tokens' is not supported with this model. \
+                        Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "unsupported_parameter",
+        }})
+    );
+    let taken = post(chat_body(json!({"max_completion_tokens": 300})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), StatusCode::OK);
+    let zero = fetch_json(post(chat_body(json!({"max_completion_tokens": 0})))).await;
+    assert!(
+        zero["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'max_completion_tokens'"),
+        "{zero}"
+    );
+
+    // Told to answer like an older model, through the control API.
+    let control = format!("{}/_control/llm", server.url());
+    let set = fetch_json(client.put(&control).json(&json!({"refuse_max_tokens": false}))).await;
+    assert_eq!(set, json!({"refuse_max_tokens": false}));
+    let legacy = post(chat_body(json!({"max_tokens": 300})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status(), StatusCode::OK);
+    assert_eq!(fetch_json(client.get(&control)).await, set);
+    let bad = client
+        .put(&control)
+        .json(&json!({"refuse_max_token": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let error = bad.json::<Value>().await.unwrap()["error"].to_string();
+    assert!(error.contains("refuse_max_token"), "{error}");
+}
+
+#[tokio::test]
+async fn llm_takes_the_config_s_behaviour_and_gemini_s_path() {
+    let mut config = MockConfig::default();
+    config.llm.refuse_max_tokens = false;
+    let server = start_with(config).await;
+    let answer = fetch_json(
+        client()
+            .post(format!(
+                "{}/v1beta/openai/chat/completions",
+                server.base_url(Service::Llm)
+            ))
+            .bearer_auth("mock-llm-key")
+            .json(&chat_body(json!({"max_tokens": 300}))),
+    )
+    .await;
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(answer["model"], "gpt-5-mini");
+}
+
+#[tokio::test]
+async fn llm_serves_azure_deployments_with_api_key_and_api_version() {
+    let server = start().await;
+    let client = client();
+    let deployment = format!(
+        "{}/openai/deployments/my-gpt/chat/completions",
+        server.base_url(Service::Llm)
+    );
+    let body = json!({
+        "messages": [{ "role": "user", "content": "Name: Ada" }],
+        "max_completion_tokens": 300,
+    });
+    let answer = fetch_json(
+        client
+            .post(format!("{deployment}?api-version=2024-10-21"))
+            .header("api-key", "mock-llm-key")
+            .json(&body),
+    )
+    .await;
+    assert_eq!(answer["model"], "my-gpt", "the deployment names the model");
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello Ada,"),
+        "{answer}"
+    );
+
+    let no_version = client
+        .post(&deployment)
+        .header("api-key", "mock-llm-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        no_version.json::<Value>().await.unwrap(),
+        json!({"error": {"code": "BadRequest", "message": "Missing required query parameter: api-version"}})
+    );
+    let bearer = client
+        .post(format!("{deployment}?api-version=2024-10-21"))
+        .bearer_auth("mock-llm-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), StatusCode::UNAUTHORIZED, "Azure reads api-key");
+    assert_eq!(bearer.json::<Value>().await.unwrap()["error"]["code"], "401");
+}
