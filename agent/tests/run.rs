@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Output;
 
-use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockLlm, MockServer, Service};
 use serde_json::Value;
 
 mod support;
@@ -196,4 +196,75 @@ async fn a_fallback_service_takes_over_while_the_primary_is_down() {
     mocks.shutdown().await;
     backup.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Writes `agent.toml` (the mocks' services, `llm_keys` in the LLM's
+/// section) and three contacts to a new directory, runs `callguard run`
+/// there, and returns the summary.
+async fn run_with_llm_keys(mocks: &MockServer, label: &str, llm_keys: &str) -> Value {
+    let dir = temp_dir(label);
+    let config = mock_config(mocks, |name| match name {
+        "llm" => format!("{llm_keys}\n"),
+        _ => String::new(),
+    });
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    std::fs::write(
+        dir.join("contacts.csv"),
+        "id,name,phone\nc-1,Ada Lovelace,+1-555-0101\nc-2,Grace Hopper,+1-555-0102\n\
+         c-3,Alan Turing,+1-555-0103\n",
+    )
+    .unwrap();
+    run_callguard(&dir, mocks).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_model_takes_the_campaign_on_its_own_terms() {
+    let mocks = MockServer::start(MockConfig {
+        llm: MockLlm {
+            refuse_max_tokens: true,
+        },
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let llm_answers = |status: &str| {
+        mocks
+            .stats()
+            .count(Service::Llm, EndpointKind::Api, status)
+    };
+
+    // The default request (max_completion_tokens) on OpenAI's path.
+    let summary = run_with_llm_keys(&mocks, "current-model", "").await;
+    assert_eq!(summary["completed"], 3, "{summary}");
+    assert_eq!(llm_answers("200"), 3);
+
+    // Azure OpenAI's shape: a deployment's path, api-version, the api-key header.
+    let summary = run_with_llm_keys(
+        &mocks,
+        "azure-path",
+        "chat_path = \"/openai/deployments/callguard-gpt/chat/completions\"\n\
+         api_version = \"2024-10-21\"\nauth = \"api-key\"",
+    )
+    .await;
+    assert_eq!(summary["completed"], 3, "{summary}");
+    assert_eq!(llm_answers("200"), 6, "the deployment path reached the mock");
+
+    // The old field: refused for good, once per contact, and the reason says why.
+    let summary = run_with_llm_keys(
+        &mocks,
+        "max-tokens",
+        "token_limit_param = \"max_tokens\"",
+    )
+    .await;
+    assert_eq!(summary["completed"], 0, "{summary}");
+    assert_eq!(summary["failed"], 3, "{summary}");
+    assert_eq!(llm_answers("400"), 3, "a permanent error is not retried");
+    for failure in summary["failures"].as_array().unwrap() {
+        let reason = failure["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("HTTP 400")
+                && reason.contains("Unsupported parameter: 'max_tokens' is not supported"),
+            "{reason}"
+        );
+    }
 }

@@ -8,11 +8,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use callguard_clients::{
-    CallOutcome, CallRecord, ClientSetupError, Contact, CrmClient, HttpServiceConfig, LlmClient,
-    LlmSettings, Prompt, Recorded, RequestContext, TtsClient, TtsSettings,
+    CallOutcome, CallRecord, ClientSetupError, Contact, CrmClient, HttpServiceConfig, LlmAuth,
+    LlmClient, LlmSettings, Prompt, Recorded, RequestContext, TokenLimitParam, TtsClient,
+    TtsSettings,
 };
 use callguard_core::{ErrorKind, ServiceError};
-use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_mocks::{
+    EndpointKind, Fault, FaultMode, GEMINI_CHAT_PATH, MockConfig, MockLlm, MockServer, Service,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -149,6 +152,88 @@ async fn llm_returns_the_script_for_the_contact() {
     assert!(
         script.starts_with("Hello Ada Lovelace, this is Ava"),
         "{script}"
+    );
+}
+
+/// An LLM client of `server` with `settings`.
+fn llm_with(server: &MockServer, settings: &LlmSettings) -> LlmClient {
+    LlmClient::new(&http(server, Service::Llm), settings).unwrap()
+}
+
+#[tokio::test]
+async fn llm_with_max_tokens_is_refused_by_a_current_model_for_good() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let settings = LlmSettings {
+        token_limit_param: TokenLimitParam::MaxTokens,
+        ..LlmSettings::default()
+    };
+    let prompt = Prompt::for_contact(&contact("c-1", "Ada Lovelace"));
+    let error = llm_with(&server, &settings)
+        .generate_script(RequestContext::new("c-1"), &prompt)
+        .await
+        .unwrap_err();
+    assert!(!error.is_transient(), "{error}");
+    assert!(
+        !error.counts_toward_breaker(),
+        "one request's fault, not the service's: {error}"
+    );
+    let shown = error.to_string();
+    assert!(
+        shown.contains("HTTP 400")
+            && shown.contains("Unsupported parameter: 'max_tokens'")
+            && shown.contains("Use 'max_completion_tokens' instead"),
+        "{shown}"
+    );
+    // An older model (or a server that knows only max_tokens) takes it.
+    server.set_llm(MockLlm {
+        refuse_max_tokens: false,
+    });
+    llm_with(&server, &settings)
+        .generate_script(RequestContext::new("c-1"), &prompt)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn llm_reaches_azure_and_gemini_paths_of_the_mock() {
+    let server = MockServer::start(MockConfig::default()).await.unwrap();
+    let prompt = Prompt::for_contact(&contact("c-1", "Ada Lovelace"));
+    let azure = LlmSettings {
+        chat_path: "/openai/deployments/callguard-gpt/chat/completions".into(),
+        api_version: Some("2024-10-21".into()),
+        auth: LlmAuth::ApiKey,
+        ..LlmSettings::default()
+    };
+    let gemini = LlmSettings {
+        model: "gemini-2.5-flash".into(),
+        chat_path: GEMINI_CHAT_PATH.into(),
+        ..LlmSettings::default()
+    };
+    for settings in [&azure, &gemini] {
+        let script = llm_with(&server, settings)
+            .generate_script(RequestContext::new("c-1"), &prompt)
+            .await
+            .unwrap();
+        assert!(script.starts_with("Hello Ada Lovelace,"), "{script}");
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.count(Service::Llm, EndpointKind::Api, "200"),
+        2,
+        "{stats:?}"
+    );
+    // Without its api-version, Azure's path is a permanent error that says so.
+    let unversioned = LlmSettings {
+        api_version: None,
+        ..azure
+    };
+    let error = llm_with(&server, &unversioned)
+        .generate_script(RequestContext::new("c-1"), &prompt)
+        .await
+        .unwrap_err();
+    assert!(
+        !error.is_transient() && error.to_string().contains("api-version"),
+        "{error}"
     );
 }
 
@@ -572,9 +657,39 @@ async fn llm_request_shape() {
                 {"role": "system", "content": Prompt::SYSTEM},
                 {"role": "user", "content": prompt.user},
             ],
-            "max_tokens": 300,
+            "max_completion_tokens": 300,
         })
     );
+}
+
+#[tokio::test]
+async fn llm_request_shape_for_azure_openai() {
+    let (base, peer) = one_shot(ok_json(r#"{"choices":[{"message":{"content":"Hi"}}]}"#)).await;
+    let settings = LlmSettings {
+        chat_path: "/openai/deployments/my-gpt/chat/completions".into(),
+        api_version: Some("2024-10-21".into()),
+        auth: LlmAuth::ApiKey,
+        token_limit_param: TokenLimitParam::MaxTokens,
+        ..LlmSettings::default()
+    };
+    let client = LlmClient::new(&HttpServiceConfig::new(base, "az-key-1"), &settings).unwrap();
+    let prompt = Prompt::for_contact(&contact("c-7", "Ada Lovelace"));
+    client
+        .generate_script(RequestContext::new("c-7"), &prompt)
+        .await
+        .unwrap();
+    let (head, body) = split_request(&peer.await.unwrap());
+    assert_eq!(
+        head[0],
+        "post /svc/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21 http/1.1"
+    );
+    assert!(head.iter().any(|l| l == "api-key: az-key-1"), "{head:?}");
+    assert!(
+        !head.iter().any(|l| l.starts_with("authorization")),
+        "{head:?}"
+    );
+    assert_eq!(body["max_tokens"], 300);
+    assert!(body.get("max_completion_tokens").is_none(), "{body}");
 }
 
 #[tokio::test]

@@ -6,7 +6,8 @@
 //! ([`ServiceResilience`]), the HTTP keys every client reads
 //! ([`HttpServiceConfig`]: `base_url`, the API key, timeouts, the response
 //! cap), and those of the service's kind — [`LlmSettings`] (`model`,
-//! `max_tokens`) for an LLM, [`TtsSettings`] (`voice_id`, `model_id`) for TTS,
+//! `max_completion_tokens`, `token_limit_param`, `chat_path`, `api_version`,
+//! `auth`) for an LLM, [`TtsSettings`] (`voice_id`, `model_id`) for TTS,
 //! none for a CRM. The kind is not written in the section: it is the
 //! `[pipeline]` stage whose chain (the stage's service, then each `fallback`
 //! in turn) names the service, so a section is read in two steps — the
@@ -14,7 +15,8 @@
 //! service's stage known, the rest, split between the HTTP keys and those of
 //! the kind. A service no stage names gets the HTTP keys only (`health-server`
 //! probes it). A key in none of the sets is refused with its full path
-//! (`services.elevenlabs.voice_idd`), a value with its key.
+//! (`services.elevenlabs.voice_idd`), a value with its key; a key that was
+//! renamed says what it is called now.
 //!
 //! Why split the table by the keys each struct declares rather than
 //! `#[serde(flatten)]` the structs into one: serde reads a flattened struct
@@ -317,8 +319,17 @@ fn stages<'a>(
     Ok(stages)
 }
 
+/// Keys an LLM section once took, with what to write instead.
+const RENAMED_LLM_KEYS: &[(&str, &str)] = &[(
+    "max_tokens",
+    "renamed max_completion_tokens (the script's length, sent in the request's \
+     max_completion_tokens field, which current OpenAI models require); add \
+     token_limit_param = \"max_tokens\" only for a server that needs the old field",
+)];
+
 /// The error for `key`, in `section` (`services.NAME`) of a service working
-/// for `stage`: which kind's key it is, or which keys the section takes.
+/// for `stage`: what a renamed key is called now, which kind's key it is, or
+/// which keys the section takes.
 fn unknown_key(
     section: &str,
     key: &str,
@@ -330,9 +341,14 @@ fn unknown_key(
         Some(stage) => format!("{name} is in the {stage} stage's chain"),
         None => format!("no [pipeline] stage names {name}"),
     };
-    let message = match StageKind::ALL.into_iter().find(|s| s.keys().contains(&key)) {
-        Some(owner) => format!("a key of {owner} services, and {role}"),
-        None => {
+    let renamed = RENAMED_LLM_KEYS
+        .iter()
+        .find(|(old, _)| stage == Some(StageKind::Llm) && *old == key);
+    let owner = StageKind::ALL.into_iter().find(|s| s.keys().contains(&key));
+    let message = match (renamed, owner) {
+        (Some((_, now)), _) => (*now).to_owned(),
+        (None, Some(owner)) => format!("a key of {owner} services, and {role}"),
+        (None, None) => {
             let keys = [
                 keys_of::<ServiceResilience>(),
                 keys_of::<HttpServiceConfig>(),
@@ -482,20 +498,54 @@ mod tests {
         );
         let err = error(
             ["", "", ""],
-            "[services.spare]\nbase_url = \"http://127.0.0.1:1/s\"\nmax_tokens = 9\n",
+            "[services.spare]\nbase_url = \"http://127.0.0.1:1/s\"\nchat_path = \"/v1\"\n",
         );
         assert_eq!(
             err,
-            "config key services.spare.max_tokens: a key of llm services, and no [pipeline] stage names spare"
+            "config key services.spare.chat_path: a key of llm services, and no [pipeline] stage names spare"
         );
+    }
+
+    #[test]
+    fn the_old_length_key_says_what_it_is_called_now() {
+        let err = error(["max_tokens = 300", "", ""], "");
+        assert!(
+            err.starts_with("config key services.llm.max_tokens: renamed max_completion_tokens")
+                && err.contains("token_limit_param = \"max_tokens\""),
+            "{err}"
+        );
+        let config = load(
+            [
+                "max_completion_tokens = 200\ntoken_limit_param = \"max_tokens\"\n\
+                 chat_path = \"/openai/deployments/d/chat/completions\"\n\
+                 api_version = \"2024-10-21\"\nauth = \"api-key\"",
+                "",
+                "",
+            ],
+            "",
+        )
+        .unwrap();
+        let ServiceKind::Llm(settings) = &config.services[&name("llm")].kind else {
+            panic!("an llm section");
+        };
+        assert_eq!(settings.max_completion_tokens, 200);
+        assert_eq!(settings.api_version.as_deref(), Some("2024-10-21"));
     }
 
     #[test]
     fn a_bad_value_is_refused_with_key_value_and_rule() {
         for (extra, expected) in [
             (
-                ["max_tokens = 0", "", ""],
-                "invalid config: services.llm.max_tokens must be ≥ 1, got 0",
+                ["max_completion_tokens = 0", "", ""],
+                "invalid config: services.llm.max_completion_tokens must be ≥ 1, got 0",
+            ),
+            (
+                ["chat_path = \"v1/chat\"", "", ""],
+                "invalid config: services.llm.chat_path must be a path starting with '/'",
+            ),
+            (
+                ["token_limit_param = \"max_length\"", "", ""],
+                "config key services.llm.token_limit_param: unknown variant `max_length`",
             ),
             (
                 ["", "voice_id = \"../admin\"", ""],
