@@ -107,6 +107,9 @@ enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Print the breakers as one JSON object (`{"breakers":[…]}`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 only if the process (or `--service`) is SERVING; 1 with a
     /// one-line reason otherwise. For container health checks.
@@ -171,7 +174,11 @@ fn main() -> ExitCode {
                 faults,
             } => commands::mocks::mocks(listen, seed, faults.as_deref()).await,
             Command::HealthServer { config } => commands::health::health_server(&config).await,
-            Command::Status { addr, timeout } => commands::health::status(&addr, timeout).await,
+            Command::Status {
+                addr,
+                timeout,
+                json,
+            } => commands::health::status(&addr, timeout, json).await,
             Command::Healthcheck {
                 addr,
                 service,

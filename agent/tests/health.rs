@@ -199,6 +199,39 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     assert_eq!(elevenlabs[6], "2 consecutive failures", "{table}");
     assert_eq!(&rows[3][1..4], ["CLOSED", "0", "-"], "{table}");
 
+    let mut status = callguard(&dir);
+    status.args(["status", "--json", "--addr", &format!("http://{addr}")]);
+    let status = output(status).await;
+    assert!(status.status.success(), "{}", text(&status));
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let breakers = json["breakers"].as_array().unwrap();
+    let names: Vec<_> = breakers.iter().map(|b| b["service"].as_str()).collect();
+    assert_eq!(
+        names,
+        [Some("crm"), Some("elevenlabs"), Some("llm")],
+        "{json}"
+    );
+    let elevenlabs = &breakers[1];
+    assert_eq!(elevenlabs["state"], "OPEN", "{json}");
+    assert!(
+        elevenlabs["consecutive_failures"].as_u64() >= Some(2),
+        "{json}"
+    );
+    assert_eq!(
+        elevenlabs["last_transition_reason"],
+        "2 consecutive failures"
+    );
+    assert!(
+        elevenlabs["retry_after_ms"].is_u64() || elevenlabs["retry_after_ms"].is_null(),
+        "{json}"
+    );
+    assert!(
+        elevenlabs["last_transition_at"].as_str().is_some(),
+        "{json}"
+    );
+    assert_eq!(breakers[2]["state"], "CLOSED", "{json}");
+    assert_eq!(breakers[2]["retry_after_ms"], serde_json::Value::Null);
+
     let unknown = healthcheck(&dir, addr, Some("no-such-service")).await;
     assert_eq!(unknown.status.code(), Some(1));
     let reason = String::from_utf8_lossy(&unknown.stderr);

@@ -227,11 +227,7 @@ async fn a_current_model_takes_the_campaign_on_its_own_terms() {
     })
     .await
     .unwrap();
-    let llm_answers = |status: &str| {
-        mocks
-            .stats()
-            .count(Service::Llm, EndpointKind::Api, status)
-    };
+    let llm_answers = |status: &str| mocks.stats().count(Service::Llm, EndpointKind::Api, status);
 
     // The default request (max_completion_tokens) on OpenAI's path.
     let summary = run_with_llm_keys(&mocks, "current-model", "").await;
@@ -247,15 +243,15 @@ async fn a_current_model_takes_the_campaign_on_its_own_terms() {
     )
     .await;
     assert_eq!(summary["completed"], 3, "{summary}");
-    assert_eq!(llm_answers("200"), 6, "the deployment path reached the mock");
+    assert_eq!(
+        llm_answers("200"),
+        6,
+        "the deployment path reached the mock"
+    );
 
     // The old field: refused for good, once per contact, and the reason says why.
-    let summary = run_with_llm_keys(
-        &mocks,
-        "max-tokens",
-        "token_limit_param = \"max_tokens\"",
-    )
-    .await;
+    let summary =
+        run_with_llm_keys(&mocks, "max-tokens", "token_limit_param = \"max_tokens\"").await;
     assert_eq!(summary["completed"], 0, "{summary}");
     assert_eq!(summary["failed"], 3, "{summary}");
     assert_eq!(llm_answers("400"), 3, "a permanent error is not retried");

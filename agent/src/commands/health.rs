@@ -2,7 +2,6 @@
 //! remote health watcher, and the `health-server`, `status` and `healthcheck`
 //! subcommands.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,6 +19,8 @@ use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
 
 use super::shutdown_signal;
+use super::status_json::breakers_json;
+use super::table::aligned;
 
 /// `callguard health-server`: probes every configured service and serves
 /// their health over gRPC until Ctrl-C or SIGTERM.
@@ -79,7 +80,7 @@ fn remote_url(addr: &str) -> Result<RemoteUrl, String> {
 }
 
 /// `callguard status`: a table of the breakers of the server at `addr`.
-pub(crate) async fn status(addr: &str, timeout: Duration) -> Result<ExitCode, String> {
+pub(crate) async fn status(addr: &str, timeout: Duration, json: bool) -> Result<ExitCode, String> {
     let url = remote_url(addr)?;
     let mut client = BreakersClient::new(url.channel());
     let breakers = tokio::time::timeout(timeout, client.list_breakers(ListBreakersRequest {}))
@@ -93,7 +94,11 @@ pub(crate) async fn status(addr: &str, timeout: Duration) -> Result<ExitCode, St
         .map_err(|status| format!("cannot list breakers at {url}: {}", status.message()))?
         .into_inner()
         .breakers;
-    print!("{}", breakers_table(&breakers, SystemTime::now()));
+    if json {
+        println!("{}", breakers_json(&breakers));
+    } else {
+        print!("{}", breakers_table(&breakers, SystemTime::now()));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -143,26 +148,7 @@ fn breakers_table(breakers: &[Breaker], now: SystemTime) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut table = String::new();
-    let header = HEADER.map(str::to_owned);
-    for row in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<width$}  ");
-            }
-        }
-        table.push_str(line.trim_end());
-        table.push('\n');
-    }
+    let mut table = aligned(HEADER, &rows);
     if rows.is_empty() {
         table.push_str("(no breakers)\n");
     }

@@ -4,10 +4,13 @@
 pub(crate) mod health;
 #[cfg(feature = "mocks")]
 pub(crate) mod mocks;
+mod report_text;
 pub(crate) mod run;
 #[cfg(feature = "mocks")]
 pub(crate) mod simulate;
+mod status_json;
 pub(crate) mod store;
+mod table;
 
 use std::path::Path;
 use std::process::ExitCode;

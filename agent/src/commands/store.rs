@@ -2,7 +2,7 @@
 //! contacts, idempotently), `callguard report` (counts by state, failures) and
 //! `callguard requeue` (failed or expired contacts back to pending).
 
-use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,6 +10,8 @@ use callguard_agent::config::{AgentConfig, QueueConfig};
 use callguard_agent::contacts::{Contact, write_contacts};
 use callguard_agent::queue::CallQueue;
 use callguard_store::{CallStore, ContactState, StoreLocation};
+
+use super::report_text::StoreReport;
 
 /// Opens the store `[queue]` names and imports `contacts` into it (those it
 /// already holds are left as they are).
@@ -94,7 +96,9 @@ async fn open_store(config_file: Option<&Path>) -> Result<CallStore, String> {
         .map_err(|e| format!("cannot open the call store {location}: {e}"))
 }
 
-/// `callguard report`: contacts by state, then the failed and expired ones.
+/// `callguard report`: contacts by state, then the failed and expired ones —
+/// as tables on a terminal, plain lines elsewhere, one JSON object of the
+/// counts with `json`.
 pub(crate) async fn report(config_file: Option<&Path>, json: bool) -> Result<ExitCode, String> {
     let store = open_store(config_file).await?;
     let counts = store.counts().await.map_err(|e| e.to_string())?;
@@ -103,35 +107,27 @@ pub(crate) async fn report(config_file: Option<&Path>, json: bool) -> Result<Exi
         println!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut text = format!(
-        "Call store {} (table {})\n",
-        store.location(),
-        store.settings().table
-    );
-    for state in ContactState::ALL {
-        let _ = writeln!(text, "  {:<10} {:>8}", state.as_str(), counts.get(state));
-    }
-    let _ = writeln!(text, "  {:<10} {:>8}", "total", counts.total());
+    let mut listed = Vec::new();
     for (state, title) in [
         (ContactState::Failed, "Failed contacts"),
         (ContactState::Expired, "Expired contacts"),
     ] {
-        let listed = store.list(state).await.map_err(|e| e.to_string())?;
-        if listed.is_empty() {
-            continue;
-        }
-        let _ = writeln!(text, "\n{title}");
-        for contact in listed {
-            let _ = writeln!(
-                text,
-                "  {:<12} {:<12} {}",
-                contact.id,
-                contact.service.as_deref().unwrap_or("-"),
-                contact.last_error.as_deref().unwrap_or("-")
-            );
-        }
+        listed.push((title, store.list(state).await.map_err(|e| e.to_string())?));
     }
-    print!("{text}");
+    let report = StoreReport {
+        heading: format!(
+            "Call store {} (table {})",
+            store.location(),
+            store.settings().table
+        ),
+        counts,
+        listed,
+    };
+    if std::io::stdout().is_terminal() {
+        print!("{}", report.table());
+    } else {
+        print!("{}", report.plain());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

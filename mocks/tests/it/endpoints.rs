@@ -371,7 +371,12 @@ async fn llm_answers_like_a_current_model_about_token_fields() {
 
     // Told to answer like an older model, through the control API.
     let control = format!("{}/_control/llm", server.url());
-    let set = fetch_json(client.put(&control).json(&json!({"refuse_max_tokens": false}))).await;
+    let set = fetch_json(
+        client
+            .put(&control)
+            .json(&json!({"refuse_max_tokens": false})),
+    )
+    .await;
     assert_eq!(set, json!({"refuse_max_tokens": false}));
     let legacy = post(chat_body(json!({"max_tokens": 300})))
         .send()
@@ -456,6 +461,13 @@ async fn llm_serves_azure_deployments_with_api_key_and_api_version() {
         .send()
         .await
         .unwrap();
-    assert_eq!(bearer.status(), StatusCode::UNAUTHORIZED, "Azure reads api-key");
-    assert_eq!(bearer.json::<Value>().await.unwrap()["error"]["code"], "401");
+    assert_eq!(
+        bearer.status(),
+        StatusCode::UNAUTHORIZED,
+        "Azure reads api-key"
+    );
+    assert_eq!(
+        bearer.json::<Value>().await.unwrap()["error"]["code"],
+        "401"
+    );
 }
