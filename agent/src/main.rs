@@ -29,7 +29,11 @@ enum Command {
         scenario: Scenario,
         /// How many made-up contacts to call.
         #[arg(long, default_value_t = 20)]
-        contacts: usize,
+        count: usize,
+        /// The former spelling of `--count`, refused with a message: in
+        /// `run`, `--contacts` names a contacts file.
+        #[arg(long, hide = true)]
+        contacts: Option<String>,
         /// Seed of the mocks' random choices (flaky faults).
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -140,15 +144,22 @@ fn main() -> ExitCode {
             #[cfg(feature = "mocks")]
             Command::Simulate {
                 scenario,
+                count,
                 contacts,
                 seed,
                 time_scale,
                 summary_json,
                 config,
             } => {
+                if let Some(value) = contacts {
+                    return Err(format!(
+                        "simulate takes --count {value} for how many contacts to call \
+                         (--contacts names a contacts file, in `callguard run`)"
+                    ));
+                }
                 commands::simulate::simulate(
                     scenario,
-                    contacts,
+                    count,
                     seed,
                     time_scale,
                     summary_json.as_deref(),

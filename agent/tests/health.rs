@@ -264,7 +264,7 @@ async fn simulate_serves_grpc_while_it_runs_and_drains_at_sigterm() {
             "simulate",
             "--scenario",
             "outage",
-            "--contacts",
+            "--count",
             "1000",
             "--time-scale",
             "0.05",
@@ -357,7 +357,7 @@ async fn a_grpc_port_in_use_is_a_clear_error() {
     let addr = taken.local_addr().unwrap();
     let mut simulate = callguard(&dir);
     simulate
-        .args(["simulate", "--contacts", "1", "--time-scale", "0.05"])
+        .args(["simulate", "--count", "1", "--time-scale", "0.05"])
         .env("CALLGUARD_GRPC__LISTEN", addr.to_string());
     let out = output(simulate).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

@@ -91,7 +91,7 @@ fn simulate(scenario: &str, contacts: usize) -> Run {
             "simulate",
             "--scenario",
             scenario,
-            "--contacts",
+            "--count",
             &contacts.to_string(),
             "--time-scale",
             "0.05",
@@ -266,6 +266,22 @@ fn a_bad_config_stops_start_up_with_the_key() {
     assert!(stderr.contains("workerz"), "{stderr}");
 }
 
+#[test]
+fn the_former_count_flag_is_refused_with_its_new_name() {
+    let dir = temp_dir("old-flag");
+    let output = run_callguard(&dir, &["simulate", "--contacts", "5"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--count 5") && stderr.contains("callguard run"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.join("logs").exists(),
+        "refused before anything started"
+    );
+}
+
 /// A `[sheets]` section in `simulate --config` replaces the simulation's own
 /// (a static token for the in-process Sheets fake) whole: rows go to the
 /// user's sheet, authorised with the user's service-account key.
@@ -290,7 +306,7 @@ fn simulate_config_sections_replace_the_built_in_ones_whole() {
         &dir,
         &[
             "simulate",
-            "--contacts",
+            "--count",
             "6",
             "--time-scale",
             "0.05",

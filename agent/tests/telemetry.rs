@@ -72,7 +72,7 @@ async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) ->
                 "simulate",
                 "--scenario",
                 "outage",
-                "--contacts",
+                "--count",
                 "20",
                 "--time-scale",
                 "0.05",
@@ -327,6 +327,39 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
         assert_eq!(line["trace_id"].as_str().map(str::len), Some(32), "{line}");
         assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_sampler_variable_is_honoured() {
+    let (addr, received) = grpc_receiver().await;
+    let dir = temp_dir("sampler");
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_TRACES_SAMPLER", "traceidratio".into()),
+            ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
+        ],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    // Spans still queued are flushed at exit, so any sampled span is in by now.
+    assert!(
+        received.spans().is_empty(),
+        "a ratio of 0 samples no trace, yet {} spans arrived",
+        received.spans().len()
+    );
+    // Sampled out is not unrecorded: the log lines keep their trace ids.
+    let log = std::fs::read_to_string(dir.join("logs/callguard.jsonl")).unwrap();
+    let traced = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["contact_id"].is_string())
+        .filter(|l| l["trace_id"].as_str().map(str::len) == Some(32))
+        .count();
+    assert!(traced > 10, "only {traced} lines with a trace id");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
