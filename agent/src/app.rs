@@ -206,8 +206,8 @@ impl App {
             ),
             None => None,
         };
+        let remote = RemoteFollower::start(&self.config, &self.registry)?;
         let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
-        let remote = RemoteFollower::start(&self.config, &self.registry);
         let summary = self
             .campaign(queue.clone())
             .run(grpc.drain_on(shutdown))

@@ -96,9 +96,17 @@ pub struct RemoteFollower {
 }
 
 impl RemoteFollower {
-    /// Starts following the remote, if `health_check.remote` is set.
-    pub fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Option<Self> {
-        let remote = config.health_check.remote.clone()?;
+    /// Starts following the remote, if `health_check.remote` is set; an
+    /// unreadable `remote_tls_ca` (or an `https://` remote on a system
+    /// without root certificates) is an error naming the key.
+    pub fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Result<Option<Self>, String> {
+        let Some(remote) = config
+            .health_check
+            .remote_server()
+            .map_err(|e| e.in_section("health_check").to_string())?
+        else {
+            return Ok(None);
+        };
         let watcher = registry
             .all()
             .into_iter()
@@ -107,7 +115,7 @@ impl RemoteFollower {
         let task = tokio::spawn(watcher.run(async move {
             let _ = stopped.await;
         }));
-        Some(Self { stop, task })
+        Ok(Some(Self { stop, task }))
     }
 
     /// Stops following; breakers the remote forced open are released.
