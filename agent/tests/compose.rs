@@ -47,7 +47,8 @@ use tokio::time::{Instant, sleep};
 
 mod support;
 use callguard_testkit::grpcurl;
-use support::{Received, otlp_grpc_receiver, output, text};
+use callguard_testkit::otlp::{Received, otlp_grpc_receiver};
+use support::{output, text};
 
 /// `docker compose up --scale agent=3`.
 const SCALED: (&str, usize) = ("agent", 3);
@@ -535,7 +536,7 @@ async fn otlp_receiver(port: u16) -> Received {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    otlp_grpc_receiver(listener)
+    otlp_grpc_receiver(listener, None)
 }
 
 /// A private PostgreSQL cluster, stopped when dropped.

@@ -20,13 +20,10 @@ use serde_json::Value;
 
 mod support;
 use callguard_testkit::free_addr as free_port;
-use support::{Received, otlp_grpc_receiver, string_attr, temp_dir, text};
-
-async fn grpc_receiver() -> (SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (addr, otlp_grpc_receiver(listener))
-}
+use callguard_testkit::otlp::{
+    Received, otlp_grpc_receiver, start_otlp_grpc_receiver, string_attr,
+};
+use support::{temp_dir, text};
 
 async fn http_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -203,7 +200,7 @@ fn check_span_tree(spans: &[(String, Span)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
-    let (addr, received) = grpc_receiver().await;
+    let (addr, received) = start_otlp_grpc_receiver(None).await;
     let dir = temp_dir("grpc");
     let output = simulate(
         &dir,
@@ -296,7 +293,7 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
     // back to the default endpoint when none is set.
     let default_port = tokio::net::TcpListener::bind("127.0.0.1:4317").await;
     let received = match default_port {
-        Ok(listener) => Some(otlp_grpc_receiver(listener)),
+        Ok(listener) => Some(otlp_grpc_receiver(listener, None)),
         Err(e) => {
             eprintln!("127.0.0.1:4317 is taken ({e}): not checking that nothing is sent there");
             None

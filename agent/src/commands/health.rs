@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use callguard_agent::app::health_checker;
 use callguard_agent::config::AgentConfig;
-use callguard_agent::serve::GrpcServer;
+use callguard_agent::serve::{GrpcServer, serve_metrics};
 use callguard_breaker::BreakerRegistry;
 use callguard_health::{
     ClientTls, HealthCheckConfig, OnRecovery, RemoteServer, RemoteUrl, TlsKeys, status_reason,
@@ -20,11 +20,13 @@ use callguard_proto::callguard::v1::{Breaker, ListBreakersRequest, breaker::Stat
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
+use callguard_telemetry::Metrics;
 
 use super::shutdown_signal;
 
 /// `callguard health-server`: probes every configured service and serves
-/// their health over gRPC until Ctrl-C or SIGTERM.
+/// their health over gRPC, and `/metrics` (breaker states, probe results) as
+/// `[metrics]` asks, until Ctrl-C or SIGTERM.
 pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
@@ -52,8 +54,10 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
             name.clone()
         })
         .collect();
-    let checker =
-        health_checker(&config, &checks, &registry, &probed).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    let checker = health_checker(&config, &checks, &registry, &metrics, &probed)
+        .map_err(|e| e.to_string())?;
+    let metrics_server = serve_metrics(&config.metrics, metrics, registry.clone(), None).await?;
     let server = GrpcServer::start(&config.grpc, registry).await?;
     tracing::info!(
         "Health server: probing {} every {} and serving their health on {}",
@@ -67,6 +71,9 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
     );
     checker.run(shutdown_signal()).await;
     server.stop().await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
