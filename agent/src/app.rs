@@ -13,7 +13,7 @@ use callguard_alerts::{AlertManager, AlertsError};
 use callguard_breaker::BreakerRegistry;
 use callguard_clients::{ClientSetupError, CrmClient, LlmClient, TtsClient};
 use callguard_core::{ServiceName, ValidationError};
-use callguard_health::{HealthCheckConfig, HealthChecker, HttpProbe};
+use callguard_health::{HealthCheckConfig, HealthChecker, HttpProbe, ProbeResult};
 use callguard_limit::Limiter;
 use callguard_retry::{EventSink, Executor};
 use callguard_store::StoreError;
@@ -25,7 +25,7 @@ use crate::config::{AgentConfig, ConfigError, ServiceKind, ServiceSection, Stage
 use crate::events::{EventHub, TransitionLog};
 use crate::pipeline::{Chain, Pipeline, Stage};
 use crate::queue::CallQueue;
-use crate::serve::{GrpcServer, RemoteFollower};
+use crate::serve::{GrpcServer, RemoteFollower, serve_metrics};
 
 impl From<ValidationError> for SetupError {
     fn from(invalid: ValidationError) -> Self {
@@ -125,7 +125,13 @@ impl App {
             })?,
         };
         metrics.watch_limiters(pipeline.limiters());
-        let health = health_checker(&config, &config.health_check, &registry, &builder.used)?;
+        let health = health_checker(
+            &config,
+            &config.health_check,
+            &registry,
+            &metrics,
+            &builder.used,
+        )?;
         Ok(Self {
             config,
             pipeline: Arc::new(pipeline),
@@ -187,27 +193,15 @@ impl App {
         queue: Arc<CallQueue>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Ran, String> {
-        let metrics = match self.config.metrics.served_on() {
-            Some(listen) => Some(
-                MetricsServer::start(
-                    listen,
-                    self.metrics.clone(),
-                    self.registry.clone(),
-                    queue.clone(),
-                )
-                .await
-                .map_err(|e| {
-                    format!(
-                        "cannot serve metrics on {listen} (metrics.listen): {e}; \
-                         choose another address with [metrics] listen or CALLGUARD_METRICS__LISTEN, \
-                         or turn /metrics off with [metrics] enabled = false"
-                    )
-                })?,
-            ),
-            None => None,
-        };
+        let metrics = serve_metrics(
+            &self.config.metrics,
+            self.metrics.clone(),
+            self.registry.clone(),
+            Some(queue.clone()),
+        )
+        .await?;
+        let remote = RemoteFollower::start(&self.config, &self.registry)?;
         let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
-        let remote = RemoteFollower::start(&self.config, &self.registry);
         let summary = self
             .campaign(queue.clone())
             .run(grpc.drain_on(shutdown))
@@ -226,14 +220,21 @@ impl App {
 
 /// The health checker probing each of `services` — `GET {base_url}/health`,
 /// or its `health_url` — unless its `health_probe` is off, feeding the
-/// breakers of `registry` (created with the default settings if missing).
+/// breakers of `registry` (created with the default settings if missing)
+/// and counting each probe's result in `metrics`.
 pub fn health_checker<'a>(
     config: &AgentConfig,
     checks: &HealthCheckConfig,
     registry: &BreakerRegistry,
+    metrics: &Arc<Metrics>,
     services: impl IntoIterator<Item = &'a ServiceName>,
 ) -> Result<HealthChecker, SetupError> {
-    let mut health = HealthChecker::new(checks.clone())?;
+    let metrics = metrics.clone();
+    let mut health = HealthChecker::new(checks.clone())?.with_listener(Arc::new(
+        move |service: &ServiceName, result: ProbeResult| {
+            metrics.record_probe(service, result.as_str());
+        },
+    ));
     let probe_client = reqwest::Client::builder()
         .timeout(checks.timeout.get())
         .build()

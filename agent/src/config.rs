@@ -878,7 +878,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("health_check.remote") && err.contains("http://HOST:PORT"),
+            err.contains("health_check.remote") && err.contains("https://HOST:PORT"),
             "{err}"
         );
         let err = AgentConfig::load(

@@ -105,9 +105,12 @@ enum Command {
     },
     /// Print the breakers of a running callguard (`callguard.v1.Breakers/ListBreakers`).
     Status {
-        /// The callguard gRPC server.
+        /// The callguard gRPC server: http://HOST:PORT, or https://HOST:PORT
+        /// checked against the system's root certificates or `--tls-ca`.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// How long to wait for the answer.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
@@ -118,9 +121,12 @@ enum Command {
     /// Exit 0 only if the process (or `--service`) is SERVING; 1 with a
     /// one-line reason otherwise. For container health checks.
     Healthcheck {
-        /// The callguard gRPC server.
+        /// The callguard gRPC server: http://HOST:PORT, or https://HOST:PORT
+        /// checked against the system's root certificates or `--tls-ca`.
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// A service to check instead of the process as a whole.
         #[arg(long, default_value = "")]
         service: String,
@@ -128,6 +134,28 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+}
+
+/// How an `https://` server's certificate is checked.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM file of the CA that signed the server's certificate, trusted
+    /// instead of the system's root certificates.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the
+    /// address's host.
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    fn client_tls(self) -> callguard_health::ClientTls {
+        callguard_health::ClientTls {
+            ca: self.tls_ca,
+            server_name: self.tls_server_name,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -187,14 +215,18 @@ fn main() -> ExitCode {
             Command::HealthServer { config } => commands::health::health_server(&config).await,
             Command::Status {
                 addr,
+                tls,
                 timeout,
                 json,
-            } => commands::health::status(&addr, timeout, json).await,
+            } => commands::health::status(&addr, &tls.client_tls(), timeout, json).await,
             Command::Healthcheck {
                 addr,
+                tls,
                 service,
                 timeout,
-            } => Ok(commands::health::healthcheck(&addr, &service, timeout).await),
+            } => Ok(
+                commands::health::healthcheck(&addr, &tls.client_tls(), &service, timeout).await,
+            ),
         }
     });
     match result {

@@ -1,5 +1,6 @@
-//! The servers beside a campaign: the gRPC health and breakers server, and
-//! the watcher that follows a remote health server into the local breakers.
+//! The servers beside a campaign (and beside `health-server`'s probes): the
+//! gRPC health and breakers server, `/metrics`, and the watcher that follows
+//! a remote health server into the local breakers.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 
 use callguard_breaker::BreakerRegistry;
 use callguard_health::{GrpcConfig, GrpcError, GrpcOptions, ProcessHealth, RemoteWatcher};
+use callguard_telemetry::{ContactGauge, Metrics, MetricsConfig, MetricsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -88,6 +90,30 @@ impl GrpcServer {
     }
 }
 
+/// Serves `/metrics` as `[metrics]` asks (`None` with `enabled = false`):
+/// `metrics`, the breakers of `registry`, and the contacts of `contacts`
+/// when there is a campaign.
+pub async fn serve_metrics(
+    config: &MetricsConfig,
+    metrics: Arc<Metrics>,
+    registry: Arc<BreakerRegistry>,
+    contacts: Option<Arc<dyn ContactGauge>>,
+) -> Result<Option<MetricsServer>, String> {
+    let Some(listen) = config.served_on() else {
+        return Ok(None);
+    };
+    MetricsServer::start(listen, metrics, registry, contacts)
+        .await
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "cannot serve metrics on {listen} (metrics.listen): {e}; \
+                 choose another address with [metrics] listen or CALLGUARD_METRICS__LISTEN, \
+                 or turn /metrics off with [metrics] enabled = false"
+            )
+        })
+}
+
 /// A [`RemoteWatcher`] of `health_check.remote` for every breaker of
 /// `registry`, running until [`RemoteFollower::stop`].
 pub struct RemoteFollower {
@@ -96,9 +122,17 @@ pub struct RemoteFollower {
 }
 
 impl RemoteFollower {
-    /// Starts following the remote, if `health_check.remote` is set.
-    pub fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Option<Self> {
-        let remote = config.health_check.remote.clone()?;
+    /// Starts following the remote, if `health_check.remote` is set; an
+    /// unreadable `remote_tls_ca` (or an `https://` remote on a system
+    /// without root certificates) is an error naming the key.
+    pub fn start(config: &AgentConfig, registry: &BreakerRegistry) -> Result<Option<Self>, String> {
+        let Some(remote) = config
+            .health_check
+            .remote_server()
+            .map_err(|e| e.in_section("health_check").to_string())?
+        else {
+            return Ok(None);
+        };
         let watcher = registry
             .all()
             .into_iter()
@@ -107,7 +141,7 @@ impl RemoteFollower {
         let task = tokio::spawn(watcher.run(async move {
             let _ = stopped.await;
         }));
-        Some(Self { stop, task })
+        Ok(Some(Self { stop, task }))
     }
 
     /// Stops following; breakers the remote forced open are released.

@@ -40,6 +40,7 @@ async fn production_config_probes_only_services_with_a_health_endpoint() {
         &config,
         &config.health_check,
         &registry,
+        &std::sync::Arc::new(callguard_telemetry::Metrics::new()),
         config.services.keys(),
     )
     .unwrap();

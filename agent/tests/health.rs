@@ -1,6 +1,7 @@
 //! Breaker states across processes, with the real binary and the real grpcurl:
-//! `callguard health-server` serves the health its probes find,
-//! `callguard status` and `callguard healthcheck` read it, and a running
+//! `callguard health-server` serves the health its probes find (and
+//! `/metrics`), `callguard status` and `callguard healthcheck` read it, over
+//! plaintext or TLS, and a campaign follows it over either; a running
 //! campaign serves gRPC beside it and drains at shutdown; a typo in a
 //! service's section stops `health-server` at start-up.
 //!
@@ -19,6 +20,7 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use tonic::transport::Channel;
 
 mod support;
+use callguard_testkit::tls::TestCa;
 use callguard_testkit::{free_addr as free_port, grpcurl};
 use support::{callguard, exit_within, output, temp_dir, text};
 
@@ -118,7 +120,10 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let dir = temp_dir("server");
     let addr = free_port();
-    let mut server = start_health_server(&dir, &mocks, addr);
+    let HealthServer {
+        process: mut server,
+        metrics,
+    } = start_health_server(&dir, &mocks, addr, "");
 
     assert_eq!(list_when_up(addr, &mut server).await, ALL_SERVICES);
     until_status(addr, "elevenlabs", "SERVING").await;
@@ -172,6 +177,33 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     // The other services are unaffected.
     let llm = healthcheck(&dir, addr, Some("llm")).await;
     assert!(llm.status.success(), "{}", text(&llm));
+
+    // /metrics tells the same: the breaker's state and the probes' results.
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("health-server serves /metrics")
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        scraped
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{scraped}"))
+    };
+    assert_eq!(
+        value("callguard_breaker_state{service=\"elevenlabs\"}"),
+        1.0
+    );
+    assert_eq!(value("callguard_breaker_state{service=\"llm\"}"), 0.0);
+    assert!(
+        value("callguard_health_probes_total{service=\"elevenlabs\",result=\"unhealthy\"}") >= 2.0,
+        "{scraped}"
+    );
+    assert!(
+        value("callguard_health_probes_total{service=\"llm\",result=\"healthy\"}") >= 1.0,
+        "{scraped}"
+    );
 
     let mut status = callguard(&dir);
     status.args(["status", "--addr", &format!("http://{addr}")]);
@@ -439,12 +471,26 @@ async fn watch_until(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, e
     );
 }
 
+/// A `health-server` and where it serves `/metrics`.
+struct HealthServer {
+    process: Running,
+    metrics: SocketAddr,
+}
+
 /// Writes a config for `health-server` probing the mocks' three services every
-/// 100 ms and serving gRPC on `addr`, and starts it.
-fn start_health_server(dir: &Path, mocks: &MockServer, addr: SocketAddr) -> Running {
+/// 100 ms and serving gRPC on `addr` (with `grpc` added to its `[grpc]`), and
+/// `/metrics` on a free port, and starts it.
+fn start_health_server(
+    dir: &Path,
+    mocks: &MockServer,
+    addr: SocketAddr,
+    grpc: &str,
+) -> HealthServer {
+    let metrics = free_port();
     let mut config = format!(
         "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
-         [grpc]\nlisten = \"{addr}\"\n"
+         [grpc]\nlisten = \"{addr}\"\n{grpc}\
+         [metrics]\nlisten = \"{metrics}\"\n"
     );
     for (name, service) in SERVICES {
         config.push_str(&format!(
@@ -456,9 +502,14 @@ fn start_health_server(dir: &Path, mocks: &MockServer, addr: SocketAddr) -> Runn
     let mut server = callguard(dir);
     server
         .args(["health-server", "--config", "health.toml"])
+        // The file says where /metrics goes.
+        .env_remove("CALLGUARD_METRICS__LISTEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    Running(server.spawn().unwrap())
+    HealthServer {
+        process: Running(server.spawn().unwrap()),
+        metrics,
+    }
 }
 
 /// One breaker's `STATE` and `REASON` in `callguard status --addr ADDR`.
@@ -507,6 +558,53 @@ async fn until_breaker(
     }
 }
 
+/// Starts `callguard run` in `dir` over the contacts `ids`, against the mocks'
+/// services: quick retries, a breaker that recovers within a second,
+/// deferrals enough to wait out any outage, `health` added to its
+/// `[health_check]`, gRPC on `grpc`; stderr to `agent.stderr`.
+fn start_agent(
+    dir: &Path,
+    mocks: &MockServer,
+    health: &str,
+    grpc: SocketAddr,
+    ids: &[String],
+) -> Running {
+    let mut config = format!(
+        "[retry]\ninitial_delay = \"20ms\"\n\
+         [circuit_breaker]\nrecovery_timeout = \"1s\"\n\
+         [queue]\nworkers = 4\nmax_deferrals = 1000\n\
+         [health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n{health}\
+         [grpc]\nlisten = \"{grpc}\"\n"
+    );
+    for (name, service) in SERVICES {
+        config.push_str(&format!(
+            "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\n",
+            mocks.base_url(service),
+            mocks.config().keys.get(service)
+        ));
+    }
+    std::fs::write(dir.join("agent.toml"), config).unwrap();
+    let mut contacts = String::from("id,name,phone\n");
+    for (i, id) in ids.iter().enumerate() {
+        contacts.push_str(&format!("{id},Contact {i},+1-555-{i:04}\n"));
+    }
+    std::fs::write(dir.join("contacts.csv"), contacts).unwrap();
+    let mut agent = callguard(dir);
+    agent
+        .args([
+            "run",
+            "--config",
+            "agent.toml",
+            "--contacts",
+            "contacts.csv",
+            "--summary-json",
+            "summary.json",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("agent.stderr")).unwrap());
+    Running(agent.spawn().unwrap())
+}
+
 /// Two processes: `callguard health-server` probes the mocks, and a running
 /// campaign (`callguard run`) follows it through `health_check.remote`. The
 /// campaign's TTS breaker is forced open when the health server reports the
@@ -530,44 +628,12 @@ async fn a_campaign_follows_a_remote_health_server_and_outlives_it() {
         .unwrap();
     let dir = temp_dir("remote");
     let health_addr = free_port();
-    let mut health_server = start_health_server(&dir, &mocks, health_addr);
+    let mut health_server = start_health_server(&dir, &mocks, health_addr, "").process;
     list_when_up(health_addr, &mut health_server).await;
 
     let agent_addr = free_port();
-    let mut config = format!(
-        "[retry]\ninitial_delay = \"20ms\"\n\
-         [circuit_breaker]\nrecovery_timeout = \"1s\"\n\
-         [queue]\nworkers = 4\nmax_deferrals = 1000\n\
-         [health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nremote = \"http://{health_addr}\"\n\
-         [grpc]\nlisten = \"{agent_addr}\"\n"
-    );
-    for (name, service) in SERVICES {
-        config.push_str(&format!(
-            "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\n",
-            mocks.base_url(service),
-            mocks.config().keys.get(service)
-        ));
-    }
-    std::fs::write(dir.join("agent.toml"), config).unwrap();
-    let mut contacts = String::from("id,name,phone\n");
-    for (i, id) in ids.iter().enumerate() {
-        contacts.push_str(&format!("{id},Contact {i},+1-555-{i:04}\n"));
-    }
-    std::fs::write(dir.join("contacts.csv"), contacts).unwrap();
-    let mut agent = callguard(&dir);
-    agent
-        .args([
-            "run",
-            "--config",
-            "agent.toml",
-            "--contacts",
-            "contacts.csv",
-            "--summary-json",
-            "summary.json",
-        ])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("agent.stderr")).unwrap());
-    let mut agent = Running(agent.spawn().unwrap());
+    let health = format!("remote = \"http://{health_addr}\"\n");
+    let mut agent = start_agent(&dir, &mocks, &health, agent_addr, &ids);
     list_when_up(agent_addr, &mut agent).await;
     until_breaker(
         &dir,
@@ -659,6 +725,221 @@ async fn a_campaign_follows_a_remote_health_server_and_outlives_it() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["contacts"], CONTACTS, "{summary}");
     assert_eq!(summary["completed"], CONTACTS, "{summary}");
+    mocks.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `callguard healthcheck` (or `status`) of the TLS server at `https`, with
+/// `args` and `SSL_CERT_FILE` (the system's roots as rustls-native-certs finds
+/// them) set to `system_roots`.
+async fn over_tls(
+    dir: &Path,
+    command: &str,
+    https: &str,
+    args: &[&str],
+    system_roots: &Path,
+) -> Output {
+    let mut run = callguard(dir);
+    run.args([command, "--addr", https])
+        .args(args)
+        .env("SSL_CERT_FILE", system_roots)
+        .env_remove("SSL_CERT_DIR");
+    output(run).await
+}
+
+/// A TLS `health-server`: `healthcheck` and `status` work with the CA that
+/// signed its certificate (as `--tls-ca`, or among the system's roots) and
+/// fail with one clear line without it; bad TLS flags and a missing CA file
+/// are named; a campaign follows it over `https://` with
+/// `health_check.remote_tls_ca`, and refuses a CA file that is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_health_server_is_checked_and_followed_over_https() {
+    let mocks = MockServer::start(MockConfig::default()).await.unwrap();
+    mocks
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Unavailable))
+        .unwrap();
+    let dir = temp_dir("tls");
+    let ca = TestCa::new("callguard test CA");
+    let cert = ca.issue(&dir, &["localhost", "127.0.0.1"]);
+    let ca_file = ca.write_cert(&dir);
+    let ca_flag = ca_file.to_str().unwrap();
+    let elsewhere = dir.join("other");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let other_roots = TestCa::new("some other CA").write_cert(&elsewhere);
+    let no_roots = dir.join("no-roots.pem");
+    std::fs::write(&no_roots, "").unwrap();
+
+    let addr = free_port();
+    let https = format!("https://localhost:{}", addr.port());
+    let grpc = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.cert_file.display(),
+        cert.key_file.display()
+    );
+    let mut server = start_health_server(&dir, &mocks, addr, &grpc).process;
+
+    // With the CA: up, and the probes have seen the outage.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let down = over_tls(
+            &dir,
+            "healthcheck",
+            &https,
+            &["--tls-ca", ca_flag, "--service", "elevenlabs"],
+            &other_roots,
+        )
+        .await;
+        if String::from_utf8_lossy(&down.stderr).starts_with("NOT_SERVING") {
+            break;
+        }
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("health-server exited ({status})");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never NOT_SERVING over TLS: {}",
+            text(&down)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let ok = over_tls(
+        &dir,
+        "healthcheck",
+        &https,
+        &["--tls-ca", ca_flag],
+        &other_roots,
+    )
+    .await;
+    assert!(ok.status.success(), "{}", text(&ok));
+    let status = over_tls(&dir, "status", &https, &["--tls-ca", ca_flag], &other_roots).await;
+    assert!(status.status.success(), "{}", text(&status));
+    let table = String::from_utf8_lossy(&status.stdout);
+    let elevenlabs = table
+        .lines()
+        .map(status_cells)
+        .find(|cells| cells.first() == Some(&"elevenlabs"))
+        .unwrap_or_else(|| panic!("no elevenlabs in\n{table}"));
+    assert_eq!(elevenlabs[1], "OPEN", "{table}");
+    // The address's host need not be the certificate's when --tls-server-name says.
+    let by_ip = over_tls(
+        &dir,
+        "healthcheck",
+        &format!("https://127.0.0.1:{}", addr.port()),
+        &["--tls-ca", ca_flag, "--tls-server-name", "localhost"],
+        &other_roots,
+    )
+    .await;
+    assert!(by_ip.status.success(), "{}", text(&by_ip));
+
+    // The CA among the system's roots does as well as --tls-ca.
+    let system = over_tls(&dir, "healthcheck", &https, &[], &ca_file).await;
+    assert!(system.status.success(), "{}", text(&system));
+
+    // Without it: one line saying the server's certificate is not trusted.
+    let untrusted = over_tls(&dir, "healthcheck", &https, &[], &other_roots).await;
+    assert_eq!(untrusted.status.code(), Some(1), "{}", text(&untrusted));
+    let reason = String::from_utf8_lossy(&untrusted.stderr);
+    assert_eq!(reason.lines().count(), 1, "{reason}");
+    assert!(
+        reason.starts_with(&format!("unreachable: {https} (")),
+        "{reason}"
+    );
+    assert!(reason.contains("certificate"), "{reason}");
+    let status = over_tls(&dir, "status", &https, &[], &other_roots).await;
+    assert_eq!(status.status.code(), Some(2), "{}", text(&status));
+    let reason = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        reason.starts_with(&format!("error: cannot list breakers at {https}: "))
+            && reason.contains("certificate"),
+        "{reason}"
+    );
+
+    // Bad input: named flag, value and rule.
+    let no_system_roots = over_tls(&dir, "healthcheck", &https, &[], &no_roots).await;
+    assert_eq!(no_system_roots.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&no_system_roots.stderr).trim(),
+        "--tls-ca must be set for an https:// --addr: the system has no root certificates \
+         (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs), got (unset)"
+    );
+    let missing = dir.join("missing.pem");
+    let missing_flag = missing.to_str().unwrap();
+    let no_file = over_tls(
+        &dir,
+        "status",
+        &https,
+        &["--tls-ca", missing_flag],
+        &other_roots,
+    )
+    .await;
+    assert_eq!(no_file.status.code(), Some(2));
+    let reason = String::from_utf8_lossy(&no_file.stderr);
+    assert!(
+        reason.starts_with("error: --tls-ca must be a readable PEM file (")
+            && reason.trim_end().ends_with(&format!("got {missing_flag}")),
+        "{reason}"
+    );
+    let plaintext = over_tls(
+        &dir,
+        "healthcheck",
+        &format!("http://{addr}"),
+        &["--tls-ca", ca_flag],
+        &other_roots,
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&plaintext.stderr).trim(),
+        format!(
+            "--tls-ca must be unset unless --addr is an https:// URL (got http://{addr}), \
+             got {ca_flag}"
+        )
+    );
+
+    // A campaign whose CA file is not there stops at start-up, naming the key.
+    let ids: Vec<String> = (0..20).map(|i| format!("c-{i}")).collect();
+    let agent_addr = free_port();
+    let health = format!("remote = \"{https}\"\nremote_tls_ca = \"{missing_flag}\"\n");
+    let mut agent = start_agent(&dir, &mocks, &health, agent_addr, &ids);
+    let exited = exit_within(&mut agent.0, PATIENCE)
+        .await
+        .expect("the agent stops at start-up");
+    let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
+    assert_eq!(exited.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: health_check.remote_tls_ca must be a readable PEM file (")
+            && stderr.contains(&format!("got {missing_flag}")),
+        "{stderr}"
+    );
+
+    // With it, the campaign follows the TLS server: the outage it reports
+    // forces the agent's breaker open; its recovery releases it.
+    // (It imported the contacts before it stopped; this run resumes them.)
+    let health = format!("remote = \"{https}\"\nremote_tls_ca = \"{ca_flag}\"\n");
+    let mut agent = start_agent(&dir, &mocks, &health, agent_addr, &ids);
+    list_when_up(agent_addr, &mut agent).await;
+    until_breaker(
+        &dir,
+        agent_addr,
+        &mut agent,
+        "elevenlabs",
+        "forced open by the TLS remote",
+        |state, reason| state == "FORCED_OPEN" && reason == "manual force_open: remote",
+    )
+    .await;
+    assert_eq!(mocks.clear_faults_for(Service::Elevenlabs), 1);
+    let exited = exit_within(&mut agent.0, Duration::from_secs(60))
+        .await
+        .expect("the campaign ends");
+    let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
+    assert!(exited.success(), "{exited}\n{stderr}");
+    assert!(
+        stderr.contains("remote reports SERVING; released the breaker"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["completed"], ids.len(), "{summary}");
+    drop(server);
     mocks.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }

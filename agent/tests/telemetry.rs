@@ -1,5 +1,6 @@
 //! Traces and metrics end to end: `callguard simulate` as a process exporting
-//! spans to an OTLP receiver in this test (gRPC, and HTTP/protobuf), its JSON
+//! spans to an OTLP receiver in this test (gRPC, over TLS too, and
+//! HTTP/protobuf), its JSON
 //! log lines carrying the exported ids, and its `/metrics` endpoint scraped
 //! while it runs and once more after the summary is written, its numbers
 //! checked against the summary's.
@@ -20,13 +21,11 @@ use serde_json::Value;
 
 mod support;
 use callguard_testkit::free_addr as free_port;
-use support::{Received, otlp_grpc_receiver, string_attr, temp_dir, text};
-
-async fn grpc_receiver() -> (SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    (addr, otlp_grpc_receiver(listener))
-}
+use callguard_testkit::otlp::{
+    Received, otlp_grpc_receiver, start_otlp_grpc_receiver, string_attr,
+};
+use callguard_testkit::tls::TestCa;
+use support::{temp_dir, text};
 
 async fn http_receiver() -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -82,7 +81,10 @@ async fn simulate(dir: &Path, env: Vec<(&'static str, String)>, config: &str) ->
             .args(&extra)
             .current_dir(&dir);
         for (key, _) in std::env::vars() {
-            if key.starts_with("OTEL_") || key.starts_with("CALLGUARD_") {
+            if key.starts_with("OTEL_")
+                || key.starts_with("CALLGUARD_")
+                || key.starts_with("SSL_CERT_")
+            {
                 command.env_remove(key);
             }
         }
@@ -203,7 +205,7 @@ fn check_span_tree(spans: &[(String, Span)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
-    let (addr, received) = grpc_receiver().await;
+    let (addr, received) = start_otlp_grpc_receiver(None).await;
     let dir = temp_dir("grpc");
     let output = simulate(
         &dir,
@@ -261,6 +263,88 @@ async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// An https collector whose certificate a private CA signed: spans reach it
+/// with `OTEL_EXPORTER_OTLP_CERTIFICATE` naming the CA, or with the CA among
+/// the system's roots (`SSL_CERT_FILE`), and not with other roots; a
+/// certificate file that is not there stops start-up with its variable named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_roots() {
+    let dir = temp_dir("tls");
+    let ca = TestCa::new("collector CA");
+    let cert = ca.issue(&dir, &["localhost"]);
+    let ca_file = ca.write_cert(&dir).to_string_lossy().into_owned();
+    let elsewhere = dir.join("other");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let other_roots = TestCa::new("some other CA")
+        .write_cert(&elsewhere)
+        .to_string_lossy()
+        .into_owned();
+    let endpoint = |addr: SocketAddr| format!("https://localhost:{}", addr.port());
+
+    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.clone()),
+            ("SSL_CERT_FILE", other_roots.clone()),
+        ],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    check_span_tree(&received.spans());
+
+    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint(addr)),
+            ("SSL_CERT_FILE", ca_file.clone()),
+        ],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    check_span_tree(&received.spans());
+
+    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
+            ("SSL_CERT_FILE", other_roots),
+        ],
+        "",
+    )
+    .await;
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        received.spans().is_empty(),
+        "an untrusted collector got spans"
+    );
+
+    let missing = dir.join("missing.pem").to_string_lossy().into_owned();
+    let output = simulate(
+        &dir,
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing.clone()),
+        ],
+        "",
+    )
+    .await;
+    assert!(!output.status.success(), "{}", text(&output));
+    let said = text(&output);
+    assert!(
+        said.contains(&format!(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=\"{missing}\" must be a readable PEM file"
+        )),
+        "{said}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_names_the_service_from_the_environment() {
     let (addr, received) = http_receiver().await;
@@ -296,7 +380,7 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
     // back to the default endpoint when none is set.
     let default_port = tokio::net::TcpListener::bind("127.0.0.1:4317").await;
     let received = match default_port {
-        Ok(listener) => Some(otlp_grpc_receiver(listener)),
+        Ok(listener) => Some(otlp_grpc_receiver(listener, None)),
         Err(e) => {
             eprintln!("127.0.0.1:4317 is taken ({e}): not checking that nothing is sent there");
             None

@@ -22,12 +22,13 @@ use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::{HealthCheckConfig, OnRecovery};
-use crate::probe::Probe;
+use crate::probe::{Probe, ProbeListener, ProbeResult};
 
 /// Probes services in the background and drives their breakers.
 pub struct HealthChecker {
     config: HealthCheckConfig,
     targets: Vec<Target>,
+    listener: Option<Arc<dyn ProbeListener>>,
 }
 
 struct Target {
@@ -54,7 +55,15 @@ impl HealthChecker {
         Ok(Self {
             config,
             targets: Vec::new(),
+            listener: None,
         })
+    }
+
+    /// Tells `listener` of every probe's result.
+    #[must_use]
+    pub fn with_listener(mut self, listener: Arc<dyn ProbeListener>) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// Probes the breaker's service with `probe`.
@@ -83,7 +92,12 @@ impl HealthChecker {
             "health checker started"
         );
         let probing = async {
-            join_all(self.targets.iter().map(|t| t.watch_over(&self.config))).await;
+            join_all(
+                self.targets
+                    .iter()
+                    .map(|t| t.watch_over(&self.config, self.listener.as_deref())),
+            )
+            .await;
             // Only reached without services: wait for shutdown like the rest.
             std::future::pending::<()>().await;
         };
@@ -96,7 +110,7 @@ impl HealthChecker {
 }
 
 impl Target {
-    async fn watch_over(&self, config: &HealthCheckConfig) {
+    async fn watch_over(&self, config: &HealthCheckConfig, listener: Option<&dyn ProbeListener>) {
         let mut ticks = tokio::time::interval(config.interval.get());
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut was_healthy = None;
@@ -109,7 +123,10 @@ impl Target {
                         .into_error(format!("health probe took longer than {}", config.timeout)))
                 });
             let healthy = outcome.is_ok();
-            self.apply(outcome, config.on_recovery, was_healthy);
+            let result = self.apply(outcome, config.on_recovery, was_healthy);
+            if let Some(listener) = listener {
+                listener.on_probe(self.breaker.service(), result);
+            }
             was_healthy = Some(healthy);
         }
     }
@@ -119,7 +136,7 @@ impl Target {
         outcome: Result<(), ServiceError>,
         on_recovery: OnRecovery,
         was_healthy: Option<bool>,
-    ) {
+    ) -> ProbeResult {
         let service = self.breaker.service();
         let before = self.breaker.state();
         match outcome {
@@ -140,6 +157,7 @@ impl Target {
                 } else {
                     tracing::debug!(%service, circuit_state = %before, "health probe succeeded");
                 }
+                ProbeResult::Healthy
             }
             Err(error) if !error.counts_toward_breaker() => {
                 // A 404 or 400 says the health URL is wrong, not that the
@@ -151,6 +169,7 @@ impl Target {
                     %error,
                     "health probe answered with a request error; check the service's health URL (not counted)"
                 );
+                ProbeResult::NotCounted
             }
             Err(error) => {
                 self.breaker.record_failure();
@@ -167,6 +186,7 @@ impl Target {
                         "health probe failed; recorded as a breaker failure"
                     );
                 }
+                ProbeResult::Unhealthy
             }
         }
     }

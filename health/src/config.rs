@@ -7,7 +7,7 @@ use callguard_core::config::nonzero_duration;
 use callguard_core::{ConfigDuration, Secret, ValidationError};
 use subtle::ConstantTimeEq as _;
 
-use crate::remote::RemoteUrl;
+use crate::client::{ClientTls, RemoteServer, RemoteUrl, TlsKeys};
 
 /// What a healthy probe does to an OPEN breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -23,6 +23,10 @@ pub enum OnRecovery {
 
 /// The `[health_check]` section. Defaults: `interval = "5s"` (the seed's),
 /// `timeout = "2s"`, `on_recovery = "close"`, no `remote`.
+///
+/// An `https://` remote is checked against `remote_tls_ca` when set, else
+/// against the system's root certificates; `remote_tls_server_name` is the
+/// name its certificate must carry when it is not the URL's host.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
@@ -36,6 +40,12 @@ pub struct HealthCheckConfig {
     /// breakers ([`RemoteWatcher`](crate::RemoteWatcher)); local probes keep
     /// running as the fallback.
     pub remote: Option<RemoteUrl>,
+    /// PEM file of the CA that signed an `https://` remote's certificate,
+    /// trusted instead of the system's roots.
+    pub remote_tls_ca: Option<PathBuf>,
+    /// The name an `https://` remote's certificate must carry, when it is not
+    /// the URL's host.
+    pub remote_tls_server_name: Option<String>,
 }
 
 impl Default for HealthCheckConfig {
@@ -45,6 +55,8 @@ impl Default for HealthCheckConfig {
             timeout: ConfigDuration::from_secs(2),
             on_recovery: OnRecovery::Close,
             remote: None,
+            remote_tls_ca: None,
+            remote_tls_server_name: None,
         }
     }
 }
@@ -62,7 +74,37 @@ impl HealthCheckConfig {
                 format!("at most interval ({})", self.interval),
             ));
         }
-        Ok(())
+        let tls = self.remote_tls();
+        match &self.remote {
+            Some(remote) => tls.validate(remote, TlsKeys::CONFIG),
+            None if tls != ClientTls::default() => Err(match &tls.ca {
+                Some(ca) => {
+                    ValidationError::new("remote_tls_ca", ca.display(), "unset without remote")
+                }
+                None => ValidationError::new(
+                    "remote_tls_server_name",
+                    tls.server_name.unwrap_or_default(),
+                    "unset without remote",
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The remote server to follow, if any, its CA file read; keys are
+    /// relative to the section, like [`Self::validate`]'s.
+    pub fn remote_server(&self) -> Result<Option<RemoteServer>, ValidationError> {
+        self.remote
+            .clone()
+            .map(|url| RemoteServer::with_tls(url, &self.remote_tls(), TlsKeys::CONFIG))
+            .transpose()
+    }
+
+    fn remote_tls(&self) -> ClientTls {
+        ClientTls {
+            ca: self.remote_tls_ca.clone(),
+            server_name: self.remote_tls_server_name.clone(),
+        }
     }
 }
 
@@ -211,6 +253,32 @@ mod tests {
             slow.validate().unwrap_err().to_string(),
             "timeout must be at most interval (5s), got 10s"
         );
+    }
+
+    #[test]
+    fn remote_tls_needs_an_https_remote() {
+        let config: HealthCheckConfig =
+            toml::from_str("remote = \"http://prober:50051\"\nremote_tls_ca = \"ca.pem\"").unwrap();
+        assert_eq!(
+            config
+                .validate()
+                .unwrap_err()
+                .in_section("health_check")
+                .to_string(),
+            "health_check.remote_tls_ca must be unset unless remote is an https:// URL \
+             (got http://prober:50051), got ca.pem"
+        );
+        let config: HealthCheckConfig =
+            toml::from_str("remote_tls_server_name = \"prober\"").unwrap();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "remote_tls_server_name must be unset without remote, got prober"
+        );
+        let config: HealthCheckConfig = toml::from_str(
+            "remote = \"https://10.0.0.7:50051\"\nremote_tls_ca = \"ca.pem\"\nremote_tls_server_name = \"prober\"",
+        )
+        .unwrap();
+        config.validate().unwrap();
     }
 
     #[test]

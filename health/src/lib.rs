@@ -15,18 +15,23 @@
 //! * [`RemoteWatcher`] follows another process's `grpc.health.v1.Health`
 //!   (`health_check.remote`): NOT_SERVING forces the local breaker open, SERVING
 //!   or a lost server releases what it forced, never an operator's force-open.
+//! * [`RemoteServer`] is the client side of such a server: `http://` or
+//!   `https://` ([`RemoteUrl`]), a TLS server checked against a CA file or the
+//!   system's roots ([`ClientTls`]).
 //!
 //! [`HttpProbe`] uses the `reqwest::Client` it is given; `https` bases need a
 //! client built with reqwest's `rustls` feature (the agent enables it).
 
 mod checker;
+mod client;
 mod config;
 pub mod grpc;
 mod probe;
 mod remote;
 
 pub use checker::HealthChecker;
+pub use client::{ClientTls, RemoteServer, RemoteUrl, TlsKeys, status_reason};
 pub use config::{AdminToken, GrpcConfig, HealthCheckConfig, OnRecovery};
 pub use grpc::{GrpcError, GrpcOptions, ProcessHealth, serve};
-pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture};
-pub use remote::{REMOTE_NOTE, ReconnectBackoff, RemoteUrl, RemoteWatcher};
+pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture, ProbeListener, ProbeResult};
+pub use remote::{REMOTE_NOTE, ReconnectBackoff, RemoteWatcher};

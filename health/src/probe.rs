@@ -3,8 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use callguard_core::ServiceError;
 use callguard_core::http::{classify_response, transport_error};
+use callguard_core::{ServiceError, ServiceName};
 
 /// The future a [`Probe`] returns.
 pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send + 'a>>;
@@ -16,6 +16,45 @@ pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ServiceError>>
 pub trait Probe: Send + Sync {
     /// `Ok(())` when the service is healthy, its error otherwise.
     fn check(&self) -> ProbeFuture<'_>;
+}
+
+/// What one probe found, as the checker applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProbeResult {
+    /// The service answered healthy.
+    Healthy,
+    /// The probe failed and was recorded as a breaker failure.
+    Unhealthy,
+    /// The probe got a request error (a wrong health URL): logged, not counted.
+    NotCounted,
+}
+
+impl ProbeResult {
+    /// `healthy`, `unhealthy` or `not_counted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::NotCounted => "not_counted",
+        }
+    }
+}
+
+/// Told of every probe's result (metrics, say); called on the checker's task,
+/// so it must be quick.
+pub trait ProbeListener: Send + Sync {
+    /// `service` was probed and found `result`.
+    fn on_probe(&self, service: &ServiceName, result: ProbeResult);
+}
+
+impl<F> ProbeListener for F
+where
+    F: Fn(&ServiceName, ProbeResult) + Send + Sync,
+{
+    fn on_probe(&self, service: &ServiceName, result: ProbeResult) {
+        self(service, result);
+    }
 }
 
 /// The URL given to [`HttpProbe::new`] cannot take a path (such as `mailto:`).

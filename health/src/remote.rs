@@ -26,85 +26,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callguard_breaker::{CircuitBreaker, ForcedBy};
-use callguard_core::ValidationError;
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use futures_util::future::join_all;
-use tonic::codegen::http::Uri;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use crate::client::{RemoteServer, RemoteUrl};
 
 /// The note of the transitions a [`RemoteWatcher`] makes.
 pub const REMOTE_NOTE: &str = "remote";
-
-/// Longest a connection attempt to the remote server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings on an idle connection notice a server that vanished silently.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The address of a callguard gRPC server, `http://HOST:PORT`
-/// (`health_check.remote`, `callguard status --addr`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RemoteUrl(String);
-
-impl RemoteUrl {
-    /// Checks `url`: an `http` URL with a host, an optional port and no path,
-    /// query or credentials (the error's key is `remote`).
-    pub fn new(url: impl Into<String>) -> Result<Self, ValidationError> {
-        let url = url.into();
-        let invalid = || ValidationError::new("remote", &url, "an http://HOST:PORT URL");
-        let uri: Uri = url.parse().map_err(|_| invalid())?;
-        let authority = uri.authority().ok_or_else(invalid)?;
-        let plain_path = matches!(uri.path(), "" | "/");
-        if uri.scheme_str() != Some("http")
-            || authority.host().is_empty()
-            || authority.as_str().contains('@')
-            || !plain_path
-            || uri.query().is_some()
-        {
-            return Err(invalid());
-        }
-        Ok(Self(format!("http://{authority}")))
-    }
-
-    /// The URL, normalized to `http://HOST[:PORT]`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A channel to the server that connects on first use and again after the
-    /// connection is lost; attempts time out after a few seconds.
-    pub fn channel(&self) -> Channel {
-        Endpoint::from_shared(self.0.clone())
-            .expect("a RemoteUrl is a valid URI")
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .connect_lazy()
-    }
-}
-
-impl TryFrom<String> for RemoteUrl {
-    type Error = ValidationError;
-
-    fn try_from(url: String) -> Result<Self, Self::Error> {
-        Self::new(url)
-    }
-}
-
-impl From<RemoteUrl> for String {
-    fn from(url: RemoteUrl) -> Self {
-        url.0
-    }
-}
-
-impl fmt::Display for RemoteUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Delays between reconnection attempts: `initial`, doubling up to `max`; back
 /// to `initial` once a stream delivers a status again.
@@ -151,7 +82,7 @@ impl ReconnectBackoff {
 /// behalf; SERVING, a service the remote does not know or a lost server
 /// releases only what the remote holds forced open.
 pub struct RemoteWatcher {
-    remote: RemoteUrl,
+    remote: RemoteServer,
     breakers: Vec<Arc<CircuitBreaker>>,
     backoff: ReconnectBackoff,
 }
@@ -175,7 +106,7 @@ impl fmt::Debug for RemoteWatcher {
 
 impl RemoteWatcher {
     /// A watcher of `remote` with no services yet.
-    pub fn new(remote: RemoteUrl) -> Self {
+    pub fn new(remote: RemoteServer) -> Self {
         Self {
             remote,
             breakers: Vec::new(),
@@ -200,8 +131,10 @@ impl RemoteWatcher {
     /// Watches every service until `shutdown` completes, then releases what
     /// the remote forced open.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let url = self.remote.url();
         tracing::info!(
-            remote = %self.remote,
+            remote = %url,
+            tls = url.is_https(),
             services = ?self.breakers.iter().map(|b| b.service()).collect::<Vec<_>>(),
             "remote health watcher started"
         );
@@ -210,7 +143,7 @@ impl RemoteWatcher {
             join_all(
                 self.breakers
                     .iter()
-                    .map(|breaker| follow(&self.remote, channel.clone(), breaker, self.backoff)),
+                    .map(|breaker| follow(url, channel.clone(), breaker, self.backoff)),
             )
             .await;
             // Only reached without services: wait for shutdown like the rest.
@@ -223,7 +156,7 @@ impl RemoteWatcher {
         for breaker in &self.breakers {
             release(breaker);
         }
-        tracing::info!(remote = %self.remote, "remote health watcher stopped");
+        tracing::info!(remote = %url, "remote health watcher stopped");
     }
 }
 
@@ -282,7 +215,11 @@ async fn follow(
 }
 
 fn status_text(status: &tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    format!(
+        "{:?}: {}",
+        status.code(),
+        crate::client::status_reason(status)
+    )
 }
 
 /// Applies one status from the remote to `breaker`.
@@ -416,29 +353,5 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn remote_urls_are_plain_http_addresses() {
-        let url = RemoteUrl::new("http://127.0.0.1:50051/").unwrap();
-        assert_eq!(url.as_str(), "http://127.0.0.1:50051");
-        assert_eq!(
-            RemoteUrl::new("http://prober.internal:50051")
-                .unwrap()
-                .to_string(),
-            "http://prober.internal:50051"
-        );
-        for bad in [
-            "127.0.0.1:50051",
-            "https://127.0.0.1:50051",
-            "http://127.0.0.1:50051/health",
-            "http://user:pw@127.0.0.1:50051",
-            "http://127.0.0.1:50051?x=1",
-            "",
-        ] {
-            let err = RemoteUrl::new(bad).unwrap_err();
-            assert_eq!(err.key, "remote", "{bad}");
-            assert_eq!(err.rule, "an http://HOST:PORT URL", "{bad}");
-        }
     }
 }

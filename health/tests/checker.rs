@@ -9,7 +9,9 @@ use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, FailureR
 use callguard_core::{
     CircuitState, ConfigDuration, ErrorKind, ServiceError, ServiceName, TransitionReason,
 };
-use callguard_health::{HealthCheckConfig, HealthChecker, OnRecovery, Probe, ProbeFuture};
+use callguard_health::{
+    HealthCheckConfig, HealthChecker, OnRecovery, Probe, ProbeFuture, ProbeResult,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -285,4 +287,46 @@ async fn a_missing_health_endpoint_neither_opens_nor_closes_the_breaker() {
     assert_eq!(closed.state(), CircuitState::Closed);
     assert_eq!(closed.snapshot().consecutive_failures, 0);
     assert_eq!(opened.state(), CircuitState::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_listener_hears_every_probes_result() {
+    let heard: Arc<Mutex<Vec<(String, ProbeResult)>>> = Arc::default();
+    let record = Arc::clone(&heard);
+    let service = FakeService::new(true);
+    let missing = BreakerRegistry::new(BreakerConfig::default())
+        .get_or_default(&ServiceName::new("llm").unwrap());
+    let checker = HealthChecker::new(HealthCheckConfig::default())
+        .unwrap()
+        .with_listener(Arc::new(move |service: &ServiceName, result| {
+            record.lock().push((service.to_string(), result));
+        }))
+        .with_probe(breaker(), service.clone())
+        .with_probe(missing, MissingEndpoint);
+    let outage = service.clone();
+    // Probes at 0 s (healthy), then 5 s and 10 s (failing).
+    checker
+        .run(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            outage.healthy.store(false, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        })
+        .await;
+    let heard = heard.lock();
+    let of = |name: &str| -> Vec<ProbeResult> {
+        heard
+            .iter()
+            .filter(|(service, _)| service == name)
+            .map(|(_, result)| *result)
+            .collect()
+    };
+    assert_eq!(
+        of("tts"),
+        [
+            ProbeResult::Healthy,
+            ProbeResult::Unhealthy,
+            ProbeResult::Unhealthy
+        ]
+    );
+    assert_eq!(of("llm"), [ProbeResult::NotCounted; 3]);
 }

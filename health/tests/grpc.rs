@@ -1,11 +1,8 @@
-//! The gRPC server over real sockets, with the generated tonic clients.
-//!
-//! `tests/tls/` holds a test CA (`ca.pem`) and a certificate for `localhost`
-//! and 127.0.0.1 signed by it (`cert.pem`, `key.pem`): test fixtures only.
+//! The gRPC server over real sockets, with the generated tonic clients; its
+//! TLS with a CA and certificate the test makes.
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use callguard_core::CircuitState;
@@ -22,6 +19,7 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use callguard_proto::grpc::health::v1::{
     HealthCheckRequest, HealthCheckResponse, HealthListRequest,
 };
+use callguard_testkit::tls::{ServerCert, TestCa};
 use support::{TestServer, start, trip};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic::{Code, Request, Streaming};
@@ -489,24 +487,27 @@ async fn admin_rpcs_need_the_right_bearer_token() {
     server.shutdown().await.unwrap();
 }
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/tls")
-        .join(name)
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1, in `dir`.
+fn certificates(dir: &std::path::Path) -> (TestCa, ServerCert) {
+    let ca = TestCa::new("callguard test CA");
+    let cert = ca.issue(dir, &["localhost", "127.0.0.1"]);
+    (ca, cert)
 }
 
-fn tls_config() -> GrpcConfig {
+fn tls_config(cert: &ServerCert) -> GrpcConfig {
     GrpcConfig {
-        tls_cert: Some(fixture("cert.pem")),
-        tls_key: Some(fixture("key.pem")),
+        tls_cert: Some(cert.cert_file.clone()),
+        tls_key: Some(cert.key_file.clone()),
         ..GrpcConfig::default()
     }
 }
 
 #[tokio::test]
 async fn serves_tls_with_the_configured_certificate() {
-    let server = start(GrpcOptions::from_config(&tls_config()).unwrap()).await;
-    let ca = Certificate::from_pem(std::fs::read(fixture("ca.pem")).unwrap());
+    let dir = callguard_testkit::temp_dir(env!("CARGO_CRATE_NAME"), "tls");
+    let (ca, cert) = certificates(&dir);
+    let server = start(GrpcOptions::from_config(&tls_config(&cert)).unwrap()).await;
+    let ca = Certificate::from_pem(ca.cert_pem());
     let channel = Channel::from_shared(format!("https://{}", server.addr))
         .unwrap()
         .tls_config(
@@ -538,15 +539,19 @@ async fn serves_tls_with_the_configured_certificate() {
         assert!(result.is_err(), "{result:?}");
     }
     server.shutdown().await.unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn an_unreadable_certificate_is_a_config_error() {
+    let dir = callguard_testkit::temp_dir(env!("CARGO_CRATE_NAME"), "tls-missing");
+    let (_, cert) = certificates(&dir);
     let config = GrpcConfig {
-        tls_cert: Some(fixture("missing.pem")),
-        ..tls_config()
+        tls_cert: Some(dir.join("missing.pem")),
+        ..tls_config(&cert)
     };
     let err = GrpcOptions::from_config(&config).unwrap_err();
     assert_eq!(err.key, "grpc.tls_cert");
     assert!(err.value.ends_with("missing.pem"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -2,7 +2,8 @@
 //! the remote's NOT_SERVING forces the local breaker open, SERVING closes it,
 //! a stopped server releases it, and the watcher reconnects when the server is
 //! back on the same port; an operator's `ForceOpen` over the local process's
-//! own gRPC server outranks the remote.
+//! own gRPC server outranks the remote; a TLS server is followed over
+//! `https://` with the CA that signed its certificate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +12,13 @@ use std::time::Duration;
 use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, ForcedBy};
 use callguard_core::{CircuitState, ConfigDuration, ServiceName};
 use callguard_health::{
-    AdminToken, GrpcError, GrpcOptions, ReconnectBackoff, RemoteUrl, RemoteWatcher,
+    AdminToken, ClientTls, GrpcError, GrpcOptions, ReconnectBackoff, RemoteServer, RemoteUrl,
+    RemoteWatcher, TlsKeys,
 };
 use callguard_proto::callguard::v1::ForceOpenRequest;
 use callguard_proto::callguard::v1::breaker::State;
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
+use callguard_testkit::tls::TestCa;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -104,8 +107,12 @@ impl Watcher {
     }
 }
 
-fn watch(addr: SocketAddr, breakers: &[&Arc<CircuitBreaker>]) -> Watcher {
-    let remote = RemoteUrl::new(format!("http://{addr}")).unwrap();
+/// The plaintext server at `addr`.
+fn plaintext(addr: SocketAddr) -> RemoteServer {
+    RemoteServer::new(RemoteUrl::new(format!("http://{addr}")).unwrap()).unwrap()
+}
+
+fn watch(remote: RemoteServer, breakers: &[&Arc<CircuitBreaker>]) -> Watcher {
     let mut watcher = RemoteWatcher::new(remote).with_backoff(ReconnectBackoff::new(
         Duration::from_millis(20),
         Duration::from_millis(200),
@@ -127,7 +134,7 @@ async fn remote_health_drives_the_local_breaker_and_a_lost_server_releases_it() 
     let remote_tts = registry.get_or_default(&name);
 
     let local = Arc::new(CircuitBreaker::new(name.clone(), breaker_config()));
-    let _watcher = watch(addr, &[&local]);
+    let _watcher = watch(plaintext(addr), &[&local]);
 
     remote_tts.force_open("maintenance");
     until_state(&local, CircuitState::ForcedOpen).await;
@@ -167,7 +174,7 @@ async fn watcher_waits_for_a_server_that_is_not_up_yet_and_watches_each_service(
 
     let local_llm = Arc::new(CircuitBreaker::new(llm, breaker_config()));
     let local_tts = Arc::new(CircuitBreaker::new(tts, breaker_config()));
-    let watcher = watch(addr, &[&local_llm, &local_tts]);
+    let watcher = watch(plaintext(addr), &[&local_llm, &local_tts]);
     assert_eq!(local_tts.state(), CircuitState::Closed);
 
     let server = serve(TcpListener::bind(addr).await.unwrap(), &registry);
@@ -193,7 +200,7 @@ async fn an_operators_force_open_over_grpc_outranks_the_remote() {
         start_server(GrpcOptions::default().with_admin_token(AdminToken::new(TOKEN).unwrap()))
             .await;
     let local_tts = local_registry.get_or_default(&name);
-    let watcher = watch(remote_addr, &[&local_tts]);
+    let watcher = watch(plaintext(remote_addr), &[&local_tts]);
 
     remote_tts.force_open("outage");
     until_state(&local_tts, CircuitState::ForcedOpen).await;
@@ -223,4 +230,37 @@ async fn an_operators_force_open_over_grpc_outranks_the_remote() {
     assert_eq!(local_tts.state(), CircuitState::ForcedOpen);
     local.stop().await;
     remote.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_is_followed_with_its_ca_and_the_name_on_its_certificate() {
+    let dir = callguard_testkit::temp_dir(env!("CARGO_CRATE_NAME"), "tls-remote");
+    let ca = TestCa::new("callguard test CA");
+    // The certificate names the prober, not the address it is reached at.
+    let cert = ca.issue(&dir, &["prober.callguard.test"]);
+    let (registry, addr, server) =
+        start_server(GrpcOptions::default().with_tls(&cert.cert_pem, &cert.key_pem)).await;
+    let name = ServiceName::new("tts").unwrap();
+    let remote_tts = registry.get_or_default(&name);
+    remote_tts.force_open("outage");
+
+    let tls = ClientTls {
+        ca: Some(ca.write_cert(&dir)),
+        server_name: Some("prober.callguard.test".into()),
+    };
+    let remote = RemoteServer::with_tls(
+        RemoteUrl::new(format!("https://{addr}")).unwrap(),
+        &tls,
+        TlsKeys::CONFIG,
+    )
+    .unwrap();
+    let local = Arc::new(CircuitBreaker::new(name, breaker_config()));
+    let watcher = watch(remote, &[&local]);
+    until_state(&local, CircuitState::ForcedOpen).await;
+    assert_eq!(last_reason(&local), "manual force_open: remote");
+    remote_tts.force_close("recovered");
+    until_state(&local, CircuitState::Closed).await;
+    watcher.stop().await;
+    server.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
 }

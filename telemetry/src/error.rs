@@ -17,6 +17,27 @@ pub enum TelemetryError {
         /// Its value.
         value: String,
     },
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE` names a file that cannot be
+    /// read or holds no certificate.
+    #[error(
+        "{variable}={path:?} must be a readable PEM file with at least one CERTIFICATE ({reason})"
+    )]
+    Certificate {
+        /// The variable.
+        variable: &'static str,
+        /// The file it names.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A CA certificate was given for a protocol that does not take one here.
+    #[error("{variable} is supported with the grpc protocol only, not {protocol}")]
+    CertificateProtocol {
+        /// The variable.
+        variable: &'static str,
+        /// The protocol in use.
+        protocol: &'static str,
+    },
     /// The OTLP exporter could not be built.
     #[error("cannot set up the OTLP span exporter: {0}")]
     Exporter(String),

@@ -25,6 +25,7 @@
 //! | `callguard_alert_notifications_pending` | gauge | `channel` |
 //! | `callguard_sheets_rows_total` | counter | `result` (`sent`, `dropped`); with `[sheets]` only |
 //! | `callguard_otlp_export_failures_total` | counter | — (span batches the OTLP exporter could not send) |
+//! | `callguard_health_probes_total` | counter | `service`, `result` (`healthy`, `unhealthy`, `not_counted`): the health checker's probes ([`Metrics::record_probe`]) |
 //!
 //! Recording is a hash lookup and an atomic add per event, cheap next to an
 //! HTTP call, so it is always on. The limiter, alert, Sheets and OTLP series
@@ -146,6 +147,7 @@ pub struct Metrics {
     notifications_pending: Family<ChannelLabels, Gauge>,
     sheets_rows: Family<CountLabels, Counter>,
     export_failures: Counter,
+    probes: Family<ResultLabels, Counter>,
     sources: Mutex<Sources>,
 }
 
@@ -183,6 +185,7 @@ impl Metrics {
             notifications_pending: Family::default(),
             sheets_rows: Family::default(),
             export_failures: Counter::default(),
+            probes: Family::default(),
             sources: Mutex::new(Sources::default()),
         };
         {
@@ -268,8 +271,24 @@ impl Metrics {
                 "Span batches the OTLP exporter could not send",
                 metrics.export_failures.clone(),
             );
+            registry.register(
+                "health_probes",
+                "Health probes of a service by what they found",
+                metrics.probes.clone(),
+            );
         }
         metrics
+    }
+
+    /// Counts one health probe of `service` that found `result` (`healthy`,
+    /// `unhealthy`, `not_counted`).
+    pub fn record_probe(&self, service: &ServiceName, result: &'static str) {
+        self.probes
+            .get_or_create(&ResultLabels {
+                service: service.to_string(),
+                result,
+            })
+            .inc();
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -565,6 +584,22 @@ mod tests {
             text.contains("callguard_limit_in_flight{service=\"elevenlabs\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn probes_are_counted_by_result() {
+        let metrics = Metrics::new();
+        let tts = service("elevenlabs");
+        metrics.record_probe(&tts, "healthy");
+        metrics.record_probe(&tts, "unhealthy");
+        metrics.record_probe(&tts, "unhealthy");
+        let text = metrics.render(None, None);
+        for line in [
+            "callguard_health_probes_total{service=\"elevenlabs\",result=\"healthy\"} 1",
+            "callguard_health_probes_total{service=\"elevenlabs\",result=\"unhealthy\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! correlate whether or not a collector is configured. Without
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
 //! nothing is exported and nothing is said about it.
+//!
+//! An `https://` collector is checked against the system's root certificates
+//! (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`, the distribution's
+//! bundle), or, when `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` names a PEM file, against its
+//! certificates alone, as the reference SDKs do with a private CA. An unreadable
+//! file stops start-up. The certificate variables are honoured over gRPC; with
+//! `http/protobuf` one is refused at start-up rather than ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +23,14 @@ use std::time::Duration;
 
 use callguard_core::telemetry::TRACEPARENT_HEADER;
 use opentelemetry::Key;
-use opentelemetry_otlp::SpanExporter;
+use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+use opentelemetry_otlp::{SpanExporter, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::error::TelemetryError;
@@ -69,6 +80,41 @@ pub fn otlp_protocol(
         "http/protobuf" => Ok(Some(OtlpProtocol::HttpProtobuf)),
         _ => Err(TelemetryError::Protocol { variable, value }),
     }
+}
+
+/// The CA variables, the signal's own first.
+const CERTIFICATE_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+];
+
+/// The certificate variable that is set (the signal's own first), and its value.
+fn certificate_var(var: &impl Fn(&str) -> Option<String>) -> Option<(&'static str, String)> {
+    CERTIFICATE_VARS.into_iter().find_map(|name| {
+        var(name)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name, v.trim().to_owned()))
+    })
+}
+
+/// How the gRPC exporter checks an `https://` collector: against the CA file
+/// a certificate variable names, or the system's roots. (Plaintext endpoints
+/// ignore it.)
+fn grpc_tls(var: &impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, TelemetryError> {
+    let Some((variable, path)) = certificate_var(var) else {
+        return Ok(ClientTlsConfig::new().with_native_roots());
+    };
+    let unusable = |reason: String| TelemetryError::Certificate {
+        variable,
+        path: path.clone(),
+        reason,
+    };
+    let pem = std::fs::read(&path).map_err(|e| unusable(e.to_string()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+    if !certificates.is_ok_and(|c| !c.is_empty()) {
+        return Err(unusable("no certificate in it".into()));
+    }
+    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
 }
 
 /// The resource spans are exported with: the `OTEL_SERVICE_NAME` /
@@ -133,17 +179,30 @@ impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanEx
 
 /// The tracer provider: ids for every span, and a batch exporter on the
 /// tokio runtime, counting its failures in `failures`, when `protocol` is
-/// set. Must be called within the runtime.
+/// set; `var` reads the certificate variables. Must be called within the
+/// runtime.
 pub(crate) fn tracer_provider(
     protocol: Option<OtlpProtocol>,
+    var: impl Fn(&str) -> Option<String>,
     default_service: &str,
     failures: &ExportFailures,
 ) -> Result<SdkTracerProvider, TelemetryError> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource(default_service));
     if let Some(protocol) = protocol {
         let exporter = match protocol {
-            OtlpProtocol::Grpc => SpanExporter::builder().with_tonic().build(),
-            OtlpProtocol::HttpProtobuf => SpanExporter::builder().with_http().build(),
+            OtlpProtocol::Grpc => SpanExporter::builder()
+                .with_tonic()
+                .with_tls_config(grpc_tls(&var)?)
+                .build(),
+            OtlpProtocol::HttpProtobuf => {
+                if let Some((variable, _)) = certificate_var(&var) {
+                    return Err(TelemetryError::CertificateProtocol {
+                        variable,
+                        protocol: "http/protobuf",
+                    });
+                }
+                SpanExporter::builder().with_http().build()
+            }
         }
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         let exporter = CountingExporter {
@@ -183,8 +242,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("callguard-otel-log-{}", std::process::id()));
         let path = dir.join("test.jsonl");
         let _ = std::fs::remove_file(&path);
-        let provider =
-            tracer_provider(None, AGENT_SERVICE_NAME, &ExportFailures::default()).unwrap();
+        let provider = tracer_provider(
+            None,
+            |_: &str| None,
+            AGENT_SERVICE_NAME,
+            &ExportFailures::default(),
+        )
+        .unwrap();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let subscriber = tracing_subscriber::registry()
             .with(JsonFileLayer::open(&path).unwrap())
@@ -273,6 +337,36 @@ mod tests {
                 .find(|(key, _)| *key == name)
                 .map(|(_, value)| (*value).to_owned())
         }
+    }
+
+    #[test]
+    fn an_unusable_certificate_file_is_named_with_its_variable() {
+        let missing = "/nonexistent/collector-ca.pem";
+        let err = grpc_tls(&env(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/elsewhere.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE=\"{missing}\" must be a readable PEM file \
+                 with at least one CERTIFICATE ("
+            )),
+            "{err}"
+        );
+        let err = tracer_provider(
+            Some(OtlpProtocol::HttpProtobuf),
+            env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", missing)]),
+            AGENT_SERVICE_NAME,
+            &ExportFailures::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "OTEL_EXPORTER_OTLP_CERTIFICATE is supported with the grpc protocol only, not http/protobuf"
+        );
     }
 
     #[test]

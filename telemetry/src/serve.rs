@@ -1,5 +1,6 @@
 //! The `/metrics` server: the text exposition of [`Metrics`], with the
-//! breaker and contact gauges read at each scrape.
+//! breaker and (for a campaign) contact gauges read at each scrape; the
+//! agent's and `callguard health-server`'s alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,13 +23,13 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 struct Scrape {
     metrics: Arc<Metrics>,
     breakers: Arc<BreakerRegistry>,
-    contacts: Arc<dyn ContactGauge>,
+    contacts: Option<Arc<dyn ContactGauge>>,
 }
 
 async fn scrape(State(scrape): State<Arc<Scrape>>) -> impl IntoResponse {
     let text = scrape
         .metrics
-        .render(Some(&scrape.breakers), Some(scrape.contacts.as_ref()));
+        .render(Some(&scrape.breakers), scrape.contacts.as_deref());
     ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], text)
 }
 
@@ -42,12 +43,12 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Serves `/metrics` on `listen` until [`stop`](Self::stop), reading
     /// the breaker states from `breakers` and the contacts by state from
-    /// `contacts` at each scrape.
+    /// `contacts` (a campaign's; none in a process without one) at each scrape.
     pub async fn start(
         listen: SocketAddr,
         metrics: Arc<Metrics>,
         breakers: Arc<BreakerRegistry>,
-        contacts: Arc<dyn ContactGauge>,
+        contacts: Option<Arc<dyn ContactGauge>>,
     ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -125,7 +126,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             Arc::new(Metrics::new()),
             breakers,
-            contacts.clone(),
+            Some(contacts.clone()),
         )
         .await
         .unwrap();

@@ -141,7 +141,12 @@ fn install(
 
     let protocol = otlp_protocol(|name| std::env::var(name).ok())?;
     let export_failures = ExportFailures::default();
-    let provider = tracer_provider(protocol, default_service, &export_failures)?;
+    let provider = tracer_provider(
+        protocol,
+        |name| std::env::var(name).ok(),
+        default_service,
+        &export_failures,
+    )?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);

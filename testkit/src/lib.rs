@@ -1,10 +1,14 @@
 //! What callguard's tests and benches share, each written once: the external
 //! tools they run, under one policy — `scripts/test.sh` installs and starts
 //! them, and a test that needs one fails with a line saying how to get it,
-//! never passes without it — plus loopback ports, temporary directories, and
-//! a gRPC health-check load for the benches. A dev-dependency only.
+//! never passes without it — plus loopback ports, temporary directories,
+//! certificates made by the test ([`tls`]), an OTLP trace receiver standing in
+//! for a collector ([`otlp`]), and a gRPC health-check load for the benches.
+//! A dev-dependency only.
 
 mod check_load;
+pub mod otlp;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -9,21 +9,25 @@ use std::time::{Duration, SystemTime};
 
 use callguard_agent::app::health_checker;
 use callguard_agent::config::AgentConfig;
-use callguard_agent::serve::GrpcServer;
+use callguard_agent::serve::{GrpcServer, serve_metrics};
 use callguard_breaker::BreakerRegistry;
-use callguard_health::{HealthCheckConfig, OnRecovery, RemoteUrl};
+use callguard_health::{
+    ClientTls, HealthCheckConfig, OnRecovery, RemoteServer, RemoteUrl, TlsKeys, status_reason,
+};
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
 use callguard_proto::callguard::v1::{Breaker, ListBreakersRequest, breaker::State};
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
+use callguard_telemetry::Metrics;
 
 use super::shutdown_signal;
 use super::status_json::breakers_json;
 use super::table::aligned;
 
 /// `callguard health-server`: probes every configured service and serves
-/// their health over gRPC until Ctrl-C or SIGTERM.
+/// their health over gRPC, and `/metrics` (breaker states, probe results) as
+/// `[metrics]` asks, until Ctrl-C or SIGTERM.
 pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
@@ -51,8 +55,10 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
             name.clone()
         })
         .collect();
-    let checker =
-        health_checker(&config, &checks, &registry, &probed).map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
+    let checker = health_checker(&config, &checks, &registry, &metrics, &probed)
+        .map_err(|e| e.to_string())?;
+    let metrics_server = serve_metrics(&config.metrics, metrics, registry.clone(), None).await?;
     let server = GrpcServer::start(&config.grpc, registry).await?;
     tracing::info!(
         "Health server: probing {} every {} and serving their health on {}",
@@ -66,23 +72,42 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
     );
     checker.run(shutdown_signal()).await;
     server.stop().await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--addr` as a [`RemoteUrl`]; `HOST:PORT` alone means `http://HOST:PORT`.
-fn remote_url(addr: &str) -> Result<RemoteUrl, String> {
+/// The flags errors about the server's address and TLS name.
+const FLAGS: TlsKeys = TlsKeys {
+    url: "--addr",
+    ca: "--tls-ca",
+    server_name: "--tls-server-name",
+};
+
+/// The server at `--addr` (`HOST:PORT` alone means `http://HOST:PORT`),
+/// checked with `--tls-ca` and `--tls-server-name` when it is `https://`.
+pub(crate) fn remote_server(addr: &str, tls: &ClientTls) -> Result<RemoteServer, String> {
     let url = if addr.contains("://") {
         addr.to_owned()
     } else {
         format!("http://{addr}")
     };
-    RemoteUrl::new(url).map_err(|_| format!("--addr must be http://HOST:PORT, got {addr:?}"))
+    let url = RemoteUrl::new(url)
+        .map_err(|_| format!("--addr must be {}, got {addr:?}", RemoteUrl::RULE))?;
+    RemoteServer::with_tls(url, tls, FLAGS).map_err(|e| e.to_string())
 }
 
 /// `callguard status`: a table of the breakers of the server at `addr`.
-pub(crate) async fn status(addr: &str, timeout: Duration, json: bool) -> Result<ExitCode, String> {
-    let url = remote_url(addr)?;
-    let mut client = BreakersClient::new(url.channel());
+pub(crate) async fn status(
+    addr: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let server = remote_server(addr, tls)?;
+    let url = server.url();
+    let mut client = BreakersClient::new(server.channel());
     let breakers = tokio::time::timeout(timeout, client.list_breakers(ListBreakersRequest {}))
         .await
         .map_err(|_| {
@@ -91,7 +116,7 @@ pub(crate) async fn status(addr: &str, timeout: Duration, json: bool) -> Result<
                 humantime::format_duration(timeout)
             )
         })?
-        .map_err(|status| format!("cannot list breakers at {url}: {}", status.message()))?
+        .map_err(|status| format!("cannot list breakers at {url}: {}", status_reason(&status)))?
         .into_inner()
         .breakers;
     if json {
@@ -161,8 +186,13 @@ fn round_to_millis(d: Duration) -> Duration {
 
 /// `callguard healthcheck`: exits 0 only if `service` (`""`: the process) is
 /// SERVING at `addr`; otherwise 1 with a one-line reason on stderr.
-pub(crate) async fn healthcheck(addr: &str, service: &str, timeout: Duration) -> ExitCode {
-    match check(addr, service, timeout).await {
+pub(crate) async fn healthcheck(
+    addr: &str,
+    tls: &ClientTls,
+    service: &str,
+    timeout: Duration,
+) -> ExitCode {
+    match check(addr, tls, service, timeout).await {
         Ok(()) => {
             println!("SERVING");
             ExitCode::SUCCESS
@@ -174,14 +204,20 @@ pub(crate) async fn healthcheck(addr: &str, service: &str, timeout: Duration) ->
     }
 }
 
-async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), String> {
-    let url = remote_url(addr)?;
+async fn check(
+    addr: &str,
+    tls: &ClientTls,
+    service: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let server = remote_server(addr, tls)?;
+    let url = server.url();
     let subject = if service.is_empty() {
         "the process".to_owned()
     } else {
         format!("service {service:?}")
     };
-    let mut client = HealthClient::new(url.channel());
+    let mut client = HealthClient::new(server.channel());
     let request = HealthCheckRequest {
         service: service.to_owned(),
     };
@@ -202,12 +238,12 @@ async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), Strin
             Err(format!("unknown service {service:?} at {url}"))
         }
         Err(status) if status.code() == tonic::Code::Unavailable => {
-            Err(format!("unreachable: {url} ({})", status.message()))
+            Err(format!("unreachable: {url} ({})", status_reason(&status)))
         }
         Err(status) => Err(format!(
             "{url} answered {:?}: {}",
             status.code(),
-            status.message()
+            status_reason(&status)
         )),
     }
 }
@@ -216,20 +252,56 @@ async fn check(addr: &str, service: &str, timeout: Duration) -> Result<(), Strin
 mod tests {
     use super::*;
 
+    fn url(addr: &str, tls: &ClientTls) -> Result<String, String> {
+        remote_server(addr, tls).map(|s| s.url().to_string())
+    }
+
     #[test]
     fn addr_takes_a_url_or_host_and_port() {
+        let plain = ClientTls::default();
         assert_eq!(
-            remote_url("127.0.0.1:50051").unwrap().as_str(),
+            url("127.0.0.1:50051", &plain).unwrap(),
             "http://127.0.0.1:50051"
         );
         assert_eq!(
-            remote_url("http://localhost:7000").unwrap().as_str(),
+            url("http://localhost:7000", &plain).unwrap(),
             "http://localhost:7000"
         );
-        let err = remote_url("https://localhost:7000").unwrap_err();
+        let err = url("ftp://localhost:7000", &plain).unwrap_err();
+        assert_eq!(
+            err,
+            "--addr must be an http://HOST:PORT or https://HOST:PORT URL, got \"ftp://localhost:7000\""
+        );
+    }
+
+    #[test]
+    fn tls_flags_need_an_https_addr_and_name_what_is_wrong() {
+        let ca = ClientTls {
+            ca: Some("ca.pem".into()),
+            server_name: None,
+        };
+        assert_eq!(
+            url("127.0.0.1:50051", &ca).unwrap_err(),
+            "--tls-ca must be unset unless --addr is an https:// URL \
+             (got http://127.0.0.1:50051), got ca.pem"
+        );
+        let missing = ClientTls {
+            ca: Some("/nonexistent/ca.pem".into()),
+            server_name: None,
+        };
+        let err = url("https://localhost:7000", &missing).unwrap_err();
         assert!(
-            err.contains("--addr") && err.contains("https://localhost:7000"),
+            err.starts_with("--tls-ca must be a readable PEM file (")
+                && err.ends_with("got /nonexistent/ca.pem"),
             "{err}"
+        );
+        let name = ClientTls {
+            ca: None,
+            server_name: Some("two words".into()),
+        };
+        assert_eq!(
+            url("https://localhost:7000", &name).unwrap_err(),
+            "--tls-server-name must be a DNS name or an IP address, got two words"
         );
     }
 

@@ -1,0 +1,109 @@
+//! An OTLP/gRPC trace receiver standing in for a collector: it keeps every
+//! span it is sent, in plaintext or over TLS with a certificate the test made.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use parking_lot::Mutex;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::tls::ServerCert;
+
+/// The spans an OTLP receiver got. Clones share them.
+#[derive(Clone, Default)]
+pub struct Received(Arc<Mutex<Vec<ResourceSpans>>>);
+
+impl Received {
+    /// Keeps the spans of one export request.
+    pub fn add(&self, request: ExportTraceServiceRequest) {
+        self.0.lock().extend(request.resource_spans);
+    }
+
+    /// What every export request carried, in order.
+    pub fn resource_spans(&self) -> Vec<ResourceSpans> {
+        self.0.lock().clone()
+    }
+
+    /// Every span, with its resource's `service.name`.
+    pub fn spans(&self) -> Vec<(String, Span)> {
+        let mut all = Vec::new();
+        for resource_spans in self.0.lock().iter() {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| string_attr(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope in &resource_spans.scope_spans {
+                for span in &scope.spans {
+                    all.push((service.clone(), span.clone()));
+                }
+            }
+        }
+        all
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.add(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC trace receiver serving on `listener` until the runtime ends:
+/// plaintext, or TLS with `tls`'s certificate and key.
+pub fn otlp_grpc_receiver(listener: tokio::net::TcpListener, tls: Option<&ServerCert>) -> Received {
+    let received = Received::default();
+    let mut server = Server::builder();
+    if let Some(cert) = tls {
+        server = server
+            .tls_config(
+                ServerTlsConfig::new().identity(Identity::from_pem(&cert.cert_pem, &cert.key_pem)),
+            )
+            .expect("the receiver's TLS settings");
+    }
+    tokio::spawn(
+        server
+            .add_service(TraceServiceServer::new(received.clone()))
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    received
+}
+
+/// [`otlp_grpc_receiver`] on a fresh 127.0.0.1 port, and that address.
+pub async fn start_otlp_grpc_receiver(tls: Option<&ServerCert>) -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("the receiver's address");
+    (addr, otlp_grpc_receiver(listener, tls))
+}
+
+/// An attribute's value as text (strings, integers, booleans, doubles).
+pub fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+        .and_then(|v| match v {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            any_value::Value::IntValue(i) => Some(i.to_string()),
+            any_value::Value::BoolValue(b) => Some(b.to_string()),
+            any_value::Value::DoubleValue(d) => Some(d.to_string()),
+            _ => None,
+        })
+}
