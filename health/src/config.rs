@@ -7,7 +7,7 @@ use callguard_core::config::nonzero_duration;
 use callguard_core::{ConfigDuration, Secret, ValidationError};
 use subtle::ConstantTimeEq as _;
 
-use crate::remote::RemoteUrl;
+use crate::remote::{KeepAlive, RemoteUrl};
 
 /// What a healthy probe does to an OPEN breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -22,7 +22,8 @@ pub enum OnRecovery {
 }
 
 /// The `[health_check]` section. Defaults: `interval = "5s"` (the seed's),
-/// `timeout = "2s"`, `on_recovery = "close"`, no `remote`.
+/// `timeout = "2s"`, `on_recovery = "close"`, no `remote`,
+/// `remote_keepalive = "20s"`, `remote_keepalive_timeout = "10s"`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
@@ -36,6 +37,12 @@ pub struct HealthCheckConfig {
     /// breakers ([`RemoteWatcher`](crate::RemoteWatcher)); local probes keep
     /// running as the fallback.
     pub remote: Option<RemoteUrl>,
+    /// Quiet time on the connection to `remote` before an HTTP/2 ping.
+    pub remote_keepalive: ConfigDuration,
+    /// Longest wait for the ping's answer; a remote that went silent is
+    /// noticed (and what it forced open released) within
+    /// `remote_keepalive + remote_keepalive_timeout`.
+    pub remote_keepalive_timeout: ConfigDuration,
 }
 
 impl Default for HealthCheckConfig {
@@ -45,6 +52,8 @@ impl Default for HealthCheckConfig {
             timeout: ConfigDuration::from_secs(2),
             on_recovery: OnRecovery::Close,
             remote: None,
+            remote_keepalive: KeepAlive::default().interval.into(),
+            remote_keepalive_timeout: KeepAlive::default().timeout.into(),
         }
     }
 }
@@ -55,6 +64,11 @@ impl HealthCheckConfig {
     pub fn validate(&self) -> Result<(), ValidationError> {
         nonzero_duration("interval", self.interval.get())?;
         nonzero_duration("timeout", self.timeout.get())?;
+        nonzero_duration("remote_keepalive", self.remote_keepalive.get())?;
+        nonzero_duration(
+            "remote_keepalive_timeout",
+            self.remote_keepalive_timeout.get(),
+        )?;
         if self.timeout > self.interval {
             return Err(ValidationError::new(
                 "timeout",
@@ -63,6 +77,14 @@ impl HealthCheckConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The keepalive of the connection to `remote`.
+    pub fn remote_keep_alive(&self) -> KeepAlive {
+        KeepAlive {
+            interval: self.remote_keepalive.get(),
+            timeout: self.remote_keepalive_timeout.get(),
+        }
     }
 }
 
@@ -210,6 +232,32 @@ mod tests {
         assert_eq!(
             slow.validate().unwrap_err().to_string(),
             "timeout must be at most interval (5s), got 10s"
+        );
+        let deaf = HealthCheckConfig {
+            remote_keepalive_timeout: ConfigDuration::from_secs(0),
+            ..HealthCheckConfig::default()
+        };
+        assert_eq!(
+            deaf.validate().unwrap_err().to_string(),
+            "remote_keepalive_timeout must be greater than 0s, got 0s"
+        );
+    }
+
+    #[test]
+    fn the_remote_keepalive_is_configurable() {
+        assert_eq!(
+            HealthCheckConfig::default().remote_keep_alive(),
+            KeepAlive::default()
+        );
+        let config: HealthCheckConfig =
+            toml::from_str("remote_keepalive = \"500ms\"\nremote_keepalive_timeout = \"250ms\"")
+                .unwrap();
+        assert_eq!(
+            config.remote_keep_alive(),
+            KeepAlive {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(250),
+            }
         );
     }
 

@@ -29,4 +29,4 @@ pub use checker::HealthChecker;
 pub use config::{AdminToken, GrpcConfig, HealthCheckConfig, OnRecovery};
 pub use grpc::{GrpcError, GrpcOptions, ProcessHealth, serve};
 pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture};
-pub use remote::{REMOTE_NOTE, ReconnectBackoff, RemoteUrl, RemoteWatcher};
+pub use remote::{KeepAlive, REMOTE_NOTE, ReconnectBackoff, RemoteUrl, RemoteWatcher};

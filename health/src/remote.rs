@@ -14,7 +14,8 @@
 //!   breaker stays open on stale news; the local health checks (which keep
 //!   running, but cannot move a FORCED_OPEN breaker) take over until the
 //!   watcher reconnects, after a capped exponential backoff
-//!   ([`ReconnectBackoff`]). Streams share one HTTP/2 connection.
+//!   ([`ReconnectBackoff`]). Streams share one HTTP/2 connection, whose
+//!   keepalive pings ([`KeepAlive`]) notice a server gone silent.
 //!
 //! Who holds a forced-open is checked and changed under the breaker's lock
 //! ([`CircuitBreaker::release`]), so an operator's `ForceOpen` racing a
@@ -39,9 +40,30 @@ pub const REMOTE_NOTE: &str = "remote";
 
 /// Longest a connection attempt to the remote server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings on an idle connection notice a server that vanished silently.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 keepalive of the connection to the remote server: a ping once
+/// `interval` passes without a frame from the server, and the connection is
+/// given up when the answer takes longer than `timeout`. This is how a server
+/// that went silent without closing anything (a blackholed link, a host that
+/// vanished) is noticed while the watch streams have nothing to say: within
+/// `interval + timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Quiet time before a ping.
+    pub interval: Duration,
+    /// Longest wait for the ping's answer.
+    pub timeout: Duration,
+}
+
+impl Default for KeepAlive {
+    /// A ping after 20 s of quiet, answered within 10 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The address of a callguard gRPC server, `http://HOST:PORT`
 /// (`health_check.remote`, `callguard status --addr`).
@@ -75,13 +97,19 @@ impl RemoteUrl {
     }
 
     /// A channel to the server that connects on first use and again after the
-    /// connection is lost; attempts time out after a few seconds.
+    /// connection is lost; attempts time out after a few seconds; the default
+    /// [`KeepAlive`].
     pub fn channel(&self) -> Channel {
+        self.channel_keeping_alive(KeepAlive::default())
+    }
+
+    /// [`channel`](Self::channel) with the given keepalive.
+    pub fn channel_keeping_alive(&self, keep_alive: KeepAlive) -> Channel {
         Endpoint::from_shared(self.0.clone())
             .expect("a RemoteUrl is a valid URI")
             .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .http2_keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(keep_alive.timeout)
             .connect_lazy()
     }
 }
@@ -154,6 +182,7 @@ pub struct RemoteWatcher {
     remote: RemoteUrl,
     breakers: Vec<Arc<CircuitBreaker>>,
     backoff: ReconnectBackoff,
+    keep_alive: KeepAlive,
 }
 
 impl fmt::Debug for RemoteWatcher {
@@ -169,6 +198,7 @@ impl fmt::Debug for RemoteWatcher {
                     .collect::<Vec<_>>(),
             )
             .field("backoff", &self.backoff)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
@@ -180,6 +210,7 @@ impl RemoteWatcher {
             remote,
             breakers: Vec::new(),
             backoff: ReconnectBackoff::default(),
+            keep_alive: KeepAlive::default(),
         }
     }
 
@@ -197,6 +228,13 @@ impl RemoteWatcher {
         self
     }
 
+    /// Notices a silent server with `keep_alive` instead of the default.
+    #[must_use]
+    pub fn with_keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
     /// Watches every service until `shutdown` completes, then releases what
     /// the remote forced open.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -205,7 +243,7 @@ impl RemoteWatcher {
             services = ?self.breakers.iter().map(|b| b.service()).collect::<Vec<_>>(),
             "remote health watcher started"
         );
-        let channel = self.remote.channel();
+        let channel = self.remote.channel_keeping_alive(self.keep_alive);
         let following = async {
             join_all(
                 self.breakers
