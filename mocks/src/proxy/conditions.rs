@@ -76,8 +76,15 @@ pub struct LatencyState {
     pub ends_in: Option<ConfigDuration>,
 }
 
+/// Time left until `ends`, rounded up to whole milliseconds (`"4s 998ms"`).
 fn ends_in(ends: Option<Instant>, now: Instant) -> Option<ConfigDuration> {
-    ends.map(|end| end.saturating_duration_since(now).into())
+    ends.map(|end| {
+        let millis = end
+            .saturating_duration_since(now)
+            .as_nanos()
+            .div_ceil(1_000_000);
+        ConfigDuration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    })
 }
 
 /// The conditions of one proxy and the signals that make connections look again.
