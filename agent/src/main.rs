@@ -95,6 +95,10 @@ enum Command {
         /// control API's format, timed from start-up (`after`, `for`).
         #[arg(long)]
         faults: Option<PathBuf>,
+        /// A TCP fault proxy to run beside the mocks (repeatable), driven under
+        /// `/_control/proxies/NAME`: cut, refuse, blackhole, latency, heal.
+        #[arg(long = "proxy", value_name = "NAME=LISTEN=UPSTREAM")]
+        proxies: Vec<callguard_mocks::ProxySpec>,
     },
     /// Probe the configured services and serve their health over gRPC, for any
     /// number of agents (`health_check.remote`), until Ctrl-C or SIGTERM.
@@ -211,7 +215,8 @@ fn main() -> ExitCode {
                 listen,
                 seed,
                 faults,
-            } => commands::mocks::mocks(listen, seed, faults.as_deref()).await,
+                proxies,
+            } => commands::mocks::mocks(listen, seed, faults.as_deref(), proxies).await,
             Command::HealthServer { config } => commands::health::health_server(&config).await,
             Command::Status {
                 addr,

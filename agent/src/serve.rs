@@ -136,7 +136,8 @@ impl RemoteFollower {
         let watcher = registry
             .all()
             .into_iter()
-            .fold(RemoteWatcher::new(remote), RemoteWatcher::with_breaker);
+            .fold(RemoteWatcher::new(remote), RemoteWatcher::with_breaker)
+            .with_keep_alive(config.health_check.remote_keep_alive());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(watcher.run(async move {
             let _ = stopped.await;

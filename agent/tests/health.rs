@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
@@ -22,7 +22,7 @@ use tonic::transport::Channel;
 mod support;
 use callguard_testkit::tls::TestCa;
 use callguard_testkit::{free_addr as free_port, grpcurl};
-use support::{callguard, exit_within, output, temp_dir, text};
+use support::{Running, callguard, exit_within, output, temp_dir, text};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
@@ -34,16 +34,6 @@ const SERVICES: [(&str, Service); 3] = [
 const PATIENCE: Duration = Duration::from_secs(20);
 /// Pause between two looks at a polled state.
 const POLL: Duration = Duration::from_millis(50);
-
-/// A child process killed when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `grpcurl list`, polled until the server answers (it may still be starting).
 async fn list_when_up(addr: SocketAddr, child: &mut Running) -> Vec<String> {

@@ -2,7 +2,8 @@
 //! against the mocks: an agent killed with SIGKILL mid-campaign and started
 //! again finishes the campaign (SQLite), keeping the CRM record a killed
 //! pass wrote; several agents share one PostgreSQL queue and finish a killed
-//! agent's contacts once its leases expire; a chaos run of 2000 contacts,
+//! agent's contacts once its leases expire, and get through a 5 s network cut
+//! to the database (through a fault proxy); a chaos run of 2000 contacts,
 //! while the alert sinks flap, keeps every contact in exactly one state,
 //! moves breakers only along legal edges, and ends every alert delivered or
 //! counted failed — one agent on SQLite, and two agents sharing a PostgreSQL
@@ -19,14 +20,14 @@ use std::time::{Duration, SystemTime};
 use callguard_agent::contacts::Contact;
 use callguard_clients::{CallOutcome, CallRecord, CrmClient, HttpServiceConfig, RequestContext};
 use callguard_mocks::{
-    EndpointKind, Fault, FaultMode, MockConfig, MockServer, OUTCOME_TIMEOUT, Service, SinkFailure,
-    SmtpFlap, SmtpSink, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
+    EndpointKind, Fault, FaultMode, FaultProxy, MockConfig, MockServer, OUTCOME_TIMEOUT, Service,
+    SinkFailure, SmtpFlap, SmtpSink, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
 use serde_json::Value;
 
 mod support;
-use support::{exit_within, temp_dir};
+use support::{Running, exit_within, temp_dir};
 
 const SERVICES: [(&str, Service); 3] = [
     ("llm", Service::Llm),
@@ -297,6 +298,88 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     for summary in &summaries {
         assert_eq!(summary["duplicated"], 0, "{summary}");
     }
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `HOST:PORT` of a `postgres://[USER@]HOST:PORT/DB` URL.
+fn postgres_authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// Two agents reach their PostgreSQL queue through a fault proxy; a third of
+/// the way into 600 contacts every connection is reset and none is taken for
+/// 5 s. Both agents finish, every contact ends once, and the CRM holds one
+/// record per contact. How long the agents took to resume once the link was
+/// back is printed (`--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the reconnecting PostgreSQL store"]
+async fn two_agents_get_through_a_five_second_cut_to_their_postgres_queue() {
+    const CONTACTS: usize = 600;
+    const CUT: Duration = Duration::from_secs(5);
+    let url = callguard_testkit::postgres_url();
+    let database = postgres_authority(&url);
+    let proxy = FaultProxy::start(database).await.unwrap();
+    let proxied = url.replacen(database, &proxy.addr().to_string(), 1);
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("postgres-cut");
+    let table = format!("cut_{}", std::process::id());
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{proxied}\"\ntable = \"{table}\"\nworkers = 4\npoll_interval = \"100ms\""
+        ),
+        "5s",
+        "",
+    );
+    let ids = write_contacts(&dir, CONTACTS);
+    let names = ["a", "b"];
+    // Killed if the test fails before they finish.
+    let mut agents: Vec<Running> = names
+        .iter()
+        .map(|name| Running(spawn_run(&dir, name)))
+        .collect();
+
+    wait_records(&mocks, CONTACTS / 3).await;
+    proxy.cut_for(CUT);
+    let cut = tokio::time::Instant::now();
+    tokio::time::sleep_until(cut + CUT).await;
+    assert!(
+        proxy.state().cut > 0,
+        "the agents were connected through the proxy"
+    );
+    // Without the store, a worker finishes at most the contact it holds.
+    let at_heal = mocks.crm_records().len();
+    wait_records(&mocks, (at_heal + 16).min(CONTACTS)).await;
+    let resumed = cut.elapsed() - CUT;
+
+    for (agent, name) in agents.iter_mut().zip(names) {
+        wait_exit(&mut agent.0, Duration::from_secs(120), &dir, name).await;
+    }
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], CONTACTS as u64, "{counts:?}");
+    assert_eq!(
+        mocks.crm_records().len(),
+        CONTACTS,
+        "one record per contact"
+    );
+    for name in names {
+        let summary = summary(&dir, name);
+        assert_eq!(
+            (summary["lost"].as_u64(), summary["duplicated"].as_u64()),
+            (Some(0), Some(0)),
+            "{summary}"
+        );
+    }
+    eprintln!(
+        "postgres cut: {CONTACTS} contacts, 2 agents; {} connections cut; work resumed \
+         {:.2} s after the link came back",
+        proxy.state().cut,
+        resumed.as_secs_f64()
+    );
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

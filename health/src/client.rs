@@ -23,9 +23,30 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Longest a connection attempt to the server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 pings on an idle connection notice a server that vanished silently.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 keepalive of the connection to the remote server: a ping once
+/// `interval` passes without a frame from the server, and the connection is
+/// given up when the answer takes longer than `timeout`. This is how a server
+/// that went silent without closing anything (a blackholed link, a host that
+/// vanished) is noticed while the watch streams have nothing to say: within
+/// `interval + timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Quiet time before a ping.
+    pub interval: Duration,
+    /// Longest wait for the ping's answer.
+    pub timeout: Duration,
+}
+
+impl Default for KeepAlive {
+    /// A ping after 20 s of quiet, answered within 10 s.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(20),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// The address of a callguard gRPC server, `http://HOST:PORT` or
 /// `https://HOST:PORT` (`health_check.remote`, `callguard status --addr`).
@@ -219,9 +240,17 @@ impl RemoteServer {
     }
 
     /// A channel to the server that connects on first use and again after the
-    /// connection is lost; attempts time out after a few seconds.
+    /// connection is lost; attempts time out after a few seconds; the default
+    /// [`KeepAlive`].
     pub fn channel(&self) -> Channel {
-        let endpoint = endpoint(&self.url);
+        self.channel_keeping_alive(KeepAlive::default())
+    }
+
+    /// [`channel`](Self::channel) with the given keepalive.
+    pub fn channel_keeping_alive(&self, keep_alive: KeepAlive) -> Channel {
+        let endpoint = endpoint(&self.url)
+            .http2_keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(keep_alive.timeout);
         let endpoint = match &self.tls {
             Some(tls) => endpoint
                 .tls_config(tls.clone())
@@ -253,8 +282,6 @@ fn endpoint(url: &RemoteUrl) -> Endpoint {
     Endpoint::from_shared(url.0.clone())
         .expect("a RemoteUrl is a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
 }
 
 /// The CA certificates at `path`: a readable PEM file with at least one.

@@ -7,7 +7,7 @@ use callguard_core::config::nonzero_duration;
 use callguard_core::{ConfigDuration, Secret, ValidationError};
 use subtle::ConstantTimeEq as _;
 
-use crate::client::{ClientTls, RemoteServer, RemoteUrl, TlsKeys};
+use crate::client::{ClientTls, KeepAlive, RemoteServer, RemoteUrl, TlsKeys};
 
 /// What a healthy probe does to an OPEN breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -22,7 +22,8 @@ pub enum OnRecovery {
 }
 
 /// The `[health_check]` section. Defaults: `interval = "5s"` (the seed's),
-/// `timeout = "2s"`, `on_recovery = "close"`, no `remote`.
+/// `timeout = "2s"`, `on_recovery = "close"`, no `remote`,
+/// `remote_keepalive = "20s"`, `remote_keepalive_timeout = "10s"`.
 ///
 /// An `https://` remote is checked against `remote_tls_ca` when set, else
 /// against the system's root certificates; `remote_tls_server_name` is the
@@ -46,6 +47,12 @@ pub struct HealthCheckConfig {
     /// The name an `https://` remote's certificate must carry, when it is not
     /// the URL's host.
     pub remote_tls_server_name: Option<String>,
+    /// Quiet time on the connection to `remote` before an HTTP/2 ping.
+    pub remote_keepalive: ConfigDuration,
+    /// Longest wait for the ping's answer; a remote that went silent is
+    /// noticed (and what it forced open released) within
+    /// `remote_keepalive + remote_keepalive_timeout`.
+    pub remote_keepalive_timeout: ConfigDuration,
 }
 
 impl Default for HealthCheckConfig {
@@ -57,6 +64,8 @@ impl Default for HealthCheckConfig {
             remote: None,
             remote_tls_ca: None,
             remote_tls_server_name: None,
+            remote_keepalive: KeepAlive::default().interval.into(),
+            remote_keepalive_timeout: KeepAlive::default().timeout.into(),
         }
     }
 }
@@ -67,6 +76,11 @@ impl HealthCheckConfig {
     pub fn validate(&self) -> Result<(), ValidationError> {
         nonzero_duration("interval", self.interval.get())?;
         nonzero_duration("timeout", self.timeout.get())?;
+        nonzero_duration("remote_keepalive", self.remote_keepalive.get())?;
+        nonzero_duration(
+            "remote_keepalive_timeout",
+            self.remote_keepalive_timeout.get(),
+        )?;
         if self.timeout > self.interval {
             return Err(ValidationError::new(
                 "timeout",
@@ -104,6 +118,14 @@ impl HealthCheckConfig {
         ClientTls {
             ca: self.remote_tls_ca.clone(),
             server_name: self.remote_tls_server_name.clone(),
+        }
+    }
+
+    /// The keepalive of the connection to `remote`.
+    pub fn remote_keep_alive(&self) -> KeepAlive {
+        KeepAlive {
+            interval: self.remote_keepalive.get(),
+            timeout: self.remote_keepalive_timeout.get(),
         }
     }
 }
@@ -252,6 +274,32 @@ mod tests {
         assert_eq!(
             slow.validate().unwrap_err().to_string(),
             "timeout must be at most interval (5s), got 10s"
+        );
+        let deaf = HealthCheckConfig {
+            remote_keepalive_timeout: ConfigDuration::from_secs(0),
+            ..HealthCheckConfig::default()
+        };
+        assert_eq!(
+            deaf.validate().unwrap_err().to_string(),
+            "remote_keepalive_timeout must be greater than 0s, got 0s"
+        );
+    }
+
+    #[test]
+    fn the_remote_keepalive_is_configurable() {
+        assert_eq!(
+            HealthCheckConfig::default().remote_keep_alive(),
+            KeepAlive::default()
+        );
+        let config: HealthCheckConfig =
+            toml::from_str("remote_keepalive = \"500ms\"\nremote_keepalive_timeout = \"250ms\"")
+                .unwrap();
+        assert_eq!(
+            config.remote_keep_alive(),
+            KeepAlive {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(250),
+            }
         );
     }
 

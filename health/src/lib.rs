@@ -30,7 +30,7 @@ mod probe;
 mod remote;
 
 pub use checker::HealthChecker;
-pub use client::{ClientTls, RemoteServer, RemoteUrl, TlsKeys, status_reason};
+pub use client::{ClientTls, KeepAlive, RemoteServer, RemoteUrl, TlsKeys, status_reason};
 pub use config::{AdminToken, GrpcConfig, HealthCheckConfig, OnRecovery};
 pub use grpc::{GrpcError, GrpcOptions, ProcessHealth, serve};
 pub use probe::{HttpProbe, NotABaseUrl, Probe, ProbeFuture, ProbeListener, ProbeResult};

@@ -14,7 +14,8 @@
 //!   breaker stays open on stale news; the local health checks (which keep
 //!   running, but cannot move a FORCED_OPEN breaker) take over until the
 //!   watcher reconnects, after a capped exponential backoff
-//!   ([`ReconnectBackoff`]). Streams share one HTTP/2 connection.
+//!   ([`ReconnectBackoff`]). Streams share one HTTP/2 connection, whose
+//!   keepalive pings ([`KeepAlive`]) notice a server gone silent.
 //!
 //! Who holds a forced-open is checked and changed under the breaker's lock
 //! ([`CircuitBreaker::release`]), so an operator's `ForceOpen` racing a
@@ -32,7 +33,7 @@ use callguard_proto::grpc::health::v1::health_client::HealthClient;
 use futures_util::future::join_all;
 use tonic::transport::Channel;
 
-use crate::client::{RemoteServer, RemoteUrl};
+use crate::client::{KeepAlive, RemoteServer, RemoteUrl};
 
 /// The note of the transitions a [`RemoteWatcher`] makes.
 pub const REMOTE_NOTE: &str = "remote";
@@ -85,6 +86,7 @@ pub struct RemoteWatcher {
     remote: RemoteServer,
     breakers: Vec<Arc<CircuitBreaker>>,
     backoff: ReconnectBackoff,
+    keep_alive: KeepAlive,
 }
 
 impl fmt::Debug for RemoteWatcher {
@@ -100,6 +102,7 @@ impl fmt::Debug for RemoteWatcher {
                     .collect::<Vec<_>>(),
             )
             .field("backoff", &self.backoff)
+            .field("keep_alive", &self.keep_alive)
             .finish()
     }
 }
@@ -111,6 +114,7 @@ impl RemoteWatcher {
             remote,
             breakers: Vec::new(),
             backoff: ReconnectBackoff::default(),
+            keep_alive: KeepAlive::default(),
         }
     }
 
@@ -128,6 +132,13 @@ impl RemoteWatcher {
         self
     }
 
+    /// Notices a silent server with `keep_alive` instead of the default.
+    #[must_use]
+    pub fn with_keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
     /// Watches every service until `shutdown` completes, then releases what
     /// the remote forced open.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -138,7 +149,7 @@ impl RemoteWatcher {
             services = ?self.breakers.iter().map(|b| b.service()).collect::<Vec<_>>(),
             "remote health watcher started"
         );
-        let channel = self.remote.channel();
+        let channel = self.remote.channel_keeping_alive(self.keep_alive);
         let following = async {
             join_all(
                 self.breakers

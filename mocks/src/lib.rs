@@ -4,7 +4,8 @@
 //! control API under `/_control`; ElevenLabs' concurrency limit and the
 //! LLM's requests per minute are enforced as the real services do, when set
 //! ([`MockLimits`]). Beside them, [`SmtpSink`] runs a real SMTP server
-//! (aiosmtpd, a child process) for email tests.
+//! (aiosmtpd, a child process) for email tests, and [`FaultProxy`] breaks
+//! TCP links to real servers (cut, refuse, blackhole, latency).
 //!
 //! In-process use (tests, `callguard simulate`):
 //!
@@ -36,6 +37,7 @@ mod gate;
 mod limits;
 mod llm;
 mod logs;
+mod proxy;
 mod server;
 mod service;
 mod sinks;
@@ -54,6 +56,9 @@ pub use limits::{
 };
 pub use llm::{GEMINI_CHAT_PATH, MockLlm, OPENAI_CHAT_PATH};
 pub use logs::LogCapture;
+pub use proxy::{
+    ConditionState, FaultProxy, LatencyState, ProxyConditions, ProxyError, ProxySpec, ProxyState,
+};
 pub use server::{MockError, MockServer, serve};
 pub use service::{EndpointKind, Service};
 pub use sinks::failures::SinkFailure;

@@ -30,8 +30,8 @@ use crate::limits::{ConcurrencyLimit, LimitsState, RequestRate};
 use crate::service::health_ok;
 use crate::state::Shared;
 use crate::{
-    Fault, FaultId, ListedFault, MockConfig, MockLlm, Service, Stats, control, crm, limits, llm,
-    sinks, tracing_ctx, tts,
+    Fault, FaultId, FaultProxy, ListedFault, MockConfig, MockLlm, Service, Stats, control, crm, limits,
+    llm, proxy, sinks, tracing_ctx, tts,
 };
 
 /// How long a stopping server waits for open requests before dropping them.
@@ -56,7 +56,9 @@ fn router(shared: &Arc<Shared>) -> Router {
     let mut app = Router::new()
         .nest(
             "/_control",
-            control::routes().merge(sinks::control_routes()),
+            control::routes()
+                .merge(sinks::control_routes())
+                .merge(proxy::control::routes()),
         )
         .merge(sinks::routes());
     for service in Service::ALL {
@@ -273,6 +275,22 @@ impl MockServer {
     /// Changes how the LLM behaves, from the next request on.
     pub fn set_llm(&self, llm: MockLlm) {
         self.shared.set_llm(llm);
+    }
+
+    /// Lets `proxy` be driven over this server's control API, under
+    /// `/_control/proxies/NAME`; a name may be used once.
+    pub fn attach_proxy(&self, name: &str, proxy: &FaultProxy) -> Result<(), ValidationError> {
+        proxy::validate_name(name)?;
+        let mut proxies = self.shared.proxies.lock();
+        if proxies.contains_key(name) {
+            return Err(ValidationError::new(
+                "proxy name",
+                format!("{name:?}"),
+                "a name no other proxy of this server has",
+            ));
+        }
+        proxies.insert(name.to_owned(), proxy.shared());
+        Ok(())
     }
 
     /// The CRM's call records, in creation order.

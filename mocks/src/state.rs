@@ -1,7 +1,10 @@
 //! State shared by every request of one mock server: config, faults, counts,
-//! CRM records, and the signals that wake held requests.
+//! CRM records, the fault proxies it controls, and the signals that wake held
+//! requests.
 
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use callguard_core::ValidationError;
@@ -11,6 +14,7 @@ use tokio::time::Instant;
 use crate::crm::CrmStore;
 use crate::fault::{FaultBook, Pick};
 use crate::limits::Limits;
+use crate::proxy::ProxyShared;
 use crate::sinks::sheets::SheetsStore;
 use crate::sinks::telegram::TelegramStore;
 use crate::sinks::token::TokenIssuer;
@@ -35,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenIssuer,
     pub(crate) telegram: TelegramStore,
     pub(crate) webhook: WebhookStore,
+    /// Fault proxies driven through `/_control/proxies/NAME`.
+    pub(crate) proxies: Mutex<BTreeMap<String, Arc<ProxyShared>>>,
 }
 
 impl Shared {
@@ -53,6 +59,7 @@ impl Shared {
             sheets: SheetsStore::default(),
             telegram: TelegramStore::default(),
             webhook: WebhookStore::default(),
+            proxies: Mutex::new(BTreeMap::new()),
         }
     }
 

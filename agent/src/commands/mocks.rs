@@ -1,11 +1,12 @@
 //! `callguard mocks`: the fake services on their own, optionally with a
-//! schedule of faults injected at start-up (`--faults FILE`).
+//! schedule of faults injected at start-up (`--faults FILE`) and TCP fault
+//! proxies to real servers (`--proxy NAME=LISTEN=UPSTREAM`).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
-use callguard_mocks::{Fault, MockConfig, MockServer};
+use callguard_mocks::{Fault, FaultProxy, MockConfig, MockServer, ProxySpec};
 
 use super::shutdown_signal;
 
@@ -13,6 +14,7 @@ pub(crate) async fn mocks(
     listen: SocketAddr,
     seed: u64,
     faults_file: Option<&Path>,
+    proxies: Vec<ProxySpec>,
 ) -> Result<ExitCode, String> {
     let _telemetry = callguard_telemetry::init_mocks("info").map_err(|e| e.to_string())?;
     // Read before binding: a bad schedule stops start-up before anyone connects.
@@ -40,8 +42,27 @@ pub(crate) async fn mocks(
             tracing::info!("Fault scheduled: {fault}");
         }
     }
+    let mut running = Vec::with_capacity(proxies.len());
+    for spec in proxies {
+        let listener = tokio::net::TcpListener::bind(spec.listen)
+            .await
+            .map_err(|e| format!("proxy {}: cannot listen on {}: {e}", spec.name, spec.listen))?;
+        let proxy = FaultProxy::start_on(listener, spec.upstream.as_str())
+            .map_err(|e| format!("proxy {}: {e}", spec.name))?;
+        server
+            .attach_proxy(&spec.name, &proxy)
+            .map_err(|e| format!("proxy {}: {e}", spec.name))?;
+        eprintln!(
+            "fault proxy {} on {} to {} (control API: /_control/proxies/{})",
+            spec.name, spec.listen, spec.upstream, spec.name
+        );
+        running.push(proxy);
+    }
     eprintln!("callguard mocks listening on http://{listen} (control API: /_control/faults)");
     shutdown_signal().await;
+    for proxy in running {
+        proxy.shutdown().await;
+    }
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

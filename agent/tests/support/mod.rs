@@ -38,6 +38,16 @@ pub(crate) async fn output(mut command: Command) -> Output {
         .expect("the command runs")
 }
 
+/// A child process killed when the test ends, pass or fail.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The exit status of `child` once it exits on its own, or `None` if it is
 /// still running after `limit`.
 pub(crate) async fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
