@@ -416,7 +416,7 @@ async fn without_an_endpoint_nothing_is_exported_or_said() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_sampler_variable_is_honoured() {
-    let (addr, received) = grpc_receiver().await;
+    let (addr, received) = start_otlp_grpc_receiver(None).await;
     let dir = temp_dir("sampler");
     let output = simulate(
         &dir,

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use callguard_breaker::{BreakerConfig, BreakerRegistry, CircuitBreaker, ForcedBy};
 use callguard_core::{CircuitState, ConfigDuration, ServiceName};
-use callguard_health::{GrpcOptions, KeepAlive, ReconnectBackoff, RemoteServer, RemoteUrl, RemoteWatcher};
+use callguard_health::{
+    GrpcOptions, KeepAlive, ReconnectBackoff, RemoteServer, RemoteUrl, RemoteWatcher,
+};
 use callguard_mocks::FaultProxy;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -69,7 +71,8 @@ async fn setup() -> Setup {
         },
     ));
     let proxy = FaultProxy::start(server_addr.to_string()).await.unwrap();
-    let url = RemoteServer::new(RemoteUrl::new(format!("http://{}", proxy.addr())).unwrap()).unwrap();
+    let url =
+        RemoteServer::new(RemoteUrl::new(format!("http://{}", proxy.addr())).unwrap()).unwrap();
     let watcher = ["tts", "llm"]
         .into_iter()
         .map(|name| local.get_or_default(&ServiceName::new(name).unwrap()))

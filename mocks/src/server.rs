@@ -30,8 +30,8 @@ use crate::limits::{ConcurrencyLimit, LimitsState, RequestRate};
 use crate::service::health_ok;
 use crate::state::Shared;
 use crate::{
-    Fault, FaultId, FaultProxy, ListedFault, MockConfig, MockLlm, Service, Stats, control, crm, limits,
-    llm, proxy, sinks, tracing_ctx, tts,
+    Fault, FaultId, FaultProxy, ListedFault, MockConfig, MockLlm, Service, Stats, control, crm,
+    limits, llm, proxy, sinks, tracing_ctx, tts,
 };
 
 /// How long a stopping server waits for open requests before dropping them.
