@@ -20,6 +20,7 @@
 
 mod breaker;
 mod config;
+mod recovery;
 mod registry;
 mod stamped;
 mod sync;
