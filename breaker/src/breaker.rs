@@ -352,22 +352,28 @@ impl CircuitBreaker {
                 state: CircuitState::Closed,
                 probe: None,
             }),
-            (generation, CircuitState::Open) => {
+            (generation, CircuitState::Open) if self.recovery.is_running(generation) => {
                 let until = self.open_until.load(Ordering::Acquire);
-                if self.recovery.is_running(generation) {
-                    return Err(self.rejection(CircuitState::Open, Wait::Until(until)));
-                }
-                let now = self.nanos_since_epoch(Instant::now());
-                if now < until {
-                    Err(self.rejection(CircuitState::Open, Wait::Nanos(until - now)))
-                } else {
-                    self.acquire_contended()
-                }
+                Err(self.rejection(CircuitState::Open, Wait::Until(until)))
             }
+            (_, CircuitState::Open) => self.acquire_open_by_the_clock(),
             (_, CircuitState::HalfOpen) => self.acquire_contended(),
             (_, CircuitState::ForcedOpen) => {
                 Err(self.rejection(CircuitState::ForcedOpen, Wait::ForACommand))
             }
+        }
+    }
+
+    /// Admission in OPEN with no recovery timer running: the clock says
+    /// whether the recovery timeout has passed. Kept out of `try_acquire` so
+    /// that the CLOSED path stays small enough to be inlined.
+    fn acquire_open_by_the_clock(&self) -> Result<Permit<'_>, Rejection<'_>> {
+        let now = self.nanos_since_epoch(Instant::now());
+        let until = self.open_until.load(Ordering::Acquire);
+        if now < until {
+            Err(self.rejection(CircuitState::Open, Wait::Nanos(until - now)))
+        } else {
+            self.acquire_contended()
         }
     }
 

@@ -16,6 +16,13 @@
 //! there to start a timer. Since the mark only grows, no timer of an earlier
 //! generation — late, aborted or racing a transition — can stand for a later
 //! one, and a timer that ends without firing never leaves the breaker stuck.
+//!
+//! The timer only says that the clock is worth reading again; the call that
+//! reads it makes the transition to HALF_OPEN, under the breaker's lock, as
+//! without a timer. A timer that moved the breaker itself would publish
+//! HALF_OPEN with no call to probe it and take the lock from the timer
+//! driver; a cached coarse clock would need a ticker all the same and be
+//! stale on both sides of the deadline.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;
@@ -46,7 +53,9 @@ impl RecoveryMark {
 
     /// Starts the timer of OPEN generation `generation`, due at `deadline`, on
     /// the current tokio runtime; `None` without a runtime. The timer counts
-    /// as running only once its sleep is registered with the runtime's timer.
+    /// as running only once its sleep is registered with the runtime's timer;
+    /// in a runtime without timers the task panics as any tokio sleep would
+    /// there (tokio reports it), and the breaker keeps reading the clock.
     pub(crate) fn start(&self, generation: u64, deadline: Instant) -> Option<AbortHandle> {
         let runtime = Handle::try_current().ok()?;
         let timer = Arc::new(Timer {
