@@ -340,8 +340,8 @@ impl CircuitBreaker {
 
     /// Asks to make a call. In CLOSED this is a single atomic load; in OPEN
     /// before the recovery timeout, two atomic loads more, and a clock read
-    /// only when no recovery timer runs (the breaker opened outside a tokio
-    /// runtime).
+    /// only when no recovery timer runs (it has fired, or the breaker opened
+    /// outside a tokio runtime).
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let word = self.word.load(Ordering::Acquire);
