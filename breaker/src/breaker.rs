@@ -13,6 +13,11 @@
 //! more (the streak, which carries the generation), a compare-and-swap only
 //! when a streak is being reset, and, with a failure-rate window, the window's
 //! claim and slot write. A rejection borrows the breaker: nothing is cloned.
+//! An OPEN breaker rejects without reading the clock while its recovery timer
+//! runs (`recovery.rs`: a task started on entering OPEN, inside a tokio
+//! runtime, marks the moment the timeout passes); the wait is measured only
+//! when [`Rejection::retry_after`] asks. Without a runtime to run the timer,
+//! a rejection reads the clock and compares it with the deadline instead.
 //! Transitions and HALF_OPEN probe bookkeeping take a mutex; the state watch
 //! and transition channels are fed under that mutex so that subscribers see
 //! transitions in order, and the log line is written after it is released.
@@ -24,14 +29,21 @@ use callguard_core::{
     CircuitState, ManualAction, ServiceError, ServiceName, Transition, TransitionReason,
 };
 use tokio::sync::{broadcast, watch};
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::config::BreakerConfig;
+use crate::recovery::RecoveryMark;
 use crate::stamped::Stamped;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::window::Window;
 
 const TRANSITION_CHANNEL_CAPACITY: usize = 256;
+
+/// The wait a rejection answers when the recovery timeout has passed but the
+/// runtime's timer has not fired yet: its resolution, so that callers come
+/// back once it has rather than at once.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
@@ -76,14 +88,27 @@ pub struct BreakerOpen {
 }
 
 /// A call the breaker turned away, as [`CircuitBreaker::try_acquire`] returns
-/// it. It borrows the breaker and keeps the wait in nanoseconds, so turning a
-/// call away clones, allocates and divides nothing; `BreakerOpen::from` makes
-/// it owned.
+/// it. It borrows the breaker and keeps the wait in nanoseconds, or the
+/// deadline to measure it from, so turning a call away clones, allocates and
+/// divides nothing, and reads the clock only if the wait is asked for;
+/// `BreakerOpen::from` makes it owned.
 #[derive(Clone, Copy)]
 pub struct Rejection<'a> {
     breaker: &'a CircuitBreaker,
     state: CircuitState,
-    wait_nanos: Option<u64>,
+    wait: Wait,
+}
+
+/// How long a rejected call should wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Until a manual command (FORCED_OPEN).
+    ForACommand,
+    /// This many nanoseconds from the rejection.
+    Nanos(u64),
+    /// Until this deadline, in nanoseconds since the breaker's epoch: the
+    /// wait is measured when asked for.
+    Until(u64),
 }
 
 impl<'a> Rejection<'a> {
@@ -98,9 +123,15 @@ impl<'a> Rejection<'a> {
     }
 
     /// When the breaker expects to admit a call again; `None` when only a
-    /// manual command will (FORCED_OPEN).
+    /// manual command will (FORCED_OPEN). For an OPEN breaker, the time left
+    /// when asked; once the recovery timeout has passed but the runtime's timer
+    /// has not fired yet, one timer tick (1 ms), never zero.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.wait_nanos.map(nanos)
+        match self.wait {
+            Wait::ForACommand => None,
+            Wait::Nanos(wait) => Some(nanos(wait)),
+            Wait::Until(deadline) => Some(self.breaker.wait_until(deadline)),
+        }
     }
 }
 
@@ -207,6 +238,8 @@ struct Guarded {
     probe_successes: u32,
     forced_by: Option<ForcedBy>,
     last_transition: Option<Transition>,
+    /// The OPEN generation's recovery timer, aborted by the next transition.
+    recovery_timer: Option<AbortHandle>,
 }
 
 /// A circuit breaker for one service. Share it as `Arc<CircuitBreaker>`.
@@ -220,6 +253,8 @@ pub struct CircuitBreaker {
     streak: Stamped,
     /// While OPEN: nanoseconds since `epoch` at which probes may start.
     open_until: AtomicU64,
+    /// Whether the OPEN generation's recovery timer still runs.
+    recovery: RecoveryMark,
     window: Option<Window>,
     guarded: Mutex<Guarded>,
     state_tx: watch::Sender<CircuitState>,
@@ -234,6 +269,14 @@ impl std::fmt::Debug for CircuitBreaker {
             .field("state", &self.state())
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CircuitBreaker {
+    fn drop(&mut self) {
+        if let Some(timer) = self.lock().recovery_timer.take() {
+            timer.abort();
+        }
     }
 }
 
@@ -262,6 +305,7 @@ impl CircuitBreaker {
             word: AtomicU64::new(pack(0, CircuitState::Closed)),
             streak: Stamped::new(0, 0),
             open_until: AtomicU64::new(0),
+            recovery: RecoveryMark::new(),
             window,
             guarded: Mutex::new(Guarded {
                 probes: Vec::new(),
@@ -269,6 +313,7 @@ impl CircuitBreaker {
                 probe_successes: 0,
                 forced_by: None,
                 last_transition: None,
+                recovery_timer: None,
             }),
             state_tx,
             transitions_tx,
@@ -294,7 +339,9 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call. In CLOSED this is a single atomic load; in OPEN
-    /// before the recovery timeout, one atomic load more and a clock read.
+    /// before the recovery timeout, two atomic loads more, and a clock read
+    /// only when no recovery timer runs (it has fired, or the breaker opened
+    /// outside a tokio runtime).
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection<'_>> {
         let word = self.word.load(Ordering::Acquire);
@@ -305,17 +352,28 @@ impl CircuitBreaker {
                 state: CircuitState::Closed,
                 probe: None,
             }),
-            (_, CircuitState::Open) => {
-                let now = self.nanos_since_epoch(Instant::now());
+            (generation, CircuitState::Open) if self.recovery.is_running(generation) => {
                 let until = self.open_until.load(Ordering::Acquire);
-                if now < until {
-                    Err(self.rejection(CircuitState::Open, Some(until - now)))
-                } else {
-                    self.acquire_contended()
-                }
+                Err(self.rejection(CircuitState::Open, Wait::Until(until)))
             }
+            (_, CircuitState::Open) => self.acquire_open_by_the_clock(),
             (_, CircuitState::HalfOpen) => self.acquire_contended(),
-            (_, CircuitState::ForcedOpen) => Err(self.rejection(CircuitState::ForcedOpen, None)),
+            (_, CircuitState::ForcedOpen) => {
+                Err(self.rejection(CircuitState::ForcedOpen, Wait::ForACommand))
+            }
+        }
+    }
+
+    /// Admission in OPEN with no recovery timer running: the clock says
+    /// whether the recovery timeout has passed. Kept out of `try_acquire` so
+    /// that the CLOSED path stays small enough to be inlined.
+    fn acquire_open_by_the_clock(&self) -> Result<Permit<'_>, Rejection<'_>> {
+        let now = self.nanos_since_epoch(Instant::now());
+        let until = self.open_until.load(Ordering::Acquire);
+        if now < until {
+            Err(self.rejection(CircuitState::Open, Wait::Nanos(until - now)))
+        } else {
+            self.acquire_contended()
         }
     }
 
@@ -334,12 +392,12 @@ impl CircuitBreaker {
                 state,
                 probe: None,
             }),
-            CircuitState::ForcedOpen => Err(self.rejection(state, None)),
+            CircuitState::ForcedOpen => Err(self.rejection(state, Wait::ForACommand)),
             CircuitState::Open => {
                 let until = self.open_until.load(Ordering::Acquire);
                 let now_nanos = self.nanos_since_epoch(now);
                 if now_nanos < until {
-                    Err(self.rejection(state, Some(until - now_nanos)))
+                    Err(self.rejection(state, Wait::Nanos(until - now_nanos)))
                 } else {
                     published = Some(self.transition_locked(
                         &mut guarded,
@@ -382,21 +440,22 @@ impl CircuitBreaker {
         } else {
             let oldest = guarded.probes.iter().map(|slot| slot.started).min();
             let now = self.nanos_since_epoch(now);
-            let wait = oldest.map(|started| {
-                self.nanos_since_epoch(started + timeout)
-                    .saturating_sub(now)
+            let wait = oldest.map_or(Wait::ForACommand, |started| {
+                Wait::Nanos(
+                    self.nanos_since_epoch(started + timeout)
+                        .saturating_sub(now),
+                )
             });
             Err(self.rejection(CircuitState::HalfOpen, wait))
         }
     }
 
-    /// A rejection whose wait is `wait_nanos` (`None`: until a manual command).
     #[inline]
-    fn rejection(&self, state: CircuitState, wait_nanos: Option<u64>) -> Rejection<'_> {
+    fn rejection(&self, state: CircuitState, wait: Wait) -> Rejection<'_> {
         Rejection {
             breaker: self,
             state,
-            wait_nanos,
+            wait,
         }
     }
 
@@ -665,10 +724,15 @@ impl CircuitBreaker {
         let generation = generation + 1;
         let at = Instant::now();
         self.restamp_counts(generation, to);
+        if let Some(timer) = guarded.recovery_timer.take() {
+            timer.abort();
+        }
         match to {
             CircuitState::Open => {
-                let until = self.nanos_since_epoch(at + self.config.recovery_timeout.get());
-                self.open_until.store(until, Ordering::Release);
+                let deadline = at + self.config.recovery_timeout.get();
+                self.open_until
+                    .store(self.nanos_since_epoch(deadline), Ordering::Release);
+                guarded.recovery_timer = self.recovery.start(generation, deadline);
             }
             CircuitState::Closed | CircuitState::ForcedOpen => {}
             CircuitState::HalfOpen => {
@@ -724,10 +788,8 @@ impl CircuitBreaker {
     pub fn snapshot(&self) -> BreakerSnapshot {
         let guarded = self.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
-        let retry_after = (state == CircuitState::Open).then(|| {
-            let now = self.nanos_since_epoch(Instant::now());
-            nanos(self.open_until.load(Ordering::Acquire).saturating_sub(now))
-        });
+        let retry_after = (state == CircuitState::Open)
+            .then(|| self.wait_until(self.open_until.load(Ordering::Acquire)));
         let failure_rate = self.window.as_ref().and_then(|window| {
             let counts = window.counts();
             (counts.calls > 0).then(|| f64::from(counts.failures) / f64::from(counts.calls))
@@ -741,6 +803,17 @@ impl CircuitBreaker {
             failure_rate,
             last_transition: guarded.last_transition.clone(),
             retry_after,
+        }
+    }
+
+    /// The time left before `deadline` (nanoseconds since `epoch`), at least
+    /// one timer tick: a deadline just passed is acted on when the runtime's
+    /// timer fires, or by the next call.
+    fn wait_until(&self, deadline: u64) -> Duration {
+        let now = self.nanos_since_epoch(Instant::now());
+        match deadline.checked_sub(now) {
+            Some(left) => nanos(left).max(TIMER_TICK),
+            None => TIMER_TICK,
         }
     }
 
@@ -949,6 +1022,73 @@ mod tests {
         assert_eq!(b.try_acquire().unwrap_err().state(), CircuitState::HalfOpen);
         probe.success();
         assert_eq!(b.state(), CircuitState::Closed);
+    }
+
+    /// While the recovery timer runs, a rejection trusts it rather than the
+    /// clock: a deadline between two ticks of the runtime's timer is acted
+    /// on at the next tick, and until then the wait is one tick, never zero.
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_moves_on_when_its_timer_fires() {
+        let b = seed();
+        tokio::time::advance(Duration::from_micros(500)).await;
+        fail(&b);
+        fail(&b); // the deadline is 10.0005 s, the timer's tick 10.001 s
+        tokio::task::yield_now().await; // the recovery timer starts
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let due = b.try_acquire().unwrap_err();
+        assert_eq!(due.state(), CircuitState::Open);
+        assert_eq!(due.retry_after(), Some(TIMER_TICK));
+        assert_eq!(b.snapshot().retry_after, Some(TIMER_TICK));
+        tokio::time::advance(Duration::from_micros(500)).await;
+        assert_eq!(b.try_acquire().unwrap().state(), CircuitState::HalfOpen);
+    }
+
+    /// The timer of an earlier OPEN generation stands for nothing later: a
+    /// breaker reopened early waits out its own timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_reopened_breaker_waits_its_own_timeout() {
+        let b = seed();
+        fail(&b);
+        fail(&b); // OPEN until 10 s
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(b.half_open_on_recovery());
+        b.record_failure(); // OPEN again, until 15 s
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(
+            b.try_acquire().unwrap_err().retry_after(),
+            Some(Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.try_acquire().unwrap().state(), CircuitState::HalfOpen);
+    }
+
+    /// A timer that ends without firing (here: dropped with its runtime)
+    /// leaves the clock in charge; the breaker is never stuck OPEN.
+    #[test]
+    fn a_timer_dropped_with_its_runtime_leaves_the_clock_in_charge() {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let b = breaker(BreakerConfig {
+            recovery_timeout: ConfigDuration::from_secs(3600),
+            ..BreakerConfig::default()
+        });
+        paused().block_on(async {
+            fail(&b);
+            fail(&b);
+            tokio::task::yield_now().await; // the recovery timer starts
+        });
+        paused().block_on(async {
+            assert!(b.try_acquire().is_err());
+            tokio::time::advance(Duration::from_secs(3600)).await;
+            assert_eq!(b.try_acquire().unwrap().state(), CircuitState::HalfOpen);
+        });
     }
 
     #[tokio::test(start_paused = true)]

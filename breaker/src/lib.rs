@@ -12,7 +12,10 @@
 //!   breaker's transitions.
 //!
 //! Admitting a call and recording a success in CLOSED take no lock and allocate
-//! nothing: the state and its generation live in one atomic word.
+//! nothing: the state and its generation live in one atomic word. Turning a
+//! call away in OPEN reads no clock either while the breaker's recovery timer
+//! runs (a tokio task started on entering OPEN; without a runtime, the clock
+//! decides).
 //!
 //! The concurrent parts (the state word, HALF_OPEN slots, the failure streak
 //! and window) are model-checked with `loom` in `tests/loom.rs`:
@@ -20,6 +23,7 @@
 
 mod breaker;
 mod config;
+mod recovery;
 mod registry;
 mod stamped;
 mod sync;
