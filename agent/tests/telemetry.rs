@@ -548,16 +548,22 @@ async fn metrics_are_scraped_while_the_campaign_runs_and_match_the_summary() {
     let output = run.await.unwrap();
     assert!(output.status.success(), "{}", text(&output));
     assert!(scrapes.len() > 3, "only {} scrapes", scrapes.len());
-    let open = "callguard_breaker_state{service=\"elevenlabs\"}";
+    let open = "callguard_breaker_state{service=\"elevenlabs\",state=\"OPEN\"}";
     assert!(
         scrapes.iter().any(|text| series(text, open) == Some(1.0)),
         "the TTS breaker was never seen OPEN"
     );
     let last = scrapes.last().unwrap();
-    assert_eq!(
-        series(last, "callguard_breaker_state{service=\"llm\"}"),
-        Some(0.0)
-    );
+    for (state, value) in [("CLOSED", 1.0), ("OPEN", 0.0), ("HALF_OPEN", 0.0)] {
+        assert_eq!(
+            series(
+                last,
+                &format!("callguard_breaker_state{{service=\"llm\",state=\"{state}\"}}")
+            ),
+            Some(value),
+            "{state}"
+        );
+    }
     assert!(last.contains("callguard_attempt_duration_seconds_bucket{"));
 
     let samples = parse_exposition(last);

@@ -105,12 +105,12 @@ PY
 }
 
 # "SERVICE IMAGE" for each service of docker-compose.yml that names an image
-# and does not build it.
+# and does not build it, and that `docker compose up` starts (no profile).
 compose_images() {
   (cd "$repo" && docker-compose config) | python3 -c '
 import sys, yaml
 for name, service in yaml.safe_load(sys.stdin)["services"].items():
-    if "image" in service and "build" not in service:
+    if "image" in service and "build" not in service and not service.get("profiles"):
         print(name, service["image"])
 '
 }

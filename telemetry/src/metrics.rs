@@ -13,7 +13,7 @@
 //! | `callguard_attempt_duration_seconds` | histogram | `service`, `result` |
 //! | `callguard_retries_total` | counter | `service` |
 //! | `callguard_rejections_total` | counter | `service` (calls the breaker turned away) |
-//! | `callguard_breaker_state` | gauge | `service`; 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN |
+//! | `callguard_breaker_state` | gauge | `service`, `state` (`CLOSED`, `OPEN`, `HALF_OPEN`, `FORCED_OPEN`): 1 for the breaker's state, 0 for the other three |
 //! | `callguard_breaker_transitions_total` | counter | `service`, `from`, `to` |
 //! | `callguard_deferrals_total` | counter | `service` (the stage's primary service) |
 //! | `callguard_limit` | gauge | `service`: the calls its limiter lets be in flight now (absent while it has no limit: mode `off` before the provider announced one) |
@@ -26,6 +26,14 @@
 //! | `callguard_sheets_rows_total` | counter | `result` (`sent`, `dropped`); with `[sheets]` only |
 //! | `callguard_otlp_export_failures_total` | counter | — (span batches the OTLP exporter could not send) |
 //! | `callguard_health_probes_total` | counter | `service`, `result` (`healthy`, `unhealthy`, `not_counted`): the health checker's probes ([`Metrics::record_probe`]) |
+//! | `callguard_build_info` | info (value 1) | `version` (the workspace's), `arch`, `os` |
+//!
+//! The breaker state is a state set, as OpenMetrics' StateSet: one series
+//! per state, the current one 1, rather than one series holding a coded
+//! number. A query then names the state it means
+//! (`callguard_breaker_state{state="OPEN"} == 1`), an alert's labels say the
+//! state, and `max` over replicas or services stays meaningful (some replica
+//! is OPEN), where a code would make `max` pick an arbitrary ordering.
 //!
 //! Recording is a hash lookup and an atomic add per event, cheap next to an
 //! HTTP call, so it is always on. The limiter, alert, Sheets and OTLP series
@@ -53,6 +61,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::otel::ExportFailures;
@@ -82,6 +91,19 @@ struct OutcomeLabels {
 struct ResultLabels {
     service: String,
     result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BreakerStateLabels {
+    service: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    arch: &'static str,
+    os: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -135,7 +157,7 @@ pub struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     rejections: Family<ServiceLabels, Counter>,
     attempt_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
-    breaker_state: Family<ServiceLabels, Gauge>,
+    breaker_state: Family<BreakerStateLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     deferrals: Family<ServiceLabels, Counter>,
     limit: Family<ServiceLabels, Gauge>,
@@ -217,7 +239,7 @@ impl Metrics {
             );
             registry.register(
                 "breaker_state",
-                "Circuit breaker state: 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN",
+                "Circuit breaker state: 1 for the state the breaker is in, 0 for the others",
                 metrics.breaker_state.clone(),
             );
             registry.register(
@@ -275,6 +297,15 @@ impl Metrics {
                 "health_probes",
                 "Health probes of a service by what they found",
                 metrics.probes.clone(),
+            );
+            registry.register(
+                "build",
+                "The callguard build serving these metrics",
+                Info::new(BuildLabels {
+                    version: env!("CARGO_PKG_VERSION"),
+                    arch: std::env::consts::ARCH,
+                    os: std::env::consts::OS,
+                }),
             );
         }
         metrics
@@ -420,9 +451,14 @@ impl Metrics {
     }
 
     fn set_breaker_state(&self, service: &ServiceName, state: CircuitState) {
-        self.breaker_state
-            .get_or_create(&service_labels(service))
-            .set(breaker_state_value(state));
+        for each in BREAKER_STATES {
+            self.breaker_state
+                .get_or_create(&BreakerStateLabels {
+                    service: service.to_string(),
+                    state: each.as_str(),
+                })
+                .set(i64::from(each == state));
+        }
     }
 
     /// The text exposition, with the gauges read from `breakers` and
@@ -537,15 +573,13 @@ fn service_labels(service: &ServiceName) -> ServiceLabels {
     }
 }
 
-/// The gauge value of a breaker state.
-pub fn breaker_state_value(state: CircuitState) -> i64 {
-    match state {
-        CircuitState::Closed => 0,
-        CircuitState::Open => 1,
-        CircuitState::HalfOpen => 2,
-        _ => 3,
-    }
-}
+/// Every state a breaker can be in: one `callguard_breaker_state` series each.
+const BREAKER_STATES: [CircuitState; 4] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+    CircuitState::ForcedOpen,
+];
 
 #[cfg(test)]
 mod tests {
@@ -659,7 +693,10 @@ mod tests {
             "callguard_attempts_total{service=\"elevenlabs\",result=\"transient\"} 1",
             "callguard_attempts_total{service=\"elevenlabs\",result=\"success\"} 1",
             "callguard_deferrals_total{service=\"elevenlabs\"} 1",
-            "callguard_breaker_state{service=\"elevenlabs\"} 1",
+            "callguard_breaker_state{service=\"elevenlabs\",state=\"OPEN\"} 1",
+            "callguard_breaker_state{service=\"elevenlabs\",state=\"CLOSED\"} 0",
+            "callguard_breaker_state{service=\"elevenlabs\",state=\"HALF_OPEN\"} 0",
+            "callguard_breaker_state{service=\"elevenlabs\",state=\"FORCED_OPEN\"} 0",
             "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"} 1",
             "callguard_attempt_duration_seconds_count{service=\"elevenlabs\",result=\"transient\"} 1",
             "callguard_attempt_duration_seconds_bucket{le=\"0.04\",service=\"elevenlabs\",result=\"success\"} 1",
@@ -667,5 +704,18 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_build_is_one_info_series() {
+        let text = Metrics::new().render(None, None);
+        let line = format!(
+            "callguard_build_info{{version=\"{}\",arch=\"{}\",os=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+        assert!(text.contains("# TYPE callguard_build info\n"), "{text}");
     }
 }

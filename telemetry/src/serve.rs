@@ -145,7 +145,7 @@ mod tests {
             "{first}"
         );
         assert!(
-            first.contains("callguard_breaker_state{service=\"crm\"} 0"),
+            first.contains("callguard_breaker_state{service=\"crm\",state=\"CLOSED\"} 1"),
             "{first}"
         );
         contacts.0.store(1, Ordering::Relaxed);
