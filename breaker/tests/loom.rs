@@ -187,3 +187,27 @@ fn a_reset_racing_a_failure_leaves_the_window_exact() {
 fn a_force_close_racing_a_failure_leaves_the_window_exact() {
     a_manual_close_racing_a_failure_leaves_the_window_exact(|b| b.force_close("loom"));
 }
+
+/// A success admitted before a reset and written after it never overwrites
+/// the slot the new generation wrote meanwhile: the new generation's
+/// failure there is still taken out when the window slides over it, so four
+/// later successes are a rate of 0, not 1/4.
+#[test]
+fn a_late_record_never_overwrites_a_later_generations_slot() {
+    loom::model(|| {
+        let b = breaker(windowed());
+        let late = spawn(&b, |b| b.try_acquire().unwrap().success());
+        let reset_then_fail = spawn(&b, |b| {
+            b.reset("loom");
+            b.try_acquire().unwrap().failure();
+        });
+        late.join().unwrap();
+        reset_then_fail.join().unwrap();
+        for _ in 0..4 {
+            b.try_acquire().unwrap().success();
+        }
+        let snapshot = b.snapshot();
+        assert_eq!(snapshot.state, CircuitState::Closed);
+        assert_eq!(snapshot.failure_rate, Some(0.0));
+    });
+}

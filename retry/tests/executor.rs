@@ -392,6 +392,30 @@ async fn a_retry_that_would_pass_the_deadline_is_not_waited_for() {
     assert_eq!(script.contexts()[0].deadline, Some(start + secs(12)));
 }
 
+/// The deadline is exclusive: a retry that would start exactly at it is not
+/// made, since its request would have no time left at all.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_would_start_at_the_deadline_is_not_made() {
+    let exec = executor(&breaker(100), RetryPolicy::default());
+    let script = Script::new([Err(status(503))]);
+    let start = Instant::now();
+    let err = exec
+        .call_with_deadline(start + secs(5), |ctx| script.run(ctx))
+        .await
+        .unwrap_err();
+    // The first retry would start at 5 s: the deadline itself.
+    assert_eq!(script.offsets(start), [secs(0)]);
+    assert_eq!(Instant::now(), start, "no sleep towards the deadline");
+    assert!(matches!(
+        err,
+        CallError::Exhausted {
+            attempts: 1,
+            reason: StopReason::Deadline,
+            ..
+        }
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_policy_deadline_counts_from_the_start_of_the_call() {
     let policy: RetryPolicy = toml::from_str("deadline = \"3s\"").unwrap();

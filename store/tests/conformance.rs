@@ -419,7 +419,13 @@ async fn an_expired_lease_returns_the_contact(kind: Kind) {
     tokio::time::sleep(fixture.units(9)).await;
     assert!(other.try_lease().await.unwrap().is_none(), "still leased");
     let start = Instant::now();
-    let taken = other.next().await.unwrap().unwrap();
+    // Bounded, so that a contact that never comes back fails the test
+    // instead of leaving `next` waiting for ever.
+    let taken = tokio::time::timeout(fixture.units(10), other.next())
+        .await
+        .expect("the contact returns once its lease expired")
+        .unwrap()
+        .unwrap();
     let waited = Instant::now() - start;
     assert!(waited <= fixture.units(1) + fixture.slack, "{waited:?}");
     assert_eq!((taken.lease.contact_id(), taken.lease.attempt()), ("a", 2));
