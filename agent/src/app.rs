@@ -206,7 +206,12 @@ impl App {
             ),
             None => None,
         };
-        let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
+        let grpc = GrpcServer::start(
+            &self.config.grpc,
+            self.registry.clone(),
+            self.pipeline.limiters(),
+        )
+        .await?;
         let remote = RemoteFollower::start(&self.config, &self.registry);
         let summary = self
             .campaign(queue.clone())
