@@ -183,7 +183,9 @@ impl Aimd {
         if next <= self.limit {
             return;
         }
-        let probe = self.refused_at.is_some_and(|refused| next.floor() >= refused.floor());
+        let probe = self
+            .refused_at
+            .is_some_and(|refused| next.floor() >= refused.floor());
         if probe {
             self.waited += 1;
             if self.waited < self.probe_gap {
