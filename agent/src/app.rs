@@ -201,7 +201,12 @@ impl App {
         )
         .await?;
         let remote = RemoteFollower::start(&self.config, &self.registry)?;
-        let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
+        let grpc = GrpcServer::start(
+            &self.config.grpc,
+            self.registry.clone(),
+            self.pipeline.limiters(),
+        )
+        .await?;
         let summary = self
             .campaign(queue.clone())
             .run(grpc.drain_on(shutdown))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use callguard_alerts::{AlertCounts, AlertManager};
 use callguard_breaker::BreakerRegistry;
-use callguard_core::{CircuitState, ResilienceEvent, Transition};
+use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
 use callguard_health::HealthChecker;
 use callguard_retry::EventSink;
 use callguard_telemetry::Metrics;
@@ -35,6 +35,19 @@ pub struct FailureRecord {
     pub service: String,
     /// Why.
     pub reason: String,
+}
+
+/// A service's limiter at the end of a campaign, and what the service refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LimitRecord {
+    /// The limiter's mode (`off`, `static`, `adaptive`).
+    pub mode: &'static str,
+    /// Calls it let be in flight at the end; `None`: no limit.
+    pub limit: Option<u32>,
+    /// The limit the provider announced last, if it did.
+    pub provider_limit: Option<u32>,
+    /// Attempts the service answered `429`.
+    pub refused: u64,
 }
 
 /// What became of the campaign.
@@ -75,6 +88,9 @@ pub struct Summary {
     pub deferrals: u64,
     /// Breaker transitions per service.
     pub breaker_transitions: BTreeMap<String, Vec<TransitionRecord>>,
+    /// Per service that had a limit, was told one, or answered `429`: its
+    /// limiter at the end and its `429`s.
+    pub limits: BTreeMap<String, LimitRecord>,
     /// Alerts raised and suppressed, and what each channel did with them.
     pub alerts: AlertCounts,
     /// Failed contacts with their reasons.
@@ -252,6 +268,7 @@ impl Campaign {
             rejections: totals.rejections,
             deferrals: totals.deferrals,
             breaker_transitions: self.transitions.records(started),
+            limits: limit_records(&self.pipeline, &self.metrics),
             alerts,
             failures,
             sheets: None,
@@ -315,30 +332,91 @@ async fn settle(
             service,
             retry_after,
         } => {
-            let wait = retry_after.unwrap_or(default_wait);
-            let deferral = entry.deferrals + 1;
-            events.on_event(&ResilienceEvent::Deferred {
-                service: service.clone(),
-                wait,
-            });
-            match queue.defer(entry, &service, Instant::now() + wait).await {
-                Deferral::Requeued => tracing::info!(
-                    contact_id = %contact_id,
-                    service = %service,
-                    deferral,
-                    "Contact {contact_id} deferred: {service} unavailable; retrying in {:.1}s or when its breaker closes",
-                    wait.as_secs_f64()
-                ),
-                Deferral::Expired => tracing::error!(
-                    contact_id = %contact_id,
-                    service = %service,
-                    "Contact {contact_id} expired: {service} still unavailable after {} deferrals",
-                    deferral - 1
-                ),
-                Deferral::Unsaved => {}
-            }
+            defer(
+                queue,
+                entry,
+                &service,
+                retry_after.unwrap_or(default_wait),
+                events,
+                false,
+            )
+            .await
+        }
+        CallResult::Busy {
+            service,
+            retry_after,
+        } => {
+            defer(
+                queue,
+                entry,
+                &service,
+                retry_after.unwrap_or(default_wait),
+                events,
+                true,
+            )
+            .await
         }
     }
+}
+
+/// Sends `entry` back to the queue for `wait`: because `service` is busy
+/// (not counted toward `max_deferrals`) or unavailable.
+async fn defer(
+    queue: &CallQueue,
+    entry: QueuedContact,
+    service: &ServiceName,
+    wait: Duration,
+    events: &EventHub,
+    busy: bool,
+) {
+    let contact_id = entry.contact.id.clone();
+    let deferral = entry.deferrals + 1;
+    events.on_event(&ResilienceEvent::Deferred {
+        service: service.clone(),
+        wait,
+    });
+    let not_before = Instant::now() + wait;
+    let (outcome, why) = if busy {
+        (queue.defer_busy(entry, service, not_before).await, "busy")
+    } else {
+        (queue.defer(entry, service, not_before).await, "unavailable")
+    };
+    match outcome {
+        Deferral::Requeued => tracing::info!(
+            contact_id = %contact_id,
+            service = %service,
+            deferral,
+            "Contact {contact_id} deferred: {service} {why}; retrying in {:.1}s or when its breaker closes",
+            wait.as_secs_f64()
+        ),
+        Deferral::Expired => tracing::error!(
+            contact_id = %contact_id,
+            service = %service,
+            "Contact {contact_id} expired: {service} still unavailable after {} deferrals",
+            deferral - 1
+        ),
+        Deferral::Unsaved => {}
+    }
+}
+
+/// The limiters of `pipeline` that limited something, were told a limit or
+/// were refused, with their services' `429`s.
+fn limit_records(pipeline: &Pipeline, metrics: &Metrics) -> BTreeMap<String, LimitRecord> {
+    pipeline
+        .limiters()
+        .iter()
+        .map(|limiter| {
+            let snapshot = limiter.snapshot();
+            let record = LimitRecord {
+                mode: snapshot.mode.as_str(),
+                limit: snapshot.limit,
+                provider_limit: snapshot.provider_limit,
+                refused: metrics.refused(limiter.service()),
+            };
+            (limiter.service().to_string(), record)
+        })
+        .filter(|(_, r)| r.limit.is_some() || r.provider_limit.is_some() || r.refused > 0)
+        .collect()
 }
 
 /// Follows the breakers: publishes each transition the registry reports on

@@ -65,8 +65,15 @@ pub enum CallResult {
     Unavailable {
         /// The stage's primary service, whose breaker closing wakes the contact.
         service: ServiceName,
-        /// When the breaker expects to admit calls again, or the limiter
-        /// to have a slot, if known.
+        /// When the breaker expects to admit calls again, if known.
+        retry_after: Option<Duration>,
+    },
+    /// A service of the stage is up but busy — its limiter had no slot for
+    /// the call in time: defer, without counting toward `max_deferrals`.
+    Busy {
+        /// The stage's primary service, which the contact is deferred on.
+        service: ServiceName,
+        /// When the limiter expects a slot to be free.
         retry_after: Option<Duration>,
     },
 }
@@ -74,6 +81,7 @@ pub enum CallResult {
 enum StageFailure {
     Failed(ServiceName, String),
     Unavailable(ServiceName, Option<Duration>),
+    Busy(ServiceName, Option<Duration>),
 }
 
 /// A stage's services: the primary, then the fallbacks tried in turn while it
@@ -135,7 +143,7 @@ impl Pipeline {
                 span.record("otel.status_code", "ERROR");
                 "failed"
             }
-            CallResult::Unavailable { .. } => "deferred",
+            CallResult::Unavailable { .. } | CallResult::Busy { .. } => "deferred",
         };
         span.record("outcome", outcome);
         result
@@ -228,6 +236,10 @@ impl From<StageFailure> for CallResult {
                 service,
                 retry_after,
             },
+            StageFailure::Busy(service, retry_after) => Self::Busy {
+                service,
+                retry_after,
+            },
         }
     }
 }
@@ -293,7 +305,7 @@ where
         let retry_after = unavailable_for(&error);
         if error.is_throttled() {
             span.record("outcome", "throttled");
-            return Err(StageFailure::Unavailable(
+            return Err(StageFailure::Busy(
                 chain.primary.service.clone(),
                 retry_after,
             ));

@@ -114,6 +114,14 @@ pub enum Terminal {
     },
 }
 
+/// Whether a deferral is for a busy service (not counted toward
+/// `max_deferrals`) or an unavailable one.
+#[derive(Clone, Copy)]
+enum Busy {
+    No,
+    Yes,
+}
+
 /// What became of a deferral request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferral {
@@ -367,17 +375,45 @@ impl CallQueue {
         service: &ServiceName,
         not_before: Instant,
     ) -> Deferral {
+        self.put_back(entry, service, not_before, Busy::No).await
+    }
+
+    /// Puts an in-flight contact back like [`defer`](Self::defer) because
+    /// `service` is busy (its limiter had no slot in time): the deferral does
+    /// not count toward `max_deferrals`, so waiting its turn never expires a
+    /// contact.
+    pub async fn defer_busy(
+        &self,
+        entry: QueuedContact,
+        service: &ServiceName,
+        not_before: Instant,
+    ) -> Deferral {
+        self.put_back(entry, service, not_before, Busy::Yes).await
+    }
+
+    async fn put_back(
+        &self,
+        entry: QueuedContact,
+        service: &ServiceName,
+        not_before: Instant,
+        busy: Busy,
+    ) -> Deferral {
         let wait = not_before.saturating_duration_since(Instant::now());
-        let result = self
-            .store
-            .defer(
-                &entry.lease,
-                service.as_str(),
-                &format!("{service} unavailable"),
-                wait,
-                &entry.progress.to_store(),
-            )
-            .await;
+        let progress = entry.progress.to_store();
+        let result = match busy {
+            Busy::No => {
+                let reason = format!("{service} unavailable");
+                self.store
+                    .defer(&entry.lease, service.as_str(), &reason, wait, &progress)
+                    .await
+            }
+            Busy::Yes => {
+                let reason = format!("{service} busy");
+                self.store
+                    .defer_busy(&entry.lease, service.as_str(), &reason, wait, &progress)
+                    .await
+            }
+        };
         match self.settling.record(&entry.contact.id, result) {
             Some(callguard_store::Deferral::Expired) => {
                 self.settling.ended(&entry.contact.id);

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::campaign::Summary;
 
 /// The summary as aligned text: contact outcomes, retries, breaker
-/// transitions per service, alerts and failures.
+/// transitions per service, limits, alerts and failures.
 pub fn summary_table(summary: &Summary) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -75,6 +75,22 @@ pub fn summary_table(summary: &Summary) -> String {
                     t.reason
                 );
             }
+        }
+    }
+    if !summary.limits.is_empty() {
+        text.push_str("\nLimits (at the end)\n");
+        for (service, record) in &summary.limits {
+            let limit = record
+                .limit
+                .map_or_else(|| "none".to_owned(), |limit| limit.to_string());
+            let provider = record
+                .provider_limit
+                .map_or_else(|| "-".to_owned(), |limit| limit.to_string());
+            let _ = writeln!(
+                text,
+                "  {service:<12} mode {:<8} limit {limit:<5} provider's {provider:<5} 429s {}",
+                record.mode, record.refused
+            );
         }
     }
     if !summary.failures.is_empty() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use callguard_breaker::BreakerRegistry;
 use callguard_health::{GrpcConfig, GrpcError, GrpcOptions, ProcessHealth, RemoteWatcher};
+use callguard_limit::Limiter;
 use callguard_telemetry::{ContactGauge, Metrics, MetricsConfig, MetricsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -24,12 +25,16 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `grpc.listen` (port 0 picks a free port) and serves `registry`.
+    /// Binds `grpc.listen` (port 0 picks a free port) and serves `registry`,
+    /// each breaker shown with its service's limiter among `limiters`.
     pub async fn start(
         config: &GrpcConfig,
         registry: Arc<BreakerRegistry>,
+        limiters: Vec<Arc<Limiter>>,
     ) -> Result<Self, String> {
-        let options = GrpcOptions::from_config(config).map_err(|e| e.to_string())?;
+        let options = GrpcOptions::from_config(config)
+            .map_err(|e| e.to_string())?
+            .with_limiters(limiters);
         let listen = config.listen;
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             format!(

@@ -2,15 +2,16 @@
 //! scenario of injected faults, and a campaign run against them over real HTTP.
 //!
 //! Every duration of the story — retry delays, recovery timeout, health
-//! interval, request timeouts, the mocks' latencies and fault schedule — is
+//! interval, request timeouts, the mocks' latencies, fault schedule and
+//! queue for a concurrency slot — is
 //! multiplied by `time_scale`, so `0.1` tells the same story ten times faster.
 
 use std::time::Duration;
 
 use callguard_core::ConfigDuration;
 use callguard_mocks::{
-    Fault, FaultMode, MockConfig, MockServer, SHEETS_STATIC_TOKEN, Service, TELEGRAM_BOT_TOKEN,
-    TELEGRAM_CHAT_ID,
+    ConcurrencyLimit, Fault, FaultMode, MockConfig, MockLimits, MockServer, SHEETS_STATIC_TOKEN,
+    Service, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
 
 use crate::contacts::Contact;
@@ -34,6 +35,12 @@ pub enum Scenario {
     /// A mix of 503s, rate limits with Retry-After, resets, hangs, slow answers
     /// and an outage.
     Chaos,
+    /// ElevenLabs allows 4 concurrent requests and 16 workers call it: the
+    /// first wave meets `429 too_many_concurrent_requests`, whose headers tell
+    /// the TTS limiter the limit; from then on the calls over it wait their
+    /// turn in callguard instead of being refused, and everyone completes at
+    /// the rate the provider allows.
+    Limits,
 }
 
 impl Scenario {
@@ -74,9 +81,41 @@ impl Scenario {
                     .starting_after(secs(4))
                     .lasting(secs(12)),
             ],
+            Self::Limits => Vec::new(),
+        }
+    }
+
+    /// The services' own limits in the story, at time scale 1.
+    pub fn provider_limits(self) -> MockLimits {
+        match self {
+            Self::Limits => MockLimits {
+                elevenlabs: Some(ConcurrencyLimit::new(LIMITS_TTS_CONCURRENCY)),
+                llm: None,
+            },
+            _ => MockLimits::default(),
+        }
+    }
+
+    /// Settings the story needs beyond `simulate`'s defaults; a config file
+    /// or the environment still overrides them.
+    pub fn settings(self) -> toml::Table {
+        match self {
+            Self::Limits => toml::Table::from_iter([(
+                "queue".to_owned(),
+                toml::Value::Table(toml::Table::from_iter([(
+                    "workers".to_owned(),
+                    toml::Value::Integer(LIMITS_WORKERS),
+                )])),
+            )]),
+            _ => toml::Table::new(),
         }
     }
 }
+
+/// The concurrent requests the fake ElevenLabs allows in scenario `limits`.
+pub const LIMITS_TTS_CONCURRENCY: u32 = 4;
+/// The workers of scenario `limits`: four times the TTS limit.
+const LIMITS_WORKERS: i64 = 16;
 
 /// How long each faked service takes to answer, at time scale 1: a chat
 /// completion is the slowest, a CRM write the quickest.
@@ -129,8 +168,13 @@ impl SimulatedServices {
         seed: u64,
         time_scale: f64,
     ) -> Result<Self, callguard_mocks::MockError> {
+        let mut limits = scenario.provider_limits();
+        if let Some(limit) = &mut limits.elevenlabs {
+            limit.queue = ConfigDuration::new(scale(limit.queue.get(), time_scale));
+        }
         let server = MockServer::start(MockConfig {
             seed,
+            limits,
             ..MockConfig::default()
         })
         .await?;

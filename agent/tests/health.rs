@@ -209,6 +209,9 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
             "FAILURES",
             "FAILURE RATE",
             "RETRY AFTER",
+            "LIMIT",
+            "IN FLIGHT",
+            "WAITING",
             "LAST TRANSITION",
             "REASON"
         ],
@@ -218,8 +221,13 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     assert_eq!(names, ["crm", "elevenlabs", "llm"], "{table}");
     let elevenlabs = &rows[2];
     assert_eq!(elevenlabs[1], "OPEN", "{table}");
-    assert_eq!(elevenlabs[6], "2 consecutive failures", "{table}");
+    assert_eq!(elevenlabs[9], "2 consecutive failures", "{table}");
     assert_eq!(&rows[3][1..4], ["CLOSED", "0", "-"], "{table}");
+    assert_eq!(
+        &elevenlabs[5..8],
+        ["-", "-", "-"],
+        "a health server makes no calls: no limiter; {table}"
+    );
 
     let mut status = callguard(&dir);
     status.args(["status", "--json", "--addr", &format!("http://{addr}")]);
@@ -514,8 +522,8 @@ async fn breaker_status(dir: &Path, addr: SocketAddr, service: &str) -> Option<(
         .lines()
         .find_map(|line| {
             let cells = status_cells(line);
-            (cells.first() == Some(&service) && cells.len() == 7)
-                .then(|| (cells[1].to_owned(), cells[6].to_owned()))
+            (cells.first() == Some(&service) && cells.len() == 10)
+                .then(|| (cells[1].to_owned(), cells[9].to_owned()))
         })
 }
 

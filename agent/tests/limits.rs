@@ -10,6 +10,9 @@
 //! attempts). With the headers ignored (`follow_headers = false`: no limiter
 //! at all) every worker keeps sending, each concurrency `429` retried after
 //! 100 ms: 1873 refusals.
+//!
+//! A contact deferred because its service is busy (no slot of the limiter in
+//! time) waits its turn: however often, it does not expire.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +41,9 @@ struct Run {
     refused: u64,
 }
 
-async fn campaign(limits: &str) -> Run {
+/// A campaign of `CONTACTS` contacts with `WORKERS` workers and `settings`
+/// (TOML that follows the `[queue]` table: its keys, then other sections).
+async fn campaign(settings: &str) -> Run {
     let mocks = MockServer::start(MockConfig {
         limits: MockLimits {
             elevenlabs: Some(ConcurrencyLimit::new(LIMIT)),
@@ -51,7 +56,7 @@ async fn campaign(limits: &str) -> Run {
     mocks
         .inject(Fault::new(Service::Elevenlabs, FaultMode::Slow).with_latency(LATENCY))
         .unwrap();
-    let mut text = format!("[queue]\nworkers = {WORKERS}\n{limits}\n");
+    let mut text = format!("[queue]\nworkers = {WORKERS}\n{settings}\n");
     for (name, service) in [
         ("llm", Service::Llm),
         ("elevenlabs", Service::Elevenlabs),
@@ -118,4 +123,24 @@ async fn the_default_limiter_follows_elevenlabs_headers_to_few_429s() {
         "{:?} against an ideal of {ideal:.1} s",
         limited.elapsed
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_busy_service_never_expires_a_contact() {
+    // One slot of callguard's own and nobody waits for it: every call that
+    // finds it taken is deferred, over and over, with one deferral allowed.
+    let run = campaign(
+        "max_deferrals = 1\n\
+         [limits]\nmode = \"static\"\nmax_concurrency = 1\nqueue_length = 0\n",
+    )
+    .await;
+    let summary = &run.summary;
+    assert_eq!(summary.completed, CONTACTS, "{summary:?}");
+    assert_eq!((summary.failed, summary.expired), (0, 0), "{summary:?}");
+    assert!(
+        summary.deferrals > CONTACTS as u64,
+        "more deferrals than contacts, so some contact was deferred past \
+         max_deferrals without expiring: {summary:?}"
+    );
+    assert_eq!(run.refused, 0, "the provider's limit was never reached");
 }

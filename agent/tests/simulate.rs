@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use callguard_agent::simulate::LIMITS_TTS_CONCURRENCY;
 use callguard_mocks::{MockConfig, MockServer};
 use serde_json::Value;
 
@@ -238,6 +239,57 @@ fn chaos_loses_nobody() {
     let run = simulate("chaos", 30);
     run.assert_all_accounted_for();
     assert_eq!(run.count("pending"), 0);
+}
+
+#[test]
+fn limits_finds_the_tts_limit_from_its_headers_and_completes_everyone() {
+    let run = simulate("limits", 48);
+    run.assert_all_accounted_for();
+    assert_eq!(run.count("completed"), 48, "{}", run.summary);
+    assert_eq!(run.count("expired"), 0, "{}", run.summary);
+    let tts = &run.summary["limits"]["elevenlabs"];
+    let limit = u64::from(LIMITS_TTS_CONCURRENCY);
+    assert_eq!(
+        tts["provider_limit"].as_u64(),
+        Some(limit),
+        "{}",
+        run.summary
+    );
+    assert_eq!(tts["limit"].as_u64(), Some(limit), "{}", run.summary);
+    // The first wave — 16 workers, a limit nobody knows yet — is refused;
+    // the limit its answers carry keeps the later calls waiting in callguard.
+    let refused = tts["refused"].as_u64().unwrap();
+    assert!(
+        (1..=16).contains(&refused),
+        "{refused} TTS 429s: {}",
+        run.summary
+    );
+    assert!(
+        run.summary["limits"].get("llm").is_none(),
+        "the LLM had no limit: {}",
+        run.summary
+    );
+    let console = run.console();
+    let line = console
+        .lines()
+        .find(|line| line.trim_start().starts_with("elevenlabs") && line.contains("429s"))
+        .unwrap_or_else(|| panic!("no limits line in:\n{console}"));
+    let cells: Vec<_> = line.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            "elevenlabs",
+            "mode",
+            "off",
+            "limit",
+            "4",
+            "provider's",
+            "4",
+            "429s",
+            &refused.to_string()
+        ],
+        "{console}"
+    );
 }
 
 #[test]

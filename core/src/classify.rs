@@ -42,29 +42,53 @@ pub fn classify_status(
 ///
 /// A `429` whose body is ElevenLabs'
 /// `{"detail":{"status":"too_many_concurrent_requests",…}}` becomes
-/// [`ErrorKind::ConcurrencyLimited`] (status, `Retry-After` and detail kept):
-/// the service is healthy and a slot frees within one request's time.
-/// Every other error, `system_busy` and bodies that are not JSON included,
-/// is returned as it is.
+/// [`ErrorKind::ConcurrencyLimited`]: the service is healthy and a slot
+/// frees within one request's time. A `429` whose body is OpenAI's
+/// `{"error":{"code":"insufficient_quota",…}}` (or that `type`) becomes
+/// [`ErrorKind::QuotaExceeded`]: not a rate limit but a billing problem that
+/// no wait cures — permanent, and counted by the breaker like a `402`.
+/// Status, `Retry-After` and detail are kept. Every other error,
+/// `system_busy`, `rate_limit_exceeded` and bodies that are not JSON
+/// included, is returned as it is.
 pub fn refine_by_body(error: ServiceError, body: &[u8]) -> ServiceError {
     if error.kind() != ErrorKind::RateLimited {
         return error;
     }
     #[derive(serde::Deserialize)]
     struct Body {
-        detail: Detail,
+        /// ElevenLabs' error.
+        detail: Option<Detail>,
+        /// OpenAI's error.
+        error: Option<OpenAiError>,
     }
     #[derive(serde::Deserialize)]
     struct Detail {
         status: String,
     }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(Body { detail }) if detail.status == TOO_MANY_CONCURRENT_REQUESTS => {
-            error.with_kind(ErrorKind::ConcurrencyLimited)
-        }
-        _ => error,
+    #[derive(serde::Deserialize)]
+    struct OpenAiError {
+        code: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
     }
+    let Ok(body) = serde_json::from_slice::<Body>(body) else {
+        return error;
+    };
+    if body
+        .detail
+        .is_some_and(|detail| detail.status == TOO_MANY_CONCURRENT_REQUESTS)
+    {
+        return error.with_kind(ErrorKind::ConcurrencyLimited);
+    }
+    let quota = |code: &Option<String>| code.as_deref() == Some(INSUFFICIENT_QUOTA);
+    if body.error.is_some_and(|e| quota(&e.code) || quota(&e.kind)) {
+        return error.with_kind(ErrorKind::QuotaExceeded);
+    }
+    error
 }
+
+/// OpenAI's code for a `429` from an account out of credit.
+pub const INSUFFICIENT_QUOTA: &str = "insufficient_quota";
 
 /// ElevenLabs' code for a `429` over the plan's concurrency limit.
 pub const TOO_MANY_CONCURRENT_REQUESTS: &str = "too_many_concurrent_requests";
@@ -224,6 +248,33 @@ mod tests {
             ),
             unavailable,
             "only a 429 is refined"
+        );
+    }
+
+    #[test]
+    fn an_openai_quota_429_is_permanent() {
+        let now = SystemTime::UNIX_EPOCH;
+        let too_many = classify_status(429, Some("20"), now).unwrap();
+        for body in [
+            &br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#[..],
+            br#"{"error":{"type":"insufficient_quota","code":null}}"#,
+        ] {
+            let refined = refine_by_body(too_many.clone(), body);
+            assert_eq!(
+                refined.kind(),
+                ErrorKind::QuotaExceeded,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(refined.category(), Permanent, "never retried");
+            assert!(refined.counts_toward_breaker(), "the account is unusable");
+            assert_eq!(refined.status(), Some(429));
+        }
+        let rate = br#"{"error":{"message":"Rate limit reached for requests","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(
+            refine_by_body(too_many.clone(), rate).kind(),
+            ErrorKind::RateLimited,
+            "a rate limit stays a rate limit"
         );
     }
 

@@ -1,5 +1,5 @@
 //! Shared vocabulary of callguard: service names, the error taxonomy and its
-//! classification, `Retry-After` parsing, resilience events, config types,
+//! classification, `Retry-After` parsing, the names of providers' limit headers, resilience events, config types,
 //! the short texts error details quote from servers, and the log schema.
 //!
 //! Every other callguard crate speaks in these types, so a breaker, a retry loop,
@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 #[cfg(feature = "reqwest")]
 pub mod http;
+pub mod limit_headers;
 pub mod retry_after;
 pub mod secret;
 pub mod service;

@@ -9,7 +9,8 @@
 //! * [`grpc::serve`] serves a [`BreakerRegistry`](callguard_breaker::BreakerRegistry):
 //!   the standard `grpc.health.v1.Health` (`Check`, `Watch`, `List`; CLOSED is
 //!   SERVING, every other state NOT_SERVING, `""` is the process itself),
-//!   `callguard.v1.Breakers` (list, get, watch; `ForceOpen`/`ForceClose`/`Reset`
+//!   `callguard.v1.Breakers` (list, get, watch, each breaker with its service's
+//!   limiter when given [`GrpcOptions::with_limiters`]; `ForceOpen`/`ForceClose`/`Reset`
 //!   behind a bearer admin token) and server reflection, v1 and v1alpha;
 //!   plaintext, or TLS (rustls with aws-lc-rs) from `grpc.tls_cert`/`tls_key`.
 //! * [`RemoteWatcher`] follows another process's `grpc.health.v1.Health`

@@ -3,10 +3,13 @@
 
 mod support;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use callguard_core::CircuitState;
+use callguard_core::{CircuitState, ServiceName};
 use callguard_health::{AdminToken, GrpcConfig, GrpcOptions, ProcessHealth};
+use callguard_limit::{LimitConfig, LimitMode, Limiter};
 use callguard_proto::callguard::v1::breaker::State;
 use callguard_proto::callguard::v1::breaker_event::Event;
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
@@ -267,6 +270,79 @@ async fn list_and_get_breakers_describe_each_breaker() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn breakers_show_their_services_limiters() {
+    let tts = Arc::new(
+        Limiter::new(
+            ServiceName::new("tts").unwrap(),
+            LimitConfig {
+                mode: LimitMode::Static,
+                max_concurrency: Some(2),
+                ..LimitConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let llm =
+        Arc::new(Limiter::new(ServiceName::new("llm").unwrap(), LimitConfig::default()).unwrap());
+    let server = start(GrpcOptions::default().with_limiters(vec![tts.clone(), llm])).await;
+    for name in ["crm", "llm", "tts"] {
+        server.breaker(name);
+    }
+    let held = [tts.try_acquire().unwrap(), tts.try_acquire().unwrap()];
+    let waiter = {
+        let tts = tts.clone();
+        tokio::spawn(async move { tts.acquire().await.is_ok() })
+    };
+    tokio::time::timeout(PATIENCE, async {
+        while tts.snapshot().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the third call waits");
+    let mut client = breakers(&server).await;
+
+    let list = client
+        .list_breakers(ListBreakersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .breakers;
+    let limiters: Vec<_> = list
+        .iter()
+        .map(|b| (b.name.as_str(), b.limiter.clone()))
+        .collect();
+    assert_eq!(limiters[0], ("crm", None), "no limiter given for the CRM");
+    let llm = limiters[1].1.as_ref().expect("the LLM's limiter");
+    assert_eq!(
+        (llm.mode.as_str(), llm.limit, llm.in_flight, llm.waiting),
+        ("off", None, 0, 0)
+    );
+    let shown = limiters[2].1.as_ref().expect("the TTS limiter");
+    assert_eq!(
+        (shown.mode.as_str(), shown.limit, shown.provider_limit),
+        ("static", Some(2), None)
+    );
+    assert_eq!((shown.in_flight, shown.waiting), (2, 1));
+
+    drop(held);
+    assert!(waiter.await.unwrap(), "a slot came free");
+    let tts = client
+        .get_breaker(GetBreakerRequest { name: "tts".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .limiter
+        .unwrap();
+    assert_eq!(
+        (tts.in_flight, tts.waiting),
+        (0, 0),
+        "read as each message is made"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -15,6 +15,18 @@
 //! `maximum-concurrent-requests`, and more than ours). A limit announced by
 //! the provider caps it.
 //!
+//! **Probing backs off.** Below the limit at which it was last refused, the
+//! limit climbs back one step per saturated window. A step to that limit or
+//! above is a *probe*: it comes only after `probe_gap` saturated windows,
+//! and a probe refused before a window closes cleanly at the new limit
+//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds resets it
+//! and forgets the refusal. Plain AIMD probes every other window and pays a
+//! `429` for each probe — a fifth of all answers at a limit of 4, far more
+//! when several clients share the limit, each probing on its own; with the
+//! gap, a limit that stays put is probed ever more rarely, and one that rises
+//! is found again once a probe holds (TCP CUBIC's plateau near the last
+//! loss, in whole slots).
+//!
 //! **Why AIMD.** The prior art offers two families. Vegas and Gradient2
 //! (Netflix concurrency-limits) and Envoy's adaptive concurrency filter infer
 //! overload from latency alone: Vegas from the gap between the no-load and the
@@ -40,6 +52,8 @@ use std::time::Duration;
 pub(crate) const DECREASE: f64 = 0.9;
 /// The weight of a closing window's mean in the long-run latency average.
 const LONG_RUN_WEIGHT: f64 = 0.1;
+/// The most saturated windows between two probes of a refused limit.
+pub(crate) const MAX_PROBE_GAP: u32 = 64;
 
 /// The adaptive limit of one service.
 #[derive(Debug, Clone)]
@@ -57,6 +71,14 @@ pub(crate) struct Aimd {
     /// The long-run mean latency of a window, in seconds.
     long_run: Option<f64>,
     window: Window,
+    /// The limit at the last overload, until a probe at or above it holds.
+    refused_at: Option<f64>,
+    /// Saturated windows to wait before the next probe.
+    probe_gap: u32,
+    /// Saturated windows since the last increase (or overload).
+    waited: u32,
+    /// The last increase was a probe, and no window has closed at it yet.
+    probing: bool,
 }
 
 /// The answers since the window opened.
@@ -84,6 +106,10 @@ impl Aimd {
             tolerance,
             long_run: None,
             window: Window::default(),
+            refused_at: None,
+            probe_gap: 1,
+            waited: 0,
+            probing: false,
         }
     }
 
@@ -141,11 +167,43 @@ impl Aimd {
         if slow || window.crowded {
             self.decrease();
         } else if window.saturated {
-            self.limit = (self.limit + 1.0).min(self.ceiling);
+            if self.probing {
+                // A whole window at the probed limit: it holds.
+                self.probing = false;
+                self.refused_at = None;
+                self.probe_gap = 1;
+            }
+            self.increase();
         }
     }
 
+    /// One step up, unless it is a probe whose gap has not passed.
+    fn increase(&mut self) {
+        let next = (self.limit + 1.0).min(self.ceiling);
+        if next <= self.limit {
+            return;
+        }
+        let probe = self
+            .refused_at
+            .is_some_and(|refused| next.floor() >= refused.floor());
+        if probe {
+            self.waited += 1;
+            if self.waited < self.probe_gap {
+                return;
+            }
+        }
+        self.waited = 0;
+        self.probing = probe;
+        self.limit = next;
+    }
+
     fn decrease(&mut self) {
+        if self.probing {
+            self.probe_gap = (self.probe_gap * 2).min(MAX_PROBE_GAP);
+        }
+        self.probing = false;
+        self.waited = 0;
+        self.refused_at = Some(self.limit);
         // At least one whole slot: at small limits a tenth is less than one,
         // and the limit would stay where it was refused.
         let lower = (self.limit * DECREASE).min(self.limit.floor() - 1.0);
@@ -237,6 +295,56 @@ mod tests {
         assert_eq!(aimd.limit(), 9);
         full_window(&mut aimd, 100 * MS);
         assert_eq!(aimd.limit(), 10, "the next window is judged afresh");
+    }
+
+    /// Windows against a provider that refuses any limit above `allowed`:
+    /// how many were refused.
+    fn against(aimd: &mut Aimd, allowed: u32, windows: usize) -> usize {
+        let mut refused = 0;
+        for _ in 0..windows {
+            if aimd.limit() > allowed {
+                aimd.on_overload();
+                refused += 1;
+            } else {
+                full_window(aimd, MS);
+            }
+        }
+        refused
+    }
+
+    #[test]
+    fn probes_of_a_refused_limit_grow_ever_rarer_and_a_higher_one_is_found() {
+        let mut aimd = Aimd::new(4, 1, 100, None);
+        let refused = against(&mut aimd, 4, 1_000);
+        // Gaps of 1, 2, 4 … 64 windows, then one probe per 64: about 20;
+        // a probe every other window would be refused 500 times.
+        assert!(refused <= 25, "{refused} refusals in 1000 windows");
+        assert_eq!(aimd.limit(), 4);
+
+        // The provider now allows 8: the next probe holds, the limit climbs a
+        // step per window again, and probes above 8 back off in turn.
+        let refused = against(&mut aimd, 8, 70);
+        assert!(
+            aimd.limit() >= 8,
+            "found within one gap and four windows: {}",
+            aimd.limit()
+        );
+        assert!((1..=6).contains(&refused), "{refused} refusals above 8");
+    }
+
+    #[test]
+    fn below_the_refused_limit_the_climb_is_not_delayed() {
+        let mut aimd = Aimd::new(20, 1, 100, None);
+        against(&mut aimd, 20, 200);
+        assert_eq!(aimd.limit(), 20);
+        // Overload from elsewhere (a crowded provider) takes it down to 18;
+        // it climbs back to 19 at once, and probes 20 only after the gap.
+        aimd.on_overload();
+        assert_eq!(aimd.limit(), 18);
+        full_window(&mut aimd, MS);
+        assert_eq!(aimd.limit(), 19);
+        full_window(&mut aimd, MS);
+        assert_eq!(aimd.limit(), 19, "20 was refused last: a probe waits");
     }
 
     #[test]

@@ -2,28 +2,17 @@
 //! into a small `Copy` value that outlives the response (its body may still
 //! have to be read to classify it).
 //!
-//! ElevenLabs sends `current-concurrent-requests` and
-//! `maximum-concurrent-requests` on every answer; OpenAI-style APIs send
-//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, the resets as Go
+//! The names are [`callguard_core::limit_headers`]; the resets are Go
 //! durations (`1s`, `6m0s`, `20ms`, `59.856s`).
 
 use std::time::Duration;
 
+use callguard_core::limit_headers::{
+    CURRENT_CONCURRENT_REQUESTS, MAXIMUM_CONCURRENT_REQUESTS, REMAINING_REQUESTS, REMAINING_TOKENS,
+    RESET_REQUESTS, RESET_TOKENS,
+};
 use callguard_core::retry_after::MAX_RETRY_AFTER;
 use http::HeaderMap;
-
-/// The limit of concurrent requests of the account (ElevenLabs).
-pub const MAXIMUM_CONCURRENT_REQUESTS: &str = "maximum-concurrent-requests";
-/// The account's requests in flight when this one was answered (ElevenLabs).
-pub const CURRENT_CONCURRENT_REQUESTS: &str = "current-concurrent-requests";
-/// Requests left in the current rate window (OpenAI).
-pub const REMAINING_REQUESTS: &str = "x-ratelimit-remaining-requests";
-/// Time until the request rate is back to its full allowance (OpenAI).
-pub const RESET_REQUESTS: &str = "x-ratelimit-reset-requests";
-/// Tokens left in the current rate window (OpenAI).
-pub const REMAINING_TOKENS: &str = "x-ratelimit-remaining-tokens";
-/// Time until the token rate is back to its full allowance (OpenAI).
-pub const RESET_TOKENS: &str = "x-ratelimit-reset-tokens";
 
 /// One header of an answer, read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,7 +7,8 @@
 //! is answered `429 {"detail":{"status":"too_many_concurrent_requests",…}}`.
 //! Every API answer carries `current-concurrent-requests` (the requests in
 //! flight as it is answered, itself included) and
-//! `maximum-concurrent-requests`. A slot is held for the whole request,
+//! `maximum-concurrent-requests`, unless the limit says `headers = false`
+//! (a provider that does not announce its limit). A slot is held for the whole request,
 //! faults included (a `slow` fault's latency, a held `timeout`).
 //!
 //! **LLM.** A bucket of `requests_per_minute` requests that refills
@@ -28,6 +29,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use callguard_core::classify::TOO_MANY_CONCURRENT_REQUESTS;
 use callguard_core::config::at_least;
+use callguard_core::limit_headers::{
+    CURRENT_CONCURRENT_REQUESTS, LIMIT_REQUESTS, MAXIMUM_CONCURRENT_REQUESTS, REMAINING_REQUESTS,
+    RESET_REQUESTS,
+};
 use callguard_core::{ConfigDuration, ValidationError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -38,7 +43,8 @@ use crate::gate::is_health;
 use crate::service::Service;
 use crate::state::Shared;
 
-/// ElevenLabs' concurrency limit: `{"max_concurrent": 4, "queue": "50ms"}`.
+/// ElevenLabs' concurrency limit: `{"max_concurrent": 4, "queue": "50ms"}`
+/// (`"headers": false` keeps the limit to itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyLimit {
@@ -47,6 +53,11 @@ pub struct ConcurrencyLimit {
     /// How long a request over the limit waits for a slot before its `429`.
     #[serde(default = "ConcurrencyLimit::default_queue")]
     pub queue: ConfigDuration,
+    /// Whether answers carry `current-concurrent-requests` and
+    /// `maximum-concurrent-requests`, as ElevenLabs' do (the default);
+    /// `false` plays a provider that enforces a limit it does not announce.
+    #[serde(default = "ConcurrencyLimit::default_headers")]
+    pub headers: bool,
 }
 
 impl ConcurrencyLimit {
@@ -60,11 +71,25 @@ impl ConcurrencyLimit {
         Self {
             max_concurrent,
             queue: Self::DEFAULT_QUEUE,
+            headers: true,
+        }
+    }
+
+    /// The same limit, not announced: answers carry no concurrency header.
+    #[must_use]
+    pub fn without_headers(self) -> Self {
+        Self {
+            headers: false,
+            ..self
         }
     }
 
     fn default_queue() -> ConfigDuration {
         Self::DEFAULT_QUEUE
+    }
+
+    fn default_headers() -> bool {
+        true
     }
 
     /// Checks the values; keys are relative (`max_concurrent`).
@@ -316,15 +341,15 @@ impl RateHeaders {
     fn apply(&self, response: &mut Response) {
         let headers = response.headers_mut();
         headers.insert(
-            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static(LIMIT_REQUESTS),
             HeaderValue::from(self.limit),
         );
         headers.insert(
-            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static(REMAINING_REQUESTS),
             HeaderValue::from(self.remaining),
         );
         if let Ok(reset) = HeaderValue::from_str(&go_duration(self.reset)) {
-            headers.insert(HeaderName::from_static("x-ratelimit-reset-requests"), reset);
+            headers.insert(HeaderName::from_static(RESET_REQUESTS), reset);
         }
     }
 }
@@ -347,14 +372,18 @@ pub(crate) fn go_duration(wait: Duration) -> String {
     }
 }
 
+/// The concurrency headers, unless `limit` keeps itself to itself.
 fn set_concurrency_headers(response: &mut Response, current: u32, limit: ConcurrencyLimit) {
+    if !limit.headers {
+        return;
+    }
     let headers = response.headers_mut();
     headers.insert(
-        HeaderName::from_static("current-concurrent-requests"),
+        HeaderName::from_static(CURRENT_CONCURRENT_REQUESTS),
         HeaderValue::from(current),
     );
     headers.insert(
-        HeaderName::from_static("maximum-concurrent-requests"),
+        HeaderName::from_static(MAXIMUM_CONCURRENT_REQUESTS),
         HeaderValue::from(limit.max_concurrent),
     );
 }
@@ -469,8 +498,8 @@ mod tests {
             "llm.requests_per_minute"
         );
         let limit = ConcurrencyLimit {
-            max_concurrent: 2,
             queue: ConfigDuration::from_secs(120),
+            ..ConcurrencyLimit::new(2)
         };
         assert_eq!(limit.validate().unwrap_err().key, "queue");
     }

@@ -3,7 +3,8 @@
 //! * [`grpc::health::v1`] — the standard gRPC health checking protocol
 //!   (`Check`, `Watch`, and `List` from gRPC proposal A90).
 //! * [`callguard::v1`] — `callguard.v1.Breakers`: list, get and watch circuit
-//!   breakers, and the admin RPCs `ForceOpen`, `ForceClose`, `Reset`.
+//!   breakers (each with its service's limiter, where the server runs one),
+//!   and the admin RPCs `ForceOpen`, `ForceClose`, `Reset`.
 //!
 //! The `.proto` files are compiled in pure Rust at build time (`protox`), so no
 //! `protoc` is needed. [`FILE_DESCRIPTOR_SET`] holds the encoded descriptors of
@@ -146,5 +147,35 @@ mod tests {
             Some(0.0),
             "an explicit 0.0 survives the wire"
         );
+    }
+
+    #[test]
+    fn a_breaker_without_a_limiter_reads_as_none_and_limits_survive_the_wire() {
+        use callguard::v1::{Breaker, Limiter};
+        let old = Breaker::decode(
+            Breaker {
+                name: "crm".into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(old.limiter, None, "what a server without limiters sends");
+        let limiter = Limiter {
+            mode: "off".into(),
+            limit: None,
+            provider_limit: Some(5),
+            in_flight: 5,
+            waiting: 27,
+            paused_for: None,
+        };
+        let sent = Breaker {
+            name: "elevenlabs".into(),
+            limiter: Some(limiter.clone()),
+            ..Default::default()
+        };
+        let read = Breaker::decode(sent.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(read.limiter, Some(limiter), "no limit stays apart from 0");
     }
 }

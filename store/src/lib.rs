@@ -582,12 +582,42 @@ impl CallStore {
         wait: Duration,
         progress: &Progress,
     ) -> Result<Deferral, StoreError> {
+        self.put_back(lease, service, reason, wait, progress, true)
+            .await
+    }
+
+    /// Puts the held contact back like [`defer`](Self::defer), but without
+    /// counting it toward `max_deferrals`, so it never expires for it: its
+    /// service is up and busy (the agent's limiter had no slot for the call
+    /// in time), and the contact only waits its turn.
+    pub async fn defer_busy(
+        &self,
+        lease: &Lease,
+        service: &str,
+        reason: &str,
+        wait: Duration,
+        progress: &Progress,
+    ) -> Result<Deferral, StoreError> {
+        self.put_back(lease, service, reason, wait, progress, false)
+            .await
+    }
+
+    async fn put_back(
+        &self,
+        lease: &Lease,
+        service: &str,
+        reason: &str,
+        wait: Duration,
+        progress: &Progress,
+        counted: bool,
+    ) -> Result<Deferral, StoreError> {
         let not_before = self.clock.not_before(wait);
         let outcome = Outcome::Deferred {
             service,
             reason,
             not_before,
             max_deferrals: self.settings.max_deferrals,
+            counted: u32::from(counted),
             progress,
         };
         Ok(match self.settle(lease, outcome).await? {

@@ -194,10 +194,11 @@ impl MemoryBackend {
                 reason,
                 not_before,
                 max_deferrals,
+                counted,
                 progress,
             } => {
                 let row = &mut inner.rows[seq];
-                row.deferrals += 1;
+                row.deferrals += counted;
                 row.service = Some((*service).to_owned());
                 row.last_error = Some((*reason).to_owned());
                 row.progress = (*progress).clone();

@@ -312,6 +312,8 @@ pub(crate) enum Outcome<'a> {
         reason: &'a str,
         not_before: Millis,
         max_deferrals: u32,
+        /// Whether it counts toward `max_deferrals` (1) or not (0).
+        counted: u32,
         progress: &'a Progress,
     },
     Released,

@@ -263,15 +263,17 @@ impl PostgresBackend {
                 reason,
                 not_before,
                 max_deferrals,
+                counted,
                 progress,
             } => {
                 let max = int(*max_deferrals);
+                let counted = int(*counted);
                 let progress = progress.to_json();
                 self.held(
                     owner,
                     lease,
                     &p.defer,
-                    &[&now, &max, not_before, service, reason, &progress],
+                    &[&now, &max, not_before, service, reason, &progress, &counted],
                 )
                 .await
             }

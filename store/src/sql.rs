@@ -41,7 +41,8 @@ pub(crate) struct Statements {
     /// Held, `$4` now, `$5` service, `$6` reason → state.
     pub(crate) fail: String,
     /// Held, `$4` now, `$5` max deferrals, `$6` not before, `$7` service,
-    /// `$8` reason, `$9` progress → state (`deferred` or `expired`).
+    /// `$8` reason, `$9` progress, `$10` whether it counts toward the max
+    /// (1 or 0) → state (`deferred` or `expired`).
     pub(crate) defer: String,
     /// Held, `$4` now → state.
     pub(crate) release: String,
@@ -176,8 +177,8 @@ impl Statements {
                 "state = 'failed', lease_owner = NULL, service = $5, last_error = $6, updated_at = $4",
             ),
             defer: settle(
-                "deferrals = deferrals + 1, \
-                 state = CASE WHEN deferrals + 1 > $5 THEN 'expired' ELSE 'deferred' END, \
+                "deferrals = deferrals + $10, \
+                 state = CASE WHEN deferrals + $10 > $5 THEN 'expired' ELSE 'deferred' END, \
                  lease_owner = NULL, due_at = $6, service = $7, last_error = $8, progress = $9, \
                  updated_at = $4",
             ),

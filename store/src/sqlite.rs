@@ -468,6 +468,7 @@ impl SqliteBackend {
                 reason,
                 not_before,
                 max_deferrals,
+                counted,
                 progress,
             } => (
                 |sql| &sql.defer,
@@ -478,6 +479,7 @@ impl SqliteBackend {
                     (*service).to_owned().into(),
                     (*reason).to_owned().into(),
                     progress.to_json().into(),
+                    (*counted).into(),
                 ],
             ),
         };

@@ -410,6 +410,55 @@ async fn too_many_deferrals_expire(kind: Kind) {
     );
 }
 
+async fn busy_deferrals_never_expire(kind: Kind) {
+    let mut fixture = Fixture::new(kind, "busy").await;
+    let store = fixture.open().await; // max_deferrals = 2
+    store.import(&contacts(&["a"])).await.unwrap();
+    for _ in 0..5 {
+        let leased = store
+            .next()
+            .await
+            .unwrap()
+            .expect("back after each busy deferral");
+        let deferral = store
+            .defer_busy(
+                &leased.lease,
+                "elevenlabs",
+                "elevenlabs busy",
+                Duration::ZERO,
+                &Progress::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(deferral, Deferral::Requeued);
+    }
+    let mut outcomes = Vec::new();
+    while let Some(leased) = store.next().await.unwrap() {
+        assert_eq!(
+            leased.deferrals,
+            outcomes.len() as u32,
+            "busy ones not counted"
+        );
+        outcomes.push(
+            store
+                .defer(
+                    &leased.lease,
+                    "elevenlabs",
+                    "elevenlabs unavailable",
+                    Duration::ZERO,
+                    &Progress::default(),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        outcomes,
+        [Deferral::Requeued, Deferral::Requeued, Deferral::Expired],
+        "the unavailable ones still count"
+    );
+}
+
 async fn an_expired_lease_returns_the_contact(kind: Kind) {
     let mut fixture = Fixture::new(kind, "lease_expiry").await;
     let dead = fixture.open().await; // lease = 10 s
@@ -960,6 +1009,7 @@ conformance!(
     a_closing_breaker_wakes_its_deferred_contacts_early,
     a_reopened_breaker_postpones_its_deferred_contacts,
     too_many_deferrals_expire,
+    busy_deferrals_never_expire,
     an_expired_lease_returns_the_contact,
     keep_alive_holds_the_lease_while_the_call_runs,
     a_second_terminal_state_is_refused,

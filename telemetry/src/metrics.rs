@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | `callguard_calls_total` | counter | `service`, `outcome` (`success`, `permanent`, `exhausted`, `rejected`) |
 //! | `callguard_attempts_total` | counter | `service`, `result` (`success`, `transient`, `permanent`) |
+//! | `callguard_attempts_refused_total` | counter | `service` (attempts it answered `429`: over its concurrency or rate limit) |
 //! | `callguard_attempt_duration_seconds` | histogram | `service`, `result` |
 //! | `callguard_retries_total` | counter | `service` |
 //! | `callguard_rejections_total` | counter | `service` (calls the breaker turned away) |
@@ -53,7 +54,7 @@ use std::sync::Arc;
 
 use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
-use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
+use callguard_core::{CircuitState, ErrorKind, ResilienceEvent, ServiceName, Transition};
 use callguard_limit::Limiter;
 use callguard_retry::EventSink;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -154,6 +155,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     calls: Family<OutcomeLabels, Counter>,
     attempts: Family<ResultLabels, Counter>,
+    refused: Family<ServiceLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
     rejections: Family<ServiceLabels, Counter>,
     attempt_seconds: Family<ResultLabels, Histogram, fn() -> Histogram>,
@@ -192,6 +194,7 @@ impl Metrics {
             registry: Mutex::new(Registry::with_prefix("callguard")),
             calls: Family::default(),
             attempts: Family::default(),
+            refused: Family::default(),
             retries: Family::default(),
             rejections: Family::default(),
             attempt_seconds: Family::new_with_constructor(latency_histogram),
@@ -221,6 +224,11 @@ impl Metrics {
                 "attempts",
                 "Attempts (HTTP requests) by how they ended",
                 metrics.attempts.clone(),
+            );
+            registry.register(
+                "attempts_refused",
+                "Attempts the service answered 429: over its concurrency or rate limit",
+                metrics.refused.clone(),
             );
             registry.register(
                 "retries",
@@ -450,6 +458,14 @@ impl Metrics {
         totals
     }
 
+    /// Attempts `service` answered `429` (over its concurrency or rate
+    /// limit) so far.
+    pub fn refused(&self, service: &ServiceName) -> u64 {
+        self.refused
+            .get(&service_labels(service))
+            .map_or(0, |counter| counter.get())
+    }
+
     fn set_breaker_state(&self, service: &ServiceName, state: CircuitState) {
         for each in BREAKER_STATES {
             self.breaker_state
@@ -522,6 +538,14 @@ impl EventSink for Metrics {
                     "permanent"
                 };
                 self.attempt_took(&attempt.service, result, attempt.elapsed.as_secs_f64());
+                if matches!(
+                    error.kind(),
+                    ErrorKind::ConcurrencyLimited | ErrorKind::RateLimited
+                ) {
+                    self.refused
+                        .get_or_create(&service_labels(&attempt.service))
+                        .inc();
+                }
             }
             ResilienceEvent::RetryScheduled { service, .. } => {
                 self.retries.get_or_create(&service_labels(service)).inc();
@@ -655,6 +679,14 @@ mod tests {
             retry_count: 1,
             delay: Duration::from_secs(5),
         });
+        for kind in [ErrorKind::ConcurrencyLimited, ErrorKind::RateLimited] {
+            metrics.on_event(&ResilienceEvent::AttemptFailed {
+                attempt: attempt.clone(),
+                error: ServiceError::new(kind, "429"),
+            });
+        }
+        assert_eq!(metrics.refused(&tts), 2, "429s, not the 503");
+        assert_eq!(metrics.refused(&service("llm")), 0);
         metrics.on_event(&ResilienceEvent::AttemptSucceeded(attempt));
         metrics.on_event(&ResilienceEvent::CallRejected {
             service: tts.clone(),
@@ -678,7 +710,7 @@ mod tests {
         assert_eq!(
             metrics.totals([&tts]),
             Totals {
-                attempts: 2,
+                attempts: 4,
                 retries: 1,
                 rejections: 1,
                 deferrals: 1,
@@ -690,7 +722,8 @@ mod tests {
             "callguard_calls_total{service=\"elevenlabs\",outcome=\"success\"} 1",
             "callguard_calls_total{service=\"elevenlabs\",outcome=\"rejected\"} 1",
             "callguard_rejections_total{service=\"elevenlabs\"} 1",
-            "callguard_attempts_total{service=\"elevenlabs\",result=\"transient\"} 1",
+            "callguard_attempts_total{service=\"elevenlabs\",result=\"transient\"} 3",
+            "callguard_attempts_refused_total{service=\"elevenlabs\"} 2",
             "callguard_attempts_total{service=\"elevenlabs\",result=\"success\"} 1",
             "callguard_deferrals_total{service=\"elevenlabs\"} 1",
             "callguard_breaker_state{service=\"elevenlabs\",state=\"OPEN\"} 1",
@@ -698,7 +731,7 @@ mod tests {
             "callguard_breaker_state{service=\"elevenlabs\",state=\"HALF_OPEN\"} 0",
             "callguard_breaker_state{service=\"elevenlabs\",state=\"FORCED_OPEN\"} 0",
             "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"} 1",
-            "callguard_attempt_duration_seconds_count{service=\"elevenlabs\",result=\"transient\"} 1",
+            "callguard_attempt_duration_seconds_count{service=\"elevenlabs\",result=\"transient\"} 3",
             "callguard_attempt_duration_seconds_bucket{le=\"0.04\",service=\"elevenlabs\",result=\"success\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

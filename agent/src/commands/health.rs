@@ -15,7 +15,7 @@ use callguard_health::{
     ClientTls, HealthCheckConfig, OnRecovery, RemoteServer, RemoteUrl, TlsKeys, status_reason,
 };
 use callguard_proto::callguard::v1::breakers_client::BreakersClient;
-use callguard_proto::callguard::v1::{Breaker, ListBreakersRequest, breaker::State};
+use callguard_proto::callguard::v1::{Breaker, Limiter, ListBreakersRequest, breaker::State};
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
@@ -59,7 +59,8 @@ pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String
     let checker = health_checker(&config, &checks, &registry, &metrics, &probed)
         .map_err(|e| e.to_string())?;
     let metrics_server = serve_metrics(&config.metrics, metrics, registry.clone(), None).await?;
-    let server = GrpcServer::start(&config.grpc, registry).await?;
+    // It makes no calls: no limiter to show.
+    let server = GrpcServer::start(&config.grpc, registry, Vec::new()).await?;
     tracing::info!(
         "Health server: probing {} every {} and serving their health on {}",
         probed
@@ -98,7 +99,8 @@ pub(crate) fn remote_server(addr: &str, tls: &ClientTls) -> Result<RemoteServer,
     RemoteServer::with_tls(url, tls, FLAGS).map_err(|e| e.to_string())
 }
 
-/// `callguard status`: a table of the breakers of the server at `addr`.
+/// `callguard status`: a table of the breakers of the server at `addr`, each
+/// with its service's limiter.
 pub(crate) async fn status(
     addr: &str,
     tls: &ClientTls,
@@ -127,18 +129,21 @@ pub(crate) async fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Formats breakers as an aligned table, one line each.
+/// Formats breakers (and their limiters) as an aligned table, one line each.
 fn breakers_table(breakers: &[Breaker], now: SystemTime) -> String {
-    const HEADER: [&str; 7] = [
+    const HEADER: [&str; 10] = [
         "SERVICE",
         "STATE",
         "FAILURES",
         "FAILURE RATE",
         "RETRY AFTER",
+        "LIMIT",
+        "IN FLIGHT",
+        "WAITING",
         "LAST TRANSITION",
         "REASON",
     ];
-    let rows: Vec<[String; 7]> = breakers
+    let rows: Vec<[String; 10]> = breakers
         .iter()
         .map(|b| {
             let state = State::try_from(b.state).unwrap_or(State::Unspecified);
@@ -157,6 +162,7 @@ fn breakers_table(breakers: &[Breaker], now: SystemTime) -> String {
                         humantime::format_duration(Duration::from_secs(ago.as_secs()))
                     )
                 });
+            let [limit, in_flight, waiting] = limiter_cells(b.limiter.as_ref());
             [
                 b.name.clone(),
                 state.as_str_name().to_owned(),
@@ -164,6 +170,9 @@ fn breakers_table(breakers: &[Breaker], now: SystemTime) -> String {
                 b.failure_rate
                     .map_or_else(|| "-".to_owned(), |r| format!("{:.1}%", r * 100.0)),
                 retry_after.unwrap_or_else(|| "-".to_owned()),
+                limit,
+                in_flight,
+                waiting,
                 last.unwrap_or_else(|| "-".to_owned()),
                 if b.last_transition_reason.is_empty() {
                     "-".to_owned()
@@ -178,6 +187,34 @@ fn breakers_table(breakers: &[Breaker], now: SystemTime) -> String {
         table.push_str("(no breakers)\n");
     }
     table
+}
+
+/// The LIMIT, IN FLIGHT and WAITING cells of a service's limiter; `-` for a
+/// server that runs none. LIMIT is `none` without a limit, and says when the
+/// provider announced another limit than ours (`4 (provider 5)`) and while
+/// the provider's rate pauses admission (`5, paused 1s 200ms`).
+fn limiter_cells(limiter: Option<&Limiter>) -> [String; 3] {
+    let Some(limiter) = limiter else {
+        return ["-", "-", "-"].map(str::to_owned);
+    };
+    let mut limit = limiter
+        .limit
+        .map_or_else(|| "none".to_owned(), |limit| limit.to_string());
+    if let Some(provider) = limiter.provider_limit.filter(|&p| Some(p) != limiter.limit) {
+        let _ = write!(limit, " (provider {provider})");
+    }
+    if let Some(paused) = limiter.paused_for.and_then(|d| Duration::try_from(d).ok()) {
+        let _ = write!(
+            limit,
+            ", paused {}",
+            humantime::format_duration(round_to_millis(paused))
+        );
+    }
+    [
+        limit,
+        limiter.in_flight.to_string(),
+        limiter.waiting.to_string(),
+    ]
 }
 
 fn round_to_millis(d: Duration) -> Duration {
@@ -318,22 +355,44 @@ mod tests {
                 last_transition_reason: "2 consecutive failures".into(),
                 retry_after: Some(Duration::from_micros(6_999_600).try_into().unwrap()),
                 generation: 1,
+                limiter: Some(Limiter {
+                    mode: "off".into(),
+                    limit: Some(4),
+                    provider_limit: Some(5),
+                    in_flight: 4,
+                    waiting: 27,
+                    paused_for: None,
+                }),
             },
             Breaker {
                 name: "llm".into(),
+                state: State::Closed.into(),
+                limiter: Some(Limiter {
+                    mode: "off".into(),
+                    limit: None,
+                    paused_for: Some(Duration::from_millis(1_200).try_into().unwrap()),
+                    ..Limiter::default()
+                }),
+                ..Breaker::default()
+            },
+            Breaker {
+                name: "crm".into(),
                 state: State::Closed.into(),
                 ..Breaker::default()
             },
         ];
         let table = breakers_table(&breakers, now);
         let lines: Vec<_> = table.lines().collect();
-        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(lines.len(), 4, "{table}");
         for column in [
             "SERVICE",
             "STATE",
             "FAILURES",
             "FAILURE RATE",
             "RETRY AFTER",
+            "LIMIT",
+            "IN FLIGHT",
+            "WAITING",
             "LAST TRANSITION",
             "REASON",
         ] {
@@ -352,19 +411,44 @@ mod tests {
                 "2",
                 "25.0%",
                 "6s 999ms",
+                "4 (provider 5)",
+                "4",
+                "27",
                 "2023-11-14T22:13:17Z (3s ago)",
                 "2 consecutive failures"
             ],
             "{table}"
         );
-        let closed: Vec<_> = lines[2].split_whitespace().collect();
+        let paused: Vec<_> = lines[2]
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         assert_eq!(
-            closed,
-            ["llm", "CLOSED", "0", "-", "-", "-", "-"],
+            paused,
+            [
+                "llm",
+                "CLOSED",
+                "0",
+                "-",
+                "-",
+                "none, paused 1s 200ms",
+                "0",
+                "0",
+                "-",
+                "-"
+            ],
+            "{table}"
+        );
+        let without_limiter: Vec<_> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            without_limiter,
+            ["crm", "CLOSED", "0", "-", "-", "-", "-", "-", "-", "-"],
             "{table}"
         );
         // Columns line up.
         assert_eq!(lines[0].find("STATE"), lines[1].find("OPEN"));
         assert_eq!(lines[0].find("STATE"), lines[2].find("CLOSED"));
+        assert_eq!(lines[0].find("WAITING"), lines[1].find("27"));
     }
 }

@@ -41,6 +41,7 @@ pub(crate) async fn simulate(
     };
     let config = ConfigLoader::new()
         .defaults(defaults)
+        .defaults(scenario.settings())
         .stand_ins(services.stand_ins(time_scale))
         .file(config_file)
         .env(std::env::vars())

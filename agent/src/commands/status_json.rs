@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use callguard_proto::callguard::v1::{Breaker, breaker::State};
+use callguard_proto::callguard::v1::{Breaker, Limiter, breaker::State};
 use serde::Serialize;
 
 /// The whole answer: `{"breakers":[…]}`, in the server's order.
@@ -33,6 +33,25 @@ struct BreakerJson<'a> {
     last_transition_reason: Option<&'a str>,
     /// Bumped at every transition and reset.
     generation: u64,
+    /// The service's concurrency limiter; `null` from a server that runs
+    /// none (`health-server`).
+    limiter: Option<LimiterJson<'a>>,
+}
+
+/// A service's limiter.
+#[derive(Serialize)]
+struct LimiterJson<'a> {
+    /// `off`, `static` or `adaptive`.
+    mode: &'a str,
+    /// Calls that may be in flight now; `null`: no limit.
+    limit: Option<u32>,
+    /// The limit the provider announced last; `null` if none.
+    provider_limit: Option<u32>,
+    in_flight: u32,
+    waiting: u32,
+    /// While the provider says its rate is used up: how long admission still
+    /// pauses, in whole milliseconds rounded up; `null` when it does not.
+    paused_for_ms: Option<u64>,
 }
 
 /// `breakers` as the one-line JSON object `status --json` prints.
@@ -54,10 +73,7 @@ fn breaker_json(breaker: &Breaker) -> BreakerJson<'_> {
             .unwrap_or(state.as_str_name()),
         consecutive_failures: breaker.consecutive_failures,
         failure_rate: breaker.failure_rate,
-        retry_after_ms: breaker
-            .retry_after
-            .and_then(|d| Duration::try_from(d).ok())
-            .map(|d| u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)),
+        retry_after_ms: breaker.retry_after.and_then(whole_millis),
         last_transition_at: breaker
             .last_transition_time
             .and_then(|t| SystemTime::try_from(t).ok())
@@ -65,7 +81,28 @@ fn breaker_json(breaker: &Breaker) -> BreakerJson<'_> {
         last_transition_reason: Some(breaker.last_transition_reason.as_str())
             .filter(|reason| !reason.is_empty()),
         generation: breaker.generation,
+        limiter: breaker.limiter.as_ref().map(limiter_json),
     }
+}
+
+fn limiter_json(limiter: &Limiter) -> LimiterJson<'_> {
+    LimiterJson {
+        mode: &limiter.mode,
+        limit: limiter.limit,
+        provider_limit: limiter.provider_limit,
+        in_flight: limiter.in_flight,
+        waiting: limiter.waiting,
+        paused_for_ms: limiter.paused_for.and_then(whole_millis),
+    }
+}
+
+/// A protobuf duration in whole milliseconds, rounded up.
+fn whole_millis<D>(duration: D) -> Option<u64>
+where
+    Duration: TryFrom<D>,
+{
+    let duration = Duration::try_from(duration).ok()?;
+    Some(u64::try_from(duration.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
@@ -87,6 +124,14 @@ mod tests {
                 last_transition_reason: "2 consecutive failures".into(),
                 retry_after: Some(Duration::from_micros(6_999_600).try_into().unwrap()),
                 generation: 3,
+                limiter: Some(Limiter {
+                    mode: "adaptive".into(),
+                    limit: Some(4),
+                    provider_limit: Some(5),
+                    in_flight: 3,
+                    waiting: 1,
+                    paused_for: Some(Duration::from_micros(1_500).try_into().unwrap()),
+                }),
             },
             Breaker {
                 name: "llm".into(),
@@ -109,6 +154,14 @@ mod tests {
                     "last_transition_at": "2023-11-14T22:13:20.250Z",
                     "last_transition_reason": "2 consecutive failures",
                     "generation": 3,
+                    "limiter": {
+                        "mode": "adaptive",
+                        "limit": 4,
+                        "provider_limit": 5,
+                        "in_flight": 3,
+                        "waiting": 1,
+                        "paused_for_ms": 2,
+                    },
                 },
                 {
                     "service": "llm",
@@ -119,6 +172,7 @@ mod tests {
                     "last_transition_at": null,
                     "last_transition_reason": null,
                     "generation": 0,
+                    "limiter": null,
                 },
             ]})
         );

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use callguard_breaker::{BreakerRegistry, CircuitBreaker};
+use callguard_breaker::CircuitBreaker;
 use callguard_core::{ManualAction, ServiceName, Transition};
 use callguard_proto::callguard::v1::breaker_event::Event;
 use callguard_proto::callguard::v1::breakers_server::Breakers;
@@ -19,7 +19,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{breaker_message, transition_message, unknown_service};
+use super::convert::{transition_message, unknown_service};
 use crate::config::AdminToken;
 
 /// Longest accepted `reason` of an admin command, in bytes.
@@ -93,7 +93,7 @@ impl BreakersService {
             ManualAction::ForceClose => breaker.force_close(&reason),
             ManualAction::Reset => breaker.reset(&reason),
         }
-        Ok(Response::new(breaker_message(&breaker.snapshot())))
+        Ok(Response::new(self.shared.breaker(&breaker)))
     }
 }
 
@@ -117,7 +117,7 @@ impl Breakers for BreakersService {
             .registry
             .all()
             .iter()
-            .map(|b| breaker_message(&b.snapshot()))
+            .map(|b| self.shared.breaker(b))
             .collect();
         Ok(Response::new(ListBreakersResponse { breakers }))
     }
@@ -127,7 +127,7 @@ impl Breakers for BreakersService {
         request: Request<GetBreakerRequest>,
     ) -> Result<Response<Breaker>, Status> {
         let breaker = self.find(&request.get_ref().name)?;
-        Ok(Response::new(breaker_message(&breaker.snapshot())))
+        Ok(Response::new(self.shared.breaker(&breaker)))
     }
 
     type WatchBreakersStream = EventStream;
@@ -146,7 +146,7 @@ impl Breakers for BreakersService {
         // transition may then show in both, and its generation tells.
         let transitions = self.shared.registry.transitions();
         let mut watch = BreakersWatch {
-            registry: Arc::clone(&self.shared.registry),
+            shared: self.shared.clone(),
             names,
             pending: VecDeque::new(),
             transitions,
@@ -179,7 +179,7 @@ impl Breakers for BreakersService {
 /// One `WatchBreakers` call: snapshots first, then transitions; fresh snapshots
 /// again if it fell behind the transition stream.
 struct BreakersWatch {
-    registry: Arc<BreakerRegistry>,
+    shared: Shared,
     /// The breakers watched; empty means all.
     names: Vec<ServiceName>,
     pending: VecDeque<BreakerEvent>,
@@ -193,10 +193,10 @@ impl BreakersWatch {
     }
 
     fn queue_snapshots(&mut self) {
-        for breaker in self.registry.all() {
+        for breaker in self.shared.registry.all() {
             if self.selected(breaker.service()) {
                 self.pending.push_back(BreakerEvent {
-                    event: Some(Event::Snapshot(breaker_message(&breaker.snapshot()))),
+                    event: Some(Event::Snapshot(self.shared.breaker(&breaker))),
                 });
             }
         }

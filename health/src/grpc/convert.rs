@@ -1,9 +1,10 @@
-//! Conversions from breaker types to their protobuf messages, and the mapping
-//! of breaker states to gRPC health statuses.
+//! Conversions from breaker and limiter types to their protobuf messages, and
+//! the mapping of breaker states to gRPC health statuses.
 
 use callguard_breaker::BreakerSnapshot;
 use callguard_core::{CircuitState, ServiceName, Transition};
-use callguard_proto::callguard::v1::{Breaker, BreakerTransition, breaker::State};
+use callguard_limit::LimitSnapshot;
+use callguard_proto::callguard::v1::{Breaker, BreakerTransition, Limiter, breaker::State};
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use tonic::Status;
 
@@ -30,7 +31,11 @@ fn proto_state(state: CircuitState) -> State {
     }
 }
 
-pub(crate) fn breaker_message(snapshot: &BreakerSnapshot) -> Breaker {
+/// A breaker's message, with its service's limiter when there is one.
+pub(crate) fn breaker_message(
+    snapshot: &BreakerSnapshot,
+    limiter: Option<&LimitSnapshot>,
+) -> Breaker {
     let last = snapshot.last_transition.as_ref();
     Breaker {
         name: snapshot.service.to_string(),
@@ -43,6 +48,20 @@ pub(crate) fn breaker_message(snapshot: &BreakerSnapshot) -> Breaker {
             .retry_after
             .and_then(|d| prost_types::Duration::try_from(d).ok()),
         generation: snapshot.generation,
+        limiter: limiter.map(limiter_message),
+    }
+}
+
+fn limiter_message(snapshot: &LimitSnapshot) -> Limiter {
+    Limiter {
+        mode: snapshot.mode.as_str().to_owned(),
+        limit: snapshot.limit,
+        provider_limit: snapshot.provider_limit,
+        in_flight: snapshot.in_flight,
+        waiting: snapshot.waiting,
+        paused_for: snapshot
+            .paused_for
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
     }
 }
 

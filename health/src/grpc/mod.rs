@@ -1,5 +1,6 @@
 //! The gRPC server: `grpc.health.v1.Health`, `callguard.v1.Breakers` and server
-//! reflection (v1 and v1alpha), serving one [`BreakerRegistry`].
+//! reflection (v1 and v1alpha), serving one [`BreakerRegistry`] and the
+//! services' limiters.
 
 mod breakers;
 mod convert;
@@ -9,9 +10,11 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use callguard_breaker::BreakerRegistry;
+use callguard_breaker::{BreakerRegistry, CircuitBreaker};
 use callguard_core::ValidationError;
+use callguard_limit::{LimitSnapshot, Limiter};
 use callguard_proto::FILE_DESCRIPTOR_SET;
+use callguard_proto::callguard::v1::Breaker;
 use callguard_proto::callguard::v1::breakers_server::BreakersServer;
 use callguard_proto::grpc::health::v1::health_server::HealthServer;
 use tokio::net::TcpListener;
@@ -67,6 +70,7 @@ pub struct GrpcOptions {
     admin_token: Option<AdminToken>,
     process: ProcessHealth,
     tls: Option<Identity>,
+    limiters: Vec<Arc<Limiter>>,
 }
 
 impl GrpcOptions {
@@ -85,6 +89,7 @@ impl GrpcOptions {
             admin_token: config.admin_token.clone(),
             process: ProcessHealth::new(),
             tls,
+            limiters: Vec::new(),
         })
     }
 
@@ -106,6 +111,14 @@ impl GrpcOptions {
     #[must_use]
     pub fn with_process_health(mut self, process: ProcessHealth) -> Self {
         self.process = process;
+        self
+    }
+
+    /// Shows each service's limiter (limit, in flight, waiting) beside its
+    /// breaker, read as each message is made.
+    #[must_use]
+    pub fn with_limiters(mut self, limiters: Vec<Arc<Limiter>>) -> Self {
+        self.limiters = limiters;
         self
     }
 
@@ -138,9 +151,26 @@ pub enum GrpcError {
 #[derive(Clone)]
 struct Shared {
     registry: Arc<BreakerRegistry>,
+    limiters: Arc<[Arc<Limiter>]>,
     process: ProcessHealth,
     /// Becomes `true` at shutdown: open streams end so the server can stop.
     closing: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The limiter of `service` now, if the server knows one.
+    fn limiter(&self, service: &str) -> Option<LimitSnapshot> {
+        self.limiters
+            .iter()
+            .find(|limiter| limiter.service().as_str() == service)
+            .map(|limiter| limiter.snapshot())
+    }
+
+    /// `breaker`'s message, with its service's limiter.
+    fn breaker(&self, breaker: &CircuitBreaker) -> Breaker {
+        let limiter = self.limiter(breaker.service().as_str());
+        convert::breaker_message(&breaker.snapshot(), limiter.as_ref())
+    }
 }
 
 /// Serves health, breakers and reflection on `listener` until `shutdown`
@@ -172,6 +202,7 @@ pub async fn serve(
     let (closing_tx, closing) = watch::channel(false);
     let shared = Shared {
         registry,
+        limiters: options.limiters.into(),
         process: options.process.clone(),
         closing,
     };

@@ -127,6 +127,39 @@ async fn a_slot_freed_within_the_queue_lets_the_waiting_request_through() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_limit_without_headers_is_enforced_but_not_announced() {
+    let server = start().await;
+    let limit: ConcurrencyLimit =
+        serde_json::from_value(json!({"max_concurrent": 1, "headers": false})).unwrap();
+    assert_eq!(limit, ConcurrencyLimit::new(1).without_headers());
+    server.set_concurrency_limit(Some(limit)).unwrap();
+    server
+        .inject(Fault::new(Service::Elevenlabs, FaultMode::Slow).with_latency(SECOND))
+        .unwrap();
+    let client = client();
+    let first = tokio::spawn(tts(&client, &server, "one").send());
+    until_in_flight(&server, 1).await;
+    let refused = tts(&client, &server, "two").send().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "still enforced"
+    );
+    let served = first.await.unwrap().unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    for answer in [&refused, &served] {
+        assert_eq!(header(answer, "maximum-concurrent-requests"), None);
+        assert_eq!(header(answer, "current-concurrent-requests"), None);
+    }
+    let body = refused.bytes().await.unwrap();
+    assert_eq!(
+        classified(StatusCode::TOO_MANY_REQUESTS, None, &body),
+        ErrorKind::ConcurrencyLimited,
+        "the body still says why"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn health_checks_are_not_limited() {
     let server = limited(
         1,
@@ -189,7 +222,7 @@ async fn limits_are_set_changed_and_cleared_over_the_control_api() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["elevenlabs"],
-        json!({"max_concurrent": 3, "queue": "50ms", "in_flight": 0})
+        json!({"max_concurrent": 3, "queue": "50ms", "headers": true, "in_flight": 0})
     );
     let answer = tts(&client, &server, "hi").send().await.unwrap();
     assert_eq!(header(&answer, "maximum-concurrent-requests"), Some("3"));
