@@ -2,6 +2,7 @@
 //! remote health watcher, and the `health-server`, `status` and `healthcheck`
 //! subcommands.
 
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
