@@ -3,6 +3,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, LeasedBatch, Millis,
@@ -195,6 +196,7 @@ impl MemoryBackend {
                 not_before,
                 max_deferrals,
                 progress,
+                ..
             } => {
                 let row = &mut inner.rows[seq];
                 row.deferrals += 1;
@@ -254,6 +256,7 @@ impl MemoryBackend {
         &self,
         service: &str,
         until: Millis,
+        _wait: Duration,
     ) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let chosen: Vec<usize> = (0..inner.rows.len())
@@ -291,7 +294,7 @@ impl MemoryBackend {
         Ok(counts)
     }
 
-    pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+    pub(crate) async fn next_due(&self, _now: Millis) -> Result<Option<Millis>, StoreError> {
         Ok(self.lock().due.first().map(|&(due_at, _)| due_at))
     }
 
