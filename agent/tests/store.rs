@@ -301,6 +301,100 @@ async fn agents_sharing_a_postgres_queue_take_over_a_killed_agents_contacts() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// How long after `since` the query `sql` (a count) on `client` first
+/// exceeds `before`; `None` if not within 30 s.
+async fn first_rise(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    before: i64,
+    since: tokio::time::Instant,
+) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(30) {
+        if let Ok(row) = client.query_one(sql, &[]).await
+            && row.get::<_, i64>(0) > before
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
+    // A cluster of the test's own: restarting the shared one would cut
+    // every other test's connections.
+    let cluster = callguard_testkit::PostgresCluster::start("restart", "", None, |_| {});
+    let url = cluster.url("");
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("pg-restart");
+    let table = "restart_campaign";
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nlease = \"30s\"\npoll_interval = \"1s\""
+        ),
+        "5s",
+        "",
+    );
+    let ids = write_contacts(&dir, 600);
+    let mut agents: Vec<Child> = ["a", "b"]
+        .iter()
+        .map(|name| spawn_run(&dir, name))
+        .collect();
+    wait_records(&mocks, 150).await;
+
+    // pg_ctl returns once the server accepts connections again.
+    cluster.restart();
+    let back = tokio::time::Instant::now();
+    let back_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let completed = format!("SELECT count(*) FROM {table} WHERE state = 'completed'");
+    // A lease sets `updated_at` to the database's now.
+    let leased_since_back = format!(
+        "SELECT count(*) FROM {table} WHERE state = 'in_flight' AND updated_at >= {back_ms}"
+    );
+    let completed_then: i64 = watcher.query_one(&completed, &[]).await.unwrap().get(0);
+    assert!(
+        completed_then < 600,
+        "restarted mid-campaign: {completed_then}"
+    );
+    let (saves, leases) = tokio::join!(
+        first_rise(&watcher, &completed, completed_then, back),
+        first_rise(&watcher, &leased_since_back, 0, back),
+    );
+    let (saves, leases) = (saves.expect("saves resume"), leases.expect("leases resume"));
+    eprintln!(
+        "PostgreSQL back: completions saved again after {saves:?}, contacts leased again after {leases:?}"
+    );
+    for waited in [saves, leases] {
+        assert!(waited < Duration::from_secs(3), "resumed after {waited:?}");
+    }
+
+    for (agent, name) in agents.iter_mut().zip(["a", "b"]) {
+        wait_exit(agent, Duration::from_secs(90), &dir, name).await;
+    }
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 600, "{counts:?}");
+    for name in ["a", "b"] {
+        let summary = summary(&dir, name);
+        assert_eq!(
+            (&summary["lost"], &summary["duplicated"]),
+            (&0.into(), &0.into()),
+            "{summary}"
+        );
+    }
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The SQLite store of `dir`, created as `callguard run` creates it, with
 /// `sql` run on it behind the agent's back: a fault planted in the store.
 async fn tamper_with_store(dir: &Path, sql: &str) {
