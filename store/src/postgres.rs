@@ -45,6 +45,7 @@ use crate::model::{
 use crate::sql::{Dialect, LeasedRow, Statements, leased_batch, parse_state};
 
 pub(crate) use connect::ConnectOptions;
+use connect::with_causes;
 use reconnect::{Backoff, Persistence, connection_lost, pool_unavailable};
 
 fn db(error: impl std::fmt::Display) -> StoreError {
@@ -148,11 +149,12 @@ impl PostgresBackend {
             .build()
             .map_err(|e| options.refused(e))?;
         let client = pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => options.refused(with_causes(&e)),
             deadpool_postgres::PoolError::Timeout(_) => options.refused(format!(
                 "no connection within {:?} (queue.connect_timeout)",
                 settings.connect_timeout
             )),
-            e => options.refused(e),
+            e => options.refused(with_causes(&e)),
         })?;
         // Agents starting together would race to create the table: one at a time.
         client

@@ -214,6 +214,21 @@ impl RootCerts {
     }
 }
 
+/// `error` and its causes on one line: a handshake's error says only that
+/// the handshake failed; its source says why.
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+        source = cause.source();
+    }
+    line.replace('\n', " ")
+}
+
 /// `%XX` escapes decoded (a URL parameter's value).
 fn percent_decoded(value: &str) -> String {
     let bytes = value.as_bytes();
