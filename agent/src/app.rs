@@ -207,6 +207,10 @@ impl App {
             None => None,
         };
         let grpc = GrpcServer::start(&self.config.grpc, self.registry.clone()).await?;
+        let store_follower = grpc.follow_store(
+            queue.store().clone(),
+            self.config.queue.unreachable_grace.get(),
+        );
         let remote = RemoteFollower::start(&self.config, &self.registry);
         let summary = self
             .campaign(queue.clone())
@@ -215,6 +219,7 @@ impl App {
         if let Some(remote) = remote {
             remote.stop().await;
         }
+        store_follower.abort();
         grpc.stop().await;
         Ok(Ran {
             summary,
