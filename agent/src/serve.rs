@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use callguard_breaker::BreakerRegistry;
-use callguard_store::CallStore;
 use callguard_health::{GrpcConfig, GrpcError, GrpcOptions, ProcessHealth, RemoteWatcher};
+use callguard_store::CallStore;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -105,7 +105,11 @@ impl GrpcServer {
                 if out_too_long == process.is_serving() {
                     tracing::warn!(
                         "gRPC health reports {}: the call store {}",
-                        if out_too_long { "NOT_SERVING" } else { "SERVING" },
+                        if out_too_long {
+                            "NOT_SERVING"
+                        } else {
+                            "SERVING"
+                        },
                         if out_too_long {
                             "has been out of reach longer than queue.unreachable_grace"
                         } else {
