@@ -395,6 +395,115 @@ async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Polls `check` (the text of `/metrics`, or `Health/Check` of `""`) until
+/// it holds, at most 20 s; the last answer if it never does.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> (bool, String)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (holds, answer) = check().await;
+        if holds {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}; last answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_out_of_reach_past_its_grace_turns_the_process_not_serving() {
+    let cluster = callguard_testkit::PostgresCluster::start("outage", "", None, |_| {});
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("pg-outage");
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{}\"\ntable = \"outage\"\nworkers = 4\nunreachable_grace = \"1s\"\npoll_interval = \"200ms\"",
+            cluster.url("")
+        ),
+        "5s",
+        "",
+    );
+    let ids = write_contacts(&dir, 300);
+    let (grpc, metrics) = (
+        callguard_testkit::free_addr(),
+        callguard_testkit::free_addr(),
+    );
+    let mut run = agent(
+        &dir,
+        &[
+            "run",
+            "--config",
+            "agent.toml",
+            "--contacts",
+            "contacts.csv",
+        ],
+    )
+    .env("CALLGUARD_GRPC__LISTEN", grpc.to_string())
+    .env("CALLGUARD_METRICS__LISTEN", metrics.to_string())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("run.err")).unwrap())
+    .spawn()
+    .unwrap();
+    wait_records(&mocks, 30).await;
+    let health = async || {
+        let out = callguard_testkit::grpcurl(
+            grpc,
+            &["-d", r#"{"service":""}"#],
+            &["grpc.health.v1.Health/Check"],
+        )
+        .await;
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let scrape = async || {
+        let url = format!("http://{metrics}/metrics");
+        match reqwest::get(&url).await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let serving = async |expected: &str| {
+        let answer = health().await;
+        (answer.contains(&format!("\"{expected}\"")), answer)
+    };
+    until("SERVING", async || serving("SERVING").await).await;
+
+    cluster.stop();
+    until("NOT_SERVING", async || serving("NOT_SERVING").await).await;
+    until("store_up 0", async || {
+        let text = scrape().await;
+        (text.contains("callguard_store_up 0"), text)
+    })
+    .await;
+    let errors = scrape().await;
+    assert!(
+        !errors.contains("callguard_store_errors_total 0"),
+        "failed statements counted: {errors}"
+    );
+    // Printed every 5 s when stderr is not a terminal.
+    until("said on the progress line", async || {
+        let progress = std::fs::read_to_string(dir.join("run.err")).unwrap_or_default();
+        (progress.contains("call store unreachable since"), progress)
+    })
+    .await;
+
+    cluster.start_again();
+    until("SERVING again", async || serving("SERVING").await).await;
+    until("store_up 1", async || {
+        let text = scrape().await;
+        (text.contains("callguard_store_up 1"), text)
+    })
+    .await;
+    wait_exit(&mut run, Duration::from_secs(90), &dir, "run").await;
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 300, "{counts:?}");
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// The SQLite store of `dir`, created as `callguard run` creates it, with
 /// `sql` run on it behind the agent's back: a fault planted in the store.
 async fn tamper_with_store(dir: &Path, sql: &str) {

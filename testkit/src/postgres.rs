@@ -90,6 +90,16 @@ impl PostgresCluster {
         self.pg_ctl("restart");
     }
 
+    /// `pg_ctl stop -m fast`: the server is gone until [`start_again`](Self::start_again).
+    pub fn stop(&self) {
+        self.pg_ctl("stop");
+    }
+
+    /// Starts the stopped server again, returning once it accepts connections.
+    pub fn start_again(&self) {
+        self.pg_ctl("start");
+    }
+
     fn pg_ctl(&self, action: &str) {
         let log = self.dir.join("server.log");
         let data = self.data();
