@@ -323,7 +323,8 @@ async fn first_rise(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
     // A cluster of the test's own: restarting the shared one would cut
-    // every other test's connections.
+    // every other test's connections. The mocks' health probes time out on
+    // a loaded machine and defer contacts; no contact may expire of that.
     let cluster = callguard_testkit::PostgresCluster::start("restart", "", None, |_| {});
     let url = cluster.url("");
     let mocks = slow_mocks().await;
@@ -333,7 +334,8 @@ async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
         &dir,
         &mocks,
         &format!(
-            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nlease = \"30s\"\npoll_interval = \"1s\""
+            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nlease = \"30s\"\npoll_interval = \"1s\"\n\
+             max_deferrals = 1000"
         ),
         "5s",
         "",
@@ -421,7 +423,8 @@ async fn a_store_out_of_reach_past_its_grace_turns_the_process_not_serving() {
         &dir,
         &mocks,
         &format!(
-            "url = \"{}\"\ntable = \"outage\"\nworkers = 4\nunreachable_grace = \"1s\"\npoll_interval = \"200ms\"",
+            "url = \"{}\"\ntable = \"outage\"\nworkers = 4\nunreachable_grace = \"1s\"\npoll_interval = \"200ms\"\n\
+             max_deferrals = 1000",
             cluster.url("")
         ),
         "5s",
