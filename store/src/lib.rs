@@ -136,7 +136,9 @@ pub struct StoreSettings {
     /// its own. Zero (the default) adds no wait; a caller that saves final
     /// states in the background gains fewer, larger writes from a little.
     pub settle_wait: Duration,
-    /// Most connections a PostgreSQL store keeps open.
+    /// Most connections a PostgreSQL store keeps open. Statements share
+    /// them, pipelined; one (the default) costs the server least — each
+    /// more spreads the same statements over more server processes.
     pub pool_size: usize,
     /// How long connecting to PostgreSQL (TCP, TLS, authentication) may take.
     pub connect_timeout: Duration,
@@ -158,7 +160,7 @@ impl Default for StoreSettings {
             table: "callguard_contacts".into(),
             lease_batch: 1,
             settle_wait: Duration::ZERO,
-            pool_size: 4,
+            pool_size: 1,
             connect_timeout: Duration::from_secs(5),
         }
     }
