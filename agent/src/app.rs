@@ -200,13 +200,17 @@ impl App {
             Some(queue.clone()),
         )
         .await?;
-        let remote = RemoteFollower::start(&self.config, &self.registry)?;
         let grpc = GrpcServer::start(
             &self.config.grpc,
             self.registry.clone(),
             self.pipeline.limiters(),
         )
         .await?;
+        let store_follower = grpc.follow_store(
+            queue.store().clone(),
+            self.config.queue.unreachable_grace.get(),
+        );
+        let remote = RemoteFollower::start(&self.config, &self.registry)?;
         let summary = self
             .campaign(queue.clone())
             .run(grpc.drain_on(shutdown))
@@ -214,6 +218,7 @@ impl App {
         if let Some(remote) = remote {
             remote.stop().await;
         }
+        store_follower.abort();
         grpc.stop().await;
         Ok(Ran {
             summary,

@@ -16,7 +16,7 @@ use callguard_health::{GrpcConfig, HealthCheckConfig};
 use callguard_limit::LimitConfig;
 use callguard_retry::RetryPolicy;
 use callguard_sheets_logger::SheetsConfig;
-use callguard_store::{StoreLocation, StoreSettings};
+use callguard_store::{StoreError, StoreLocation, StoreSettings};
 use callguard_telemetry::{LoggingConfig, MetricsConfig};
 use serde::de::DeserializeOwned;
 
@@ -94,6 +94,13 @@ pub struct QueueConfig {
     /// fewer store round trips, and contacts held back from other agents
     /// sharing the queue a little longer.
     pub lease_batch: Option<u32>,
+    /// Most connections to a PostgreSQL store.
+    pub pool_size: u32,
+    /// How long connecting to PostgreSQL may take (TCP, TLS, authentication).
+    pub connect_timeout: ConfigDuration,
+    /// How long the store may be out of reach before the process's gRPC
+    /// health (`""`) reports NOT_SERVING.
+    pub unreachable_grace: ConfigDuration,
 }
 
 /// How long a contact's final state may wait to be saved together with
@@ -118,6 +125,9 @@ impl Default for QueueConfig {
             lease: ConfigDuration::new(store.lease),
             poll_interval: ConfigDuration::new(store.poll_interval),
             lease_batch: None,
+            pool_size: u32::try_from(store.pool_size).unwrap_or(u32::MAX),
+            connect_timeout: ConfigDuration::new(store.connect_timeout),
+            unreachable_grace: ConfigDuration::from_secs(10),
         }
     }
 }
@@ -134,6 +144,8 @@ impl QueueConfig {
             // Final states are saved in the background (no worker waits for
             // them), so each may wait to share the store's work with others.
             settle_wait: SETTLE_WAIT,
+            pool_size: usize::try_from(self.pool_size).unwrap_or(usize::MAX),
+            connect_timeout: self.connect_timeout.get(),
         }
     }
 
@@ -152,14 +164,21 @@ impl QueueConfig {
         }
         nonzero_duration("queue.lease", self.lease.get())?;
         nonzero_duration("queue.poll_interval", self.poll_interval.get())?;
-        if let Err(e) = StoreLocation::parse(self.url.expose()) {
-            // Only the scheme: the rest may hold a password.
-            let scheme = self.url.expose().split(':').next().unwrap_or_default();
-            return Err(ValidationError::new(
-                "queue.url",
-                format!("{scheme}:…"),
-                e.to_string(),
-            ));
+        at_least("queue.pool_size", self.pool_size, 1)?;
+        nonzero_duration("queue.connect_timeout", self.connect_timeout.get())?;
+        match StoreLocation::parse(self.url.expose()) {
+            Ok(_) => {}
+            // A URL parameter: its own key, value and rule.
+            Err(StoreError::Invalid(e)) => return Err(e.in_section("queue.url")),
+            Err(e) => {
+                // Only the scheme: the rest may hold a password.
+                let scheme = self.url.expose().split(':').next().unwrap_or_default();
+                return Err(ValidationError::new(
+                    "queue.url",
+                    format!("{scheme}:…"),
+                    e.to_string(),
+                ));
+            }
         }
         Ok(())
     }
@@ -626,6 +645,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("queue.lease_batch"), "{err}");
+    }
+
+    #[test]
+    fn pool_and_tls_settings_are_checked_by_key_value_and_rule() {
+        let load = |vars: &[(&str, &str)]| {
+            AgentConfig::load(DEFAULTS, None, env(vars))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = load(&[("CALLGUARD_QUEUE__POOL_SIZE", "0")]);
+        assert!(err.contains("queue.pool_size must be ≥ 1, got 0"), "{err}");
+        let err = load(&[("CALLGUARD_QUEUE__CONNECT_TIMEOUT", "0s")]);
+        assert!(err.contains("queue.connect_timeout"), "{err}");
+        let err = load(&[(
+            "CALLGUARD_QUEUE__URL",
+            "postgres://agent:hunter2@db/calls?sslmode=verify_full",
+        )]);
+        assert!(
+            err.contains(
+                "queue.url.sslmode must be one of disable, prefer, require, verify-ca, \
+                 verify-full, got \"verify_full\""
+            ),
+            "{err}"
+        );
+        let err = load(&[(
+            "CALLGUARD_QUEUE__URL",
+            "postgres://agent:hunter2@db/calls?sslmode=verify-full&sslrootcert=/no/ca.pem",
+        )]);
+        assert!(
+            err.contains("queue.url.sslrootcert must be a readable file"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

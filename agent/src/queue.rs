@@ -28,7 +28,7 @@ use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
     StoreError, StoreLocation, StoreSettings,
 };
-use callguard_telemetry::ContactGauge;
+use callguard_telemetry::{ContactGauge, StoreStatus};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -568,6 +568,14 @@ impl ContactGauge for CallQueue {
             ("failed", counts.failed),
             ("expired", counts.expired),
         ]
+    }
+
+    fn store_status(&self) -> Option<StoreStatus> {
+        let health = self.store.health();
+        Some(StoreStatus {
+            up: health.unreachable_since.is_none(),
+            errors: health.errors,
+        })
     }
 }
 

@@ -5,10 +5,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use callguard_breaker::BreakerRegistry;
 use callguard_health::{GrpcConfig, GrpcError, GrpcOptions, ProcessHealth, RemoteWatcher};
 use callguard_limit::Limiter;
+use callguard_store::CallStore;
 use callguard_telemetry::{ContactGauge, Metrics, MetricsConfig, MetricsServer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,6 +23,8 @@ use crate::config::AgentConfig;
 pub struct GrpcServer {
     addr: SocketAddr,
     process: ProcessHealth,
+    /// Set once the drain begins: the store's health no longer moves `""`.
+    draining: Arc<AtomicBool>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), GrpcError>>,
 }
@@ -59,6 +64,7 @@ impl GrpcServer {
         Ok(Self {
             addr,
             process,
+            draining: Arc::default(),
             stop,
             task,
         })
@@ -76,12 +82,51 @@ impl GrpcServer {
         shutdown: F,
     ) -> impl Future<Output = ()> + use<F> {
         let process = self.process.clone();
+        let draining = self.draining.clone();
         let addr = self.addr;
         async move {
             shutdown.await;
             tracing::info!("Draining: gRPC on {addr} reports NOT_SERVING");
+            draining.store(true, Ordering::Release);
             process.set_serving(false);
         }
+    }
+
+    /// Reports the process (`""`) NOT_SERVING while `store` has been out of
+    /// reach longer than `grace` (`queue.unreachable_grace`), SERVING again
+    /// once it answers; looks four times a second until the server stops.
+    pub fn follow_store(&self, store: Arc<CallStore>, grace: Duration) -> JoinHandle<()> {
+        let process = self.process.clone();
+        let draining = self.draining.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                ticker.tick().await;
+                if draining.load(Ordering::Acquire) {
+                    return;
+                }
+                let out_too_long = store
+                    .health()
+                    .unreachable_since
+                    .is_some_and(|(_, at)| at.elapsed() > grace);
+                if out_too_long == process.is_serving() {
+                    tracing::warn!(
+                        "gRPC health reports {}: the call store {}",
+                        if out_too_long {
+                            "NOT_SERVING"
+                        } else {
+                            "SERVING"
+                        },
+                        if out_too_long {
+                            "has been out of reach longer than queue.unreachable_grace"
+                        } else {
+                            "answers again"
+                        }
+                    );
+                    process.set_serving(!out_too_long);
+                }
+            }
+        })
     }
 
     /// Stops serving: open watch streams end, calls in flight finish.

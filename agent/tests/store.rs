@@ -315,7 +315,6 @@ fn postgres_authority(url: &str) -> &str {
 /// record per contact. How long the agents took to resume once the link was
 /// back is printed (`--nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the reconnecting PostgreSQL store"]
 async fn two_agents_get_through_a_five_second_cut_to_their_postgres_queue() {
     const CONTACTS: usize = 600;
     const CUT: Duration = Duration::from_secs(5);
@@ -380,6 +379,212 @@ async fn two_agents_get_through_a_five_second_cut_to_their_postgres_queue() {
         proxy.state().cut,
         resumed.as_secs_f64()
     );
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// How long after `since` the query `sql` (a count) on `client` first
+/// exceeds `before`; `None` if not within 30 s.
+async fn first_rise(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    before: i64,
+    since: tokio::time::Instant,
+) -> Option<Duration> {
+    while since.elapsed() < Duration::from_secs(30) {
+        if let Ok(row) = client.query_one(sql, &[]).await
+            && row.get::<_, i64>(0) > before
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
+    // A cluster of the test's own: restarting the shared one would cut
+    // every other test's connections. The mocks' health probes time out on
+    // a loaded machine and defer contacts; no contact may expire of that.
+    let cluster = callguard_testkit::PostgresCluster::start("restart", "", None, |_| {});
+    let url = cluster.url("");
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("pg-restart");
+    let table = "restart_campaign";
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nlease = \"30s\"\npoll_interval = \"1s\"\n\
+             max_deferrals = 1000"
+        ),
+        "5s",
+        "",
+    );
+    let ids = write_contacts(&dir, 600);
+    let mut agents: Vec<Child> = ["a", "b"]
+        .iter()
+        .map(|name| spawn_run(&dir, name))
+        .collect();
+    wait_records(&mocks, 150).await;
+
+    // pg_ctl returns once the server accepts connections again.
+    cluster.restart();
+    let back = tokio::time::Instant::now();
+    let back_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let completed = format!("SELECT count(*) FROM {table} WHERE state = 'completed'");
+    // A lease sets `updated_at` to the database's now.
+    let leased_since_back = format!(
+        "SELECT count(*) FROM {table} WHERE state = 'in_flight' AND updated_at >= {back_ms}"
+    );
+    let completed_then: i64 = watcher.query_one(&completed, &[]).await.unwrap().get(0);
+    assert!(
+        completed_then < 600,
+        "restarted mid-campaign: {completed_then}"
+    );
+    let (saves, leases) = tokio::join!(
+        first_rise(&watcher, &completed, completed_then, back),
+        first_rise(&watcher, &leased_since_back, 0, back),
+    );
+    let (saves, leases) = (saves.expect("saves resume"), leases.expect("leases resume"));
+    eprintln!(
+        "PostgreSQL back: completions saved again after {saves:?}, contacts leased again after {leases:?}"
+    );
+    for waited in [saves, leases] {
+        assert!(waited < Duration::from_secs(3), "resumed after {waited:?}");
+    }
+
+    for (agent, name) in agents.iter_mut().zip(["a", "b"]) {
+        wait_exit(agent, Duration::from_secs(90), &dir, name).await;
+    }
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 600, "{counts:?}");
+    for name in ["a", "b"] {
+        let summary = summary(&dir, name);
+        assert_eq!(
+            (&summary["lost"], &summary["duplicated"]),
+            (&0.into(), &0.into()),
+            "{summary}"
+        );
+    }
+    mocks.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Polls `check` (the text of `/metrics`, or `Health/Check` of `""`) until
+/// it holds, at most 20 s; the last answer if it never does.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> (bool, String)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (holds, answer) = check().await;
+        if holds {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {what}; last answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_out_of_reach_past_its_grace_turns_the_process_not_serving() {
+    let cluster = callguard_testkit::PostgresCluster::start("outage", "", None, |_| {});
+    let mocks = slow_mocks().await;
+    let dir = temp_dir("pg-outage");
+    write_config(
+        &dir,
+        &mocks,
+        &format!(
+            "url = \"{}\"\ntable = \"outage\"\nworkers = 4\nunreachable_grace = \"1s\"\npoll_interval = \"200ms\"\n\
+             max_deferrals = 1000",
+            cluster.url("")
+        ),
+        "5s",
+        "",
+    );
+    let ids = write_contacts(&dir, 300);
+    let (grpc, metrics) = (
+        callguard_testkit::free_addr(),
+        callguard_testkit::free_addr(),
+    );
+    let mut run = agent(
+        &dir,
+        &[
+            "run",
+            "--config",
+            "agent.toml",
+            "--contacts",
+            "contacts.csv",
+        ],
+    )
+    .env("CALLGUARD_GRPC__LISTEN", grpc.to_string())
+    .env("CALLGUARD_METRICS__LISTEN", metrics.to_string())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(dir.join("run.err")).unwrap())
+    .spawn()
+    .unwrap();
+    wait_records(&mocks, 30).await;
+    let health = async || {
+        let out = callguard_testkit::grpcurl(
+            grpc,
+            &["-d", r#"{"service":""}"#],
+            &["grpc.health.v1.Health/Check"],
+        )
+        .await;
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let scrape = async || {
+        let url = format!("http://{metrics}/metrics");
+        match reqwest::get(&url).await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let serving = async |expected: &str| {
+        let answer = health().await;
+        (answer.contains(&format!("\"{expected}\"")), answer)
+    };
+    until("SERVING", async || serving("SERVING").await).await;
+
+    cluster.stop();
+    until("NOT_SERVING", async || serving("NOT_SERVING").await).await;
+    until("store_up 0", async || {
+        let text = scrape().await;
+        (text.contains("callguard_store_up 0"), text)
+    })
+    .await;
+    let errors = scrape().await;
+    assert!(
+        !errors.contains("callguard_store_errors_total 0"),
+        "failed statements counted: {errors}"
+    );
+    // Printed every 5 s when stderr is not a terminal.
+    until("said on the progress line", async || {
+        let progress = std::fs::read_to_string(dir.join("run.err")).unwrap_or_default();
+        (progress.contains("call store unreachable since"), progress)
+    })
+    .await;
+
+    cluster.start_again();
+    until("SERVING again", async || serving("SERVING").await).await;
+    until("store_up 1", async || {
+        let text = scrape().await;
+        (text.contains("callguard_store_up 1"), text)
+    })
+    .await;
+    wait_exit(&mut run, Duration::from_secs(90), &dir, "run").await;
+    let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
+    assert_eq!(counts["completed"], 300, "{counts:?}");
     mocks.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

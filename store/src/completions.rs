@@ -33,6 +33,14 @@ impl Completion {
         };
         (completion, answered)
     }
+
+    /// The lease it completes under.
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            contact_id: self.contact_id.clone(),
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// Answers each completion of `batch` from `done`, the ids the batch's

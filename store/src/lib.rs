@@ -16,6 +16,7 @@
 //! advanced by `tokio::time`, so tests on a paused clock move stored times too.
 
 mod completions;
+mod health;
 mod memory;
 mod model;
 mod postgres;
@@ -33,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+pub use health::StoreHealth;
 pub use model::{
     ContactState, ContactStatus, Counts, Deferral, ImportReport, Lease, Leased, NewContact,
     Progress, StoreError,
@@ -65,6 +67,8 @@ impl StoreLocation {
             }
             Ok(Self::Sqlite(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Bad TLS parameters are refused here, before anything connects.
+            postgres::ConnectOptions::parse(url)?;
             Ok(Self::Postgres(url.to_owned()))
         } else {
             Err(StoreError::Location(
@@ -132,6 +136,12 @@ pub struct StoreSettings {
     /// its own. Zero (the default) adds no wait; a caller that saves final
     /// states in the background gains fewer, larger writes from a little.
     pub settle_wait: Duration,
+    /// Most connections a PostgreSQL store keeps open. Statements share
+    /// them, pipelined; one (the default) costs the server least — each
+    /// more spreads the same statements over more server processes.
+    pub pool_size: usize,
+    /// How long connecting to PostgreSQL (TCP, TLS, authentication) may take.
+    pub connect_timeout: Duration,
 }
 
 impl StoreSettings {
@@ -150,6 +160,8 @@ impl Default for StoreSettings {
             table: "callguard_contacts".into(),
             lease_batch: 1,
             settle_wait: Duration::ZERO,
+            pool_size: 1,
+            connect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -179,8 +191,13 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
+        Self::ahead(Duration::ZERO)
+    }
+
+    /// A clock reading `by` later than the wall clock.
+    fn ahead(by: Duration) -> Self {
         Self {
-            wall: SystemTime::now(),
+            wall: SystemTime::now() + by,
             mono: Instant::now(),
         }
     }
@@ -307,6 +324,26 @@ impl CallStore {
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
+    }
+
+    /// Makes the store's clock read `by` ahead of the wall clock, as on a
+    /// host whose clock runs fast (to test that skew does no harm).
+    #[must_use]
+    pub fn with_clock_ahead(mut self, by: Duration) -> Self {
+        self.clock = Clock::ahead(by);
+        self
+    }
+
+    /// Whether the database answers: since when it has been out of reach,
+    /// and how many statements failed (memory and SQLite are always reached).
+    pub fn health(&self) -> StoreHealth {
+        match &self.backend {
+            Backend::Postgres(b) => b.health(),
+            Backend::Memory(_) | Backend::Sqlite(_) => StoreHealth {
+                unreachable_since: None,
+                errors: 0,
+            },
+        }
     }
 
     /// Where the contacts are kept.
@@ -497,7 +534,7 @@ impl CallStore {
             if let Some(leased) = self.try_lease().await? {
                 return Ok(Some(leased));
             }
-            let Some(due) = dispatch!(self, next_due())? else {
+            let Some(due) = dispatch!(self, next_due(self.clock.now_millis()))? else {
                 return Ok(None);
             };
             let now = Instant::now();
@@ -616,6 +653,7 @@ impl CallStore {
             service,
             reason,
             not_before,
+            wait,
             max_deferrals: self.settings.max_deferrals,
             counted: u32::from(counted),
             progress,
@@ -663,7 +701,7 @@ impl CallStore {
         wait: Duration,
     ) -> Result<usize, StoreError> {
         let until = self.clock.not_before(wait);
-        dispatch!(self, postpone_service(service, until))
+        dispatch!(self, postpone_service(service, until, wait))
     }
 
     /// Stops handing out contacts: [`next`](Self::next) answers `None`.

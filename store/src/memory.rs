@@ -3,6 +3,7 @@
 
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use crate::model::{
     ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, LeasedBatch, Millis,
@@ -196,6 +197,7 @@ impl MemoryBackend {
                 max_deferrals,
                 counted,
                 progress,
+                ..
             } => {
                 let row = &mut inner.rows[seq];
                 row.deferrals += counted;
@@ -255,6 +257,7 @@ impl MemoryBackend {
         &self,
         service: &str,
         until: Millis,
+        _wait: Duration,
     ) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let chosen: Vec<usize> = (0..inner.rows.len())
@@ -292,7 +295,7 @@ impl MemoryBackend {
         Ok(counts)
     }
 
-    pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+    pub(crate) async fn next_due(&self, _now: Millis) -> Result<Option<Millis>, StoreError> {
         Ok(self.lock().due.first().map(|&(due_at, _)| due_at))
     }
 

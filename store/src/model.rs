@@ -276,6 +276,18 @@ pub enum StoreError {
         /// What the database said.
         message: String,
     },
+    /// The database could not be reached, or the connection broke while a
+    /// statement ran: whether it took effect is unknown.
+    #[error("{backend} store unreachable: {message}")]
+    Unavailable {
+        /// `postgres`.
+        backend: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A setting of the store (a URL parameter) breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] callguard_core::ValidationError),
     /// The contact's lease expired and it was taken by another worker or
     /// agent, or it was already settled: the change was not made.
     #[error("contact {contact_id}: lease lost (it expired or the contact was settled elsewhere)")]
@@ -311,6 +323,8 @@ pub(crate) enum Outcome<'a> {
         service: &'a str,
         reason: &'a str,
         not_before: Millis,
+        /// How long from now (PostgreSQL counts it from the database's clock).
+        wait: std::time::Duration,
         max_deferrals: u32,
         /// Whether it counts toward `max_deferrals` (1) or not (0).
         counted: u32,

@@ -360,7 +360,7 @@ impl SqliteBackend {
         self.run(move |connection, sql| {
             let mut statement = connection.prepare_cached(&sql.lease)?;
             let rows = statement
-                .query_map(params![owner, now, until], |row| {
+                .query_map(params![owner, until, now], |row| {
                     Ok(LeasedRow {
                         seq: row.get(5)?,
                         contact_id: row.get(0)?,
@@ -458,9 +458,9 @@ impl SqliteBackend {
             Outcome::Failed { service, reason } => (
                 |sql| &sql.fail,
                 vec![
-                    at,
                     (*service).to_owned().into(),
                     (*reason).to_owned().into(),
+                    at,
                 ],
             ),
             Outcome::Deferred {
@@ -470,16 +470,17 @@ impl SqliteBackend {
                 max_deferrals,
                 counted,
                 progress,
+                ..
             } => (
                 |sql| &sql.defer,
                 vec![
-                    at,
                     (*max_deferrals).into(),
                     (*not_before).into(),
                     (*service).to_owned().into(),
                     (*reason).to_owned().into(),
                     progress.to_json().into(),
                     (*counted).into(),
+                    at,
                 ],
             ),
         };
@@ -560,6 +561,7 @@ impl SqliteBackend {
         &self,
         service: &str,
         until: Millis,
+        _wait: Duration,
     ) -> Result<usize, StoreError> {
         self.update(|sql| &sql.postpone_service, service.to_owned(), until)
             .await
@@ -590,7 +592,7 @@ impl SqliteBackend {
         .await
     }
 
-    pub(crate) async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+    pub(crate) async fn next_due(&self, _now: Millis) -> Result<Option<Millis>, StoreError> {
         self.run(|connection, sql| {
             connection
                 .prepare_cached(&sql.next_due)?

@@ -78,6 +78,7 @@ impl Fixture {
             max_deferrals: 2,
             lease_batch: 1,
             settle_wait: Duration::ZERO,
+            ..StoreSettings::default()
         }
     }
 
@@ -975,6 +976,48 @@ async fn postgres_skips_a_contact_another_agent_is_leasing() {
         ),
         "(leased without waiting for the other agent's transaction, what, each held once)"
     );
+}
+
+/// PostgreSQL only: lease times come from the database's clock, so an
+/// agent whose clock runs an hour ahead neither takes a lease that is still
+/// live nor sets one that outlives its length; the lease it takes once the
+/// first has expired lasts a lease from the database's now.
+#[tokio::test]
+async fn postgres_an_agent_whose_clock_runs_ahead_takes_no_live_lease() {
+    let mut fixture = Fixture::new(Kind::Postgres, "clock_ahead").await;
+    let store = fixture.open().await;
+    store.import(&contacts(&["a"])).await.unwrap();
+    let held = store.try_lease().await.unwrap().expect("a is due");
+    let ahead = Arc::new(
+        CallStore::open(fixture.location.clone(), fixture.settings())
+            .await
+            .unwrap()
+            .with_owner("agent-fast")
+            .with_clock_ahead(Duration::from_secs(3600)),
+    );
+    assert!(
+        ahead.try_lease().await.unwrap().is_none(),
+        "a lease still live by the database's clock was taken"
+    );
+    // The first lease (10 units) runs out; the fast agent takes a, for one
+    // lease from the database's now — not from its own clock, an hour on.
+    tokio::time::sleep(fixture.units(11)).await;
+    let taken = ahead.try_lease().await.unwrap().expect("a's lease expired");
+    assert!(matches!(
+        store.complete(&held.lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    tokio::time::sleep(fixture.units(11)).await;
+    let again = store.try_lease().await.unwrap();
+    assert_eq!(
+        again.map(|l| l.lease.contact_id().to_owned()).as_deref(),
+        Some("a"),
+        "the fast agent's lease outlived its length"
+    );
+    assert!(matches!(
+        ahead.complete(&taken.lease).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
 }
 
 /// The suite: `all` on every backend, `sql` on the SQL backends only (what

@@ -2,7 +2,8 @@
 # Runs a command with a private PostgreSQL cluster: installs Debian's
 # postgresql if it is missing, starts a throw-away cluster on a loopback port
 # (as the postgres user when run as root), creates a database, runs the
-# command with CALLGUARD_TEST_POSTGRES_URL set, and stops the cluster after.
+# command with CALLGUARD_TEST_POSTGRES_URL (and CALLGUARD_TEST_POSTGRES_BIN,
+# the binaries) set, and stops the cluster after.
 #
 #   store/tests/postgres.sh cargo test -p callguard-store -p callguard-agent
 set -euo pipefail
@@ -31,5 +32,8 @@ trap stop EXIT
 as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres callguard_test
 
 export CALLGUARD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/callguard_test"
+# Tests that restart a server or change its settings make clusters of their
+# own from the same binaries (callguard_testkit::PostgresCluster).
+export CALLGUARD_TEST_POSTGRES_BIN="$bin"
 echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') at $CALLGUARD_TEST_POSTGRES_URL"
 "$@"

@@ -31,7 +31,7 @@ mod subscriber;
 pub use config::{DEFAULT_LISTEN, LoggingConfig, MetricsConfig};
 pub use error::TelemetryError;
 pub use json_file::{JsonFileLayer, LogFileError};
-pub use metrics::{ContactGauge, Metrics, Totals};
+pub use metrics::{ContactGauge, Metrics, StoreStatus, Totals};
 pub use otel::{
     AGENT_SERVICE_NAME, ExportFailures, MOCKS_SERVICE_NAME, OtlpProtocol, otlp_protocol,
     traceparent,

@@ -21,6 +21,8 @@
 //! | `callguard_limit_in_flight` | gauge | `service`: attempts holding a slot of its limiter |
 //! | `callguard_limit_waiting` | gauge | `service`: attempts waiting for a slot |
 //! | `callguard_contacts` | gauge | `state`, as the [`ContactGauge`] names them (the agent's queue: `ready`, `deferred`, `in_flight`, `completed`, `failed`, `expired`) |
+//! | `callguard_store_up` | gauge | — (1 while the call store's database answers, 0 while it is out of reach; from the [`ContactGauge`]) |
+//! | `callguard_store_errors_total` | counter | — (store statements that failed, each try counted) |
 //! | `callguard_alerts_total` | counter | `result` (`raised`, `suppressed`) |
 //! | `callguard_alert_notifications_total` | counter | `channel`, `result` (`delivered`, `failed`, `dropped`) |
 //! | `callguard_alert_notifications_pending` | gauge | `channel` |
@@ -75,6 +77,21 @@ pub trait ContactGauge: Send + Sync {
     /// The number of contacts in each state, as `(state, count)`: the
     /// `state` label and the gauge's value.
     fn contacts_by_state(&self) -> Vec<(&'static str, usize)>;
+
+    /// Whether the contacts' store answers, if it can be out of reach: the
+    /// `callguard_store_up` and `callguard_store_errors_total` series.
+    fn store_status(&self) -> Option<StoreStatus> {
+        None
+    }
+}
+
+/// The call store's reachability, as `/metrics` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// Whether its database answers.
+    pub up: bool,
+    /// Statements that failed so far.
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -172,6 +189,8 @@ pub struct Metrics {
     sheets_rows: Family<CountLabels, Counter>,
     export_failures: Counter,
     probes: Family<ResultLabels, Counter>,
+    store_up: Gauge,
+    store_errors: Counter,
     sources: Mutex<Sources>,
 }
 
@@ -211,6 +230,8 @@ impl Metrics {
             sheets_rows: Family::default(),
             export_failures: Counter::default(),
             probes: Family::default(),
+            store_up: Gauge::default(),
+            store_errors: Counter::default(),
             sources: Mutex::new(Sources::default()),
         };
         {
@@ -276,6 +297,16 @@ impl Metrics {
                 metrics.limit_waiting.clone(),
             );
             registry.register("contacts", "Contacts by state", metrics.contacts.clone());
+            registry.register(
+                "store_up",
+                "1 while the call store's database answers, 0 while it is out of reach",
+                metrics.store_up.clone(),
+            );
+            registry.register(
+                "store_errors",
+                "Call store statements that failed",
+                metrics.store_errors.clone(),
+            );
             registry.register(
                 "alerts",
                 "Alerts raised (sent to every channel) and suppressed by the cooldown",
@@ -495,6 +526,10 @@ impl Metrics {
                 self.contacts
                     .get_or_create(&StateLabels { state })
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            if let Some(store) = contacts.store_status() {
+                self.store_up.set(i64::from(store.up));
+                set_counter(&self.store_errors, store.errors);
             }
         }
         let mut text = String::new();
@@ -750,5 +785,26 @@ mod tests {
         );
         assert!(text.contains(&line), "{line} missing from\n{text}");
         assert!(text.contains("# TYPE callguard_build info\n"), "{text}");
+    }
+
+    #[test]
+    fn the_store_status_is_read_when_rendered() {
+        struct Unreachable;
+        impl ContactGauge for Unreachable {
+            fn contacts_by_state(&self) -> Vec<(&'static str, usize)> {
+                vec![("ready", 2)]
+            }
+            fn store_status(&self) -> Option<StoreStatus> {
+                Some(StoreStatus {
+                    up: false,
+                    errors: 3,
+                })
+            }
+        }
+        let metrics = Metrics::new();
+        let text = metrics.render(None, Some(&Unreachable));
+        for line in ["callguard_store_up 0", "callguard_store_errors_total 3"] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -1,13 +1,14 @@
 //! What callguard's tests and benches share, each written once: the external
 //! tools they run, under one policy — `scripts/test.sh` installs and starts
 //! them, and a test that needs one fails with a line saying how to get it,
-//! never passes without it — plus loopback ports, temporary directories,
-//! certificates made by the test ([`tls`]), an OTLP trace receiver standing in
-//! for a collector ([`otlp`]), and a gRPC health-check load for the benches.
-//! A dev-dependency only.
+//! never passes without it — plus a PostgreSQL cluster of a test's own,
+//! loopback ports, temporary directories, certificates made by the test
+//! ([`tls`]), an OTLP trace receiver standing in for a collector ([`otlp`]),
+//! and a gRPC health-check load for the benches. A dev-dependency only.
 
 mod check_load;
 pub mod otlp;
+mod postgres;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 pub use check_load::{Load, Pace, check_load, load_average, nearest_rank};
+pub use postgres::{POSTGRES_BIN_VAR, PostgresCluster};
 
 /// The environment variable naming the PostgreSQL database the tests use.
 pub const POSTGRES_URL_VAR: &str = "CALLGUARD_TEST_POSTGRES_URL";
