@@ -182,10 +182,13 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
             .unwrap_or_else(|| panic!("{series} missing from\n{scraped}"))
     };
     assert_eq!(
-        value("callguard_breaker_state{service=\"elevenlabs\"}"),
+        value("callguard_breaker_state{service=\"elevenlabs\",state=\"OPEN\"}"),
         1.0
     );
-    assert_eq!(value("callguard_breaker_state{service=\"llm\"}"), 0.0);
+    assert_eq!(
+        value("callguard_breaker_state{service=\"llm\",state=\"CLOSED\"}"),
+        1.0
+    );
     assert!(
         value("callguard_health_probes_total{service=\"elevenlabs\",result=\"unhealthy\"}") >= 2.0,
         "{scraped}"

@@ -23,9 +23,17 @@ use tokio::time::Instant;
 /// Generous bound for anything a test waits to see; only hit when it fails.
 const PATIENCE: Duration = Duration::from_secs(10);
 
-const KEEP_ALIVE: KeepAlive = KeepAlive {
+/// Short enough that a blackholed link is noticed within [`PATIENCE`].
+const QUICK_KEEP_ALIVE: KeepAlive = KeepAlive {
     interval: Duration::from_millis(200),
     timeout: Duration::from_millis(200),
+};
+
+/// Long enough that a loaded machine's slow ping answer never drops the
+/// connection on its own: a cut is then the only thing that ends it.
+const PATIENT_KEEP_ALIVE: KeepAlive = KeepAlive {
+    interval: Duration::from_secs(5),
+    timeout: Duration::from_secs(5),
 };
 
 fn breaker_config() -> BreakerConfig {
@@ -56,7 +64,7 @@ struct Setup {
     _watcher_stop: oneshot::Sender<()>,
 }
 
-async fn setup() -> Setup {
+async fn setup(keep_alive: KeepAlive) -> Setup {
     let remote = Arc::new(BreakerRegistry::new(breaker_config()));
     let local = Arc::new(BreakerRegistry::new(breaker_config()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,7 +89,7 @@ async fn setup() -> Setup {
             Duration::from_millis(20),
             Duration::from_millis(200),
         ))
-        .with_keep_alive(KEEP_ALIVE);
+        .with_keep_alive(keep_alive);
     let (watcher_stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(watcher.run(async move {
         let _ = stopped.await;
@@ -118,7 +126,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_watch_stream_releases_the_remotes_breakers_and_is_followed_again() {
-    let setup = setup().await;
+    let setup = setup(PATIENT_KEEP_ALIVE).await;
     let [tts, llm] = setup.remote_down_and_operator_holds_llm().await;
 
     // The link is cut and stays down for a while: released at once.
@@ -150,7 +158,7 @@ async fn a_cut_watch_stream_releases_the_remotes_breakers_and_is_followed_again(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackholed_watch_stream_is_noticed_within_the_keepalive_and_followed_again() {
-    let setup = setup().await;
+    let setup = setup(QUICK_KEEP_ALIVE).await;
     let [tts, llm] = setup.remote_down_and_operator_holds_llm().await;
 
     // Nothing passes any more and nothing is closed: only the keepalive can tell.
