@@ -25,17 +25,16 @@ use crate::queue::CallQueue;
 pub struct Census(BTreeMap<String, Vec<ContactState>>);
 
 impl Census {
-    /// Lists every contact of `queue`'s store, once the final states being
-    /// saved have landed.
+    /// Lists every contact of `queue`'s store at one moment (one statement,
+    /// so other agents moving contacts meanwhile cannot make one appear in two
+    /// states or in none), once the final states being saved have landed.
     pub async fn take(queue: &CallQueue) -> Result<Self, StoreError> {
         queue.settled().await;
-        let mut census = Self::default();
-        for state in ContactState::ALL {
-            for contact in queue.store().list(state).await? {
-                census.add(contact.id, state);
-            }
-        }
-        Ok(census)
+        let contacts = queue.store().list_all().await?;
+        Ok(contacts
+            .into_iter()
+            .map(|contact| (contact.id, contact.state))
+            .collect())
     }
 
     fn add(&mut self, id: String, state: ContactState) {

@@ -717,7 +717,14 @@ impl CallStore {
 
     /// The contacts in `state`, in import order.
     pub async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
-        dispatch!(self, list(state))
+        dispatch!(self, list(Some(state)))
+    }
+
+    /// Every contact with its state, in import order, read at one moment
+    /// (one statement): while other agents work, a contact moving between two
+    /// states is seen in one of them, never in both or neither.
+    pub async fn list_all(&self) -> Result<Vec<ContactStatus>, StoreError> {
+        dispatch!(self, list(None))
     }
 
     /// Puts every `failed` or `expired` contact back as pending with its

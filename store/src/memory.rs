@@ -299,12 +299,16 @@ impl MemoryBackend {
         Ok(self.lock().due.first().map(|&(due_at, _)| due_at))
     }
 
-    pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
+    /// The contacts in `state`, or every contact (`None`), under one lock.
+    pub(crate) async fn list(
+        &self,
+        state: Option<ContactState>,
+    ) -> Result<Vec<ContactStatus>, StoreError> {
         Ok(self
             .lock()
             .rows
             .iter()
-            .filter(|row| row.state == state)
+            .filter(|row| state.is_none_or(|state| row.state == state))
             .map(|row| ContactStatus {
                 id: row.id.clone(),
                 state: row.state,

@@ -609,10 +609,21 @@ impl PostgresBackend {
         Ok(ahead.map(|ahead| now.saturating_add(ahead)))
     }
 
-    pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
-        let (rows, _) = self
-            .query(Persistence::Once, &self.sql.list, &[&state.as_str()])
-            .await?;
+    /// The contacts in `state`, or every contact (`None`), in one statement.
+    pub(crate) async fn list(
+        &self,
+        state: Option<ContactState>,
+    ) -> Result<Vec<ContactStatus>, StoreError> {
+        let (rows, _) = match state {
+            Some(state) => {
+                self.query(Persistence::Once, &self.sql.list, &[&state.as_str()])
+                    .await?
+            }
+            None => {
+                self.query(Persistence::Once, &self.sql.list_all, &[])
+                    .await?
+            }
+        };
         rows.into_iter()
             .map(|row| {
                 let id: String = row.try_get(0).map_err(db)?;

@@ -73,6 +73,7 @@ pub(crate) struct Statements {
     pub(crate) settled_by: String,
     /// `$1` state.
     pub(crate) list: String,
+    pub(crate) list_all: String,
     /// `$1` state, `$2` now.
     pub(crate) requeue: String,
 }
@@ -258,6 +259,10 @@ impl Statements {
                 "SELECT id, state, attempts, deferrals, service, last_error, lease_owner \
                  FROM {t} WHERE state = $1 ORDER BY seq"
             ),
+            list_all: format!(
+                "SELECT id, state, attempts, deferrals, service, last_error, lease_owner \
+                 FROM {t} ORDER BY seq"
+            ),
             requeue: format!(
                 "UPDATE {t} SET state = 'pending', deferrals = 0, due_at = {0}, lease_owner = NULL, \
                  updated_at = {0} WHERE state = $1",
@@ -290,6 +295,7 @@ impl Statements {
             next_due: f(self.next_due),
             settled_by: f(self.settled_by),
             list: f(self.list),
+            list_all: f(self.list_all),
             requeue: f(self.requeue),
         }
     }

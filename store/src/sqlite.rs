@@ -602,10 +602,18 @@ impl SqliteBackend {
         .await
     }
 
-    pub(crate) async fn list(&self, state: ContactState) -> Result<Vec<ContactStatus>, StoreError> {
+    /// The contacts in `state`, or every contact (`None`), in one statement.
+    pub(crate) async fn list(
+        &self,
+        state: Option<ContactState>,
+    ) -> Result<Vec<ContactStatus>, StoreError> {
         self.run(move |connection, sql| {
-            let mut statement = connection.prepare_cached(&sql.list)?;
-            let rows = statement.query_map([state.as_str()], |row| {
+            let (text, params) = match state {
+                Some(state) => (&sql.list, vec![state.as_str()]),
+                None => (&sql.list_all, Vec::new()),
+            };
+            let mut statement = connection.prepare_cached(text)?;
+            let rows = statement.query_map(rusqlite::params_from_iter(params), |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,

@@ -264,6 +264,36 @@ async fn a_failure_keeps_service_and_reason(kind: Kind) {
     assert_eq!((counts.failed, counts.pending), (1, 1));
 }
 
+async fn every_contact_is_listed_once_with_its_state(kind: Kind) {
+    let mut fixture = Fixture::new(kind, "list_all").await;
+    let store = fixture.open().await;
+    store
+        .import(&contacts(&["a", "b", "c", "d"]))
+        .await
+        .unwrap();
+    let a = store.next().await.unwrap().unwrap();
+    store.complete(&a.lease).await.unwrap();
+    let b = store.next().await.unwrap().unwrap();
+    store.fail(&b.lease, "crm", "permanent").await.unwrap();
+    let _c = store.next().await.unwrap().unwrap();
+    let listed: Vec<(String, ContactState)> = store
+        .list_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|contact| (contact.id, contact.state))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("a".to_owned(), ContactState::Completed),
+            ("b".to_owned(), ContactState::Failed),
+            ("c".to_owned(), ContactState::InFlight),
+            ("d".to_owned(), ContactState::Pending),
+        ]
+    );
+}
+
 async fn a_deferred_contact_returns_at_its_time_with_its_progress(kind: Kind) {
     let mut fixture = Fixture::new(kind, "defer").await;
     let store = fixture.open().await;
@@ -1048,6 +1078,7 @@ conformance!(
     import_twice_adds_nothing,
     leases_in_import_order_and_ends_when_all_finished,
     a_failure_keeps_service_and_reason,
+    every_contact_is_listed_once_with_its_state,
     a_deferred_contact_returns_at_its_time_with_its_progress,
     a_closing_breaker_wakes_its_deferred_contacts_early,
     a_reopened_breaker_postpones_its_deferred_contacts,
