@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[cfg(feature = "mocks")]
 use callguard_agent::simulate::Scenario;
+use callguard_telemetry::Verbosity;
 use clap::{Parser, Subcommand};
 
 /// An AI call agent that keeps working while the services it depends on fail.
@@ -17,6 +18,23 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The console shows a line per call event too (deferrals, rejected first
+    /// attempts), not only what a person should notice.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// The console shows only warnings, errors and the summary: no progress.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+impl Cli {
+    fn verbosity(&self) -> Verbosity {
+        match (self.verbose, self.quiet) {
+            (true, _) => Verbosity::Verbose,
+            (_, true) => Verbosity::Quiet,
+            _ => Verbosity::Normal,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -132,6 +150,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbosity = cli.verbosity();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -164,6 +183,7 @@ fn main() -> ExitCode {
                     time_scale,
                     summary_json.as_deref(),
                     config.as_deref(),
+                    verbosity,
                 )
                 .await
             }
@@ -171,7 +191,15 @@ fn main() -> ExitCode {
                 config,
                 contacts,
                 summary_json,
-            } => commands::run::run(&config, contacts.as_deref(), summary_json.as_deref()).await,
+            } => {
+                commands::run::run(
+                    &config,
+                    contacts.as_deref(),
+                    summary_json.as_deref(),
+                    verbosity,
+                )
+                .await
+            }
             Command::Report { config, json } => {
                 commands::store::report(config.as_deref(), json).await
             }
@@ -184,7 +212,9 @@ fn main() -> ExitCode {
                 seed,
                 faults,
             } => commands::mocks::mocks(listen, seed, faults.as_deref()).await,
-            Command::HealthServer { config } => commands::health::health_server(&config).await,
+            Command::HealthServer { config } => {
+                commands::health::health_server(&config, verbosity).await
+            }
             Command::Status {
                 addr,
                 timeout,

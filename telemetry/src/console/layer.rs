@@ -1,0 +1,208 @@
+//! The `tracing` layer that prints the console's lines: `HH:MM:SS LEVEL
+//! message key=value…`, each field once — the event's own first, then its
+//! spans' (innermost first) — leaving out `otel.*` fields and values the
+//! message already says.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+use super::{Verbosity, print_line};
+
+/// The field naming the contact an event is about.
+const CONTACT_ID: &str = "contact_id";
+
+/// Prints the events the verbosity shows.
+pub(crate) struct ConsoleLayer {
+    verbosity: Verbosity,
+    colour: bool,
+}
+
+impl ConsoleLayer {
+    pub(crate) fn new(verbosity: Verbosity, colour: bool) -> Self {
+        Self { verbosity, colour }
+    }
+}
+
+/// A span's fields, as the console prints them.
+struct SpanFields(Vec<(&'static str, String)>);
+
+/// Collects fields as text; the message apart.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    fields: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record(field, value.to_owned());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.record(field, format!("{value:?}"));
+    }
+}
+
+impl Fields {
+    fn record(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            name if name.starts_with("otel.") => {}
+            name => {
+                if let Some(kept) = self.fields.iter_mut().find(|(n, _)| *n == name) {
+                    kept.1 = value;
+                } else {
+                    self.fields.push((name, value));
+                }
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for ConsoleLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields.fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut extensions = span.extensions_mut();
+        if let Some(SpanFields(kept)) = extensions.get_mut::<SpanFields>() {
+            let mut fields = Fields {
+                message: String::new(),
+                fields: std::mem::take(kept),
+            };
+            values.record(&mut fields);
+            *kept = fields.fields;
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope {
+                if let Some(SpanFields(outer)) = span.extensions().get::<SpanFields>() {
+                    for (name, value) in outer {
+                        if !fields.fields.iter().any(|(n, _)| n == name) {
+                            fields.fields.push((name, value.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let metadata = event.metadata();
+        let about_a_contact = fields.fields.iter().any(|(name, _)| *name == CONTACT_ID);
+        if !shows(
+            self.verbosity,
+            *metadata.level(),
+            metadata.target(),
+            about_a_contact,
+        ) {
+            return;
+        }
+        print_line(&self.format(*metadata.level(), &fields));
+    }
+}
+
+/// Whether the console shows an event at `level` from `target`.
+fn shows(verbosity: Verbosity, level: Level, target: &str, about_a_contact: bool) -> bool {
+    let story = level <= Level::WARN
+        || !about_a_contact
+        || target.starts_with("callguard_breaker")
+        || target.starts_with("callguard_alerts");
+    match verbosity {
+        Verbosity::Verbose => true,
+        Verbosity::Normal => story,
+        Verbosity::Quiet => story && level <= Level::WARN,
+    }
+}
+
+impl ConsoleLayer {
+    fn format(&self, level: Level, fields: &Fields) -> String {
+        let mut line = String::with_capacity(160);
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        // `2025-01-02T03:04:05Z`: the time of day, UTC like the log file's.
+        line.push_str(now.get(11..19).unwrap_or(&now));
+        let (name, colour) = match level {
+            Level::ERROR => ("ERROR", "\x1b[31m"),
+            Level::WARN => (" WARN", "\x1b[33m"),
+            Level::INFO => (" INFO", "\x1b[32m"),
+            Level::DEBUG => ("DEBUG", "\x1b[34m"),
+            Level::TRACE => ("TRACE", "\x1b[35m"),
+        };
+        if self.colour {
+            let _ = write!(line, " {colour}{name}\x1b[0m ");
+        } else {
+            let _ = write!(line, " {name} ");
+        }
+        line.push_str(&fields.message);
+        for (field, value) in &fields.fields {
+            let said = !value.is_empty() && fields.message.contains(value.as_str());
+            let detail = matches!(*field, "trace_id" | "span_id" | "generation");
+            if said || (detail && self.verbosity != Verbosity::Verbose) {
+                continue;
+            }
+            if self.colour {
+                let _ = write!(line, " \x1b[2m{field}=\x1b[0m{value}");
+            } else {
+                let _ = write!(line, " {field}={value}");
+            }
+        }
+        line.push('\n');
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_details_are_shown_only_when_verbose() {
+        use Verbosity::*;
+        let deferral = |v| shows(v, Level::INFO, "callguard_agent::campaign", true);
+        assert!(!deferral(Normal) && !deferral(Quiet) && deferral(Verbose));
+        let retry = |v| shows(v, Level::WARN, "callguard_retry::executor", true);
+        assert!(retry(Normal) && retry(Quiet));
+        let transition = |v| shows(v, Level::INFO, "callguard_breaker::breaker", true);
+        assert!(transition(Normal) && !transition(Quiet));
+        let recovered = |v| shows(v, Level::INFO, "callguard_agent::campaign", false);
+        assert!(recovered(Normal) && !recovered(Quiet));
+        let failure = |v| shows(v, Level::ERROR, "callguard_agent::campaign", true);
+        assert!(failure(Quiet));
+    }
+
+    #[test]
+    fn each_field_is_printed_once_and_not_when_the_message_says_it() {
+        let layer = ConsoleLayer::new(Verbosity::Normal, false);
+        let fields = Fields {
+            message: "Contact c-017 failed: 400 Bad Request".into(),
+            fields: vec![
+                ("contact_id", "c-017".into()),
+                ("service", "crm".into()),
+                ("error_category", "permanent".into()),
+                ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            ],
+        };
+        let line = layer.format(Level::ERROR, &fields);
+        assert!(
+            line.ends_with(" ERROR Contact c-017 failed: 400 Bad Request service=crm error_category=permanent\n"),
+            "{line}"
+        );
+        assert!(!line.contains('\x1b'), "no control codes off a terminal: {line}");
+    }
+}
