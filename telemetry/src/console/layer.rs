@@ -1,7 +1,8 @@
 //! The `tracing` layer that prints the console's lines: `HH:MM:SS LEVEL
 //! message key=value…`, each field once — the event's own first, then its
 //! spans' (innermost first) — leaving out `otel.*` fields and values the
-//! message already says.
+//! message already says; without `-v`, only the fields that say who, where
+//! and why.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
@@ -18,15 +19,30 @@ use super::{Verbosity, print_line};
 /// The field naming the contact an event is about.
 const CONTACT_ID: &str = "contact_id";
 
+/// The fields printed unless `-v` asks for all: who, where and why. The rest
+/// (states, delays, counts, ids) are in the message or the JSON log.
+const FOR_PEOPLE: [&str; 6] = [CONTACT_ID, "service", "channel", "remote", "reason", "error"];
+
 /// Prints the events the verbosity shows.
 pub(crate) struct ConsoleLayer {
     verbosity: Verbosity,
+    /// On a terminal: colours, and lines kept to its width.
     colour: bool,
+    width: Option<usize>,
 }
 
 impl ConsoleLayer {
-    pub(crate) fn new(verbosity: Verbosity, colour: bool) -> Self {
-        Self { verbosity, colour }
+    /// The layer; `terminal` if stderr is one (its width is read now).
+    pub(crate) fn new(verbosity: Verbosity, terminal: bool) -> Self {
+        let width = terminal
+            .then(|| console::Term::stderr().size_checked())
+            .flatten()
+            .map(|(_, columns)| usize::from(columns));
+        Self {
+            verbosity,
+            colour: terminal,
+            width,
+        }
     }
 }
 
@@ -118,12 +134,20 @@ where
     }
 }
 
-/// Whether the console shows an event at `level` from `target`.
+/// Whether the console shows an event at `level` from `target`: warnings and
+/// errors; the breakers' and the alerts' news; the campaign's own news
+/// (the agent's, about no one contact). Not a library's routine (servers
+/// started and stopped, probes that succeeded), nor a call's details.
 fn shows(verbosity: Verbosity, level: Level, target: &str, about_a_contact: bool) -> bool {
+    let from = |source: &str| {
+        target
+            .strip_prefix(source)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    };
     let story = level <= Level::WARN
-        || !about_a_contact
-        || target.starts_with("callguard_breaker")
-        || target.starts_with("callguard_alerts");
+        || from("callguard_breaker")
+        || from("callguard_alerts")
+        || (!about_a_contact && (from("callguard_agent") || from("callguard")));
     match verbosity {
         Verbosity::Verbose => true,
         Verbosity::Normal => story,
@@ -149,13 +173,25 @@ impl ConsoleLayer {
         } else {
             let _ = write!(line, " {name} ");
         }
-        line.push_str(&fields.message);
-        for (field, value) in &fields.fields {
-            let said = !value.is_empty() && fields.message.contains(value.as_str());
-            let detail = matches!(*field, "trace_id" | "span_id" | "generation");
-            if said || (detail && self.verbosity != Verbosity::Verbose) {
-                continue;
-            }
+        let shown: Vec<_> = fields
+            .fields
+            .iter()
+            .filter(|(field, value)| {
+                let said = !value.is_empty() && fields.message.contains(value.as_str());
+                let wanted = self.verbosity == Verbosity::Verbose || FOR_PEOPLE.contains(field);
+                wanted && !said
+            })
+            .collect();
+        // On a terminal a line is kept to its width: the message gives way
+        // in its middle (an error's body), keeping its start and its end
+        // ("retrying in 5s") and the fields after it.
+        let room = self.width.map(|width| {
+            let fields: usize = shown.iter().map(|(f, v)| f.len() + v.chars().count() + 2).sum();
+            // The time and level take 15 columns.
+            width.saturating_sub(15 + fields)
+        });
+        line.push_str(&elide(&fields.message, room));
+        for (field, value) in shown {
             if self.colour {
                 let _ = write!(line, " \x1b[2m{field}=\x1b[0m{value}");
             } else {
@@ -165,6 +201,19 @@ impl ConsoleLayer {
         line.push('\n');
         line
     }
+}
+
+/// `text` cut to `room` characters (at least 20) by an ellipsis in its middle.
+fn elide(text: &str, room: Option<usize>) -> std::borrow::Cow<'_, str> {
+    let length = text.chars().count();
+    let Some(room) = room.map(|room| room.max(20)).filter(|room| length > *room) else {
+        return text.into();
+    };
+    let tail = (room - 1) / 2;
+    let head = room - 1 - tail;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(length - tail).collect();
+    format!("{start}…{end}").into()
 }
 
 #[cfg(test)]
@@ -182,13 +231,15 @@ mod tests {
         assert!(transition(Normal) && !transition(Quiet));
         let recovered = |v| shows(v, Level::INFO, "callguard_agent::campaign", false);
         assert!(recovered(Normal) && !recovered(Quiet));
+        let routine = |v| shows(v, Level::INFO, "callguard_health::checker", false);
+        assert!(!routine(Normal) && routine(Verbose));
+        assert!(!shows(Normal, Level::INFO, "callguard_agentish", false));
         let failure = |v| shows(v, Level::ERROR, "callguard_agent::campaign", true);
         assert!(failure(Quiet));
     }
 
     #[test]
     fn each_field_is_printed_once_and_not_when_the_message_says_it() {
-        let layer = ConsoleLayer::new(Verbosity::Normal, false);
         let fields = Fields {
             message: "Contact c-017 failed: 400 Bad Request".into(),
             fields: vec![
@@ -198,11 +249,28 @@ mod tests {
                 ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736".into()),
             ],
         };
-        let line = layer.format(Level::ERROR, &fields);
+        let line = ConsoleLayer::new(Verbosity::Normal, false).format(Level::ERROR, &fields);
         assert!(
-            line.ends_with(" ERROR Contact c-017 failed: 400 Bad Request service=crm error_category=permanent\n"),
+            line.ends_with(" ERROR Contact c-017 failed: 400 Bad Request service=crm\n"),
             "{line}"
         );
         assert!(!line.contains('\x1b'), "no control codes off a terminal: {line}");
+        let narrow = ConsoleLayer {
+            verbosity: Verbosity::Normal,
+            colour: false,
+            width: Some(100),
+        };
+        let retry = Fields {
+            message: format!("llm call failed (attempt 1/4): HTTP 503: {}; retrying in 5s", "x".repeat(200)),
+            fields: vec![("contact_id", "c-001".into())],
+        };
+        let line = narrow.format(Level::WARN, &retry);
+        assert_eq!(line.trim_end().chars().count(), 100, "{line}");
+        assert!(line.contains("WARN llm call failed (attempt") && line.ends_with("retrying in 5s contact_id=c-001\n"), "{line}");
+        let line = ConsoleLayer::new(Verbosity::Verbose, false).format(Level::ERROR, &fields);
+        assert!(
+            line.ends_with(" service=crm error_category=permanent trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            "{line}"
+        );
     }
 }

@@ -80,7 +80,7 @@ impl Progress {
                 );
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "[{elapsed_precise}] {bar:24.cyan/blue} {pos}/{len} · {msg}",
+                        "[{elapsed_precise}] {bar:20.cyan/blue} {pos}/{len} · {wide_msg}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("█▉▊▋▌▍▎▏ "),
