@@ -242,10 +242,7 @@ fn the_default_story_off_a_terminal_is_short_plain_and_complete() {
         .collect();
     assert_eq!(retries.len(), 3, "{story}");
     for (line, delay) in retries.iter().zip(["5s", "10s", "20s"]) {
-        assert!(
-            line.contains(&format!("; retrying in {delay} ")),
-            "{line}"
-        );
+        assert!(line.contains(&format!("; retrying in {delay} ")), "{line}");
     }
     assert!(!story.contains("Circuit breaker for llm"), "{story}");
     // One call's details are not told, each field is said once, and the
@@ -255,7 +252,9 @@ fn the_default_story_off_a_terminal_is_short_plain_and_complete() {
         assert!(line.matches("contact_id=").count() <= 1, "{line}");
     }
     assert!(
-        story.lines().any(|l| l.contains("/20 · ") && l.contains("elevenlabs ")),
+        story
+            .lines()
+            .any(|l| l.contains("/20 · ") && l.contains("elevenlabs ")),
         "{story}"
     );
     assert!(summary.contains("Summary") && summary.contains("completed              20"));
@@ -285,7 +284,10 @@ fn on_a_terminal_the_progress_is_a_bar() {
     assert!(output.status.success(), "{screen}");
     // The bar: drawn in place (carriage returns, erase-line codes), filled
     // with block characters, with the counts and every breaker's state.
-    assert!(screen.contains("\x1b[2K") && screen.contains('\r'), "{screen}");
+    assert!(
+        screen.contains("\x1b[2K") && screen.contains('\r'),
+        "{screen}"
+    );
     assert!(screen.contains('█'), "{screen}");
     assert!(
         screen.contains("/20 · ")

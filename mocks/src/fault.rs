@@ -503,7 +503,10 @@ mod tests {
                 Fault::new(Service::Llm, FaultMode::BadRequest).for_contacts([""]),
                 "contacts",
             ),
-            (Fault::new(Service::Llm, FaultMode::Unavailable).times(0), "times"),
+            (
+                Fault::new(Service::Llm, FaultMode::Unavailable).times(0),
+                "times",
+            ),
         ];
         for (fault, key) in cases {
             assert_eq!(fault.validate().unwrap_err().key, key, "{fault:?}");
@@ -555,10 +558,8 @@ mod tests {
     fn a_counted_fault_answers_its_contact_that_many_times() {
         let now = Instant::now();
         let mut book = FaultBook::new(1);
-        let fault = parse(
-            r#"{"service":"llm","mode":"unavailable","contacts":["c-1"],"times":3}"#,
-        )
-        .unwrap();
+        let fault = parse(r#"{"service":"llm","mode":"unavailable","contacts":["c-1"],"times":3}"#)
+            .unwrap();
         assert_eq!(
             fault,
             Fault::new(Service::Llm, FaultMode::Unavailable)
@@ -567,12 +568,18 @@ mod tests {
         );
         book.insert(vec![fault], now);
         let hit = |book: &mut FaultBook, contact| book.pick(Service::Llm, contact, now).is_some();
-        assert!(!hit(&mut book, Some("c-2")), "another contact is not counted");
+        assert!(
+            !hit(&mut book, Some("c-2")),
+            "another contact is not counted"
+        );
         assert!(!hit(&mut book, None), "nor a health probe");
         for _ in 0..3 {
             assert!(hit(&mut book, Some("c-1")));
         }
-        assert!(!hit(&mut book, Some("c-1")), "the fourth request is answered");
+        assert!(
+            !hit(&mut book, Some("c-1")),
+            "the fourth request is answered"
+        );
         assert!(book.list(now).is_empty(), "a used-up fault is dropped");
     }
 

@@ -225,9 +225,12 @@ mod tests {
     #[test]
     fn rotation_errors_name_key_value_and_rule() {
         let logging = |rotation: &str| {
-            let config: LoggingConfig =
-                toml::from_str(&format!("[rotation]\n{rotation}")).unwrap();
-            config.validate().unwrap_err().in_section("logging").to_string()
+            let config: LoggingConfig = toml::from_str(&format!("[rotation]\n{rotation}")).unwrap();
+            config
+                .validate()
+                .unwrap_err()
+                .in_section("logging")
+                .to_string()
         };
         assert_eq!(
             logging("max_size = \"1KiB\""),
@@ -237,7 +240,8 @@ mod tests {
             logging("keep = 0"),
             "logging.rotation.keep must be ≥ 1, got 0"
         );
-        let off: LoggingConfig = toml::from_str("[rotation]\nmax_size = 8192\ndaily = true\nkeep = 2").unwrap();
+        let off: LoggingConfig =
+            toml::from_str("[rotation]\nmax_size = 8192\ndaily = true\nkeep = 2").unwrap();
         off.validate().unwrap();
         assert_eq!(off.rotation.max_size, Some(ByteSize(8192)));
     }

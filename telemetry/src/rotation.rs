@@ -123,7 +123,12 @@ mod tests {
         let mut numbers = Vec::new();
         for path in &files {
             let text = std::fs::read_to_string(path).unwrap();
-            assert!(text.len() <= 4096, "{} holds {} bytes", path.display(), text.len());
+            assert!(
+                text.len() <= 4096,
+                "{} holds {} bytes",
+                path.display(),
+                text.len()
+            );
             assert!(text.ends_with('\n'), "{} ends mid-line", path.display());
             for kept in text.lines() {
                 let value: serde_json::Value = serde_json::from_str(kept).unwrap();

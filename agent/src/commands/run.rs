@@ -20,8 +20,9 @@ pub(crate) async fn run(
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
+            .map_err(|e| e.to_string())?;
     let contacts = match contacts_file {
         Some(contacts_file) => {
             let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;

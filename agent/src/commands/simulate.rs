@@ -50,8 +50,9 @@ pub(crate) async fn simulate(
         .load()
         .map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
+            .map_err(|e| e.to_string())?;
     tracing::info!(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
         services.server.url()

@@ -21,7 +21,9 @@ const CONTACT_ID: &str = "contact_id";
 
 /// The fields printed unless `-v` asks for all: who, where and why. The rest
 /// (states, delays, counts, ids) are in the message or the JSON log.
-const FOR_PEOPLE: [&str; 6] = [CONTACT_ID, "service", "channel", "remote", "reason", "error"];
+const FOR_PEOPLE: [&str; 6] = [
+    CONTACT_ID, "service", "channel", "remote", "reason", "error",
+];
 
 /// Prints the events the verbosity shows.
 pub(crate) struct ConsoleLayer {
@@ -121,33 +123,47 @@ where
             }
         }
         let metadata = event.metadata();
-        let about_a_contact = fields.fields.iter().any(|(name, _)| *name == CONTACT_ID);
-        if !shows(
-            self.verbosity,
-            *metadata.level(),
-            metadata.target(),
-            about_a_contact,
-        ) {
+        let about = About {
+            a_contact: fields.fields.iter().any(|(name, _)| *name == CONTACT_ID),
+            an_open_breaker: fields.fields.iter().any(|(name, value)| {
+                *name == "circuit_state"
+                    && matches!(value.as_str(), "OPEN" | "HALF_OPEN" | "FORCED_OPEN")
+            }),
+        };
+        if !shows(self.verbosity, *metadata.level(), metadata.target(), about) {
             return;
         }
         print_line(&self.format(*metadata.level(), &fields));
     }
 }
 
-/// Whether the console shows an event at `level` from `target`: warnings and
-/// errors; the breakers' and the alerts' news; the campaign's own news
-/// (the agent's, about no one contact). Not a library's routine (servers
-/// started and stopped, probes that succeeded), nor a call's details.
-fn shows(verbosity: Verbosity, level: Level, target: &str, about_a_contact: bool) -> bool {
+/// What an event is about, as far as the console cares.
+#[derive(Debug, Clone, Copy, Default)]
+struct About {
+    /// One contact: a `contact_id` in the event or its spans.
+    a_contact: bool,
+    /// A breaker that is not closed (`circuit_state`).
+    an_open_breaker: bool,
+}
+
+/// Whether the console shows an event at `level` from `target`: errors;
+/// warnings, but not a contact's call turned away or cut short by a breaker
+/// that is not closed (the breaker's own lines tell that); the breakers' and
+/// the alerts' news; the campaign's own news (the agent's, about no one
+/// contact). Not a library's routine (servers started and stopped, probes
+/// that succeeded), nor a call's details.
+fn shows(verbosity: Verbosity, level: Level, target: &str, about: About) -> bool {
     let from = |source: &str| {
         target
             .strip_prefix(source)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
     };
-    let story = level <= Level::WARN
+    let breaker_told = about.a_contact && about.an_open_breaker;
+    let story = level == Level::ERROR
+        || (level == Level::WARN && !breaker_told)
         || from("callguard_breaker")
         || from("callguard_alerts")
-        || (!about_a_contact && (from("callguard_agent") || from("callguard")));
+        || (!about.a_contact && (from("callguard_agent") || from("callguard")));
     match verbosity {
         Verbosity::Verbose => true,
         Verbosity::Normal => story,
@@ -186,7 +202,10 @@ impl ConsoleLayer {
         // in its middle (an error's body), keeping its start and its end
         // ("retrying in 5s") and the fields after it.
         let room = self.width.map(|width| {
-            let fields: usize = shown.iter().map(|(f, v)| f.len() + v.chars().count() + 2).sum();
+            let fields: usize = shown
+                .iter()
+                .map(|(f, v)| f.len() + v.chars().count() + 2)
+                .sum();
             // The time and level take 15 columns.
             width.saturating_sub(15 + fields)
         });
@@ -223,18 +242,31 @@ mod tests {
     #[test]
     fn a_calls_details_are_shown_only_when_verbose() {
         use Verbosity::*;
-        let deferral = |v| shows(v, Level::INFO, "callguard_agent::campaign", true);
+        let contact = About {
+            a_contact: true,
+            an_open_breaker: false,
+        };
+        let nobody = About::default();
+        let deferral = |v| shows(v, Level::INFO, "callguard_agent::campaign", contact);
         assert!(!deferral(Normal) && !deferral(Quiet) && deferral(Verbose));
-        let retry = |v| shows(v, Level::WARN, "callguard_retry::executor", true);
+        let retry = |v| shows(v, Level::WARN, "callguard_retry::executor", contact);
         assert!(retry(Normal) && retry(Quiet));
-        let transition = |v| shows(v, Level::INFO, "callguard_breaker::breaker", true);
+        let turned_away = |v| {
+            let about = About {
+                an_open_breaker: true,
+                ..contact
+            };
+            shows(v, Level::WARN, "callguard_retry::executor", about)
+        };
+        assert!(!turned_away(Normal) && !turned_away(Quiet) && turned_away(Verbose));
+        let transition = |v| shows(v, Level::INFO, "callguard_breaker::breaker", contact);
         assert!(transition(Normal) && !transition(Quiet));
-        let recovered = |v| shows(v, Level::INFO, "callguard_agent::campaign", false);
+        let recovered = |v| shows(v, Level::INFO, "callguard_agent::campaign", nobody);
         assert!(recovered(Normal) && !recovered(Quiet));
-        let routine = |v| shows(v, Level::INFO, "callguard_health::checker", false);
+        let routine = |v| shows(v, Level::INFO, "callguard_health::checker", nobody);
         assert!(!routine(Normal) && routine(Verbose));
-        assert!(!shows(Normal, Level::INFO, "callguard_agentish", false));
-        let failure = |v| shows(v, Level::ERROR, "callguard_agent::campaign", true);
+        assert!(!shows(Normal, Level::INFO, "callguard_agentish", nobody));
+        let failure = |v| shows(v, Level::ERROR, "callguard_agent::campaign", contact);
         assert!(failure(Quiet));
     }
 
@@ -254,22 +286,34 @@ mod tests {
             line.ends_with(" ERROR Contact c-017 failed: 400 Bad Request service=crm\n"),
             "{line}"
         );
-        assert!(!line.contains('\x1b'), "no control codes off a terminal: {line}");
+        assert!(
+            !line.contains('\x1b'),
+            "no control codes off a terminal: {line}"
+        );
         let narrow = ConsoleLayer {
             verbosity: Verbosity::Normal,
             colour: false,
             width: Some(100),
         };
         let retry = Fields {
-            message: format!("llm call failed (attempt 1/4): HTTP 503: {}; retrying in 5s", "x".repeat(200)),
+            message: format!(
+                "llm call failed (attempt 1/4): HTTP 503: {}; retrying in 5s",
+                "x".repeat(200)
+            ),
             fields: vec![("contact_id", "c-001".into())],
         };
         let line = narrow.format(Level::WARN, &retry);
         assert_eq!(line.trim_end().chars().count(), 100, "{line}");
-        assert!(line.contains("WARN llm call failed (attempt") && line.ends_with("retrying in 5s contact_id=c-001\n"), "{line}");
+        assert!(
+            line.contains("WARN llm call failed (attempt")
+                && line.ends_with("retrying in 5s contact_id=c-001\n"),
+            "{line}"
+        );
         let line = ConsoleLayer::new(Verbosity::Verbose, false).format(Level::ERROR, &fields);
         assert!(
-            line.ends_with(" service=crm error_category=permanent trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            line.ends_with(
+                " service=crm error_category=permanent trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+            ),
             "{line}"
         );
     }

@@ -63,7 +63,7 @@ pub struct Progress {
 
 enum Shown {
     Bar(ProgressBar),
-    Plain { last: Option<Instant> },
+    Plain { last: Instant },
     Off,
 }
 
@@ -90,7 +90,10 @@ impl Progress {
                 }
                 Shown::Bar(bar)
             }
-            _ => Shown::Plain { last: None },
+            // The first plain line ten seconds in: a short run needs none.
+            _ => Shown::Plain {
+                last: Instant::now(),
+            },
         };
         Self {
             shown,
@@ -108,8 +111,8 @@ impl Progress {
         }
     }
 
-    /// Shows `now`: redraws the bar, or prints a plain line if the last was
-    /// printed ten seconds ago or more.
+    /// Shows `now`: redraws the bar, or prints a plain line if ten seconds
+    /// have passed since the last one (or the start).
     pub fn update(&mut self, now: &ProgressSnapshot) {
         match &mut self.shown {
             Shown::Bar(bar) => {
@@ -118,10 +121,10 @@ impl Progress {
                 bar.set_message(now.counts());
             }
             Shown::Plain { last } => {
-                if last.is_some_and(|at| at.elapsed() < PLAIN_EVERY) {
+                if last.elapsed() < PLAIN_EVERY {
                     return;
                 }
-                *last = Some(Instant::now());
+                *last = Instant::now();
                 print_line(&format!(
                     "[{:>6.1}s] {}/{} · {}\n",
                     self.started.elapsed().as_secs_f64(),
