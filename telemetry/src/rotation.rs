@@ -61,7 +61,11 @@ impl RotatingFile {
     /// Writes one whole line, rotating first if it would not fit in the
     /// current file or a new day has begun.
     pub(crate) fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        let today = utc_day(SystemTime::now());
+        self.write_line_at(line, SystemTime::now())
+    }
+
+    fn write_line_at(&mut self, line: &[u8], now: SystemTime) -> io::Result<()> {
+        let today = utc_day(now);
         let len = line.len() as u64;
         let full = self
             .max_size
@@ -152,6 +156,31 @@ mod tests {
         };
         assert!(first_of(&dir.join("test.jsonl.1")) < first_of(&path));
         assert!(first_of(&dir.join("test.jsonl.3")) < first_of(&dir.join("test.jsonl.2")));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn daily_rotation_starts_a_file_at_the_first_line_of_a_new_utc_day() {
+        let dir = temp_dir(env!("CARGO_CRATE_NAME"), "rotation-daily");
+        let path = dir.join("test.jsonl");
+        let rotation = RotationConfig {
+            max_size: None,
+            daily: true,
+            keep: 2,
+        };
+        let mut file = RotatingFile::open(&path, &rotation).unwrap();
+        let day =
+            |n: u64, secs: u64| UNIX_EPOCH + std::time::Duration::from_secs(n * 86_400 + secs);
+        let today = utc_day(SystemTime::now());
+        file.write_line_at(b"a\n", day(today, 0)).unwrap();
+        file.write_line_at(b"b\n", day(today, 86_399)).unwrap();
+        file.write_line_at(b"c\n", day(today + 1, 0)).unwrap();
+        file.write_line_at(b"d\n", day(today + 1, 5)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "c\nd\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("test.jsonl.1")).unwrap(),
+            "a\nb\n"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
