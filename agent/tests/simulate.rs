@@ -261,6 +261,39 @@ fn the_default_story_off_a_terminal_is_short_plain_and_complete() {
     assert!(summary.contains("Breaker transitions"), "{summary}");
 }
 
+/// `-q` leaves warnings, errors and the summary; `-v` brings back a line per
+/// call event, with every field.
+#[test]
+fn quiet_and_verbose_say_less_and_more() {
+    let dir = temp_dir("quiet");
+    let quiet = run_callguard(&dir, &["simulate", "-q", "--time-scale", "0.05"]);
+    let story = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{story}");
+    assert!(
+        story
+            .lines()
+            .all(|line| line.contains(" WARN ") || line.contains(" ERROR ")),
+        "{story}"
+    );
+    assert!(story.contains("Circuit breaker for elevenlabs: CLOSED -> OPEN"));
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("Summary"));
+
+    let dir = temp_dir("verbose");
+    let verbose = run_callguard(&dir, &["--verbose", "simulate", "--time-scale", "0.05"]);
+    let story = String::from_utf8_lossy(&verbose.stderr);
+    assert!(verbose.status.success(), "{story}");
+    assert!(
+        story
+            .lines()
+            .any(|line| line.contains(" deferred: ") && line.contains("deferral=")),
+        "{story}"
+    );
+    assert!(story.contains("retry_count=1"), "{story}");
+    for line in story.lines() {
+        assert!(line.matches("contact_id=").count() <= 1, "{line}");
+    }
+}
+
 /// On a terminal (a pseudo-terminal made by `script`) the progress is a bar
 /// redrawn in place, with the breakers' states, and the story's lines above it.
 #[test]

@@ -18,7 +18,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub struct LoggingConfig {
     /// The JSON-lines log file.
     pub path: PathBuf,
-    /// Console verbosity: `error`, `warn`, `info`, `debug` or `trace`.
+    /// The lowest level the console shows: `error`, `warn`, `info`, `debug`
+    /// or `trace` (how much it tells of what passes is `-v` / `-q`).
     pub console_level: String,
     /// `[logging.rotation]`: when the log file is rotated, how many are kept.
     pub rotation: RotationConfig,
