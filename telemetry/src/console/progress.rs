@@ -63,7 +63,10 @@ pub struct Progress {
 
 enum Shown {
     Bar(ProgressBar),
-    Plain { last: Instant },
+    /// Plain lines on a fixed schedule: the next is due at `due`.
+    Plain {
+        due: Instant,
+    },
     Off,
 }
 
@@ -92,7 +95,7 @@ impl Progress {
             }
             // The first plain line ten seconds in: a short run needs none.
             _ => Shown::Plain {
-                last: Instant::now(),
+                due: Instant::now() + PLAIN_EVERY,
             },
         };
         Self {
@@ -106,13 +109,15 @@ impl Progress {
     pub fn every(&self) -> Option<Duration> {
         match self.shown {
             Shown::Bar(_) => Some(BAR_EVERY),
-            Shown::Plain { .. } => Some(PLAIN_EVERY),
+            // Checked every second, printed every ten: a tick a little early
+            // does not skip a line.
+            Shown::Plain { .. } => Some(Duration::from_secs(1)),
             Shown::Off => None,
         }
     }
 
-    /// Shows `now`: redraws the bar, or prints a plain line if ten seconds
-    /// have passed since the last one (or the start).
+    /// Shows `now`: redraws the bar, or prints a plain line when one is due
+    /// (every ten seconds from the start).
     pub fn update(&mut self, now: &ProgressSnapshot) {
         match &mut self.shown {
             Shown::Bar(bar) => {
@@ -120,11 +125,14 @@ impl Progress {
                 bar.set_position(now.done() as u64);
                 bar.set_message(now.counts());
             }
-            Shown::Plain { last } => {
-                if last.elapsed() < PLAIN_EVERY {
+            Shown::Plain { due } => {
+                let now_at = Instant::now();
+                if now_at < *due {
                     return;
                 }
-                *last = Instant::now();
+                while *due <= now_at {
+                    *due += PLAIN_EVERY;
+                }
                 print_line(&format!(
                     "[{:>6.1}s] {}/{} · {}\n",
                     self.started.elapsed().as_secs_f64(),
