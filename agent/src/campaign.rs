@@ -4,7 +4,6 @@
 //! and the summary of what became of every contact.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ResilienceEvent, ServiceName, Transition};
 use callguard_health::HealthChecker;
 use callguard_retry::EventSink;
-use callguard_telemetry::Metrics;
+use callguard_telemetry::{Metrics, Progress, ProgressSnapshot};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -142,7 +141,7 @@ pub struct Campaign {
     pub alerts: AlertManager,
     /// How long in-flight calls may take to finish after shutdown is asked.
     pub shutdown_grace: Duration,
-    /// Print progress to stderr while running.
+    /// Show the progress on the console while running.
     pub progress: bool,
 }
 
@@ -177,7 +176,7 @@ impl Campaign {
         let progress = tokio::spawn(report_progress(
             self.queue.clone(),
             self.registry.clone(),
-            (contacts, started),
+            contacts,
             self.progress,
             progress_stopped,
         ));
@@ -475,22 +474,21 @@ async fn follow_breakers(
 }
 
 /// Reads the queue's counts from the store (what `/metrics` shows) and, if
-/// `print`, prints where the campaign stands: a line rewritten in place every
-/// 250 ms on a terminal, a new line every five seconds otherwise. The counts
-/// are read as often as the line is printed, every second when nothing is.
+/// `print`, shows where the campaign stands on the console's progress (a bar
+/// on a terminal, an occasional plain line otherwise). The counts are read
+/// as often as the progress is updated, every second when nothing is shown.
 async fn report_progress(
     queue: Arc<CallQueue>,
     registry: Arc<BreakerRegistry>,
-    (contacts, started): (usize, Instant),
+    total: usize,
     print: bool,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let terminal = std::io::stderr().is_terminal();
-    let every = match (print, terminal) {
-        (true, true) => Duration::from_millis(250),
-        (true, false) => Duration::from_secs(5),
-        (false, _) => Duration::from_secs(1),
-    };
+    let mut progress = print.then(|| Progress::start(total));
+    let every = progress
+        .as_ref()
+        .and_then(Progress::every)
+        .unwrap_or(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(every);
     loop {
         tokio::select! {
@@ -516,37 +514,23 @@ async fn report_progress(
             continue;
         }
         let counts = queue.refresh_counts().await;
-        if !print {
-            continue;
-        }
-        let done = counts.ended();
-        let breakers: Vec<String> = registry
-            .all()
-            .iter()
-            .filter(|b| !b.state().is_closed())
-            .map(|b| format!("{} {}", b.service(), b.state()))
-            .collect();
-        let line = format!(
-            "[{:>6.1}s] {done}/{contacts} done · {} completed · {} failed · {} expired · {} deferred · {} in flight{}",
-            started.elapsed().as_secs_f64(),
-            counts.completed,
-            counts.failed,
-            counts.expired,
-            counts.deferred,
-            counts.in_flight,
-            if breakers.is_empty() {
-                String::new()
-            } else {
-                format!(" · {}", breakers.join(", "))
-            }
-        );
-        if terminal {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
+        if let Some(progress) = &mut progress {
+            progress.update(&ProgressSnapshot {
+                total,
+                completed: counts.completed,
+                failed: counts.failed,
+                expired: counts.expired,
+                deferred: counts.deferred,
+                in_flight: counts.in_flight,
+                breakers: registry
+                    .all()
+                    .iter()
+                    .map(|b| (b.service().to_string(), b.state()))
+                    .collect(),
+            });
         }
     }
-    if print && terminal {
-        eprintln!();
+    if let Some(progress) = progress {
+        progress.finish();
     }
 }

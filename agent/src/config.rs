@@ -423,16 +423,9 @@ impl AgentConfig {
         if let Some(sheets) = &self.sheets {
             sheets.validate()?;
         }
-        if !matches!(
-            self.logging.console_level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return Err(ValidationError::new(
-                "logging.console_level",
-                &self.logging.console_level,
-                "one of error, warn, info, debug, trace",
-            ));
-        }
+        self.logging
+            .validate()
+            .map_err(|e| e.in_section("logging"))?;
         services::validate(&self.services, &self.pipeline)
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 #[cfg(feature = "mocks")]
 use callguard_agent::simulate::Scenario;
+use callguard_telemetry::Verbosity;
 use clap::{Parser, Subcommand};
 
 /// An AI call agent that keeps working while the services it depends on fail.
@@ -17,6 +18,23 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The console shows a line per call event too (deferrals, rejected first
+    /// attempts), not only what a person should notice.
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    verbose: bool,
+    /// The console shows only warnings, errors and the summary: no progress.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+impl Cli {
+    fn verbosity(&self) -> Verbosity {
+        match (self.verbose, self.quiet) {
+            (true, _) => Verbosity::Verbose,
+            (_, true) => Verbosity::Quiet,
+            _ => Verbosity::Normal,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -164,6 +182,7 @@ impl TlsArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbosity = cli.verbosity();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -196,6 +215,7 @@ fn main() -> ExitCode {
                     time_scale,
                     summary_json.as_deref(),
                     config.as_deref(),
+                    verbosity,
                 )
                 .await
             }
@@ -203,7 +223,15 @@ fn main() -> ExitCode {
                 config,
                 contacts,
                 summary_json,
-            } => commands::run::run(&config, contacts.as_deref(), summary_json.as_deref()).await,
+            } => {
+                commands::run::run(
+                    &config,
+                    contacts.as_deref(),
+                    summary_json.as_deref(),
+                    verbosity,
+                )
+                .await
+            }
             Command::Report { config, json } => {
                 commands::store::report(config.as_deref(), json).await
             }
@@ -217,7 +245,9 @@ fn main() -> ExitCode {
                 faults,
                 proxies,
             } => commands::mocks::mocks(listen, seed, faults.as_deref(), proxies).await,
-            Command::HealthServer { config } => commands::health::health_server(&config).await,
+            Command::HealthServer { config } => {
+                commands::health::health_server(&config, verbosity).await
+            }
             Command::Status {
                 addr,
                 tls,

@@ -19,10 +19,13 @@ use crate::contacts::Contact;
 /// A story to tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// The TTS service falters (half its requests fail from t = 2 s), then goes
-    /// down for 24 s: retries with backoff, breaker OPEN, contacts deferred while
-    /// others proceed, HALF_OPEN probes that fail while it is still down,
-    /// recovery seen by the health check, deferred contacts complete.
+    /// The LLM fails the first contact three times (a fault limited to that
+    /// contact, so its breaker stays closed while the others' calls succeed):
+    /// retries after 5 s, 10 s and 20 s, and the fourth attempt succeeds.
+    /// Meanwhile the TTS service falters (half its requests fail from t = 2 s),
+    /// then goes down for 24 s: breaker OPEN, contacts deferred while others
+    /// proceed, HALF_OPEN probes that fail while it is still down, recovery
+    /// seen by the health check, deferred contacts complete.
     Outage,
     /// The LLM rejects our key for 15 s: no retries, the breaker opens, the
     /// contacts wait for the key to work again.
@@ -48,15 +51,23 @@ impl Scenario {
     pub fn faults(self, contacts: &[Contact]) -> Vec<Fault> {
         let secs = Duration::from_secs;
         match self {
-            Self::Outage => vec![
-                Fault::new(Service::Elevenlabs, FaultMode::Flaky)
-                    .with_rate(0.5)
-                    .starting_after(secs(2))
-                    .lasting(secs(2)),
-                Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
-                    .starting_after(secs(4))
-                    .lasting(secs(24)),
-            ],
+            Self::Outage => {
+                let retried = contacts.first().map(|first| {
+                    Fault::new(Service::Llm, FaultMode::Unavailable)
+                        .for_contacts([first.id.clone()])
+                        .times(3)
+                });
+                let tts = [
+                    Fault::new(Service::Elevenlabs, FaultMode::Flaky)
+                        .with_rate(0.5)
+                        .starting_after(secs(2))
+                        .lasting(secs(2)),
+                    Fault::new(Service::Elevenlabs, FaultMode::Unavailable)
+                        .starting_after(secs(4))
+                        .lasting(secs(24)),
+                ];
+                retried.into_iter().chain(tts).collect()
+            }
             Self::Auth => vec![
                 Fault::new(Service::Llm, FaultMode::Unauthorized)
                     .starting_after(secs(2))

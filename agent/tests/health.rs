@@ -716,10 +716,16 @@ async fn a_campaign_follows_a_remote_health_server_and_outlives_it() {
         .expect("the campaign ends");
     let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
     assert!(exited.success(), "{exited}\n{stderr}");
-    let released = stderr.lines().any(|line| {
-        line.contains("lost the remote health server")
-            && line.contains("service=elevenlabs")
-            && line.contains("released_forced_open=true")
+    // The JSON log has every field of the event (the console only those
+    // that say who, where and why).
+    let log = std::fs::read_to_string(dir.join("logs/callguard.jsonl")).unwrap();
+    let released = log.lines().any(|line| {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        line["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("lost the remote health server"))
+            && line["service"] == "elevenlabs"
+            && line["released_forced_open"] == true
     });
     assert!(released, "the remote's force-open was released:\n{stderr}");
     let summary: serde_json::Value =

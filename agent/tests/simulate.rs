@@ -142,9 +142,9 @@ fn outage_opens_defers_recovers_and_completes_everyone() {
         && l["error_category"] == "transient"
         && l["contact_id"].is_string()
         && l["trace_id"].is_string()));
-    // Each 503 is retried unless the breaker is OPEN by then: the workers
-    // reach TTS together, so another's failure may open it first. Every
-    // retry scheduled is in the summary.
+    // Each TTS 503 is retried unless the breaker is OPEN by then: the
+    // workers reach TTS together, so another's failure may open it first.
+    // Every retry scheduled is in the summary.
     let tts_failures: Vec<&str> = lines
         .iter()
         .filter(|l| l["service"] == "elevenlabs" && l["http_status"] == 503)
@@ -162,7 +162,26 @@ fn outage_opens_defers_recovers_and_completes_everyone() {
             "a 503 neither retried nor refused by an OPEN breaker: {message}"
         );
     }
-    assert_eq!(u64::try_from(retried).unwrap(), run.count("retries"));
+    // The LLM's only 503s are the first contact's three, each retried (its
+    // fourth attempt succeeds).
+    let llm_failures: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["service"] == "llm" && l["http_status"] == 503)
+        .collect();
+    assert_eq!(llm_failures.len(), 3, "{llm_failures:?}");
+    for failure in &llm_failures {
+        assert_eq!(failure["contact_id"], "c-001", "{failure}");
+        assert!(
+            failure["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("; retrying in ")),
+            "{failure}"
+        );
+    }
+    assert_eq!(
+        u64::try_from(retried + llm_failures.len()).unwrap(),
+        run.count("retries")
+    );
     // Each deferral is logged once, and the summary counts each once.
     let deferred = lines
         .iter()
@@ -187,6 +206,131 @@ fn outage_opens_defers_recovers_and_completes_everyone() {
     let sheets = &run.summary["sheets"];
     assert!(sheets["rows_sent"].as_u64().unwrap() > 0, "{sheets}");
     assert_eq!(sheets["rows_dropped"], 0, "{sheets}");
+}
+
+/// The default story at the seed's own pace, as CI or a pipe sees it: plain
+/// lines, short enough for one screen, telling what a person should notice.
+#[test]
+fn the_default_story_off_a_terminal_is_short_plain_and_complete() {
+    let dir = temp_dir("story");
+    let output = run_callguard(&dir, &["simulate"]);
+    let (story, summary) = (
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout),
+    );
+    assert!(output.status.success(), "{story}{summary}");
+    let lines = story.lines().count() + summary.lines().count();
+    assert!(lines < 60, "{lines} lines:\n{story}{summary}");
+    assert!(
+        !story.contains('\x1b') && !summary.contains('\x1b') && !story.contains('\r'),
+        "control codes off a terminal:\n{story}"
+    );
+    // The transitions, the alerts, and the deferred contacts resuming.
+    for told in [
+        "Circuit breaker for elevenlabs: CLOSED -> OPEN (2 consecutive failures)",
+        "Circuit breaker for elevenlabs: OPEN -> CLOSED (health check recovered)",
+        "alert: elevenlabs circuit breaker opened",
+        "alert: elevenlabs circuit breaker closed again",
+        "elevenlabs recovered: ",
+    ] {
+        assert!(story.contains(told), "{told:?} is not told:\n{story}");
+    }
+    // The first contact's three LLM failures, retried after the seed's
+    // 5 s, 10 s and 20 s; its fourth attempt succeeds and it completes.
+    let retries: Vec<&str> = story
+        .lines()
+        .filter(|line| line.contains("llm call failed") && line.ends_with("contact_id=c-001"))
+        .collect();
+    assert_eq!(retries.len(), 3, "{story}");
+    for (line, delay) in retries.iter().zip(["5s", "10s", "20s"]) {
+        assert!(line.contains(&format!("; retrying in {delay} ")), "{line}");
+    }
+    assert!(!story.contains("Circuit breaker for llm"), "{story}");
+    // One call's details are not told, each field is said once, and the
+    // progress is an occasional plain line.
+    assert!(!story.contains(" deferred: "), "{story}");
+    for line in story.lines() {
+        assert!(line.matches("contact_id=").count() <= 1, "{line}");
+    }
+    assert!(
+        story
+            .lines()
+            .any(|l| l.contains("/20 · ") && l.contains("elevenlabs ")),
+        "{story}"
+    );
+    assert!(summary.contains("Summary") && summary.contains("completed              20"));
+    assert!(summary.contains("Breaker transitions"), "{summary}");
+}
+
+/// `-q` leaves warnings, errors and the summary; `-v` brings back a line per
+/// call event, with every field.
+#[test]
+fn quiet_and_verbose_say_less_and_more() {
+    let dir = temp_dir("quiet");
+    let quiet = run_callguard(&dir, &["simulate", "-q", "--time-scale", "0.05"]);
+    let story = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{story}");
+    assert!(
+        story
+            .lines()
+            .all(|line| line.contains(" WARN ") || line.contains(" ERROR ")),
+        "{story}"
+    );
+    assert!(story.contains("Circuit breaker for elevenlabs: CLOSED -> OPEN"));
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("Summary"));
+
+    let dir = temp_dir("verbose");
+    let verbose = run_callguard(&dir, &["--verbose", "simulate", "--time-scale", "0.05"]);
+    let story = String::from_utf8_lossy(&verbose.stderr);
+    assert!(verbose.status.success(), "{story}");
+    assert!(
+        story
+            .lines()
+            .any(|line| line.contains(" deferred: ") && line.contains("deferral=")),
+        "{story}"
+    );
+    assert!(story.contains("retry_count=1"), "{story}");
+    for line in story.lines() {
+        assert!(line.matches("contact_id=").count() <= 1, "{line}");
+    }
+}
+
+/// On a terminal (a pseudo-terminal made by `script`) the progress is a bar
+/// redrawn in place, with the breakers' states, and the story's lines above it.
+#[test]
+fn on_a_terminal_the_progress_is_a_bar() {
+    let dir = temp_dir("terminal");
+    // A terminal 200 columns wide, so that the bar has room for every breaker.
+    let command = format!(
+        "stty cols 200 rows 50; {} simulate --time-scale 0.1",
+        env!("CARGO_BIN_EXE_callguard")
+    );
+    // `script` (util-linux) runs the binary under a pseudo-terminal.
+    let mut script = std::process::Command::new("script");
+    script
+        .current_dir(&dir)
+        .env_remove("RUST_LOG")
+        .env("CALLGUARD_METRICS__LISTEN", "127.0.0.1:0")
+        .env("TERM", "xterm")
+        .args(["-qc", &command, "/dev/null"]);
+    let output = script.output().expect("script (util-linux) runs");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    // The bar: drawn in place (carriage returns, erase-line codes), filled
+    // with block characters, with the counts and every breaker's state.
+    assert!(
+        screen.contains("\x1b[2K") && screen.contains('\r'),
+        "{screen}"
+    );
+    assert!(screen.contains('█'), "{screen}");
+    assert!(
+        screen.contains("/20 · ")
+            && screen.contains("elevenlabs OPEN")
+            && screen.contains("llm CLOSED"),
+        "{screen}"
+    );
+    assert!(screen.contains("Circuit breaker for elevenlabs: CLOSED -> OPEN"));
+    assert!(screen.contains("Summary"));
 }
 
 #[test]

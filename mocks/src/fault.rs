@@ -6,7 +6,7 @@
 //! recently injected one that applies wins; a fault applies when its service
 //! matches, its `contacts` (if any) include the request's contact, and — for
 //! faults with a `rate` — the fault's own seeded random number generator says
-//! so. Each fault has its own generator, seeded from the config seed and the
+//! so. A fault with `times` is over once it has answered that many requests. Each fault has its own generator, seeded from the config seed and the
 //! fault's id, so the same injections and the same requests give the same picks.
 
 use std::time::Duration;
@@ -98,6 +98,10 @@ pub struct Fault {
     /// a top-level `contact_id` in the JSON body); every request if empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub contacts: Vec<String>,
+    /// How many requests the fault answers before it is over (one contact's
+    /// first attempts, with `contacts`); every request while it lasts if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
 }
 
 impl Fault {
@@ -112,6 +116,7 @@ impl Fault {
             latency: None,
             retry_after: None,
             contacts: Vec::new(),
+            times: None,
         }
     }
 
@@ -151,6 +156,13 @@ impl Fault {
         self
     }
 
+    /// Ends the fault once it has answered `times` requests.
+    #[must_use]
+    pub fn times(mut self, times: u32) -> Self {
+        self.times = Some(times);
+        self
+    }
+
     /// Limits the fault to requests for these contact ids.
     #[must_use]
     pub fn for_contacts<I, S>(mut self, contacts: I) -> Self
@@ -169,6 +181,9 @@ impl Fault {
         }
         if let Some(duration) = self.duration {
             nonzero_duration("for", duration.get())?;
+        }
+        if self.times == Some(0) {
+            return Err(ValidationError::new("times", 0, "at least 1 when set"));
         }
         match (self.mode, self.latency) {
             (FaultMode::Slow, None) => {
@@ -284,12 +299,18 @@ struct Entry {
     fault: Fault,
     starts: Instant,
     ends: Option<Instant>,
+    /// Requests it may still answer, with `times`.
+    left: Option<u32>,
     rng: fastrand::Rng,
 }
 
 impl Entry {
     fn live_at(&self, now: Instant) -> bool {
-        self.starts <= now && self.ends.is_none_or(|end| now < end)
+        self.starts <= now && !self.over(now)
+    }
+
+    fn over(&self, now: Instant) -> bool {
+        self.ends.is_some_and(|end| now >= end) || self.left == Some(0)
     }
 }
 
@@ -325,6 +346,7 @@ impl FaultBook {
                     fastrand::Rng::with_seed(self.seed ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 self.entries.push(Entry {
                     id,
+                    left: fault.times,
                     fault,
                     starts,
                     ends,
@@ -390,6 +412,9 @@ impl FaultBook {
             if rate < 1.0 && e.rng.f64() >= rate {
                 return None;
             }
+            if let Some(left) = &mut e.left {
+                *left -= 1;
+            }
             Some(Pick {
                 id: e.id,
                 mode: fault.mode,
@@ -409,7 +434,7 @@ impl FaultBook {
     }
 
     fn prune(&mut self, now: Instant) {
-        self.entries.retain(|e| e.ends.is_none_or(|end| now < end));
+        self.entries.retain(|e| !e.over(now));
     }
 }
 
@@ -478,6 +503,10 @@ mod tests {
                 Fault::new(Service::Llm, FaultMode::BadRequest).for_contacts([""]),
                 "contacts",
             ),
+            (
+                Fault::new(Service::Llm, FaultMode::Unavailable).times(0),
+                "times",
+            ),
         ];
         for (fault, key) in cases {
             assert_eq!(fault.validate().unwrap_err().key, key, "{fault:?}");
@@ -523,6 +552,35 @@ mod tests {
         assert_eq!(book.clear(Some(Service::Crm)), 0);
         assert_eq!(book.clear(None), 2);
         assert_eq!(mode(&mut book, None), None);
+    }
+
+    #[test]
+    fn a_counted_fault_answers_its_contact_that_many_times() {
+        let now = Instant::now();
+        let mut book = FaultBook::new(1);
+        let fault = parse(r#"{"service":"llm","mode":"unavailable","contacts":["c-1"],"times":3}"#)
+            .unwrap();
+        assert_eq!(
+            fault,
+            Fault::new(Service::Llm, FaultMode::Unavailable)
+                .for_contacts(["c-1"])
+                .times(3)
+        );
+        book.insert(vec![fault], now);
+        let hit = |book: &mut FaultBook, contact| book.pick(Service::Llm, contact, now).is_some();
+        assert!(
+            !hit(&mut book, Some("c-2")),
+            "another contact is not counted"
+        );
+        assert!(!hit(&mut book, None), "nor a health probe");
+        for _ in 0..3 {
+            assert!(hit(&mut book, Some("c-1")));
+        }
+        assert!(
+            !hit(&mut book, Some("c-1")),
+            "the fourth request is answered"
+        );
+        assert!(book.list(now).is_empty(), "a used-up fault is dropped");
     }
 
     #[test]

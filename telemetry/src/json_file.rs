@@ -8,11 +8,10 @@
 //! stage span carries `service`) are copied onto each event, the innermost
 //! value winning, so a line can be read on its own. `trace_id`/`span_id` are
 //! the OpenTelemetry ids of the innermost span, when the subscriber has the
-//! OpenTelemetry layer.
+//! OpenTelemetry layer. The file is rotated by `[logging.rotation]`
+//! (`rotation`), each line written whole.
 
 use parking_lot::Mutex;
-use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
@@ -28,6 +27,9 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::config::RotationConfig;
+use crate::rotation::RotatingFile;
+
 /// A log file could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open log file {path}: {source}")]
@@ -38,15 +40,16 @@ pub struct LogFileError {
 
 /// A `tracing` layer writing JSON lines to a file.
 pub struct JsonFileLayer {
-    writer: Mutex<LineWriter<File>>,
+    writer: Mutex<RotatingFile>,
     /// The subscriber the layer is part of, to ask its OpenTelemetry layer
     /// for span ids.
     dispatch: OnceLock<WeakDispatch>,
 }
 
 impl JsonFileLayer {
-    /// Appends to `path`, creating it and its directory if needed.
-    pub fn open(path: &Path) -> Result<Self, LogFileError> {
+    /// Appends to `path`, creating it and its directory if needed, and
+    /// rotates it by `rotation`.
+    pub fn open(path: &Path, rotation: &RotationConfig) -> Result<Self, LogFileError> {
         let error = |source| LogFileError {
             path: path.to_owned(),
             source,
@@ -54,13 +57,9 @@ impl JsonFileLayer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(error)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(error)?;
+        let file = RotatingFile::open(path, rotation).map_err(error)?;
         Ok(Self {
-            writer: Mutex::new(LineWriter::new(file)),
+            writer: Mutex::new(file),
             dispatch: OnceLock::new(),
         })
     }
@@ -156,9 +155,8 @@ where
         line.insert("target".into(), Value::from(event.metadata().target()));
         let mut text = Value::Object(line).to_string();
         text.push('\n');
-        let mut writer = self.writer.lock();
         // A failing log disk must not stop calls; the console still shows the event.
-        let _ = writer.write_all(text.as_bytes());
+        let _ = self.writer.lock().write_line(text.as_bytes());
     }
 }
 
@@ -183,10 +181,9 @@ mod tests {
 
     #[test]
     fn lines_carry_required_and_span_fields() {
-        let dir = std::env::temp_dir().join(format!("callguard-log-{}", std::process::id()));
+        let dir = callguard_testkit::temp_dir(env!("CARGO_CRATE_NAME"), "log");
         let path = dir.join("test.jsonl");
-        let _ = std::fs::remove_file(&path);
-        let layer = JsonFileLayer::open(&path).unwrap();
+        let layer = JsonFileLayer::open(&path, &RotationConfig::default()).unwrap();
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             let call = tracing::info_span!("call", contact_id = "c-7", trace_id = "abc");

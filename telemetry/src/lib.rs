@@ -4,8 +4,10 @@
 //! [`Telemetry`] handle that keeps its exporters running:
 //!
 //! - `json_file`: the local log file, the record of truth, one JSON object
-//!   per line in the schema of `callguard_core::telemetry`;
-//! - `console`: human-readable lines on stderr;
+//!   per line in the schema of `callguard_core::telemetry`, rotated by size
+//!   and/or day (`rotation`);
+//! - `console`: lines for people on stderr, the things to notice rather than
+//!   every event (`-v`, `-q`), and the campaign's progress ([`Progress`]);
 //! - `otel`: OpenTelemetry ids for every span, OTLP export when the
 //!   standard `OTEL_*` variables ask for it, the failed exports counted, and
 //!   the `traceparent` a request carries;
@@ -24,11 +26,13 @@ mod error;
 mod json_file;
 mod metrics;
 mod otel;
+mod rotation;
 mod serve;
 mod sheets;
 mod subscriber;
 
-pub use config::{DEFAULT_LISTEN, LoggingConfig, MetricsConfig};
+pub use config::{ByteSize, DEFAULT_LISTEN, LoggingConfig, MetricsConfig, RotationConfig};
+pub use console::{Progress, ProgressSnapshot, Verbosity};
 pub use error::TelemetryError;
 pub use json_file::{JsonFileLayer, LogFileError};
 pub use metrics::{ContactGauge, Metrics, StoreStatus, Totals};

@@ -251,7 +251,7 @@ mod tests {
         .unwrap();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let subscriber = tracing_subscriber::registry()
-            .with(JsonFileLayer::open(&path).unwrap())
+            .with(JsonFileLayer::open(&path, &crate::RotationConfig::default()).unwrap())
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let (call_ids, attempt_ids, header) = tracing::subscriber::with_default(subscriber, || {
             let call = tracing::info_span!("call", contact_id = "c-1");

@@ -5,7 +5,6 @@
 //! so that exporting never traces itself.
 
 use std::fmt;
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use callguard_sheets_logger::{SheetsConfig, SheetsHandle, SheetsLayer, SheetsStats};
@@ -17,7 +16,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::config::LoggingConfig;
-use crate::console::ConsoleWriter;
+use crate::console::{self, ConsoleLayer, Verbosity};
 use crate::error::TelemetryError;
 use crate::json_file::JsonFileLayer;
 use crate::otel::{
@@ -104,36 +103,43 @@ impl Drop for Telemetry {
 }
 
 /// Installs the agent's global subscriber: the JSON-lines file at
-/// `logging.path` (INFO and above from every target), the console at
-/// `logging.console_level`, the OpenTelemetry layer (exporting when the
+/// `logging.path` (INFO and above from every target, rotated by
+/// `logging.rotation`), the console at `logging.console_level` saying as
+/// much as `verbosity` asks, the OpenTelemetry layer (exporting when the
 /// `OTEL_*` variables say so, service name `callguard` by default) and, with
 /// `sheets`, the Google Sheets rows. Dependencies' own chatter (HTTP
 /// internals, the exporter's) is kept at WARN. Call within the tokio runtime.
 pub fn init(
     logging: &LoggingConfig,
     sheets: Option<&SheetsConfig>,
+    verbosity: Verbosity,
 ) -> Result<Telemetry, TelemetryError> {
-    let file = JsonFileLayer::open(&logging.path)?;
+    let file = JsonFileLayer::open(&logging.path, &logging.rotation)?;
     let sheets = sheets.map(SheetsLayer::new).transpose()?;
     install(
         Some(file),
         sheets,
-        &logging.console_level,
+        (&logging.console_level, verbosity),
         AGENT_SERVICE_NAME,
     )
 }
 
 /// Installs the `callguard mocks` process's subscriber: the console at
-/// `console_level` and the OpenTelemetry layer (service name
-/// `callguard-mocks` by default), without a log file.
+/// `console_level`, a line per event, and the OpenTelemetry layer (service
+/// name `callguard-mocks` by default), without a log file.
 pub fn init_mocks(console_level: &str) -> Result<Telemetry, TelemetryError> {
-    install(None, None, console_level, MOCKS_SERVICE_NAME)
+    install(
+        None,
+        None,
+        (console_level, Verbosity::Verbose),
+        MOCKS_SERVICE_NAME,
+    )
 }
 
 fn install(
     file: Option<JsonFileLayer>,
     sheets: Option<(SheetsLayer, SheetsHandle)>,
-    console_level: &str,
+    (console_level, verbosity): (&str, Verbosity),
     default_service: &str,
 ) -> Result<Telemetry, TelemetryError> {
     use tracing_subscriber::layer::SubscriberExt;
@@ -150,12 +156,8 @@ fn install(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let console_level: LevelFilter = console_level.parse().unwrap_or(LevelFilter::INFO);
-    let console = tracing_subscriber::fmt::layer()
-        .with_writer(ConsoleWriter)
-        .compact()
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(quiet(console_level));
+    let terminal = console::install(verbosity);
+    let console = ConsoleLayer::new(verbosity, terminal).with_filter(quiet(console_level));
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("callguard"))
         .with_filter(quiet(LevelFilter::INFO));

@@ -20,7 +20,7 @@ use callguard_proto::callguard::v1::{Breaker, Limiter, ListBreakersRequest, brea
 use callguard_proto::grpc::health::v1::HealthCheckRequest;
 use callguard_proto::grpc::health::v1::health_check_response::ServingStatus;
 use callguard_proto::grpc::health::v1::health_client::HealthClient;
-use callguard_telemetry::Metrics;
+use callguard_telemetry::{Metrics, Verbosity};
 
 use super::shutdown_signal;
 use super::status_json::breakers_json;
@@ -29,10 +29,13 @@ use super::table::aligned;
 /// `callguard health-server`: probes every configured service and serves
 /// their health over gRPC, and `/metrics` (breaker states, probe results) as
 /// `[metrics]` asks, until Ctrl-C or SIGTERM.
-pub(crate) async fn health_server(config_file: &Path) -> Result<ExitCode, String> {
+pub(crate) async fn health_server(
+    config_file: &Path,
+    verbosity: Verbosity,
+) -> Result<ExitCode, String> {
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
-    let _telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
+    let _telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
         .map_err(|e| e.to_string())?;
     // No calls go through this process's breakers, so a HALF_OPEN one would
     // never be confirmed: here a healthy probe closes, whatever the file says

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::read_contacts;
+use callguard_telemetry::Verbosity;
 
 use super::{finish, run_campaign};
 
@@ -14,12 +15,14 @@ pub(crate) async fn run(
     config_file: &Path,
     contacts_file: Option<&Path>,
     summary_json: Option<&Path>,
+    verbosity: Verbosity,
 ) -> Result<ExitCode, String> {
     let config =
         AgentConfig::load("", Some(config_file), std::env::vars()).map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
+            .map_err(|e| e.to_string())?;
     let contacts = match contacts_file {
         Some(contacts_file) => {
             let file = read_contacts(contacts_file).map_err(|e| e.to_string())?;

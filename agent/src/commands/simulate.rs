@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use callguard_agent::config::ConfigLoader;
 use callguard_agent::simulate::{Scenario, SimulatedServices, generate_contacts};
 use callguard_mocks::CrmRecord;
+use callguard_telemetry::Verbosity;
 
 use super::{finish, run_campaign};
 
@@ -16,6 +17,7 @@ pub(crate) async fn simulate(
     time_scale: f64,
     summary_json: Option<&Path>,
     config_file: Option<&Path>,
+    verbosity: Verbosity,
 ) -> Result<ExitCode, String> {
     if !(time_scale.is_finite() && time_scale > 0.0) {
         return Err(format!(
@@ -49,8 +51,9 @@ pub(crate) async fn simulate(
         .load()
         .map_err(|e| e.to_string())?;
     // Dropped on return: flushes the spans not yet exported.
-    let mut telemetry = callguard_telemetry::init(&config.logging, config.sheets.as_ref())
-        .map_err(|e| e.to_string())?;
+    let mut telemetry =
+        callguard_telemetry::init(&config.logging, config.sheets.as_ref(), verbosity)
+            .map_err(|e| e.to_string())?;
     tracing::info!(
         "Simulating scenario {scenario:?}: {count} contacts, mocks at {}, time scale {time_scale}",
         services.server.url()
