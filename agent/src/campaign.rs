@@ -498,18 +498,12 @@ async fn report_progress(
         // While the store is out of reach its counts would be stale (and
         // reading them waits for the saves retrying): say so instead.
         if let Some((since, at)) = queue.store().health().unreachable_since {
-            if print {
-                let line = format!(
-                    "[{:>6.1}s] call store unreachable since {} ({:.0}s); reconnecting",
-                    started.elapsed().as_secs_f64(),
+            if let Some(progress) = &mut progress {
+                progress.hold(format!(
+                    "call store unreachable since {} ({:.0}s); reconnecting",
                     humantime::format_rfc3339_seconds(since),
                     at.elapsed().as_secs_f64()
-                );
-                if terminal {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    eprintln!("{line}");
-                }
+                ));
             }
             continue;
         }

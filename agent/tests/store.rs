@@ -568,7 +568,7 @@ async fn a_store_out_of_reach_past_its_grace_turns_the_process_not_serving() {
         !errors.contains("callguard_store_errors_total 0"),
         "failed statements counted: {errors}"
     );
-    // Printed every 5 s when stderr is not a terminal.
+    // A plain progress line every 10 s when stderr is not a terminal.
     until("said on the progress line", async || {
         let progress = std::fs::read_to_string(dir.join("run.err")).unwrap_or_default();
         (progress.contains("call store unreachable since"), progress)

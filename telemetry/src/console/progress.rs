@@ -126,20 +126,33 @@ impl Progress {
                 bar.set_message(now.counts());
             }
             Shown::Plain { due } => {
-                let now_at = Instant::now();
-                if now_at < *due {
-                    return;
+                if plain_line_due(due) {
+                    print_line(&format!(
+                        "[{:>6.1}s] {}/{} · {}\n",
+                        self.started.elapsed().as_secs_f64(),
+                        now.done(),
+                        now.total,
+                        now.counts()
+                    ));
                 }
-                while *due <= now_at {
-                    *due += PLAIN_EVERY;
+            }
+            Shown::Off => {}
+        }
+    }
+
+    /// Shows `message` in place of the counts, which cannot be read for now
+    /// (the call store is out of reach): on the bar, or as the plain line
+    /// when one is due.
+    pub fn hold(&mut self, message: String) {
+        match &mut self.shown {
+            Shown::Bar(bar) => bar.set_message(message),
+            Shown::Plain { due } => {
+                if plain_line_due(due) {
+                    print_line(&format!(
+                        "[{:>6.1}s] {message}\n",
+                        self.started.elapsed().as_secs_f64()
+                    ));
                 }
-                print_line(&format!(
-                    "[{:>6.1}s] {}/{} · {}\n",
-                    self.started.elapsed().as_secs_f64(),
-                    now.done(),
-                    now.total,
-                    now.counts()
-                ));
             }
             Shown::Off => {}
         }
@@ -154,6 +167,18 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Whether a plain line is due now; if so, `due` moves to the next one.
+fn plain_line_due(due: &mut Instant) -> bool {
+    let now = Instant::now();
+    if now < *due {
+        return false;
+    }
+    while *due <= now {
+        *due += PLAIN_EVERY;
+    }
+    true
 }
 
 #[cfg(test)]
