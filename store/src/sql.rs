@@ -366,12 +366,13 @@ mod tests {
     #[test]
     fn sqlite_text_has_no_postgres_placeholders_or_locks() {
         let sqlite = Statements::new("t", Dialect::Sqlite, 1).unwrap();
-        assert!(!sqlite.defer.contains('$') && sqlite.defer.contains("?9"));
+        assert!(!sqlite.defer.contains('$') && sqlite.defer.contains("?10"));
         assert!(!sqlite.lease.contains("SKIP LOCKED") && !sqlite.lease.contains("now()"));
         let postgres = Statements::new("t", Dialect::Postgres, 1).unwrap();
         assert!(postgres.lease.contains("FOR UPDATE SKIP LOCKED"));
         // The database's clock, so the agent's "now" is no parameter.
         assert!(postgres.lease.contains("now()") && !postgres.lease.contains("$3"));
-        assert!(!postgres.defer.contains("$9") && !postgres.release_owner.contains("$2"));
+        assert!(postgres.defer.contains("$9") && !postgres.defer.contains("$10"));
+        assert!(!postgres.release_owner.contains("$2"));
     }
 }
