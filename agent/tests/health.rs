@@ -940,7 +940,7 @@ async fn a_tls_health_server_is_checked_and_followed_over_https() {
     let stderr = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
     assert!(exited.success(), "{exited}\n{stderr}");
     assert!(
-        stderr.contains("remote reports SERVING; released the breaker"),
+        stderr.contains("FORCED_OPEN -> CLOSED (manual force_close: remote)"),
         "{stderr}"
     );
     let summary: serde_json::Value =

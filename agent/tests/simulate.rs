@@ -399,7 +399,15 @@ fn limits_finds_the_tts_limit_from_its_headers_and_completes_everyone() {
         "{}",
         run.summary
     );
-    assert_eq!(tts["limit"].as_u64(), Some(limit), "{}", run.summary);
+    // It follows the provider's limit, never above it; an answer saying the
+    // provider is full (ours in flight crossing in the headers) may leave it
+    // one below at the end.
+    let found = tts["limit"].as_u64().unwrap();
+    assert!(
+        (limit - 1..=limit).contains(&found),
+        "limit {found}: {}",
+        run.summary
+    );
     // The first wave — 16 workers, a limit nobody knows yet — is refused;
     // the limit its answers carry keeps the later calls waiting in callguard.
     let refused = tts["refused"].as_u64().unwrap();
