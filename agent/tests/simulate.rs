@@ -434,9 +434,9 @@ fn limits_finds_the_tts_limit_from_its_headers_and_completes_everyone() {
             "mode",
             "off",
             "limit",
-            "4",
+            &found.to_string(),
             "provider's",
-            "4",
+            &limit.to_string(),
             "429s",
             &refused.to_string()
         ],
