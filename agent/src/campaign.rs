@@ -310,6 +310,7 @@ async fn settle(
     default_wait: Duration,
 ) {
     let contact_id = entry.contact.id.clone();
+    let busy = matches!(result, CallResult::Busy { .. });
     match result {
         CallResult::Completed => queue.finish(entry, Terminal::Completed),
         CallResult::Failed { service, reason } => {
@@ -330,18 +331,8 @@ async fn settle(
         CallResult::Unavailable {
             service,
             retry_after,
-        } => {
-            defer(
-                queue,
-                entry,
-                &service,
-                retry_after.unwrap_or(default_wait),
-                events,
-                false,
-            )
-            .await
         }
-        CallResult::Busy {
+        | CallResult::Busy {
             service,
             retry_after,
         } => {
@@ -351,7 +342,7 @@ async fn settle(
                 &service,
                 retry_after.unwrap_or(default_wait),
                 events,
-                true,
+                busy,
             )
             .await
         }

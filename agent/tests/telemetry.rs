@@ -280,49 +280,40 @@ async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_root
         .to_string_lossy()
         .into_owned();
     let endpoint = |addr: SocketAddr| format!("https://localhost:{}", addr.port());
+    // A `simulate` run exporting to a fresh TLS receiver, `endpoint_key`
+    // naming it and `trust` the certificate settings; the spans it received.
+    let export = async |endpoint_key: &'static str, trust: Vec<(&'static str, String)>| {
+        let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
+        let mut env = vec![(endpoint_key, endpoint(addr))];
+        env.extend(trust);
+        let output = simulate(&dir, env, "").await;
+        assert!(output.status.success(), "{}", text(&output));
+        (addr, received.spans())
+    };
 
-    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
-    let output = simulate(
-        &dir,
+    let (_, spans) = export(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
         vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.clone()),
             ("SSL_CERT_FILE", other_roots.clone()),
         ],
-        "",
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output));
-    check_span_tree(&received.spans());
+    check_span_tree(&spans);
 
-    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
-    let output = simulate(
-        &dir,
-        vec![
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint(addr)),
-            ("SSL_CERT_FILE", ca_file.clone()),
-        ],
-        "",
+    let (_, spans) = export(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        vec![("SSL_CERT_FILE", ca_file.clone())],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output));
-    check_span_tree(&received.spans());
+    check_span_tree(&spans);
 
-    let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
-    let output = simulate(
-        &dir,
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
-            ("SSL_CERT_FILE", other_roots),
-        ],
-        "",
+    let (addr, spans) = export(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        vec![("SSL_CERT_FILE", other_roots)],
     )
     .await;
-    assert!(output.status.success(), "{}", text(&output));
-    assert!(
-        received.spans().is_empty(),
-        "an untrusted collector got spans"
-    );
+    assert!(spans.is_empty(), "an untrusted collector got spans");
 
     let missing = dir.join("missing.pem").to_string_lossy().into_owned();
     let output = simulate(
