@@ -282,10 +282,12 @@ async fn plain_worker(
         let script = llm
             .generate_script(context, &Prompt::for_contact(contact))
             .await
+            .result
             .expect("the LLM mock answers");
         let audio = tts
             .synthesize(context, &script)
             .await
+            .result
             .expect("the TTS mock answers");
         let record = CallRecord::new(
             contact,
@@ -297,6 +299,7 @@ async fn plain_worker(
         .with_audio_bytes(audio.bytes.len() as u64);
         crm.record_call(context, &record)
             .await
+            .result
             .expect("the CRM mock answers");
         completed += 1;
     }

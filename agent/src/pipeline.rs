@@ -162,7 +162,7 @@ impl Pipeline {
                 let context = context
                     .with_traceparent(traceparent.as_deref())
                     .with_deadline(deadline);
-                client.generate_script_answered(context, prompt).await
+                client.generate_script(context, prompt).await
             })
             .await;
             match script {
@@ -178,7 +178,7 @@ impl Pipeline {
                 let context = context
                     .with_traceparent(traceparent.as_deref())
                     .with_deadline(deadline);
-                client.synthesize_answered(context, script).await
+                client.synthesize(context, script).await
             })
             .await;
             match audio {
@@ -209,7 +209,7 @@ impl Pipeline {
             let context = context
                 .with_traceparent(traceparent.as_deref())
                 .with_deadline(deadline);
-            client.record_call_answered(context, record).await
+            client.record_call(context, record).await
         })
         .await;
         match recorded {

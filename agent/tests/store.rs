@@ -247,6 +247,7 @@ async fn a_contact_whose_record_an_earlier_pass_wrote_ends_completed_with_that_r
         .with_script("The script of the pass that crashed.");
     crm.record_call(RequestContext::new(&contact.id), &earlier)
         .await
+        .result
         .unwrap();
 
     let mut run = spawn_run(&dir, "run");

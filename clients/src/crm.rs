@@ -194,18 +194,10 @@ impl CrmClient {
     }
 
     /// Stores `record` (with its [`CallRecord::idempotency_key`]) and says
-    /// how the CRM holds it: a repeat answers the id of the first write, and
-    /// a key an earlier pass used with another body is [`Recorded::Earlier`].
+    /// how the CRM holds it, with the answer's limit headers: a repeat
+    /// answers the id of the first write, and a key an earlier pass used with
+    /// another body is [`Recorded::Earlier`].
     pub async fn record_call(
-        &self,
-        context: RequestContext<'_>,
-        record: &CallRecord,
-    ) -> Result<Recorded, ServiceError> {
-        self.record_call_answered(context, record).await.result
-    }
-
-    /// [`record_call`](Self::record_call), with the answer's limit headers.
-    pub async fn record_call_answered(
         &self,
         context: RequestContext<'_>,
         record: &CallRecord,

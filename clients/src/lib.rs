@@ -10,8 +10,9 @@
 //! used is an `ErrorKind::BadResponse`. Every request carries `X-Contact-Id`
 //! and, when the caller has one, `traceparent`, and ends at the call's
 //! deadline if that comes before `request_timeout` (see [`RequestContext`]).
-//! Each call has an `…_answered` form that also hands back the answer's limit
-//! headers ([`Answered`]) for the service's limiter, read before the body; a
+//! Each call answers the value with the answer's limit headers
+//! ([`Answered`]: `.result` is the value) for the service's limiter, read
+//! before the body; a
 //! `429` is refined by its body (`too_many_concurrent_requests` is
 //! `ErrorKind::ConcurrencyLimited`).
 //! Keys never appear in `Debug` output or error details.

@@ -243,18 +243,10 @@ impl LlmClient {
         })
     }
 
-    /// Asks for a script: `choices[0].message.content`, trimmed. An answer
-    /// without choices or with empty content is a [`ErrorKind::BadResponse`].
+    /// Asks for a script: `choices[0].message.content`, trimmed, or a
+    /// classified error, with the answer's limit headers. An answer without
+    /// choices or with empty content is a [`ErrorKind::BadResponse`].
     pub async fn generate_script(
-        &self,
-        context: RequestContext<'_>,
-        prompt: &Prompt,
-    ) -> Result<String, ServiceError> {
-        self.generate_script_answered(context, prompt).await.result
-    }
-
-    /// [`generate_script`](Self::generate_script), with the answer's limit headers.
-    pub async fn generate_script_answered(
         &self,
         context: RequestContext<'_>,
         prompt: &Prompt,

@@ -115,22 +115,10 @@ impl TtsClient {
         })
     }
 
-    /// Speaks `text`: the audio, or a classified error. A `200` whose body is
-    /// empty or not `audio/*` is a [`ErrorKind::BadResponse`].
-    pub async fn synthesize(
-        &self,
-        context: RequestContext<'_>,
-        text: &str,
-    ) -> Result<Audio, ServiceError> {
-        self.synthesize_answered(context, text).await.result
-    }
-
-    /// [`synthesize`](Self::synthesize), with the answer's limit headers.
-    pub async fn synthesize_answered(
-        &self,
-        context: RequestContext<'_>,
-        text: &str,
-    ) -> Answered<Audio> {
+    /// Speaks `text`: the audio, or a classified error, with the answer's
+    /// limit headers. A `200` whose body is empty or not `audio/*` is a
+    /// [`ErrorKind::BadResponse`].
+    pub async fn synthesize(&self, context: RequestContext<'_>, text: &str) -> Answered<Audio> {
         let body = SpeechRequest {
             text,
             model_id: &self.model_id,

@@ -70,11 +70,12 @@ async fn call_each(
     let ada = contact(contact_id, "Ada Lovelace");
     let ctx = RequestContext::new(contact_id);
     [
-        tts.synthesize(ctx, "Hello").await.map(drop),
+        tts.synthesize(ctx, "Hello").await.result.map(drop),
         llm.generate_script(ctx, &Prompt::for_contact(&ada))
             .await
+            .result
             .map(drop),
-        crm.record_call(ctx, &record(&ada)).await.map(drop),
+        crm.record_call(ctx, &record(&ada)).await.result.map(drop),
     ]
 }
 
@@ -130,6 +131,7 @@ async fn tts_returns_the_audio() {
             "Hello Ada, this is Ava calling.",
         )
         .await
+        .result
         .unwrap();
     assert_eq!(audio.content_type, "audio/mpeg");
     assert!(audio.bytes.starts_with(b"ID3"), "an MP3 with an ID3 tag");
@@ -148,6 +150,7 @@ async fn llm_returns_the_script_for_the_contact() {
     let script = client
         .generate_script(RequestContext::new("c-1"), &prompt)
         .await
+        .result
         .unwrap();
     assert!(
         script.starts_with("Hello Ada Lovelace, this is Ava"),
@@ -171,6 +174,7 @@ async fn llm_with_max_tokens_is_refused_by_a_current_model_for_good() {
     let error = llm_with(&server, &settings)
         .generate_script(RequestContext::new("c-1"), &prompt)
         .await
+        .result
         .unwrap_err();
     assert!(!error.is_transient(), "{error}");
     assert!(
@@ -191,6 +195,7 @@ async fn llm_with_max_tokens_is_refused_by_a_current_model_for_good() {
     llm_with(&server, &settings)
         .generate_script(RequestContext::new("c-1"), &prompt)
         .await
+        .result
         .unwrap();
 }
 
@@ -213,6 +218,7 @@ async fn llm_reaches_azure_and_gemini_paths_of_the_mock() {
         let script = llm_with(&server, settings)
             .generate_script(RequestContext::new("c-1"), &prompt)
             .await
+            .result
             .unwrap();
         assert!(script.starts_with("Hello Ada Lovelace,"), "{script}");
     }
@@ -230,6 +236,7 @@ async fn llm_reaches_azure_and_gemini_paths_of_the_mock() {
     let error = llm_with(&server, &unversioned)
         .generate_script(RequestContext::new("c-1"), &prompt)
         .await
+        .result
         .unwrap_err();
     assert!(
         !error.is_transient() && error.to_string().contains("api-version"),
@@ -243,8 +250,8 @@ async fn crm_stores_one_record_per_contact_however_often_it_is_sent() {
     let client = crm(http(&server, Service::Crm));
     let ada = contact("c-1", "Ada Lovelace");
     let ctx = RequestContext::new("c-1");
-    let first = client.record_call(ctx, &record(&ada)).await.unwrap();
-    let again = client.record_call(ctx, &record(&ada)).await.unwrap();
+    let first = client.record_call(ctx, &record(&ada)).await.result.unwrap();
+    let again = client.record_call(ctx, &record(&ada)).await.result.unwrap();
     assert_eq!(first, again, "a repeated write answers the first record");
     let other = client
         .record_call(
@@ -252,6 +259,7 @@ async fn crm_stores_one_record_per_contact_however_often_it_is_sent() {
             &record(&contact("c-2", "Alan Turing")),
         )
         .await
+        .result
         .unwrap();
     assert_ne!(other, first);
     let records = server.crm_records();
@@ -272,10 +280,10 @@ async fn a_record_an_earlier_pass_wrote_differently_is_kept_and_not_an_error() {
     let client = crm(http(&server, Service::Crm));
     let ada = contact("c-1", "Ada Lovelace");
     let ctx = RequestContext::new("c-1");
-    let first = client.record_call(ctx, &record(&ada)).await.unwrap();
+    let first = client.record_call(ctx, &record(&ada)).await.result.unwrap();
     // A second pass after a crash: a new script, new times, the same key.
     let retold = record(&ada).with_script("Hello again, Ada.");
-    let again = client.record_call(ctx, &retold).await.unwrap();
+    let again = client.record_call(ctx, &retold).await.result.unwrap();
     assert_eq!(again, Recorded::Earlier);
     assert_eq!(again.id(), None);
     let records = server.crm_records();
@@ -297,6 +305,7 @@ async fn another_422_from_the_crm_stays_a_permanent_error() {
     let error = client
         .record_call(RequestContext::new("c-1"), &record(&contact("c-1", "Ada")))
         .await
+        .result
         .expect_err("a validation error is not a record");
     assert_eq!(error.status(), Some(422));
     assert!(!error.is_transient());
@@ -369,6 +378,7 @@ async fn rate_limited_carries_retry_after() {
     let error = client
         .generate_script(RequestContext::new("c-1"), &prompt)
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::RateLimited, "{error}");
     assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
@@ -412,9 +422,9 @@ async fn each_request_times_out_after(
         let start = Instant::now();
         let ctx = RequestContext::new("c-1").with_deadline(Some(start + deadline_in));
         let result = match client {
-            "tts" => tts.synthesize(ctx, "Hello").await.map(drop),
-            "llm" => llm.generate_script(ctx, &prompt).await.map(drop),
-            _ => crm.record_call(ctx, &record).await.map(drop),
+            "tts" => tts.synthesize(ctx, "Hello").await.result.map(drop),
+            "llm" => llm.generate_script(ctx, &prompt).await.result.map(drop),
+            _ => crm.record_call(ctx, &record).await.result.map(drop),
         };
         let error = result.expect_err(client);
         let elapsed = start.elapsed();
@@ -473,6 +483,7 @@ async fn the_cap_error_names_the_cap() {
     let error = tts(config)
         .synthesize(RequestContext::new("c-1"), "Hi")
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::BadResponse);
     assert!(error.detail().contains("1000-byte cap"), "{error}");
@@ -514,6 +525,7 @@ async fn a_closed_port_is_a_connect_error() {
     let error = client
         .record_call(RequestContext::new("c-1"), &record(&ada))
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
     assert!(
@@ -600,7 +612,7 @@ async fn tts_request_shape() {
             .await;
     let client = tts(HttpServiceConfig::new(base, "xi-key-1"));
     let ctx = RequestContext::new("c-7").with_traceparent(Some(TRACEPARENT));
-    let audio = client.synthesize(ctx, "Hello").await.unwrap();
+    let audio = client.synthesize(ctx, "Hello").await.result.unwrap();
     assert_eq!(audio.bytes, b"ID3");
     let (head, body) = split_request(&peer.await.unwrap());
     assert_eq!(
@@ -637,6 +649,7 @@ async fn llm_request_shape() {
     let script = client
         .generate_script(RequestContext::new("c-7"), &prompt)
         .await
+        .result
         .unwrap();
     assert_eq!(script, "Hi Ada!");
     let (head, body) = split_request(&peer.await.unwrap());
@@ -677,6 +690,7 @@ async fn llm_request_shape_for_azure_openai() {
     client
         .generate_script(RequestContext::new("c-7"), &prompt)
         .await
+        .result
         .unwrap();
     let (head, body) = split_request(&peer.await.unwrap());
     assert_eq!(
@@ -710,6 +724,7 @@ async fn crm_request_shape() {
     let id = client
         .record_call(RequestContext::new("c-7"), &failed)
         .await
+        .result
         .unwrap();
     assert_eq!(id, Recorded::Stored("rec-9".into()));
     let (head, body) = split_request(&peer.await.unwrap());
@@ -744,6 +759,7 @@ async fn unusable_successes_are_bad_responses() {
     let error = tts(HttpServiceConfig::new(base, "k"))
         .synthesize(RequestContext::new("c-1"), "Hi")
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
     assert!(error.detail().contains("empty"), "{error}");
@@ -758,6 +774,7 @@ async fn unusable_successes_are_bad_responses() {
         let error = llm(HttpServiceConfig::new(base, "k"))
             .generate_script(RequestContext::new("c-1"), &prompt)
             .await
+            .result
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::BadResponse, "{answer}: {error}");
     }
@@ -772,6 +789,7 @@ async fn redirects_are_not_followed() {
     let error = tts(HttpServiceConfig::new(base, "k"))
         .synthesize(RequestContext::new("c-1"), "Hi")
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
     assert_eq!(error.status(), Some(307));
@@ -789,6 +807,7 @@ async fn a_declared_length_over_the_cap_is_refused_unread() {
     let error = crm(config)
         .record_call(RequestContext::new("c-1"), &record(&ada))
         .await
+        .result
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::BadResponse, "{error}");
     assert!(error.detail().contains("1024-byte cap"), "{error}");
@@ -810,8 +829,8 @@ async fn answers_carry_the_limit_headers_and_a_concurrency_429_its_kind() {
         .unwrap();
     let client = tts(http(&server, Service::Elevenlabs));
     let (first, second) = tokio::join!(
-        client.synthesize_answered(RequestContext::new("c-1"), "Hi"),
-        client.synthesize_answered(RequestContext::new("c-2"), "Hi"),
+        client.synthesize(RequestContext::new("c-1"), "Hi"),
+        client.synthesize(RequestContext::new("c-2"), "Hi"),
     );
     let (served, refused) = if first.result.is_ok() {
         (first, second)
@@ -827,9 +846,7 @@ async fn answers_carry_the_limit_headers_and_a_concurrency_429_its_kind() {
     server.shutdown().await;
 
     // No answer, no headers.
-    let unanswered = client
-        .synthesize_answered(RequestContext::new("c-3"), "Hi")
-        .await;
+    let unanswered = client.synthesize(RequestContext::new("c-3"), "Hi").await;
     assert!(unanswered.result.is_err());
     assert_eq!(unanswered.headers, callguard_limit::ProviderHeaders::NONE);
 }
