@@ -70,7 +70,7 @@ macro_rules! attempt_failed {
         tracing::event!(
             $level,
             service = %$executor.service(),
-            retry_count = $attempt.retry_count,
+            retry_count = $attempt.retry_count(),
             circuit_state = $attempt.circuit_state.as_str(),
             error_category = $error.category().as_str(),
             error_kind = $error.kind().as_str(),
@@ -78,7 +78,7 @@ macro_rules! attempt_failed {
             $($extra)*
             "{} call failed (attempt {}/{}): {}; {}",
             $executor.service(),
-            $attempt.retry_count + 1,
+            $attempt.retry_count() + 1,
             $attempt.max_attempts,
             $error,
             format_args!($($next)+),
@@ -231,9 +231,9 @@ impl Executor {
     {
         let timed = self.sink.is_some() || tracing::enabled!(tracing::Level::DEBUG);
         let first = Spent::default();
-        match self.attempt(&mut op, 0, first, deadline, timed).await {
+        match self.attempt(&mut op, first, deadline, timed).await {
             Attempted::Succeeded(value) => Ok(value),
-            Attempted::Rejected(rejection) => Err(self.turned_away(rejection, 0, first, None)),
+            Attempted::Rejected(rejection) => Err(self.turned_away(rejection, first, None)),
             Attempted::Ended(error) => Err(error),
             Attempted::Throttled(failure) => Err(self.throttled(failure, None)),
             // The retry loop is a future of its own, on the heap: allocated only
@@ -264,19 +264,10 @@ impl Executor {
                 Err(give_up) => return Err(self.give_up(failure, give_up)),
             };
             tokio::time::sleep(delay).await;
-            let retry_count = failure.attempt.retry_count + 1;
-            match self
-                .attempt(&mut op, retry_count, spent, deadline, timed)
-                .await
-            {
+            match self.attempt(&mut op, spent, deadline, timed).await {
                 Attempted::Succeeded(value) => return Ok(value),
                 Attempted::Rejected(rejection) => {
-                    return Err(self.turned_away(
-                        rejection,
-                        retry_count,
-                        spent,
-                        Some(failure.error),
-                    ));
+                    return Err(self.turned_away(rejection, spent, Some(failure.error)));
                 }
                 Attempted::Ended(error) => return Err(error),
                 Attempted::Throttled(next) => {
@@ -287,12 +278,10 @@ impl Executor {
         }
     }
 
-    /// One attempt through the breaker, numbered `retry_count`, after the
-    /// retries `spent`.
+    /// One attempt through the breaker, after the retries `spent`.
     async fn attempt<T, F, Fut>(
         &self,
         op: &mut F,
-        retry_count: u32,
         spent: Spent,
         deadline: Option<Instant>,
         timed: bool,
@@ -308,7 +297,7 @@ impl Executor {
         let circuit_state = permit.state();
         let started = timed.then(Instant::now);
         let context = AttemptContext {
-            retry_count,
+            retry_count: spent.retry_count(),
             circuit_state,
             deadline,
         };
@@ -318,7 +307,7 @@ impl Executor {
                 if let Some(budget) = &self.budget {
                     budget.record_success();
                 }
-                self.succeeded(retry_count, spent, circuit_state, started);
+                self.succeeded(spent, circuit_state, started);
                 return Attempted::Succeeded(value);
             }
             Err(error) => {
@@ -327,7 +316,7 @@ impl Executor {
             }
         };
         let attempt = Attempt {
-            retry_count,
+            spent,
             max_attempts: self.max_attempts(spent),
             circuit_state,
             elapsed: started.map(|s| s.elapsed()),
@@ -396,7 +385,7 @@ impl Executor {
         self.log_retrying(&failure.attempt, &failure.error, delay, concurrency);
         self.emit(|| ResilienceEvent::RetryScheduled {
             service: self.service().clone(),
-            retry_count: failure.attempt.retry_count + 1,
+            retry_count: spent.retry_count(),
             delay,
         });
         Ok(delay)
@@ -408,7 +397,7 @@ impl Executor {
             GiveUp::Exhausted(reason) => self.exhausted(&attempt, reason, error),
             GiveUp::BreakerOpen(rejection) => {
                 self.log_not_retried(&attempt, &error, &rejection);
-                self.rejected(rejection, attempt.retry_count + 1, Some(error))
+                self.rejected(rejection, attempt.retry_count() + 1, Some(error))
             }
         }
     }
@@ -465,13 +454,8 @@ impl Executor {
         }
     }
 
-    fn succeeded(
-        &self,
-        retry_count: u32,
-        spent: Spent,
-        circuit_state: CircuitState,
-        started: Option<Instant>,
-    ) {
+    fn succeeded(&self, spent: Spent, circuit_state: CircuitState, started: Option<Instant>) {
+        let retry_count = spent.retry_count();
         let elapsed = started.map(|s| s.elapsed());
         tracing::debug!(
             service = %self.service(),
@@ -504,18 +488,18 @@ impl Executor {
         );
         self.emit(|| ResilienceEvent::PermanentFailure {
             service: self.service().clone(),
-            retry_count: attempt.retry_count,
+            retry_count: attempt.retry_count(),
             error: error.clone(),
         });
         CallError::Permanent {
             service: self.service().clone(),
-            retry_count: attempt.retry_count,
+            retry_count: attempt.retry_count(),
             error,
         }
     }
 
     fn exhausted(&self, attempt: &Attempt, reason: StopReason, error: ServiceError) -> CallError {
-        let attempts = attempt.retry_count + 1;
+        let attempts = attempt.retry_count() + 1;
         attempt_failed!(
             tracing::Level::ERROR, self, attempt, error, { stop_reason = reason.as_str(), },
             "giving up: {reason}"
@@ -569,7 +553,7 @@ impl Executor {
         );
         CallError::Throttled {
             service: self.service().clone(),
-            retry_count: attempt.retry_count,
+            retry_count: attempt.retry_count(),
             error,
             last_error,
         }
@@ -586,15 +570,16 @@ impl Executor {
         );
     }
 
-    /// The breaker turned away the attempt numbered `retry_count`: logged at
-    /// INFO for a first attempt (a known outage), at WARN when it cuts retries short.
+    /// The breaker turned away the attempt after the retries `spent`: logged
+    /// at INFO for a first attempt (a known outage), at WARN when it cuts
+    /// retries short.
     fn turned_away(
         &self,
         rejection: BreakerOpen,
-        retry_count: u32,
         spent: Spent,
         last_error: Option<ServiceError>,
     ) -> CallError {
+        let retry_count = spent.retry_count();
         macro_rules! log_at {
             ($level:expr) => {
                 tracing::event!(
@@ -665,7 +650,8 @@ enum GiveUp {
     BreakerOpen(BreakerOpen),
 }
 
-/// Retries scheduled so far in one call, by what they count toward.
+/// Retries scheduled so far in one call, by what they count toward: the
+/// call's one count of its retries.
 #[derive(Debug, Clone, Copy, Default)]
 struct Spent {
     /// After failures: toward `max_retries`.
@@ -674,9 +660,17 @@ struct Spent {
     concurrency: u32,
 }
 
+impl Spent {
+    /// The number of the next attempt, counted in retries: 0 for the first.
+    fn retry_count(self) -> u32 {
+        self.retries + self.concurrency
+    }
+}
+
 /// A failed attempt, as logs and events describe it.
 struct Attempt {
-    retry_count: u32,
+    /// The retries made before it.
+    spent: Spent,
     /// The attempts the call may make, as of this one.
     max_attempts: u32,
     circuit_state: CircuitState,
@@ -684,10 +678,15 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// Retries before this attempt: 0 for the first.
+    fn retry_count(&self) -> u32 {
+        self.spent.retry_count()
+    }
+
     fn info(&self, service: &ServiceName) -> AttemptInfo {
         AttemptInfo {
             service: service.clone(),
-            retry_count: self.retry_count,
+            retry_count: self.retry_count(),
             circuit_state: self.circuit_state,
             elapsed: self.elapsed.unwrap_or_default(),
         }
