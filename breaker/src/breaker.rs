@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use crate::config::BreakerConfig;
 use crate::recovery::RecoveryMark;
 use crate::stamped::Stamped;
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::window::Window;
 
 const TRANSITION_CHANNEL_CAPACITY: usize = 256;
@@ -274,7 +274,7 @@ impl std::fmt::Debug for CircuitBreaker {
 
 impl Drop for CircuitBreaker {
     fn drop(&mut self) {
-        if let Some(timer) = self.lock().recovery_timer.take() {
+        if let Some(timer) = self.guarded.lock().recovery_timer.take() {
             timer.abort();
         }
     }
@@ -381,7 +381,7 @@ impl CircuitBreaker {
     /// more than `half_open_max_calls` probes are ever admitted at once.
     #[cold]
     fn acquire_contended(&self) -> Result<Permit<'_>, Rejection<'_>> {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         let now = Instant::now();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         let mut published = None;
@@ -518,7 +518,7 @@ impl CircuitBreaker {
     }
 
     fn on_probe_result(&self, generation: u64, id: u64, outcome: Outcome) {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         let (current, state) = unpack(self.word.load(Ordering::Acquire));
         if current != generation || state != CircuitState::HalfOpen {
             return;
@@ -608,7 +608,7 @@ impl CircuitBreaker {
     /// moved to FORCED_OPEN or passed to `by`: an operator takes over what the
     /// remote forced, the remote takes over nothing.
     pub fn force_open_by(&self, by: ForcedBy, note: &str) -> bool {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         if self.state() == CircuitState::ForcedOpen {
             let takes_over =
                 by == ForcedBy::Operator && guarded.forced_by == Some(ForcedBy::Remote);
@@ -640,7 +640,7 @@ impl CircuitBreaker {
     /// took it over); returns whether it did. The remote watcher releases
     /// only what the remote forced.
     pub fn release(&self, by: ForcedBy, note: &str) -> bool {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         if self.state() != CircuitState::ForcedOpen || guarded.forced_by != Some(by) {
             return false;
         }
@@ -666,7 +666,7 @@ impl CircuitBreaker {
     }
 
     fn manual_close(&self, action: ManualAction, note: &str) {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         if state != CircuitState::Closed {
             let transition = self.transition_locked(
@@ -701,7 +701,7 @@ impl CircuitBreaker {
         to: CircuitState,
         reason: TransitionReason,
     ) -> bool {
-        let mut guarded = self.lock();
+        let mut guarded = self.guarded.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         if !allowed(generation, state) {
             return false;
@@ -786,7 +786,7 @@ impl CircuitBreaker {
 
     /// A point-in-time view for status APIs.
     pub fn snapshot(&self) -> BreakerSnapshot {
-        let guarded = self.lock();
+        let guarded = self.guarded.lock();
         let (generation, state) = unpack(self.word.load(Ordering::Acquire));
         let retry_after = (state == CircuitState::Open)
             .then(|| self.wait_until(self.open_until.load(Ordering::Acquire)));
@@ -815,10 +815,6 @@ impl CircuitBreaker {
             Some(left) => nanos(left).max(TIMER_TICK),
             None => TIMER_TICK,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Guarded> {
-        self.guarded.lock()
     }
 
     #[inline]

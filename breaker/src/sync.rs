@@ -3,11 +3,11 @@
 //! otherwise. Both mutexes lock the same way: `lock()` gives the guard.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::MutexGuard;
+use loom::sync::MutexGuard;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use parking_lot::{Mutex, MutexGuard};
+pub(crate) use parking_lot::Mutex;
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 

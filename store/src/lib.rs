@@ -406,7 +406,7 @@ impl CallStore {
                 1 => None,
                 _ => Some(self.leasing.lock().await),
             };
-            if leasing.is_some() && !self.leased_ahead_lock().is_empty() {
+            if leasing.is_some() && !self.leased_ahead.lock().is_empty() {
                 continue;
             }
             let mut batch = self.lease_batch().await?.into_iter();
@@ -432,7 +432,7 @@ impl CallStore {
                 Ok(()) => return Ok(Some(leased)),
                 Err(StoreError::LeaseLost { .. }) => {}
                 Err(error) => {
-                    self.leased_ahead_lock().push_front((leased, since));
+                    self.leased_ahead.lock().push_front((leased, since));
                     return Err(error);
                 }
             }
@@ -484,7 +484,7 @@ impl CallStore {
         tokio::spawn(async move {
             let leasing = store.leasing.lock().await;
             // A worker's own lease may have filled the batch meanwhile.
-            let wanted = store.leased_ahead_lock().len() < store.settings.lease_batch_size();
+            let wanted = store.leased_ahead.lock().len() < store.settings.lease_batch_size();
             if wanted && !store.closed.load(Ordering::Acquire) {
                 match store.lease_batch().await {
                     Ok(batch) if !batch.is_empty() => {
@@ -503,18 +503,15 @@ impl CallStore {
     /// Keeps `batch`, just leased, to hand out later.
     fn keep_ahead(&self, batch: impl IntoIterator<Item = Leased>) {
         let since = Instant::now();
-        self.leased_ahead_lock()
+        self.leased_ahead
+            .lock()
             .extend(batch.into_iter().map(|leased| (leased, since)));
-    }
-
-    fn leased_ahead_lock(&self) -> parking_lot::MutexGuard<'_, VecDeque<(Leased, Instant)>> {
-        self.leased_ahead.lock()
     }
 
     /// The first contact leased ahead, and how many are left; the lock is
     /// released on return, so it is never held across a renewal.
     fn take_leased_ahead(&self) -> Option<(Leased, Instant, usize)> {
-        let mut ahead = self.leased_ahead_lock();
+        let mut ahead = self.leased_ahead.lock();
         let (leased, since) = ahead.pop_front()?;
         Some((leased, since, ahead.len()))
     }
@@ -674,7 +671,7 @@ impl CallStore {
     pub async fn release_all(&self) -> Result<usize, StoreError> {
         // What a background lease running now takes is released too.
         let _leasing = self.leasing.lock().await;
-        self.leased_ahead_lock().clear();
+        self.leased_ahead.lock().clear();
         let now = self.clock.now_millis();
         let released = dispatch!(self, release_owner(&self.owner, now))?;
         self.changed();

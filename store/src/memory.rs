@@ -1,7 +1,7 @@
 //! The in-memory backend: the same rows and rules as the SQL backends, kept in
 //! a map with an ordered index of due times; lost when the process ends.
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -73,10 +73,6 @@ impl MemoryBackend {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock()
-    }
-
     pub(crate) async fn import(
         &self,
         contacts: &[NewContact],
@@ -86,7 +82,7 @@ impl MemoryBackend {
     }
 
     pub(crate) fn import_now(&self, contacts: &[NewContact]) -> ImportReport {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut report = ImportReport::default();
         for contact in contacts {
             if inner.by_id.contains_key(&contact.id) {
@@ -119,7 +115,7 @@ impl MemoryBackend {
         now: Millis,
         until: Millis,
     ) -> Result<LeasedBatch, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let mut leased = Vec::new();
         while leased.len() < self.lease_batch {
             let Some(&(due_at, seq)) = inner.due.first() else {
@@ -155,7 +151,7 @@ impl MemoryBackend {
         lease: &Lease,
         until: Millis,
     ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let seq = inner.held(owner, lease)?;
         inner.set_due(seq, ContactState::InFlight, until);
         Ok(())
@@ -167,7 +163,7 @@ impl MemoryBackend {
         lease: &Lease,
         progress: &Progress,
     ) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let seq = inner.held(owner, lease)?;
         inner.rows[seq].progress = progress.clone();
         Ok(())
@@ -180,7 +176,7 @@ impl MemoryBackend {
         outcome: &Outcome<'_>,
         now: Millis,
     ) -> Result<ContactState, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let seq = inner.held(owner, lease)?;
         let (state, due_at) = match outcome {
             Outcome::Completed => (ContactState::Completed, now),
@@ -220,7 +216,7 @@ impl MemoryBackend {
 
     /// Moves the rows `pick` chooses to pending, due at `now`.
     fn requeue_where(&self, now: Millis, pick: impl Fn(&Row) -> bool) -> usize {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let chosen: Vec<usize> = (0..inner.rows.len())
             .filter(|&seq| pick(&inner.rows[seq]))
             .collect();
@@ -259,7 +255,7 @@ impl MemoryBackend {
         until: Millis,
         _wait: Duration,
     ) -> Result<usize, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         let chosen: Vec<usize> = (0..inner.rows.len())
             .filter(|&seq| {
                 let row = &inner.rows[seq];
@@ -279,7 +275,7 @@ impl MemoryBackend {
         state: ContactState,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         for row in inner.rows.iter_mut().filter(|row| row.state == state) {
             row.deferrals = 0;
         }
@@ -289,14 +285,14 @@ impl MemoryBackend {
 
     pub(crate) async fn counts(&self) -> Result<Counts, StoreError> {
         let mut counts = Counts::default();
-        for row in &self.lock().rows {
+        for row in &self.inner.lock().rows {
             counts.add(row.state, 1);
         }
         Ok(counts)
     }
 
     pub(crate) async fn next_due(&self, _now: Millis) -> Result<Option<Millis>, StoreError> {
-        Ok(self.lock().due.first().map(|&(due_at, _)| due_at))
+        Ok(self.inner.lock().due.first().map(|&(due_at, _)| due_at))
     }
 
     /// The contacts in `state`, or every contact (`None`), under one lock.
@@ -305,6 +301,7 @@ impl MemoryBackend {
         state: Option<ContactState>,
     ) -> Result<Vec<ContactStatus>, StoreError> {
         Ok(self
+            .inner
             .lock()
             .rows
             .iter()

@@ -276,7 +276,7 @@ impl SqliteBackend {
                 });
             })
         });
-        self.waiting_lock().push(job);
+        self.waiting.lock().push(job);
         self.answer(start, answer).await
     }
 
@@ -301,7 +301,7 @@ impl SqliteBackend {
     /// if an earlier caller already took them all).
     async fn commit_waiting(&self) -> Result<(), StoreError> {
         let mut connection = self.connection.clone().lock_owned().await;
-        let jobs = std::mem::take(&mut *self.waiting_lock());
+        let jobs = std::mem::take(&mut *self.waiting.lock());
         if jobs.is_empty() {
             return Ok(());
         }
@@ -319,10 +319,6 @@ impl SqliteBackend {
         }
         self.checkpoint.count();
         Ok(())
-    }
-
-    fn waiting_lock(&self) -> parking_lot::MutexGuard<'_, Vec<Job>> {
-        self.waiting.lock()
     }
 
     pub(crate) async fn import(
@@ -498,13 +494,13 @@ impl SqliteBackend {
     ) -> Result<ContactState, StoreError> {
         let (completion, answer) = Completion::new(owner, lease, now);
         let first = {
-            let mut waiting = self.completions_lock();
+            let mut waiting = self.completions.lock();
             waiting.push(completion);
             waiting.len() == 1
         };
         if first {
             let mut batch = CompletionBatch(Some(self.completions.clone()));
-            self.waiting_lock().push(Box::new(move |connection, sql| {
+            self.waiting.lock().push(Box::new(move |connection, sql| {
                 let batch = batch.take();
                 let done = complete_batch(connection, sql, &batch);
                 Box::new(move |failed: Option<&str>| {
@@ -517,10 +513,6 @@ impl SqliteBackend {
             }));
         }
         self.answer(self.settle, answer).await
-    }
-
-    fn completions_lock(&self) -> parking_lot::MutexGuard<'_, Vec<Completion>> {
-        self.completions.lock()
     }
 
     /// Runs an update taking a text and a time; returns the rows changed.

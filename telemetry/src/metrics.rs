@@ -51,7 +51,7 @@
 //! `Arc<dyn ContactGauge>` the queue's own `Arc` turns into without a
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::sync::Arc;
 
 use callguard_alerts::AlertManager;
@@ -235,7 +235,7 @@ impl Metrics {
             sources: Mutex::new(Sources::default()),
         };
         {
-            let mut registry = metrics.lock();
+            let mut registry = metrics.registry.lock();
             registry.register(
                 "calls",
                 "Calls to a service by how they ended",
@@ -361,36 +361,28 @@ impl Metrics {
             .inc();
     }
 
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock()
-    }
-
-    fn sources(&self) -> MutexGuard<'_, Sources> {
-        self.sources.lock()
-    }
-
     /// Reads each service's limit, calls in flight and calls waiting from
     /// `limiters` when scraped.
     pub fn watch_limiters(&self, limiters: Vec<Arc<Limiter>>) {
-        self.sources().limiters = limiters;
+        self.sources.lock().limiters = limiters;
     }
 
     /// Reads the alerts' counts from `alerts` when scraped.
     pub fn watch_alerts(&self, alerts: AlertManager) {
-        self.sources().alerts = Some(alerts);
+        self.sources.lock().alerts = Some(alerts);
     }
 
     /// Reads the OTLP export failures and the Google Sheets rows (when
     /// configured) from `telemetry` when scraped.
     pub fn watch_telemetry(&self, telemetry: &Telemetry) {
-        let mut sources = self.sources();
+        let mut sources = self.sources.lock();
         sources.export_failures = Some(telemetry.export_failures());
         sources.sheets = telemetry.sheets_counts();
     }
 
     /// Copies the counts kept elsewhere into their series.
     fn read_sources(&self) {
-        let sources = self.sources();
+        let sources = self.sources.lock();
         for limiter in &sources.limiters {
             let snapshot = limiter.snapshot();
             let labels = service_labels(&snapshot.service);
@@ -534,7 +526,7 @@ impl Metrics {
         }
         let mut text = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.lock());
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry.lock());
         text
     }
 

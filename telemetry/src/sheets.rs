@@ -1,7 +1,7 @@
 //! The Google Sheets export's counts, kept readable after the export has been
 //! flushed and stopped, for `/metrics` and the summary.
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +28,9 @@ impl SheetsCounts {
         })))
     }
 
-    fn lock(&self) -> MutexGuard<'_, SheetsState> {
-        self.0.lock()
-    }
-
     /// The counts so far.
     pub fn stats(&self) -> SheetsStats {
-        let state = self.lock();
+        let state = self.0.lock();
         state
             .handle
             .as_ref()
@@ -44,13 +40,13 @@ impl SheetsCounts {
     /// Flushes and stops the export (once; later calls return `None`).
     pub(crate) async fn flush_and_shutdown(&self, deadline: Duration) -> Option<SheetsStats> {
         let handle = {
-            let mut state = self.lock();
+            let mut state = self.0.lock();
             let handle = state.handle.take()?;
             state.last = handle.stats();
             handle
         };
         let stats = handle.flush_and_shutdown(deadline).await;
-        self.lock().last = stats;
+        self.0.lock().last = stats;
         Some(stats)
     }
 }
