@@ -104,11 +104,10 @@ impl App {
             Arc::new(alerts.clone()),
             transitions.clone(),
         ]));
-        let mut builder = Builder {
+        let builder = Builder {
             config: &config,
             registry: &registry,
             sink: events.clone(),
-            used: BTreeSet::new(),
         };
         let pipeline = Pipeline {
             llm: builder.chain(StageKind::Llm, |section| match &section.kind {
@@ -125,13 +124,11 @@ impl App {
             })?,
         };
         metrics.watch_limiters(pipeline.limiters());
-        let health = health_checker(
-            &config,
-            &config.health_check,
-            &registry,
-            &metrics,
-            &builder.used,
-        )?;
+        let used: BTreeSet<&ServiceName> = StageKind::ALL
+            .into_iter()
+            .flat_map(|stage| config.chain(stage))
+            .collect();
+        let health = health_checker(&config, &config.health_check, &registry, &metrics, used)?;
         Ok(Self {
             config,
             pipeline: Arc::new(pipeline),
@@ -288,34 +285,28 @@ struct Builder<'a> {
     config: &'a AgentConfig,
     registry: &'a Arc<BreakerRegistry>,
     sink: Arc<dyn EventSink>,
-    used: BTreeSet<ServiceName>,
 }
 
 impl Builder<'_> {
-    /// The chain of `stage`: its service, then each service's `fallback`,
-    /// each client built by `build` (`None` when the section is not of the
-    /// stage's kind).
-    fn chain<C>(&mut self, stage: StageKind, build: Build<C>) -> Result<Chain<C>, SetupError> {
-        let primary = stage.service(&self.config.pipeline);
-        let primary_stage = self.stage(stage, primary, build)?;
-        let mut fallbacks = Vec::new();
-        let mut seen = BTreeSet::from([primary.clone()]);
-        let mut next = self.config.services[primary].resilience.fallback.clone();
-        while let Some(service) = next {
-            if !seen.insert(service.clone()) {
-                break; // a loop of fallbacks ends where it repeats
-            }
-            fallbacks.push(self.stage(stage, &service, build)?);
-            next = self.config.services[&service].resilience.fallback.clone();
-        }
+    /// The chain of `stage` ([`AgentConfig::chain`]), each client built by
+    /// `build` (`None` when the section is not of the stage's kind).
+    fn chain<C>(&self, stage: StageKind, build: Build<C>) -> Result<Chain<C>, SetupError> {
+        let mut stages = self
+            .config
+            .chain(stage)
+            .into_iter()
+            .map(|service| self.stage(stage, service, build));
+        let primary = stages
+            .next()
+            .expect("a chain starts at the stage's service")?;
         Ok(Chain {
-            primary: primary_stage,
-            fallbacks,
+            primary,
+            fallbacks: stages.collect::<Result<_, _>>()?,
         })
     }
 
     fn stage<C>(
-        &mut self,
+        &self,
         stage: StageKind,
         service: &ServiceName,
         build: Build<C>,
@@ -335,7 +326,6 @@ impl Builder<'_> {
         // Checked with the config; a limiter per service, as a service is in
         // one stage's chain only.
         let limiter = Limiter::new(service.clone(), self.config.limit_config(service))?;
-        self.used.insert(service.clone());
         Ok(Stage {
             service: service.clone(),
             client,

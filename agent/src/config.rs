@@ -429,6 +429,13 @@ impl AgentConfig {
         services::validate(&self.services, &self.pipeline)
     }
 
+    /// The services of `stage`'s chain, in the order a call tries them: its
+    /// `[pipeline]` service, then each `fallback` in turn (a loop of
+    /// fallbacks ends where it repeats).
+    pub fn chain(&self, stage: StageKind) -> Vec<&ServiceName> {
+        services::chain(stage, &self.pipeline, services::fallback_in(&self.services))
+    }
+
     /// Checks that each `[pipeline]` stage names a configured service: what
     /// an agent that calls them needs, and a tool that reads the store or
     /// probes the services does not.

@@ -238,11 +238,7 @@ pub(super) fn validate(
     services: &BTreeMap<ServiceName, ServiceSection>,
     pipeline: &PipelineConfig,
 ) -> Result<(), ValidationError> {
-    let stages = stages(pipeline, |name| {
-        services
-            .get(name)
-            .and_then(|s| s.resilience.fallback.as_ref())
-    })?;
+    let stages = stages(pipeline, fallback_in(services))?;
     for (name, section) in services {
         let key = format!("services.{name}");
         section.http.validate().map_err(|e| e.in_section(&key))?;
@@ -286,34 +282,59 @@ pub(super) fn validate(
     Ok(())
 }
 
-/// The stage each service works for: the one whose chain — its `[pipeline]`
-/// service, then each `fallback_of` in turn — names it. A chain ends where it
-/// repeats or at a service with no fallback; a service in the chains of two
-/// stages is refused.
+/// The services of `stage`'s chain, in the order a call tries them: its
+/// `[pipeline]` service, then each `fallback_of` in turn, until a service
+/// with no fallback or one already in the chain.
+pub(super) fn chain<'a>(
+    stage: StageKind,
+    pipeline: &'a PipelineConfig,
+    fallback_of: impl Fn(&ServiceName) -> Option<&'a ServiceName>,
+) -> Vec<&'a ServiceName> {
+    let mut chain = vec![stage.service(pipeline)];
+    while let Some(next) = chain.last().and_then(|service| fallback_of(service)) {
+        if chain.contains(&next) {
+            break;
+        }
+        chain.push(next);
+    }
+    chain
+}
+
+/// The fallback each of `services` names.
+pub(super) fn fallback_in<'a>(
+    services: &'a BTreeMap<ServiceName, ServiceSection>,
+) -> impl Fn(&ServiceName) -> Option<&'a ServiceName> {
+    move |name| {
+        services
+            .get(name)
+            .and_then(|section| section.resilience.fallback.as_ref())
+    }
+}
+
+/// The stage each service works for: the one whose [`chain`] names it. A
+/// service in the chains of two stages is refused, at the key that names it
+/// in the second.
 fn stages<'a>(
     pipeline: &'a PipelineConfig,
     fallback_of: impl Fn(&ServiceName) -> Option<&'a ServiceName>,
 ) -> Result<BTreeMap<ServiceName, StageKind>, ValidationError> {
     let mut stages = BTreeMap::new();
     for stage in StageKind::ALL {
-        let mut key = format!("pipeline.{stage}");
-        let mut next = Some(stage.service(pipeline));
-        while let Some(service) = next {
-            match stages.insert(service.clone(), stage) {
-                None => {}
-                Some(other) if other == stage => break,
-                Some(other) => {
-                    return Err(ValidationError::new(
-                        key,
-                        service,
-                        format!(
-                            "a service no other stage uses ({service} is in the {other} stage's chain)"
-                        ),
-                    ));
-                }
+        let chain = chain(stage, pipeline, &fallback_of);
+        for (at, service) in chain.iter().enumerate() {
+            if let Some(other) = stages.insert((*service).clone(), stage) {
+                let key = match at.checked_sub(1) {
+                    None => format!("pipeline.{stage}"),
+                    Some(before) => format!("services.{}.fallback", chain[before]),
+                };
+                return Err(ValidationError::new(
+                    key,
+                    service,
+                    format!(
+                        "a service no other stage uses ({service} is in the {other} stage's chain)"
+                    ),
+                ));
             }
-            key = format!("services.{service}.fallback");
-            next = fallback_of(service);
         }
     }
     Ok(stages)
@@ -627,12 +648,26 @@ mod tests {
             "invalid config: pipeline.tts must be a service no other stage uses \
              (elevenlabs is in the llm stage's chain), got elevenlabs"
         );
-        // A loop of fallbacks within one stage is no conflict.
-        load(
-            ["", "fallback = \"backup\"", ""],
-            "[services.backup]\nbase_url = \"http://127.0.0.1:1/b\"\nfallback = \"elevenlabs\"\n",
-        )
-        .unwrap();
+        // A loop of fallbacks within one stage is no conflict: the chain
+        // ends where it repeats.
+        let backup =
+            "[services.backup]\nbase_url = \"http://127.0.0.1:1/b\"\nfallback = \"elevenlabs\"\n";
+        let config = load(["", "fallback = \"backup\"", ""], backup).unwrap();
+        assert_eq!(
+            config.chain(StageKind::Tts),
+            [&name("elevenlabs"), &name("backup")]
+        );
+        assert_eq!(config.chain(StageKind::Llm), [&name("llm")]);
+        // A fallback into another stage's chain is refused where it is named.
+        let err = error(
+            ["", "fallback = \"backup\"", "fallback = \"backup\""],
+            backup,
+        );
+        assert_eq!(
+            err,
+            "invalid config: services.crm.fallback must be a service no other stage uses \
+             (backup is in the tts stage's chain), got backup"
+        );
     }
 
     #[test]
