@@ -4,7 +4,8 @@
 //! *Lost*: a contact given to the campaign (by id) that ends without a state
 //! — neither terminal nor pending. *Duplicated*: a contact that ends in more
 //! than one state, or with more than one CRM record (and, counted by the
-//! queue, one the store accepted a second terminal state for). Both compare
+//! queue, one the store accepted a second terminal state for, or one its
+//! holder ended again under the lease it had ended it with). Both compare
 //! what the store holds when the campaign starts with what it holds at the
 //! end, so a store that drops or doubles a contact is seen whatever the
 //! workers believed they did. Where the CRM's records can be read (the mocks

@@ -67,7 +67,8 @@ pub struct Summary {
     /// [`accounting`](crate::accounting)).
     pub lost: usize,
     /// Contacts that ended in a second state, were given a second terminal
-    /// state, or have a second CRM record (must be 0).
+    /// state (or ended again by their holder, refused by the store), or have
+    /// a second CRM record (must be 0).
     pub duplicated: usize,
     /// Contacts this agent's calls lost to another worker or agent after
     /// their lease expired (a slow call, a store out of reach): those calls

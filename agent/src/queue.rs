@@ -17,7 +17,7 @@
 //! (the CRM keeps the first record).
 
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -195,22 +195,35 @@ struct Settling {
     running: AtomicUsize,
     /// Told when the last running save ends.
     idle: Notify,
-    /// Leases lost: state changes refused, and calls abandoned, because the
-    /// contact was no longer held (see [`CallQueue::taken_over`]).
-    taken_over: AtomicU64,
-    /// The contacts given a terminal state through this queue.
-    ended: Mutex<HashSet<String>>,
+    /// Calls abandoned because their lease was lost while they ran.
+    abandoned: AtomicU64,
+    /// The leases of state changes the store refused as no longer held,
+    /// told apart when counted ([`Settling::refusals`]).
+    refused: Mutex<Vec<Lease>>,
+    /// The contacts given a terminal state through this queue, each with the
+    /// attempt of the lease it was given under.
+    ended: Mutex<HashMap<String, u32>>,
     /// Contacts the store accepted a second terminal state for.
     ended_twice: AtomicU64,
 }
 
+/// State changes refused as no longer held, by whose the contact was.
+struct Refusals {
+    /// Under a lease another worker or agent had taken over.
+    taken_over: u64,
+    /// Under the very lease this queue had already ended the contact with:
+    /// its holder ending it a second time.
+    repeated: u64,
+}
+
 impl Settling {
-    /// Logs a state change that was not made, counting refusals.
-    fn record<T>(&self, contact_id: &str, result: Result<T, StoreError>) -> Option<T> {
+    /// Logs a state change under `lease` that was not made, keeping refusals.
+    fn record<T>(&self, lease: &Lease, result: Result<T, StoreError>) -> Option<T> {
+        let contact_id = lease.contact_id();
         match result {
             Ok(value) => Some(value),
             Err(e @ StoreError::LeaseLost { .. }) => {
-                self.taken_over.fetch_add(1, Ordering::Relaxed);
+                self.refused.lock().push(lease.clone());
                 tracing::warn!(contact_id = %contact_id, "State change refused: {e}");
                 None
             }
@@ -224,9 +237,30 @@ impl Settling {
         }
     }
 
-    /// Notes that the store accepted a terminal state for `contact_id`.
-    fn ended(&self, contact_id: &str) {
-        let first = self.ended.lock().insert(contact_id.to_owned());
+    /// The refusals so far, told apart by the lease each contact ended
+    /// under: read once the saves have landed, since a holder's two ends of
+    /// one contact may be answered in either order.
+    fn refusals(&self) -> Refusals {
+        let ended = self.ended.lock();
+        let refused = self.refused.lock();
+        let repeated = refused
+            .iter()
+            .filter(|lease| ended.get(lease.contact_id()) == Some(&lease.attempt()))
+            .count() as u64;
+        Refusals {
+            taken_over: refused.len() as u64 - repeated,
+            repeated,
+        }
+    }
+
+    /// Notes that the store accepted a terminal state under `lease`.
+    fn ended(&self, lease: &Lease) {
+        let contact_id = lease.contact_id();
+        let first = self
+            .ended
+            .lock()
+            .insert(contact_id.to_owned(), lease.attempt())
+            .is_none();
         if !first {
             self.ended_twice.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
@@ -329,8 +363,8 @@ impl CallQueue {
                 let reason = format!("stored contact unreadable: {e}");
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
-                if self.settling.record(&id, failed).is_some() {
-                    self.settling.ended(&id);
+                if self.settling.record(&leased.lease, failed).is_some() {
+                    self.settling.ended(&leased.lease);
                 }
                 None
             }
@@ -350,8 +384,8 @@ impl CallQueue {
                     store.fail(&entry.lease, service, reason).await
                 }
             };
-            if settling.record(&entry.contact.id, result).is_some() {
-                settling.ended(&entry.contact.id);
+            if settling.record(&entry.lease, result).is_some() {
+                settling.ended(&entry.lease);
             }
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();
@@ -414,9 +448,9 @@ impl CallQueue {
                     .await
             }
         };
-        match self.settling.record(&entry.contact.id, result) {
+        match self.settling.record(&entry.lease, result) {
             Some(callguard_store::Deferral::Expired) => {
-                self.settling.ended(&entry.contact.id);
+                self.settling.ended(&entry.lease);
                 Deferral::Expired
             }
             Some(_) => Deferral::Requeued,
@@ -428,7 +462,7 @@ impl CallQueue {
     /// lost (counted in [`taken_over`](Self::taken_over)).
     pub async fn hold(&self, lease: &Lease) -> StoreError {
         let lost = self.store.keep_alive(lease).await;
-        self.settling.taken_over.fetch_add(1, Ordering::Relaxed);
+        self.settling.abandoned.fetch_add(1, Ordering::Relaxed);
         lost
     }
 
@@ -527,14 +561,16 @@ impl CallQueue {
     /// the saves [`settled`](Self::settled) has waited for). The contact is
     /// the new holder's: neither lost nor a second terminal state.
     pub fn taken_over(&self) -> u64 {
-        self.settling.taken_over.load(Ordering::Relaxed)
+        self.settling.abandoned.load(Ordering::Relaxed) + self.settling.refusals().taken_over
     }
 
-    /// Contacts the store accepted a second terminal state for through this
-    /// queue (among the saves [`settled`](Self::settled) has waited for):
-    /// each one called and ended twice.
+    /// Contacts ended twice through this queue (among the saves
+    /// [`settled`](Self::settled) has waited for): given a second terminal
+    /// state by the store, or ended again by their holder under the lease
+    /// that had already ended them (the store refuses that change, but the
+    /// contact was the holder's own, not taken over).
     pub fn ended_twice(&self) -> u64 {
-        self.settling.ended_twice.load(Ordering::Relaxed)
+        self.settling.ended_twice.load(Ordering::Relaxed) + self.settling.refusals().repeated
     }
 
     /// Contacts not finished: in flight, ready and deferred (their ids).
@@ -719,10 +755,26 @@ mod tests {
         let a = queue.next().await.unwrap();
         let copy = a.clone();
         queue.finish(a, Terminal::Completed);
-        // Finished twice: the second is refused, the lease no longer held.
+        // Finished twice: the second is refused, the lease no longer held —
+        // by the holder's own first end, so a duplicate, not a take-over.
         queue.finish(copy, Terminal::Completed);
         queue.settled().await;
-        assert_eq!(queue.taken_over(), 1);
+        assert_eq!((queue.ended_twice(), queue.taken_over()), (1, 0));
+        assert_eq!(queue.refresh_counts().await.completed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_end_refused_because_another_worker_took_the_contact_is_a_take_over() {
+        let queue = CallQueue::new([contact("a")], 5);
+        let slow = queue.next().await.unwrap();
+        // Its lease lost (here given back), another worker leases the
+        // contact and ends it; the slow worker's end is refused.
+        queue.store().release(slow.lease()).await.unwrap();
+        let other = queue.next().await.unwrap();
+        queue.finish(other, Terminal::Completed);
+        queue.finish(slow, Terminal::Completed);
+        queue.settled().await;
+        assert_eq!((queue.ended_twice(), queue.taken_over()), (0, 1));
         assert_eq!(queue.refresh_counts().await.completed, 1);
     }
 
