@@ -20,6 +20,9 @@ use callguard_store::{StoreError, StoreLocation, StoreSettings};
 use callguard_telemetry::{LoggingConfig, MetricsConfig};
 use serde::de::DeserializeOwned;
 
+use scale::Scale;
+
+mod scale;
 mod services;
 
 pub use services::{ServiceKind, ServiceResilience, ServiceSection, StageKind};
@@ -299,8 +302,10 @@ impl ConfigLoader {
         self
     }
 
-    /// Multiplies the resilience settings' durations by `factor`
-    /// ([`AgentConfig::scale_durations`]), before validation.
+    /// Multiplies the durations that pace the story (retries, breakers,
+    /// limiters, health checks, alerts; not the timeouts of real work, nor
+    /// the store's leases: `config/scale.rs` decides each) by `factor`,
+    /// before validation.
     pub fn time_scale(mut self, factor: f64) -> Self {
         self.time_scale = Some(factor);
         self
@@ -349,7 +354,7 @@ impl ConfigLoader {
         let mut config: AgentConfig = deserialize_at(toml::Value::Table(merged), "", &from_env)?;
         config.services = services::parse(services, &config.pipeline, &from_env)?;
         if let Some(factor) = self.time_scale {
-            config.scale_durations(factor);
+            config.scale(factor);
         }
         config.validate()?;
         Ok(config)
@@ -451,62 +456,6 @@ impl AgentConfig {
             }
         }
         Ok(())
-    }
-
-    /// Scales every duration of the resilience settings by `factor`: retries,
-    /// breakers, the limiters' waits and rates, health checks, the shutdown grace, and the alerts' and log
-    /// export's own retries, cooldown and flush interval.
-    pub fn scale_durations(&mut self, factor: f64) {
-        let scaled = |d: ConfigDuration| ConfigDuration::new(d.get().mul_f64(factor));
-        let scale_retry = |retry: &mut RetryPolicy| {
-            retry.initial_delay = scaled(retry.initial_delay);
-            retry.max_delay = scaled(retry.max_delay);
-            retry.deadline = retry.deadline.map(scaled);
-            retry.concurrency_delay = scaled(retry.concurrency_delay);
-        };
-        let scale_breaker = |breaker: &mut BreakerConfig| {
-            breaker.recovery_timeout = scaled(breaker.recovery_timeout)
-        };
-        let scale_limits = |limits: &mut LimitConfig| {
-            limits.queue_timeout = scaled(limits.queue_timeout);
-            if let Some(rate) = &mut limits.rate {
-                rate.per = scaled(rate.per);
-            }
-        };
-
-        scale_retry(&mut self.retry);
-        scale_breaker(&mut self.circuit_breaker);
-        scale_limits(&mut self.limits);
-        for section in self.services.values_mut() {
-            if let Some(breaker) = &mut section.resilience.circuit_breaker {
-                scale_breaker(breaker);
-            }
-            if let Some(limits) = &mut section.resilience.limits {
-                scale_limits(limits);
-            }
-        }
-        self.health_check.interval = scaled(self.health_check.interval);
-        self.health_check.timeout = scaled(self.health_check.timeout);
-        self.queue.shutdown_grace = scaled(self.queue.shutdown_grace);
-
-        let alerts = &mut self.alerts;
-        alerts.cooldown = scaled(alerts.cooldown);
-        if let Some(email) = &mut alerts.email {
-            scale_retry(&mut email.retry);
-            scale_breaker(&mut email.circuit_breaker);
-        }
-        if let Some(telegram) = &mut alerts.telegram {
-            scale_retry(&mut telegram.retry);
-            scale_breaker(&mut telegram.circuit_breaker);
-        }
-        if let Some(webhook) = &mut alerts.webhook {
-            scale_retry(&mut webhook.retry);
-            scale_breaker(&mut webhook.circuit_breaker);
-        }
-        if let Some(sheets) = &mut self.sheets {
-            sheets.flush_interval = scaled(sheets.flush_interval);
-            scale_retry(&mut sheets.retry);
-        }
     }
 
     /// The breaker settings of `service`: its own section's, or the shared ones.
