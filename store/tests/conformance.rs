@@ -410,25 +410,44 @@ async fn a_reopened_breaker_postpones_its_deferred_contacts(kind: Kind) {
     assert_eq!(a.deferrals, 1, "moving a contact is not another deferral");
 }
 
-async fn too_many_deferrals_expire(kind: Kind) {
-    let mut fixture = Fixture::new(kind, "expire").await;
-    let store = fixture.open().await; // max_deferrals = 2
+/// A store (`max_deferrals = 2`) holding one contact, `a`, with its
+/// fixture (which removes the store's files when dropped).
+async fn one_contact(kind: Kind, name: &str) -> (Fixture, Arc<CallStore>) {
+    let mut fixture = Fixture::new(kind, name).await;
+    let store = fixture.open().await;
     store.import(&contacts(&["a"])).await.unwrap();
+    (fixture, store)
+}
+
+/// Defers the store's contacts, each time one is leased, as `service`
+/// unavailable, until none is left: for each deferral, the deferrals the
+/// contact had when leased and what became of it.
+async fn defer_until_none_left(store: &Arc<CallStore>, service: &str) -> Vec<(u32, Deferral)> {
+    let reason = format!("{service} unavailable");
     let mut outcomes = Vec::new();
     while let Some(leased) = store.next().await.unwrap() {
-        outcomes.push(
-            store
-                .defer(
-                    &leased.lease,
-                    "llm",
-                    "llm unavailable",
-                    Duration::ZERO,
-                    &Progress::default(),
-                )
-                .await
-                .unwrap(),
-        );
+        let deferral = store
+            .defer(
+                &leased.lease,
+                service,
+                &reason,
+                Duration::ZERO,
+                &Progress::default(),
+            )
+            .await
+            .unwrap();
+        outcomes.push((leased.deferrals, deferral));
     }
+    outcomes
+}
+
+async fn too_many_deferrals_expire(kind: Kind) {
+    let (_fixture, store) = one_contact(kind, "expire").await;
+    let outcomes: Vec<_> = defer_until_none_left(&store, "llm")
+        .await
+        .into_iter()
+        .map(|(_, deferral)| deferral)
+        .collect();
     assert_eq!(
         outcomes,
         [Deferral::Requeued, Deferral::Requeued, Deferral::Expired]
@@ -442,9 +461,7 @@ async fn too_many_deferrals_expire(kind: Kind) {
 }
 
 async fn busy_deferrals_never_expire(kind: Kind) {
-    let mut fixture = Fixture::new(kind, "busy").await;
-    let store = fixture.open().await; // max_deferrals = 2
-    store.import(&contacts(&["a"])).await.unwrap();
+    let (_fixture, store) = one_contact(kind, "busy").await;
     for _ in 0..5 {
         let leased = store
             .next()
@@ -463,26 +480,12 @@ async fn busy_deferrals_never_expire(kind: Kind) {
             .unwrap();
         assert_eq!(deferral, Deferral::Requeued);
     }
-    let mut outcomes = Vec::new();
-    while let Some(leased) = store.next().await.unwrap() {
-        assert_eq!(
-            leased.deferrals,
-            outcomes.len() as u32,
-            "busy ones not counted"
-        );
-        outcomes.push(
-            store
-                .defer(
-                    &leased.lease,
-                    "elevenlabs",
-                    "elevenlabs unavailable",
-                    Duration::ZERO,
-                    &Progress::default(),
-                )
-                .await
-                .unwrap(),
-        );
-    }
+    let (counted, outcomes): (Vec<u32>, Vec<Deferral>) =
+        defer_until_none_left(&store, "elevenlabs")
+            .await
+            .into_iter()
+            .unzip();
+    assert_eq!(counted, [0, 1, 2], "busy ones not counted");
     assert_eq!(
         outcomes,
         [Deferral::Requeued, Deferral::Requeued, Deferral::Expired],
