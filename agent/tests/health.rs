@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 mod support;
 use callguard_testkit::tls::TestCa;
-use callguard_testkit::{free_addr as free_port, grpcurl};
+use callguard_testkit::{Polling, free_addr as free_port, grpcurl};
 use support::{Running, callguard, exit_within, output, temp_dir, text};
 
 const SERVICES: [(&str, Service); 3] = [
@@ -30,54 +30,51 @@ const SERVICES: [(&str, Service); 3] = [
     ("crm", Service::Crm),
 ];
 
-/// Longest a test waits for something it polls; only reached when it fails.
+/// Longest a test waits for something; only reached when it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
-/// Pause between two looks at a polled state.
-const POLL: Duration = Duration::from_millis(50);
+/// How a test polls a state: for as long as [`PATIENCE`], every 50 ms.
+const POLLING: Polling = Polling {
+    patience: PATIENCE,
+    every: Duration::from_millis(50),
+};
 
 /// `grpcurl list`, polled until the server answers (it may still be starting).
 async fn list_when_up(addr: SocketAddr, child: &mut Running) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let out = grpcurl(addr, &[], &["list"]).await;
-        if out.status.success() {
-            let mut services: Vec<_> = String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect();
-            services.sort_unstable();
-            return services;
-        }
-        if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("callguard exited ({status}) before serving gRPC on {addr}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no gRPC on {addr}: {}",
-            text(&out)
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    POLLING
+        .until(format_args!("gRPC on {addr}"), async || {
+            let out = grpcurl(addr, &[], &["list"]).await;
+            if out.status.success() {
+                let mut services: Vec<_> = String::from_utf8(out.stdout)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                services.sort_unstable();
+                return Ok(services);
+            }
+            if let Some(status) = child.0.try_wait().unwrap() {
+                panic!("callguard exited ({status}) before serving gRPC on {addr}");
+            }
+            Err(text(&out))
+        })
+        .await
 }
 
 /// Polls `Health/Check` of `service` with grpcurl until it reports `status`.
 async fn until_status(addr: SocketAddr, service: &str, status: &str) {
     let body = format!(r#"{{"service":"{service}"}}"#);
     let expected = format!(r#""status": "{status}""#);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let out = grpcurl(addr, &["-d", &body], &["grpc.health.v1.Health/Check"]).await;
-        let answer = text(&out);
-        if out.status.success() && answer.contains(&expected) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{service} never became {status}; last answer: {answer}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    POLLING
+        .until(format_args!("{service} {status}"), async || {
+            let out = grpcurl(addr, &["-d", &body], &["grpc.health.v1.Health/Check"]).await;
+            let answer = text(&out);
+            if out.status.success() && answer.contains(&expected) {
+                Ok(())
+            } else {
+                Err(answer)
+            }
+        })
+        .await;
 }
 
 /// The cells of one line of the `callguard status` table (columns are set
@@ -540,23 +537,20 @@ async fn until_breaker(
     what: &str,
     wanted: impl Fn(&str, &str) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let last = breaker_status(dir, addr, service).await;
-        if let Some((state, reason)) = &last
-            && wanted(state, reason)
-        {
-            return;
-        }
-        if let Some(status) = agent.0.try_wait().unwrap() {
-            panic!("the agent exited ({status}) before {service} was {what}; last: {last:?}");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{service} never {what}; last: {last:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    POLLING
+        .until(format_args!("{service} {what}"), async || {
+            let last = breaker_status(dir, addr, service).await;
+            if let Some((state, reason)) = &last
+                && wanted(state, reason)
+            {
+                return Ok(());
+            }
+            if let Some(status) = agent.0.try_wait().unwrap() {
+                panic!("the agent exited ({status}) before {service} was {what}; last: {last:?}");
+            }
+            Err(format!("{last:?}"))
+        })
+        .await;
 }
 
 /// Starts `callguard run` in `dir` over the contacts `ids`, against the mocks'
@@ -786,29 +780,25 @@ async fn a_tls_health_server_is_checked_and_followed_over_https() {
     let mut server = start_health_server(&dir, &mocks, addr, &grpc).process;
 
     // With the CA: up, and the probes have seen the outage.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let down = over_tls(
-            &dir,
-            "healthcheck",
-            &https,
-            &["--tls-ca", ca_flag, "--service", "elevenlabs"],
-            &other_roots,
-        )
+    POLLING
+        .until("NOT_SERVING over TLS", async || {
+            let down = over_tls(
+                &dir,
+                "healthcheck",
+                &https,
+                &["--tls-ca", ca_flag, "--service", "elevenlabs"],
+                &other_roots,
+            )
+            .await;
+            if String::from_utf8_lossy(&down.stderr).starts_with("NOT_SERVING") {
+                return Ok(());
+            }
+            if let Some(status) = server.0.try_wait().unwrap() {
+                panic!("health-server exited ({status})");
+            }
+            Err(text(&down))
+        })
         .await;
-        if String::from_utf8_lossy(&down.stderr).starts_with("NOT_SERVING") {
-            break;
-        }
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("health-server exited ({status})");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never NOT_SERVING over TLS: {}",
-            text(&down)
-        );
-        tokio::time::sleep(POLL).await;
-    }
     let ok = over_tls(
         &dir,
         "healthcheck",

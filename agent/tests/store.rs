@@ -483,18 +483,16 @@ async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
 /// Polls `check` (the text of `/metrics`, or `Health/Check` of `""`) until
 /// it holds, at most 20 s; the last answer if it never does.
 async fn until(what: &str, mut check: impl AsyncFnMut() -> (bool, String)) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (holds, answer) = check().await;
-        if holds {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never {what}; last answer: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let polling = callguard_testkit::Polling {
+        patience: Duration::from_secs(20),
+        every: Duration::from_millis(100),
+    };
+    polling
+        .until(what, async || match check().await {
+            (true, _) => Ok(()),
+            (false, answer) => Err(answer),
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

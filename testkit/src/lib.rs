@@ -4,10 +4,12 @@
 //! never passes without it — plus a PostgreSQL cluster of a test's own,
 //! loopback ports, temporary directories, certificates made by the test
 //! ([`tls`]), an OTLP trace receiver standing in for a collector ([`otlp`]),
+//! polling for a state a test can only see by looking again ([`Polling`]),
 //! and a gRPC health-check load for the benches. A dev-dependency only.
 
 mod check_load;
 pub mod otlp;
+mod poll;
 mod postgres;
 pub mod tls;
 
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use std::process::Output;
 
 pub use check_load::{Load, Pace, check_load, load_average, nearest_rank};
+pub use poll::Polling;
 pub use postgres::{POSTGRES_BIN_VAR, PostgresCluster};
 
 /// The environment variable naming the PostgreSQL database the tests use.
