@@ -27,8 +27,12 @@ use callguard_mocks::{
     EndpointKind, Fault, FaultMode, FaultProxy, MockConfig, MockServer, OUTCOME_TIMEOUT, Service,
     SinkFailure, SmtpFlap, SmtpSink, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
+use callguard_proto::callguard::v1::breaker::State;
+use callguard_proto::callguard::v1::breakers_client::BreakersClient;
+use callguard_proto::callguard::v1::{ForceOpenRequest, GetBreakerRequest};
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
 use serde_json::Value;
+use tonic::transport::Channel;
 
 mod support;
 use support::{Running, exit_within, temp_dir};
@@ -940,19 +944,51 @@ impl FollowedHealthServer {
     /// Forces `service`'s breaker open as an operator would: the server
     /// then reports the service NOT_SERVING.
     async fn force_open(&self, service: &str) {
-        let authorization = format!("authorization: Bearer {HEALTH_ADMIN_TOKEN}");
-        let request = format!(r#"{{"name":"{service}","reason":"chaos"}}"#);
-        let out = callguard_testkit::grpcurl(
-            self.addr,
-            &["-H", &authorization, "-d", &request],
-            &["callguard.v1.Breakers/ForceOpen"],
-        )
-        .await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
+        let mut request = tonic::Request::new(ForceOpenRequest {
+            name: service.to_owned(),
+            reason: "chaos".into(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {HEALTH_ADMIN_TOKEN}").parse().unwrap(),
         );
+        BreakersClient::new(channel)
+            .force_open(request)
+            .await
+            .expect("ForceOpen with the admin token");
+    }
+}
+
+/// Polls the breaker of `service` in the process serving gRPC on `addr`
+/// (`Breakers/GetBreaker`) until its state and last transition's reason
+/// pass `wanted`; fails after 20 s.
+async fn until_breaker(
+    addr: SocketAddr,
+    service: &str,
+    what: &str,
+    wanted: impl Fn(State, &str) -> bool,
+) {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut breakers = BreakersClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = GetBreakerRequest {
+            name: service.to_owned(),
+        };
+        let last = breakers.get_breaker(request).await.map(|b| b.into_inner());
+        if let Ok(breaker) = &last
+            && wanted(breaker.state(), &breaker.last_transition_reason)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} on {addr} never {what}; last: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -967,7 +1003,8 @@ impl LogTail {
         Self { path, read: 0 }
     }
 
-    /// The whole lines written since the last look.
+    /// The whole lines written since the last look (the next look starts
+    /// after them).
     fn new_lines(&mut self) -> Vec<Value> {
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return Vec::new();
@@ -1071,13 +1108,20 @@ async fn chaos_run(
     // About 3 ms per contact here; the limit is only reached on a hang.
     let limit = Duration::from_millis(60 * contacts as u64);
     let started = tokio::time::Instant::now();
+    let grpc: Vec<SocketAddr> = agents
+        .iter()
+        .map(|_| callguard_testkit::free_addr())
+        .collect();
     let mut running: Vec<Running> = agents
         .iter()
-        .map(|agent| {
+        .zip(&grpc)
+        .map(|(agent, grpc)| {
             let log = format!("logs/{agent}.jsonl");
+            let grpc = grpc.to_string();
             let env = [
                 ("CALLGUARD_HEALTH_CHECK__REMOTE", remote.as_str()),
                 ("CALLGUARD_LOGGING__PATH", log.as_str()),
+                ("CALLGUARD_GRPC__LISTEN", grpc.as_str()),
             ];
             Running(spawn_run_with(&dir, agent, &env))
         })
@@ -1086,23 +1130,43 @@ async fn chaos_run(
         .iter()
         .map(|agent| LogTail::new(dir.join(format!("logs/{agent}.jsonl"))))
         .collect();
-    let tts = Some("elevenlabs");
 
-    // Followed: the health server's word forces each agent's breaker open.
+    // Followed: the health server's word forces each agent's breaker open
+    // (and holds it so: its probes leave a forced breaker alone).
     wait_records(&mocks, contacts / 10).await;
     health.force_open("elevenlabs").await;
-    for log in &mut logs {
-        log.until("remote reports NOT_SERVING", tts, &[]).await;
+    for agent in &grpc {
+        until_breaker(
+            *agent,
+            "elevenlabs",
+            "forced open by the remote",
+            |state, reason| state == State::ForcedOpen && reason.ends_with(": remote"),
+        )
+        .await;
     }
-    // Killed: each agent lets go of what it forced and goes on alone.
-    health.kill();
+    // Killed: each agent lets go of what it forced and goes on alone,
+    // completing more contacts than its workers held (16 in all). Kept
+    // short: an agent tries a lost server ever less often (100 ms,
+    // doubling to 10 s), and must find it again before the run ends.
     for log in &mut logs {
+        log.new_lines();
+    }
+    health.kill();
+    for (agent, log) in grpc.iter().zip(&mut logs) {
+        until_breaker(*agent, "elevenlabs", "released", |state, _| {
+            state != State::ForcedOpen
+        })
+        .await;
         let released = [("released_forced_open", true.into())];
-        log.until("lost the remote health server", tts, &released)
-            .await;
+        log.until(
+            "lost the remote health server",
+            Some("elevenlabs"),
+            &released,
+        )
+        .await;
     }
     let at_kill = mocks.crm_records().len();
-    wait_records(&mocks, at_kill + contacts / 10).await;
+    wait_records(&mocks, at_kill + contacts / 40).await;
     // Started again: followed again.
     health.start().await;
     for log in &mut logs {
