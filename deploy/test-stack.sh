@@ -9,7 +9,9 @@
 #   2. grpcurl on the health server's published port sees ElevenLabs go
 #      SERVING -> NOT_SERVING -> SERVING along the fault schedule, and on each
 #      agent's its breaker go CLOSED -> open -> CLOSED;
-#   3. each agent replica's published /metrics port answers;
+#   3. each agent replica's and the health server's published /metrics port
+#      answers, and the health server's counts the breaker transitions its
+#      probes made;
 #   4. ForceOpen with the config's admin token on the health server (refused
 #      without it): every agent's breaker follows, and closes with ForceClose;
 #   5. `docker-compose stop agent` mid-campaign: each agent exits 0 within its
@@ -344,7 +346,11 @@ while :; do
         metrics=false
       fi
     done
-    [[ $metrics == false ]] || say "each agent's published /metrics answers ($(compose port --index 1 agent 9464), …)"
+    address=$(compose port health-server 9464 2>/dev/null) || address=
+    if ! curl -fsS --max-time 2 "http://$address/metrics" 2>/dev/null | grep -q '^callguard_health_probes_total'; then
+      metrics=false
+    fi
+    [[ $metrics == false ]] || say "each agent's and the health server's published /metrics answer ($(compose port --index 1 agent 9464), …, $address)"
   fi
   done_with_outage=$healthy
   [[ $metrics == true ]] && went_through "$prober" SERVING NOT_SERVING SERVING || done_with_outage=false
@@ -358,6 +364,12 @@ while :; do
   sleep 1
 done
 say "health server went $prober"
+# Its /metrics counted the transitions its probes made of it.
+opened='callguard_breaker_transitions_total{service="elevenlabs",from="CLOSED",to="OPEN"}'
+scraped=$(curl -fsS --max-time 2 "http://$(compose port health-server 9464)/metrics") ||
+  fail "the health server's /metrics does not answer" health-server
+grep -q "^$opened [1-9]" <<<"$scraped" || fail "the health server's /metrics has no $opened" health-server
+say "the health server's /metrics counted elevenlabs CLOSED -> OPEN"
 for agent in "${agents[@]}"; do say "agent $agent: elevenlabs breaker went ${breakers[$agent]}"; done
 
 # The admin token of deploy/callguard.toml forces ElevenLabs' breaker open on

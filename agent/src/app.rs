@@ -165,6 +165,7 @@ impl App {
     /// progress line on) and no server beside it.
     pub fn campaign(self, queue: Arc<CallQueue>) -> Campaign {
         Campaign {
+            breaker_feed: self.registry.transitions(),
             pipeline: self.pipeline,
             registry: self.registry,
             queue,
@@ -190,28 +191,27 @@ impl App {
         queue: Arc<CallQueue>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Ran, String> {
+        let config = self.config.clone();
+        // Made before the servers that can move a breaker (an operator over
+        // gRPC, the remote health server): it follows every transition.
+        let campaign = self.campaign(queue.clone());
         let metrics = serve_metrics(
-            &self.config.metrics,
-            self.metrics.clone(),
-            self.registry.clone(),
+            &config.metrics,
+            campaign.metrics.clone(),
+            campaign.registry.clone(),
             Some(queue.clone()),
         )
         .await?;
         let grpc = GrpcServer::start(
-            &self.config.grpc,
-            self.registry.clone(),
-            self.pipeline.limiters(),
+            &config.grpc,
+            campaign.registry.clone(),
+            campaign.pipeline.limiters(),
         )
         .await?;
-        let store_follower = grpc.follow_store(
-            queue.store().clone(),
-            self.config.queue.unreachable_grace.get(),
-        );
-        let remote = RemoteFollower::start(&self.config, &self.registry)?;
-        let summary = self
-            .campaign(queue.clone())
-            .run(grpc.drain_on(shutdown))
-            .await;
+        let store_follower =
+            grpc.follow_store(queue.store().clone(), config.queue.unreachable_grace.get());
+        let remote = RemoteFollower::start(&config, &campaign.registry)?;
+        let summary = campaign.run(grpc.drain_on(shutdown)).await;
         if let Some(remote) = remote {
             remote.stop().await;
         }

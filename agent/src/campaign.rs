@@ -132,6 +132,11 @@ pub struct Campaign {
     pub metrics: Arc<Metrics>,
     /// The hub's record of breaker transitions, for the summary.
     pub transitions: Arc<TransitionLog>,
+    /// The registry's transitions, subscribed to when the campaign was made:
+    /// those before its first contact (a remote health server's or an
+    /// operator's force, once their servers run) are published on the hub
+    /// as well.
+    pub breaker_feed: broadcast::Receiver<Transition>,
     /// Contacts called at once.
     pub workers: usize,
     /// How long a contact waits when its service gave no `retry_after`.
@@ -162,6 +167,7 @@ impl Campaign {
 
         let (stop_follower, follower_stopped) = oneshot::channel();
         let follower = tokio::spawn(follow_breakers(
+            self.breaker_feed,
             self.registry.clone(),
             self.queue.clone(),
             self.events.clone(),
@@ -410,19 +416,19 @@ fn limit_records(pipeline: &Pipeline, metrics: &Metrics) -> BTreeMap<String, Lim
         .collect()
 }
 
-/// Follows the breakers: publishes each transition the registry reports on
-/// the hub (metrics, alerts, the summary's log), then keeps deferred contacts
+/// Follows the breakers: publishes each transition of `transitions` (the
+/// registry's) on the hub (metrics, alerts, the summary's log), then keeps deferred contacts
 /// in step with their service's breaker: they wake when it closes, and when
 /// it (re)opens none is due before it admits calls again — so a contact
 /// turned away while a HALF_OPEN probe was in flight is not turned away a
 /// second time when the probe fails.
 async fn follow_breakers(
+    mut transitions: broadcast::Receiver<Transition>,
     registry: Arc<BreakerRegistry>,
     queue: Arc<CallQueue>,
     events: Arc<EventHub>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let mut transitions = registry.transitions();
     let on_transition = async |transition: Transition| {
         let service = transition.service.clone();
         let to = transition.to;

@@ -1,7 +1,8 @@
 //! Breaker states across processes, with the real binary and the real grpcurl:
 //! `callguard health-server` serves the health its probes find (and
-//! `/metrics`), `callguard status` and `callguard healthcheck` read it, over
-//! plaintext or TLS, and a campaign follows it over either; a running
+//! `/metrics`: breaker states and transitions, probe results), `callguard
+//! status` and `callguard healthcheck` read it, over plaintext or TLS, and
+//! a campaign follows it over either; a running
 //! campaign serves gRPC beside it and drains at shutdown; a typo in a
 //! service's section stops `health-server` at start-up.
 //!
@@ -165,19 +166,10 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     let llm = healthcheck(&dir, addr, Some("llm")).await;
     assert!(llm.status.success(), "{}", text(&llm));
 
-    // /metrics tells the same: the breaker's state and the probes' results.
-    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("health-server serves /metrics")
-        .text()
-        .await
-        .unwrap();
-    let value = |series: &str| -> f64 {
-        scraped
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{series} missing from\n{scraped}"))
-    };
+    // /metrics tells the same: the breaker's state and transitions, and the
+    // probes' results.
+    let scraped = scrape(metrics).await;
+    let value = |series: &str| series_value(&scraped, series);
     assert_eq!(
         value("callguard_breaker_state{service=\"elevenlabs\",state=\"OPEN\"}"),
         1.0
@@ -192,6 +184,13 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     );
     assert!(
         value("callguard_health_probes_total{service=\"llm\",result=\"healthy\"}") >= 1.0,
+        "{scraped}"
+    );
+    assert_eq!(
+        value(
+            "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"CLOSED\",to=\"OPEN\"}"
+        ),
+        1.0,
         "{scraped}"
     );
 
@@ -267,10 +266,19 @@ async fn health_server_serves_probe_results_to_grpcurl_status_and_healthcheck() 
     let reason = String::from_utf8_lossy(&unknown.stderr);
     assert!(reason.starts_with("unknown service"), "{reason}");
 
-    // A healthy probe closes the breaker again.
+    // A healthy probe closes the breaker again: the transition is counted.
     mocks.clear_faults();
     until_status(addr, "elevenlabs", "SERVING").await;
     watch_until(&mut watched, "SERVING").await;
+    let scraped = scrape(metrics).await;
+    assert_eq!(
+        series_value(
+            &scraped,
+            "callguard_breaker_transitions_total{service=\"elevenlabs\",from=\"OPEN\",to=\"CLOSED\"}"
+        ),
+        1.0,
+        "{scraped}"
+    );
     drop(watch);
     let back = healthcheck(&dir, addr, Some("elevenlabs")).await;
     assert!(back.status.success(), "{}", text(&back));
@@ -467,6 +475,24 @@ async fn watch_until(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, e
         found.is_ok(),
         "Watch never sent {expected}; it sent {seen:?}"
     );
+}
+
+/// The text of `/metrics` at `addr`.
+async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("health-server serves /metrics")
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of `series` (its name and labels) in the text of `/metrics`.
+fn series_value(scraped: &str, series: &str) -> f64 {
+    scraped
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from\n{scraped}"))
 }
 
 /// A `health-server` and where it serves `/metrics`.

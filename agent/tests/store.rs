@@ -3,17 +3,21 @@
 //! again finishes the campaign (SQLite), keeping the CRM record a killed
 //! pass wrote; several agents share one PostgreSQL queue and finish a killed
 //! agent's contacts once its leases expire, and get through a 5 s network cut
-//! to the database (through a fault proxy); a chaos run of 2000 contacts,
-//! while the alert sinks flap, keeps every contact in exactly one state,
-//! moves breakers only along legal edges, and ends every alert delivered or
-//! counted failed — one agent on SQLite, and two agents sharing a PostgreSQL
-//! queue. The same run as a soak of 20 000 contacts is left to `--ignored`.
+//! to the database (through a fault proxy) and a restart of it; a chaos run
+//! of 2000 contacts, while the alert sinks flap and the health server the
+//! agents follow is killed and started again, keeps every contact in
+//! exactly one state, moves breakers only along legal edges, and ends every
+//! alert delivered or counted failed — one agent on SQLite, and two agents
+//! sharing a PostgreSQL queue whose server is restarted mid-run. The same
+//! run as a soak of 20 000 contacts is left to `--ignored`.
 //!
 //! The PostgreSQL tests need `CALLGUARD_TEST_POSTGRES_URL` (`scripts/test.sh`
 //! starts a private cluster and sets it) and fail without it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +27,12 @@ use callguard_mocks::{
     EndpointKind, Fault, FaultMode, FaultProxy, MockConfig, MockServer, OUTCOME_TIMEOUT, Service,
     SinkFailure, SmtpFlap, SmtpSink, TELEGRAM_BOT_TOKEN, TELEGRAM_CHAT_ID,
 };
+use callguard_proto::callguard::v1::breaker::State;
+use callguard_proto::callguard::v1::breakers_client::BreakersClient;
+use callguard_proto::callguard::v1::{ForceOpenRequest, GetBreakerRequest};
 use callguard_store::{CallStore, StoreLocation, StoreSettings};
 use serde_json::Value;
+use tonic::transport::Channel;
 
 mod support;
 use support::{Running, exit_within, temp_dir};
@@ -79,6 +87,11 @@ fn agent(dir: &Path, args: &[&str]) -> Command {
 }
 
 fn spawn_run(dir: &Path, name: &str) -> Child {
+    spawn_run_with(dir, name, &[])
+}
+
+/// [`spawn_run`] with the variables `env` set (keys of the config overridden).
+fn spawn_run_with(dir: &Path, name: &str, env: &[(&str, &str)]) -> Child {
     agent(
         dir,
         &[
@@ -91,6 +104,7 @@ fn spawn_run(dir: &Path, name: &str) -> Child {
             &format!("summary-{name}.json"),
         ],
     )
+    .envs(env.iter().copied())
     .stdout(Stdio::null())
     .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
     .spawn()
@@ -403,6 +417,60 @@ async fn first_rise(
     None
 }
 
+/// How long after PostgreSQL came back work resumed.
+#[derive(Debug, Clone, Copy)]
+struct Resumed {
+    /// Until a completion was saved again.
+    saves: Duration,
+    /// Until a contact was leased again.
+    leases: Duration,
+}
+
+/// Restarts `cluster` (`pg_ctl restart -m fast`) in the middle of the
+/// campaign of `contacts` contacts the agents work in `table`, and times
+/// how soon completions are saved and contacts leased again once it is
+/// back; each must resume within 3 s.
+async fn restart_mid_campaign(
+    cluster: &callguard_testkit::PostgresCluster,
+    table: &str,
+    contacts: usize,
+) -> Resumed {
+    // pg_ctl returns once the server accepts connections again; the mocks
+    // share this runtime, so the wait is not left on one of its workers.
+    tokio::task::block_in_place(|| cluster.restart());
+    let back = tokio::time::Instant::now();
+    let back_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let (watcher, connection) = tokio_postgres::connect(&cluster.url(""), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let completed = format!("SELECT count(*) FROM {table} WHERE state = 'completed'");
+    // A lease sets `updated_at` to the database's now.
+    let leased_since_back = format!(
+        "SELECT count(*) FROM {table} WHERE state = 'in_flight' AND updated_at >= {back_ms}"
+    );
+    let completed_then: i64 = watcher.query_one(&completed, &[]).await.unwrap().get(0);
+    assert!(
+        completed_then < contacts as i64,
+        "restarted mid-campaign: {completed_then}"
+    );
+    let (saves, leases) = tokio::join!(
+        first_rise(&watcher, &completed, completed_then, back),
+        first_rise(&watcher, &leased_since_back, 0, back),
+    );
+    let resumed = Resumed {
+        saves: saves.expect("saves resume"),
+        leases: leases.expect("leases resume"),
+    };
+    for waited in [resumed.saves, resumed.leases] {
+        assert!(waited < Duration::from_secs(3), "resumed after {resumed:?}");
+    }
+    resumed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
     // A cluster of the test's own: restarting the shared one would cut
@@ -430,38 +498,10 @@ async fn two_agents_finish_a_campaign_through_a_postgres_restart() {
         .collect();
     wait_records(&mocks, 150).await;
 
-    // pg_ctl returns once the server accepts connections again.
-    cluster.restart();
-    let back = tokio::time::Instant::now();
-    let back_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let completed = format!("SELECT count(*) FROM {table} WHERE state = 'completed'");
-    // A lease sets `updated_at` to the database's now.
-    let leased_since_back = format!(
-        "SELECT count(*) FROM {table} WHERE state = 'in_flight' AND updated_at >= {back_ms}"
-    );
-    let completed_then: i64 = watcher.query_one(&completed, &[]).await.unwrap().get(0);
-    assert!(
-        completed_then < 600,
-        "restarted mid-campaign: {completed_then}"
-    );
-    let (saves, leases) = tokio::join!(
-        first_rise(&watcher, &completed, completed_then, back),
-        first_rise(&watcher, &leased_since_back, 0, back),
-    );
-    let (saves, leases) = (saves.expect("saves resume"), leases.expect("leases resume"));
+    let Resumed { saves, leases } = restart_mid_campaign(&cluster, table, 600).await;
     eprintln!(
         "PostgreSQL back: completions saved again after {saves:?}, contacts leased again after {leases:?}"
     );
-    for waited in [saves, leases] {
-        assert!(waited < Duration::from_secs(3), "resumed after {waited:?}");
-    }
 
     for (agent, name) in agents.iter_mut().zip(["a", "b"]) {
         wait_exit(agent, Duration::from_secs(90), &dir, name).await;
@@ -763,7 +803,8 @@ fn accepted_by_sinks(mocks: &MockServer, smtp: &SmtpSink) -> [(&'static str, u64
 }
 
 /// Each service's breaker moved only along legal edges, starting CLOSED,
-/// each transition leaving the state the one before entered.
+/// each transition leaving the state the one before entered; only the
+/// remote health server forced one open, and only it released one.
 fn assert_breaker_transitions_legal(summary: &Value) {
     let legal = [
         ("CLOSED", "OPEN"),
@@ -771,6 +812,10 @@ fn assert_breaker_transitions_legal(summary: &Value) {
         ("OPEN", "CLOSED"),
         ("HALF_OPEN", "CLOSED"),
         ("HALF_OPEN", "OPEN"),
+        ("CLOSED", "FORCED_OPEN"),
+        ("OPEN", "FORCED_OPEN"),
+        ("HALF_OPEN", "FORCED_OPEN"),
+        ("FORCED_OPEN", "CLOSED"),
     ];
     let services = summary["breaker_transitions"].as_object().unwrap();
     for (service, transitions) in services {
@@ -782,6 +827,10 @@ fn assert_breaker_transitions_legal(summary: &Value) {
             );
             assert_eq!(edge.0, state, "{service}: {transitions}");
             assert!(legal.contains(&edge), "{service}: illegal {edge:?}");
+            if edge.0 == "FORCED_OPEN" || edge.1 == "FORCED_OPEN" {
+                let reason = transition["reason"].as_str().unwrap();
+                assert!(reason.ends_with(": remote"), "{service}: {transition}");
+            }
             state = edge.1;
         }
     }
@@ -819,13 +868,203 @@ fn assert_every_alert_accounted_for(summaries: &[Value], mocks: &MockServer, smt
     }
 }
 
+/// The token of the chaos run's health server's admin RPCs.
+const HEALTH_ADMIN_TOKEN: &str = "chaos-health-server-admin";
+
+/// The `callguard health-server` the chaos run's agents follow
+/// (`health_check.remote`): it probes the mocks every 100 ms, serves on an
+/// address of its own, which it takes again when started again, and logs
+/// to `logs/health-server.jsonl`.
+struct FollowedHealthServer {
+    dir: PathBuf,
+    addr: SocketAddr,
+    process: Option<Running>,
+}
+
+impl FollowedHealthServer {
+    /// Writes its config in `dir`; [`start`](Self::start) starts it.
+    fn new(dir: &Path, mocks: &MockServer) -> Self {
+        let addr = callguard_testkit::free_addr();
+        let mut config = format!(
+            "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
+             [grpc]\nlisten = \"{addr}\"\nadmin_token = \"{HEALTH_ADMIN_TOKEN}\"\n\
+             [logging]\npath = \"logs/health-server.jsonl\"\nconsole_level = \"error\"\n"
+        );
+        for (name, service) in SERVICES {
+            config.push_str(&format!(
+                "[services.{name}]\nbase_url = \"{}\"\n",
+                mocks.base_url(service)
+            ));
+        }
+        std::fs::write(dir.join("health.toml"), config).unwrap();
+        Self {
+            dir: dir.to_owned(),
+            addr,
+            process: None,
+        }
+    }
+
+    /// Where the agents find it.
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts it and waits until it answers.
+    async fn start(&mut self) {
+        let mut command = support::callguard(&self.dir);
+        command
+            .args(["health-server", "--config", "health.toml"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("health-server.err")).unwrap());
+        let process = self.process.insert(Running(command.spawn().unwrap()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !callguard_testkit::grpcurl(self.addr, &[], &["list"])
+            .await
+            .status
+            .success()
+        {
+            if let Some(status) = process.0.try_wait().unwrap() {
+                panic!("the health server exited ({status})");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the health server never answered on {}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the agents hear of it only as their streams break.
+    fn kill(&mut self) {
+        drop(self.process.take().expect("the health server runs"));
+    }
+
+    /// Forces `service`'s breaker open as an operator would: the server
+    /// then reports the service NOT_SERVING.
+    async fn force_open(&self, service: &str) {
+        let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
+        let mut request = tonic::Request::new(ForceOpenRequest {
+            name: service.to_owned(),
+            reason: "chaos".into(),
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {HEALTH_ADMIN_TOKEN}").parse().unwrap(),
+        );
+        BreakersClient::new(channel)
+            .force_open(request)
+            .await
+            .expect("ForceOpen with the admin token");
+    }
+}
+
+/// Polls the breaker of `service` in the process serving gRPC on `addr`
+/// (`Breakers/GetBreaker`) until its state and last transition's reason
+/// pass `wanted`; fails after 20 s.
+async fn until_breaker(
+    addr: SocketAddr,
+    service: &str,
+    what: &str,
+    wanted: impl Fn(State, &str) -> bool,
+) {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let mut breakers = BreakersClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = GetBreakerRequest {
+            name: service.to_owned(),
+        };
+        let last = breakers.get_breaker(request).await.map(|b| b.into_inner());
+        if let Ok(breaker) = &last
+            && wanted(breaker.state(), &breaker.last_transition_reason)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} on {addr} never {what}; last: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A JSON-lines log, read as it grows.
+struct LogTail {
+    path: PathBuf,
+    read: u64,
+}
+
+impl LogTail {
+    fn new(path: PathBuf) -> Self {
+        Self { path, read: 0 }
+    }
+
+    /// The whole lines written since the last look (the next look starts
+    /// after them).
+    fn new_lines(&mut self) -> Vec<Value> {
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(self.read)).unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        let whole = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |at| at + 1);
+        self.read += whole as u64;
+        bytes[..whole]
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).unwrap())
+            .collect()
+    }
+
+    /// Waits until a new line says `message` (of `service`, if given, and
+    /// with the fields of `fields`); fails after 20 s.
+    async fn until(&mut self, message: &str, service: Option<&str>, fields: &[(&str, Value)]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let said = self.new_lines().iter().any(|line| {
+                line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+                    && service.is_none_or(|service| line["service"] == service)
+                    && fields.iter().all(|(key, value)| line[*key] == *value)
+            });
+            if said {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never said {message:?} ({service:?}, {fields:?})",
+                self.path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A chaos run of `contacts` contacts on the queue `queue` (its `[queue]`
-/// keys), worked by one agent per name in `agents` at once: the mocks inject 503s,
-/// timeouts, resets, slow answers, 429s and 401s while the three alert
-/// sinks flap. Every contact ends in exactly one state with at most one CRM
-/// record, no agent loses or repeats one, breakers move only along legal
-/// edges, and every alert is delivered or counted.
-async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
+/// keys; on PostgreSQL with the cluster and table the queue names),
+/// worked by one agent per name in `agents` at once: the mocks inject
+/// 503s, timeouts, resets, slow answers, 429s and 401s while the three
+/// alert sinks flap. The agents follow a health server, which forces a
+/// breaker open, is killed (the agents let go of what it forced and go on
+/// alone) and is started again (followed again); a PostgreSQL queue's
+/// server is restarted mid-run. Every contact ends in exactly one state
+/// with at most one CRM record, no agent loses or repeats one, breakers
+/// move only along legal edges, and every alert is delivered or counted.
+async fn chaos_run(
+    name: &str,
+    queue: &str,
+    postgres: Option<(&callguard_testkit::PostgresCluster, &str)>,
+    agents: &[&str],
+    contacts: usize,
+) {
     let mocks = MockServer::start(MockConfig::default()).await.unwrap();
     let ms = Duration::from_millis;
     mocks
@@ -862,12 +1101,84 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
         .unwrap();
     write_config(&dir, &mocks, queue, "300ms", &alert_sections(&mocks, &smtp));
     let ids = write_contacts(&dir, contacts);
-    // About 2.5 ms per contact here; the limit is only reached on a hang.
+    let mut health = FollowedHealthServer::new(&dir, &mocks);
+    health.start().await;
+    let remote = health.url();
+    // About 3 ms per contact here; the limit is only reached on a hang.
     let limit = Duration::from_millis(60 * contacts as u64);
     let started = tokio::time::Instant::now();
-    let mut running: Vec<Child> = agents.iter().map(|agent| spawn_run(&dir, agent)).collect();
-    for (child, agent) in running.iter_mut().zip(agents) {
-        wait_exit(child, limit, &dir, agent).await;
+    let grpc: Vec<SocketAddr> = agents
+        .iter()
+        .map(|_| callguard_testkit::free_addr())
+        .collect();
+    let mut running: Vec<Running> = agents
+        .iter()
+        .zip(&grpc)
+        .map(|(agent, grpc)| {
+            let log = format!("logs/{agent}.jsonl");
+            let grpc = grpc.to_string();
+            let env = [
+                ("CALLGUARD_HEALTH_CHECK__REMOTE", remote.as_str()),
+                ("CALLGUARD_LOGGING__PATH", log.as_str()),
+                ("CALLGUARD_GRPC__LISTEN", grpc.as_str()),
+            ];
+            Running(spawn_run_with(&dir, agent, &env))
+        })
+        .collect();
+    let mut logs: Vec<LogTail> = agents
+        .iter()
+        .map(|agent| LogTail::new(dir.join(format!("logs/{agent}.jsonl"))))
+        .collect();
+
+    // Followed: the health server's word forces each agent's breaker open
+    // (and holds it so: its probes leave a forced breaker alone).
+    wait_records(&mocks, contacts / 10).await;
+    health.force_open("elevenlabs").await;
+    for agent in &grpc {
+        until_breaker(
+            *agent,
+            "elevenlabs",
+            "forced open by the remote",
+            |state, reason| state == State::ForcedOpen && reason.ends_with(": remote"),
+        )
+        .await;
+    }
+    // Killed: each agent lets go of what it forced and goes on alone,
+    // completing more contacts than its workers held (16 in all). Kept
+    // short: an agent tries a lost server ever less often (100 ms,
+    // doubling to 10 s), and must find it again before the run ends.
+    for log in &mut logs {
+        log.new_lines();
+    }
+    health.kill();
+    for (agent, log) in grpc.iter().zip(&mut logs) {
+        until_breaker(*agent, "elevenlabs", "released", |state, _| {
+            state != State::ForcedOpen
+        })
+        .await;
+        let released = [("released_forced_open", true.into())];
+        log.until(
+            "lost the remote health server",
+            Some("elevenlabs"),
+            &released,
+        )
+        .await;
+    }
+    let at_kill = mocks.crm_records().len();
+    wait_records(&mocks, at_kill + contacts / 40).await;
+    // Started again: followed again.
+    health.start().await;
+    for log in &mut logs {
+        log.until("remote health server reachable again", None, &[])
+            .await;
+    }
+    let resumed = match postgres {
+        Some((cluster, table)) => Some(restart_mid_campaign(cluster, table, contacts).await),
+        None => None,
+    };
+
+    for (agent, name) in running.iter_mut().zip(agents) {
+        wait_exit(&mut agent.0, limit, &dir, name).await;
     }
     let elapsed = started.elapsed();
     let counts = assert_every_contact_ended_once(&dir, &mocks, &ids);
@@ -901,10 +1212,17 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
         .flat_map(|s| s["breaker_transitions"].as_object().unwrap().values())
         .map(|list| list.as_array().unwrap().len())
         .sum();
+    let restart = resumed.map_or(String::new(), |Resumed { saves, leases }| {
+        format!(
+            "; PostgreSQL restarted: saves resumed {:.2} s and leases {:.2} s after it was back",
+            saves.as_secs_f64(),
+            leases.as_secs_f64()
+        )
+    });
     eprintln!(
         "{name}: {contacts} contacts, {} agent(s), {:.1} s ({:.0} contacts/s); {counts:?}; \
          attempts {}, retries {}, deferrals {}; breaker transitions {transitions}; \
-         alerts raised {}, suppressed {}",
+         alerts raised {}, suppressed {}; health server killed at {at_kill} records{restart}",
         agents.len(),
         elapsed.as_secs_f64(),
         contacts as f64 / elapsed.as_secs_f64(),
@@ -922,30 +1240,32 @@ async fn chaos_run(name: &str, queue: &str, agents: &[&str], contacts: usize) {
 /// The chaos run's queue on SQLite, for one agent of 16 workers.
 const SQLITE_CHAOS_QUEUE: &str = "url = \"sqlite:calls.db\"\nworkers = 16\nmax_deferrals = 20";
 
-/// The chaos run's queue in `table` of the PostgreSQL database at `url`,
-/// for agents of 8 workers each.
-fn postgres_chaos_queue(url: &str, table: &str) -> String {
-    format!(
-        "url = \"{url}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
-         poll_interval = \"100ms\""
-    )
+/// The chaos run on a PostgreSQL cluster of its own (it is restarted
+/// mid-run), for `agents` of 8 workers each.
+async fn postgres_chaos_run(name: &str, agents: &[&str], contacts: usize) {
+    let cluster = callguard_testkit::PostgresCluster::start(name, "", None, |_| {});
+    let table = "chaos";
+    let queue = format!(
+        "url = \"{}\"\ntable = \"{table}\"\nworkers = 8\nmax_deferrals = 20\n\
+         poll_interval = \"100ms\"",
+        cluster.url("")
+    );
+    chaos_run(name, &queue, Some((&cluster, table)), agents, contacts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chaos_run_loses_no_contact_and_no_alert() {
-    chaos_run("chaos", SQLITE_CHAOS_QUEUE, &["chaos"], 2000).await;
+    chaos_run("chaos", SQLITE_CHAOS_QUEUE, None, &["chaos"], 2000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_agents_through_chaos_on_a_postgres_queue_lose_no_contact_and_no_alert() {
-    let url = callguard_testkit::postgres_url();
-    let queue = postgres_chaos_queue(&url, &format!("chaos_{}", std::process::id()));
-    chaos_run("chaos-postgres", &queue, &["chaos-a", "chaos-b"], 2000).await;
+async fn two_agents_through_chaos_and_a_postgres_restart_lose_no_contact_and_no_alert() {
+    postgres_chaos_run("chaos-postgres", &["chaos-a", "chaos-b"], 2000).await;
 }
 
-/// The chaos run as a soak, left out of `cargo test`: three agents on the
-/// PostgreSQL queue (SQLite and one agent without it), 20 000 contacts or
-/// `CALLGUARD_SOAK_CONTACTS`:
+/// The chaos run as a soak, left out of `cargo test`: three agents on a
+/// PostgreSQL queue (SQLite and one agent without PostgreSQL), 20 000
+/// contacts or `CALLGUARD_SOAK_CONTACTS`:
 ///
 /// `scripts/test.sh --release -p callguard-agent --test store -- --ignored soak`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -955,11 +1275,9 @@ async fn soak_through_chaos() {
         n.parse()
             .expect("CALLGUARD_SOAK_CONTACTS is a number of contacts")
     });
-    match std::env::var(callguard_testkit::POSTGRES_URL_VAR) {
-        Ok(url) => {
-            let queue = postgres_chaos_queue(&url, &format!("soak_{}", std::process::id()));
-            chaos_run("soak", &queue, &["soak-a", "soak-b", "soak-c"], contacts).await;
-        }
-        Err(_) => chaos_run("soak", SQLITE_CHAOS_QUEUE, &["soak"], contacts).await,
+    if std::env::var_os(callguard_testkit::POSTGRES_BIN_VAR).is_some() {
+        postgres_chaos_run("soak", &["soak-a", "soak-b", "soak-c"], contacts).await;
+    } else {
+        chaos_run("soak", SQLITE_CHAOS_QUEUE, None, &["soak"], contacts).await;
     }
 }

@@ -1,6 +1,6 @@
 //! Traces and metrics end to end: `callguard simulate` as a process exporting
-//! spans to an OTLP receiver in this test (gRPC, over TLS too, and
-//! HTTP/protobuf), its JSON
+//! spans to an OTLP receiver in this test (gRPC and HTTP/protobuf, each over
+//! TLS too), its JSON
 //! log lines carrying the exported ids, and its `/metrics` endpoint scraped
 //! while it runs and once more after the summary is written, its numbers
 //! checked against the summary's.
@@ -11,44 +11,16 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind};
-use prost::Message;
 use serde_json::Value;
 
 mod support;
 use callguard_testkit::free_addr as free_port;
 use callguard_testkit::otlp::{
-    Received, otlp_grpc_receiver, start_otlp_grpc_receiver, string_attr,
+    Received, otlp_grpc_receiver, start_otlp_grpc_receiver, start_otlp_http_receiver, string_attr,
 };
-use callguard_testkit::tls::TestCa;
+use callguard_testkit::tls::{ServerCert, TestCa};
 use support::{temp_dir, text};
-
-async fn http_receiver() -> (SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = Received::default();
-    let state = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: Bytes| {
-            let state = state.clone();
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                state.add(request);
-                (
-                    [("content-type", "application/x-protobuf")],
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, received)
-}
 
 /// The breaker opens after five failures, so that the first failures (at
 /// most four workers at once) are always retried; health probes are left out
@@ -263,13 +235,50 @@ async fn grpc_export_carries_the_span_tree_traceparent_and_log_ids() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// An https collector whose certificate a private CA signed: spans reach it
-/// with `OTEL_EXPORTER_OTLP_CERTIFICATE` naming the CA, or with the CA among
-/// the system's roots (`SSL_CERT_FILE`), and not with other roots; a
-/// certificate file that is not there stops start-up with its variable named.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_roots() {
-    let dir = temp_dir("tls");
+/// How spans are sent to the collector.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// A receiver of this protocol on a fresh port, over TLS with `cert`.
+    async fn receiver(self, cert: &ServerCert) -> (SocketAddr, Received) {
+        match self {
+            Self::Grpc => start_otlp_grpc_receiver(Some(cert)).await,
+            Self::HttpProtobuf => start_otlp_http_receiver(Some(cert)).await,
+        }
+    }
+
+    /// The variables sending spans by this protocol to the collector at
+    /// `base` (`https://HOST:PORT`), named by `endpoint_key`. Over HTTP a
+    /// signal's own endpoint is the whole URL, `/v1/traces` included.
+    fn env(self, endpoint_key: &'static str, base: String) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Grpc => vec![(endpoint_key, base)],
+            Self::HttpProtobuf => {
+                let url = if endpoint_key == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" {
+                    format!("{base}/v1/traces")
+                } else {
+                    base
+                };
+                vec![
+                    (endpoint_key, url),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+                ]
+            }
+        }
+    }
+}
+
+/// An https collector speaking `protocol`, whose certificate a private CA
+/// signed: spans reach it with `OTEL_EXPORTER_OTLP_CERTIFICATE` naming the
+/// CA, or with the CA among the system's roots (`SSL_CERT_FILE`), and not
+/// with other roots; a certificate file that is not there stops start-up
+/// with its variable named.
+async fn export_over_tls_trusts_the_certificate_variable_or_the_system_roots(protocol: Protocol) {
+    let dir = temp_dir(&format!("tls-{protocol:?}"));
     let ca = TestCa::new("collector CA");
     let cert = ca.issue(&dir, &["localhost"]);
     let ca_file = ca.write_cert(&dir).to_string_lossy().into_owned();
@@ -283,8 +292,8 @@ async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_root
     // A `simulate` run exporting to a fresh TLS receiver, `endpoint_key`
     // naming it and `trust` the certificate settings; the spans it received.
     let export = async |endpoint_key: &'static str, trust: Vec<(&'static str, String)>| {
-        let (addr, received) = start_otlp_grpc_receiver(Some(&cert)).await;
-        let mut env = vec![(endpoint_key, endpoint(addr))];
+        let (addr, received) = protocol.receiver(&cert).await;
+        let mut env = protocol.env(endpoint_key, endpoint(addr));
         env.extend(trust);
         let output = simulate(&dir, env, "").await;
         assert!(output.status.success(), "{}", text(&output));
@@ -316,15 +325,9 @@ async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_root
     assert!(spans.is_empty(), "an untrusted collector got spans");
 
     let missing = dir.join("missing.pem").to_string_lossy().into_owned();
-    let output = simulate(
-        &dir,
-        vec![
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr)),
-            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing.clone()),
-        ],
-        "",
-    )
-    .await;
+    let mut env = protocol.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint(addr));
+    env.push(("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", missing.clone()));
+    let output = simulate(&dir, env, "").await;
     assert!(!output.status.success(), "{}", text(&output));
     let said = text(&output);
     assert!(
@@ -337,8 +340,19 @@ async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_root
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_export_over_tls_trusts_the_certificate_variable_or_the_system_roots() {
+    export_over_tls_trusts_the_certificate_variable_or_the_system_roots(Protocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_over_tls_trusts_the_certificate_variable_or_the_system_roots() {
+    export_over_tls_trusts_the_certificate_variable_or_the_system_roots(Protocol::HttpProtobuf)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_protobuf_export_names_the_service_from_the_environment() {
-    let (addr, received) = http_receiver().await;
+    let (addr, received) = start_otlp_http_receiver(None).await;
     let dir = temp_dir("http");
     let output = simulate(
         &dir,

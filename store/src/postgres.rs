@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 use crate::StoreSettings;
 use crate::completions::{self, Completion};
@@ -87,31 +87,45 @@ fn micros(wait: Duration) -> i64 {
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
-/// What a statement is run for.
-#[derive(Clone, Copy)]
-enum Want {
-    Rows,
-    Changed,
+/// What a statement is run for: its rows, or how many rows it changed.
+trait Answer: Sized {
+    /// One try of the prepared `statement` on `client`.
+    async fn of(
+        client: &Object,
+        statement: &Statement,
+        params: &Params<'_>,
+    ) -> Result<Self, tokio_postgres::Error>;
 }
 
-/// What it gave.
-enum Answer {
-    Rows(Vec<Row>),
-    Changed(u64),
+impl Answer for Vec<Row> {
+    async fn of(
+        client: &Object,
+        statement: &Statement,
+        params: &Params<'_>,
+    ) -> Result<Self, tokio_postgres::Error> {
+        client.query(statement, params).await
+    }
+}
+
+/// The rows changed.
+impl Answer for u64 {
+    async fn of(
+        client: &Object,
+        statement: &Statement,
+        params: &Params<'_>,
+    ) -> Result<Self, tokio_postgres::Error> {
+        client.execute(statement, params).await
+    }
 }
 
 /// One try of `text` on `client`.
-async fn attempt(
+async fn attempt<A: Answer>(
     client: &Object,
     text: &str,
     params: &Params<'_>,
-    want: Want,
-) -> Result<Answer, tokio_postgres::Error> {
+) -> Result<A, tokio_postgres::Error> {
     let statement = client.prepare_cached(text).await?;
-    Ok(match want {
-        Want::Rows => Answer::Rows(client.query(&statement, params).await?),
-        Want::Changed => Answer::Changed(client.execute(&statement, params).await?),
-    })
+    A::of(client, &statement, params).await
 }
 
 /// A pool of connections to the shared queue.
@@ -235,18 +249,17 @@ impl PostgresBackend {
     /// forgotten and the statement runs again on a fresh one, as
     /// `persistence` allows. With the answer: whether an earlier try may
     /// have landed (its answer lost with the connection).
-    async fn run(
+    async fn run<A: Answer>(
         &self,
         persistence: Persistence,
         text: &str,
         params: &Params<'_>,
-        want: Want,
-    ) -> Result<(Answer, bool), StoreError> {
+    ) -> Result<(A, bool), StoreError> {
         let mut backoff = Backoff::new(persistence);
         let mut may_have_landed = false;
         loop {
             let error = match self.connection().await {
-                Ok(client) => match attempt(&client, text, params, want).await {
+                Ok(client) => match attempt(&client, text, params).await {
                     Ok(answer) => {
                         self.reachability.answered();
                         return Ok((answer, may_have_landed));
@@ -281,22 +294,14 @@ impl PostgresBackend {
         text: &str,
         params: &Params<'_>,
     ) -> Result<(Vec<Row>, bool), StoreError> {
-        match self.run(persistence, text, params, Want::Rows).await? {
-            (Answer::Rows(rows), may_have_landed) => Ok((rows, may_have_landed)),
-            (Answer::Changed(_), _) => unreachable!("rows were asked for"),
-        }
+        self.run(persistence, text, params).await
     }
 
     /// The rows `text` changed with `params` (one try more on a fresh
     /// connection: these callers report a failure and carry on).
     async fn execute(&self, text: &str, params: &Params<'_>) -> Result<usize, StoreError> {
-        match self
-            .run(Persistence::Once, text, params, Want::Changed)
-            .await?
-        {
-            (Answer::Changed(changed), _) => Ok(count(changed)),
-            (Answer::Rows(_), _) => unreachable!("a count was asked for"),
-        }
+        let (changed, _) = self.run::<u64>(Persistence::Once, text, params).await?;
+        Ok(count(changed))
     }
 
     pub(crate) async fn import(

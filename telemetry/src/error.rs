@@ -30,14 +30,6 @@ pub enum TelemetryError {
         /// Why it cannot be used.
         reason: String,
     },
-    /// A CA certificate was given for a protocol that does not take one here.
-    #[error("{variable} is supported with the grpc protocol only, not {protocol}")]
-    CertificateProtocol {
-        /// The variable.
-        variable: &'static str,
-        /// The protocol in use.
-        protocol: &'static str,
-    },
     /// The OTLP exporter could not be built.
     #[error("cannot set up the OTLP span exporter: {0}")]
     Exporter(String),

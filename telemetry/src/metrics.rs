@@ -66,6 +66,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::otel::ExportFailures;
 use crate::sheets::SheetsCounts;
@@ -359,6 +360,26 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Counts the transitions of `registry`'s breakers (and shows each
+    /// breaker's new state) in a task of its own, in a process without an
+    /// event hub (`health-server`); an agent's transitions come through its
+    /// hub. Ends once the registry is dropped.
+    pub fn count_transitions(self: &Arc<Self>, registry: &BreakerRegistry) {
+        let metrics = Arc::clone(self);
+        let mut transitions = registry.transitions();
+        tokio::spawn(async move {
+            loop {
+                match transitions.recv().await {
+                    Ok(transition) => metrics.record_transition(&transition),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!("/metrics missed {missed} breaker transitions");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Reads each service's limit, calls in flight and calls waiting from

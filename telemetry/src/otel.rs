@@ -12,9 +12,11 @@
 //! (rustls-native-certs: `SSL_CERT_FILE`, `SSL_CERT_DIR`, the distribution's
 //! bundle), or, when `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
 //! `OTEL_EXPORTER_OTLP_CERTIFICATE` names a PEM file, against its
-//! certificates alone, as the reference SDKs do with a private CA. An unreadable
-//! file stops start-up. The certificate variables are honoured over gRPC; with
-//! `http/protobuf` one is refused at start-up rather than ignored.
+//! certificates alone, as the reference SDKs do with a private CA, over either
+//! protocol: tonic's TLS takes the CA over gRPC; over `http/protobuf` the
+//! exporter is handed a reqwest client (rustls, aws-lc-rs) trusting that CA
+//! alone, with the export timeout the exporter's own client would have had.
+//! An unreadable file stops start-up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +26,10 @@ use std::time::Duration;
 use callguard_core::telemetry::TRACEPARENT_HEADER;
 use opentelemetry::Key;
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
-use opentelemetry_otlp::{SpanExporter, WithTonicConfig as _};
+use opentelemetry_otlp::{
+    OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, SpanExporter,
+    WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
@@ -97,12 +102,18 @@ fn certificate_var(var: &impl Fn(&str) -> Option<String>) -> Option<(&'static st
     })
 }
 
-/// How the gRPC exporter checks an `https://` collector: against the CA file
-/// a certificate variable names, or the system's roots. (Plaintext endpoints
-/// ignore it.)
-fn grpc_tls(var: &impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, TelemetryError> {
+/// The CA a certificate variable names: the only roots an `https://`
+/// collector's certificate is checked against.
+struct PrivateCa {
+    pem: Vec<u8>,
+    certificates: Vec<CertificateDer<'static>>,
+}
+
+/// The CA of the certificate variable that is set, if any; a file that
+/// cannot be read or holds no certificate is an error naming the variable.
+fn private_ca(var: &impl Fn(&str) -> Option<String>) -> Result<Option<PrivateCa>, TelemetryError> {
     let Some((variable, path)) = certificate_var(var) else {
-        return Ok(ClientTlsConfig::new().with_native_roots());
+        return Ok(None);
     };
     let unusable = |reason: String| TelemetryError::Certificate {
         variable,
@@ -110,11 +121,61 @@ fn grpc_tls(var: &impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, Te
         reason,
     };
     let pem = std::fs::read(&path).map_err(|e| unusable(e.to_string()))?;
-    let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
-    if !certificates.is_ok_and(|c| !c.is_empty()) {
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unusable(e.to_string()))?;
+    if certificates.is_empty() {
         return Err(unusable("no certificate in it".into()));
     }
-    Ok(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+    Ok(Some(PrivateCa { pem, certificates }))
+}
+
+/// How the gRPC exporter checks an `https://` collector: against the CA a
+/// certificate variable names, or the system's roots. (Plaintext endpoints
+/// ignore it.)
+fn grpc_tls(var: &impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, TelemetryError> {
+    Ok(match private_ca(var)? {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    })
+}
+
+/// The timeout of one export: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s — as the
+/// exporter reads them for the client it builds itself.
+fn export_timeout(var: &impl Fn(&str) -> Option<String>) -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        OTEL_EXPORTER_OTLP_TIMEOUT,
+    ]
+    .into_iter()
+    .find_map(|name| var(name)?.trim().parse().ok())
+    .map_or(OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, Duration::from_millis)
+}
+
+/// The client the `http/protobuf` exporter sends with when a certificate
+/// variable names a CA: one trusting that CA alone, with the export
+/// timeout. `None` leaves the exporter its own client, which checks an
+/// `https://` collector against the system's roots.
+fn http_client(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<reqwest::Client>, TelemetryError> {
+    let Some(ca) = private_ca(var)? else {
+        return Ok(None);
+    };
+    let exporter = |e: reqwest::Error| TelemetryError::Exporter(e.to_string());
+    let roots = ca
+        .certificates
+        .iter()
+        .map(|der| reqwest::Certificate::from_der(der))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(exporter)?;
+    reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .timeout(export_timeout(var))
+        .build()
+        .map(Some)
+        .map_err(exporter)
 }
 
 /// The resource spans are exported with: the `OTEL_SERVICE_NAME` /
@@ -195,13 +256,11 @@ pub(crate) fn tracer_provider(
                 .with_tls_config(grpc_tls(&var)?)
                 .build(),
             OtlpProtocol::HttpProtobuf => {
-                if let Some((variable, _)) = certificate_var(&var) {
-                    return Err(TelemetryError::CertificateProtocol {
-                        variable,
-                        protocol: "http/protobuf",
-                    });
+                let exporter = SpanExporter::builder().with_http();
+                match http_client(&var)? {
+                    Some(client) => exporter.with_http_client(client).build(),
+                    None => exporter.build(),
                 }
-                SpanExporter::builder().with_http().build()
             }
         }
         .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
@@ -355,17 +414,53 @@ mod tests {
             )),
             "{err}"
         );
-        let err = tracer_provider(
-            Some(OtlpProtocol::HttpProtobuf),
-            env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", missing)]),
-            AGENT_SERVICE_NAME,
-            &ExportFailures::default(),
-        )
+        let err = http_client(&env(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", missing)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE=\"{missing}\" must be a readable PEM file"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn http_protobuf_gets_a_client_of_its_own_only_for_a_private_ca() {
+        let dir = std::env::temp_dir().join(format!("callguard-otel-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = callguard_testkit::tls::TestCa::new("collector CA").write_cert(&dir);
+        let ca = ca.to_str().unwrap();
+        assert!(http_client(&env(&[])).unwrap().is_none());
+        assert!(
+            http_client(&env(&[("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca)]))
+                .unwrap()
+                .is_some()
+        );
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "no certificate here").unwrap();
+        let err = http_client(&env(&[(
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            not_pem.to_str().unwrap(),
+        )]))
         .unwrap_err()
         .to_string();
+        assert!(err.ends_with("(no certificate in it)"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_export_timeout_is_the_signals_then_the_generals_then_ten_seconds() {
+        let traces = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2500");
+        let general = ("OTEL_EXPORTER_OTLP_TIMEOUT", "4000");
         assert_eq!(
-            err,
-            "OTEL_EXPORTER_OTLP_CERTIFICATE is supported with the grpc protocol only, not http/protobuf"
+            export_timeout(&env(&[general, traces])),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(export_timeout(&env(&[general])), Duration::from_secs(4));
+        assert_eq!(
+            export_timeout(&env(&[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon")])),
+            Duration::from_secs(10)
         );
     }
 

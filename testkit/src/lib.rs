@@ -3,9 +3,10 @@
 //! them, and a test that needs one fails with a line saying how to get it,
 //! never passes without it — plus a PostgreSQL cluster of a test's own,
 //! loopback ports, temporary directories, certificates made by the test
-//! ([`tls`]), an OTLP trace receiver standing in for a collector ([`otlp`]),
-//! polling for a state a test can only see by looking again ([`Polling`]),
-//! and a gRPC health-check load for the benches. A dev-dependency only.
+//! ([`tls`]), OTLP trace receivers standing in for a collector, over gRPC or
+//! HTTP ([`otlp`]), polling for a state a test can only see by looking again
+//! ([`Polling`]), and a gRPC health-check load for the benches. A
+//! dev-dependency only.
 
 mod check_load;
 pub mod otlp;

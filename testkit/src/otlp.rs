@@ -1,8 +1,17 @@
-//! An OTLP/gRPC trace receiver standing in for a collector: it keeps every
-//! span it is sent, in plaintext or over TLS with a certificate the test made.
+//! OTLP trace receivers standing in for a collector, over gRPC or HTTP
+//! (`POST /v1/traces`, protobuf): each keeps every span it is sent, in
+//! plaintext or over TLS with a certificate the test made.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use axum::body::Bytes;
+use prost::Message as _;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -65,7 +74,7 @@ impl TraceService for Received {
 
 /// An OTLP/gRPC trace receiver serving on `listener` until the runtime ends:
 /// plaintext, or TLS with `tls`'s certificate and key.
-pub fn otlp_grpc_receiver(listener: tokio::net::TcpListener, tls: Option<&ServerCert>) -> Received {
+pub fn otlp_grpc_receiver(listener: TcpListener, tls: Option<&ServerCert>) -> Received {
     let received = Received::default();
     let mut server = Server::builder();
     if let Some(cert) = tls {
@@ -85,11 +94,97 @@ pub fn otlp_grpc_receiver(listener: tokio::net::TcpListener, tls: Option<&Server
 
 /// [`otlp_grpc_receiver`] on a fresh 127.0.0.1 port, and that address.
 pub async fn start_otlp_grpc_receiver(tls: Option<&ServerCert>) -> (SocketAddr, Received) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
     let addr = listener.local_addr().expect("the receiver's address");
     (addr, otlp_grpc_receiver(listener, tls))
+}
+
+/// An OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf bodies, HTTP/1.1)
+/// serving on `listener` until the runtime ends: plaintext, or TLS with
+/// `tls`'s certificate and key.
+pub fn otlp_http_receiver(listener: TcpListener, tls: Option<&ServerCert>) -> Received {
+    let received = Received::default();
+    let state = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let state = state.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                state.add(request);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    match tls {
+        None => tokio::spawn(async move { axum::serve(listener, app).await }),
+        Some(cert) => {
+            let listener = TlsListener {
+                tcp: listener,
+                acceptor: tls_acceptor(cert),
+            };
+            tokio::spawn(async move { axum::serve(listener, app).await })
+        }
+    };
+    received
+}
+
+/// [`otlp_http_receiver`] on a fresh 127.0.0.1 port, and that address.
+pub async fn start_otlp_http_receiver(tls: Option<&ServerCert>) -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("the receiver's address");
+    (addr, otlp_http_receiver(listener, tls))
+}
+
+/// Connections that complete a TLS handshake; those that do not (a client
+/// that does not trust the certificate) are dropped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// TLS 1.2/1.3 with `cert` (aws-lc-rs), offering HTTP/1.1.
+fn tls_acceptor(cert: &ServerCert) -> TlsAcceptor {
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the certificate, PEM");
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("the key, PEM");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the receiver's certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// An attribute's value as text (strings, integers, booleans, doubles).

@@ -27,8 +27,8 @@ use super::status_json::breakers_json;
 use super::table::aligned;
 
 /// `callguard health-server`: probes every configured service and serves
-/// their health over gRPC, and `/metrics` (breaker states, probe results) as
-/// `[metrics]` asks, until Ctrl-C or SIGTERM.
+/// their health over gRPC, and `/metrics` (breaker states and transitions,
+/// probe results) as `[metrics]` asks, until Ctrl-C or SIGTERM.
 pub(crate) async fn health_server(
     config_file: &Path,
     verbosity: Verbosity,
@@ -60,6 +60,7 @@ pub(crate) async fn health_server(
         })
         .collect();
     let metrics = Arc::new(Metrics::new());
+    metrics.count_transitions(&registry);
     let checker = health_checker(&config, &checks, &registry, &metrics, &probed)
         .map_err(|e| e.to_string())?;
     let metrics_server = serve_metrics(&config.metrics, metrics, registry.clone(), None).await?;
