@@ -439,27 +439,22 @@ async fn restart_mid_campaign(
     // share this runtime, so the wait is not left on one of its workers.
     tokio::task::block_in_place(|| cluster.restart());
     let back = tokio::time::Instant::now();
-    let back_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
     let (watcher, connection) = tokio_postgres::connect(&cluster.url(""), tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
     let completed = format!("SELECT count(*) FROM {table} WHERE state = 'completed'");
-    // A lease sets `updated_at` to the database's now.
-    let leased_since_back = format!(
-        "SELECT count(*) FROM {table} WHERE state = 'in_flight' AND updated_at >= {back_ms}"
-    );
+    // Every lease counts one more attempt, however soon its contact ends.
+    let leases_taken = format!("SELECT coalesce(sum(attempts), 0)::bigint FROM {table}");
     let completed_then: i64 = watcher.query_one(&completed, &[]).await.unwrap().get(0);
+    let leased_then: i64 = watcher.query_one(&leases_taken, &[]).await.unwrap().get(0);
     assert!(
         completed_then < contacts as i64,
         "restarted mid-campaign: {completed_then}"
     );
     let (saves, leases) = tokio::join!(
         first_rise(&watcher, &completed, completed_then, back),
-        first_rise(&watcher, &leased_since_back, 0, back),
+        first_rise(&watcher, &leases_taken, leased_then, back),
     );
     let resumed = Resumed {
         saves: saves.expect("saves resume"),
