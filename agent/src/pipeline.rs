@@ -27,7 +27,7 @@ use callguard_clients::{
     Answered, CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext,
     TtsClient,
 };
-use callguard_core::{ServiceError, ServiceName};
+use callguard_core::{ErrorKind, ServiceError, ServiceName};
 use callguard_limit::{Limiter, Outcome};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use callguard_telemetry as telemetry;
@@ -277,7 +277,7 @@ where
                 let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
-                    let result = limited(&link.limiter, attempt).await;
+                    let result = limited(&link.limiter, context.deadline, attempt).await;
                     if let Err(error) = &result {
                         record_error(&recorded, error);
                     }
@@ -333,16 +333,25 @@ where
 
 /// `Limit(attempt)`: `attempt` sent once `limiter` gives it a slot, which
 /// it gives back with how the attempt ended and the answer's limit headers.
-/// No slot in time is an [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled)
-/// error, which ends the call for the contact to be deferred.
+/// No slot in time is an [`ErrorKind::Throttled`]
+/// error, which ends the call for the contact to be deferred. An attempt
+/// cut off at the call's `deadline` gives its slot back and teaches nothing:
+/// the time was ours to end, not the service's overload.
 async fn limited<T>(
     limiter: &Limiter,
+    deadline: Option<Instant>,
     attempt: impl Future<Output = Answered<T>>,
 ) -> Result<T, ServiceError> {
     let permit = limiter.acquire().await?;
     let sent = Instant::now();
     let Answered { result, headers } = attempt.await;
-    permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
+    let cut_off = matches!(&result, Err(error) if error.kind() == ErrorKind::Timeout)
+        && deadline.is_some_and(|deadline| Instant::now() >= deadline);
+    if cut_off {
+        drop(permit);
+    } else {
+        permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
+    }
     result
 }
 
