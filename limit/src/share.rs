@@ -39,7 +39,12 @@
 //! 1.3), and a probe above it cost a `429`; the headers say exactly how much
 //! is left.
 
-use crate::aimd::MAX_PROBE_GAP;
+
+/// Windows in a row that must find room before a step up: a free slot seen
+/// once may be one another client is about to fill again.
+const ROOM_STREAK: u32 = 2;
+/// The most windows with room between two probes of a refused limit.
+const MAX_PROBE_GAP: u32 = 8;
 
 /// A limit that follows the provider's announced limit, shared with the
 /// provider's other clients.
@@ -58,6 +63,8 @@ pub(crate) struct Share {
     /// The last step up was to `refused_at` or above, and no window has
     /// closed at it yet.
     probing: bool,
+    /// Windows in a row that found room at the provider.
+    room_streak: u32,
 }
 
 /// The answers since the window opened.
@@ -106,6 +113,7 @@ impl Share {
             probe_gap: 1,
             waited: 0,
             probing: false,
+            room_streak: 0,
         }
     }
 
@@ -162,17 +170,18 @@ impl Share {
             (window.others, window.room)
         };
         let left = self.provider.saturating_sub(others).max(1);
+        self.room_streak = if room { self.room_streak + 1 } else { 0 };
         if window.saturated && self.probing {
             // A whole window at the probed limit: it holds.
             self.probing = false;
             self.refused_at = None;
-            self.probe_gap = 1;
+            self.probe_gap = (self.probe_gap / 2).max(1);
         }
         if self.limit > left {
             self.limit = left;
         } else if window.full && others > 0 && self.limit >= others + 2 {
             self.limit -= 1;
-        } else if window.saturated && room && self.limit < left {
+        } else if window.saturated && self.room_streak >= ROOM_STREAK && self.limit < left {
             self.step_up();
         }
     }
@@ -213,7 +222,8 @@ mod tests {
     #[test]
     fn alone_it_grows_a_step_per_window_to_the_providers_limit() {
         let mut share = Share::new(4, 1);
-        for expected in [2, 3, 4, 4] {
+        // The first window with room is not enough; then a step per window.
+        for expected in [1, 2, 3, 4, 4] {
             let ours = share.limit();
             window(&mut share, ours, ours);
             assert_eq!(share.limit(), expected);
@@ -226,6 +236,7 @@ mod tests {
     fn it_takes_what_the_others_leave_and_yields_when_they_take_more() {
         let mut share = Share::new(4, 1);
         // Two others hold two slots: one step to 2, and no further.
+        window(&mut share, 3, 1);
         window(&mut share, 3, 1);
         assert_eq!(share.limit(), 2);
         window(&mut share, 4, 2);
@@ -260,12 +271,23 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_takes_a_slot_off_down_to_one() {
+    fn a_refusal_takes_a_slot_off_and_the_refused_limit_is_probed_ever_more_rarely() {
         let mut share = Share::new(4, 2);
         share.on_refused();
         assert_eq!(share.limit(), 1);
         share.on_refused();
-        assert_eq!(share.limit(), 1);
+        assert_eq!(share.limit(), 1, "never below one");
+        // Refused twice: a gap of 4 windows with room before 2 (after the
+        // first, which only starts the streak).
+        let mut windows = 0;
+        while share.limit() == 1 {
+            window(&mut share, 1, 1);
+            windows += 1;
+        }
+        assert_eq!(windows, 5);
+        // The probe holds a window: 3 is no probe, and follows at once.
+        window(&mut share, 2, 2);
+        assert_eq!(share.limit(), 3);
     }
 
     #[test]
