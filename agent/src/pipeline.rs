@@ -396,3 +396,41 @@ fn unavailable_for(error: &CallError) -> Option<Duration> {
         .retry_after()
         .or_else(|| error.last_error().and_then(ServiceError::retry_after))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callguard_limit::{LimitConfig, ProviderHeaders};
+
+    fn timed_out() -> Answered<()> {
+        Answered {
+            result: Err(ServiceError::new(ErrorKind::Timeout, "no answer in time")),
+            headers: ProviderHeaders::NONE,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_cut_off_at_the_calls_deadline_leaves_the_limit() {
+        let service = ServiceName::new("elevenlabs").unwrap();
+        let limiter = Limiter::new(service, LimitConfig::adaptive(4, 1, 10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let cut = limited(&limiter, Some(deadline), async {
+            tokio::time::sleep_until(deadline).await;
+            timed_out()
+        })
+        .await;
+        assert_eq!(cut.unwrap_err().kind(), ErrorKind::Timeout);
+        let snapshot = limiter.snapshot();
+        assert_eq!(snapshot.limit, Some(4), "our deadline, not overload");
+        assert_eq!(snapshot.in_flight, 0, "the slot is back");
+
+        let later = Instant::now() + Duration::from_secs(10);
+        let slow = limited(&limiter, Some(later), async { timed_out() }).await;
+        assert!(slow.is_err());
+        assert_eq!(
+            limiter.snapshot().limit,
+            Some(3),
+            "the service's own timeout is overload"
+        );
+    }
+}

@@ -169,7 +169,7 @@ impl Aimd {
                 // A whole window at the probed limit: it holds.
                 self.probing = false;
                 self.refused_at = None;
-                self.probe_gap = 1;
+                self.probe_gap = (self.probe_gap / 2).max(1);
             }
             self.increase();
         }

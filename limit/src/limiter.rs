@@ -256,7 +256,11 @@ impl Limiter {
         let limit = self.slots.limit();
         // While callers wait, a slot given back is already promised to the
         // next one: ours are the whole limit.
-        let ours = if waiting { in_flight.max(limit) } else { in_flight };
+        let ours = if waiting {
+            in_flight.max(limit)
+        } else {
+            in_flight
+        };
         let mut announced = None;
         let mut current = None;
         if self.config.follow_headers {
@@ -286,9 +290,7 @@ impl Limiter {
         let learns = match self.config.mode {
             LimitMode::Static => false,
             LimitMode::Adaptive => true,
-            LimitMode::Off => {
-                first_answer || self.provider_limit.load(Ordering::Relaxed) != 0
-            }
+            LimitMode::Off => first_answer || self.provider_limit.load(Ordering::Relaxed) != 0,
         };
         if announced.is_none() && !learns {
             return;

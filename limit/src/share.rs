@@ -39,7 +39,6 @@
 //! 1.3), and a probe above it cost a `429`; the headers say exactly how much
 //! is left.
 
-
 /// Windows in a row that must find room before a step up: a free slot seen
 /// once may be one another client is about to fill again.
 const ROOM_STREAK: u32 = 2;
