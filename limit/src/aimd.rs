@@ -19,8 +19,10 @@
 //! limit climbs back one step per saturated window. A step to that limit or
 //! above is a *probe*: it comes only after `probe_gap` saturated windows,
 //! and a probe refused before a window closes cleanly at the new limit
-//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds resets it
-//! and forgets the refusal. Plain AIMD probes every other window and pays a
+//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds halves it
+//! and forgets the refusal — halves, not resets: when clients share a limit,
+//! the `429` a probe causes falls on whichever client's request waits at the
+//! provider, and the prober's probe seems to hold. Plain AIMD probes every other window and pays a
 //! `429` for each probe — a fifth of all answers at a limit of 4, far more
 //! when several clients share the limit, each probing on its own; with the
 //! gap, a limit that stays put is probed ever more rarely, and one that rises

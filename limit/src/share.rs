@@ -10,10 +10,22 @@
 //! stay there:
 //!
 //! * **Growth.** A window is `limit` answers, about one round trip. A window
-//!   that used every slot raises the limit by one, up to `M − others`. Alone
-//!   (nobody else seen) that is `M`, three round trips from a limit of 1 to
-//!   4; a step rather than a jump because clients that start together see
-//!   each other only once their first requests are answered.
+//!   that used every slot raises the limit by one, up to `M − others`, once
+//!   two windows in a row found *room*: the provider serving fewer than `M`,
+//!   and all of ours (none of ours waiting in its queue). Alone (nobody else
+//!   seen) that is `M`, a few round trips from a limit of 1; a step rather
+//!   than a jump because clients that start together see each other only
+//!   once their first requests are answered.
+//! * **Room that is not there.** Answers to requests of the same length come
+//!   in batches, and the last answer of a batch counts the provider nearly
+//!   empty: the other slots of the batch were given back an instant before,
+//!   and their owners are filling them again. No reading tells that room
+//!   from real room, so a step into it is refused, and a refused limit is
+//!   tried again only after a gap of windows with room that doubles with
+//!   every refusal (to [`MAX_PROBE_GAP`]) and halves when a step holds: a
+//!   client whose answers keep showing such room pays a `429` ever more
+//!   rarely, and one whose room is real (the others have left) is back at
+//!   it within a few windows.
 //! * **Yielding.** A window whose answers say the others hold more lowers the
 //!   limit to what they leave at once: their growth meets a free slot, not a
 //!   `429`. A `429 too_many_concurrent_requests` (two clients took the same
