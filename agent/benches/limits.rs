@@ -24,7 +24,9 @@
 //! rows run `ROUNDS` times, interleaved; the medians are printed with the
 //! targets: (c) ≥ 90 % of the ideal with ≤ 2 % 429s, (b) ≥ 85 % with ≤ 5 %.
 //!
-//! `cargo bench -p callguard-agent --bench limits` (about 5 minutes).
+//! `cargo bench -p callguard-agent --bench limits` (about 5 minutes);
+//! `-- header-aware/3 static` runs only the rows whose name (`label/agents`)
+//! contains one of the words.
 
 // A bench measures wall-clock time: std's Instant is what it needs.
 #![allow(clippy::disallowed_types)]
@@ -148,9 +150,19 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average()
     );
+    // Arguments (words that are not flags) keep the rows whose name contains
+    // one of them, as `(c) header-aware/3`.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
     let rows: Vec<(Limiting, usize)> = Limiting::ALL
         .iter()
         .flat_map(|&limiting| limiting.agents().iter().map(move |&n| (limiting, n)))
+        .filter(|(limiting, n)| {
+            let name = format!("{}/{n}", limiting.label());
+            filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+        })
         .collect();
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); rows.len()];
     runtime.block_on(async {

@@ -27,7 +27,7 @@ use callguard_clients::{
     Answered, CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext,
     TtsClient,
 };
-use callguard_core::{ServiceError, ServiceName};
+use callguard_core::{ErrorKind, ServiceError, ServiceName};
 use callguard_limit::{Limiter, Outcome};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use callguard_telemetry as telemetry;
@@ -277,7 +277,7 @@ where
                 let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
-                    let result = limited(&link.limiter, attempt).await;
+                    let result = limited(&link.limiter, context.deadline, attempt).await;
                     if let Err(error) = &result {
                         record_error(&recorded, error);
                     }
@@ -333,16 +333,25 @@ where
 
 /// `Limit(attempt)`: `attempt` sent once `limiter` gives it a slot, which
 /// it gives back with how the attempt ended and the answer's limit headers.
-/// No slot in time is an [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled)
-/// error, which ends the call for the contact to be deferred.
+/// No slot in time is an [`ErrorKind::Throttled`]
+/// error, which ends the call for the contact to be deferred. An attempt
+/// cut off at the call's `deadline` gives its slot back and teaches nothing:
+/// the time was ours to end, not the service's overload.
 async fn limited<T>(
     limiter: &Limiter,
+    deadline: Option<Instant>,
     attempt: impl Future<Output = Answered<T>>,
 ) -> Result<T, ServiceError> {
     let permit = limiter.acquire().await?;
     let sent = Instant::now();
     let Answered { result, headers } = attempt.await;
-    permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
+    let cut_off = matches!(&result, Err(error) if error.kind() == ErrorKind::Timeout)
+        && deadline.is_some_and(|deadline| Instant::now() >= deadline);
+    if cut_off {
+        drop(permit);
+    } else {
+        permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
+    }
     result
 }
 
@@ -386,4 +395,42 @@ fn unavailable_for(error: &CallError) -> Option<Duration> {
     error
         .retry_after()
         .or_else(|| error.last_error().and_then(ServiceError::retry_after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callguard_limit::{LimitConfig, ProviderHeaders};
+
+    fn timed_out() -> Answered<()> {
+        Answered {
+            result: Err(ServiceError::new(ErrorKind::Timeout, "no answer in time")),
+            headers: ProviderHeaders::NONE,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_cut_off_at_the_calls_deadline_leaves_the_limit() {
+        let service = ServiceName::new("elevenlabs").unwrap();
+        let limiter = Limiter::new(service, LimitConfig::adaptive(4, 1, 10)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let cut = limited(&limiter, Some(deadline), async {
+            tokio::time::sleep_until(deadline).await;
+            timed_out()
+        })
+        .await;
+        assert_eq!(cut.unwrap_err().kind(), ErrorKind::Timeout);
+        let snapshot = limiter.snapshot();
+        assert_eq!(snapshot.limit, Some(4), "our deadline, not overload");
+        assert_eq!(snapshot.in_flight, 0, "the slot is back");
+
+        let later = Instant::now() + Duration::from_secs(10);
+        let slow = limited(&limiter, Some(later), async { timed_out() }).await;
+        assert!(slow.is_err());
+        assert_eq!(
+            limiter.snapshot().limit,
+            Some(3),
+            "the service's own timeout is overload"
+        );
+    }
 }

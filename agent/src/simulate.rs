@@ -39,10 +39,10 @@ pub enum Scenario {
     /// and an outage.
     Chaos,
     /// ElevenLabs allows 4 concurrent requests and 16 workers call it: the
-    /// first wave meets `429 too_many_concurrent_requests`, whose headers tell
-    /// the TTS limiter the limit; from then on the calls over it wait their
-    /// turn in callguard instead of being refused, and everyone completes at
-    /// the rate the provider allows.
+    /// TTS limiter sends one request first, whose answer's headers tell the
+    /// limit; from then on the calls over it wait their turn in callguard
+    /// instead of being refused, and everyone completes at the rate the
+    /// provider allows.
     Limits,
 }
 

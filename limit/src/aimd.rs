@@ -19,8 +19,10 @@
 //! limit climbs back one step per saturated window. A step to that limit or
 //! above is a *probe*: it comes only after `probe_gap` saturated windows,
 //! and a probe refused before a window closes cleanly at the new limit
-//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds resets it
-//! and forgets the refusal. Plain AIMD probes every other window and pays a
+//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds halves it
+//! and forgets the refusal — halves, not resets: when clients share a limit,
+//! the `429` a probe causes falls on whichever client's request waits at the
+//! provider, and the prober's probe seems to hold. Plain AIMD probes every other window and pays a
 //! `429` for each probe — a fifth of all answers at a limit of 4, far more
 //! when several clients share the limit, each probing on its own; with the
 //! gap, a limit that stays put is probed ever more rarely, and one that rises
@@ -89,8 +91,9 @@ struct Window {
     latency_sum: f64,
     /// The limit was reached at some answer.
     saturated: bool,
-    /// The provider was full while other clients held some of its slots.
-    crowded: bool,
+    /// Answers that found the provider full while other clients held some
+    /// of its slots.
+    crowded: u32,
 }
 
 impl Aimd {
@@ -138,19 +141,14 @@ impl Aimd {
 
     /// The provider was full while other clients held some of its slots.
     pub(crate) fn on_crowded(&mut self) {
-        self.window.crowded = true;
+        self.window.crowded += 1;
     }
 
-    /// The provider announced `limit`: it caps this one. `follow`: the limit
-    /// also rises to it at once (a lone client of a provider that says how
-    /// much it allows has nothing to probe for).
-    pub(crate) fn set_provider_limit(&mut self, limit: Option<u32>, follow: bool) {
+    /// The provider announced `limit`: it caps this one (a higher one is
+    /// grown into).
+    pub(crate) fn set_provider_limit(&mut self, limit: Option<u32>) {
         self.ceiling = limit.map_or(self.max, |l| f64::from(l).min(self.max));
-        if follow {
-            self.limit = self.ceiling;
-        } else {
-            self.limit = self.limit.min(self.ceiling);
-        }
+        self.limit = self.limit.min(self.ceiling);
     }
 
     fn close_window(&mut self) {
@@ -164,14 +162,16 @@ impl Aimd {
             Some(long_run) => long_run + LONG_RUN_WEIGHT * (mean - long_run),
             None => mean,
         });
-        if slow || window.crowded {
+        // Crowded at most answers: one reading taken between two answers
+        // handled out of order is not enough.
+        if slow || window.crowded * 2 > window.successes {
             self.decrease();
         } else if window.saturated {
             if self.probing {
                 // A whole window at the probed limit: it holds.
                 self.probing = false;
                 self.refused_at = None;
-                self.probe_gap = 1;
+                self.probe_gap = (self.probe_gap / 2).max(1);
             }
             self.increase();
         }
@@ -292,7 +292,12 @@ mod tests {
         let mut aimd = Aimd::new(10, 1, 100, None);
         aimd.on_crowded();
         full_window(&mut aimd, 100 * MS);
-        assert_eq!(aimd.limit(), 9);
+        assert_eq!(aimd.limit(), 11, "one crowded answer of ten is noise");
+        for _ in 0..6 {
+            aimd.on_crowded();
+        }
+        full_window(&mut aimd, 100 * MS);
+        assert_eq!(aimd.limit(), 9, "six of eleven: 11 × 0.9");
         full_window(&mut aimd, 100 * MS);
         assert_eq!(aimd.limit(), 10, "the next window is judged afresh");
     }
@@ -350,23 +355,20 @@ mod tests {
     #[test]
     fn the_provider_limit_caps_and_may_be_followed() {
         let mut aimd = Aimd::new(10, 1, 100, None);
-        aimd.set_provider_limit(Some(4), false);
+        aimd.set_provider_limit(Some(4));
         assert_eq!(aimd.limit(), 4);
-        aimd.set_provider_limit(Some(8), false);
+        aimd.set_provider_limit(Some(8));
         assert_eq!(aimd.limit(), 4, "a higher cap is grown into");
+        for limit in [5, 6, 7, 8, 8] {
+            full_window(&mut aimd, MS);
+            assert_eq!(aimd.limit(), limit);
+        }
+        aimd.set_provider_limit(None);
         full_window(&mut aimd, MS);
-        assert_eq!(aimd.limit(), 5);
-        aimd.set_provider_limit(Some(8), true);
-        assert_eq!(aimd.limit(), 8, "or followed at once");
-        full_window(&mut aimd, MS);
-        assert_eq!(aimd.limit(), 8);
-        aimd.set_provider_limit(Some(500), true);
-        assert_eq!(aimd.limit(), 100, "never above max");
-        aimd.set_provider_limit(None, false);
-        assert_eq!(aimd.limit(), 100);
+        assert_eq!(aimd.limit(), 9, "no cap but max");
 
         let mut floored = Aimd::new(10, 5, 100, None);
-        floored.set_provider_limit(Some(2), false);
+        floored.set_provider_limit(Some(2));
         assert_eq!(floored.limit(), 2, "the provider's word wins over min");
         floored.on_overload();
         assert_eq!(floored.limit(), 2);

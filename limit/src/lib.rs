@@ -43,6 +43,7 @@ pub mod headers;
 mod limiter;
 mod permit;
 mod rate;
+mod share;
 mod slots;
 
 pub use config::{LimitConfig, LimitMode, RateConfig};

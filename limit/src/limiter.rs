@@ -35,6 +35,7 @@ use crate::error::LimitError;
 use crate::headers::ProviderHeaders;
 use crate::permit::{Outcome, Permit};
 use crate::rate::{Gcra, Pause};
+use crate::share::{Reading, Share};
 use crate::slots::{Slots, UNLIMITED};
 
 /// The weight of one slot's holding time in the running mean used to
@@ -59,13 +60,18 @@ pub struct Limiter {
     held_nanos: AtomicU64,
     /// Whether a garbage header was logged (once per limiter).
     garbage_logged: AtomicBool,
+    /// Mode `off` following headers, until the first attempt completes: one
+    /// request at a time, until an answer says whether the provider
+    /// announces a limit.
+    first_answer_pending: AtomicBool,
 }
 
 /// What changes under the lock.
 struct State {
-    /// The adaptive limit: from the start in mode `adaptive`; in mode `off`,
-    /// once the provider announces a limit.
+    /// The limit of mode `adaptive`.
     aimd: Option<Aimd>,
+    /// The limit of mode `off` once the provider announced one.
+    share: Option<Share>,
 }
 
 /// The limiter of one service, as `/metrics` and `callguard status` show it.
@@ -94,7 +100,9 @@ impl Limiter {
     /// relative to the section, as `max_concurrency`).
     pub fn new(service: ServiceName, config: LimitConfig) -> Result<Self, ValidationError> {
         config.validate()?;
+        let first_answer_pending = config.mode == LimitMode::Off && config.follow_headers;
         let (aimd, limit) = match config.mode {
+            LimitMode::Off if first_answer_pending => (None, 1),
             LimitMode::Off => (None, UNLIMITED),
             LimitMode::Static => (None, config.max_concurrency.unwrap_or(UNLIMITED)),
             LimitMode::Adaptive => {
@@ -113,11 +121,12 @@ impl Limiter {
             service,
             slots: Slots::new(limit),
             pause: Pause::new(),
-            state: Mutex::new(State { aimd }),
+            state: Mutex::new(State { aimd, share: None }),
             provider_limit: AtomicU32::new(0),
             generation: AtomicU32::new(0),
             held_nanos: AtomicU64::new(0),
             garbage_logged: AtomicBool::new(false),
+            first_answer_pending: AtomicBool::new(first_answer_pending),
             config,
         })
     }
@@ -243,8 +252,17 @@ impl Limiter {
     /// outcome (`generation`: the one the attempt was admitted in).
     pub(crate) fn learn(&self, outcome: Outcome, generation: u32, headers: &ProviderHeaders) {
         let in_flight = self.slots.in_flight();
+        let waiting = self.slots.waiting() > 0;
+        let limit = self.slots.limit();
+        // While callers wait, a slot given back is already promised to the
+        // next one: ours are the whole limit.
+        let ours = if waiting {
+            in_flight.max(limit)
+        } else {
+            in_flight
+        };
         let mut announced = None;
-        let mut crowded = false;
+        let mut current = None;
         if self.config.follow_headers {
             if let Some(name) = headers.garbage() {
                 self.log_garbage_once(name);
@@ -253,10 +271,7 @@ impl Limiter {
             if let Some(max) = headers.maximum_concurrent.value() {
                 announced = (max != known).then_some(max);
             }
-            let max = headers.maximum_concurrent.value().unwrap_or(known);
-            if let Some(current) = headers.current_concurrent.value() {
-                crowded = max > 0 && current >= max && current > in_flight;
-            }
+            current = headers.current_concurrent.value();
             if let Some(wait) = headers.exhausted_for() {
                 tracing::debug!(
                     service = %self.service,
@@ -270,35 +285,44 @@ impl Limiter {
         if let Outcome::Success { latency } = outcome {
             self.note_held(latency);
         }
-        let adaptive = match self.config.mode {
+        let first_answer = self.first_answer_pending.load(Ordering::Relaxed)
+            && self.first_answer_pending.swap(false, Ordering::Relaxed);
+        let learns = match self.config.mode {
             LimitMode::Static => false,
             LimitMode::Adaptive => true,
-            LimitMode::Off => {
-                announced.is_some() || self.provider_limit.load(Ordering::Relaxed) != 0
-            }
+            LimitMode::Off => first_answer || self.provider_limit.load(Ordering::Relaxed) != 0,
         };
-        if announced.is_none() && !adaptive {
+        if announced.is_none() && !learns {
             return;
         }
         let mut state = self.state.lock();
         if let Some(max) = announced {
             self.announce(&mut state, max);
         }
+        let current_generation = generation == self.generation.load(Ordering::Relaxed);
+        let saturated = in_flight >= limit || waiting;
         if let Some(aimd) = &mut state.aimd {
-            if crowded {
+            let max = self.provider_limit.load(Ordering::Relaxed);
+            if current.is_some_and(|current| max > 0 && current >= max && current > ours) {
                 aimd.on_crowded();
             }
             match outcome {
-                Outcome::Success { latency } => {
-                    let saturated = in_flight >= self.slots.limit() || self.slots.waiting() > 0;
-                    aimd.on_success(latency, saturated);
+                Outcome::Success { latency } => aimd.on_success(latency, saturated),
+                Outcome::ConcurrencyLimited | Outcome::Timeout if current_generation => {
+                    aimd.on_overload();
                 }
-                Outcome::ConcurrencyLimited | Outcome::Timeout => {
-                    if generation == self.generation.load(Ordering::Relaxed) {
-                        aimd.on_overload();
-                    }
-                }
-                Outcome::RateLimited | Outcome::Failed => {}
+                _ => {}
+            }
+        }
+        if let Some(share) = &mut state.share {
+            match outcome {
+                Outcome::Success { .. } => share.on_answer(Reading {
+                    current,
+                    ours,
+                    saturated,
+                }),
+                Outcome::ConcurrencyLimited if current_generation => share.on_refused(),
+                _ => {}
             }
         }
         self.publish(&state);
@@ -310,13 +334,14 @@ impl Limiter {
             return; // another answer told the same just before
         }
         match self.config.mode {
-            LimitMode::Off => state
-                .aimd
-                .get_or_insert_with(|| Aimd::new(max, 1, LimitConfig::LIMIT_CEILING, None))
-                .set_provider_limit(Some(max), true),
+            LimitMode::Off => match &mut state.share {
+                Some(share) => share.set_provider_limit(max),
+                // From the one request sent while nothing was known.
+                None => state.share = Some(Share::new(max, 1)),
+            },
             LimitMode::Adaptive => {
                 if let Some(aimd) = &mut state.aimd {
-                    aimd.set_provider_limit(Some(max), false);
+                    aimd.set_provider_limit(Some(max));
                 }
             }
             LimitMode::Static => {}
@@ -339,9 +364,12 @@ impl Limiter {
                     provider => max.min(provider),
                 }
             }
-            LimitMode::Off | LimitMode::Adaptive => {
-                state.aimd.as_ref().map_or(UNLIMITED, Aimd::limit)
-            }
+            LimitMode::Adaptive => state.aimd.as_ref().map_or(UNLIMITED, Aimd::limit),
+            LimitMode::Off => match &state.share {
+                Some(share) => share.limit(),
+                None if self.first_answer_pending.load(Ordering::Relaxed) => 1,
+                None => UNLIMITED,
+            },
         };
         let old = self.slots.limit();
         if limit < old {

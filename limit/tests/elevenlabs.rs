@@ -71,11 +71,40 @@ async fn speak(
     result
 }
 
+/// How a campaign's agents limit their calls.
+#[derive(Clone)]
+struct Agents {
+    /// Agents sharing the fake, each with its own limiter (`None`: no
+    /// limiter), breaker and `WORKERS` workers; the contacts split between them.
+    count: usize,
+    limiter: Option<LimitConfig>,
+    /// Whether the 429's body is read for its kind.
+    refine: bool,
+    /// Whether the fake announces its limit.
+    headers: bool,
+}
+
+impl Agents {
+    fn one(limiter: Option<LimitConfig>, refine: bool) -> Self {
+        Self {
+            count: 1,
+            limiter,
+            refine,
+            headers: true,
+        }
+    }
+}
+
 /// Runs the campaign; its time and the 429s the fake answered.
-async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64) {
+async fn campaign(agents: Agents) -> (Duration, u64) {
+    let limit = ConcurrencyLimit::new(4);
     let server = MockServer::start(MockConfig {
         limits: MockLimits {
-            elevenlabs: Some(ConcurrencyLimit::new(4)),
+            elevenlabs: Some(if agents.headers {
+                limit
+            } else {
+                limit.without_headers()
+            }),
             llm: None,
         },
         ..MockConfig::default()
@@ -89,12 +118,6 @@ async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64)
         )
         .unwrap();
     let service = ServiceName::new("elevenlabs").unwrap();
-    let breaker = Arc::new(CircuitBreaker::new(
-        service.clone(),
-        BreakerConfig::default(),
-    ));
-    let executor = Arc::new(Executor::new(breaker, RetryPolicy::default()).unwrap());
-    let limiter = limiter.map(|config| Arc::new(Limiter::new(service, config).unwrap()));
     // No idle pool: its timers would let the paused clock jump ahead.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -104,10 +127,21 @@ async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64)
         "{}/v1/text-to-speech/voice-1",
         server.base_url(Service::Elevenlabs)
     );
-    let next = Arc::new(AtomicU32::new(0));
     let start = Instant::now();
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
+    let mut workers = Vec::new();
+    for _ in 0..agents.count {
+        let breaker = Arc::new(CircuitBreaker::new(
+            service.clone(),
+            BreakerConfig::default(),
+        ));
+        let executor = Arc::new(Executor::new(breaker, RetryPolicy::default()).unwrap());
+        let limiter = agents
+            .limiter
+            .clone()
+            .map(|config| Arc::new(Limiter::new(service.clone(), config).unwrap()));
+        let contacts = CONTACTS / agents.count as u32;
+        let next = Arc::new(AtomicU32::new(0));
+        for _ in 0..WORKERS {
             let (executor, limiter, client, url, next) = (
                 Arc::clone(&executor),
                 limiter.clone(),
@@ -115,8 +149,9 @@ async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64)
                 url.clone(),
                 Arc::clone(&next),
             );
-            tokio::spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < CONTACTS {
+            let refine = agents.refine;
+            workers.push(tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < contacts {
                     loop {
                         let call = executor
                             .call(|_| speak(&client, &url, limiter.as_deref(), refine))
@@ -130,9 +165,9 @@ async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64)
                         }
                     }
                 }
-            })
-        })
-        .collect();
+            }));
+        }
+    }
     for worker in workers {
         worker.await.unwrap();
     }
@@ -147,24 +182,25 @@ async fn campaign(limiter: Option<LimitConfig>, refine: bool) -> (Duration, u64)
     (elapsed, refused)
 }
 
+fn adaptive_without_headers() -> LimitConfig {
+    LimitConfig {
+        follow_headers: false,
+        ..LimitConfig::adaptive(4, 1, 100)
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_limiter_brings_the_campaign_close_to_the_ideal_time() {
-    let (before, refused_before) = campaign(None, false).await;
-    let (after, refused_after) = campaign(Some(LimitConfig::default()), true).await;
-    let (adaptive, refused_adaptive) = campaign(
-        Some(LimitConfig {
-            follow_headers: false,
-            ..LimitConfig::adaptive(4, 1, 100)
-        }),
-        true,
-    )
-    .await;
+    let (before, refused_before) = campaign(Agents::one(None, false)).await;
+    let (after, refused_after) = campaign(Agents::one(Some(LimitConfig::default()), true)).await;
+    let (adaptive, refused_adaptive) =
+        campaign(Agents::one(Some(adaptive_without_headers()), true)).await;
     assert!(
         after <= IDEAL.mul_f64(1.1),
         "{after:?} against an ideal of {IDEAL:?}"
     );
-    // The first wave meets a limit nobody knows yet; its 429s tell it.
-    assert_eq!(refused_after, 20, "only the first wave is refused");
+    // One request goes first, and its answer tells the limit.
+    assert_eq!(refused_after, 0, "none refused");
     assert!(
         before >= after * 2,
         "before: {before:?}, {refused_before} refused; after: {after:?}, {refused_after} refused"
@@ -176,4 +212,43 @@ async fn the_limiter_brings_the_campaign_close_to_the_ideal_time() {
         "{adaptive:?}, {refused_adaptive} refused"
     );
     assert!(refused_adaptive < 100, "{refused_adaptive} refused");
+}
+
+/// The contacts split between three agents sharing the fake's limit of 4.
+/// In virtual time every request takes exactly 150 ms, so answers come in
+/// batches at one instant: the last answer of a batch counts the provider
+/// nearly empty, its slots about to be filled again by the other agents — the
+/// hardest case for a limit read from the headers. It still fills the limit;
+/// steps into the room that is not there are refused and probed ever more
+/// rarely (on the real clock, BENCHMARKS.md has the bench with fewer).
+#[tokio::test(start_paused = true)]
+async fn three_agents_share_the_limit() {
+    let three = |limiter, headers| Agents {
+        count: 3,
+        limiter: Some(limiter),
+        refine: true,
+        headers,
+    };
+    let (following, refused_following) = campaign(three(LimitConfig::default(), true)).await;
+    let (adaptive, refused_adaptive) = campaign(three(adaptive_without_headers(), false)).await;
+    let (unlimited, refused_unlimited) = campaign(Agents {
+        count: 3,
+        limiter: None,
+        refine: true,
+        headers: true,
+    })
+    .await;
+    let share = |refused: u64| refused as f64 / (f64::from(CONTACTS) + refused as f64);
+    assert!(
+        following <= IDEAL.mul_f64(1.1) && share(refused_following) <= 0.2,
+        "following the headers: {following:?}, {refused_following} refused"
+    );
+    assert!(
+        adaptive <= IDEAL.mul_f64(1.1),
+        "adaptive: {adaptive:?}, {refused_adaptive} refused"
+    );
+    assert!(
+        refused_unlimited >= 10 * refused_following.max(refused_adaptive),
+        "without a limiter: {unlimited:?}, {refused_unlimited} refused"
+    );
 }
