@@ -289,8 +289,11 @@ async fn work(
         // The lease is renewed while the call runs; if it is lost anyway
         // (the store was unreachable for a whole lease), the contact is
         // someone else's now and this call is dropped.
+        // The call's future is kilobytes: made once on the heap rather
+        // than copied through the span's wrapper and the select.
+        let call = Box::pin(pipeline.call(&mut entry));
         let result = tokio::select! {
-            result = pipeline.call(&mut entry).instrument(span.clone()) => result,
+            result = call.instrument(span.clone()) => result,
             lost = queue.hold(&lease) => {
                 span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
                 continue;
@@ -309,11 +312,11 @@ async fn settle(
     events: &EventHub,
     default_wait: Duration,
 ) {
-    let contact_id = entry.contact.id.clone();
     let busy = matches!(result, CallResult::Busy { .. });
     match result {
         CallResult::Completed => queue.finish(entry, Terminal::Completed),
         CallResult::Failed { service, reason } => {
+            let contact_id = &entry.contact.id;
             tracing::error!(
                 contact_id = %contact_id,
                 service = %service,

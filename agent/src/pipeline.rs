@@ -256,7 +256,7 @@ impl From<StageFailure> for CallResult {
 async fn run_chain<'a, C, T, Fut>(
     stage: &'static str,
     chain: &'a Chain<C>,
-    mut attempt: impl FnMut(&'a C, Option<Instant>) -> Fut,
+    attempt: impl Fn(&'a C, Option<Instant>) -> Fut + Copy,
 ) -> Result<T, StageFailure>
 where
     Fut: Future<Output = Answered<T>>,
@@ -274,10 +274,10 @@ where
             .executor
             .call(|context| {
                 let span = attempt_span(&context);
-                let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
-                    let result = limited(&link.limiter, attempt).await;
+                    let send = || attempt(&link.client, context.deadline);
+                    let result = limited(&link.limiter, send).await;
                     if let Err(error) = &result {
                         record_error(&recorded, error);
                     }
@@ -331,17 +331,20 @@ where
     ))
 }
 
-/// `Limit(attempt)`: `attempt` sent once `limiter` gives it a slot, which
-/// it gives back with how the attempt ended and the answer's limit headers.
-/// No slot in time is an [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled)
-/// error, which ends the call for the contact to be deferred.
-async fn limited<T>(
-    limiter: &Limiter,
-    attempt: impl Future<Output = Answered<T>>,
-) -> Result<T, ServiceError> {
+/// `Limit(attempt)`: the attempt `send` makes, sent once `limiter` gives it
+/// a slot, which it gives back with how the attempt ended and the answer's
+/// limit headers. No slot in time is an
+/// [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled) error,
+/// which ends the call for the contact to be deferred. (The request's future
+/// is made here, once there is a slot, and held only here: a future passed
+/// in would be kept twice over in this one, kilobytes per attempt.)
+async fn limited<T, Fut>(limiter: &Limiter, send: impl FnOnce() -> Fut) -> Result<T, ServiceError>
+where
+    Fut: Future<Output = Answered<T>>,
+{
     let permit = limiter.acquire().await?;
     let sent = Instant::now();
-    let Answered { result, headers } = attempt.await;
+    let Answered { result, headers } = send().await;
     permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
     result
 }
