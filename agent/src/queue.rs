@@ -225,14 +225,17 @@ impl Settling {
     }
 
     /// Notes that the store accepted a terminal state for `contact_id`.
-    fn ended(&self, contact_id: &str) {
-        let first = self.ended.lock().insert(contact_id.to_owned());
-        if !first {
+    fn ended(&self, contact_id: String) {
+        let mut ended = self.ended.lock();
+        if ended.contains(&contact_id) {
+            drop(ended);
             self.ended_twice.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 contact_id = %contact_id,
                 "Contact {contact_id} was given a second terminal state"
             );
+        } else {
+            ended.insert(contact_id);
         }
     }
 
@@ -330,7 +333,7 @@ impl CallQueue {
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
                 if self.settling.record(&id, failed).is_some() {
-                    self.settling.ended(&id);
+                    self.settling.ended(id);
                 }
                 None
             }
@@ -343,15 +346,16 @@ impl CallQueue {
         let store = self.store.clone();
         let settling = self.settling.clone();
         settling.running.fetch_add(1, Ordering::AcqRel);
+        // The task keeps only what the save needs.
+        let QueuedContact { contact, lease, .. } = entry;
+        let contact_id = contact.id;
         tokio::spawn(async move {
             let result = match &terminal {
-                Terminal::Completed => store.complete(&entry.lease).await,
-                Terminal::Failed { service, reason } => {
-                    store.fail(&entry.lease, service, reason).await
-                }
+                Terminal::Completed => store.complete(&lease).await,
+                Terminal::Failed { service, reason } => store.fail(&lease, service, reason).await,
             };
-            if settling.record(&entry.contact.id, result).is_some() {
-                settling.ended(&entry.contact.id);
+            if settling.record(&contact_id, result).is_some() {
+                settling.ended(contact_id);
             }
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();
@@ -416,7 +420,7 @@ impl CallQueue {
         };
         match self.settling.record(&entry.contact.id, result) {
             Some(callguard_store::Deferral::Expired) => {
-                self.settling.ended(&entry.contact.id);
+                self.settling.ended(entry.contact.id);
                 Deferral::Expired
             }
             Some(_) => Deferral::Requeued,
