@@ -286,12 +286,12 @@ async fn work(
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
         let lease = entry.lease().clone();
-        // The lease is renewed while the call runs; if it is lost anyway
-        // (the store was unreachable for a whole lease), the contact is
-        // someone else's now and this call is dropped.
         // The call's future is kilobytes: made once on the heap rather
         // than copied through the span's wrapper and the select.
         let call = Box::pin(pipeline.call(&mut entry));
+        // The lease is renewed while the call runs; if it is lost anyway
+        // (the store was unreachable for a whole lease), the contact is
+        // someone else's now and this call is dropped.
         let result = tokio::select! {
             result = call.instrument(span.clone()) => result,
             lost = queue.hold(&lease) => {

@@ -226,16 +226,13 @@ impl Settling {
 
     /// Notes that the store accepted a terminal state for `contact_id`.
     fn ended(&self, contact_id: String) {
-        let mut ended = self.ended.lock();
-        if ended.contains(&contact_id) {
-            drop(ended);
+        let seen = self.ended.lock().replace(contact_id);
+        if let Some(contact_id) = seen {
             self.ended_twice.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 contact_id = %contact_id,
                 "Contact {contact_id} was given a second terminal state"
             );
-        } else {
-            ended.insert(contact_id);
         }
     }
 
