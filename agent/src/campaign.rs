@@ -293,11 +293,14 @@ async fn work(
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
         let lease = entry.lease().clone();
+        // The call's future is kilobytes: made once on the heap rather
+        // than copied through the span's wrapper and the select.
+        let call = Box::pin(pipeline.call(&mut entry));
         // The lease is renewed while the call runs; if it is lost anyway
         // (the store was unreachable for a whole lease), the contact is
         // someone else's now and this call is dropped.
         let result = tokio::select! {
-            result = pipeline.call(&mut entry).instrument(span.clone()) => result,
+            result = call.instrument(span.clone()) => result,
             lost = queue.hold(&lease) => {
                 span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
                 continue;
@@ -316,11 +319,11 @@ async fn settle(
     events: &EventHub,
     default_wait: Duration,
 ) {
-    let contact_id = entry.contact.id.clone();
     let busy = matches!(result, CallResult::Busy { .. });
     match result {
         CallResult::Completed => queue.finish(entry, Terminal::Completed),
         CallResult::Failed { service, reason } => {
+            let contact_id = &entry.contact.id;
             tracing::error!(
                 contact_id = %contact_id,
                 service = %service,

@@ -256,7 +256,7 @@ impl From<StageFailure> for CallResult {
 async fn run_chain<'a, C, T, Fut>(
     stage: &'static str,
     chain: &'a Chain<C>,
-    mut attempt: impl FnMut(&'a C, Option<Instant>) -> Fut,
+    attempt: impl Fn(&'a C, Option<Instant>) -> Fut + Copy,
 ) -> Result<T, StageFailure>
 where
     Fut: Future<Output = Answered<T>>,
@@ -274,10 +274,10 @@ where
             .executor
             .call(|context| {
                 let span = attempt_span(&context);
-                let attempt = attempt(&link.client, context.deadline);
                 let recorded = span.clone();
                 async move {
-                    let result = limited(&link.limiter, context.deadline, attempt).await;
+                    let send = || attempt(&link.client, context.deadline);
+                    let result = limited(&link.limiter, context.deadline, send).await;
                     if let Err(error) = &result {
                         record_error(&recorded, error);
                     }
@@ -331,20 +331,25 @@ where
     ))
 }
 
-/// `Limit(attempt)`: `attempt` sent once `limiter` gives it a slot, which
-/// it gives back with how the attempt ended and the answer's limit headers.
-/// No slot in time is an [`ErrorKind::Throttled`]
-/// error, which ends the call for the contact to be deferred. An attempt
-/// cut off at the call's `deadline` gives its slot back and teaches nothing:
-/// the time was ours to end, not the service's overload.
-async fn limited<T>(
+/// `Limit(attempt)`: the attempt `send` makes, sent once `limiter` gives it
+/// a slot, which it gives back with how the attempt ended and the answer's
+/// limit headers. No slot in time is an [`ErrorKind::Throttled`] error,
+/// which ends the call for the contact to be deferred. An attempt cut off at
+/// the call's `deadline` gives its slot back and teaches nothing: the time
+/// was ours to end, not the service's overload. (The request's future is
+/// made here, once there is a slot, and held only here: a future passed in
+/// would be kept twice over in this one, kilobytes per attempt.)
+async fn limited<T, Fut>(
     limiter: &Limiter,
     deadline: Option<Instant>,
-    attempt: impl Future<Output = Answered<T>>,
-) -> Result<T, ServiceError> {
+    send: impl FnOnce() -> Fut,
+) -> Result<T, ServiceError>
+where
+    Fut: Future<Output = Answered<T>>,
+{
     let permit = limiter.acquire().await?;
     let sent = Instant::now();
-    let Answered { result, headers } = attempt.await;
+    let Answered { result, headers } = send().await;
     let cut_off = matches!(&result, Err(error) if error.kind() == ErrorKind::Timeout)
         && deadline.is_some_and(|deadline| Instant::now() >= deadline);
     if cut_off {
@@ -414,7 +419,7 @@ mod tests {
         let service = ServiceName::new("elevenlabs").unwrap();
         let limiter = Limiter::new(service, LimitConfig::adaptive(4, 1, 10)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(1);
-        let cut = limited(&limiter, Some(deadline), async {
+        let cut = limited(&limiter, Some(deadline), || async {
             tokio::time::sleep_until(deadline).await;
             timed_out()
         })
@@ -425,7 +430,7 @@ mod tests {
         assert_eq!(snapshot.in_flight, 0, "the slot is back");
 
         let later = Instant::now() + Duration::from_secs(10);
-        let slow = limited(&limiter, Some(later), async { timed_out() }).await;
+        let slow = limited(&limiter, Some(later), || async { timed_out() }).await;
         assert!(slow.is_err());
         assert_eq!(
             limiter.snapshot().limit,

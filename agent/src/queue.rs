@@ -377,15 +377,15 @@ impl CallQueue {
         let store = self.store.clone();
         let settling = self.settling.clone();
         settling.running.fetch_add(1, Ordering::AcqRel);
+        // The task keeps only what the save needs.
+        let QueuedContact { lease, .. } = entry;
         tokio::spawn(async move {
             let result = match &terminal {
-                Terminal::Completed => store.complete(&entry.lease).await,
-                Terminal::Failed { service, reason } => {
-                    store.fail(&entry.lease, service, reason).await
-                }
+                Terminal::Completed => store.complete(&lease).await,
+                Terminal::Failed { service, reason } => store.fail(&lease, service, reason).await,
             };
-            if settling.record(&entry.lease, result).is_some() {
-                settling.ended(&entry.lease);
+            if settling.record(&lease, result).is_some() {
+                settling.ended(&lease);
             }
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();

@@ -3,6 +3,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
@@ -15,7 +16,7 @@ struct Row {
     data: String,
     state: ContactState,
     due_at: Millis,
-    lease_owner: Option<String>,
+    lease_owner: Option<Arc<str>>,
     attempts: u32,
     deferrals: u32,
     service: Option<String>,
@@ -30,9 +31,20 @@ struct Inner {
     by_id: HashMap<String, usize>,
     /// (due_at, seq) of every unfinished row.
     due: BTreeSet<(Millis, usize)>,
+    /// The owner of the last lease, shared by the rows it holds (one store
+    /// leases under one name, so a lease need not copy it).
+    owner: Option<Arc<str>>,
 }
 
 impl Inner {
+    /// `owner`, shared with the rows leased to it before.
+    fn owner(&mut self, owner: &str) -> Arc<str> {
+        match &self.owner {
+            Some(known) if **known == *owner => known.clone(),
+            _ => self.owner.insert(Arc::from(owner)).clone(),
+        }
+    }
+
     fn set_due(&mut self, seq: usize, state: ContactState, due_at: Millis) {
         let row = &mut self.rows[seq];
         if !row.state.is_terminal() {
@@ -117,6 +129,7 @@ impl MemoryBackend {
     ) -> Result<LeasedBatch, StoreError> {
         let mut inner = self.inner.lock();
         let mut leased = Vec::new();
+        let owner = inner.owner(owner);
         while leased.len() < self.lease_batch {
             let Some(&(due_at, seq)) = inner.due.first() else {
                 break;
@@ -127,7 +140,7 @@ impl MemoryBackend {
             inner.set_due(seq, ContactState::InFlight, until);
             let row = &mut inner.rows[seq];
             row.attempts += 1;
-            row.lease_owner = Some(owner.to_owned());
+            row.lease_owner = Some(owner.clone());
             leased.push(Leased {
                 lease: Lease {
                     contact_id: row.id.clone(),
@@ -313,7 +326,7 @@ impl MemoryBackend {
                 deferrals: row.deferrals,
                 service: row.service.clone(),
                 last_error: row.last_error.clone(),
-                lease_owner: row.lease_owner.clone(),
+                lease_owner: row.lease_owner.as_deref().map(str::to_owned),
             })
             .collect())
     }

@@ -38,8 +38,11 @@
 //! state, and `max` over replicas or services stays meaningful (some replica
 //! is OPEN), where a code would make `max` pick an arbitrary ordering.
 //!
-//! Recording is a hash lookup and an atomic add per event, cheap next to an
-//! HTTP call, so it is always on. The limiter, alert, Sheets and OTLP series
+//! Recording is cheap next to an HTTP call, so it is always on: each
+//! service's series are looked up in their families once, at their first
+//! event, and kept ([`ServiceSeries`]), so an event costs a lookup by the
+//! service's name and an atomic add — no label set built, no string
+//! allocated. The limiter, alert, Sheets and OTLP series
 //! are read from their owners ([`Metrics::watch_limiters`],
 //! [`Metrics::watch_alerts`], [`Metrics::watch_telemetry`]) when rendered.
 //!
@@ -51,8 +54,9 @@
 //! `Arc<dyn ContactGauge>` the queue's own `Arc` turns into without a
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
-use parking_lot::Mutex;
-use std::sync::Arc;
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 
 use callguard_alerts::AlertManager;
 use callguard_breaker::BreakerRegistry;
@@ -193,6 +197,8 @@ pub struct Metrics {
     store_up: Gauge,
     store_errors: Counter,
     sources: Mutex<Sources>,
+    /// The series of each service the hub's events have fed so far.
+    by_service: RwLock<HashMap<ServiceName, Arc<ServiceSeries>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -234,6 +240,7 @@ impl Metrics {
             store_up: Gauge::default(),
             store_errors: Counter::default(),
             sources: Mutex::new(Sources::default()),
+            by_service: RwLock::default(),
         };
         {
             let mut registry = metrics.registry.lock();
@@ -486,12 +493,12 @@ impl Metrics {
         };
         for service in services {
             let labels = service_labels(service);
-            for result in ["success", "transient", "permanent"] {
+            for result in AttemptResult::ALL {
                 totals.attempts += self
                     .attempts
                     .get(&ResultLabels {
                         service: labels.service.clone(),
-                        result,
+                        result: result.as_str(),
                     })
                     .map_or(0, |counter| counter.get());
             }
@@ -551,70 +558,160 @@ impl Metrics {
         text
     }
 
-    fn call_ended(&self, service: &ServiceName, outcome: &'static str) {
-        self.calls
-            .get_or_create(&OutcomeLabels {
-                service: service.to_string(),
-                outcome,
+    /// The series of `service`, made (empty) at its first event.
+    fn series(&self, service: &ServiceName) -> Arc<ServiceSeries> {
+        if let Some(series) = self.by_service.read().get(service) {
+            return series.clone();
+        }
+        self.by_service
+            .write()
+            .entry(service.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn call_ended(&self, series: &ServiceSeries, service: &ServiceName, outcome: CallOutcome) {
+        series.calls[outcome as usize]
+            .get_or_init(|| {
+                self.calls.get_or_create_owned(&OutcomeLabels {
+                    service: service.to_string(),
+                    outcome: outcome.as_str(),
+                })
             })
             .inc();
     }
 
-    fn attempt_took(&self, service: &ServiceName, result: &'static str, seconds: f64) {
-        let labels = ResultLabels {
-            service: service.to_string(),
-            result,
-        };
-        self.attempts.get_or_create(&labels).inc();
-        self.attempt_seconds.get_or_create(&labels).observe(seconds);
+    fn attempt_took(
+        &self,
+        series: &ServiceSeries,
+        service: &ServiceName,
+        result: AttemptResult,
+        seconds: f64,
+    ) {
+        let (count, duration) = series.attempts[result as usize].get_or_init(|| {
+            let labels = ResultLabels {
+                service: service.to_string(),
+                result: result.as_str(),
+            };
+            (
+                self.attempts.get_or_create_owned(&labels),
+                self.attempt_seconds.get_or_create_owned(&labels),
+            )
+        });
+        count.inc();
+        duration.observe(seconds);
     }
 }
 
 /// Counts every event of the hub.
 impl EventSink for Metrics {
     fn on_event(&self, event: &ResilienceEvent) {
+        let counter = |cell: &OnceLock<Counter>,
+                       family: &Family<ServiceLabels, Counter>,
+                       service: &ServiceName| {
+            cell.get_or_init(|| family.get_or_create_owned(&service_labels(service)))
+                .inc();
+        };
         match event {
             ResilienceEvent::AttemptSucceeded(attempt) => {
-                self.attempt_took(&attempt.service, "success", attempt.elapsed.as_secs_f64());
+                let series = self.series(&attempt.service);
+                let seconds = attempt.elapsed.as_secs_f64();
+                self.attempt_took(&series, &attempt.service, AttemptResult::Success, seconds);
                 // A success ends its call.
-                self.call_ended(&attempt.service, "success");
+                self.call_ended(&series, &attempt.service, CallOutcome::Success);
             }
             ResilienceEvent::AttemptFailed { attempt, error } => {
+                let series = self.series(&attempt.service);
                 let result = if error.is_transient() {
-                    "transient"
+                    AttemptResult::Transient
                 } else {
-                    "permanent"
+                    AttemptResult::Permanent
                 };
-                self.attempt_took(&attempt.service, result, attempt.elapsed.as_secs_f64());
+                let seconds = attempt.elapsed.as_secs_f64();
+                self.attempt_took(&series, &attempt.service, result, seconds);
                 if matches!(
                     error.kind(),
                     ErrorKind::ConcurrencyLimited | ErrorKind::RateLimited
                 ) {
-                    self.refused
-                        .get_or_create(&service_labels(&attempt.service))
-                        .inc();
+                    counter(&series.refused, &self.refused, &attempt.service);
                 }
             }
             ResilienceEvent::RetryScheduled { service, .. } => {
-                self.retries.get_or_create(&service_labels(service)).inc();
+                counter(&self.series(service).retries, &self.retries, service);
             }
             ResilienceEvent::RetriesExhausted { service, .. } => {
-                self.call_ended(service, "exhausted");
+                self.call_ended(&self.series(service), service, CallOutcome::Exhausted);
             }
             ResilienceEvent::PermanentFailure { service, .. } => {
-                self.call_ended(service, "permanent");
+                self.call_ended(&self.series(service), service, CallOutcome::Permanent);
             }
             ResilienceEvent::CallRejected { service, .. } => {
-                self.rejections
-                    .get_or_create(&service_labels(service))
-                    .inc();
-                self.call_ended(service, "rejected");
+                let series = self.series(service);
+                counter(&series.rejections, &self.rejections, service);
+                self.call_ended(&series, service, CallOutcome::Rejected);
             }
             ResilienceEvent::BreakerTransition(transition) => self.record_transition(transition),
             ResilienceEvent::Deferred { service, .. } => {
-                self.deferrals.get_or_create(&service_labels(service)).inc();
+                counter(&self.series(service).deferrals, &self.deferrals, service);
             }
             _ => {}
+        }
+    }
+}
+
+/// One service's series of the hub's events, each taken from its family at
+/// its first event and kept. A series that has had no event is not made,
+/// so `/metrics` shows the same series as if each event were counted in its
+/// family directly.
+#[derive(Default)]
+struct ServiceSeries {
+    /// `callguard_attempts_total` and `callguard_attempt_duration_seconds`,
+    /// by [`AttemptResult`].
+    attempts: [OnceLock<(Counter, Histogram)>; 3],
+    /// `callguard_calls_total`, by [`CallOutcome`].
+    calls: [OnceLock<Counter>; 4],
+    refused: OnceLock<Counter>,
+    retries: OnceLock<Counter>,
+    rejections: OnceLock<Counter>,
+    deferrals: OnceLock<Counter>,
+}
+
+/// The `result` label of an attempt's series.
+#[derive(Debug, Clone, Copy)]
+enum AttemptResult {
+    Success,
+    Transient,
+    Permanent,
+}
+
+impl AttemptResult {
+    const ALL: [Self; 3] = [Self::Success, Self::Transient, Self::Permanent];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
+/// The `outcome` label of `callguard_calls_total`.
+#[derive(Debug, Clone, Copy)]
+enum CallOutcome {
+    Success,
+    Permanent,
+    Exhausted,
+    Rejected,
+}
+
+impl CallOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Permanent => "permanent",
+            Self::Exhausted => "exhausted",
+            Self::Rejected => "rejected",
         }
     }
 }

@@ -279,6 +279,9 @@ pub(crate) fn tracer_provider(
 /// when the span has no OpenTelemetry context (no subscriber, or one without
 /// the OpenTelemetry layer).
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None; // no subscriber records it: no context to send
+    }
     let cx = span.context();
     let mut carrier = HashMap::new();
     opentelemetry::global::get_text_map_propagator(|propagator| {
