@@ -319,7 +319,8 @@ async fn breakers_show_their_services_limiters() {
     let llm = limiters[1].1.as_ref().expect("the LLM's limiter");
     assert_eq!(
         (llm.mode.as_str(), llm.limit, llm.in_flight, llm.waiting),
-        ("off", None, 0, 0)
+        ("off", Some(1), 0, 0),
+        "one request until the first answer says whether the service announces a limit"
     );
     let shown = limiters[2].1.as_ref().expect("the TTS limiter");
     assert_eq!(
