@@ -11,6 +11,9 @@
 //! `queue_timeout`; one that cannot get in is refused with a
 //! [`LimitError`] that says when to try again.
 //!
+//! A [`Permit`] lives here beside the limiter whose slot it holds: it gives
+//! the slot back on drop and hands the answer to the limiter's learning.
+//!
 //! Answers are learnt from when the permit is completed: the provider's
 //! headers (checked without a lock; a changed limit takes the state lock),
 //! then, for an adaptive limit, the outcome, under the state lock — off the
@@ -33,7 +36,7 @@ use crate::aimd::Aimd;
 use crate::config::{LimitConfig, LimitMode};
 use crate::error::LimitError;
 use crate::headers::ProviderHeaders;
-use crate::permit::{Outcome, Permit};
+use crate::outcome::Outcome;
 use crate::rate::{Gcra, Pause};
 use crate::share::{Reading, Share};
 use crate::slots::{Slots, UNLIMITED};
@@ -444,5 +447,44 @@ impl fmt::Display for Shown {
             UNLIMITED => f.write_str("none"),
             limit => limit.fmt(f),
         }
+    }
+}
+/// A slot held for one attempt. [`complete`](Self::complete) it with how the
+/// attempt ended and the headers of the answer; dropping it without that (a
+/// cancelled attempt) gives the slot back and teaches the limit nothing.
+#[must_use = "a permit holds a slot until it is completed or dropped"]
+pub struct Permit<'a> {
+    limiter: &'a Limiter,
+    /// The limiter's generation when the slot was taken.
+    generation: u32,
+}
+
+impl<'a> Permit<'a> {
+    pub(crate) fn new(limiter: &'a Limiter, generation: u32) -> Self {
+        Self {
+            limiter,
+            generation,
+        }
+    }
+
+    /// The attempt ended with `outcome`, and its answer carried `headers`
+    /// ([`ProviderHeaders::NONE`] when there was no answer). Gives the slot back.
+    pub fn complete(self, outcome: Outcome, headers: &ProviderHeaders) {
+        self.limiter.learn(outcome, self.generation, headers);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.limiter.release();
+    }
+}
+
+impl fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("service", self.limiter.service())
+            .field("generation", &self.generation)
+            .finish()
     }
 }

@@ -173,11 +173,11 @@ async fn set_llm(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.stats()).into_response()
+    Json(shared.stats.snapshot()).into_response()
 }
 
 async fn reset_stats(State(shared): State<Arc<Shared>>) -> StatusCode {
-    shared.reset_stats();
+    shared.stats.reset();
     StatusCode::NO_CONTENT
 }
 

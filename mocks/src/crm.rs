@@ -1,25 +1,29 @@
 //! Fake CRM: `POST /v1/calls` stores a call record once per `Idempotency-Key`
 //! (a repeat returns the stored record with `200`); `GET /v1/calls` lists them.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value};
 
-use crate::Service;
-use crate::state::Shared;
+use crate::{MockKeys, Service};
 
 /// Header that makes a `POST /v1/calls` safe to repeat.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 /// The API routes, relative to `/crm`.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    CrmStore: FromRef<S>,
+{
     Router::new().route("/v1/calls", get(list).post(create))
 }
 
@@ -52,25 +56,40 @@ impl CrmRecord {
     }
 }
 
-/// The CRM's records, and which idempotency key created which.
-#[derive(Default)]
+/// The CRM's records, which idempotency key created which, and the API keys
+/// it checks. A handle: clones share the records, so handlers take it as
+/// their axum state.
+#[derive(Clone)]
 pub(crate) struct CrmStore {
+    keys: Arc<MockKeys>,
+    inner: Arc<Mutex<Store>>,
+}
+
+#[derive(Default)]
+struct Store {
     records: Vec<CrmRecord>,
     by_key: HashMap<String, usize>,
 }
 
 impl CrmStore {
+    pub(crate) fn new(keys: MockKeys) -> Self {
+        Self {
+            keys: Arc::new(keys),
+            inner: Arc::default(),
+        }
+    }
+
     pub(crate) fn records(&self) -> Vec<CrmRecord> {
-        self.records.clone()
+        self.inner.lock().records.clone()
     }
 }
 
-async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(denied) = Service::Crm.deny(&headers, &shared.config.keys) {
+async fn list(State(crm): State<CrmStore>, headers: HeaderMap) -> Response {
+    if let Some(denied) = Service::Crm.deny(&headers, &crm.keys) {
         return denied;
     }
-    let records: Vec<Value> = shared
-        .crm
+    let records: Vec<Value> = crm
+        .inner
         .lock()
         .records
         .iter()
@@ -79,8 +98,8 @@ async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response
     Json(records).into_response()
 }
 
-async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(denied) = Service::Crm.deny(&headers, &shared.config.keys) {
+async fn create(State(crm): State<CrmStore>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(denied) = Service::Crm.deny(&headers, &crm.keys) {
         return denied;
     }
     let mut fields = match serde_json::from_slice::<Value>(&body) {
@@ -100,7 +119,7 @@ async fn create(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .filter(|k| !k.is_empty())
         .map(str::to_owned);
 
-    let mut store = shared.crm.lock();
+    let mut store = crm.inner.lock();
     if let Some(&index) = key.as_ref().and_then(|k| store.by_key.get(k)) {
         let existing = &store.records[index];
         return if existing.fields == fields {

@@ -47,11 +47,7 @@ pub(crate) async fn gate(
     request: Request,
     next: Next,
 ) -> Response {
-    let kind = if is_health(&request) {
-        EndpointKind::Health
-    } else {
-        EndpointKind::Api
-    };
+    let kind = EndpointKind::of(&request);
     let (request, contact) = match contact_of(&shared, service, request).await {
         Ok(found) => found,
         Err(response) => return counted(&shared, service, kind, response),
@@ -103,11 +99,11 @@ pub(crate) async fn gate(
             .into_response(),
         FaultMode::Oversized => oversized(service, shared.config.oversized_body_bytes),
         FaultMode::Reset => {
-            shared.record(service, kind, OUTCOME_RESET);
+            shared.stats.record(service, kind, OUTCOME_RESET);
             return reset(request.extensions().get::<ConnectionKill>().cloned()).await;
         }
         FaultMode::Timeout => {
-            shared.record(service, kind, OUTCOME_TIMEOUT);
+            shared.stats.record(service, kind, OUTCOME_TIMEOUT);
             return match hold(&shared, &pick).await {
                 Hold::Released => next.run(request).await,
                 Hold::Capped => service.error(
@@ -121,13 +117,10 @@ pub(crate) async fn gate(
     counted(&shared, service, kind, response)
 }
 
-/// Whether `request` is for a service's `/health` endpoint.
-pub(crate) fn is_health(request: &Request) -> bool {
-    request.uri().path().ends_with("/health")
-}
-
 fn counted(shared: &Shared, service: Service, kind: EndpointKind, response: Response) -> Response {
-    shared.record(service, kind, response.status().as_str());
+    shared
+        .stats
+        .record(service, kind, response.status().as_str());
     response
 }
 

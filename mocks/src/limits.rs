@@ -39,9 +39,8 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, timeout_at};
 
 use crate::EndpointKind;
-use crate::gate::is_health;
 use crate::service::Service;
-use crate::state::Shared;
+use crate::stats::StatsBook;
 
 /// ElevenLabs' concurrency limit: `{"max_concurrent": 4, "queue": "50ms"}`
 /// (`"headers": false` keeps the limit to itself).
@@ -389,28 +388,29 @@ fn set_concurrency_headers(response: &mut Response, current: u32, limit: Concurr
 }
 
 /// Middleware in front of a service's fault gate: ElevenLabs' concurrency
-/// limit, the LLM's rate; other services and `/health` pass untouched.
+/// limit, the LLM's rate; other services and `/health` pass untouched. Its
+/// state is the limits, the counts its refusals go to, and the service.
 pub(crate) async fn enforce(
-    State((shared, service)): State<(Arc<Shared>, Service)>,
+    State((limits, stats, service)): State<(Arc<Limits>, Arc<StatsBook>, Service)>,
     request: Request,
     next: Next,
 ) -> Response {
-    if is_health(&request) {
+    if EndpointKind::of(&request) == EndpointKind::Health {
         return next.run(request).await;
     }
     match service {
-        Service::Elevenlabs => concurrency(&shared, request, next).await,
-        Service::Llm => rate(&shared, request, next).await,
+        Service::Elevenlabs => concurrency(&limits, &stats, request, next).await,
+        Service::Llm => rate(&limits, &stats, request, next).await,
         Service::Crm => next.run(request).await,
     }
 }
 
-async fn concurrency(shared: &Shared, request: Request, next: Next) -> Response {
-    match shared.limits.enter().await {
+async fn concurrency(limits: &Limits, stats: &StatsBook, request: Request, next: Next) -> Response {
+    match limits.enter().await {
         Ok(None) => next.run(request).await,
         Ok(Some((slot, limit))) => {
             let mut response = next.run(request).await;
-            set_concurrency_headers(&mut response, shared.limits.in_flight(), limit);
+            set_concurrency_headers(&mut response, limits.in_flight(), limit);
             drop(slot);
             response
         }
@@ -424,14 +424,14 @@ async fn concurrency(shared: &Shared, request: Request, next: Next) -> Response 
                 ),
             );
             set_concurrency_headers(&mut response, in_flight, limit);
-            shared.record(Service::Elevenlabs, EndpointKind::Api, "429");
+            stats.record(Service::Elevenlabs, EndpointKind::Api, "429");
             response
         }
     }
 }
 
-async fn rate(shared: &Shared, request: Request, next: Next) -> Response {
-    match shared.limits.take() {
+async fn rate(limits: &Limits, stats: &StatsBook, request: Request, next: Next) -> Response {
+    match limits.take() {
         Ok(None) => next.run(request).await,
         Ok(Some(headers)) => {
             let mut response = next.run(request).await;
@@ -451,7 +451,7 @@ async fn rate(shared: &Shared, request: Request, next: Next) -> Response {
                 ),
             );
             headers.apply(&mut response);
-            shared.record(Service::Llm, EndpointKind::Api, "429");
+            stats.record(Service::Llm, EndpointKind::Api, "429");
             response
         }
     }

@@ -71,7 +71,11 @@ fn router(shared: &Arc<Shared>) -> Router {
             .route("/health", get(|| async { health_ok() }))
             .layer(from_fn_with_state((Arc::clone(shared), service), gate))
             .layer(from_fn_with_state(
-                (Arc::clone(shared), service),
+                (
+                    Arc::clone(&shared.limits),
+                    Arc::clone(&shared.stats),
+                    service,
+                ),
                 limits::enforce,
             ))
             .layer(from_fn_with_state(service, tracing_ctx::server_span));
@@ -231,12 +235,12 @@ impl MockServer {
 
     /// Request counts so far.
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.shared.stats.snapshot()
     }
 
     /// Sets every request count back to zero.
     pub fn reset_stats(&self) {
-        self.shared.reset_stats();
+        self.shared.stats.reset();
     }
 
     /// Sets ElevenLabs' concurrency limit (`None` removes it); requests in
@@ -295,7 +299,7 @@ impl MockServer {
 
     /// The CRM's call records, in creation order.
     pub fn crm_records(&self) -> Vec<CrmRecord> {
-        self.shared.crm.lock().records()
+        self.shared.crm.records()
     }
 
     /// Stops accepting connections, releases held requests, and waits (up to

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use axum::Json;
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,17 @@ pub enum EndpointKind {
     Api,
     /// The service's `/health` endpoint.
     Health,
+}
+
+impl EndpointKind {
+    /// The kind of endpoint `request` is for.
+    pub(crate) fn of(request: &Request) -> Self {
+        if request.uri().path().ends_with("/health") {
+            Self::Health
+        } else {
+            Self::Api
+        }
+    }
 }
 
 /// `{"status":"ok"}`, the body of a healthy `/health` answer.

@@ -1,12 +1,19 @@
 //! State shared by every request of one mock server: config, faults, counts,
 //! CRM records, the fault proxies it controls, and the signals that wake held
 //! requests.
+//!
+//! [`Shared`] gathers every store, so the stores' modules must not know it:
+//! their handlers and middleware take only the part they need, as axum
+//! substates (`State<CrmStore>`, …: cheap handles on the store) reached
+//! through the [`FromRef`] impls below. This module depends on them, never
+//! the other way round.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::FromRef;
 use callguard_core::ValidationError;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -19,7 +26,8 @@ use crate::sinks::sheets::SheetsStore;
 use crate::sinks::telegram::TelegramStore;
 use crate::sinks::token::TokenIssuer;
 use crate::sinks::webhook::WebhookStore;
-use crate::{EndpointKind, Fault, FaultId, ListedFault, MockConfig, MockLlm, Service, Stats};
+use crate::stats::StatsBook;
+use crate::{Fault, FaultId, ListedFault, MockConfig, MockLlm, Service};
 
 /// Everything a request handler may read or change.
 pub(crate) struct Shared {
@@ -29,9 +37,9 @@ pub(crate) struct Shared {
     faults_changed: watch::Sender<u64>,
     /// Set once the server stops, so held requests let go.
     closing: watch::Sender<bool>,
-    stats: Mutex<Stats>,
-    pub(crate) crm: Mutex<CrmStore>,
-    pub(crate) limits: Limits,
+    pub(crate) stats: Arc<StatsBook>,
+    pub(crate) crm: CrmStore,
+    pub(crate) limits: Arc<Limits>,
     completions: AtomicU64,
     /// The LLM's behaviour now: the config's, until the control API changes it.
     llm: Mutex<MockLlm>,
@@ -48,13 +56,13 @@ impl Shared {
         Self {
             faults: Mutex::new(FaultBook::new(config.seed)),
             tokens: TokenIssuer::new(config.seed),
-            limits: Limits::new(config.limits),
+            crm: CrmStore::new(config.keys.clone()),
+            limits: Arc::new(Limits::new(config.limits)),
             llm: Mutex::new(config.llm),
             config,
             faults_changed: watch::Sender::new(0),
             closing: watch::Sender::new(false),
-            stats: Mutex::new(Stats::default()),
-            crm: Mutex::new(CrmStore::default()),
+            stats: Arc::default(),
             completions: AtomicU64::new(0),
             sheets: SheetsStore::default(),
             telegram: TelegramStore::default(),
@@ -119,18 +127,6 @@ impl Shared {
         self.closing.send_replace(true);
     }
 
-    pub(crate) fn record(&self, service: Service, kind: EndpointKind, outcome: &str) {
-        self.stats.lock().record(service, kind, outcome);
-    }
-
-    pub(crate) fn stats(&self) -> Stats {
-        self.stats.lock().clone()
-    }
-
-    pub(crate) fn reset_stats(&self) {
-        *self.stats.lock() = Stats::default();
-    }
-
     /// How the LLM behaves now.
     pub(crate) fn llm(&self) -> MockLlm {
         *self.llm.lock()
@@ -145,4 +141,24 @@ impl Shared {
     pub(crate) fn next_completion(&self) -> u64 {
         self.completions.fetch_add(1, Ordering::Relaxed) + 1
     }
+}
+
+/// Implements `FromRef<Arc<Shared>>` for each substate handlers take:
+/// `State<CrmStore>` is a clone of the handle in [`Shared`].
+macro_rules! substates {
+    ($($field:ident: $substate:ty),* $(,)?) => {$(
+        impl FromRef<Arc<Shared>> for $substate {
+            fn from_ref(shared: &Arc<Shared>) -> Self {
+                shared.$field.clone()
+            }
+        }
+    )*};
+}
+
+substates! {
+    crm: CrmStore,
+    sheets: SheetsStore,
+    tokens: TokenIssuer,
+    telegram: TelegramStore,
+    webhook: WebhookStore,
 }

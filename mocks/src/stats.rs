@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::{EndpointKind, Service};
@@ -85,6 +86,24 @@ impl Default for Stats {
                 .map(|s| (s, ServiceStats::default()))
                 .collect(),
         }
+    }
+}
+
+/// The counts of a running server, kept by the middleware that answers.
+#[derive(Default)]
+pub(crate) struct StatsBook(Mutex<Stats>);
+
+impl StatsBook {
+    pub(crate) fn record(&self, service: Service, kind: EndpointKind, outcome: &str) {
+        self.0.lock().record(service, kind, outcome);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        self.0.lock().clone()
+    }
+
+    pub(crate) fn reset(&self) {
+        *self.0.lock() = Stats::default();
     }
 }
 

@@ -2,12 +2,14 @@
 //! Google OAuth token endpoint it needs, the Telegram Bot API and a webhook
 //! receiver for alerts.
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::extract::FromRef;
 use axum::routing::post;
 
-use crate::state::Shared;
+use self::sheets::SheetsStore;
+use self::telegram::TelegramStore;
+use self::token::TokenIssuer;
+use self::webhook::WebhookStore;
 
 pub(crate) mod failures;
 pub(crate) mod sheets;
@@ -16,7 +18,14 @@ pub(crate) mod token;
 pub(crate) mod webhook;
 
 /// The sinks' routes, relative to the server's root.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SheetsStore: FromRef<S>,
+    TokenIssuer: FromRef<S>,
+    TelegramStore: FromRef<S>,
+    WebhookStore: FromRef<S>,
+{
     Router::new()
         .nest("/sheets", sheets::routes())
         .route("/oauth2/token", post(token::token))
@@ -25,7 +34,13 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// The sinks' control routes, relative to `/_control`.
-pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+pub(crate) fn control_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SheetsStore: FromRef<S>,
+    TelegramStore: FromRef<S>,
+    WebhookStore: FromRef<S>,
+{
     Router::new()
         .nest("/sheets", sheets::control_routes())
         .nest("/telegram", telegram::control_routes())

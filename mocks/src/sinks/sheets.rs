@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
+use super::token::TokenIssuer;
 use crate::MockServer;
-use crate::state::Shared;
 
 /// A static access token the Sheets fake always accepts, for clients
 /// configured with `bearer_token` instead of a service account.
@@ -42,9 +42,10 @@ pub struct SheetsAppend {
 }
 
 /// The recorded appends, scripted failures and every status answered.
-#[derive(Default)]
+/// A handle: clones share them, so handlers take it as their axum state.
+#[derive(Clone, Default)]
 pub(crate) struct SheetsStore {
-    inner: Mutex<Store>,
+    inner: Arc<Mutex<Store>>,
 }
 
 #[derive(Default)]
@@ -87,7 +88,12 @@ impl MockServer {
 }
 
 /// The API routes, relative to `/sheets`.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SheetsStore: FromRef<S>,
+    TokenIssuer: FromRef<S>,
+{
     Router::new().route(
         "/v4/spreadsheets/{spreadsheet_id}/values/{range_method}",
         post(append),
@@ -95,7 +101,11 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 }
 
 /// The control routes, relative to `/_control/sheets`.
-pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+pub(crate) fn control_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    SheetsStore: FromRef<S>,
+{
     Router::new().route("/failures", post(queue_failure).delete(clear_failures))
 }
 
@@ -127,22 +137,23 @@ struct AppendQuery {
 }
 
 async fn append(
-    State(shared): State<Arc<Shared>>,
+    State(sheets): State<SheetsStore>,
+    State(tokens): State<TokenIssuer>,
     Path((spreadsheet_id, range_method)): Path<(String, String)>,
     Query(query): Query<AppendQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let response = handle(
-        &shared,
+        &sheets,
+        &tokens,
         spreadsheet_id,
         &range_method,
         query,
         &headers,
         &body,
     );
-    shared
-        .sheets
+    sheets
         .inner
         .lock()
         .statuses
@@ -151,7 +162,8 @@ async fn append(
 }
 
 fn handle(
-    shared: &Shared,
+    sheets: &SheetsStore,
+    tokens: &TokenIssuer,
     spreadsheet_id: String,
     range_method: &str,
     query: AppendQuery,
@@ -166,13 +178,13 @@ fn handle(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if !token.is_some_and(|t| t == SHEETS_STATIC_TOKEN || shared.tokens.is_valid(t)) {
+    if !token.is_some_and(|t| t == SHEETS_STATIC_TOKEN || tokens.is_valid(t)) {
         return google_error(
             StatusCode::UNAUTHORIZED,
             "Request had invalid authentication credentials. Expected OAuth 2 access token.",
         );
     }
-    if let Some((status, wait)) = shared.sheets.inner.lock().failures.pop() {
+    if let Some((status, wait)) = sheets.inner.lock().failures.pop() {
         return with_retry_after(google_error(status, "Injected failure (mock)."), wait);
     }
     let value_input_option = query.value_input_option.unwrap_or_default();
@@ -195,7 +207,7 @@ fn handle(
         Ok(rows) => rows,
         Err(message) => return google_error(StatusCode::BAD_REQUEST, message),
     };
-    let mut inner = shared.sheets.inner.lock();
+    let mut inner = sheets.inner.lock();
     let before: usize = inner
         .appends
         .iter()
@@ -257,14 +269,12 @@ fn column_name(mut n: usize) -> String {
     String::from_utf8(name).unwrap_or_default()
 }
 
-async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    queue_failure_from(&body, |failure| {
-        shared.sheets.inner.lock().failures.push(failure)
-    })
+async fn queue_failure(State(sheets): State<SheetsStore>, body: Bytes) -> Response {
+    queue_failure_from(&body, |failure| sheets.inner.lock().failures.push(failure))
 }
 
-async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": shared.sheets.inner.lock().failures.clear() }))
+async fn clear_failures(State(sheets): State<SheetsStore>) -> Json<Value> {
+    Json(json!({ "cleared": sheets.inner.lock().failures.clear() }))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,7 +20,6 @@ use tokio::time::Instant;
 
 use super::failures::{Failures, SinkFailure, queue_failure_from};
 use crate::MockServer;
-use crate::state::Shared;
 
 /// The bot token the fake accepts.
 pub const TELEGRAM_BOT_TOKEN: &str = "123456:mock-telegram-token";
@@ -46,9 +45,10 @@ pub struct TelegramRequest {
 }
 
 /// The recorded requests and the scripted failures.
-#[derive(Default)]
+/// A handle: clones share them, so handlers take it as their axum state.
+#[derive(Clone, Default)]
 pub(crate) struct TelegramStore {
-    inner: Mutex<Store>,
+    inner: Arc<Mutex<Store>>,
 }
 
 #[derive(Default)]
@@ -90,12 +90,20 @@ impl MockServer {
 }
 
 /// The API routes, relative to `/telegram`.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    TelegramStore: FromRef<S>,
+{
     Router::new().route("/{bot_token}/sendMessage", post(send_message))
 }
 
 /// The control routes, relative to `/_control/telegram`.
-pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+pub(crate) fn control_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    TelegramStore: FromRef<S>,
+{
     Router::new()
         .route("/failures", post(queue_failure).delete(clear_failures))
         .route("/requests", axum::routing::get(list_requests))
@@ -112,7 +120,7 @@ fn bot_error(status: StatusCode, description: &str, retry_after: Option<u64>) ->
 }
 
 async fn send_message(
-    State(shared): State<Arc<Shared>>,
+    State(telegram): State<TelegramStore>,
     Path(bot_token): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -127,7 +135,7 @@ async fn send_message(
         })
     };
     let (chat_id, text) = (field("chat_id"), field("text"));
-    let mut store = shared.telegram.inner.lock();
+    let mut store = telegram.inner.lock();
     let response = answer(&mut store, token_ok, chat_id.as_deref(), text.as_deref());
     store.requests.push(TelegramRequest {
         token_ok,
@@ -183,18 +191,18 @@ fn answer(
     Json(json!({ "ok": true, "result": result })).into_response()
 }
 
-async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn queue_failure(State(telegram): State<TelegramStore>, body: Bytes) -> Response {
     queue_failure_from(&body, |failure| {
-        shared.telegram.inner.lock().failures.push(failure)
+        telegram.inner.lock().failures.push(failure)
     })
 }
 
-async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": shared.telegram.inner.lock().failures.clear() }))
+async fn clear_failures(State(telegram): State<TelegramStore>) -> Json<Value> {
+    Json(json!({ "cleared": telegram.inner.lock().failures.clear() }))
 }
 
-async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let store = shared.telegram.inner.lock();
+async fn list_requests(State(telegram): State<TelegramStore>) -> Json<Value> {
+    let store = telegram.inner.lock();
     let requests: Vec<Value> = store
         .requests
         .iter()

@@ -22,7 +22,6 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::MockServer;
-use crate::state::Shared;
 
 /// The e-mail address of the test service account.
 pub const TEST_SERVICE_ACCOUNT_EMAIL: &str =
@@ -106,8 +105,10 @@ impl MockServer {
 }
 
 /// Issued tokens and the requests seen.
+/// A handle: clones share them, so handlers take it as their axum state.
+#[derive(Clone)]
 pub(crate) struct TokenIssuer {
-    inner: Mutex<Issuer>,
+    inner: Arc<Mutex<Issuer>>,
 }
 
 struct Issuer {
@@ -121,12 +122,12 @@ struct Issuer {
 impl TokenIssuer {
     pub(crate) fn new(seed: u64) -> Self {
         Self {
-            inner: Mutex::new(Issuer {
+            inner: Arc::new(Mutex::new(Issuer {
                 lifetime: DEFAULT_TOKEN_LIFETIME,
                 issued: HashMap::new(),
                 requests: Vec::new(),
                 rng: fastrand::Rng::with_seed(seed),
-            }),
+            })),
         }
     }
 
@@ -201,11 +202,10 @@ struct Claims {
 
 /// `POST /oauth2/token`.
 pub(crate) async fn token(
-    State(shared): State<Arc<Shared>>,
+    State(issuer): State<TokenIssuer>,
     headers: HeaderMap,
     Form(form): Form<GrantForm>,
 ) -> Response {
-    let issuer = &shared.tokens;
     if form.grant_type.as_deref() != Some(JWT_BEARER_GRANT) {
         return issuer.refuse(None, "unsupported_grant_type", "Invalid grant_type.");
     }

@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use super::failures::{Failures, SinkFailure, queue_failure_from, with_retry_after};
 use crate::MockServer;
-use crate::state::Shared;
 
 /// One request to the webhook sink, as received.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,9 +50,10 @@ impl WebhookRequest {
 }
 
 /// The recorded requests and the scripted failures.
-#[derive(Default)]
+/// A handle: clones share them, so handlers take it as their axum state.
+#[derive(Clone, Default)]
 pub(crate) struct WebhookStore {
-    inner: Mutex<Store>,
+    inner: Arc<Mutex<Store>>,
 }
 
 #[derive(Default)]
@@ -82,34 +82,46 @@ impl MockServer {
 }
 
 /// The sink's routes, relative to `/webhook`.
-pub(crate) fn routes() -> Router<Arc<Shared>> {
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    WebhookStore: FromRef<S>,
+{
     Router::new()
         .route("/", post(receive_root))
         .route("/{*path}", post(receive))
 }
 
 /// The control routes, relative to `/_control/webhook`.
-pub(crate) fn control_routes() -> Router<Arc<Shared>> {
+pub(crate) fn control_routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    WebhookStore: FromRef<S>,
+{
     Router::new()
         .route("/failures", post(queue_failure).delete(clear_failures))
         .route("/requests", get(list_requests))
 }
 
-async fn receive_root(state: State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    record(&state, "/".to_owned(), &headers, body)
+async fn receive_root(
+    State(webhook): State<WebhookStore>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&webhook, "/".to_owned(), &headers, body)
 }
 
 async fn receive(
-    state: State<Arc<Shared>>,
+    State(webhook): State<WebhookStore>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    record(&state, format!("/{path}"), &headers, body)
+    record(&webhook, format!("/{path}"), &headers, body)
 }
 
-fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Response {
-    let mut store = shared.webhook.inner.lock();
+fn record(webhook: &WebhookStore, path: String, headers: &HeaderMap, body: Bytes) -> Response {
+    let mut store = webhook.inner.lock();
     let response = match store.failures.pop() {
         Some((status, wait)) => with_retry_after(
             (status, Json(json!({ "error": "injected failure (mock)" }))).into_response(),
@@ -135,18 +147,16 @@ fn record(shared: &Shared, path: String, headers: &HeaderMap, body: Bytes) -> Re
     response
 }
 
-async fn queue_failure(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    queue_failure_from(&body, |failure| {
-        shared.webhook.inner.lock().failures.push(failure)
-    })
+async fn queue_failure(State(webhook): State<WebhookStore>, body: Bytes) -> Response {
+    queue_failure_from(&body, |failure| webhook.inner.lock().failures.push(failure))
 }
 
-async fn clear_failures(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "cleared": shared.webhook.inner.lock().failures.clear() }))
+async fn clear_failures(State(webhook): State<WebhookStore>) -> Json<Value> {
+    Json(json!({ "cleared": webhook.inner.lock().failures.clear() }))
 }
 
-async fn list_requests(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let store = shared.webhook.inner.lock();
+async fn list_requests(State(webhook): State<WebhookStore>) -> Json<Value> {
+    let store = webhook.inner.lock();
     let requests: Vec<Value> = store
         .requests
         .iter()

@@ -1,12 +1,8 @@
-//! A slot held by one attempt, and how the attempt ended.
+//! How an attempt that held a slot ended, as the limit sees it.
 
-use std::fmt;
 use std::time::Duration;
 
 use callguard_core::{ErrorKind, ServiceError};
-
-use crate::headers::ProviderHeaders;
-use crate::limiter::Limiter;
 
 /// How an attempt that held a slot ended, as the limit sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,46 +47,6 @@ impl Outcome {
             // The service answered, about this request or this account.
             _ => Self::Success { latency },
         }
-    }
-}
-
-/// A slot held for one attempt. [`complete`](Self::complete) it with how the
-/// attempt ended and the headers of the answer; dropping it without that (a
-/// cancelled attempt) gives the slot back and teaches the limit nothing.
-#[must_use = "a permit holds a slot until it is completed or dropped"]
-pub struct Permit<'a> {
-    limiter: &'a Limiter,
-    /// The limiter's generation when the slot was taken.
-    generation: u32,
-}
-
-impl<'a> Permit<'a> {
-    pub(crate) fn new(limiter: &'a Limiter, generation: u32) -> Self {
-        Self {
-            limiter,
-            generation,
-        }
-    }
-
-    /// The attempt ended with `outcome`, and its answer carried `headers`
-    /// ([`ProviderHeaders::NONE`] when there was no answer). Gives the slot back.
-    pub fn complete(self, outcome: Outcome, headers: &ProviderHeaders) {
-        self.limiter.learn(outcome, self.generation, headers);
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.limiter.release();
-    }
-}
-
-impl fmt::Debug for Permit<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Permit")
-            .field("service", self.limiter.service())
-            .field("generation", &self.generation)
-            .finish()
     }
 }
 
