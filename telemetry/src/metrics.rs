@@ -762,11 +762,24 @@ mod tests {
 
     #[test]
     fn limiters_are_read_when_rendered() {
-        use callguard_limit::LimitConfig;
+        use callguard_limit::{LimitConfig, Outcome, ProviderHeaders};
         let fixed = Arc::new(Limiter::new(service("elevenlabs"), LimitConfig::fixed(5)).unwrap());
         let off = Arc::new(Limiter::new(service("crm"), LimitConfig::default()).unwrap());
         let metrics = Metrics::new();
-        metrics.watch_limiters(vec![fixed.clone(), off]);
+        metrics.watch_limiters(vec![fixed.clone(), off.clone()]);
+        assert!(
+            metrics
+                .render(None, None)
+                .contains("callguard_limit{service=\"crm\"} 1"),
+            "one request until the first answer"
+        );
+        // An answer without limit headers: the CRM announces no limit.
+        off.try_acquire().unwrap().complete(
+            Outcome::Success {
+                latency: Duration::from_millis(5),
+            },
+            &ProviderHeaders::NONE,
+        );
         let held = [fixed.try_acquire().unwrap(), fixed.try_acquire().unwrap()];
         let text = metrics.render(None, None);
         for line in [
