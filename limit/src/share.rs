@@ -11,21 +11,28 @@
 //!
 //! * **Growth.** A window is `limit` answers, about one round trip. A window
 //!   that used every slot raises the limit by one, up to `M − others`, once
-//!   two windows in a row found *room*: the provider serving fewer than `M`,
-//!   and all of ours (none of ours waiting in its queue). Alone (nobody else
-//!   seen) that is `M`, a few round trips from a limit of 1; a step rather
-//!   than a jump because clients that start together see each other only
-//!   once their first requests are answered.
+//!   two windows in a row found *room*: the provider serving fewer than `M`
+//!   and all of ours (none of ours waiting in its queue) at some answer, and
+//!   its limit at none. Alone (nobody else seen) that is `M`, a few round
+//!   trips from a limit of 1; a step rather than a jump because clients that
+//!   start together see each other only once their first requests are
+//!   answered.
 //! * **Room that is not there.** Answers to requests of the same length come
 //!   in batches, and the last answer of a batch counts the provider nearly
 //!   empty: the other slots of the batch were given back an instant before,
-//!   and their owners are filling them again. No reading tells that room
-//!   from real room, so a step into it is refused, and a refused limit is
-//!   tried again only after a gap of windows with room that doubles with
-//!   every refusal (to [`MAX_PROBE_GAP`]) and halves when a step holds: a
-//!   client whose answers keep showing such room pays a `429` ever more
-//!   rarely, and one whose room is real (the others have left) is back at
-//!   it within a few windows.
+//!   and their owners are filling them again. Three guards, since no single
+//!   reading tells that room from real room. A window with an answer that
+//!   found the provider full found no room: the full count is the
+//!   provider's own, where a low one may be a batch's last. The clients
+//!   that see one free slot see it together, so each steps into it only with
+//!   the chance `ours / (ours + others)` (others at their most in the
+//!   window): of `n` clients with a slot each, about one takes it rather
+//!   than all `n`, and a client alone always does. And a step refused all
+//!   the same is tried again only after a gap of windows with room that
+//!   doubles with every refusal (to [`MAX_PROBE_GAP`]) and halves when a
+//!   step holds: a client whose answers keep showing such room pays a `429`
+//!   ever more rarely, and one whose room is real (the others have left) is
+//!   back at it within a few windows.
 //! * **Yielding.** A window whose answers say the others hold more lowers the
 //!   limit to what they leave at once: their growth meets a free slot, not a
 //!   `429`. A `429 too_many_concurrent_requests` (two clients took the same
@@ -76,6 +83,8 @@ pub(crate) struct Share {
     probing: bool,
     /// Windows in a row that found room at the provider.
     room_streak: u32,
+    /// Draws who of the clients that see the same free slot steps into it.
+    rng: fastrand::Rng,
 }
 
 /// The answers since the window opened.
@@ -84,11 +93,14 @@ struct Window {
     answers: u32,
     /// The fewest requests others held at an answer; `u32::MAX`: none seen.
     others: u32,
+    /// The most requests others held at an answer.
+    others_most: u32,
     /// Every slot was taken (or callers waited) at some answer.
     saturated: bool,
     /// The provider was serving its limit at some answer.
     full: bool,
-    /// The provider was serving less than its limit at some answer.
+    /// The provider was serving less than its limit, and all of ours, at
+    /// some answer.
     room: bool,
 }
 
@@ -96,6 +108,7 @@ impl Window {
     const OPEN: Self = Self {
         answers: 0,
         others: u32::MAX,
+        others_most: 0,
         saturated: false,
         full: false,
         room: false,
@@ -116,6 +129,11 @@ pub(crate) struct Reading {
 impl Share {
     /// Following `provider`, starting from `limit` (clamped to it).
     pub(crate) fn new(provider: u32, limit: u32) -> Self {
+        Self::with_rng(provider, limit, fastrand::Rng::new())
+    }
+
+    /// The same, drawing from `rng` (a seeded one in tests).
+    fn with_rng(provider: u32, limit: u32, rng: fastrand::Rng) -> Self {
         Self {
             provider,
             limit: limit.clamp(1, provider),
@@ -125,6 +143,7 @@ impl Share {
             waited: 0,
             probing: false,
             room_streak: 0,
+            rng,
         }
     }
 
@@ -151,7 +170,9 @@ impl Share {
         window.answers += 1;
         window.saturated |= reading.saturated;
         if let Some(current) = reading.current {
-            window.others = window.others.min(current.saturating_sub(reading.ours));
+            let others = current.saturating_sub(reading.ours);
+            window.others = window.others.min(others);
+            window.others_most = window.others_most.max(others);
             window.full |= current >= self.provider;
             // Fewer than ours in flight: some of ours wait in its queue.
             window.room |= current < self.provider && current >= reading.ours;
@@ -178,7 +199,10 @@ impl Share {
         let (others, room) = if window.others == u32::MAX {
             (0, true)
         } else {
-            (window.others, window.room)
+            // One answer that found it full outweighs any that found room:
+            // the full count is the provider's own, and room is what the
+            // last answer of a batch sees whether or not it is there.
+            (window.others, window.room && !window.full)
         };
         let left = self.provider.saturating_sub(others).max(1);
         self.room_streak = if room { self.room_streak + 1 } else { 0 };
@@ -192,9 +216,21 @@ impl Share {
             self.limit = left;
         } else if window.full && others > 0 && self.limit >= others + 2 {
             self.limit -= 1;
-        } else if window.saturated && self.room_streak >= ROOM_STREAK && self.limit < left {
+        } else if window.saturated
+            && self.room_streak >= ROOM_STREAK
+            && self.limit < left
+            && self.takes_the_free_slot(window.others_most)
+        {
             self.step_up();
         }
+    }
+
+    /// Whether to step into a free slot that every client of the provider
+    /// may be seeing at once: with the chance `ours / (ours + others)`, about
+    /// one of them does (one in `n` of `n` clients with a slot each), and a
+    /// client alone always does.
+    fn takes_the_free_slot(&mut self, others: u32) -> bool {
+        self.rng.u32(..self.limit + others) < self.limit
     }
 
     /// One step up, unless it is a probe of a refused limit whose gap has
@@ -243,18 +279,55 @@ mod tests {
         assert_eq!(share.limit(), 2, "a lower limit holds at once");
     }
 
+    fn seeded(provider: u32, limit: u32, seed: u64) -> Share {
+        Share::with_rng(provider, limit, fastrand::Rng::with_seed(seed))
+    }
+
     #[test]
     fn it_takes_what_the_others_leave_and_yields_when_they_take_more() {
-        let mut share = Share::new(4, 1);
-        // Two others hold two slots: one step to 2, and no further.
-        window(&mut share, 3, 1);
-        window(&mut share, 3, 1);
+        let mut share = seeded(4, 1, 7);
+        // Two others hold two slots: one step to 2 (a chance in three per
+        // window), and no further.
+        for _ in 0..50 {
+            window(&mut share, 3, 1);
+        }
         assert_eq!(share.limit(), 2);
         window(&mut share, 4, 2);
         assert_eq!(share.limit(), 2);
         // They now hold three: down to one at once.
         window(&mut share, 4, 1);
         assert_eq!(share.limit(), 1);
+    }
+
+    #[test]
+    fn of_three_clients_seeing_the_same_free_slot_about_one_steps_into_it() {
+        // Each holds one of four slots: each sees the other two and a free
+        // slot, and steps into it with a chance of one in three.
+        let stepped = (0..300)
+            .filter(|&seed| {
+                let mut share = seeded(4, 1, seed);
+                window(&mut share, 3, 1);
+                window(&mut share, 3, 1);
+                share.limit() == 2
+            })
+            .count();
+        assert!((75..=125).contains(&stepped), "{stepped} of 300 stepped");
+    }
+
+    #[test]
+    fn a_window_that_found_the_provider_full_found_no_room() {
+        let mut share = Share::new(4, 2);
+        for _ in 0..6 {
+            // The last answer of a batch finds it nearly empty, the others full.
+            for current in [2, 4] {
+                share.on_answer(Reading {
+                    current: Some(current),
+                    ours: 2,
+                    saturated: true,
+                });
+            }
+        }
+        assert_eq!(share.limit(), 2);
     }
 
     #[test]
