@@ -50,12 +50,14 @@
 
 use std::time::Duration;
 
+use crate::probe::{BackOff, Probing};
+
 /// What a limit is multiplied by on overload.
 pub(crate) const DECREASE: f64 = 0.9;
 /// The weight of a closing window's mean in the long-run latency average.
 const LONG_RUN_WEIGHT: f64 = 0.1;
 /// The most saturated windows between two probes of a refused limit.
-pub(crate) const MAX_PROBE_GAP: u32 = 64;
+const MAX_PROBE_GAP: u32 = 64;
 
 /// The adaptive limit of one service.
 #[derive(Debug, Clone)]
@@ -73,14 +75,9 @@ pub(crate) struct Aimd {
     /// The long-run mean latency of a window, in seconds.
     long_run: Option<f64>,
     window: Window,
-    /// The limit at the last overload, until a probe at or above it holds.
-    refused_at: Option<f64>,
-    /// Saturated windows to wait before the next probe.
-    probe_gap: u32,
-    /// Saturated windows since the last increase (or overload).
-    waited: u32,
-    /// The last increase was a probe, and no window has closed at it yet.
-    probing: bool,
+    /// When the limit at the last overload may be probed again (only a
+    /// refused probe widens the gap, counted in saturated windows).
+    probing: Probing,
 }
 
 /// The answers since the window opened.
@@ -109,10 +106,7 @@ impl Aimd {
             tolerance,
             long_run: None,
             window: Window::default(),
-            refused_at: None,
-            probe_gap: 1,
-            waited: 0,
-            probing: false,
+            probing: Probing::new(BackOff::RefusedProbe, MAX_PROBE_GAP),
         }
     }
 
@@ -167,12 +161,7 @@ impl Aimd {
         if slow || window.crowded * 2 > window.successes {
             self.decrease();
         } else if window.saturated {
-            if self.probing {
-                // A whole window at the probed limit: it holds.
-                self.probing = false;
-                self.refused_at = None;
-                self.probe_gap = (self.probe_gap / 2).max(1);
-            }
+            self.probing.window_held();
             self.increase();
         }
     }
@@ -183,27 +172,14 @@ impl Aimd {
         if next <= self.limit {
             return;
         }
-        let probe = self
-            .refused_at
-            .is_some_and(|refused| next.floor() >= refused.floor());
-        if probe {
-            self.waited += 1;
-            if self.waited < self.probe_gap {
-                return;
-            }
+        // Whole slots: the limit is within [1, 100_000].
+        if self.probing.may_step(next.floor() as u32) {
+            self.limit = next;
         }
-        self.waited = 0;
-        self.probing = probe;
-        self.limit = next;
     }
 
     fn decrease(&mut self) {
-        if self.probing {
-            self.probe_gap = (self.probe_gap * 2).min(MAX_PROBE_GAP);
-        }
-        self.probing = false;
-        self.waited = 0;
-        self.refused_at = Some(self.limit);
+        self.probing.refused(self.limit());
         // At least one whole slot: at small limits a tenth is less than one,
         // and the limit would stay where it was refused.
         let lower = (self.limit * DECREASE).min(self.limit.floor() - 1.0);

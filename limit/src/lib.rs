@@ -42,6 +42,7 @@ mod error;
 pub mod headers;
 mod limiter;
 mod outcome;
+mod probe;
 mod rate;
 mod share;
 mod slots;

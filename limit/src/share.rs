@@ -58,6 +58,8 @@
 //! 1.3), and a probe above it cost a `429`; the headers say exactly how much
 //! is left.
 
+use crate::probe::{BackOff, Probing};
+
 /// Windows in a row that must find room before a step up: a free slot seen
 /// once may be one another client is about to fill again.
 const ROOM_STREAK: u32 = 2;
@@ -72,15 +74,9 @@ pub(crate) struct Share {
     provider: u32,
     limit: u32,
     window: Window,
-    /// The limit at the last refusal, until a step to it holds.
-    refused_at: Option<u32>,
-    /// Windows with room to wait before stepping to `refused_at` again.
-    probe_gap: u32,
-    /// Windows with room since the last step up (or refusal).
-    waited: u32,
-    /// The last step up was to `refused_at` or above, and no window has
-    /// closed at it yet.
-    probing: bool,
+    /// When a refused limit may be stepped to again (every refusal widens
+    /// the gap, counted in windows with room).
+    probing: Probing,
     /// Windows in a row that found room at the provider.
     room_streak: u32,
     /// Draws who of the clients that see the same free slot steps into it.
@@ -138,10 +134,7 @@ impl Share {
             provider,
             limit: limit.clamp(1, provider),
             window: Window::OPEN,
-            refused_at: None,
-            probe_gap: 1,
-            waited: 0,
-            probing: false,
+            probing: Probing::new(BackOff::EveryRefusal, MAX_PROBE_GAP),
             room_streak: 0,
             rng,
         }
@@ -157,8 +150,7 @@ impl Share {
     pub(crate) fn set_provider_limit(&mut self, provider: u32) {
         if provider > self.provider {
             // Said outright: no refusal below it counts any more.
-            self.refused_at = None;
-            self.probe_gap = 1;
+            self.probing.forget();
         }
         self.provider = provider;
         self.limit = self.limit.min(provider);
@@ -185,10 +177,7 @@ impl Share {
     /// A `429 too_many_concurrent_requests` for a request sent at the
     /// current limit.
     pub(crate) fn on_refused(&mut self) {
-        self.probe_gap = (self.probe_gap * 2).min(MAX_PROBE_GAP);
-        self.probing = false;
-        self.waited = 0;
-        self.refused_at = Some(self.limit);
+        self.probing.refused(self.limit);
         self.limit = self.limit.saturating_sub(1).max(1);
         self.window = Window::OPEN;
     }
@@ -206,11 +195,8 @@ impl Share {
         };
         let left = self.provider.saturating_sub(others).max(1);
         self.room_streak = if room { self.room_streak + 1 } else { 0 };
-        if window.saturated && self.probing {
-            // A whole window at the probed limit: it holds.
-            self.probing = false;
-            self.refused_at = None;
-            self.probe_gap = (self.probe_gap / 2).max(1);
+        if window.saturated {
+            self.probing.window_held();
         }
         if self.limit > left {
             self.limit = left;
@@ -236,17 +222,9 @@ impl Share {
     /// One step up, unless it is a probe of a refused limit whose gap has
     /// not passed.
     fn step_up(&mut self) {
-        let next = self.limit + 1;
-        let probe = self.refused_at.is_some_and(|refused| next >= refused);
-        if probe {
-            self.waited += 1;
-            if self.waited < self.probe_gap {
-                return;
-            }
+        if self.probing.may_step(self.limit + 1) {
+            self.limit += 1;
         }
-        self.waited = 0;
-        self.probing = probe;
-        self.limit = next;
     }
 }
 
