@@ -17,6 +17,7 @@
 //! (the CRM keeps the first record).
 
 use parking_lot::Mutex;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -253,15 +254,21 @@ impl Settling {
         }
     }
 
-    /// Notes that the store accepted a terminal state under `lease`.
-    fn ended(&self, lease: &Lease) {
-        let contact_id = lease.contact_id();
-        let first = self
-            .ended
-            .lock()
-            .insert(contact_id.to_owned(), lease.attempt())
-            .is_none();
-        if !first {
+    /// Notes that the store accepted a terminal state under `lease` (the
+    /// contact's id moves into the set of ended contacts: no copy per contact).
+    fn ended(&self, lease: Lease) {
+        let (contact_id, attempt) = lease.into_parts();
+        let twice = match self.ended.lock().entry(contact_id) {
+            Entry::Vacant(first) => {
+                first.insert(attempt);
+                None
+            }
+            Entry::Occupied(mut again) => {
+                again.insert(attempt);
+                Some(again.key().clone())
+            }
+        };
+        if let Some(contact_id) = twice {
             self.ended_twice.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 contact_id = %contact_id,
@@ -364,7 +371,7 @@ impl CallQueue {
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
                 if self.settling.record(&leased.lease, failed).is_some() {
-                    self.settling.ended(&leased.lease);
+                    self.settling.ended(leased.lease);
                 }
                 None
             }
@@ -385,7 +392,7 @@ impl CallQueue {
                 Terminal::Failed { service, reason } => store.fail(&lease, service, reason).await,
             };
             if settling.record(&lease, result).is_some() {
-                settling.ended(&lease);
+                settling.ended(lease);
             }
             if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
                 settling.idle.notify_waiters();
@@ -450,7 +457,7 @@ impl CallQueue {
         };
         match self.settling.record(&entry.lease, result) {
             Some(callguard_store::Deferral::Expired) => {
-                self.settling.ended(&entry.lease);
+                self.settling.ended(entry.lease);
                 Deferral::Expired
             }
             Some(_) => Deferral::Requeued,

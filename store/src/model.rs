@@ -143,6 +143,11 @@ impl Lease {
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
+
+    /// The contact's id and the attempt, taken apart without a copy.
+    pub fn into_parts(self) -> (String, u32) {
+        (self.contact_id, self.attempt)
+    }
 }
 
 /// A contact handed to a worker.
