@@ -229,28 +229,12 @@ pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
     line.replace('\n', " ")
 }
 
-/// `%XX` escapes decoded (a URL parameter's value).
+/// `%XX` escapes decoded (a URL parameter's value); a `%` that starts no
+/// escape stays as it is.
 fn percent_decoded(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `prefer` and `require` without a CA: any certificate, as libpq takes it
