@@ -17,17 +17,21 @@
 //!
 //! **Probing backs off.** Below the limit at which it was last refused, the
 //! limit climbs back one step per saturated window. A step to that limit or
-//! above is a *probe*: it comes only after `probe_gap` saturated windows,
-//! and a probe refused before a window closes cleanly at the new limit
-//! doubles the gap (up to [`MAX_PROBE_GAP`]), while one that holds halves it
-//! and forgets the refusal — halves, not resets: when clients share a limit,
-//! the `429` a probe causes falls on whichever client's request waits at the
-//! provider, and the prober's probe seems to hold. Plain AIMD probes every other window and pays a
-//! `429` for each probe — a fifth of all answers at a limit of 4, far more
-//! when several clients share the limit, each probing on its own; with the
-//! gap, a limit that stays put is probed ever more rarely, and one that rises
-//! is found again once a probe holds (TCP CUBIC's plateau near the last
-//! loss, in whole slots).
+//! above is a *probe*: it comes only after `probe_gap` saturated windows.
+//! Every refusal doubles the gap (up to [`MAX_PROBE_GAP`]) and a probe that
+//! holds a window halves it; while the gap is wider than one window the step
+//! above a held probe is a probe too ([`crate::probe`]). Plain AIMD probes
+//! every other window and pays a `429` for each probe — a fifth of all
+//! answers at a limit of 4, far more when several clients share the limit:
+//! the `429` a probe causes falls on whichever client's request waits in the
+//! provider's queue, not on the prober, whose probe seems to hold and who
+//! would climb on a step per window. With the gap, a limit that stays put is
+//! probed ever more rarely, by every client sharing it, and one that rises
+//! is found again as probes hold and the gap closes (TCP CUBIC's plateau
+//! near the last loss, in whole slots). The ceiling is 16 windows: with three
+//! clients on a limit of 4 each holds one or two slots, a window is one or
+//! two answers, and a longer gap leaves a slot a client has freed unused for
+//! seconds.
 //!
 //! **Why AIMD.** The prior art offers two families. Vegas and Gradient2
 //! (Netflix concurrency-limits) and Envoy's adaptive concurrency filter infer
@@ -50,14 +54,14 @@
 
 use std::time::Duration;
 
-use crate::probe::{BackOff, Probing};
+use crate::probe::Probing;
 
 /// What a limit is multiplied by on overload.
 pub(crate) const DECREASE: f64 = 0.9;
 /// The weight of a closing window's mean in the long-run latency average.
 const LONG_RUN_WEIGHT: f64 = 0.1;
 /// The most saturated windows between two probes of a refused limit.
-const MAX_PROBE_GAP: u32 = 64;
+const MAX_PROBE_GAP: u32 = 16;
 
 /// The adaptive limit of one service.
 #[derive(Debug, Clone)]
@@ -106,7 +110,7 @@ impl Aimd {
             tolerance,
             long_run: None,
             window: Window::default(),
-            probing: Probing::new(BackOff::RefusedProbe, MAX_PROBE_GAP),
+            probing: Probing::new(MAX_PROBE_GAP),
         }
     }
 
@@ -238,7 +242,8 @@ mod tests {
         aimd.on_overload();
         assert_eq!(aimd.limit(), 4, "not 4.5, which is still 4 + a probe");
         full_window(&mut aimd, MS);
-        assert_eq!(aimd.limit(), 5);
+        full_window(&mut aimd, MS);
+        assert_eq!(aimd.limit(), 5, "probed again after a gap of two windows");
         aimd.on_overload();
         assert_eq!(aimd.limit(), 4);
     }
@@ -297,17 +302,18 @@ mod tests {
     fn probes_of_a_refused_limit_grow_ever_rarer_and_a_higher_one_is_found() {
         let mut aimd = Aimd::new(4, 1, 100, None);
         let refused = against(&mut aimd, 4, 1_000);
-        // Gaps of 1, 2, 4 … 64 windows, then one probe per 64: about 20;
+        // Gaps of 2, 4, 8, 16 windows, then one probe per 16: about 60;
         // a probe every other window would be refused 500 times.
-        assert!(refused <= 25, "{refused} refusals in 1000 windows");
+        assert!(refused <= 65, "{refused} refusals in 1000 windows");
         assert_eq!(aimd.limit(), 4);
 
-        // The provider now allows 8: the next probe holds, the limit climbs a
-        // step per window again, and probes above 8 back off in turn.
-        let refused = against(&mut aimd, 8, 70);
+        // The provider now allows 8: the next probe holds, and each step
+        // above it is a probe after a gap that halves as each holds (16, 8,
+        // 4, 2 windows); probes above 8 back off in turn.
+        let refused = against(&mut aimd, 8, 50);
         assert!(
             aimd.limit() >= 8,
-            "found within one gap and four windows: {}",
+            "found within 50 windows of halving gaps: {}",
             aimd.limit()
         );
         assert!((1..=6).contains(&refused), "{refused} refusals above 8");

@@ -1,23 +1,18 @@
 //! Probing a refused limit again, backing off: when a step up to the limit
 //! at which a service last refused may be taken. The adaptive limit
 //! ([`crate::aimd`]) and the header-following share ([`crate::share`]) both
-//! step by whole slots and both back off this way; they differ in which
-//! refusals widen the gap ([`BackOff`]) and in its ceiling.
-
-/// Which refusals double the gap between probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BackOff {
-    /// Only a refused probe: a refusal below the probed limit is news of
-    /// other clients, not of the probe.
-    RefusedProbe,
-    /// Every refusal.
-    EveryRefusal,
-}
+//! step by whole slots and both back off this way (with gaps of their own
+//! ceilings).
+//!
+//! Every refusal doubles the gap, not only a refused probe: when clients
+//! share a limit, the `429` a probe causes falls on whichever client's request
+//! waits in the provider's queue, so a refusal is as often news of another
+//! client's probe as of one's own, and every client must probe more rarely
+//! for the refusals to become rare. A probe that holds halves the gap.
 
 /// The state of probing a refused limit.
 #[derive(Debug, Clone)]
 pub(crate) struct Probing {
-    back_off: BackOff,
     /// The most windows between two probes.
     max_gap: u32,
     /// The limit, in whole slots, at the last refusal, until a step to it holds.
@@ -26,20 +21,19 @@ pub(crate) struct Probing {
     gap: u32,
     /// Windows that asked since the last step up (or refusal).
     waited: u32,
-    /// The last step up was to `refused_at` or above, and no window has
-    /// closed at it yet.
-    probing: bool,
+    /// The limit of the last step up, when it was to `refused_at` or
+    /// above and no window has closed at it yet.
+    probed: Option<u32>,
 }
 
 impl Probing {
-    pub(crate) fn new(back_off: BackOff, max_gap: u32) -> Self {
+    pub(crate) fn new(max_gap: u32) -> Self {
         Self {
-            back_off,
             max_gap,
             refused_at: None,
             gap: 1,
             waited: 0,
-            probing: false,
+            probed: None,
         }
     }
 
@@ -54,28 +48,27 @@ impl Probing {
             }
         }
         self.waited = 0;
-        self.probing = probe;
+        self.probed = probe.then_some(next);
         true
     }
 
-    /// A whole window closed at the limit: a probe in flight holds, so the
-    /// refusal is forgotten and the gap halves — halves, not resets: when
-    /// clients share a limit, the `429` a probe causes may fall on another
-    /// client, and the prober's probe only seems to hold.
+    /// A whole window closed at the limit: a probe in flight holds, and the
+    /// gap halves. Halves, not resets, and the step above is a probe too
+    /// until the gap is down to one window: when clients share a limit, the
+    /// `429` a probe causes may fall on another client, so the prober's
+    /// probe only seems to hold — forgetting the refusal at once would let
+    /// it climb a step per window, each step refusing somebody else.
     pub(crate) fn window_held(&mut self) {
-        if self.probing {
-            self.probing = false;
-            self.refused_at = None;
+        if let Some(probed) = self.probed.take() {
             self.gap = (self.gap / 2).max(1);
+            self.refused_at = (self.gap > 1).then_some(probed + 1);
         }
     }
 
     /// Refused at `limit` slots.
     pub(crate) fn refused(&mut self, limit: u32) {
-        if self.probing || self.back_off == BackOff::EveryRefusal {
-            self.gap = (self.gap * 2).min(self.max_gap);
-        }
-        self.probing = false;
+        self.gap = (self.gap * 2).min(self.max_gap);
+        self.probed = None;
         self.waited = 0;
         self.refused_at = Some(limit);
     }
@@ -92,42 +85,51 @@ impl Probing {
 mod tests {
     use super::*;
 
+    /// Windows that ask for a step to `next` until one is allowed.
+    fn windows_until_a_step(probing: &mut Probing, next: u32) -> usize {
+        (1..=64).take_while(|_| !probing.may_step(next)).count() + 1
+    }
+
     #[test]
     fn a_refused_limit_is_probed_after_a_gap_that_doubles_and_halves() {
-        let mut probing = Probing::new(BackOff::RefusedProbe, 4);
+        let mut probing = Probing::new(4);
         assert!(probing.may_step(5), "nothing refused yet");
         probing.refused(5);
         assert!(probing.may_step(4), "below the refused limit");
-        assert!(probing.may_step(5), "a gap of one window");
+        assert_eq!(windows_until_a_step(&mut probing, 5), 2, "refused once");
         probing.refused(5);
-        assert!(!probing.may_step(5), "the refused probe doubled the gap");
-        assert!(probing.may_step(5));
-        probing.refused(5);
-        let windows_until_a_probe =
-            |probing: &mut Probing| (1..=16).take_while(|_| !probing.may_step(5)).count() + 1;
-        assert_eq!(windows_until_a_probe(&mut probing), 4);
+        assert_eq!(windows_until_a_step(&mut probing, 5), 4, "refused twice");
         probing.refused(5);
         assert_eq!(
-            windows_until_a_probe(&mut probing),
+            windows_until_a_step(&mut probing, 5),
             4,
             "the gap stops at its ceiling"
         );
         probing.window_held();
-        assert!(
-            probing.may_step(6),
-            "the probe held: the refusal is forgotten"
+        assert_eq!(
+            windows_until_a_step(&mut probing, 6),
+            2,
+            "the probe held, but with a gap of 2 the step above is a probe too"
         );
+        probing.window_held();
+        assert!(
+            probing.may_step(7),
+            "held with a gap of one window: the refusal is forgotten"
+        );
+        assert!(probing.may_step(8));
     }
 
     #[test]
-    fn every_refusal_can_widen_the_gap() {
-        let mut probing = Probing::new(BackOff::EveryRefusal, 8);
+    fn a_refusal_below_a_probe_widens_the_gap_too() {
+        let mut probing = Probing::new(8);
         probing.refused(3);
-        assert!(
-            !probing.may_step(3),
-            "no probe was refused, yet the gap is 2"
+        assert!(probing.may_step(2), "below the refused limit");
+        probing.refused(2);
+        assert_eq!(
+            windows_until_a_step(&mut probing, 2),
+            4,
+            "no probe was refused, yet the gap is 4"
         );
-        assert!(probing.may_step(3));
         probing.forget();
         assert!(probing.may_step(9), "the provider allows more");
     }

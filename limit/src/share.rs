@@ -30,9 +30,10 @@
 //!   than all `n`, and a client alone always does. And a step refused all
 //!   the same is tried again only after a gap of windows with room that
 //!   doubles with every refusal (to [`MAX_PROBE_GAP`]) and halves when a
-//!   step holds: a client whose answers keep showing such room pays a `429`
-//!   ever more rarely, and one whose room is real (the others have left) is
-//!   back at it within a few windows.
+//!   step holds, the step above a held one waiting out the halved gap too
+//!   ([`crate::probe`]): a client whose answers keep showing such room pays
+//!   a `429` ever more rarely, and one whose room is real (the others have
+//!   left) is back at it within a few windows.
 //! * **Yielding.** A window whose answers say the others hold more lowers the
 //!   limit to what they leave at once: their growth meets a free slot, not a
 //!   `429`. A `429 too_many_concurrent_requests` (two clients took the same
@@ -58,7 +59,7 @@
 //! 1.3), and a probe above it cost a `429`; the headers say exactly how much
 //! is left.
 
-use crate::probe::{BackOff, Probing};
+use crate::probe::Probing;
 
 /// Windows in a row that must find room before a step up: a free slot seen
 /// once may be one another client is about to fill again.
@@ -134,7 +135,7 @@ impl Share {
             provider,
             limit: limit.clamp(1, provider),
             window: Window::OPEN,
-            probing: Probing::new(BackOff::EveryRefusal, MAX_PROBE_GAP),
+            probing: Probing::new(MAX_PROBE_GAP),
             room_streak: 0,
             rng,
         }
@@ -347,7 +348,10 @@ mod tests {
             windows += 1;
         }
         assert_eq!(windows, 5);
-        // The probe holds a window: 3 is no probe, and follows at once.
+        // The probe holds a window: the gap halves to 2, and 3 is a probe
+        // after it; then the gap is one window and the refusal forgotten.
+        window(&mut share, 2, 2);
+        assert_eq!(share.limit(), 2);
         window(&mut share, 2, 2);
         assert_eq!(share.limit(), 3);
     }

@@ -246,8 +246,11 @@ async fn three_agents_share_the_limit() {
         following <= IDEAL.mul_f64(1.1) && share(refused_following) <= 0.2,
         "following the headers: {following:?}, {refused_following} refused"
     );
+    // Without the headers, every refusal widens every agent's probe gap:
+    // fewer refusals for a little time (here 54 refused and 12.45 s, where
+    // probing after a refused probe alone had 268 refused and 11.3 s).
     assert!(
-        adaptive <= IDEAL.mul_f64(1.1),
+        adaptive <= IDEAL.mul_f64(1.15) && share(refused_adaptive) <= 0.2,
         "adaptive: {adaptive:?}, {refused_adaptive} refused"
     );
     assert!(
