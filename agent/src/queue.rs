@@ -10,7 +10,10 @@
 //!
 //! A contact's final state is saved in the background: the worker goes on
 //! to its next contact at once, and the save shares a store transaction
-//! with other workers' changes. Counts, lists and the release at shutdown
+//! with other workers' changes. One task per queue runs the saves, all at
+//! once, fed through a channel: a send per contact, where a task per save
+//! cost a spawn (its allocation and scheduling, about as much as the save
+//! itself in memory). Counts, lists and the release at shutdown
 //! wait for the saves still running. A crash before a save leaves the
 //! contact in flight, to be called again once its lease expires; its CRM
 //! write repeats under the same idempotency key and creates nothing new
@@ -19,8 +22,8 @@
 use parking_lot::Mutex;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use callguard_clients::CallRecord;
@@ -30,7 +33,8 @@ use callguard_store::{
     StoreError, StoreLocation, StoreSettings,
 };
 use callguard_telemetry::{ContactGauge, StoreStatus};
-use tokio::sync::Notify;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use crate::config::QueueConfig;
@@ -187,6 +191,9 @@ pub struct CallQueue {
     /// The last counts read from the store ([`refresh_counts`](Self::refresh_counts)).
     counts: Mutex<QueueCounts>,
     settling: Arc<Settling>,
+    /// Final states to save, to the task that saves them (started with the
+    /// first, on the runtime of the campaign).
+    saves: OnceLock<mpsc::UnboundedSender<(Lease, Terminal)>>,
 }
 
 /// Final states being saved in the background, and how state changes went.
@@ -277,6 +284,13 @@ impl Settling {
         }
     }
 
+    /// One save ended, saved or not.
+    fn save_ended(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// Waits until no save is running.
     async fn wait_idle(&self) {
         loop {
@@ -320,6 +334,7 @@ impl CallQueue {
             store,
             counts: Mutex::new(QueueCounts::default()),
             settling: Arc::default(),
+            saves: OnceLock::new(),
         }
     }
 
@@ -381,23 +396,27 @@ impl CallQueue {
     /// Ends an in-flight contact in a terminal state. The state is saved in
     /// the background; [`settled`](Self::settled) waits for it.
     pub fn finish(&self, entry: QueuedContact, terminal: Terminal) {
-        let store = self.store.clone();
-        let settling = self.settling.clone();
-        settling.running.fetch_add(1, Ordering::AcqRel);
-        // The task keeps only what the save needs.
+        self.settling.running.fetch_add(1, Ordering::AcqRel);
+        // Only what the save needs goes.
         let QueuedContact { lease, .. } = entry;
-        tokio::spawn(async move {
-            let result = match &terminal {
-                Terminal::Completed => store.complete(&lease).await,
-                Terminal::Failed { service, reason } => store.fail(&lease, service, reason).await,
-            };
-            if settling.record(&lease, result).is_some() {
-                settling.ended(lease);
-            }
-            if settling.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                settling.idle.notify_waiters();
-            }
+        let saves = self.saves.get_or_init(|| {
+            let (saves, to_save) = mpsc::unbounded_channel();
+            tokio::spawn(save_final_states(
+                self.store.clone(),
+                self.settling.clone(),
+                to_save,
+            ));
+            saves
         });
+        if let Err(mpsc::error::SendError((lease, _))) = saves.send((lease, terminal)) {
+            // The runtime that ran the saves is gone.
+            tracing::error!(
+                contact_id = %lease.contact_id(),
+                "Final state not saved (the contact returns when its lease expires): \
+                 the task saving final states has stopped"
+            );
+            self.settling.save_ended();
+        }
     }
 
     /// Waits until every final state handed to [`finish`](Self::finish) so
@@ -620,6 +639,32 @@ impl ContactGauge for CallQueue {
             errors: health.errors,
         })
     }
+}
+
+/// Saves the final states handed to [`CallQueue::finish`], as many at once
+/// as come, until the queue is dropped.
+async fn save_final_states(
+    store: Arc<CallStore>,
+    settling: Arc<Settling>,
+    mut to_save: mpsc::UnboundedReceiver<(Lease, Terminal)>,
+) {
+    futures_util::stream::poll_fn(|cx| to_save.poll_recv(cx))
+        .for_each_concurrent(None, |(lease, terminal)| {
+            let (store, settling) = (&store, &settling);
+            async move {
+                let result = match &terminal {
+                    Terminal::Completed => store.complete(&lease).await,
+                    Terminal::Failed { service, reason } => {
+                        store.fail(&lease, service, reason).await
+                    }
+                };
+                if settling.record(&lease, result).is_some() {
+                    settling.ended(lease);
+                }
+                settling.save_ended();
+            }
+        })
+        .await;
 }
 
 fn new_contact(contact: &Contact) -> NewContact {
