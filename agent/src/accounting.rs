@@ -21,9 +21,10 @@ use callguard_store::{ContactState, StoreError};
 use crate::queue::CallQueue;
 
 /// Every contact of a store at one moment, by id, with each state the store
-/// lists it in (one, unless the store is broken).
+/// lists it in (one, unless the store is broken): a list sorted by id, where a
+/// map would allocate a node and a list of states per contact.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Census(BTreeMap<String, Vec<ContactState>>);
+pub struct Census(Vec<(String, ContactState)>);
 
 impl Census {
     /// Lists every contact of `queue`'s store at one moment (one statement,
@@ -38,13 +39,23 @@ impl Census {
             .collect())
     }
 
-    fn add(&mut self, id: String, state: ContactState) {
-        self.0.entry(id).or_default().push(state);
+    /// Each contact with the states it is listed in, in order of id.
+    fn contacts(&self) -> impl Iterator<Item = (&str, &[(String, ContactState)])> {
+        self.0
+            .chunk_by(|(a, _), (b, _)| a == b)
+            .map(|listed| (listed[0].0.as_str(), listed))
+    }
+
+    /// Whether the store listed the contact `id`.
+    fn holds(&self, id: &str) -> bool {
+        self.0
+            .binary_search_by(|(listed, _)| listed.as_str().cmp(id))
+            .is_ok()
     }
 
     /// How many contacts (distinct ids).
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.contacts().count()
     }
 
     /// Whether the store held no contact.
@@ -55,11 +66,10 @@ impl Census {
 
 impl FromIterator<(String, ContactState)> for Census {
     fn from_iter<I: IntoIterator<Item = (String, ContactState)>>(contacts: I) -> Self {
-        let mut census = Self::default();
-        for (id, state) in contacts {
-            census.add(id, state);
-        }
-        census
+        let mut listed: Vec<_> = contacts.into_iter().collect();
+        // Stable: a contact's states keep the store's order.
+        listed.sort_by(|(a, _), (b, _)| a.cmp(b));
+        Self(listed)
     }
 }
 
@@ -78,8 +88,11 @@ impl Accounting {
     /// contacts in more than one state at the end.
     pub fn of_campaign(start: &Census, end: &Census) -> Self {
         Self {
-            lost: start.0.keys().filter(|id| !end.0.contains_key(*id)).count(),
-            duplicated: end.0.values().filter(|states| states.len() > 1).count(),
+            lost: start.contacts().filter(|(id, _)| !end.holds(id)).count(),
+            duplicated: end
+                .contacts()
+                .filter(|(_, states)| states.len() > 1)
+                .count(),
         }
     }
 
@@ -94,12 +107,12 @@ impl Accounting {
             *per_contact.entry(id).or_default() += 1;
         }
         let mut accounting = Self::default();
-        for (id, states) in &end.0 {
-            let records = per_contact.get(id.as_str()).copied().unwrap_or(0);
-            let completed = states.contains(&ContactState::Completed);
+        for (id, states) in end.contacts() {
+            let records = per_contact.get(id).copied().unwrap_or(0);
+            let completed = states.iter().any(|(_, s)| *s == ContactState::Completed);
             let ended_otherwise = states
                 .iter()
-                .any(|s| matches!(s, ContactState::Failed | ContactState::Expired));
+                .any(|(_, s)| matches!(s, ContactState::Failed | ContactState::Expired));
             if completed && records == 0 {
                 accounting.lost += 1;
             } else if records > 1 || (records == 1 && ended_otherwise) {
