@@ -110,18 +110,29 @@ impl Scenario {
     /// Settings the story needs beyond `simulate`'s defaults; a config file
     /// or the environment still overrides them.
     pub fn settings(self) -> toml::Table {
-        match self {
-            Self::Limits => toml::Table::from_iter([(
+        let queue = |key: &str, value: i64| {
+            toml::Table::from_iter([(
                 "queue".to_owned(),
                 toml::Value::Table(toml::Table::from_iter([(
-                    "workers".to_owned(),
-                    toml::Value::Integer(LIMITS_WORKERS),
+                    key.to_owned(),
+                    toml::Value::Integer(value),
                 )])),
-            )]),
+            )])
+        };
+        match self {
+            Self::Limits => queue("workers", LIMITS_WORKERS),
+            Self::Outage => queue("max_deferrals", OUTAGE_MAX_DEFERRALS),
             _ => toml::Table::new(),
         }
     }
 }
+
+/// The deferrals a contact may take in scenario `outage`: its TTS outage
+/// lasts several breaker cycles, and a contact is deferred once or more in
+/// each (while OPEN, and again while a HALF_OPEN probe is out) — the default
+/// of 5 left no room for one more cycle on a loaded machine, and the story is
+/// that everyone completes.
+const OUTAGE_MAX_DEFERRALS: i64 = 20;
 
 /// The concurrent requests the fake ElevenLabs allows in scenario `limits`.
 pub const LIMITS_TTS_CONCURRENCY: u32 = 4;
