@@ -24,7 +24,7 @@
 //! rows run `ROUNDS` times, interleaved; the medians are printed with the
 //! targets: (c) ≥ 90 % of the ideal with ≤ 2 % 429s, (b) ≥ 85 % with ≤ 5 %.
 //!
-//! `cargo bench -p callguard-agent --bench limits` (about 5 minutes);
+//! `cargo bench -p callguard-agent --bench limits` (about 13 minutes);
 //! `-- header-aware/3 static` runs only the rows whose name (`label/agents`)
 //! contains one of the words.
 
@@ -54,7 +54,7 @@ const CONTACTS: usize = 300;
 /// Workers per agent.
 const WORKERS: usize = 24;
 /// Times every row runs; medians are reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// How the agents limit their TTS calls, and whether the mock announces its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
