@@ -449,6 +449,7 @@ impl fmt::Display for Shown {
         }
     }
 }
+
 /// A slot held for one attempt. [`complete`](Self::complete) it with how the
 /// attempt ended and the headers of the answer; dropping it without that (a
 /// cancelled attempt) gives the slot back and teaches the limit nothing.
@@ -460,7 +461,7 @@ pub struct Permit<'a> {
 }
 
 impl<'a> Permit<'a> {
-    pub(crate) fn new(limiter: &'a Limiter, generation: u32) -> Self {
+    fn new(limiter: &'a Limiter, generation: u32) -> Self {
         Self {
             limiter,
             generation,
