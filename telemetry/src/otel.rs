@@ -27,8 +27,8 @@ use callguard_core::telemetry::TRACEPARENT_HEADER;
 use opentelemetry::Key;
 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
 use opentelemetry_otlp::{
-    OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT, SpanExporter,
-    WithHttpConfig as _, WithTonicConfig as _,
+    OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+    OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, SpanExporter, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -145,7 +145,7 @@ fn grpc_tls(var: &impl Fn(&str) -> Option<String>) -> Result<ClientTlsConfig, Te
 /// exporter reads them for the client it builds itself.
 fn export_timeout(var: &impl Fn(&str) -> Option<String>) -> Duration {
     [
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
         OTEL_EXPORTER_OTLP_TIMEOUT,
     ]
     .into_iter()
