@@ -94,11 +94,17 @@ pub fn otlp_grpc_receiver(listener: TcpListener, tls: Option<&ServerCert>) -> Re
 
 /// [`otlp_grpc_receiver`] on a fresh 127.0.0.1 port, and that address.
 pub async fn start_otlp_grpc_receiver(tls: Option<&ServerCert>) -> (SocketAddr, Received) {
+    let (listener, addr) = loopback().await;
+    (addr, otlp_grpc_receiver(listener, tls))
+}
+
+/// A listener on a fresh 127.0.0.1 port, and its address.
+async fn loopback() -> (TcpListener, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
     let addr = listener.local_addr().expect("the receiver's address");
-    (addr, otlp_grpc_receiver(listener, tls))
+    (listener, addr)
 }
 
 /// An OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf bodies, HTTP/1.1)
@@ -136,10 +142,7 @@ pub fn otlp_http_receiver(listener: TcpListener, tls: Option<&ServerCert>) -> Re
 
 /// [`otlp_http_receiver`] on a fresh 127.0.0.1 port, and that address.
 pub async fn start_otlp_http_receiver(tls: Option<&ServerCert>) -> (SocketAddr, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a loopback port");
-    let addr = listener.local_addr().expect("the receiver's address");
+    let (listener, addr) = loopback().await;
     (addr, otlp_http_receiver(listener, tls))
 }
 
