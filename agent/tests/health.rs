@@ -23,13 +23,7 @@ use tonic::transport::Channel;
 mod support;
 use callguard_testkit::tls::TestCa;
 use callguard_testkit::{Polling, free_addr as free_port, grpcurl};
-use support::{Running, callguard, exit_within, output, temp_dir, text};
-
-const SERVICES: [(&str, Service); 3] = [
-    ("llm", Service::Llm),
-    ("elevenlabs", Service::Elevenlabs),
-    ("crm", Service::Crm),
-];
+use support::{Running, SERVICES, callguard, exit_within, output, services_at, temp_dir, text};
 
 /// Longest a test waits for something; only reached when it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -511,17 +505,12 @@ fn start_health_server(
     grpc: &str,
 ) -> HealthServer {
     let metrics = free_port();
-    let mut config = format!(
+    let config = format!(
         "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
          [grpc]\nlisten = \"{addr}\"\n{grpc}\
-         [metrics]\nlisten = \"{metrics}\"\n"
+         [metrics]\nlisten = \"{metrics}\"\n{}",
+        services_at(mocks)
     );
-    for (name, service) in SERVICES {
-        config.push_str(&format!(
-            "[services.{name}]\nbase_url = \"{}\"\n",
-            mocks.base_url(service)
-        ));
-    }
     std::fs::write(dir.join("health.toml"), config).unwrap();
     let mut server = callguard(dir);
     server

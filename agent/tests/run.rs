@@ -10,13 +10,7 @@ use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockLlm, MockS
 use serde_json::Value;
 
 mod support;
-use support::temp_dir;
-
-const SERVICES: [(&str, Service); 3] = [
-    ("llm", Service::Llm),
-    ("elevenlabs", Service::Elevenlabs),
-    ("crm", Service::Crm),
-];
+use support::{SERVICES, temp_dir};
 
 /// Fast retries and health checks, and a `[services.NAME]` section per
 /// service pointing at `mocks` (key from `TEST_<NAME>_KEY`), each followed by

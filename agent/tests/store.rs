@@ -35,13 +35,7 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 mod support;
-use support::{Running, exit_within, temp_dir};
-
-const SERVICES: [(&str, Service); 3] = [
-    ("llm", Service::Llm),
-    ("elevenlabs", Service::Elevenlabs),
-    ("crm", Service::Crm),
-];
+use support::{Running, SERVICES, exit_within, services_at, temp_dir};
 
 /// An agent config for the mocks: fast retries and breakers, `queue` on top,
 /// and `extra` (whole sections) after it.
@@ -886,17 +880,12 @@ impl FollowedHealthServer {
     /// Writes its config in `dir`; [`start`](Self::start) starts it.
     fn new(dir: &Path, mocks: &MockServer) -> Self {
         let addr = callguard_testkit::free_addr();
-        let mut config = format!(
+        let config = format!(
             "[health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n\
              [grpc]\nlisten = \"{addr}\"\nadmin_token = \"{HEALTH_ADMIN_TOKEN}\"\n\
-             [logging]\npath = \"logs/health-server.jsonl\"\nconsole_level = \"error\"\n"
+             [logging]\npath = \"logs/health-server.jsonl\"\nconsole_level = \"error\"\n{}",
+            services_at(mocks)
         );
-        for (name, service) in SERVICES {
-            config.push_str(&format!(
-                "[services.{name}]\nbase_url = \"{}\"\n",
-                mocks.base_url(service)
-            ));
-        }
         std::fs::write(dir.join("health.toml"), config).unwrap();
         Self {
             dir: dir.to_owned(),

@@ -5,9 +5,31 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use callguard_mocks::{MockServer, Service};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::time::Duration;
+
+/// The agent's services by their config names, each with its mock.
+pub(crate) const SERVICES: [(&str, Service); 3] = [
+    ("llm", Service::Llm),
+    ("elevenlabs", Service::Elevenlabs),
+    ("crm", Service::Crm),
+];
+
+/// A `[services.NAME]` section for each of [`SERVICES`], at its mock: what a
+/// health server needs to probe them.
+pub(crate) fn services_at(mocks: &MockServer) -> String {
+    SERVICES
+        .iter()
+        .map(|(name, service)| {
+            format!(
+                "[services.{name}]\nbase_url = \"{}\"\n",
+                mocks.base_url(*service)
+            )
+        })
+        .collect()
+}
 
 /// A fresh, empty directory for one test, named after the test binary.
 pub(crate) fn temp_dir(name: &str) -> PathBuf {
