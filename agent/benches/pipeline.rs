@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use callguard_agent::app::App;
+use callguard_agent::campaign::call_under_lease;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
@@ -560,11 +561,9 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
 async fn defer_next(queue: &CallQueue, pipeline: &Pipeline, default_wait: Duration) {
     let mut entry = queue.next().await.expect("a contact is ready");
     let span = call_span(&entry.contact.id);
-    let lease = entry.lease().clone();
-    let result = tokio::select! {
-        result = pipeline.call(&mut entry).instrument(span.clone()) => result,
-        lost = queue.hold(&lease) => panic!("the lease was lost: {lost}"),
-    };
+    let result = call_under_lease(queue, pipeline, &mut entry, &span)
+        .await
+        .unwrap_or_else(|lost| panic!("the lease was lost: {lost}"));
     match result {
         CallResult::Unavailable {
             service,

@@ -23,7 +23,7 @@ use crate::events::{EventHub, TransitionLog, TransitionRecord};
 use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
-use callguard_store::ContactState;
+use callguard_store::{ContactState, StoreError};
 
 /// A contact that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -292,16 +292,9 @@ async fn work(
 ) {
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
-        let lease = entry.lease().clone();
-        // The call's future is kilobytes: made once on the heap rather
-        // than copied through the span's wrapper and the select.
-        let call = Box::pin(pipeline.call(&mut entry));
-        // The lease is renewed while the call runs; if it is lost anyway
-        // (the store was unreachable for a whole lease), the contact is
-        // someone else's now and this call is dropped.
-        let result = tokio::select! {
-            result = call.instrument(span.clone()) => result,
-            lost = queue.hold(&lease) => {
+        let result = match call_under_lease(&queue, &pipeline, &mut entry, &span).await {
+            Ok(result) => result,
+            Err(lost) => {
                 span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
                 continue;
             }
@@ -309,6 +302,29 @@ async fn work(
         settle(&queue, entry, result, &events, default_wait)
             .instrument(span)
             .await;
+    }
+}
+
+/// Calls `entry` through `pipeline` in `span` while its lease is renewed.
+/// If the lease is lost anyway (the store was unreachable for a whole
+/// lease), the contact is someone else's now: the call is dropped and the
+/// loss returned.
+pub async fn call_under_lease(
+    queue: &CallQueue,
+    pipeline: &Pipeline,
+    entry: &mut QueuedContact,
+    span: &tracing::Span,
+) -> Result<CallResult, StoreError> {
+    let (contact, progress, lease) = entry.split();
+    // The call's future is kilobytes: pinned where it is made, in the
+    // worker's own future, rather than boxed per contact (an allocation that
+    // large makes the allocator consolidate its free lists) or copied into
+    // the select.
+    let call = pipeline.call(contact, progress).instrument(span.clone());
+    tokio::pin!(call);
+    tokio::select! {
+        result = &mut call => Ok(result),
+        lost = queue.hold(lease) => Err(lost),
     }
 }
 

@@ -34,7 +34,8 @@ use callguard_telemetry as telemetry;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::queue::QueuedContact;
+use crate::contacts::Contact;
+use crate::queue::Progress;
 
 /// A service in a stage's chain: its client, the executor holding its
 /// breaker and retry policy, and its limiter.
@@ -132,10 +133,10 @@ pub fn call_span(contact_id: &str) -> tracing::Span {
 }
 
 impl Pipeline {
-    /// Runs the stages not yet done for `entry`, recording progress in it,
-    /// inside the current span (make it a [`call_span`]).
-    pub async fn call(&self, entry: &mut QueuedContact) -> CallResult {
-        let result = self.run_stages(entry).await;
+    /// Runs the stages not yet done for `contact`, recording them in
+    /// `progress`, inside the current span (make it a [`call_span`]).
+    pub async fn call(&self, contact: &Contact, progress: &mut Progress) -> CallResult {
+        let result = self.run_stages(contact, progress).await;
         let span = tracing::Span::current();
         let outcome = match &result {
             CallResult::Completed => "completed",
@@ -149,12 +150,11 @@ impl Pipeline {
         result
     }
 
-    async fn run_stages(&self, entry: &mut QueuedContact) -> CallResult {
-        let contact = &entry.contact;
+    async fn run_stages(&self, contact: &Contact, progress: &mut Progress) -> CallResult {
         let context = RequestContext::new(&contact.id);
         let started_at = SystemTime::now();
 
-        if entry.progress.script.is_none() {
+        if progress.script.is_none() {
             let prompt = Prompt::for_contact(contact);
             let prompt = &prompt;
             let script = run_chain("llm", &self.llm, |client, deadline| async move {
@@ -166,13 +166,13 @@ impl Pipeline {
             })
             .await;
             match script {
-                Ok(script) => entry.progress.script = Some(script),
+                Ok(script) => progress.script = Some(script),
                 Err(failure) => return failure.into(),
             }
         }
-        let script = entry.progress.script.as_deref().unwrap_or_default();
+        let script = progress.script.as_deref().unwrap_or_default();
 
-        if entry.progress.audio_bytes.is_none() {
+        if progress.audio_bytes.is_none() {
             let audio = run_chain("tts", &self.tts, |client, deadline| async move {
                 let traceparent = telemetry::traceparent(&tracing::Span::current());
                 let context = context
@@ -182,7 +182,7 @@ impl Pipeline {
             })
             .await;
             match audio {
-                Ok(audio) => entry.progress.audio_bytes = Some(audio.bytes.len() as u64),
+                Ok(audio) => progress.audio_bytes = Some(audio.bytes.len() as u64),
                 Err(failure) => return failure.into(),
             }
         }
@@ -190,7 +190,7 @@ impl Pipeline {
         // Built once per contact and kept in its progress, so every retry —
         // and the pass after a deferral — sends the same body under the same
         // idempotency key.
-        let record = entry.progress.crm_record.get_or_insert_with(|| {
+        let record = progress.crm_record.get_or_insert_with(|| {
             let record = CallRecord::new(
                 contact,
                 CallOutcome::Completed,
@@ -198,7 +198,7 @@ impl Pipeline {
                 SystemTime::now(),
             )
             .with_script(script);
-            match entry.progress.audio_bytes {
+            match progress.audio_bytes {
                 Some(bytes) => record.with_audio_bytes(bytes),
                 None => record,
             }

@@ -20,8 +20,8 @@
 //! (the CRM keeps the first record).
 
 use parking_lot::Mutex;
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,6 +33,7 @@ use callguard_store::{
     StoreError, StoreLocation, StoreSettings,
 };
 use callguard_telemetry::{ContactGauge, StoreStatus};
+use foldhash::HashMap;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -101,6 +102,12 @@ impl QueuedContact {
     /// The lease this contact is held under.
     pub fn lease(&self) -> &Lease {
         &self.lease
+    }
+
+    /// The contact, its progress (for a call to add to) and its lease,
+    /// borrowed apart: the lease is renewed while the call runs.
+    pub fn split(&mut self) -> (&Contact, &mut Progress, &Lease) {
+        (&self.contact, &mut self.progress, &self.lease)
     }
 }
 
@@ -308,15 +315,16 @@ impl CallQueue {
     /// default and the baseline of the benchmarks).
     pub fn new(contacts: impl IntoIterator<Item = Contact>, max_deferrals: u32) -> Self {
         let contacts: Vec<NewContact> = contacts.into_iter().map(|c| new_contact(&c)).collect();
+        let ready = contacts.len();
         let store = CallStore::in_memory(
             StoreSettings {
                 max_deferrals,
                 ..StoreSettings::default()
             },
-            &contacts,
+            contacts,
         );
         let queue = Self::with_store(Arc::new(store));
-        queue.counts.lock().ready = contacts.len();
+        queue.counts.lock().ready = ready;
         queue
     }
 

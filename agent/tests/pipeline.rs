@@ -46,7 +46,10 @@ async fn an_attempt_ends_at_the_calls_deadline() {
     let mut entry = queue.next().await.unwrap();
 
     let start = Instant::now();
-    let result = app.pipeline().call(&mut entry).await;
+    let result = app
+        .pipeline()
+        .call(&entry.contact, &mut entry.progress)
+        .await;
     let elapsed = start.elapsed();
 
     assert_eq!(

@@ -172,13 +172,17 @@ enum Backend {
     Postgres(Box<postgres::PostgresBackend>),
 }
 
-/// Calls the same method on whichever backend the store has.
+/// Calls the same method on whichever backend the store has. The SQL
+/// backends' futures are boxed: their state is kilobytes (a statement on its
+/// connection), and unboxed it would be carried — and copied as it moves — by
+/// every future of the store and of its callers, on the memory backend too;
+/// one allocation per statement is nothing beside its round trip.
 macro_rules! dispatch {
     ($store:expr, $method:ident($($arg:expr),*)) => {
         match &$store.backend {
             Backend::Memory(b) => b.$method($($arg),*).await,
-            Backend::Sqlite(b) => b.$method($($arg),*).await,
-            Backend::Postgres(b) => b.$method($($arg),*).await,
+            Backend::Sqlite(b) => Box::pin(b.$method($($arg),*)).await,
+            Backend::Postgres(b) => Box::pin(b.$method($($arg),*)).await,
         }
     };
 }
@@ -293,12 +297,15 @@ impl CallStore {
 
     /// A store in this process's memory.
     pub fn memory(settings: StoreSettings) -> Self {
-        Self::in_memory(settings, &[])
+        Self::in_memory(settings, [])
     }
 
     /// A store in this process's memory holding `contacts` (imported as by
     /// [`import`](Self::import)).
-    pub fn in_memory(settings: StoreSettings, contacts: &[NewContact]) -> Self {
+    pub fn in_memory(
+        settings: StoreSettings,
+        contacts: impl IntoIterator<Item = NewContact>,
+    ) -> Self {
         let backend = memory::MemoryBackend::new(settings.lease_batch_size());
         backend.import_now(contacts);
         Self::with_backend(Backend::Memory(backend), StoreLocation::Memory, settings)

@@ -2,7 +2,9 @@
 //! a map with an ordered index of due times; lost when the process ends.
 
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,10 +92,13 @@ impl MemoryBackend {
         contacts: &[NewContact],
         _now: Millis,
     ) -> Result<ImportReport, StoreError> {
-        Ok(self.import_now(contacts))
+        Ok(self.import_now(contacts.iter().cloned()))
     }
 
-    pub(crate) fn import_now(&self, contacts: &[NewContact]) -> ImportReport {
+    pub(crate) fn import_now(
+        &self,
+        contacts: impl IntoIterator<Item = NewContact>,
+    ) -> ImportReport {
         let mut inner = self.inner.lock();
         let mut report = ImportReport::default();
         for contact in contacts {
@@ -102,9 +107,10 @@ impl MemoryBackend {
                 continue;
             }
             let seq = inner.rows.len();
+            inner.by_id.insert(contact.id.clone(), seq);
             inner.rows.push(Row {
-                id: contact.id.clone(),
-                data: contact.data.clone(),
+                id: contact.id,
+                data: contact.data,
                 state: ContactState::Pending,
                 due_at: 0,
                 lease_owner: None,
@@ -114,7 +120,6 @@ impl MemoryBackend {
                 last_error: None,
                 progress: Progress::default(),
             });
-            inner.by_id.insert(contact.id.clone(), seq);
             inner.due.insert((0, seq));
             report.added += 1;
         }

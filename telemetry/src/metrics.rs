@@ -55,7 +55,6 @@
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use callguard_alerts::AlertManager;
@@ -63,6 +62,7 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ErrorKind, ResilienceEvent, ServiceName, Transition};
 use callguard_limit::Limiter;
 use callguard_retry::EventSink;
+use foldhash::HashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
