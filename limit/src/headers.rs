@@ -12,7 +12,7 @@ use callguard_core::limit_headers::{
     RESET_REQUESTS, RESET_TOKENS,
 };
 use callguard_core::retry_after::MAX_RETRY_AFTER;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// One header of an answer, read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,18 +68,32 @@ impl ProviderHeaders {
 
     /// Reads the limit headers of an answer. A header that is sent but is
     /// not a value it can take (`maximum-concurrent-requests: 0` or `ten`,
-    /// a reset of `soon`) reads as [`Reading::Garbage`].
+    /// a reset of `soon`) reads as [`Reading::Garbage`]; a header sent twice
+    /// reads as its first value.
+    ///
+    /// One pass over the answer's headers, each name matched against ours:
+    /// looking ours up by `&str` would parse and hash all six names in every
+    /// answer (a third of the resilience layer's own cost per call).
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self {
-            maximum_concurrent: read(headers, MAXIMUM_CONCURRENT_REQUESTS, |v| {
-                v.parse::<u32>().ok().filter(|&n| n >= 1)
-            }),
-            current_concurrent: read(headers, CURRENT_CONCURRENT_REQUESTS, |v| v.parse().ok()),
-            remaining_requests: read(headers, REMAINING_REQUESTS, |v| v.parse().ok()),
-            reset_requests: read(headers, RESET_REQUESTS, parse_reset),
-            remaining_tokens: read(headers, REMAINING_TOKENS, |v| v.parse().ok()),
-            reset_tokens: read(headers, RESET_TOKENS, parse_reset),
+        let mut read = Self::NONE;
+        for (name, value) in headers {
+            match name.as_str() {
+                MAXIMUM_CONCURRENT_REQUESTS => first(&mut read.maximum_concurrent, value, |v| {
+                    v.parse::<u32>().ok().filter(|&n| n >= 1)
+                }),
+                CURRENT_CONCURRENT_REQUESTS => {
+                    first(&mut read.current_concurrent, value, |v| v.parse().ok());
+                }
+                REMAINING_REQUESTS => {
+                    first(&mut read.remaining_requests, value, |v| v.parse().ok())
+                }
+                RESET_REQUESTS => first(&mut read.reset_requests, value, parse_reset),
+                REMAINING_TOKENS => first(&mut read.remaining_tokens, value, |v| v.parse().ok()),
+                RESET_TOKENS => first(&mut read.reset_tokens, value, parse_reset),
+                _ => {}
+            }
         }
+        read
     }
 
     /// The name of the first header sent with garbage in it, if any.
@@ -119,13 +133,13 @@ impl ProviderHeaders {
     }
 }
 
-fn read<T>(headers: &HeaderMap, name: &str, parse: impl FnOnce(&str) -> Option<T>) -> Reading<T> {
-    match headers.get(name) {
-        None => Reading::Absent,
-        Some(value) => match value.to_str().ok().map(str::trim).and_then(parse) {
+/// Reads `value` into `slot` unless an earlier value of the same header did.
+fn first<T>(slot: &mut Reading<T>, value: &HeaderValue, parse: impl FnOnce(&str) -> Option<T>) {
+    if matches!(slot, Reading::Absent) {
+        *slot = match value.to_str().ok().map(str::trim).and_then(parse) {
             Some(value) => Reading::Value(value),
             None => Reading::Garbage,
-        },
+        };
     }
 }
 
@@ -243,6 +257,19 @@ mod tests {
             ProviderHeaders::from_headers(&HeaderMap::new()),
             ProviderHeaders::NONE
         );
+    }
+
+    #[test]
+    fn names_are_read_in_any_case_and_a_repeated_header_by_its_first_value() {
+        let mut map = HeaderMap::new();
+        map.insert("Content-Type", HeaderValue::from_static("audio/mpeg"));
+        map.insert("Maximum-Concurrent-Requests", HeaderValue::from_static("4"));
+        map.append(CURRENT_CONCURRENT_REQUESTS, HeaderValue::from_static("2"));
+        map.append(CURRENT_CONCURRENT_REQUESTS, HeaderValue::from_static("ten"));
+        let seen = ProviderHeaders::from_headers(&map);
+        assert_eq!(seen.maximum_concurrent, Reading::Value(4));
+        assert_eq!(seen.current_concurrent, Reading::Value(2));
+        assert_eq!(seen.garbage(), None);
     }
 
     #[test]
