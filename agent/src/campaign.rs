@@ -337,7 +337,7 @@ async fn settle(
 ) {
     let busy = matches!(result, CallResult::Busy { .. });
     match result {
-        CallResult::Completed => queue.finish(entry, Terminal::Completed),
+        CallResult::Completed => queue.finish(entry, Terminal::Completed).await,
         CallResult::Failed { service, reason } => {
             let contact_id = &entry.contact.id;
             tracing::error!(
@@ -346,13 +346,15 @@ async fn settle(
                 error_category = "permanent",
                 "Contact {contact_id} failed: {reason}"
             );
-            queue.finish(
-                entry,
-                Terminal::Failed {
-                    service: service.to_string(),
-                    reason,
-                },
-            );
+            queue
+                .finish(
+                    entry,
+                    Terminal::Failed {
+                        service: service.to_string(),
+                        reason,
+                    },
+                )
+                .await;
         }
         CallResult::Unavailable {
             service,

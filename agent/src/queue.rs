@@ -8,13 +8,14 @@
 //! Store errors do not stop the campaign: a change that could not be saved
 //! leaves the contact in flight, and it comes back when its lease expires.
 //!
-//! A contact's final state is saved in the background: the worker goes on
-//! to its next contact at once, and the save shares a store transaction
-//! with other workers' changes. One task per queue runs the saves, all at
-//! once, fed through a channel: a send per contact, where a task per save
-//! cost a spawn (its allocation and scheduling, about as much as the save
-//! itself in memory). Counts, lists and the release at shutdown
-//! wait for the saves still running. A crash before a save leaves the
+//! On a store over I/O (SQLite, PostgreSQL) a contact's final state is
+//! saved in the background: the worker goes on to its next contact at once,
+//! and the save shares a store transaction with other workers' changes. One
+//! task per queue runs the saves, all at once, fed through a channel: a send
+//! per contact, where a task per save cost a spawn. Counts, lists and the
+//! release at shutdown wait for the saves still running. The memory store
+//! answers at once, so there the worker saves in line: a send, a wake-up of
+//! the saving task and its bookkeeping would cost more than the save. A crash before a save leaves the
 //! contact in flight, to be called again once its lease expires; its CRM
 //! write repeats under the same idempotency key and creates nothing new
 //! (the CRM keeps the first record).
@@ -198,6 +199,9 @@ pub struct CallQueue {
     /// The last counts read from the store ([`refresh_counts`](Self::refresh_counts)).
     counts: Mutex<QueueCounts>,
     settling: Arc<Settling>,
+    /// Whether the store answers at once (in memory): final states are then
+    /// saved by the worker, in line.
+    saves_in_line: bool,
     /// Final states to save, to the task that saves them (started with the
     /// first, on the runtime of the campaign).
     saves: OnceLock<mpsc::UnboundedSender<(Lease, Terminal)>>,
@@ -339,6 +343,7 @@ impl CallQueue {
     /// [`refresh_counts`](Self::refresh_counts)).
     pub fn with_store(store: Arc<CallStore>) -> Self {
         Self {
+            saves_in_line: matches!(store.location(), StoreLocation::Memory),
             store,
             counts: Mutex::new(QueueCounts::default()),
             settling: Arc::default(),
@@ -401,12 +406,17 @@ impl CallQueue {
         }
     }
 
-    /// Ends an in-flight contact in a terminal state. The state is saved in
-    /// the background; [`settled`](Self::settled) waits for it.
-    pub fn finish(&self, entry: QueuedContact, terminal: Terminal) {
-        self.settling.running.fetch_add(1, Ordering::AcqRel);
+    /// Ends an in-flight contact in a terminal state: saved at once on the
+    /// memory store, in the background on the others, where
+    /// [`settled`](Self::settled) waits for it.
+    pub async fn finish(&self, entry: QueuedContact, terminal: Terminal) {
         // Only what the save needs goes.
         let QueuedContact { lease, .. } = entry;
+        if self.saves_in_line {
+            save_final_state(&self.store, &self.settling, lease, terminal).await;
+            return;
+        }
+        self.settling.running.fetch_add(1, Ordering::AcqRel);
         let saves = self.saves.get_or_init(|| {
             let (saves, to_save) = mpsc::unbounded_channel();
             tokio::spawn(save_final_states(
@@ -660,19 +670,27 @@ async fn save_final_states(
         .for_each_concurrent(None, |(lease, terminal)| {
             let (store, settling) = (&store, &settling);
             async move {
-                let result = match &terminal {
-                    Terminal::Completed => store.complete(&lease).await,
-                    Terminal::Failed { service, reason } => {
-                        store.fail(&lease, service, reason).await
-                    }
-                };
-                if settling.record(&lease, result).is_some() {
-                    settling.ended(lease);
-                }
+                save_final_state(store, settling, lease, terminal).await;
                 settling.save_ended();
             }
         })
         .await;
+}
+
+/// Saves `terminal` for the contact `lease` holds, noting how it went.
+async fn save_final_state(
+    store: &CallStore,
+    settling: &Settling,
+    lease: Lease,
+    terminal: Terminal,
+) {
+    let result = match &terminal {
+        Terminal::Completed => store.complete(&lease).await,
+        Terminal::Failed { service, reason } => store.fail(&lease, service, reason).await,
+    };
+    if settling.record(&lease, result).is_some() {
+        settling.ended(lease);
+    }
 }
 
 fn new_contact(contact: &Contact) -> NewContact {
@@ -707,14 +725,16 @@ mod tests {
         let a = queue.next().await.unwrap();
         assert_eq!(a.contact, contact("a"));
         let b = queue.next().await.unwrap();
-        queue.finish(a, Terminal::Completed);
-        queue.finish(
-            b,
-            Terminal::Failed {
-                service: "crm".into(),
-                reason: "rejected".into(),
-            },
-        );
+        queue.finish(a, Terminal::Completed).await;
+        queue
+            .finish(
+                b,
+                Terminal::Failed {
+                    service: "crm".into(),
+                    reason: "rejected".into(),
+                },
+            )
+            .await;
         assert!(queue.next().await.is_none());
         let counts = queue.refresh_counts().await;
         assert_eq!((counts.completed, counts.failed), (1, 1));
@@ -814,10 +834,10 @@ mod tests {
         let queue = CallQueue::new([contact("a")], 5);
         let a = queue.next().await.unwrap();
         let copy = a.clone();
-        queue.finish(a, Terminal::Completed);
+        queue.finish(a, Terminal::Completed).await;
         // Finished twice: the second is refused, the lease no longer held —
         // by the holder's own first end, so a duplicate, not a take-over.
-        queue.finish(copy, Terminal::Completed);
+        queue.finish(copy, Terminal::Completed).await;
         queue.settled().await;
         assert_eq!((queue.ended_twice(), queue.taken_over()), (1, 0));
         assert_eq!(queue.refresh_counts().await.completed, 1);
@@ -831,8 +851,8 @@ mod tests {
         // contact and ends it; the slow worker's end is refused.
         queue.store().release(slow.lease()).await.unwrap();
         let other = queue.next().await.unwrap();
-        queue.finish(other, Terminal::Completed);
-        queue.finish(slow, Terminal::Completed);
+        queue.finish(other, Terminal::Completed).await;
+        queue.finish(slow, Terminal::Completed).await;
         queue.settled().await;
         assert_eq!((queue.ended_twice(), queue.taken_over()), (0, 1));
         assert_eq!(queue.refresh_counts().await.completed, 1);
