@@ -6,10 +6,21 @@
 //! counts it; with a `rate` it also reads the clock and takes a GCRA cell
 //! (one more compare-and-swap). Nothing is allocated, no lock is taken, and
 //! — but for the rate — the clock is not read: the caller, who times the
-//! attempt anyway, hands its latency in with the outcome. A caller that finds no slot waits in
+//! attempt anyway, hands its latency in with the outcome; `acquire` reads
+//! one atomic more (whether a step's slot is to open late). A caller that finds no slot waits in
 //! line, first come first served, bounded by `queue_length` and
 //! `queue_timeout`; one that cannot get in is refused with a
 //! [`LimitError`] that says when to try again.
+//!
+//! A step up opens its new slots late: the first caller through each waits
+//! an eighth of the mean time a slot is held (in [`Limiter::acquire`], after
+//! it took the slot; only after a step, so admission under a limit that
+//! stays put does not wait). The callers whose slots came back send again at
+//! once, with the answers; the step's request comes after them and is the
+//! one that waits in the provider's queue, refused if there is no room — so
+//! the `429` of a step over a shared limit falls on the client that took it
+//! ([`crate::aimd`]). Where requests take varying times the wait is a small
+//! share of one request, paid once per step.
 //!
 //! A [`Permit`] lives here beside the limiter whose slot it holds: it gives
 //! the slot back on drop and hands the answer to the limiter's learning.
@@ -44,6 +55,9 @@ use crate::slots::{Slots, UNLIMITED};
 /// The weight of one slot's holding time in the running mean used to
 /// suggest when to try again.
 const HELD_WEIGHT: f64 = 0.2;
+/// The first call through a step's new slot waits the mean time a slot is
+/// held divided by this.
+const LATE_DIVISOR: u64 = 8;
 
 /// Limits the calls to one service: how many are in flight, how many start
 /// per interval, and how long a call may wait for its turn. Share it as
@@ -67,6 +81,9 @@ pub struct Limiter {
     /// request at a time, until an answer says whether the provider
     /// announces a limit.
     first_answer_pending: AtomicBool,
+    /// Slots added by a step up whose first call is still to wait before it
+    /// goes (a share of the time a slot is held, [`LATE_DIVISOR`]).
+    late: AtomicU32,
 }
 
 /// What changes under the lock.
@@ -130,6 +147,7 @@ impl Limiter {
             held_nanos: AtomicU64::new(0),
             garbage_logged: AtomicBool::new(false),
             first_answer_pending: AtomicBool::new(first_answer_pending),
+            late: AtomicU32::new(0),
             config,
         })
     }
@@ -164,12 +182,29 @@ impl Limiter {
     /// A slot, waiting for one in line if none is free — at most
     /// `queue_timeout`, behind at most `queue_length` others — and for the
     /// rate to allow a call. A refused call gets a [`LimitError`] saying when
-    /// to try again.
+    /// to try again. The first call through a slot that a step up added
+    /// waits a little more (the module's docs).
     pub async fn acquire(&self) -> Result<Permit<'_>, LimitError> {
-        match self.try_acquire() {
-            Some(permit) => Ok(permit),
-            None => self.wait().await,
+        let permit = match self.try_acquire() {
+            Some(permit) => permit,
+            None => self.wait().await?,
+        };
+        if self.late.load(Ordering::Relaxed) > 0 && self.take_late() {
+            sleep(self.late_by()).await;
         }
+        Ok(permit)
+    }
+
+    /// Takes one of the late slots, if one is left.
+    fn take_late(&self) -> bool {
+        self.late
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// How late a step's slot opens.
+    fn late_by(&self) -> Duration {
+        Duration::from_nanos(self.held_nanos.load(Ordering::Relaxed) / LATE_DIVISOR)
     }
 
     async fn wait(&self) -> Result<Permit<'_>, LimitError> {
@@ -377,6 +412,10 @@ impl Limiter {
         let old = self.slots.limit();
         if limit < old {
             self.generation.fetch_add(1, Ordering::Relaxed);
+            self.late.store(0, Ordering::Relaxed);
+        } else if limit > old && old != UNLIMITED && limit != UNLIMITED {
+            // A step up: its slots open late (the module's docs).
+            self.late.store(limit - old, Ordering::Relaxed);
         }
         if limit != old {
             self.slots.resize(limit);

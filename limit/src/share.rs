@@ -29,7 +29,10 @@
 //!   window): of `n` clients with a slot each, fewer than one on average
 //!   takes it rather than all `n` — a step two clients take together costs a
 //!   `429`, a step nobody takes one more window — and a client alone always
-//!   does. And a step refused all
+//!   does. The step's slot opens late ([`crate::limiter`]), so when the
+//!   room was not there, or two clients stepped into it, the request refused
+//!   is a stepper's, and a stepper steps back — not a client that only sent
+//!   again with its answers. And a step refused all
 //!   the same is tried again only after a gap of windows with room that
 //!   doubles with every refusal (to [`MAX_PROBE_GAP`]) and halves when a
 //!   step holds, the step above a held one waiting out the halved gap too
