@@ -17,21 +17,33 @@
 //!
 //! **Probing backs off.** Below the limit at which it was last refused, the
 //! limit climbs back one step per saturated window. A step to that limit or
-//! above is a *probe*: it comes only after `probe_gap` saturated windows.
-//! Every refusal doubles the gap (up to [`MAX_PROBE_GAP`]) and a probe that
-//! holds a window halves it; while the gap is wider than one window the step
-//! above a held probe is a probe too ([`crate::probe`]). Plain AIMD probes
-//! every other window and pays a `429` for each probe — a fifth of all
-//! answers at a limit of 4, far more when several clients share the limit:
-//! the `429` a probe causes falls on whichever client's request waits in the
-//! provider's queue, not on the prober, whose probe seems to hold and who
-//! would climb on a step per window. With the gap, a limit that stays put is
-//! probed ever more rarely, by every client sharing it, and one that rises
-//! is found again as probes hold and the gap closes (TCP CUBIC's plateau
-//! near the last loss, in whole slots). The ceiling is 16 windows: with three
-//! clients on a limit of 4 each holds one or two slots, a window is one or
-//! two answers, and a longer gap leaves a slot a client has freed unused for
-//! seconds.
+//! above is a *probe*: it comes only after [`PROBE_GAP`] saturated windows
+//! since the refusal, and a probe that holds a window halves the gap; while
+//! the gap is wider than one window the step above a held probe is a probe
+//! too ([`crate::probe`]). Plain AIMD probes every other window and pays a
+//! `429` for each probe — a fifth of all answers at a limit of 4, far more
+//! when several clients share the limit. With the gap, a limit that stays
+//! put costs one `429` per gap, and one that rises is found again as probes
+//! hold and the gap closes (TCP CUBIC's plateau near the last loss, in whole
+//! slots). The gap is whole from the first refusal, not doubled up to it:
+//! without headers every probe is blind, and with three clients on a limit
+//! of 4 gaps doubling from two windows cost each client four refusals before
+//! the first long one — nearly half the `429`s of a campaign of 300
+//! requests shared by the three. Twenty windows is one
+//! refused probe per twenty answers at one slot; a longer gap leaves a slot
+//! another client has freed unused for longer (seconds, at one slot and a
+//! window of one answer).
+//!
+//! **The probe pays for itself.** A step's new slot opens late
+//! ([`crate::limiter`]): its first call waits an eighth of the time a slot
+//! is held. Answers of requests that take the same time come in batches, and
+//! every client sends again as its answers come; a probe sent with them
+//! races them for the provider's slots, and the `429` falls on whichever
+//! request comes last — as often another client's as the prober's, and one
+//! at one slot already cannot go lower, while the prober, whose probe seems
+//! to hold, stays above its share. Sent late, the probe is the request that
+//! waits in the provider's queue: refused if there is no room, and then the
+//! prober is the one that steps back.
 //!
 //! **Why AIMD.** The prior art offers two families. Vegas and Gradient2
 //! (Netflix concurrency-limits) and Envoy's adaptive concurrency filter infer
@@ -60,8 +72,8 @@ use crate::probe::Probing;
 pub(crate) const DECREASE: f64 = 0.9;
 /// The weight of a closing window's mean in the long-run latency average.
 const LONG_RUN_WEIGHT: f64 = 0.1;
-/// The most saturated windows between two probes of a refused limit.
-const MAX_PROBE_GAP: u32 = 16;
+/// Saturated windows between a refusal and the next probe of the refused limit.
+const PROBE_GAP: u32 = 20;
 
 /// The adaptive limit of one service.
 #[derive(Debug, Clone)]
@@ -79,8 +91,8 @@ pub(crate) struct Aimd {
     /// The long-run mean latency of a window, in seconds.
     long_run: Option<f64>,
     window: Window,
-    /// When the limit at the last overload may be probed again (only a
-    /// refused probe widens the gap, counted in saturated windows).
+    /// When the limit at the last overload may be probed again (counted in
+    /// saturated windows).
     probing: Probing,
 }
 
@@ -110,7 +122,7 @@ impl Aimd {
             tolerance,
             long_run: None,
             window: Window::default(),
-            probing: Probing::new(MAX_PROBE_GAP),
+            probing: Probing::fixed(PROBE_GAP),
         }
     }
 
@@ -241,9 +253,12 @@ mod tests {
         let mut aimd = Aimd::new(5, 1, 100, None);
         aimd.on_overload();
         assert_eq!(aimd.limit(), 4, "not 4.5, which is still 4 + a probe");
+        for _ in 1..PROBE_GAP {
+            full_window(&mut aimd, MS);
+        }
+        assert_eq!(aimd.limit(), 4, "5 was refused: a probe waits out the gap");
         full_window(&mut aimd, MS);
-        full_window(&mut aimd, MS);
-        assert_eq!(aimd.limit(), 5, "probed again after a gap of two windows");
+        assert_eq!(aimd.limit(), 5, "probed again after the gap");
         aimd.on_overload();
         assert_eq!(aimd.limit(), 4);
     }
@@ -299,17 +314,17 @@ mod tests {
     }
 
     #[test]
-    fn probes_of_a_refused_limit_grow_ever_rarer_and_a_higher_one_is_found() {
+    fn a_refused_limit_is_probed_once_per_gap_and_a_higher_one_is_found() {
         let mut aimd = Aimd::new(4, 1, 100, None);
         let refused = against(&mut aimd, 4, 1_000);
-        // Gaps of 2, 4, 8, 16 windows, then one probe per 16: about 60;
-        // a probe every other window would be refused 500 times.
-        assert!(refused <= 65, "{refused} refusals in 1000 windows");
+        // One probe per gap of 20 windows and the window it is refused in:
+        // 48; a probe every other window would be refused 500 times.
+        assert!(refused <= 48, "{refused} refusals in 1000 windows");
         assert_eq!(aimd.limit(), 4);
 
         // The provider now allows 8: the next probe holds, and each step
-        // above it is a probe after a gap that halves as each holds (16, 8,
-        // 4, 2 windows); probes above 8 back off in turn.
+        // above it is a probe after a gap that halves as each holds (20, 10,
+        // 5, 2 windows); a probe above 8 waits out the whole gap again.
         let refused = against(&mut aimd, 8, 50);
         assert!(
             aimd.limit() >= 8,

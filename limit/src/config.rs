@@ -49,7 +49,7 @@ impl fmt::Display for LimitMode {
 /// ```toml
 /// [limits]
 /// mode = "adaptive"         # or "static" (with max_concurrency), or "off" (the default)
-/// initial = 4               # adaptive: the limit to start from
+/// initial = 1               # adaptive: the limit to start from
 /// min = 1                   # adaptive: never below
 /// max = 100                 # adaptive: never above
 /// latency_tolerance = 2.0   # adaptive: a window this many times slower than usual is overload
@@ -123,8 +123,11 @@ impl Default for LimitConfig {
 impl LimitConfig {
     /// The config section these settings are read from.
     pub const SECTION: &'static str = "limits";
-    /// Default `initial`.
-    pub const DEFAULT_INITIAL: u32 = 4;
+    /// Default `initial`: one request, as mode `off` sends before it knows
+    /// the provider's limit, then a step per round trip. A higher start is
+    /// sent before anything is known: three agents starting at 4 on a
+    /// provider's limit of 4 get 8 of their first 12 requests refused.
+    pub const DEFAULT_INITIAL: u32 = 1;
     /// Default `min`.
     pub const DEFAULT_MIN: u32 = 1;
     /// Default `max`.

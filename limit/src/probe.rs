@@ -1,20 +1,29 @@
 //! Probing a refused limit again, backing off: when a step up to the limit
 //! at which a service last refused may be taken. The adaptive limit
 //! ([`crate::aimd`]) and the header-following share ([`crate::share`]) both
-//! step by whole slots and both back off this way (with gaps of their own
-//! ceilings).
+//! step by whole slots and both back off this way, with gaps of their own.
 //!
-//! Every refusal doubles the gap, not only a refused probe: when clients
-//! share a limit, the `429` a probe causes falls on whichever client's request
-//! waits in the provider's queue, so a refusal is as often news of another
-//! client's probe as of one's own, and every client must probe more rarely
-//! for the refusals to become rare. A probe that holds halves the gap.
+//! Every refusal widens the gap, not only a refused probe: when clients
+//! share a limit, a `429` may be news of another client's step as much as of
+//! one's own, and every client must probe more rarely for the refusals to
+//! become rare. A probe that holds halves the gap. The share's gap doubles
+//! with each refusal, to its ceiling ([`Probing::doubling`]): its steps
+//! follow room the headers showed, and a refused one is most often a slot
+//! two clients took together, soon free again. The adaptive limit's gap is
+//! the whole ceiling at the first refusal ([`Probing::fixed`]): it has no
+//! headers, so its probes are all blind, and a run of doubling gaps would
+//! spend several refusals on finding that a full provider is still full.
+//!
+//! A step's new slot opens late ([`crate::limiter`]), so the `429` of a
+//! probe over the limit mostly falls on the prober itself.
 
 /// The state of probing a refused limit.
 #[derive(Debug, Clone)]
 pub(crate) struct Probing {
     /// The most windows between two probes.
     max_gap: u32,
+    /// A refusal widens the gap to `max_gap` at once, rather than doubling it.
+    fixed: bool,
     /// The limit, in whole slots, at the last refusal, until a step to it holds.
     refused_at: Option<u32>,
     /// Windows that must ask for a step before a probe of `refused_at`.
@@ -27,9 +36,20 @@ pub(crate) struct Probing {
 }
 
 impl Probing {
-    pub(crate) fn new(max_gap: u32) -> Self {
+    /// A gap that doubles with every refusal, up to `max_gap` windows.
+    pub(crate) fn doubling(max_gap: u32) -> Self {
+        Self::new(max_gap, false)
+    }
+
+    /// A gap of `gap` windows after every refusal.
+    pub(crate) fn fixed(gap: u32) -> Self {
+        Self::new(gap, true)
+    }
+
+    fn new(max_gap: u32, fixed: bool) -> Self {
         Self {
             max_gap,
+            fixed,
             refused_at: None,
             gap: 1,
             waited: 0,
@@ -67,7 +87,11 @@ impl Probing {
 
     /// Refused at `limit` slots.
     pub(crate) fn refused(&mut self, limit: u32) {
-        self.gap = (self.gap * 2).min(self.max_gap);
+        self.gap = if self.fixed {
+            self.max_gap
+        } else {
+            (self.gap * 2).min(self.max_gap)
+        };
         self.probed = None;
         self.waited = 0;
         self.refused_at = Some(limit);
@@ -92,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_refused_limit_is_probed_after_a_gap_that_doubles_and_halves() {
-        let mut probing = Probing::new(4);
+        let mut probing = Probing::doubling(4);
         assert!(probing.may_step(5), "nothing refused yet");
         probing.refused(5);
         assert!(probing.may_step(4), "below the refused limit");
@@ -121,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_refusal_below_a_probe_widens_the_gap_too() {
-        let mut probing = Probing::new(8);
+        let mut probing = Probing::doubling(8);
         probing.refused(3);
         assert!(probing.may_step(2), "below the refused limit");
         probing.refused(2);
@@ -132,5 +156,23 @@ mod tests {
         );
         probing.forget();
         assert!(probing.may_step(9), "the provider allows more");
+    }
+
+    #[test]
+    fn a_fixed_gap_is_whole_from_the_first_refusal_and_halves_as_probes_hold() {
+        let mut probing = Probing::fixed(8);
+        probing.refused(3);
+        assert!(probing.may_step(2), "below the refused limit");
+        assert_eq!(windows_until_a_step(&mut probing, 3), 8, "refused once");
+        probing.refused(3);
+        assert_eq!(windows_until_a_step(&mut probing, 3), 8, "refused twice");
+        probing.window_held();
+        assert_eq!(
+            windows_until_a_step(&mut probing, 4),
+            4,
+            "the probe held: the step above waits out half the gap"
+        );
+        probing.refused(4);
+        assert_eq!(windows_until_a_step(&mut probing, 4), 8, "whole again");
     }
 }

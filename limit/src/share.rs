@@ -140,7 +140,7 @@ impl Share {
             provider,
             limit: limit.clamp(1, provider),
             window: Window::OPEN,
-            probing: Probing::new(MAX_PROBE_GAP),
+            probing: Probing::doubling(MAX_PROBE_GAP),
             room_streak: 0,
             rng,
         }
