@@ -116,19 +116,28 @@ impl Provider {
 /// Calls `provider` through `limiter` in a loop until `until`.
 async fn client(limiter: Arc<Limiter>, provider: Arc<Provider>, until: Instant) {
     while Instant::now() < until {
-        let permit = match limiter.acquire().await {
-            Ok(permit) => permit,
-            Err(refused) => {
-                sleep(refused.retry_after()).await;
-                continue;
-            }
-        };
-        let (outcome, headers) = provider.call().await;
-        permit.complete(outcome, &headers);
-        if outcome == Outcome::ConcurrencyLimited {
-            sleep(CONCURRENCY_DELAY).await;
-        }
+        call_once(&limiter, &provider).await;
     }
+}
+
+/// One try at a call: a slot of `limiter` (or, refused one, its wait: `None`),
+/// the call, the permit completed, and after a `429` the retry executor's
+/// `concurrency_delay`. Whether the provider served it.
+async fn call_once(limiter: &Limiter, provider: &Provider) -> Option<bool> {
+    let permit = match limiter.acquire().await {
+        Ok(permit) => permit,
+        Err(refused) => {
+            sleep(refused.retry_after()).await;
+            return None;
+        }
+    };
+    let (outcome, headers) = provider.call().await;
+    permit.complete(outcome, &headers);
+    let refused = outcome == Outcome::ConcurrencyLimited;
+    if refused {
+        sleep(CONCURRENCY_DELAY).await;
+    }
+    Some(!refused)
 }
 
 /// The limit of each limiter every 10 ms, from the start of the run.
@@ -401,21 +410,7 @@ async fn campaign(limiters: &[Arc<Limiter>], provider: &Arc<Provider>, per: u64)
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
                     .is_ok()
                 {
-                    loop {
-                        let permit = match limiter.acquire().await {
-                            Ok(permit) => permit,
-                            Err(refused) => {
-                                sleep(refused.retry_after()).await;
-                                continue;
-                            }
-                        };
-                        let (outcome, headers) = provider.call().await;
-                        permit.complete(outcome, &headers);
-                        if outcome != Outcome::ConcurrencyLimited {
-                            break;
-                        }
-                        sleep(CONCURRENCY_DELAY).await;
-                    }
+                    while call_once(&limiter, &provider).await != Some(true) {}
                 }
             }));
         }
