@@ -15,10 +15,10 @@
 //! per contact, where a task per save cost a spawn. Counts, lists and the
 //! release at shutdown wait for the saves still running. The memory store
 //! answers at once, so there the worker saves in line: a send, a wake-up of
-//! the saving task and its bookkeeping would cost more than the save. A crash before a save leaves the
-//! contact in flight, to be called again once its lease expires; its CRM
-//! write repeats under the same idempotency key and creates nothing new
-//! (the CRM keeps the first record).
+//! the saving task and its bookkeeping would cost more than the save. A
+//! crash before a save leaves the contact in flight, to be called again
+//! once its lease expires; its CRM write repeats under the same idempotency
+//! key and creates nothing new (the CRM keeps the first record).
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -199,9 +199,6 @@ pub struct CallQueue {
     /// The last counts read from the store ([`refresh_counts`](Self::refresh_counts)).
     counts: Mutex<QueueCounts>,
     settling: Arc<Settling>,
-    /// Whether the store answers at once (in memory): final states are then
-    /// saved by the worker, in line.
-    saves_in_line: bool,
     /// Final states to save, to the task that saves them (started with the
     /// first, on the runtime of the campaign).
     saves: OnceLock<mpsc::UnboundedSender<(Lease, Terminal)>>,
@@ -343,7 +340,6 @@ impl CallQueue {
     /// [`refresh_counts`](Self::refresh_counts)).
     pub fn with_store(store: Arc<CallStore>) -> Self {
         Self {
-            saves_in_line: matches!(store.location(), StoreLocation::Memory),
             store,
             counts: Mutex::new(QueueCounts::default()),
             settling: Arc::default(),
@@ -412,7 +408,8 @@ impl CallQueue {
     pub async fn finish(&self, entry: QueuedContact, terminal: Terminal) {
         // Only what the save needs goes.
         let QueuedContact { lease, .. } = entry;
-        if self.saves_in_line {
+        // The memory store answers at once: saved in line.
+        if matches!(self.store.location(), StoreLocation::Memory) {
             save_final_state(&self.store, &self.settling, lease, terminal).await;
             return;
         }
