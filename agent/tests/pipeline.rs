@@ -17,14 +17,13 @@ use callguard_core::{CircuitState, ServiceName};
 use callguard_mocks::{Fault, FaultMode, MockConfig, MockServer, Service};
 use tokio::time::Instant;
 
+mod support;
+use support::SERVICES;
+
 /// The agent for the mocks' three services, `settings` (whole sections) first.
 fn app(mocks: &MockServer, settings: &str) -> App {
     let mut text = settings.to_owned();
-    for (name, service) in [
-        ("llm", Service::Llm),
-        ("elevenlabs", Service::Elevenlabs),
-        ("crm", Service::Crm),
-    ] {
+    for (name, service) in SERVICES {
         text.push_str(&format!(
             "[services.{name}]\nbase_url = \"{}\"\napi_key = \"{}\"\nrequest_timeout = \"10s\"\n",
             mocks.base_url(service),
