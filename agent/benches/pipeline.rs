@@ -47,6 +47,7 @@ use callguard_clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_core::CircuitState;
 use callguard_health::GrpcOptions;
 use callguard_mocks::{EndpointKind, Fault, FaultMode, MockConfig, MockServer, Service};
+use callguard_store::Renewals;
 use callguard_telemetry::{LoggingConfig, Verbosity};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -512,9 +513,10 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
     let contacts = support::contacts(DEFERRED_CONTACTS, &format!("defer-{opening:?}"));
     let queue = CallQueue::new(contacts, config.queue.max_deferrals);
     let default_wait = config.circuit_breaker.recovery_timeout.get();
+    let mut renewals = queue.renewals();
 
     for _ in 0..DEFERRED_CONTACTS {
-        defer_next(&queue, &pipeline, default_wait).await;
+        defer_next(&queue, &pipeline, &mut renewals, default_wait).await;
     }
     let expected = match opening {
         Opening::Forced => CircuitState::ForcedOpen,
@@ -527,7 +529,7 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
     let mut samples = Vec::with_capacity(DEFERRED_CONTACTS);
     for _ in 0..DEFERRED_CONTACTS {
         let started = Instant::now();
-        defer_next(&queue, &pipeline, default_wait).await;
+        defer_next(&queue, &pipeline, &mut renewals, default_wait).await;
         samples.push(started.elapsed());
     }
 
@@ -556,12 +558,17 @@ async fn deferral(server: &MockServer, config: &AgentConfig, opening: Opening) {
 }
 
 /// One worker step as the campaign's workers take it: the next contact, its
-/// call span, the pipeline while the lease is held, and the deferral, which
-/// must be what happens.
-async fn defer_next(queue: &CallQueue, pipeline: &Pipeline, default_wait: Duration) {
+/// call span, the pipeline while the lease is held (renewed on the worker's
+/// `renewals`), and the deferral, which must be what happens.
+async fn defer_next(
+    queue: &CallQueue,
+    pipeline: &Pipeline,
+    renewals: &mut Renewals,
+    default_wait: Duration,
+) {
     let mut entry = queue.next().await.expect("a contact is ready");
     let span = call_span(&entry.contact.id);
-    let result = call_under_lease(queue, pipeline, &mut entry, &span)
+    let result = call_under_lease(queue, pipeline, &mut entry, renewals, &span)
         .await
         .unwrap_or_else(|lost| panic!("the lease was lost: {lost}"));
     match result {

@@ -46,13 +46,6 @@ impl Census {
             .map(|listed| (listed[0].0.as_str(), listed))
     }
 
-    /// Whether the store listed the contact `id`.
-    fn holds(&self, id: &str) -> bool {
-        self.0
-            .binary_search_by(|(listed, _)| listed.as_str().cmp(id))
-            .is_ok()
-    }
-
     /// How many contacts (distinct ids).
     pub fn len(&self) -> usize {
         self.contacts().count()
@@ -87,8 +80,14 @@ impl Accounting {
     /// the contacts of `start` in no state at the end; duplicated, the
     /// contacts in more than one state at the end.
     pub fn of_campaign(start: &Census, end: &Census) -> Self {
+        // Both are in order of id: one walk through each.
+        let mut ended = end.contacts().map(|(id, _)| id).peekable();
+        let mut held_at_end = |id: &str| {
+            while ended.next_if(|ended| *ended < id).is_some() {}
+            ended.peek() == Some(&id)
+        };
         Self {
-            lost: start.contacts().filter(|(id, _)| !end.holds(id)).count(),
+            lost: start.contacts().filter(|(id, _)| !held_at_end(id)).count(),
             duplicated: end
                 .contacts()
                 .filter(|(_, states)| states.len() > 1)
@@ -154,6 +153,22 @@ mod tests {
             ("d", Pending),
         ]);
         assert_eq!(Accounting::of_campaign(&start, &end), Accounting::default());
+        // Lost first, last and side by side, among contacts added meanwhile.
+        let start = census(&[
+            ("b", Pending),
+            ("d", Pending),
+            ("e", Pending),
+            ("g", Pending),
+            ("i", Pending),
+        ]);
+        let end = census(&[
+            ("a", Pending),
+            ("c", Completed),
+            ("d", Completed),
+            ("f", Failed),
+            ("h", Pending),
+        ]);
+        assert_eq!(Accounting::of_campaign(&start, &end).lost, 4);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and the summary of what became of every contact.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,13 @@ use callguard_telemetry::{Metrics, Progress, ProgressSnapshot};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::accounting::{Accounting, Census};
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
-use crate::pipeline::{CallResult, Pipeline, call_span};
+use crate::pipeline::{CallResult, Pipeline, call_span, in_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
-use callguard_store::{ContactState, StoreError};
+use callguard_store::{ContactState, Renewals, StoreError};
 
 /// A contact that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -290,41 +290,43 @@ async fn work(
     events: Arc<EventHub>,
     default_wait: Duration,
 ) {
+    let mut renewals = queue.renewals();
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
-        let result = match call_under_lease(&queue, &pipeline, &mut entry, &span).await {
+        let called = call_under_lease(&queue, &pipeline, &mut entry, &mut renewals, &span);
+        let result = match called.await {
             Ok(result) => result,
             Err(lost) => {
                 span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
                 continue;
             }
         };
-        settle(&queue, entry, result, &events, default_wait)
-            .instrument(span)
-            .await;
+        let settled = pin!(settle(&queue, entry, result, &events, default_wait));
+        in_span(&span, settled).await;
     }
 }
 
-/// Calls `entry` through `pipeline` in `span` while its lease is renewed.
-/// If the lease is lost anyway (the store was unreachable for a whole
+/// Calls `entry` through `pipeline` in `span` while its lease is renewed
+/// on `renewals`. If the lease is lost anyway (the store was unreachable for a whole
 /// lease), the contact is someone else's now: the call is dropped and the
 /// loss returned.
 pub async fn call_under_lease(
     queue: &CallQueue,
     pipeline: &Pipeline,
     entry: &mut QueuedContact,
+    renewals: &mut Renewals,
     span: &tracing::Span,
 ) -> Result<CallResult, StoreError> {
     let (contact, progress, lease) = entry.split();
     // The call's future is kilobytes: pinned where it is made, in the
     // worker's own future, rather than boxed per contact (an allocation that
     // large makes the allocator consolidate its free lists) or copied into
-    // the select.
-    let call = pipeline.call(contact, progress).instrument(span.clone());
-    tokio::pin!(call);
+    // a span's wrapper and the select.
+    let call = pin!(pipeline.call(contact, progress));
+    let call = pin!(in_span(span, call));
     tokio::select! {
-        result = &mut call => Ok(result),
-        lost = queue.hold(lease) => Err(lost),
+        result = call => Ok(result),
+        lost = queue.hold(lease, renewals) => Err(lost),
     }
 }
 

@@ -20,6 +20,7 @@
 //! attempt span. Events logged inside (breaker transitions, retries, the
 //! deferral) become span events.
 
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -270,23 +271,20 @@ where
             outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let result = link
-            .executor
-            .call(|context| {
-                let span = attempt_span(&context);
-                let recorded = span.clone();
-                async move {
-                    let send = || attempt(&link.client, context.deadline);
-                    let result = limited(&link.limiter, context.deadline, send).await;
-                    if let Err(error) = &result {
-                        record_error(&recorded, error);
-                    }
-                    result
+        let call = link.executor.call(|context| {
+            let span = attempt_span(&context);
+            let recorded = span.clone();
+            async move {
+                let send = || attempt(&link.client, context.deadline);
+                let result = limited(&link.limiter, context.deadline, send).await;
+                if let Err(error) = &result {
+                    record_error(&recorded, error);
                 }
-                .instrument(span)
-            })
-            .instrument(span.clone())
-            .await;
+                result
+            }
+            .instrument(span)
+        });
+        let result = in_span(&span, pin!(call)).await;
         let error = match result {
             Ok(value) => {
                 span.record("outcome", "success");
@@ -329,6 +327,17 @@ where
         chain.primary.service.clone(),
         primary_wait,
     ))
+}
+
+/// Runs `future` inside `span`, as [`Instrument::instrument`] does, but
+/// where it lies: a stage's future is kilobytes, and wrapping it would copy
+/// it into the wrapper and the wrapper into the caller's future.
+pub(crate) async fn in_span<F: Future>(span: &tracing::Span, mut future: Pin<&mut F>) -> F::Output {
+    std::future::poll_fn(|cx| {
+        let _entered = span.enter();
+        future.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// `Limit(attempt)`: the attempt `send` makes, sent once `limiter` gives it

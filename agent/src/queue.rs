@@ -31,7 +31,7 @@ use callguard_clients::CallRecord;
 use callguard_core::ServiceName;
 use callguard_store::{
     CallStore, ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, NewContact,
-    StoreError, StoreLocation, StoreSettings,
+    Renewals, StoreError, StoreLocation, StoreSettings,
 };
 use callguard_telemetry::{ContactGauge, StoreStatus};
 use foldhash::HashMap;
@@ -382,15 +382,15 @@ impl CallQueue {
     /// The leased contact, or `None` (and the contact failed) if its stored
     /// data cannot be read.
     async fn entry(&self, leased: Leased) -> Option<QueuedContact> {
-        let id = leased.lease.contact_id().to_owned();
         match serde_json::from_str::<Contact>(&leased.data) {
             Ok(contact) => Some(QueuedContact {
-                progress: Progress::from_store(&id, leased.progress),
+                progress: Progress::from_store(leased.lease.contact_id(), leased.progress),
                 contact,
                 deferrals: leased.deferrals,
                 lease: leased.lease,
             }),
             Err(e) => {
+                let id = leased.lease.contact_id();
                 let reason = format!("stored contact unreadable: {e}");
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
@@ -499,10 +499,15 @@ impl CallQueue {
         }
     }
 
-    /// Renews `lease` for as long as it is polled; returns only when it is
-    /// lost (counted in [`taken_over`](Self::taken_over)).
-    pub async fn hold(&self, lease: &Lease) -> StoreError {
-        let lost = self.store.keep_alive(lease).await;
+    /// A worker's schedule of lease renewals, kept across its contacts.
+    pub fn renewals(&self) -> Renewals {
+        self.store.renewals()
+    }
+
+    /// Renews `lease` on `renewals` for as long as it is polled; returns
+    /// only when it is lost (counted in [`taken_over`](Self::taken_over)).
+    pub async fn hold(&self, lease: &Lease, renewals: &mut Renewals) -> StoreError {
+        let lost = self.store.keep_alive(lease, renewals).await;
         self.settling.abandoned.fetch_add(1, Ordering::Relaxed);
         lost
     }
@@ -861,7 +866,7 @@ mod tests {
         let a = queue.next().await.unwrap();
         // No longer this call's: here given back to the queue.
         queue.store().release(a.lease()).await.unwrap();
-        let lost = queue.hold(a.lease()).await;
+        let lost = queue.hold(a.lease(), &mut queue.renewals()).await;
         assert!(matches!(lost, StoreError::LeaseLost { .. }), "{lost}");
         assert_eq!(queue.taken_over(), 1);
     }

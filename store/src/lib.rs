@@ -6,7 +6,8 @@
 //! simulations and as a baseline), SQLite (one file, the default of
 //! `callguard run`) and PostgreSQL (one queue shared by several agents). A
 //! worker takes a contact with a lease ([`CallStore::next`]), renews the lease
-//! while the call runs ([`CallStore::keep_alive`]) and settles it under that
+//! while the call runs ([`CallStore::keep_alive`], on the worker's own
+//! [`Renewals`]) and settles it under that
 //! lease; a contact whose lease expires (its agent died) is due again, and a
 //! change under a lease that was lost is refused, so no contact gets two
 //! terminal states.
@@ -186,6 +187,15 @@ macro_rules! dispatch {
         }
     };
 }
+
+/// When one holder — a worker, taking one contact after another — renews
+/// the lease it holds: every third of a lease, on one timer kept for as long
+/// as the holder, rather than a timer made and torn down per contact. A lease
+/// taken between two ticks is renewed at the next, a third of a lease or less
+/// after it was taken; one taken after the holder missed a tick (it was
+/// waiting for a contact) is renewed at once.
+#[derive(Debug)]
+pub struct Renewals(tokio::time::Interval);
 
 /// Wall-clock time read through `tokio::time`.
 struct Clock {
@@ -383,6 +393,8 @@ impl CallStore {
         self.clock.now()
     }
 
+    /// Wakes every waiting [`next`](Self::next), with `notify_waiters`:
+    /// `next` relies on it reaching a `Notified` that was never polled.
     fn changed(&self) {
         self.changed.notify_waiters();
     }
@@ -418,7 +430,9 @@ impl CallStore {
             }
             let mut batch = self.lease_batch().await?.into_iter();
             let first = batch.next();
-            self.keep_ahead(batch);
+            if batch.len() > 0 {
+                self.keep_ahead(batch);
+            }
             return Ok(first);
         }
     }
@@ -529,9 +543,11 @@ impl CallStore {
     /// `None` once every contact has ended, or when the store is closed.
     pub async fn next(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
         loop {
+            // Sees every change from here on: `notify_waiters` wakes a
+            // `Notified` made before it even if never polled, so a contact
+            // found due at once costs no waiter registered and removed.
             let changed = self.changed.notified();
             tokio::pin!(changed);
-            changed.as_mut().enable();
             if self.closed.load(Ordering::Acquire) {
                 return Ok(None);
             }
@@ -562,12 +578,20 @@ impl CallStore {
         dispatch!(self, renew(&self.owner, lease, until))
     }
 
-    /// Renews the lease every third of its period for as long as it is
-    /// polled; returns only when the lease is lost. Run it beside the call.
-    pub async fn keep_alive(&self, lease: &Lease) -> StoreError {
+    /// A holder's schedule of renewals, for [`keep_alive`](Self::keep_alive):
+    /// every third of a lease from now on.
+    pub fn renewals(&self) -> Renewals {
         let every = self.settings.lease / 3;
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Renewals(ticks)
+    }
+
+    /// Renews `lease` at each of `renewals`' ticks for as long as it is
+    /// polled; returns only when the lease is lost. Run it beside the call.
+    pub async fn keep_alive(&self, lease: &Lease, renewals: &mut Renewals) -> StoreError {
         loop {
-            tokio::time::sleep(every).await;
+            renewals.0.tick().await;
             match self.renew(lease).await {
                 Ok(()) => {}
                 Err(lost @ StoreError::LeaseLost { .. }) => return lost,

@@ -528,7 +528,7 @@ async fn keep_alive_holds_the_lease_while_the_call_runs(kind: Kind) {
     let held = holder.try_lease().await.unwrap().unwrap();
     let renewing = tokio::spawn({
         let (holder, lease) = (holder.clone(), held.lease.clone());
-        async move { holder.keep_alive(&lease).await }
+        async move { holder.keep_alive(&lease, &mut holder.renewals()).await }
     });
     let other = fixture.second().await;
     tokio::time::sleep(fixture.units(35)).await;
