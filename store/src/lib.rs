@@ -430,9 +430,7 @@ impl CallStore {
             }
             let mut batch = self.lease_batch().await?.into_iter();
             let first = batch.next();
-            if batch.len() > 0 {
-                self.keep_ahead(batch);
-            }
+            self.keep_ahead(batch);
             return Ok(first);
         }
     }
@@ -509,7 +507,7 @@ impl CallStore {
             if wanted && !store.closed.load(Ordering::Acquire) {
                 match store.lease_batch().await {
                     Ok(batch) if !batch.is_empty() => {
-                        store.keep_ahead(batch);
+                        store.keep_ahead(batch.into_iter());
                         store.changed();
                     }
                     Ok(_) => {}
@@ -521,12 +519,16 @@ impl CallStore {
         });
     }
 
-    /// Keeps `batch`, just leased, to hand out later.
-    fn keep_ahead(&self, batch: impl IntoIterator<Item = Leased>) {
+    /// Keeps `batch`, just leased, to hand out later; an empty one costs no
+    /// lock (a batch of one leaves nothing after the contact taken at once).
+    fn keep_ahead(&self, batch: impl ExactSizeIterator<Item = Leased>) {
+        if batch.len() == 0 {
+            return;
+        }
         let since = Instant::now();
         self.leased_ahead
             .lock()
-            .extend(batch.into_iter().map(|leased| (leased, since)));
+            .extend(batch.map(|leased| (leased, since)));
     }
 
     /// The first contact leased ahead, and how many are left; the lock is
