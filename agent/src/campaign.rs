@@ -17,10 +17,11 @@ use callguard_telemetry::{Metrics, Progress, ProgressSnapshot};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::accounting::{Accounting, Census};
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
-use crate::pipeline::{CallResult, Pipeline, call_span, in_span};
+use crate::pipeline::{CallResult, Pipeline, call_span};
 use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
 use callguard_store::{ContactState, Renewals, StoreError};
@@ -301,15 +302,16 @@ async fn work(
                 continue;
             }
         };
-        let settled = pin!(settle(&queue, entry, result, &events, default_wait));
-        in_span(&span, settled).await;
+        pin!(settle(&queue, entry, result, &events, default_wait))
+            .instrument(span)
+            .await;
     }
 }
 
 /// Calls `entry` through `pipeline` in `span` while its lease is renewed
-/// on `renewals`. If the lease is lost anyway (the store was unreachable for a whole
-/// lease), the contact is someone else's now: the call is dropped and the
-/// loss returned.
+/// on `renewals`. If the lease is lost anyway (the store was unreachable for
+/// a whole lease), the contact is someone else's now: the call is dropped
+/// and the loss returned.
 pub async fn call_under_lease(
     queue: &CallQueue,
     pipeline: &Pipeline,
@@ -321,11 +323,10 @@ pub async fn call_under_lease(
     // The call's future is kilobytes: pinned where it is made, in the
     // worker's own future, rather than boxed per contact (an allocation that
     // large makes the allocator consolidate its free lists) or copied into
-    // a span's wrapper and the select.
+    // a span's wrapper and the select; the wrapper holds the pinned reference.
     let call = pin!(pipeline.call(contact, progress));
-    let call = pin!(in_span(span, call));
     tokio::select! {
-        result = call => Ok(result),
+        result = call.instrument(span.clone()) => Ok(result),
         lost = queue.hold(lease, renewals) => Err(lost),
     }
 }

@@ -20,7 +20,7 @@
 //! attempt span. Events logged inside (breaker transitions, retries, the
 //! deferral) become span events.
 
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -284,7 +284,9 @@ where
             }
             .instrument(span)
         });
-        let result = in_span(&span, pin!(call)).await;
+        // Pinned where it is made: instrumenting the pinned reference wraps
+        // a pointer, not the kilobytes of the stage's future.
+        let result = pin!(call).instrument(span.clone()).await;
         let error = match result {
             Ok(value) => {
                 span.record("outcome", "success");
@@ -327,17 +329,6 @@ where
         chain.primary.service.clone(),
         primary_wait,
     ))
-}
-
-/// Runs `future` inside `span`, as [`Instrument::instrument`] does, but
-/// where it lies: a stage's future is kilobytes, and wrapping it would copy
-/// it into the wrapper and the wrapper into the caller's future.
-pub(crate) async fn in_span<F: Future>(span: &tracing::Span, mut future: Pin<&mut F>) -> F::Output {
-    std::future::poll_fn(|cx| {
-        let _entered = span.enter();
-        future.as_mut().poll(cx)
-    })
-    .await
 }
 
 /// `Limit(attempt)`: the attempt `send` makes, sent once `limiter` gives it
