@@ -861,6 +861,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_schedule_of_renewals_holds_each_contact_a_worker_takes() {
+        let queue = CallQueue::new([contact("a"), contact("b")], 5);
+        let mut renewals = queue.renewals();
+        let mut call = async |held: Duration| {
+            let entry = queue.next().await.unwrap();
+            tokio::select! {
+                () = tokio::time::sleep(held) => {}
+                lost = queue.hold(entry.lease(), &mut renewals) => panic!("lost: {lost}"),
+            }
+            entry
+        };
+        let a = call(Duration::from_secs(5)).await;
+        queue.finish(a, Terminal::Completed).await;
+        // Taken 5 s into the schedule, held 40 s: past its lease of 30 s.
+        let b = call(Duration::from_secs(40)).await;
+        assert!(
+            queue.store().try_lease().await.unwrap().is_none(),
+            "b's lease was renewed on the schedule a's call left"
+        );
+        queue.finish(b, Terminal::Completed).await;
+        assert_eq!(queue.refresh_counts().await.completed, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_lease_lost_while_the_call_runs_is_counted_as_taken_over() {
         let queue = CallQueue::new([contact("a")], 5);
         let a = queue.next().await.unwrap();
