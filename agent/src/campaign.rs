@@ -512,26 +512,36 @@ async fn report_progress(
         .and_then(Progress::every)
         .unwrap_or(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(every);
-    loop {
+    'report: loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = &mut stop => break,
         }
-        // While the store is out of reach its counts would be stale (and
-        // reading them waits for the saves retrying): say so instead.
-        if let Some((since, at)) = queue.store().health().unreachable_since {
-            if let Some(progress) = &mut progress {
-                progress.hold(format!(
-                    "call store unreachable since {} ({:.0}s); reconnecting",
-                    humantime::format_rfc3339_seconds(since),
-                    at.elapsed().as_secs_f64()
-                ));
+        // While the store is out of reach its counts would be stale: say so
+        // instead. Reading them waits for the saves in flight, which retry
+        // while the store is out of reach, so each tick meanwhile looks again
+        // rather than the line going quiet for as long as they retry.
+        let mut refresh = pin!(queue.refresh_counts());
+        let counts = loop {
+            if let Some(outage) = queue.store().health().unreachable_since {
+                break Err(outage);
             }
+            tokio::select! {
+                counts = &mut refresh => break Ok(counts),
+                _ = ticker.tick() => {}
+                _ = &mut stop => break 'report,
+            }
+        };
+        let Some(progress) = &mut progress else {
             continue;
-        }
-        let counts = queue.refresh_counts().await;
-        if let Some(progress) = &mut progress {
-            progress.update(&ProgressSnapshot {
+        };
+        match counts {
+            Err((since, at)) => progress.hold(format!(
+                "call store unreachable since {} ({:.0}s); reconnecting",
+                humantime::format_rfc3339_seconds(since),
+                at.elapsed().as_secs_f64()
+            )),
+            Ok(counts) => progress.update(&ProgressSnapshot {
                 total,
                 completed: counts.completed,
                 failed: counts.failed,
@@ -543,7 +553,7 @@ async fn report_progress(
                     .iter()
                     .map(|b| (b.service().to_string(), b.state()))
                     .collect(),
-            });
+            }),
         }
     }
     if let Some(progress) = progress {
