@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use callguard_alerts::{AlertCounts, AlertManager};
 use callguard_breaker::BreakerRegistry;
@@ -16,13 +16,13 @@ use callguard_retry::EventSink;
 use callguard_telemetry::{Metrics, Progress, ProgressSnapshot};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval};
 use tracing::Instrument;
 
 use crate::accounting::{Accounting, Census};
 use crate::events::{EventHub, TransitionLog, TransitionRecord};
 use crate::pipeline::{CallResult, Pipeline, call_span};
-use crate::queue::{CallQueue, Deferral, QueuedContact, Terminal};
+use crate::queue::{CallQueue, Deferral, QueueCounts, QueuedContact, Terminal};
 use callguard_sheets_logger::SheetsStats;
 use callguard_store::{ContactState, Renewals, StoreError};
 
@@ -495,6 +495,27 @@ async fn follow_breakers(
     }
 }
 
+/// The store's counts (read into `queue`), or since when the store has been
+/// out of reach, when its counts would be stale. Reading them waits for the
+/// saves in flight, which retry while the store is out of reach, so each
+/// `tick` meanwhile looks again rather than the wait lasting as long as they
+/// retry.
+async fn counts_unless_unreachable(
+    queue: &CallQueue,
+    ticker: &mut Interval,
+) -> Result<QueueCounts, (SystemTime, Instant)> {
+    let mut refresh = pin!(queue.refresh_counts());
+    loop {
+        if let Some(outage) = queue.store().health().unreachable_since {
+            return Err(outage);
+        }
+        tokio::select! {
+            counts = &mut refresh => return Ok(counts),
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
 /// Reads the queue's counts from the store (what `/metrics` shows) and, if
 /// `print`, shows where the campaign stands on the console's progress (a bar
 /// on a terminal, an occasional plain line otherwise). The counts are read
@@ -512,25 +533,14 @@ async fn report_progress(
         .and_then(Progress::every)
         .unwrap_or(Duration::from_secs(1));
     let mut ticker = tokio::time::interval(every);
-    'report: loop {
+    loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = &mut stop => break,
         }
-        // While the store is out of reach its counts would be stale: say so
-        // instead. Reading them waits for the saves in flight, which retry
-        // while the store is out of reach, so each tick meanwhile looks again
-        // rather than the line going quiet for as long as they retry.
-        let mut refresh = pin!(queue.refresh_counts());
-        let counts = loop {
-            if let Some(outage) = queue.store().health().unreachable_since {
-                break Err(outage);
-            }
-            tokio::select! {
-                counts = &mut refresh => break Ok(counts),
-                _ = ticker.tick() => {}
-                _ = &mut stop => break 'report,
-            }
+        let counts = tokio::select! {
+            counts = counts_unless_unreachable(&queue, &mut ticker) => counts,
+            _ = &mut stop => break,
         };
         let Some(progress) = &mut progress else {
             continue;
