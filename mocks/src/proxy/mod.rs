@@ -30,7 +30,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use conditions::Controls;
 pub use conditions::{ConditionState, LatencyState, ProxyConditions};
-use relay::{Ending, relay};
+use relay::relay;
 
 /// Pause before binding the listening socket again after a failed attempt.
 const REBIND_PAUSE: Duration = Duration::from_millis(50);
@@ -88,6 +88,10 @@ impl ProxyShared {
 
     pub(crate) fn heal(&self) {
         self.controls.heal();
+    }
+
+    fn count_cut(&self) {
+        self.cut.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn state(&self) -> ProxyState {
@@ -302,10 +306,7 @@ async fn run(listener: TcpListener, shared: Arc<ProxyShared>, shutdown: impl Fut
                     let cuts = shared.controls.cuts();
                     let shared = Arc::clone(&shared);
                     connections.spawn(async move {
-                        let ending = relay(client, &shared.upstream, &shared.controls, cuts).await;
-                        if ending == Ending::Cut {
-                            shared.cut.fetch_add(1, Ordering::Relaxed);
-                        }
+                        relay(client, &shared, cuts).await;
                         shared.open.fetch_sub(1, Ordering::Relaxed);
                     });
                 }

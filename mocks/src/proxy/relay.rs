@@ -10,7 +10,8 @@
 //! flows on, as TCP's retransmissions would deliver it. An end of stream on
 //! one side is passed on as a half-close of the other; an error on either
 //! side, or a cut, resets both (`SO_LINGER = 0`), so each peer reads
-//! `connection reset`.
+//! `connection reset`. A cut is counted before the sockets close, so a peer
+//! that sees the reset finds it counted.
 
 use std::io;
 
@@ -22,6 +23,7 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
+use super::ProxyShared;
 use super::conditions::Controls;
 
 /// Largest chunk read at once.
@@ -29,24 +31,14 @@ const CHUNK: usize = 16 * 1024;
 /// Chunks held in flight each way (read, waiting out their latency).
 const IN_FLIGHT: usize = 64;
 
-/// How a proxied connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ending {
-    /// Both ways reached their end of stream.
-    Closed,
-    /// A side broke, or upstream could not be reached: both were reset.
-    Broken,
-    /// A cut: both sides were reset.
-    Cut,
-}
-
-/// Relays `client` to `upstream` until the connection ends or `cuts` moves.
+/// Relays `client` to the proxy's upstream until the connection ends or
+/// `cuts` moves.
 pub(crate) async fn relay(
     mut client: TcpStream,
-    upstream: &str,
-    controls: &Controls,
+    shared: &ProxyShared,
     mut cuts: watch::Receiver<u64>,
-) -> Ending {
+) {
+    let (upstream, controls) = (shared.upstream.as_str(), &shared.controls);
     let connect = async {
         // A blackholed link does not reach upstream either.
         controls.until_flowing().await;
@@ -58,12 +50,13 @@ pub(crate) async fn relay(
             Err(e) => {
                 tracing::debug!(%upstream, error = %e, "proxy could not reach upstream; resetting the client");
                 reset(&client);
-                return Ending::Broken;
+                return;
             }
         },
         _ = cuts.changed() => {
+            shared.count_cut();
             reset(&client);
-            return Ending::Cut;
+            return;
         }
     };
     for stream in [&client, &server] {
@@ -72,21 +65,21 @@ pub(crate) async fn relay(
     }
     let (client_read, client_write) = client.split();
     let (server_read, server_write) = server.split();
-    let ending = tokio::select! {
+    // Both ways reaching their end of stream is the one clean close.
+    let closed = tokio::select! {
         copied = try_join(
             pipe(client_read, server_write, controls),
             pipe(server_read, client_write, controls),
-        ) => match copied {
-            Ok(_) => Ending::Closed,
-            Err(_) => Ending::Broken,
-        },
-        _ = cuts.changed() => Ending::Cut,
+        ) => copied.is_ok(),
+        _ = cuts.changed() => {
+            shared.count_cut();
+            false
+        }
     };
-    if ending != Ending::Closed {
+    if !closed {
         reset(&client);
         reset(&server);
     }
-    ending
 }
 
 /// Copies `from` to `to` through the latency queue until `from` ends (then

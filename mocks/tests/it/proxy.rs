@@ -1,5 +1,6 @@
 //! The fault proxy over real sockets on 127.0.0.1, between a raw TCP client
-//! and an upstream server of the test's own, under a paused clock: it
+//! and an upstream server of the test's own, under a paused clock (one test,
+//! about when a cut is counted, on two threads instead): it
 //! forwards both ways (half-close included), a cut resets both sides, a
 //! refusal is a real `connection refused` until it ends, a blackhole stalls
 //! reads until healed, latency delays each way; and its HTTP control API.
@@ -121,6 +122,28 @@ async fn a_cut_resets_both_sides_and_new_connections_are_taken_at_once() {
     let mut back = [0; 4];
     server.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"back");
+}
+
+/// On two worker threads the client may read its reset while the proxy's
+/// task is still ending the connection: the cut must be counted by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_is_counted_before_the_client_reads_its_reset() {
+    let proxy = proxy_to(echo_upstream().await).await;
+    for cuts in 1..=200 {
+        let mut client = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut client, b"x").await, b"x");
+        proxy.cut();
+        let mut buffer = [0; 1];
+        assert_eq!(
+            client.read(&mut buffer).await.unwrap_err().kind(),
+            ErrorKind::ConnectionReset
+        );
+        assert_eq!(
+            proxy.state().cut,
+            cuts,
+            "the reset was read before the cut was counted"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
