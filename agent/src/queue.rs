@@ -43,7 +43,9 @@ use crate::config::QueueConfig;
 use crate::contacts::Contact;
 
 /// Work already done for a contact, kept across deferrals and restarts so a
-/// contact resumes at the stage that could not run.
+/// contact resumes at the stage that could not run. Saved with a deferral as
+/// the store's progress text: JSON of the agent's own, which the store keeps
+/// and never reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// The LLM's script, once written.
@@ -56,9 +58,30 @@ pub struct Progress {
     pub crm_record: Option<CallRecord>,
 }
 
+/// [`Progress`] as saved: written from borrowed parts, read with the record
+/// as a JSON value of its own, so that a record which no longer reads is
+/// built again instead of failing the contact.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Saved<Script, Record> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    script: Option<Script>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crm_record: Option<Record>,
+}
+
 impl Progress {
-    fn from_store(contact_id: &str, progress: callguard_store::Progress) -> Self {
-        let crm_record = progress.crm_record.and_then(|value| {
+    /// The progress saved as `text` (empty when none was), or why it cannot
+    /// be read.
+    fn from_saved(contact_id: &str, text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Ok(Self::default());
+        }
+        let saved: Saved<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| format!("stored progress unreadable: {e}"))?;
+        let crm_record = saved.crm_record.and_then(|value| {
             serde_json::from_value(value)
                 .map_err(|e| {
                     tracing::warn!(
@@ -68,22 +91,25 @@ impl Progress {
                 })
                 .ok()
         });
-        Self {
-            script: progress.script,
-            audio_bytes: progress.audio_bytes,
+        Ok(Self {
+            script: saved.script,
+            audio_bytes: saved.audio_bytes,
             crm_record,
-        }
+        })
     }
 
-    fn to_store(&self) -> callguard_store::Progress {
-        callguard_store::Progress {
-            script: self.script.clone(),
-            audio_bytes: self.audio_bytes,
-            crm_record: self
-                .crm_record
-                .as_ref()
-                .and_then(|record| serde_json::to_value(record).ok()),
+    /// The text to save: empty for no progress.
+    fn to_saved(&self) -> String {
+        if *self == Self::default() {
+            return String::new();
         }
+        let saved = Saved {
+            script: self.script.as_deref(),
+            audio_bytes: self.audio_bytes,
+            crm_record: self.crm_record.as_ref(),
+        };
+        // Strings, numbers and a record of strings and times always serialize.
+        serde_json::to_string(&saved).unwrap_or_default()
     }
 }
 
@@ -380,18 +406,21 @@ impl CallQueue {
     }
 
     /// The leased contact, or `None` (and the contact failed) if its stored
-    /// data cannot be read.
+    /// data or progress cannot be read: failed, or it would come back every
+    /// time its lease expired and the campaign would never end.
     async fn entry(&self, leased: Leased) -> Option<QueuedContact> {
-        match serde_json::from_str::<Contact>(&leased.data) {
-            Ok(contact) => Some(QueuedContact {
-                progress: Progress::from_store(leased.lease.contact_id(), leased.progress),
+        let id = leased.lease.contact_id();
+        let read = serde_json::from_str::<Contact>(&leased.data)
+            .map_err(|e| format!("stored contact unreadable: {e}"))
+            .and_then(|contact| Ok((contact, Progress::from_saved(id, &leased.progress)?)));
+        match read {
+            Ok((contact, progress)) => Some(QueuedContact {
                 contact,
+                progress,
                 deferrals: leased.deferrals,
                 lease: leased.lease,
             }),
-            Err(e) => {
-                let id = leased.lease.contact_id();
-                let reason = format!("stored contact unreadable: {e}");
+            Err(reason) => {
                 tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
                 let failed = self.store.fail(&leased.lease, "store", &reason).await;
                 if self.settling.record(&leased.lease, failed).is_some() {
@@ -474,7 +503,7 @@ impl CallQueue {
         busy: Busy,
     ) -> Deferral {
         let wait = not_before.saturating_duration_since(Instant::now());
-        let progress = entry.progress.to_store();
+        let progress = entry.progress.to_saved();
         let result = match busy {
             Busy::No => {
                 let reason = format!("{service} unavailable");
@@ -781,6 +810,67 @@ mod tests {
             Some(json(&record)),
             "the same record, to the millisecond"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_contact_whose_saved_progress_cannot_be_read_fails_and_the_rest_go_out() {
+        let queue = CallQueue::new(["a", "b", "c", "d", "e"].map(contact), 5);
+        // Saved behind the queue's back, as a damaged file or a hand edit
+        // would: an older store's empty default; not JSON, a field of the
+        // wrong type, not an object; a record that no longer reads.
+        let planted = [
+            ("a", "{}"),
+            ("b", "{not json"),
+            ("c", r#"{"audio_bytes":"many"}"#),
+            ("d", "null"),
+            ("e", r#"{"script":"Hi","crm_record":{"unknown":1}}"#),
+        ];
+        let store = queue.store();
+        let mut held = Vec::new();
+        while let Some(leased) = store.try_lease().await.unwrap() {
+            held.push(leased.lease);
+        }
+        assert_eq!(held.len(), planted.len());
+        for lease in &held {
+            let (_, text) = planted
+                .iter()
+                .find(|(id, _)| *id == lease.contact_id())
+                .unwrap();
+            store.save_progress(lease, text).await.unwrap();
+            store.release(lease).await.unwrap();
+        }
+
+        let mut handed_out = Vec::new();
+        while let Some(entry) = queue.next().await {
+            handed_out.push((entry.contact.id.clone(), entry.progress.clone()));
+            queue.finish(entry, Terminal::Completed).await;
+        }
+        let script_only = Progress {
+            script: Some("Hi".into()),
+            ..Progress::default()
+        };
+        assert_eq!(
+            handed_out,
+            [
+                ("a".to_owned(), Progress::default()),
+                ("e".to_owned(), script_only)
+            ],
+            "the record is built again"
+        );
+        let failed = queue.list(ContactState::Failed).await;
+        let ids: Vec<&str> = failed.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c", "d"]);
+        for contact in &failed {
+            let reason = contact.last_error.as_deref().unwrap_or_default();
+            assert!(
+                reason.starts_with("stored progress unreadable: "),
+                "{}: {reason}",
+                contact.id
+            );
+            assert_eq!(contact.service.as_deref(), Some("store"));
+        }
+        let counts = queue.refresh_counts().await;
+        assert_eq!((counts.completed, counts.failed), (2, 3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! callguard's call store: every contact of a campaign with its state
 //! (pending, in flight under a lease, deferred until a time, completed, failed
-//! with a reason, expired), its attempts, last error and resume progress.
+//! with a reason, expired), its attempts, last error and resume progress —
+//! the holder's own text, which the store keeps with the contact and never
+//! reads, so it knows contacts, leases and states and nothing of the calls.
 //!
 //! One [`CallStore`] fronts three backends with the same rules: in memory (for
 //! simulations and as a baseline), SQLite (one file, the default of
@@ -38,10 +40,10 @@ use tokio::time::Instant;
 pub use health::StoreHealth;
 pub use model::{
     ContactState, ContactStatus, Counts, Deferral, ImportReport, Lease, Leased, NewContact,
-    Progress, StoreError,
+    StoreError,
 };
 
-use model::{Millis, Outcome, Unreadable, from_millis, to_millis};
+use model::{Millis, Outcome, from_millis, to_millis};
 
 /// Where the contacts are kept.
 #[derive(Clone, PartialEq, Eq)]
@@ -248,9 +250,6 @@ impl Clock {
         }
     }
 }
-
-/// The service a contact whose stored record cannot be read fails at.
-const UNREADABLE_SERVICE: &str = "store";
 
 /// Shortest wait of [`CallStore::next`] between two looks, so a contact due
 /// now but taken by a racing worker cannot make it spin.
@@ -459,34 +458,11 @@ impl CallStore {
         Ok(None)
     }
 
-    /// Leases a batch of due contacts. A contact whose stored progress
-    /// cannot be read is failed under its lease (at [`UNREADABLE_SERVICE`],
-    /// the reason naming what could not be read) instead of failing the whole
-    /// lease: it would otherwise return with its batch every time the
-    /// leases expire, and the campaign would never end. When nothing else
-    /// was leased, the next batch is.
+    /// Leases a batch of due contacts, in import order.
     async fn lease_batch(&self) -> Result<Vec<Leased>, StoreError> {
-        loop {
-            let now = self.clock.now_millis();
-            let until = now.saturating_add(duration_millis(self.settings.lease));
-            let batch = dispatch!(self, lease(&self.owner, now, until))?;
-            if batch.unreadable.is_empty() {
-                return Ok(batch.leased);
-            }
-            for Unreadable { lease, reason } in batch.unreadable {
-                let id = lease.contact_id.clone();
-                tracing::error!(contact_id = %id, "Contact {id} failed: {reason}");
-                if let Err(e) = self.fail(&lease, UNREADABLE_SERVICE, &reason).await {
-                    tracing::warn!(
-                        contact_id = %id,
-                        "Contact {id}'s failure not saved (it returns when its lease expires): {e}"
-                    );
-                }
-            }
-            if !batch.leased.is_empty() {
-                return Ok(batch.leased);
-            }
-        }
+        let now = self.clock.now_millis();
+        let until = now.saturating_add(duration_millis(self.settings.lease));
+        dispatch!(self, lease(&self.owner, now, until))
     }
 
     /// Leases the next batch in the background — one at a time, none once
@@ -607,11 +583,7 @@ impl CallStore {
 
     /// Keeps `progress` for the held contact, so that the pass that takes it
     /// next — after a crash, or in another agent — resumes with it.
-    pub async fn save_progress(
-        &self,
-        lease: &Lease,
-        progress: &Progress,
-    ) -> Result<(), StoreError> {
+    pub async fn save_progress(&self, lease: &Lease, progress: &str) -> Result<(), StoreError> {
         dispatch!(self, save_progress(&self.owner, lease, progress))
     }
 
@@ -647,7 +619,7 @@ impl CallStore {
         service: &str,
         reason: &str,
         wait: Duration,
-        progress: &Progress,
+        progress: &str,
     ) -> Result<Deferral, StoreError> {
         self.put_back(lease, service, reason, wait, progress, true)
             .await
@@ -663,7 +635,7 @@ impl CallStore {
         service: &str,
         reason: &str,
         wait: Duration,
-        progress: &Progress,
+        progress: &str,
     ) -> Result<Deferral, StoreError> {
         self.put_back(lease, service, reason, wait, progress, false)
             .await
@@ -675,7 +647,7 @@ impl CallStore {
         service: &str,
         reason: &str,
         wait: Duration,
-        progress: &Progress,
+        progress: &str,
         counted: bool,
     ) -> Result<Deferral, StoreError> {
         let not_before = self.clock.not_before(wait);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, LeasedBatch, Millis,
-    NewContact, Outcome, Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
+    StoreError,
 };
 
 struct Row {
@@ -23,7 +23,7 @@ struct Row {
     deferrals: u32,
     service: Option<String>,
     last_error: Option<String>,
-    progress: Progress,
+    progress: String,
 }
 
 #[derive(Default)]
@@ -118,7 +118,7 @@ impl MemoryBackend {
                 deferrals: 0,
                 service: None,
                 last_error: None,
-                progress: Progress::default(),
+                progress: String::new(),
             });
             inner.due.insert((0, seq));
             report.added += 1;
@@ -131,7 +131,7 @@ impl MemoryBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<LeasedBatch, StoreError> {
+    ) -> Result<Vec<Leased>, StoreError> {
         let mut inner = self.inner.lock();
         let mut leased = Vec::new();
         let owner = inner.owner(owner);
@@ -156,11 +156,7 @@ impl MemoryBackend {
                 progress: row.progress.clone(),
             });
         }
-        // Progress is kept as a value: none is unreadable.
-        Ok(LeasedBatch {
-            leased,
-            unreadable: Vec::new(),
-        })
+        Ok(leased)
     }
 
     pub(crate) async fn renew(
@@ -179,11 +175,11 @@ impl MemoryBackend {
         &self,
         owner: &str,
         lease: &Lease,
-        progress: &Progress,
+        progress: &str,
     ) -> Result<(), StoreError> {
         let mut inner = self.inner.lock();
         let seq = inner.held(owner, lease)?;
-        inner.rows[seq].progress = progress.clone();
+        progress.clone_into(&mut inner.rows[seq].progress);
         Ok(())
     }
 
@@ -217,7 +213,7 @@ impl MemoryBackend {
                 row.deferrals += counted;
                 row.service = Some((*service).to_owned());
                 row.last_error = Some((*reason).to_owned());
-                row.progress = (*progress).clone();
+                (*progress).clone_into(&mut row.progress);
                 let state = if row.deferrals > *max_deferrals {
                     ContactState::Expired
                 } else {

@@ -1,5 +1,5 @@
-//! The store's vocabulary: contact states, resume progress, leases, counts and
-//! errors, shared by every backend.
+//! The store's vocabulary: contact states, leases, counts and errors, shared
+//! by every backend.
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,36 +85,6 @@ impl FromStr for ContactState {
     }
 }
 
-/// Work already done for a contact, kept across deferrals and restarts so a
-/// contact resumes at the stage that could not run.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Progress {
-    /// The LLM's script, once written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub script: Option<String>,
-    /// Size of the speech audio, once synthesized.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_bytes: Option<u64>,
-    /// The CRM record exactly as it is (or was) sent: built once per contact,
-    /// so a write repeated after a crash carries the same body under the same
-    /// idempotency key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub crm_record: Option<serde_json::Value>,
-}
-
-impl Progress {
-    pub(crate) fn to_json(&self) -> String {
-        // A struct of strings, numbers and JSON values always serializes.
-        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
-    }
-
-    /// The progress stored as `json`, or why it cannot be read.
-    pub(crate) fn from_json(json: &str) -> Result<Self, String> {
-        serde_json::from_str(json).map_err(|e| format!("stored progress unreadable: {e}"))
-    }
-}
-
 /// A contact to import: its id (the key) and its data (JSON, opaque to the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewContact {
@@ -159,23 +129,9 @@ pub struct Leased {
     pub data: String,
     /// How often it was deferred so far.
     pub deferrals: u32,
-    /// Stages already done.
-    pub progress: Progress,
-}
-
-/// What one lease took: the contacts to hand out, in import order, and
-/// those whose stored progress cannot be read.
-#[derive(Debug, Default)]
-pub(crate) struct LeasedBatch {
-    pub(crate) leased: Vec<Leased>,
-    pub(crate) unreadable: Vec<Unreadable>,
-}
-
-/// A contact leased whose stored progress cannot be read, and why.
-#[derive(Debug)]
-pub(crate) struct Unreadable {
-    pub(crate) lease: Lease,
-    pub(crate) reason: String,
+    /// The holder's resume state as last saved with the contact (empty
+    /// until one is): text the store keeps and never reads.
+    pub progress: String,
 }
 
 /// What became of a deferral.
@@ -333,7 +289,7 @@ pub(crate) enum Outcome<'a> {
         max_deferrals: u32,
         /// Whether it counts toward `max_deferrals` (1) or not (0).
         counted: u32,
-        progress: &'a Progress,
+        progress: &'a str,
     },
     Released,
 }

@@ -45,10 +45,10 @@ use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::health::{Reachability, StoreHealth};
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, LeasedBatch, Millis, NewContact,
-    Outcome, Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
+    StoreError,
 };
-use crate::sql::{Dialect, LeasedRow, Statements, leased_batch, parse_state};
+use crate::sql::{Dialect, LeasedRow, Statements, leased_in_order, parse_state};
 
 pub(crate) use connect::ConnectOptions;
 use connect::with_causes;
@@ -333,7 +333,7 @@ impl PostgresBackend {
         owner: &str,
         _now: Millis,
         _until: Millis,
-    ) -> Result<LeasedBatch, StoreError> {
+    ) -> Result<Vec<Leased>, StoreError> {
         // The completions waiting go at the same time: they cost the lease
         // no extra wait.
         let params: [&(dyn ToSql + Sync); 2] = [&owner, &self.lease_ms];
@@ -357,7 +357,7 @@ impl PostgresBackend {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(leased_batch(rows))
+        Ok(leased_in_order(rows))
     }
 
     /// Runs `statement` on a held row with `extra` parameters after the
@@ -417,9 +417,8 @@ impl PostgresBackend {
         &self,
         owner: &str,
         lease: &Lease,
-        progress: &Progress,
+        progress: &str,
     ) -> Result<(), StoreError> {
-        let progress = progress.to_json();
         self.held(owner, lease, &self.sql.save_progress, &[&progress], &[])
             .await
             .map(drop)
@@ -461,7 +460,6 @@ impl PostgresBackend {
                 let max = int(*max_deferrals);
                 let counted = int(*counted);
                 let wait = micros(*wait);
-                let progress = progress.to_json();
                 self.held(
                     owner,
                     lease,

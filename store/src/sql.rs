@@ -15,7 +15,7 @@
 //! scan finds the next contact, whether new, due again, or abandoned by a dead
 //! agent.
 
-use crate::model::{ContactState, Lease, Leased, LeasedBatch, Progress, StoreError, Unreadable};
+use crate::model::{ContactState, Lease, Leased, StoreError};
 
 /// States a contact can still be leased from (in flight: once its lease expired).
 const OPEN: &str = "state IN ('pending', 'deferred', 'in_flight')";
@@ -41,7 +41,7 @@ pub(crate) struct Statements {
     pub(crate) lease: String,
     /// Held, `$4` new expiry (PostgreSQL: the lease's length) → state.
     pub(crate) renew: String,
-    /// Held, `$4` progress JSON → state.
+    /// Held, `$4` progress → state.
     pub(crate) save_progress: String,
     /// Held, `$4` now → state.
     pub(crate) complete: String,
@@ -178,7 +178,7 @@ impl Statements {
                     deferrals INTEGER NOT NULL DEFAULT 0,
                     service TEXT,
                     last_error TEXT,
-                    progress TEXT NOT NULL DEFAULT '{{}}',
+                    progress TEXT NOT NULL DEFAULT '',
                     updated_at {millis} NOT NULL
                 );
                 CREATE INDEX IF NOT EXISTS {t}_due ON {t} (due_at, seq) WHERE {OPEN};"
@@ -311,28 +311,20 @@ pub(crate) struct LeasedRow {
     pub(crate) progress: String,
 }
 
-/// The leased rows as a batch: the contacts in import order (`RETURNING`
-/// gives rows in no order), and apart from them those whose progress
-/// cannot be read — one such row must not keep the others from going out.
-pub(crate) fn leased_batch(mut rows: Vec<LeasedRow>) -> LeasedBatch {
+/// The leased rows in import order (`RETURNING` gives rows in no order).
+pub(crate) fn leased_in_order(mut rows: Vec<LeasedRow>) -> Vec<Leased> {
     rows.sort_unstable_by_key(|row| row.seq);
-    let mut batch = LeasedBatch::default();
-    for row in rows {
-        let lease = Lease {
-            contact_id: row.contact_id,
-            attempt: row.attempt,
-        };
-        match Progress::from_json(&row.progress) {
-            Ok(progress) => batch.leased.push(Leased {
-                lease,
-                data: row.data,
-                deferrals: row.deferrals,
-                progress,
-            }),
-            Err(reason) => batch.unreadable.push(Unreadable { lease, reason }),
-        }
-    }
-    batch
+    rows.into_iter()
+        .map(|row| Leased {
+            lease: Lease {
+                contact_id: row.contact_id,
+                attempt: row.attempt,
+            },
+            data: row.data,
+            deferrals: row.deferrals,
+            progress: row.progress,
+        })
+        .collect()
 }
 
 /// Parses a state read from the database.

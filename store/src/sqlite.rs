@@ -26,10 +26,10 @@ use tokio::sync::{Mutex, oneshot};
 use crate::StoreSettings;
 use crate::completions::{self, Completion};
 use crate::model::{
-    ContactState, ContactStatus, Counts, ImportReport, Lease, LeasedBatch, Millis, NewContact,
-    Outcome, Progress, StoreError,
+    ContactState, ContactStatus, Counts, ImportReport, Lease, Leased, Millis, NewContact, Outcome,
+    StoreError,
 };
-use crate::sql::{Dialect, LeasedRow, Statements, leased_batch, parse_state};
+use crate::sql::{Dialect, LeasedRow, Statements, leased_in_order, parse_state};
 
 /// How long a transaction waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -351,7 +351,7 @@ impl SqliteBackend {
         owner: &str,
         now: Millis,
         until: Millis,
-    ) -> Result<LeasedBatch, StoreError> {
+    ) -> Result<Vec<Leased>, StoreError> {
         let owner = owner.to_owned();
         self.run(move |connection, sql| {
             let mut statement = connection.prepare_cached(&sql.lease)?;
@@ -367,7 +367,7 @@ impl SqliteBackend {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(leased_batch(rows))
+            Ok(leased_in_order(rows))
         })
         .await
     }
@@ -426,15 +426,14 @@ impl SqliteBackend {
         &self,
         owner: &str,
         lease: &Lease,
-        progress: &Progress,
+        progress: &str,
     ) -> Result<(), StoreError> {
-        let progress = progress.to_json();
         self.held(
             Start::Now,
             owner,
             lease,
             |sql| &sql.save_progress,
-            vec![progress.into()],
+            vec![progress.to_owned().into()],
         )
         .await
         .map(drop)
@@ -474,7 +473,7 @@ impl SqliteBackend {
                     (*not_before).into(),
                     (*service).to_owned().into(),
                     (*reason).to_owned().into(),
-                    progress.to_json().into(),
+                    (*progress).to_owned().into(),
                     (*counted).into(),
                     at,
                 ],

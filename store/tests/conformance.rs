@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callguard_store::{
-    CallStore, ContactState, Deferral, Leased, NewContact, Progress, StoreError, StoreLocation,
-    StoreSettings,
+    CallStore, ContactState, Deferral, Leased, NewContact, StoreError, StoreLocation, StoreSettings,
 };
 use tokio::time::Instant;
 
@@ -133,26 +132,6 @@ impl Fixture {
                 .unwrap()
                 .with_owner("agent-2"),
         )
-    }
-
-    /// Writes `value` as contact `id`'s stored progress behind the store's
-    /// back, as a damaged file or a hand edit would. `false` for memory,
-    /// which keeps progress as a value, never as text that could be unreadable.
-    /// Stores `value` as `id`'s progress text (SQL backends only).
-    async fn plant_progress(&self, id: &str, value: &str) {
-        let sql = format!("UPDATE {} SET progress = $1 WHERE id = $2", self.table);
-        let changed = match &self.location {
-            StoreLocation::Sqlite(path) => {
-                let connection = rusqlite::Connection::open(path).unwrap();
-                connection.busy_timeout(Duration::from_secs(5)).unwrap();
-                connection
-                    .execute(&sql.replace('$', "?"), [value, id])
-                    .unwrap() as u64
-            }
-            StoreLocation::Postgres(url) => postgres_execute(url, &sql, &[&value, &id]).await,
-            _ => unreachable!("only the SQL backends keep progress as text"),
-        };
-        assert_eq!(changed, 1, "no contact {id}");
     }
 }
 
@@ -300,20 +279,15 @@ async fn a_deferred_contact_returns_at_its_time_with_its_progress(kind: Kind) {
     store.import(&contacts(&["a", "b"])).await.unwrap();
     let start = Instant::now();
     let a = store.next().await.unwrap().unwrap();
-    let progress = Progress {
-        script: Some("Hello Ada".into()),
-        audio_bytes: Some(4242),
-        crm_record: Some(
-            serde_json::json!({"contact_id": "a", "started_at": "2025-01-01T10:00:00.250Z"}),
-        ),
-    };
+    // The holder's own text, kept as it is: the store never reads it.
+    let progress = r#"{"script":"Hello Ada — ça va?","audio_bytes":4242} and not JSON"#;
     let deferral = store
         .defer(
             &a.lease,
             "elevenlabs",
             "elevenlabs unavailable",
             fixture.units(10),
-            &progress,
+            progress,
         )
         .await
         .unwrap();
@@ -340,13 +314,7 @@ async fn a_closing_breaker_wakes_its_deferred_contacts_early(kind: Kind) {
     let start = Instant::now();
     let a = store.next().await.unwrap().unwrap();
     store
-        .defer(
-            &a.lease,
-            "elevenlabs",
-            "down",
-            fixture.units(60),
-            &Progress::default(),
-        )
+        .defer(&a.lease, "elevenlabs", "down", fixture.units(60), "")
         .await
         .unwrap();
     let waiter = tokio::spawn({
@@ -375,13 +343,7 @@ async fn a_reopened_breaker_postpones_its_deferred_contacts(kind: Kind) {
     for wait in [2, 20] {
         let leased = store.next().await.unwrap().unwrap();
         store
-            .defer(
-                &leased.lease,
-                "elevenlabs",
-                "down",
-                fixture.units(wait),
-                &Progress::default(),
-            )
+            .defer(&leased.lease, "elevenlabs", "down", fixture.units(wait), "")
             .await
             .unwrap();
     }
@@ -427,13 +389,7 @@ async fn defer_until_none_left(store: &Arc<CallStore>, service: &str) -> Vec<(u3
     let mut outcomes = Vec::new();
     while let Some(leased) = store.next().await.unwrap() {
         let deferral = store
-            .defer(
-                &leased.lease,
-                service,
-                &reason,
-                Duration::ZERO,
-                &Progress::default(),
-            )
+            .defer(&leased.lease, service, &reason, Duration::ZERO, "")
             .await
             .unwrap();
         outcomes.push((leased.deferrals, deferral));
@@ -474,7 +430,7 @@ async fn busy_deferrals_never_expire(kind: Kind) {
                 "elevenlabs",
                 "elevenlabs busy",
                 Duration::ZERO,
-                &Progress::default(),
+                "",
             )
             .await
             .unwrap();
@@ -548,7 +504,7 @@ async fn a_second_terminal_state_is_refused(kind: Kind) {
     for second in [
         store.complete(&a.lease).await,
         store.fail(&a.lease, "crm", "late").await,
-        store.save_progress(&a.lease, &Progress::default()).await,
+        store.save_progress(&a.lease, "").await,
     ] {
         assert!(
             matches!(second, Err(StoreError::LeaseLost { .. })),
@@ -557,13 +513,7 @@ async fn a_second_terminal_state_is_refused(kind: Kind) {
     }
     assert!(matches!(
         store
-            .defer(
-                &a.lease,
-                "crm",
-                "late",
-                Duration::ZERO,
-                &Progress::default()
-            )
+            .defer(&a.lease, "crm", "late", Duration::ZERO, "")
             .await,
         Err(StoreError::LeaseLost { .. })
     ));
@@ -665,13 +615,7 @@ async fn failed_and_expired_contacts_requeue(kind: Kind) {
     store.fail(&a.lease, "crm", "rejected").await.unwrap();
     let b = store.try_lease().await.unwrap().unwrap();
     let expired = store
-        .defer(
-            &b.lease,
-            "llm",
-            "down",
-            Duration::ZERO,
-            &Progress::default(),
-        )
+        .defer(&b.lease, "llm", "down", Duration::ZERO, "")
         .await
         .unwrap();
     assert_eq!(expired, Deferral::Expired);
@@ -696,11 +640,8 @@ async fn progress_and_held_contacts_come_back_after_release(kind: Kind) {
     store.import(&contacts(&["a", "b"])).await.unwrap();
     let a = store.try_lease().await.unwrap().unwrap();
     let _b = store.try_lease().await.unwrap().unwrap();
-    let progress = Progress {
-        script: Some("Hi".into()),
-        ..Progress::default()
-    };
-    store.save_progress(&a.lease, &progress).await.unwrap();
+    let progress = "script written";
+    store.save_progress(&a.lease, progress).await.unwrap();
     assert_eq!(store.release_all().await.unwrap(), 2);
     assert_eq!(store.counts().await.unwrap().pending, 2);
     let again = store.try_lease().await.unwrap().unwrap();
@@ -836,55 +777,6 @@ async fn workers_finding_none_left_share_one_lease(kind: Kind) {
     }
 }
 
-async fn a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out(kind: Kind) {
-    let mut fixture = Fixture::new(kind, "unreadable").await;
-    let store = fixture.open_batched(2).await;
-    store
-        .import(&contacts(&["a", "b", "c", "d", "e"]))
-        .await
-        .unwrap();
-    // Not JSON, a field of the wrong type, not an object.
-    let planted = [
-        ("b", "{not json"),
-        ("c", r#"{"audio_bytes":"many"}"#),
-        ("d", "null"),
-    ];
-    for (id, value) in planted {
-        fixture.plant_progress(id, value).await;
-    }
-    // The first batch (a, b) hands out a; the second (c, d) has nothing to
-    // hand out, so the next (e) is leased at once.
-    let mut handed_out = Vec::new();
-    while let Some(leased) = store.try_lease().await.unwrap() {
-        assert_eq!(leased.lease.attempt(), 1);
-        assert_eq!(leased.progress, Progress::default());
-        store.complete(&leased.lease).await.unwrap();
-        handed_out.push(leased.lease.contact_id().to_owned());
-    }
-    assert_eq!(handed_out, ["a", "e"]);
-    let failed = store.list(ContactState::Failed).await.unwrap();
-    let ids: Vec<&str> = failed.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["b", "c", "d"]);
-    for contact in &failed {
-        let reason = contact.last_error.as_deref().unwrap_or_default();
-        assert!(
-            reason.starts_with("stored progress unreadable: "),
-            "{}: {reason}",
-            contact.id
-        );
-        assert_eq!(
-            (contact.service.as_deref(), contact.lease_owner.as_deref()),
-            (Some("store"), None)
-        );
-    }
-    let counts = store.counts().await.unwrap();
-    assert_eq!(
-        (counts.completed, counts.failed, counts.unfinished()),
-        (2, 3, 0)
-    );
-    assert!(store.next().await.unwrap().is_none(), "the campaign ends");
-}
-
 async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: Kind) {
     let mut fixture = Fixture::new(kind, "same_owner").await;
     let store = fixture.open_settling().await;
@@ -911,20 +803,11 @@ async fn a_contact_the_same_agent_leased_again_refuses_the_earlier_lease(kind: K
         );
     };
     lost(store.renew(&earlier).await, "renew");
-    lost(
-        store.save_progress(&earlier, &Progress::default()).await,
-        "save_progress",
-    );
+    lost(store.save_progress(&earlier, "").await, "save_progress");
     lost(store.fail(&earlier, "crm", "late").await, "fail");
     lost(
         store
-            .defer(
-                &earlier,
-                "crm",
-                "late",
-                Duration::ZERO,
-                &Progress::default(),
-            )
+            .defer(&earlier, "crm", "late", Duration::ZERO, "")
             .await
             .map(drop),
         "defer",
@@ -1053,10 +936,9 @@ async fn postgres_an_agent_whose_clock_runs_ahead_takes_no_live_lease() {
     ));
 }
 
-/// The suite: `all` on every backend, `sql` on the SQL backends only (what
-/// a store that keeps values, not text, cannot get into).
+/// The suite, on every backend.
 macro_rules! conformance {
-    (all: [$($test:ident),* $(,)?], sql: [$($sql:ident),* $(,)?] $(,)?) => {
+    ($($test:ident),* $(,)?) => {
         mod memory {
             $(#[tokio::test(start_paused = true)]
             async fn $test() { super::$test(super::Kind::Memory).await })*
@@ -1064,20 +946,15 @@ macro_rules! conformance {
         mod sqlite {
             $(#[tokio::test(start_paused = true)]
             async fn $test() { super::$test(super::Kind::Sqlite).await })*
-            $(#[tokio::test(start_paused = true)]
-            async fn $sql() { super::$sql(super::Kind::Sqlite).await })*
         }
         mod postgres {
             $(#[tokio::test]
             async fn $test() { super::$test(super::Kind::Postgres).await })*
-            $(#[tokio::test]
-            async fn $sql() { super::$sql(super::Kind::Postgres).await })*
         }
     };
 }
 
 conformance!(
-    all: [
     import_twice_adds_nothing,
     leases_in_import_order_and_ends_when_all_finished,
     a_failure_keeps_service_and_reason,
@@ -1099,6 +976,4 @@ conformance!(
     a_batch_leased_ahead_in_the_background_is_given_back_at_shutdown,
     workers_finding_none_left_share_one_lease,
     a_contact_the_same_agent_leased_again_refuses_the_earlier_lease,
-    ],
-    sql: [a_contact_whose_progress_cannot_be_read_fails_and_its_batch_goes_out],
 );
