@@ -19,6 +19,13 @@
 //! crash before a save leaves the contact in flight, to be called again
 //! once its lease expires; its CRM write repeats under the same idempotency
 //! key and creates nothing new (the CRM keeps the first record).
+//!
+//! A queue made over its own memory store ([`CallQueue::new`]) keeps the
+//! contacts it was given as values and hands them out as they are: that
+//! store lives and dies with the process, so nothing else can write its
+//! rows, and a contact's JSON there would be written and read only to come
+//! back to the value the queue already had. Contacts added later
+//! ([`CallQueue::import`]) and every other store's are read from their JSON.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -228,6 +235,9 @@ pub struct CallQueue {
     /// Final states to save, to the task that saves them (started with the
     /// first, on the runtime of the campaign).
     saves: OnceLock<mpsc::UnboundedSender<(Lease, Terminal)>>,
+    /// The contacts [`new`](Self::new) was given, by id, handed out without
+    /// a round trip through JSON (the module's docs).
+    kept: HashMap<String, Contact>,
 }
 
 /// Final states being saved in the background, and how state changes went.
@@ -341,16 +351,32 @@ impl CallQueue {
     /// A queue in memory holding `contacts`, in order (the simulation's
     /// default and the baseline of the benchmarks).
     pub fn new(contacts: impl IntoIterator<Item = Contact>, max_deferrals: u32) -> Self {
-        let contacts: Vec<NewContact> = contacts.into_iter().map(|c| new_contact(&c)).collect();
-        let ready = contacts.len();
+        let contacts = contacts.into_iter();
+        let expected = contacts.size_hint().0;
+        let mut kept = HashMap::with_capacity_and_hasher(expected, Default::default());
+        let mut rows = Vec::with_capacity(expected);
+        for contact in contacts {
+            // Ids are keys: the store keeps the first of a repeated id.
+            if let Entry::Vacant(slot) = kept.entry(contact.id.clone()) {
+                rows.push(NewContact {
+                    id: contact.id.clone(),
+                    data: String::new(),
+                });
+                slot.insert(contact);
+            }
+        }
+        let ready = rows.len();
         let store = CallStore::in_memory(
             StoreSettings {
                 max_deferrals,
                 ..StoreSettings::default()
             },
-            contacts,
+            rows,
         );
-        let queue = Self::with_store(Arc::new(store));
+        let queue = Self {
+            kept,
+            ..Self::with_store(Arc::new(store))
+        };
         queue.counts.lock().ready = ready;
         queue
     }
@@ -370,6 +396,7 @@ impl CallQueue {
             counts: Mutex::new(QueueCounts::default()),
             settling: Arc::default(),
             saves: OnceLock::new(),
+            kept: HashMap::default(),
         }
     }
 
@@ -410,9 +437,13 @@ impl CallQueue {
     /// time its lease expired and the campaign would never end.
     async fn entry(&self, leased: Leased) -> Option<QueuedContact> {
         let id = leased.lease.contact_id();
-        let read = serde_json::from_str::<Contact>(&leased.data)
-            .map_err(|e| format!("stored contact unreadable: {e}"))
-            .and_then(|contact| Ok((contact, Progress::from_saved(id, &leased.progress)?)));
+        let contact = match self.kept.get(id) {
+            Some(contact) => Ok(contact.clone()),
+            None => serde_json::from_str::<Contact>(&leased.data)
+                .map_err(|e| format!("stored contact unreadable: {e}")),
+        };
+        let read =
+            contact.and_then(|contact| Ok((contact, Progress::from_saved(id, &leased.progress)?)));
         match read {
             Ok((contact, progress)) => Some(QueuedContact {
                 contact,
@@ -771,6 +802,25 @@ mod tests {
         assert_eq!((counts.completed, counts.failed), (1, 1));
         let finished = queue.finished().await;
         assert_eq!(finished["b"].last_error.as_deref(), Some("rejected"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_of_a_repeated_id_goes_out_and_contacts_imported_later_too() {
+        let again = Contact {
+            name: "Someone else".into(),
+            ..contact("a")
+        };
+        let queue = CallQueue::new([contact("a"), again, contact("b")], 5);
+        assert_eq!(queue.counts().ready, 2);
+        // Kept as JSON, as every other store's contacts are.
+        let report = queue.import(&[contact("c"), contact("b")]).await.unwrap();
+        assert_eq!((report.added, report.existing), (1, 1));
+        let mut handed_out = Vec::new();
+        while let Some(entry) = queue.next().await {
+            handed_out.push(entry.contact.clone());
+            queue.finish(entry, Terminal::Completed).await;
+        }
+        assert_eq!(handed_out, [contact("a"), contact("b"), contact("c")]);
     }
 
     #[tokio::test(start_paused = true)]

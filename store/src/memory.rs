@@ -99,7 +99,11 @@ impl MemoryBackend {
         &self,
         contacts: impl IntoIterator<Item = NewContact>,
     ) -> ImportReport {
+        let contacts = contacts.into_iter();
         let mut inner = self.inner.lock();
+        let expected = contacts.size_hint().0;
+        inner.rows.reserve(expected);
+        inner.by_id.reserve(expected);
         let mut report = ImportReport::default();
         for contact in contacts {
             if inner.by_id.contains_key(&contact.id) {
