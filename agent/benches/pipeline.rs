@@ -8,7 +8,8 @@
 //!    breaker). Both sides run several times, alternating which goes first;
 //!    the figure is the median over the rounds of the ratio of CPU per
 //!    contact (the process's CPU time over its contacts), with the medians
-//!    of contacts/s beside it.
+//!    of contacts/s beside it. A third side, the plain calls taken from and
+//!    settled in the campaign's queue, tells the queue's share apart.
 //! 2. **Deferral cost**: with the TTS breaker OPEN, the time a worker spends on
 //!    a contact whose script is already written, from taking it off the queue
 //!    to having deferred it; once with the breaker forced open, once with the
@@ -42,7 +43,7 @@ use callguard_agent::campaign::call_under_lease;
 use callguard_agent::config::AgentConfig;
 use callguard_agent::contacts::Contact;
 use callguard_agent::pipeline::{CallResult, Pipeline, call_span};
-use callguard_agent::queue::{CallQueue, Deferral};
+use callguard_agent::queue::{CallQueue, Deferral, Terminal};
 use callguard_clients::{CallOutcome, CallRecord, Prompt, RequestContext};
 use callguard_core::CircuitState;
 use callguard_health::GrpcOptions;
@@ -160,6 +161,9 @@ fn parts(config: &AgentConfig) -> App {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Resilience,
+    /// The plain calls, each contact leased from the in-memory queue and
+    /// its final state saved there, as the campaign does.
+    Queued,
     Plain,
 }
 
@@ -191,12 +195,13 @@ async fn throughput(config: &AgentConfig, logging: Logging) {
     );
     let profiled = profiled_side();
     let mut resilience = Vec::new();
+    let mut queued = Vec::new();
     let mut plain = Vec::new();
     for round in 0..=ROUNDS {
         let order = if round % 2 == 0 {
-            [Side::Resilience, Side::Plain]
+            [Side::Resilience, Side::Queued, Side::Plain]
         } else {
-            [Side::Plain, Side::Resilience]
+            [Side::Plain, Side::Queued, Side::Resilience]
         };
         let mut line = format!("round {round:>2}:");
         for side in order
@@ -214,6 +219,7 @@ async fn throughput(config: &AgentConfig, logging: Logging) {
             let cpu_before = process_cpu_time();
             let elapsed = match side {
                 Side::Resilience => run_assembled(config, app, contacts).await,
+                Side::Queued => run_queued(config, app.pipeline().clone(), contacts).await,
                 Side::Plain => run_plain(app.pipeline().clone(), contacts).await,
             };
             let cpu = process_cpu_time()
@@ -230,6 +236,7 @@ async fn throughput(config: &AgentConfig, logging: Logging) {
             if round > 0 {
                 match side {
                     Side::Resilience => resilience.push(run),
+                    Side::Queued => queued.push(run),
                     Side::Plain => plain.push(run),
                 }
             }
@@ -242,16 +249,14 @@ async fn throughput(config: &AgentConfig, logging: Logging) {
     if profiled.is_some() {
         return;
     }
-    let paired = |ratio: fn(&Run, &Run) -> Option<f64>| -> Option<f64> {
-        let each: Option<Vec<f64>> = resilience
-            .iter()
-            .zip(&plain)
-            .map(|(r, p)| ratio(r, p))
-            .collect();
+    let paired = |side: &[Run], ratio: fn(&Run, &Run) -> Option<f64>| -> Option<f64> {
+        let each: Option<Vec<f64>> = side.iter().zip(&plain).map(|(r, p)| ratio(r, p)).collect();
         each.map(median)
     };
-    let rate_ratio = paired(|r, p| Some(r.rate / p.rate)).unwrap_or(f64::NAN);
-    let cpu_ratio = paired(|r, p| Some(r.cpu_micros()? / p.cpu_micros()?));
+    let cpu_ratio_of = |r: &Run, p: &Run| Some(r.cpu_micros()? / p.cpu_micros()?);
+    let rate_ratio = paired(&resilience, |r, p| Some(r.rate / p.rate)).unwrap_or(f64::NAN);
+    let cpu_ratio = paired(&resilience, cpu_ratio_of);
+    let queue_ratio = paired(&queued, cpu_ratio_of);
     let cpu = |runs: &[Run]| -> Option<f64> {
         runs.iter()
             .map(Run::cpu_micros)
@@ -285,15 +290,23 @@ async fn throughput(config: &AgentConfig, logging: Logging) {
             (ratio - 1.0) * 100.0,
         );
     }
+    if let Some(ratio) = queue_ratio {
+        println!(
+            "of which the queue:   {ratio:.3} (median of each round's plain calls through \
+             the queue/plain: {:+.1} %)",
+            (ratio - 1.0) * 100.0,
+        );
+    }
 }
 
-/// The one side `CALLGUARD_BENCH_SIDE` (`resilience` or `plain`) asks the
+/// The one side `CALLGUARD_BENCH_SIDE` (`resilience`, `queued` or `plain`) asks the
 /// throughput rounds to run, to profile it alone (`perf record`, `valgrind`).
 fn profiled_side() -> Option<Side> {
     match std::env::var("CALLGUARD_BENCH_SIDE").ok()?.as_str() {
         "resilience" => Some(Side::Resilience),
+        "queued" => Some(Side::Queued),
         "plain" => Some(Side::Plain),
-        other => panic!("CALLGUARD_BENCH_SIDE={other}: expected resilience or plain"),
+        other => panic!("CALLGUARD_BENCH_SIDE={other}: expected resilience, queued or plain"),
     }
 }
 
@@ -354,38 +367,74 @@ async fn plain_worker(
     contacts: Arc<Vec<Contact>>,
     next: Arc<AtomicUsize>,
 ) -> usize {
-    let llm = &pipeline.llm.primary.client;
-    let tts = &pipeline.tts.primary.client;
-    let crm = &pipeline.crm.primary.client;
     let mut completed = 0;
     while let Some(contact) = contacts.get(next.fetch_add(1, Ordering::Relaxed)) {
-        let context = RequestContext::new(&contact.id);
-        let started_at = SystemTime::now();
-        let script = llm
-            .generate_script(context, &Prompt::for_contact(contact))
-            .await
-            .result
-            .expect("the LLM mock answers");
-        let audio = tts
-            .synthesize(context, &script)
-            .await
-            .result
-            .expect("the TTS mock answers");
-        let record = CallRecord::new(
-            contact,
-            CallOutcome::Completed,
-            started_at,
-            SystemTime::now(),
-        )
-        .with_script(&script)
-        .with_audio_bytes(audio.bytes.len() as u64);
-        crm.record_call(context, &record)
-            .await
-            .result
-            .expect("the CRM mock answers");
+        plain_call(&pipeline, contact).await;
         completed += 1;
     }
     completed
+}
+
+/// The plain calls of [`run_plain`], each contact leased from an in-memory
+/// [`CallQueue`] and its final state saved there, by as many workers: what
+/// the queue adds to plain calls.
+async fn run_queued(
+    config: &AgentConfig,
+    pipeline: Arc<Pipeline>,
+    contacts: Vec<Contact>,
+) -> Duration {
+    let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..WORKERS {
+        let (queue, pipeline) = (queue.clone(), pipeline.clone());
+        workers.spawn(async move {
+            let mut completed = 0;
+            while let Some(entry) = queue.next().await {
+                plain_call(&pipeline, &entry.contact).await;
+                queue.finish(entry, Terminal::Completed).await;
+                completed += 1;
+            }
+            completed
+        });
+    }
+    let completed: usize = workers.join_all().await.into_iter().sum();
+    let elapsed = started.elapsed();
+    assert_eq!(completed, CONTACTS, "every contact completes");
+    // Dropped after the run, as the campaign's store is.
+    drop(queue);
+    elapsed
+}
+
+/// The three requests for `contact`, made with the pipeline's own clients.
+async fn plain_call(pipeline: &Pipeline, contact: &Contact) {
+    let llm = &pipeline.llm.primary.client;
+    let tts = &pipeline.tts.primary.client;
+    let crm = &pipeline.crm.primary.client;
+    let context = RequestContext::new(&contact.id);
+    let started_at = SystemTime::now();
+    let script = llm
+        .generate_script(context, &Prompt::for_contact(contact))
+        .await
+        .result
+        .expect("the LLM mock answers");
+    let audio = tts
+        .synthesize(context, &script)
+        .await
+        .result
+        .expect("the TTS mock answers");
+    let record = CallRecord::new(
+        contact,
+        CallOutcome::Completed,
+        started_at,
+        SystemTime::now(),
+    )
+    .with_script(&script)
+    .with_audio_bytes(audio.bytes.len() as u64);
+    crm.record_call(context, &record)
+        .await
+        .result
+        .expect("the CRM mock answers");
 }
 
 /// The throughput comparison under the agent's production subscriber (the
