@@ -414,25 +414,22 @@ impl CallStore {
     /// batch above one) waits for the lease already on its way rather than
     /// sending another.
     pub async fn try_lease(self: &Arc<Self>) -> Result<Option<Leased>, StoreError> {
+        // A batch of one leaves nothing leased ahead: nothing to look at.
+        let batched = self.settings.lease_batch_size() > 1;
         loop {
-            // A batch of one leaves nothing leased ahead: nothing to look at.
-            // Held while this worker leases a batch.
-            let _leasing = match self.settings.lease_batch_size() {
-                1 => None,
-                _ => {
-                    if let Some(leased) = self.take_leased_ahead_live().await? {
-                        return Ok(Some(leased));
-                    }
-                    // Batches are leased one at a time: a worker finding none
-                    // left waits for the batch being leased, if any, and
-                    // takes from it.
-                    let leasing = self.leasing.lock().await;
-                    if !self.leased_ahead.lock().is_empty() {
-                        continue;
-                    }
-                    Some(leasing)
-                }
+            if batched && let Some(leased) = self.take_leased_ahead_live().await? {
+                return Ok(Some(leased));
+            }
+            // Batches are leased one at a time: a worker finding none left
+            // waits for the batch being leased, if any, and takes from it.
+            let leasing = if batched {
+                Some(self.leasing.lock().await)
+            } else {
+                None
             };
+            if leasing.is_some() && !self.leased_ahead.lock().is_empty() {
+                continue;
+            }
             let mut batch = self.lease_batch().await?.into_iter();
             let first = batch.next();
             self.keep_ahead(batch);
