@@ -10,8 +10,24 @@ use std::sync::Arc;
 /// without allocating. Names are non-empty, at most 64 bytes, and made of ASCII
 /// lowercase letters, digits, `_` and `-`, so they are safe as metric labels,
 /// gRPC health service names and config section names alike.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct ServiceName(Arc<str>);
+
+/// Equal names are most often clones of one name (a service's breaker,
+/// executor and events share it): the same string is equal without reading
+/// it, and other names are compared by their text.
+impl PartialEq for ServiceName {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// By the text, as equality is.
+impl std::hash::Hash for ServiceName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 /// Why a string is not a valid [`ServiceName`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +157,24 @@ mod tests {
         ));
         let msg = ServiceName::new("tts/backup").unwrap_err().to_string();
         assert!(msg.contains("tts/backup") && msg.contains('/'), "{msg}");
+    }
+
+    #[test]
+    fn names_are_equal_by_their_text_whether_made_apart_or_cloned() {
+        use std::hash::BuildHasher;
+        let tts = ServiceName::new("elevenlabs").unwrap();
+        let made_apart = ServiceName::new("elevenlabs").unwrap();
+        assert_eq!(tts, tts.clone());
+        assert_eq!(tts, made_apart);
+        assert_ne!(tts, ServiceName::new("elevenlabs-eu").unwrap());
+        assert_ne!(tts, ServiceName::new("llm").unwrap());
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&tts), hasher.hash_one(&made_apart));
+        assert_eq!(
+            hasher.hash_one(&tts),
+            hasher.hash_one("elevenlabs"),
+            "as Borrow<str> needs"
+        );
     }
 
     #[test]
