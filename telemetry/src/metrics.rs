@@ -41,8 +41,8 @@
 //! Recording is cheap next to an HTTP call, so it is always on: each
 //! service's series are looked up in their families once, at their first
 //! event, and kept ([`ServiceSeries`]), so an event costs a lookup by the
-//! service's name and an atomic add — no label set built, no string
-//! allocated. The limiter, alert, Sheets and OTLP series
+//! service's name without a lock ([`SeriesList`]) and an atomic add — no
+//! label set built, no string allocated. The limiter, alert, Sheets and OTLP series
 //! are read from their owners ([`Metrics::watch_limiters`],
 //! [`Metrics::watch_alerts`], [`Metrics::watch_telemetry`]) when rendered.
 //!
@@ -54,7 +54,7 @@
 //! `Arc<dyn ContactGauge>` the queue's own `Arc` turns into without a
 //! wrapper; and a test hands in a fixed gauge just as easily.
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::sync::{Arc, OnceLock};
 
 use callguard_alerts::AlertManager;
@@ -62,7 +62,6 @@ use callguard_breaker::BreakerRegistry;
 use callguard_core::{CircuitState, ErrorKind, ResilienceEvent, ServiceName, Transition};
 use callguard_limit::Limiter;
 use callguard_retry::EventSink;
-use foldhash::HashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -198,7 +197,7 @@ pub struct Metrics {
     store_errors: Counter,
     sources: Mutex<Sources>,
     /// The series of each service the hub's events have fed so far.
-    by_service: RwLock<HashMap<ServiceName, Arc<ServiceSeries>>>,
+    by_service: SeriesList,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,7 +239,7 @@ impl Metrics {
             store_up: Gauge::default(),
             store_errors: Counter::default(),
             sources: Mutex::new(Sources::default()),
-            by_service: RwLock::default(),
+            by_service: SeriesList::default(),
         };
         {
             let mut registry = metrics.registry.lock();
@@ -559,15 +558,8 @@ impl Metrics {
     }
 
     /// The series of `service`, made (empty) at its first event.
-    fn series(&self, service: &ServiceName) -> Arc<ServiceSeries> {
-        if let Some(series) = self.by_service.read().get(service) {
-            return series.clone();
-        }
-        self.by_service
-            .write()
-            .entry(service.clone())
-            .or_default()
-            .clone()
+    fn series(&self, service: &ServiceName) -> &ServiceSeries {
+        self.by_service.get_or_add(service)
     }
 
     fn call_ended(&self, series: &ServiceSeries, service: &ServiceName, outcome: CallOutcome) {
@@ -616,9 +608,9 @@ impl EventSink for Metrics {
             ResilienceEvent::AttemptSucceeded(attempt) => {
                 let series = self.series(&attempt.service);
                 let seconds = attempt.elapsed.as_secs_f64();
-                self.attempt_took(&series, &attempt.service, AttemptResult::Success, seconds);
+                self.attempt_took(series, &attempt.service, AttemptResult::Success, seconds);
                 // A success ends its call.
-                self.call_ended(&series, &attempt.service, CallOutcome::Success);
+                self.call_ended(series, &attempt.service, CallOutcome::Success);
             }
             ResilienceEvent::AttemptFailed { attempt, error } => {
                 let series = self.series(&attempt.service);
@@ -628,7 +620,7 @@ impl EventSink for Metrics {
                     AttemptResult::Permanent
                 };
                 let seconds = attempt.elapsed.as_secs_f64();
-                self.attempt_took(&series, &attempt.service, result, seconds);
+                self.attempt_took(series, &attempt.service, result, seconds);
                 if matches!(
                     error.kind(),
                     ErrorKind::ConcurrencyLimited | ErrorKind::RateLimited
@@ -640,21 +632,59 @@ impl EventSink for Metrics {
                 counter(&self.series(service).retries, &self.retries, service);
             }
             ResilienceEvent::RetriesExhausted { service, .. } => {
-                self.call_ended(&self.series(service), service, CallOutcome::Exhausted);
+                self.call_ended(self.series(service), service, CallOutcome::Exhausted);
             }
             ResilienceEvent::PermanentFailure { service, .. } => {
-                self.call_ended(&self.series(service), service, CallOutcome::Permanent);
+                self.call_ended(self.series(service), service, CallOutcome::Permanent);
             }
             ResilienceEvent::CallRejected { service, .. } => {
                 let series = self.series(service);
                 counter(&series.rejections, &self.rejections, service);
-                self.call_ended(&series, service, CallOutcome::Rejected);
+                self.call_ended(series, service, CallOutcome::Rejected);
             }
             ResilienceEvent::BreakerTransition(transition) => self.record_transition(transition),
             ResilienceEvent::Deferred { service, .. } => {
                 counter(&self.series(service).deferrals, &self.deferrals, service);
             }
             _ => {}
+        }
+    }
+}
+
+/// Each service's [`ServiceSeries`], in a list that only grows: found by
+/// following it with plain loads, so an event takes no lock and writes
+/// nothing the cores share but its counters (a lock, or a reference count,
+/// would write to memory every core reads, on every event). A campaign has a
+/// handful of services, so a walk is a few steps; two events adding
+/// services at once meet at the same link, where one adds its node and the
+/// other, finding it, goes on to the next.
+#[derive(Default)]
+struct SeriesList {
+    first: OnceLock<Box<SeriesNode>>,
+}
+
+struct SeriesNode {
+    service: ServiceName,
+    series: ServiceSeries,
+    next: OnceLock<Box<SeriesNode>>,
+}
+
+impl SeriesList {
+    /// The series of `service`, added at the end of the list if not in it.
+    fn get_or_add(&self, service: &ServiceName) -> &ServiceSeries {
+        let mut link = &self.first;
+        loop {
+            let node = link.get_or_init(|| {
+                Box::new(SeriesNode {
+                    service: service.clone(),
+                    series: ServiceSeries::default(),
+                    next: OnceLock::new(),
+                })
+            });
+            if node.service == *service {
+                return &node.series;
+            }
+            link = &node.next;
         }
     }
 }
@@ -816,6 +846,52 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn services_added_at_once_each_get_one_series() {
+        let list = SeriesList::default();
+        let names = ["llm", "elevenlabs", "crm", "openai", "playht"];
+        // Each thread adds every service, starting at a different one, so
+        // that threads meet at the same link with different services.
+        let found: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..names.len())
+                .map(|start| {
+                    let list = &list;
+                    scope.spawn(move || {
+                        let mut found = vec![0; names.len()];
+                        for step in 0..names.len() {
+                            let index = (start + step) % names.len();
+                            let series = list.get_or_add(&service(names[index]));
+                            found[index] = std::ptr::from_ref(series) as usize;
+                        }
+                        found
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for each in &found[1..] {
+            assert_eq!(each, &found[0], "one series per service, whoever added it");
+        }
+        let mut distinct = found[0].clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            names.len(),
+            "a series of its own per service"
+        );
+        let mut listed = Vec::new();
+        let mut link = &list.first;
+        while let Some(node) = link.get() {
+            listed.push(node.service.to_string());
+            link = &node.next;
+        }
+        listed.sort_unstable();
+        let mut expected = names.map(str::to_owned).to_vec();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "each service listed once");
     }
 
     #[test]
