@@ -4,7 +4,9 @@
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 
-use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +32,9 @@ struct Row {
 struct Inner {
     /// Rows in import order; the index is the row's sequence number.
     rows: Vec<Row>,
-    by_id: HashMap<String, usize>,
+    /// The index of each row, found by the row's own id (kept once, in the row).
+    by_id: HashTable<usize>,
+    hasher: RandomState,
     /// (due_at, seq) of every unfinished row.
     due: BTreeSet<(Millis, usize)>,
     /// The owner of the last lease, shared by the rows it holds (one store
@@ -39,6 +43,23 @@ struct Inner {
 }
 
 impl Inner {
+    /// The index of the row of `id`.
+    fn seq(&self, id: &str) -> Option<usize> {
+        let rows = &self.rows;
+        self.by_id
+            .find(self.hasher.hash_one(id), |&seq| rows[seq].id == id)
+            .copied()
+    }
+
+    /// Indexes the row `seq`, whose id is not indexed yet.
+    fn index(&mut self, seq: usize) {
+        let (rows, hasher) = (&self.rows, &self.hasher);
+        self.by_id
+            .insert_unique(hasher.hash_one(&rows[seq].id), seq, |&seq| {
+                hasher.hash_one(&rows[seq].id)
+            });
+    }
+
     /// `owner`, shared with the rows leased to it before.
     fn owner(&mut self, owner: &str) -> Arc<str> {
         match &self.owner {
@@ -63,7 +84,7 @@ impl Inner {
         let lost = || StoreError::LeaseLost {
             contact_id: lease.contact_id.clone(),
         };
-        let seq = *self.by_id.get(&lease.contact_id).ok_or_else(lost)?;
+        let seq = self.seq(&lease.contact_id).ok_or_else(lost)?;
         let row = &self.rows[seq];
         let held = row.state == ContactState::InFlight
             && row.lease_owner.as_deref() == Some(owner)
@@ -103,15 +124,20 @@ impl MemoryBackend {
         let mut inner = self.inner.lock();
         let expected = contacts.size_hint().0;
         inner.rows.reserve(expected);
-        inner.by_id.reserve(expected);
+        let Inner {
+            rows,
+            by_id,
+            hasher,
+            ..
+        } = &mut *inner;
+        by_id.reserve(expected, |&seq| hasher.hash_one(&rows[seq].id));
         let mut report = ImportReport::default();
         for contact in contacts {
-            if inner.by_id.contains_key(&contact.id) {
+            if inner.seq(&contact.id).is_some() {
                 report.existing += 1;
                 continue;
             }
             let seq = inner.rows.len();
-            inner.by_id.insert(contact.id.clone(), seq);
             inner.rows.push(Row {
                 id: contact.id,
                 data: contact.data,
@@ -124,6 +150,7 @@ impl MemoryBackend {
                 last_error: None,
                 progress: String::new(),
             });
+            inner.index(seq);
             inner.due.insert((0, seq));
             report.added += 1;
         }
