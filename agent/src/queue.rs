@@ -21,15 +21,17 @@
 //! key and creates nothing new (the CRM keeps the first record).
 //!
 //! A queue made over its own memory store ([`CallQueue::new`]) keeps the
-//! contacts it was given as values and hands them out as they are: that
+//! contacts it was given and hands each out shared, without a copy: that
 //! store lives and dies with the process, so nothing else can write its
 //! rows, and a contact's JSON there would be written and read only to come
 //! back to the value the queue already had. Contacts added later
 //! ([`CallQueue::import`]) and every other store's are read from their JSON.
 
 use parking_lot::Mutex;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -41,7 +43,7 @@ use callguard_store::{
     Renewals, StoreError, StoreLocation, StoreSettings,
 };
 use callguard_telemetry::{ContactGauge, StoreStatus};
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -123,8 +125,8 @@ impl Progress {
 /// A contact handed to a worker, under its lease.
 #[derive(Debug, Clone)]
 pub struct QueuedContact {
-    /// Who to call.
-    pub contact: Contact,
+    /// Who to call (shared with the queue that keeps it, when it does).
+    pub contact: Arc<Contact>,
     /// How often the contact has been deferred.
     pub deferrals: u32,
     /// Stages already done.
@@ -236,8 +238,31 @@ pub struct CallQueue {
     /// first, on the runtime of the campaign).
     saves: OnceLock<mpsc::UnboundedSender<(Lease, Terminal)>>,
     /// The contacts [`new`](Self::new) was given, by id, handed out without
-    /// a round trip through JSON (the module's docs).
-    kept: HashMap<String, Contact>,
+    /// a round trip through JSON or a copy (the module's docs).
+    kept: HashSet<Kept>,
+}
+
+/// A contact the queue keeps, found by its id (which it holds once).
+struct Kept(Arc<Contact>);
+
+impl Borrow<str> for Kept {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Kept {}
+
+impl Hash for Kept {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
 }
 
 /// Final states being saved in the background, and how state changes went.
@@ -353,16 +378,16 @@ impl CallQueue {
     pub fn new(contacts: impl IntoIterator<Item = Contact>, max_deferrals: u32) -> Self {
         let contacts = contacts.into_iter();
         let expected = contacts.size_hint().0;
-        let mut kept = HashMap::with_capacity_and_hasher(expected, Default::default());
+        let mut kept = HashSet::with_capacity_and_hasher(expected, Default::default());
         let mut rows = Vec::with_capacity(expected);
         for contact in contacts {
             // Ids are keys: the store keeps the first of a repeated id.
-            if let Entry::Vacant(slot) = kept.entry(contact.id.clone()) {
+            if !kept.contains(contact.id.as_str()) {
                 rows.push(NewContact {
                     id: contact.id.clone(),
                     data: String::new(),
                 });
-                slot.insert(contact);
+                kept.insert(Kept(Arc::new(contact)));
             }
         }
         let ready = rows.len();
@@ -378,6 +403,8 @@ impl CallQueue {
             ..Self::with_store(Arc::new(store))
         };
         queue.counts.lock().ready = ready;
+        // Each contact ends once: room for all, with no growing on the way.
+        queue.settling.ended.lock().reserve(ready);
         queue
     }
 
@@ -396,7 +423,7 @@ impl CallQueue {
             counts: Mutex::new(QueueCounts::default()),
             settling: Arc::default(),
             saves: OnceLock::new(),
-            kept: HashMap::default(),
+            kept: HashSet::default(),
         }
     }
 
@@ -438,8 +465,9 @@ impl CallQueue {
     async fn entry(&self, leased: Leased) -> Option<QueuedContact> {
         let id = leased.lease.contact_id();
         let contact = match self.kept.get(id) {
-            Some(contact) => Ok(contact.clone()),
+            Some(Kept(contact)) => Ok(Arc::clone(contact)),
             None => serde_json::from_str::<Contact>(&leased.data)
+                .map(Arc::new)
                 .map_err(|e| format!("stored contact unreadable: {e}")),
         };
         let read =
@@ -785,7 +813,7 @@ mod tests {
         let queue = CallQueue::new([contact("a"), contact("b")], 5);
         assert_eq!(queue.counts().ready, 2);
         let a = queue.next().await.unwrap();
-        assert_eq!(a.contact, contact("a"));
+        assert_eq!(*a.contact, contact("a"));
         let b = queue.next().await.unwrap();
         queue.finish(a, Terminal::Completed).await;
         queue
@@ -817,7 +845,7 @@ mod tests {
         assert_eq!((report.added, report.existing), (1, 1));
         let mut handed_out = Vec::new();
         while let Some(entry) = queue.next().await {
-            handed_out.push(entry.contact.clone());
+            handed_out.push(Contact::clone(&entry.contact));
             queue.finish(entry, Terminal::Completed).await;
         }
         assert_eq!(handed_out, [contact("a"), contact("b"), contact("c")]);
@@ -932,7 +960,7 @@ mod tests {
             .await;
         let waiter = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.next().await.map(|e| e.contact.id) }
+            async move { queue.next().await.map(|e| e.contact.id.clone()) }
         });
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(queue.wake_service(&tts()).await, 1);
