@@ -42,8 +42,8 @@
 //! service's series are looked up in their families once, at their first
 //! event, and kept ([`ServiceSeries`]), so an event costs a lookup by the
 //! service's name without a lock ([`SeriesList`]) and an atomic add — no
-//! label set built, no string allocated. The limiter, alert, Sheets and OTLP series
-//! are read from their owners ([`Metrics::watch_limiters`],
+//! label set built, no string allocated. The limiter, alert, Sheets and OTLP
+//! series are read from their owners ([`Metrics::watch_limiters`],
 //! [`Metrics::watch_alerts`], [`Metrics::watch_telemetry`]) when rendered.
 //!
 //! The contacts gauge is read through [`ContactGauge`], a one-method trait
