@@ -381,13 +381,13 @@ impl CallQueue {
         let mut kept = HashSet::with_capacity_and_hasher(expected, Default::default());
         let mut rows = Vec::with_capacity(expected);
         for contact in contacts {
-            // Ids are keys: the store keeps the first of a repeated id.
-            if !kept.contains(contact.id.as_str()) {
+            let id = contact.id.clone();
+            // Ids are keys: the first of a repeated id is kept, as the store keeps it.
+            if kept.insert(Kept(Arc::new(contact))) {
                 rows.push(NewContact {
-                    id: contact.id.clone(),
+                    id,
                     data: String::new(),
                 });
-                kept.insert(Kept(Arc::new(contact)));
             }
         }
         let ready = rows.len();

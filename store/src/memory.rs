@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,15 +50,6 @@ impl Inner {
         self.by_id
             .find(self.hasher.hash_one(id), |&seq| rows[seq].id == id)
             .copied()
-    }
-
-    /// Indexes the row `seq`, whose id is not indexed yet.
-    fn index(&mut self, seq: usize) {
-        let (rows, hasher) = (&self.rows, &self.hasher);
-        self.by_id
-            .insert_unique(hasher.hash_one(&rows[seq].id), seq, |&seq| {
-                hasher.hash_one(&rows[seq].id)
-            });
     }
 
     /// `owner`, shared with the rows leased to it before.
@@ -128,17 +120,25 @@ impl MemoryBackend {
             rows,
             by_id,
             hasher,
+            due,
             ..
         } = &mut *inner;
         by_id.reserve(expected, |&seq| hasher.hash_one(&rows[seq].id));
         let mut report = ImportReport::default();
         for contact in contacts {
-            if inner.seq(&contact.id).is_some() {
+            // One hash a contact: the entry finds the id or the slot for it.
+            let slot = by_id.entry(
+                hasher.hash_one(&contact.id),
+                |&seq| rows[seq].id == contact.id,
+                |&seq| hasher.hash_one(&rows[seq].id),
+            );
+            let Entry::Vacant(slot) = slot else {
                 report.existing += 1;
                 continue;
-            }
-            let seq = inner.rows.len();
-            inner.rows.push(Row {
+            };
+            let seq = rows.len();
+            slot.insert(seq);
+            rows.push(Row {
                 id: contact.id,
                 data: contact.data,
                 state: ContactState::Pending,
@@ -150,8 +150,7 @@ impl MemoryBackend {
                 last_error: None,
                 progress: String::new(),
             });
-            inner.index(seq);
-            inner.due.insert((0, seq));
+            due.insert((0, seq));
             report.added += 1;
         }
         report
