@@ -347,32 +347,18 @@ async fn run_assembled(config: &AgentConfig, app: App, contacts: Vec<Contact>) -
 async fn run_plain(pipeline: Arc<Pipeline>, contacts: Vec<Contact>) -> Duration {
     let contacts = Arc::new(contacts);
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..WORKERS {
-        workers.spawn(plain_worker(
-            pipeline.clone(),
-            contacts.clone(),
-            next.clone(),
-        ));
-    }
-    let completed: usize = workers.join_all().await.into_iter().sum();
-    let elapsed = started.elapsed();
-    assert_eq!(completed, CONTACTS, "every contact completes");
-    elapsed
-}
-
-async fn plain_worker(
-    pipeline: Arc<Pipeline>,
-    contacts: Arc<Vec<Contact>>,
-    next: Arc<AtomicUsize>,
-) -> usize {
-    let mut completed = 0;
-    while let Some(contact) = contacts.get(next.fetch_add(1, Ordering::Relaxed)) {
-        plain_call(&pipeline, contact).await;
-        completed += 1;
-    }
-    completed
+    run_workers(|| {
+        let (pipeline, contacts, next) = (pipeline.clone(), contacts.clone(), next.clone());
+        async move {
+            let mut completed = 0;
+            while let Some(contact) = contacts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                plain_call(&pipeline, contact).await;
+                completed += 1;
+            }
+            completed
+        }
+    })
+    .await
 }
 
 /// The plain calls of [`run_plain`], each contact leased from an in-memory
@@ -384,11 +370,9 @@ async fn run_queued(
     contacts: Vec<Contact>,
 ) -> Duration {
     let queue = Arc::new(CallQueue::new(contacts, config.queue.max_deferrals));
-    let started = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..WORKERS {
+    let elapsed = run_workers(|| {
         let (queue, pipeline) = (queue.clone(), pipeline.clone());
-        workers.spawn(async move {
+        async move {
             let mut completed = 0;
             while let Some(entry) = queue.next().await {
                 plain_call(&pipeline, &entry.contact).await;
@@ -396,13 +380,28 @@ async fn run_queued(
                 completed += 1;
             }
             completed
-        });
+        }
+    })
+    .await;
+    // Dropped after the run, as the campaign's store is.
+    drop(queue);
+    elapsed
+}
+
+/// Runs [`WORKERS`] workers made by `worker`, each returning the contacts
+/// it completed; the wall time they took, once every contact completed.
+async fn run_workers<F>(worker: impl Fn() -> F) -> Duration
+where
+    F: Future<Output = usize> + Send + 'static,
+{
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..WORKERS {
+        workers.spawn(worker());
     }
     let completed: usize = workers.join_all().await.into_iter().sum();
     let elapsed = started.elapsed();
     assert_eq!(completed, CONTACTS, "every contact completes");
-    // Dropped after the run, as the campaign's store is.
-    drop(queue);
     elapsed
 }
 
