@@ -1,8 +1,7 @@
 //! Whole-pipeline benchmarks against the in-process mocks on 127.0.0.1, with
 //! no injected latency, printed with `println!` (`harness = false`):
 //!
-//! 1. **Throughput**: the size of a contact's call as its worker holds it;
-//!    then the same contacts through the real [`Campaign`] (queue,
+//! 1. **Throughput**: the same contacts through the real [`Campaign`] (queue,
 //!    pipeline, one executor and breaker per service; no health checker, no
 //!    logging subscriber) and through the same three clients called directly
 //!    in the same order with the same number of workers (no executor, no
@@ -118,7 +117,6 @@ fn main() {
             load_average()
         );
         if wanted("throughput") {
-            call_future_size(&config).await;
             throughput(&config, Logging::Off).await;
         }
         if wanted("deferral") {
@@ -310,28 +308,6 @@ fn profiled_side() -> Option<Side> {
         "plain" => Some(Side::Plain),
         other => panic!("CALLGUARD_BENCH_SIDE={other}: expected resilience, queued or plain"),
     }
-}
-
-/// The most a contact's call may take in its worker's future: a few
-/// kilobytes (DESIGN.md, "Conventions"). Checked in this optimized build: a
-/// future bound to a name and then awaited doubles its layer here, while the
-/// unoptimized test build does not show it.
-const MAX_CALL_FUTURE: usize = 8 * 1024;
-
-/// Prints the size of a contact's call as its worker holds it, against
-/// [`MAX_CALL_FUTURE`].
-async fn call_future_size(config: &AgentConfig) {
-    let app = parts(config);
-    let queue = CallQueue::new(support::contacts(1, "size"), config.queue.max_deferrals);
-    let mut entry = queue.next().await.expect("the contact is leased");
-    let mut renewals = queue.renewals();
-    let span = call_span(&entry.contact.id);
-    let call = call_under_lease(&queue, app.pipeline(), &mut entry, &mut renewals, &span);
-    let size = std::mem::size_of_val(&call);
-    println!(
-        "\na contact's call: a {size}-byte future in its worker's, target ≤ {MAX_CALL_FUTURE}: {}",
-        verdict(size <= MAX_CALL_FUTURE)
-    );
 }
 
 /// One throughput run.

@@ -294,15 +294,15 @@ async fn work(
     let mut renewals = queue.renewals();
     while let Some(mut entry) = queue.next().await {
         let span = call_span(&entry.contact.id);
-        let called = call_under_lease(&queue, &pipeline, &mut entry, &mut renewals, &span).await;
-        let result = match called {
+        let called = call_under_lease(&queue, &pipeline, &mut entry, &mut renewals, &span);
+        let result = match called.await {
             Ok(result) => result,
             Err(lost) => {
                 span.in_scope(|| tracing::warn!("Call abandoned: {lost}"));
                 continue;
             }
         };
-        settle(&queue, entry, result, &events, default_wait)
+        pin!(settle(&queue, entry, result, &events, default_wait))
             .instrument(span)
             .await;
     }
@@ -320,8 +320,13 @@ pub async fn call_under_lease(
     span: &tracing::Span,
 ) -> Result<CallResult, StoreError> {
     let (contact, progress, lease) = entry.split();
+    // The call's future is kilobytes: pinned where it is made, in the
+    // worker's own future, rather than boxed per contact (an allocation that
+    // large makes the allocator consolidate its free lists) or copied into
+    // a span's wrapper and the select; the wrapper holds the pinned reference.
+    let call = pin!(pipeline.call(contact, progress));
     tokio::select! {
-        result = pipeline.call(contact, progress).instrument(span.clone()) => Ok(result),
+        result = call.instrument(span.clone()) => Ok(result),
         lost = queue.hold(lease, renewals) => Err(lost),
     }
 }

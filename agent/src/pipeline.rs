@@ -20,6 +20,7 @@
 //! attempt span. Events logged inside (breaker transitions, retries, the
 //! deferral) become span events.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -270,23 +271,22 @@ where
             outcome = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        let result = link
-            .executor
-            .call(|context| {
-                let span = attempt_span(&context);
-                let recorded = span.clone();
-                async move {
-                    let send = || attempt(&link.client, context.deadline);
-                    let result = limited(&link.limiter, context.deadline, send).await;
-                    if let Err(error) = &result {
-                        record_error(&recorded, error);
-                    }
-                    result
+        let call = link.executor.call(|context| {
+            let span = attempt_span(&context);
+            let recorded = span.clone();
+            async move {
+                let send = || attempt(&link.client, context.deadline);
+                let result = limited(&link.limiter, context.deadline, send).await;
+                if let Err(error) = &result {
+                    record_error(&recorded, error);
                 }
-                .instrument(span)
-            })
-            .instrument(span.clone())
-            .await;
+                result
+            }
+            .instrument(span)
+        });
+        // Pinned where it is made: instrumenting the pinned reference wraps
+        // a pointer, not the kilobytes of the stage's future.
+        let result = pin!(call).instrument(span.clone()).await;
         let error = match result {
             Ok(value) => {
                 span.record("outcome", "success");
