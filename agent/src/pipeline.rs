@@ -28,8 +28,8 @@ use callguard_clients::{
     Answered, CallOutcome, CallRecord, CrmClient, LlmClient, Prompt, Recorded, RequestContext,
     TtsClient,
 };
-use callguard_core::{ServiceError, ServiceName};
-use callguard_limit::{Limiter, Outcome, Permit, ProviderHeaders};
+use callguard_core::{ErrorKind, ServiceError, ServiceName};
+use callguard_limit::{Limiter, Outcome};
 use callguard_retry::{AttemptContext, CallError, Executor};
 use callguard_telemetry as telemetry;
 use tokio::time::Instant;
@@ -333,8 +333,8 @@ where
 
 /// `Limit(attempt)`: the attempt `send` makes, sent once `limiter` gives it
 /// a slot, which it gives back with how the attempt ended and the answer's
-/// limit headers. No slot in time is an
-/// [`ErrorKind::Throttled`](callguard_core::ErrorKind::Throttled) error, which ends the call for the contact to be deferred. An attempt cut off at
+/// limit headers. No slot in time is an [`ErrorKind::Throttled`] error,
+/// which ends the call for the contact to be deferred. An attempt cut off at
 /// the call's `deadline` gives its slot back and teaches nothing: the time
 /// was ours to end, not the service's overload. (The request's future is
 /// made here, once there is a slot, and held only here: a future passed in
@@ -350,32 +350,14 @@ where
     let permit = limiter.acquire().await?;
     let sent = Instant::now();
     let Answered { result, headers } = send().await;
-    give_back(
-        permit,
-        Outcome::of(&result, sent.elapsed()),
-        &headers,
-        deadline,
-    );
-    result
-}
-
-/// Gives `permit`'s slot back after its attempt ended with `outcome`,
-/// teaching the limiter from it unless the call's `deadline` cut the
-/// attempt off. Out of line: one copy serves every stage's attempts.
-#[inline(never)]
-fn give_back(
-    permit: Permit<'_>,
-    outcome: Outcome,
-    headers: &ProviderHeaders,
-    deadline: Option<Instant>,
-) {
-    let cut_off = matches!(outcome, Outcome::Timeout)
+    let cut_off = matches!(&result, Err(error) if error.kind() == ErrorKind::Timeout)
         && deadline.is_some_and(|deadline| Instant::now() >= deadline);
     if cut_off {
         drop(permit);
     } else {
-        permit.complete(outcome, headers);
+        permit.complete(Outcome::of(&result, sent.elapsed()), &headers);
     }
+    result
 }
 
 /// The client span of one attempt. The service client records the HTTP
@@ -423,8 +405,7 @@ fn unavailable_for(error: &CallError) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use callguard_core::ErrorKind;
-    use callguard_limit::LimitConfig;
+    use callguard_limit::{LimitConfig, ProviderHeaders};
 
     fn timed_out() -> Answered<()> {
         Answered {

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use callguard_breaker::{BreakerOpen, CircuitBreaker, Permit};
+use callguard_breaker::{BreakerOpen, CircuitBreaker};
 use callguard_core::{
     AttemptInfo, CircuitState, ConfigDuration, ErrorKind, ResilienceEvent, ServiceError,
     ServiceName, ValidationError,
@@ -290,65 +290,31 @@ impl Executor {
         F: FnMut(AttemptContext) -> Fut,
         Fut: Future<Output = Result<T, ServiceError>>,
     {
-        let (permit, context, started) = match self.admit(spent, deadline, timed) {
-            Ok(admitted) => admitted,
-            Err(rejection) => return Attempted::Rejected(rejection),
+        let permit = match self.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(rejection) => return Attempted::Rejected(rejection.into()),
         };
-        match op(context).await {
-            Ok(value) => {
-                self.after_success(permit, spent, started);
-                Attempted::Succeeded(value)
-            }
-            Err(error) => match self.after_failure(permit, spent, started, error) {
-                Unsuccessful::Ended(error) => Attempted::Ended(error),
-                Unsuccessful::Throttled(failure) => Attempted::Throttled(failure),
-                Unsuccessful::Transient(failure) => Attempted::Transient(failure),
-            },
-        }
-    }
-
-    // What an attempt does before and after its request is the same for
-    // every `op`: kept out of line, one copy of it serves the attempts of
-    // every stage instead of one inlined into each `op`'s future.
-
-    /// The breaker's permit for an attempt after the retries `spent`, and
-    /// what the attempt is told; `started` when `timed`.
-    #[inline(never)]
-    fn admit(
-        &self,
-        spent: Spent,
-        deadline: Option<Instant>,
-        timed: bool,
-    ) -> Result<(Permit<'_>, AttemptContext, Option<Instant>), BreakerOpen> {
-        let permit = self.breaker.try_acquire().map_err(BreakerOpen::from)?;
+        let circuit_state = permit.state();
+        let started = timed.then(Instant::now);
         let context = AttemptContext {
             retry_count: spent.retry_count(),
-            circuit_state: permit.state(),
+            circuit_state,
             deadline,
         };
-        Ok((permit, context, timed.then(Instant::now)))
-    }
-
-    #[inline(never)]
-    fn after_success(&self, permit: Permit<'_>, spent: Spent, started: Option<Instant>) {
-        let circuit_state = permit.state();
-        permit.success();
-        if let Some(budget) = &self.budget {
-            budget.record_success();
-        }
-        self.succeeded(spent, circuit_state, started);
-    }
-
-    #[inline(never)]
-    fn after_failure(
-        &self,
-        permit: Permit<'_>,
-        spent: Spent,
-        started: Option<Instant>,
-        error: ServiceError,
-    ) -> Unsuccessful {
-        let circuit_state = permit.state();
-        permit.record_error(&error);
+        let error = match op(context).await {
+            Ok(value) => {
+                permit.success();
+                if let Some(budget) = &self.budget {
+                    budget.record_success();
+                }
+                self.succeeded(spent, circuit_state, started);
+                return Attempted::Succeeded(value);
+            }
+            Err(error) => {
+                permit.record_error(&error);
+                error
+            }
+        };
         let attempt = Attempt {
             spent,
             max_attempts: self.max_attempts(spent),
@@ -360,10 +326,10 @@ impl Executor {
             error: error.clone(),
         });
         if !error.is_transient() {
-            return Unsuccessful::Ended(self.permanent(&attempt, error));
+            return Attempted::Ended(self.permanent(&attempt, error));
         }
         match error.kind() {
-            ErrorKind::Throttled => return Unsuccessful::Throttled(Failure { attempt, error }),
+            ErrorKind::Throttled => return Attempted::Throttled(Failure { attempt, error }),
             // Not a failure of the service: the budget is left alone.
             ErrorKind::ConcurrencyLimited => {}
             _ => {
@@ -372,7 +338,7 @@ impl Executor {
                 }
             }
         }
-        Unsuccessful::Transient(Failure { attempt, error })
+        Attempted::Transient(Failure { attempt, error })
     }
 
     /// Attempts a call may make after the retries `spent`: the policy's, and
@@ -669,13 +635,6 @@ enum Attempted<T> {
     /// Not sent by the service's limiter: the call ends, to be deferred.
     Throttled(Failure),
     /// Failed with a transient error: a retry may follow.
-    Transient(Failure),
-}
-
-/// How an attempt that was sent ended, when it did not succeed.
-enum Unsuccessful {
-    Ended(CallError),
-    Throttled(Failure),
     Transient(Failure),
 }
 
